@@ -1,0 +1,1 @@
+"""Tortie: routing/bgp."""

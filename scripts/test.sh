@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Run Tortie's checks: ruff, then the whole test suite (unit and integration; as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/pytest ]; then
+  echo "error: run 'sudo bash scripts/install.sh' first" >&2
+  exit 1
+fi
+echo ">>> ruff"
+.venv/bin/ruff check .
+echo ">>> pytest"
+exec .venv/bin/pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,123 @@
+"""Shared fixtures: a session etcd, a Store on it, and running ``async def`` tests.
+
+``async def`` tests run on an event loop of their own; when they use the ``store`` fixture
+they run on the loop that fixture's Store was created on (``aio_loop``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import shutil
+import tempfile
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from datastore.store import Store
+from tests.etcd_helpers import EtcdProcess, etcd_available, run_etcd
+
+#: Upper bound for one async test body (pytest-timeout's limit is the backstop).
+ASYNC_TEST_TIMEOUT = 60.0
+WIPE_PREFIX = "/tortie/"
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[EtcdProcess]:
+    """One etcd for the whole session (``.endpoint``, ``.config``, ``.pid``)."""
+    if not etcd_available():
+        pytest.skip("etcd binary not installed")
+    with run_etcd() as etcd:
+        yield etcd
+
+
+@pytest.fixture
+def scratch_dir() -> Iterator[Path]:
+    """A temp directory removed after the test (pytest's tmp_path keeps old ones)."""
+    path = Path(tempfile.mkdtemp(prefix="tortie-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _finish_loop(loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
+
+
+@pytest.fixture
+def aio_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """The event loop async tests and the ``store`` fixture share."""
+    loop = asyncio.new_event_loop()
+    try:
+        yield loop
+    finally:
+        _finish_loop(loop)
+
+
+async def _wipe(store: Store) -> None:
+    await store.delete_prefix(WIPE_PREFIX)
+
+
+@pytest.fixture
+def store(etcd_server: EtcdProcess, aio_loop: asyncio.AbstractEventLoop) -> Iterator[Store]:
+    """A connected Store on the session etcd; ``/tortie/`` is wiped before and after."""
+    s = Store(etcd_server.config)
+    aio_loop.run_until_complete(s.__aenter__())
+    try:
+        aio_loop.run_until_complete(_wipe(s))
+        yield s
+    finally:
+        try:
+            cleaner = Store(etcd_server.config)
+            aio_loop.run_until_complete(_wipe(cleaner))
+            aio_loop.run_until_complete(cleaner.close())
+        finally:
+            aio_loop.run_until_complete(s.close())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run ``async def`` tests (bounded by ASYNC_TEST_TIMEOUT)."""
+    func = pyfuncitem.obj
+    if not inspect.iscoroutinefunction(func):
+        return None
+    params = inspect.signature(func).parameters
+    kwargs = {name: pyfuncitem.funcargs[name] for name in params if name in pyfuncitem.funcargs}
+    coro: Coroutine[Any, Any, Any] = asyncio.wait_for(func(**kwargs), ASYNC_TEST_TIMEOUT)
+    loop = pyfuncitem.funcargs.get("aio_loop")
+    if isinstance(loop, asyncio.AbstractEventLoop):
+        loop.run_until_complete(coro)
+    else:
+        own = asyncio.new_event_loop()
+        try:
+            own.run_until_complete(coro)
+        finally:
+            _finish_loop(own)
+    return True
+
+
+@pytest.fixture
+def etcd_endpoint(etcd_server: EtcdProcess) -> Iterator[str]:
+    """The session etcd's URL for tests that drive the CLI; ``/tortie/`` wiped around them."""
+
+    async def wipe() -> None:
+        async with Store(etcd_server.config) as s:
+            await _wipe(s)
+
+    asyncio.run(wipe())
+    try:
+        yield etcd_server.endpoint
+    finally:
+        asyncio.run(wipe())
