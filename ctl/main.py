@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from ctl.output import FORMATS, render
-from datastore.documents import DocumentError, read_sources
+from datastore.documents import Document, DocumentError, read_sources
 from datastore.etcd_config import ConfigError, EtcdConfig
 from datastore.kinds import KindInfo, UnknownKind, by_cli_name
 from datastore.model_base import ResourceInvalid
@@ -96,7 +96,7 @@ def _load(files: tuple[str, ...], namespace: str | None) -> list[tuple[KindInfo,
         try:
             info, obj = to_resource(doc.data)
         except ResourceInvalid as e:
-            errors.append(f"{doc.where}: {e}")
+            errors.append(_explain(doc, e))
             continue
         if namespace and info.namespaced and obj.namespace != namespace:
             errors.append(f"{doc.where}: metadata.namespace: {obj.namespace!r} does not match "
@@ -108,6 +108,17 @@ def _load(files: tuple[str, ...], namespace: str | None) -> list[tuple[KindInfo,
     if not loaded:
         raise CLIError("no resources found in " + ", ".join(files))
     return loaded
+
+
+def _explain(doc: Document, e: ResourceInvalid) -> str:
+    """``file:line: Kind(name) is invalid:`` and each error at the line of its field."""
+    what = f"{e.kind}({e.name})" if e.name else (e.kind or "document")
+    if len(e.errors) == 1:
+        err = e.errors[0]
+        return f"{doc.source}:{doc.line_of(err.partition(':')[0])}: {what} is invalid: {err}"
+    lines = [f"{doc.where}: {what} is invalid:"]
+    lines += [f"    {doc.source}:{doc.line_of(err.partition(':')[0])}: {err}" for err in e.errors]
+    return "\n".join(lines)
 
 
 def _summary(verb: str, done: list[KindInfo]) -> None:

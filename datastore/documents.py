@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,16 +22,38 @@ EXTENSIONS = (".yaml", ".yml", ".json")
 LIST_KINDS_SUFFIX = "List"
 
 
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
 @dataclass
 class Document:
     source: str          # file path or "<stdin>"
     line: int            # 1-based line of the document's first key
     data: Any
     index: int = 0       # position in the source (0-based), for messages
+    node: yaml.Node | None = field(default=None, repr=False)  # for line numbers of fields
 
     @property
     def where(self) -> str:
         return f"{self.source}:{self.line}"
+
+    def line_of(self, path: str) -> int:
+        """The line of the deepest part of ``spec.ingress[0].action`` found in the source."""
+        node, line = self.node, self.line
+        for name, index in _PATH_PART.findall(path):
+            if node is None:
+                break
+            child: yaml.Node | None = None
+            if name and isinstance(node, yaml.MappingNode):
+                child = next((v for k, v in node.value if k.value == name), None)
+                if child is not None:
+                    key = next(k for k, v in node.value if v is child)
+                    line = key.start_mark.line + 1
+            elif index and isinstance(node, yaml.SequenceNode) and int(index) < len(node.value):
+                child = node.value[int(index)]
+                line = child.start_mark.line + 1
+            node = child
+        return line
 
 
 @dataclass
@@ -127,7 +150,7 @@ def _add(out: list[Document], source: str, node: yaml.Node | None, data: Any) ->
             item_node = item_nodes[i] if i < len(item_nodes) else node
             _add(out, source, item_node, item)
         return
-    out.append(Document(source, line, data))
+    out.append(Document(source, line, data, node=node))
 
 
 def read_source(path: str) -> ReadResult:

@@ -10,7 +10,7 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_serializer, field_validator, model_validator
 
 from datastore.model_base import CIDR, Resource, ResourceInvalid, SelectorText, Strict
 
@@ -191,6 +191,11 @@ class NetworkPolicySpec(Strict):
     egress: list[Rule] | None = None
     serviceAccountSelector: SelectorText | None = None
     performanceHints: list[str] | None = None
+
+    @field_serializer("order")
+    def _order(self, v: float | None) -> float | int | None:
+        """Whole orders print as integers, as calicoctl shows them."""
+        return int(v) if v is not None and float(v).is_integer() else v
 
 
 class GlobalNetworkPolicySpec(NetworkPolicySpec):

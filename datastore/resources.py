@@ -8,9 +8,12 @@ overwrite each other unnoticed (one wins, the other gets ``Conflict``).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import ipaddress
+import random
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +24,10 @@ from datastore.model_network import IPPool
 from datastore.store import KV, AlreadyExists, Conflict, DatastoreError, NotFound, Store
 from datastore.v1compat import convert, is_v1
 
-MAX_RETRIES = 5
+# Read-modify-write operations (apply, patch, label) retry when another writer got in
+# between their read and their write, with a short random backoff.
+MAX_RETRIES = 30
+RETRY_BACKOFF = 0.005
 
 
 # The store's errors, re-worded for resources ("IPPool(dmz-pool) does not exist" rather than
@@ -141,20 +147,25 @@ class Resources:
     async def apply(self, info: KindInfo, obj: Any) -> tuple[Any, bool]:
         """Create or replace; returns (stored, created)."""
         key = self._key_of(info, obj)
-        for _ in range(MAX_RETRIES):
+
+        async def attempt() -> tuple[Any, bool]:
             try:
                 current = await self.store.get(key)
             except NotFound:
-                try:
-                    return await self.create(info, obj), True
-                except AlreadyExists:
-                    continue  # created concurrently: go round and replace
+                return await self.create(info, obj), True
+            return await self._write_over(info, obj, current), False
+
+        return await self._retrying(attempt, f"{info.kind}({self._display(obj)})", key)
+
+    @staticmethod
+    async def _retrying(attempt: Callable[[], Awaitable[Any]], what: str, key: str) -> Any:
+        """Run a read-modify-write ``attempt`` until no other writer gets in between."""
+        for n in range(MAX_RETRIES):
             try:
-                return await self._write_over(info, obj, current), False
-            except Conflict:
-                continue  # modified between our read and write: re-read
-        raise ResourceConflict(f"{info.kind}({self._display(obj)}) is being modified "
-                               "concurrently; retry", key)
+                return await attempt()
+            except (Conflict, AlreadyExists):
+                await asyncio.sleep(random.uniform(0, RETRY_BACKOFF * (n + 1)))
+        raise ResourceConflict(f"{what} is being modified concurrently; retry", key)
 
     async def _write_over(self, info: KindInfo, obj: Any, current: KV) -> Any:
         await self._check_cross_resource(info, obj)
@@ -188,7 +199,8 @@ class Resources:
     async def patch(self, info: KindInfo, name: str, namespace: str | None,
                     patch: dict[str, Any]) -> Any:
         """Apply a JSON merge patch, validate the result, write it conditionally."""
-        for _ in range(MAX_RETRIES):
+
+        async def attempt() -> Any:
             current, kv = await self._get_or_implicit(info, name, namespace)
             data = current.dump()
             patched = merge_patch(data, patch)
@@ -200,14 +212,12 @@ class Resources:
                 raise ResourceInvalid(info.kind, name,
                                       ["metadata.name: a patch cannot rename a resource"])
             obj = info.model.from_dict(patched)
-            try:
-                if kv is None:
-                    return await self.create(info, obj)
-                return await self._write_over(info, obj, kv)
-            except (Conflict, AlreadyExists):
-                continue
-        raise ResourceConflict(f"{info.kind}({name}) is being modified concurrently; retry",
-                               self.key(info, name, namespace))
+            if kv is None:
+                return await self.create(info, obj)
+            return await self._write_over(info, obj, kv)
+
+        return await self._retrying(attempt, f"{info.kind}({name})",
+                                    self.key(info, name, namespace))
 
     async def label(self, info: KindInfo, name: str, namespace: str | None,
                     set_labels: dict[str, str], remove: list[str], overwrite: bool) -> Any:

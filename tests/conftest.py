@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from datastore.store import Store
-from tests.etcd_helpers import EtcdProcess, etcd_available, run_etcd
+from lab.etcd import EtcdProcess, etcd_available, run_etcd
 
 #: Upper bound for one async test body (pytest-timeout's limit is the backstop).
 ASYNC_TEST_TIMEOUT = 60.0

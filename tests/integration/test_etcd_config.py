@@ -14,7 +14,7 @@ import pytest
 from datastore import etcd_config
 from datastore.etcd_config import ConfigError, EtcdConfig
 from datastore.store import DatastoreError, NotFound, Store, Unavailable, WatchEvent
-from tests.etcd_helpers import EtcdProcess, free_port, make_tls_files, run_etcd
+from lab.etcd import EtcdProcess, free_port, make_tls_files, run_etcd
 
 P = "/tortie/v3/cfgtest/"
 

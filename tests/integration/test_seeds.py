@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
+from lab.seeds import APPLIES, EXAMPLES, REFUSED, REJECTED, SEEDS_DIR, Example
 from tests.cli_helpers import tortie
-from tests.seed_examples import APPLIES, EXAMPLES, REFUSED, REJECTED, SEEDS_DIR, Example
 
 pytestmark = [
     pytest.mark.integration,

@@ -17,7 +17,7 @@ from datastore.store import (
     NotFound,
     Store,
 )
-from tests.etcd_helpers import EtcdProcess
+from lab.etcd import EtcdProcess
 
 pytestmark = pytest.mark.integration
 

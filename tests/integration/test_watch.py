@@ -12,7 +12,7 @@ from typing import TypeVar
 import pytest
 
 from datastore.store import KV, DatastoreError, Resync, Store, Unavailable, WatchEvent
-from tests.etcd_helpers import EtcdProcess, run_etcd
+from lab.etcd import EtcdProcess, run_etcd
 
 pytestmark = pytest.mark.integration
 

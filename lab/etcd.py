@@ -1,4 +1,4 @@
-"""Start, stop and restart real etcd processes for tests and the lab.
+"""Start, stop and restart real etcd processes: for the lab, the demo and the tests.
 
 Every etcd gets a unique name, free 127.0.0.1 ports and its own data directory, so any
 number of test runs can run side by side.  Processes are always stopped by PID; anything
@@ -38,7 +38,7 @@ from typing import Any
 
 from datastore.etcd_config import EtcdConfig
 
-ETCD_BIN = os.environ.get("TORTIE_TEST_ETCD_BIN", "/usr/bin/etcd")
+ETCD_BIN = os.environ.get("TORTIE_ETCD_BIN", "/usr/bin/etcd")
 OPENSSL_BIN = shutil.which("openssl") or "/usr/bin/openssl"
 START_TIMEOUT = 15.0
 
@@ -119,7 +119,7 @@ class EtcdProcess:
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self.base_dir = base_dir
-        self.name = name or f"tortie-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.name = name or f"tortie-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.data_dir = base_dir / "data"
         self.log_file = base_dir / "etcd.log"
         self.tls = tls

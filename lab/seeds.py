@@ -1,7 +1,7 @@
 """Every YAML example in ../shared/seeds, by line range, with what Tortie must do with it.
 
 The examples are cut from the articles' text as they stand (non-breaking spaces included),
-so the tests exercise exactly what a user would paste.
+so the tests and the demo use exactly what a user would paste.
 """
 
 from __future__ import annotations
