@@ -14,7 +14,7 @@ import click
 from ctl.output import FORMATS, render
 from datastore.documents import Document, DocumentError, read_sources
 from datastore.etcd_config import ConfigError, EtcdConfig
-from datastore.kinds import KindInfo, UnknownKind, by_cli_name
+from datastore.kinds import KindInfo, UnknownKind, by_cli_name, by_document
 from datastore.model_base import ResourceInvalid
 from datastore.resources import Resources, to_resource
 from datastore.store import AlreadyExists, DatastoreError, NotFound, Store
@@ -89,7 +89,7 @@ def _load(files: tuple[str, ...], namespace: str | None) -> list[tuple[KindInfo,
         click.echo(f"note: {note}", err=True)
     loaded, errors = [], []
     for doc in result.documents:
-        if namespace and isinstance(doc.data, dict):
+        if namespace and isinstance(doc.data, dict) and _namespaced(doc.data):
             meta = doc.data.setdefault("metadata", {})
             if isinstance(meta, dict):
                 meta.setdefault("namespace", namespace)
@@ -108,6 +108,13 @@ def _load(files: tuple[str, ...], namespace: str | None) -> list[tuple[KindInfo,
     if not loaded:
         raise CLIError("no resources found in " + ", ".join(files))
     return loaded
+
+
+def _namespaced(data: dict[str, Any]) -> bool:
+    try:
+        return by_document(data.get("apiVersion"), data.get("kind")).namespaced
+    except UnknownKind:
+        return False
 
 
 def _explain(doc: Document, e: ResourceInvalid) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
@@ -66,10 +67,7 @@ class ObjectMeta(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        err = validate_dns1123_subdomain(v)
-        if err:
-            raise ValueError(f"invalid name {v!r}: {err}")
-        return v
+        return check_name(v)
 
     @field_validator("namespace")
     @classmethod
@@ -84,11 +82,7 @@ class ObjectMeta(Strict):
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: dict[str, str] | None) -> dict[str, str] | None:
-        if v:
-            errs = validate_labels(v, field="labels")
-            if errs:
-                raise ValueError("; ".join(errs))
-        return v
+        return check_labels(v)
 
 
 class LenientMeta(Lenient):
@@ -102,8 +96,15 @@ class LenientMeta(Lenient):
     resourceVersion: str | None = None
     creationTimestamp: str | None = None
 
-    _name = field_validator("name")(ObjectMeta._name.__func__)  # type: ignore[attr-defined]
-    _labels = field_validator("labels")(ObjectMeta._labels.__func__)  # type: ignore[attr-defined]
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        return check_labels(v)
 
 
 # Server-owned metadata: kept from the store, never taken from a file on create.
@@ -231,6 +232,44 @@ def format_errors(e: ValidationError) -> list[str]:
 
 # --- reusable field checks -------------------------------------------------------------------
 
+def check_name(v: str) -> str:
+    """A resource name (also a reference to one): a DNS-1123 subdomain."""
+    err = validate_dns1123_subdomain(v)
+    if err:
+        raise ValueError(f"invalid name {v!r}: {err}")
+    return v
+
+
+def check_labels(v: dict[str, str] | None) -> dict[str, str] | None:
+    """Kubernetes label rules for every key and value."""
+    if v:
+        errs = validate_labels(v, field="labels")
+        if errs:  # the caller's location already names the field
+            raise ValueError("; ".join(e.removeprefix("labels: ") for e in errs))
+    return v
+
+
+def one_of(*values: str, case_insensitive: bool = False, allow_empty: bool = True,
+           ) -> Callable[[str], str]:
+    """A check that a string is one of ``values``.
+
+    With ``case_insensitive`` any spelling is accepted and the canonical one is returned.
+    ``allow_empty`` accepts "" (Go's zero value, meaning "unset").
+    """
+    canon = {v.lower(): v for v in values}
+
+    def check(v: str) -> str:
+        if v == "" and allow_empty:
+            return v
+        if v in values:
+            return v
+        if case_insensitive and v.lower() in canon:
+            return canon[v.lower()]
+        raise ValueError(f"{v!r} is not one of: {', '.join(values)}")
+
+    return check
+
+
 def check_selector(value: str | None) -> str | None:
     """Validate a Calico selector, keeping the user's text."""
     if value is None:
@@ -305,4 +344,5 @@ Duration = Annotated[str, AfterValidator(check_duration)]
 SelectorText = Annotated[str, AfterValidator(check_selector)]
 CIDR = Annotated[str, AfterValidator(check_cidr)]
 IPAddr = Annotated[str, AfterValidator(check_ip)]
+ResourceName = Annotated[str, AfterValidator(check_name)]
 NON_EMPTY = Field(min_length=1)

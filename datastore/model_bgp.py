@@ -18,8 +18,10 @@ from datastore.model_base import (
     Duration,
     Resource,
     ResourceInvalid,
+    ResourceName,
     SelectorText,
     Strict,
+    one_of,
 )
 from datastore.model_config import (
     EnabledDisabled,
@@ -27,8 +29,6 @@ from datastore.model_config import (
     IPv6Text,
     LogLevel,
     NonZeroPort,
-    ResourceName,
-    one_of,
 )
 
 # Calico's defaults for the cluster when no BGPConfiguration ``default`` exists

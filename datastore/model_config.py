@@ -23,40 +23,20 @@ from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, StrictInt, StrictStr
 
-from datastore.labels import validate_dns1123_label, validate_dns1123_subdomain, validate_labels
+from datastore.labels import validate_dns1123_label, validate_labels
 from datastore.model_base import (
     CIDR,
     Duration,
     Resource,
     ResourceInvalid,
+    ResourceName,
     SelectorText,
     Strict,
     check_cidr,
+    one_of,
 )
 
 # --- reusable field types (also used by model_bgp) --------------------------------------------
-
-
-def one_of(*values: str, case_insensitive: bool = False, allow_empty: bool = True,
-           ) -> Callable[[str], str]:
-    """A check that a string is one of ``values``.
-
-    With ``case_insensitive`` any spelling is accepted and the canonical one is returned.
-    ``allow_empty`` accepts "" (Go's zero value, meaning "unset").
-    """
-    canon = {v.lower(): v for v in values}
-
-    def check(v: str) -> str:
-        if v == "" and allow_empty:
-            return v
-        if v in values:
-            return v
-        if case_insensitive and v.lower() in canon:
-            return canon[v.lower()]
-        raise ValueError(f"{v!r} is not one of: {', '.join(values)}")
-
-    return check
-
 
 def _enum(*values: str, ci: bool = False) -> AfterValidator:
     """Validator metadata for a string field that must be one of ``values``."""
@@ -95,13 +75,6 @@ def _check_ipv4_cidr(v: str) -> str:
     out = check_cidr(v)
     if ipaddress.ip_network(out, strict=False).version != 4:
         raise ValueError(f"{v!r} is not an IPv4 CIDR")
-    return v
-
-
-def _check_name(v: str) -> str:
-    err = validate_dns1123_subdomain(v)
-    if err:
-        raise ValueError(f"invalid name {v!r}: {err}")
     return v
 
 
@@ -150,7 +123,6 @@ Regexp = Annotated[StrictStr, AfterValidator(_check_regexp)]
 IPv4Text = Annotated[StrictStr, AfterValidator(_check_ipv4)]
 IPv6Text = Annotated[StrictStr, AfterValidator(_check_ipv6)]
 IPv4CIDR = Annotated[StrictStr, AfterValidator(_check_ipv4_cidr)]
-ResourceName = Annotated[StrictStr, AfterValidator(_check_name)]
 InterfaceName = Annotated[StrictStr, AfterValidator(_matching(_IFACE_RE, "interface name"))]
 IfaceFilter = Annotated[StrictStr,
                         AfterValidator(_matching(_IFACE_FILTER_RE, "interface filter"))]

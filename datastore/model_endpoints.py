@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pydantic import Field
 
-from pydantic import AfterValidator, Field
-
-from datastore.labels import validate_dns1123_subdomain
-from datastore.model_base import CIDR, IPAddr, Resource, ResourceInvalid, Strict
+from datastore.model_base import CIDR, IPAddr, Resource, ResourceInvalid, ResourceName, Strict
 from datastore.model_policy import PORT_PROTOCOLS, Protocol
-
-
-def _profile_name(name: str) -> str:
-    err = validate_dns1123_subdomain(name)
-    if err:
-        raise ValueError(f"{name!r} is not a profile name: {err}")
-    return name
-
-
-ProfileName = Annotated[str, AfterValidator(_profile_name)]
 
 
 class EndpointPort(Strict):
@@ -46,7 +33,7 @@ class WorkloadEndpointSpec(Strict):
     ipNATs: list[IPNAT] | None = None
     ipv4Gateway: IPAddr | None = None
     ipv6Gateway: IPAddr | None = None
-    profiles: list[ProfileName] | None = None
+    profiles: list[ResourceName] | None = None
     interfaceName: str | None = None
     mac: str | None = None
     ports: list[EndpointPort] | None = None
@@ -65,7 +52,7 @@ class HostEndpointSpec(Strict):
     node: str | None = None
     interfaceName: str | None = None
     expectedIPs: list[IPAddr] | None = None
-    profiles: list[ProfileName] | None = None
+    profiles: list[ResourceName] | None = None
     ports: list[EndpointPort] | None = None
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from datastore.model_base import (
     CIDR,
@@ -16,6 +16,7 @@ from datastore.model_base import (
     SelectorText,
     Strict,
     check_cidr,
+    one_of,
 )
 
 ENCAP_MODES = ("Never", "Always", "CrossSubnet")
@@ -33,18 +34,22 @@ class IPIPConfigurationV1(Strict):
     mode: str | None = None
 
 
+EncapMode = Annotated[str, AfterValidator(one_of(*ENCAP_MODES))]
+
+
 class IPPoolSpec(Strict):
     cidr: str
-    vxlanMode: str | None = None
-    ipipMode: str | None = None
+    vxlanMode: EncapMode | None = None
+    ipipMode: EncapMode | None = None
     natOutgoing: bool | None = None
     disabled: bool | None = None
     disableBGPExport: bool | None = None
     nodeSelector: SelectorText | None = None
     namespaceSelector: SelectorText | None = None
     blockSize: int | None = None
-    allowedUses: list[str] | None = None
-    assignmentMode: str | None = None
+    allowedUses: list[Annotated[str, AfterValidator(one_of(*ALLOWED_USES,
+                                                            allow_empty=False))]] | None = None
+    assignmentMode: Annotated[str, AfterValidator(one_of("Automatic", "Manual"))] | None = None
     ipip: IPIPConfigurationV1 | None = None
     nat_outgoing: bool | None = Field(default=None, alias="nat-outgoing")
 
@@ -53,29 +58,6 @@ class IPPoolSpec(Strict):
     def _cidr(cls, v: str) -> str:
         return check_cidr(v, allow_ip=False, normalise=True)
 
-    @field_validator("vxlanMode", "ipipMode")
-    @classmethod
-    def _mode(cls, v: str | None) -> str | None:
-        if v is None or v == "":
-            return "Never" if v == "" else None
-        if v not in ENCAP_MODES:
-            raise ValueError(f"{v!r} is not a mode: use one of {', '.join(ENCAP_MODES)}")
-        return v
-
-    @field_validator("allowedUses")
-    @classmethod
-    def _uses(cls, v: list[str] | None) -> list[str] | None:
-        for u in v or []:
-            if u not in ALLOWED_USES:
-                raise ValueError(f"{u!r} is not a use: use one of {', '.join(ALLOWED_USES)}")
-        return v
-
-    @field_validator("assignmentMode")
-    @classmethod
-    def _assignment(cls, v: str | None) -> str | None:
-        if v is not None and v not in ("Automatic", "Manual"):
-            raise ValueError(f"{v!r} is not an assignment mode: use Automatic or Manual")
-        return v
 
 
 class IPPool(Resource):

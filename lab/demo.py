@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from lab.etcd import etcd_available, run_etcd
-from lab.seeds import APPLIES, EXAMPLES, REJECTED, SEEDS_DIR, Example
+from lab.seeds import APPLIES, EXAMPLES, REJECTED, SEEDS_DIR
 
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
@@ -24,8 +24,8 @@ def tortie(endpoint: str, *args: str, stdin: str | None = None) -> int:
                                               if stdin else ""))
     env = dict(os.environ, TORTIE_ETCD_ENDPOINTS=endpoint)
     p = subprocess.run([sys.executable, "-m", "ctl.main", *args], input=stdin, text=True,
-                       capture_output=True, env=env, check=False)
-    sys.stdout.write(p.stdout + p.stderr)
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, check=False)
+    sys.stdout.write(p.stdout)
     print()
     return p.returncode
 
@@ -33,10 +33,6 @@ def tortie(endpoint: str, *args: str, stdin: str | None = None) -> int:
 def stdin_label(text: str | None) -> str:
     first = next((line for line in (text or "").splitlines() if line.strip()), "")
     return first.strip()[:60]
-
-
-def example(ex: Example) -> str:
-    return ex.text()
 
 
 def main() -> int:
@@ -57,11 +53,11 @@ def main() -> int:
               f"articles{RESET}\n")
         for ex in applied:
             print(f"{DIM}# {ex.id}{RESET}")
-            failures += tortie(ep, ex.verb, "-f", "-", stdin=example(ex)) != 0
+            failures += tortie(ep, ex.verb, "-f", "-", stdin=ex.text()) != 0
         print(f"{BOLD}== the malformed ones are rejected, naming the problem{RESET}\n")
         for ex in [e for e in EXAMPLES if e.outcome == REJECTED][:3]:
             print(f"{DIM}# {ex.id}{RESET}")
-            failures += tortie(ep, ex.verb, "-f", "-", stdin=example(ex)) == 0
+            failures += tortie(ep, ex.verb, "-f", "-", stdin=ex.text()) == 0
         print(f"{BOLD}== what the datastore holds{RESET}\n")
         tortie(ep, "get", "globalnetworkpolicies", "-o", "wide")
         tortie(ep, "get", "k8snetworkpolicies", "-A")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.etcd import free_port
+from lab.etcd import free_port, run_etcd
 from tests.cli_helpers import tortie
 
 pytestmark = pytest.mark.integration
@@ -179,3 +179,28 @@ def test_unreachable_etcd_is_a_bounded_error() -> None:
 def test_bad_configuration_names_its_source() -> None:
     r = tortie("ftp://127.0.0.1:1", "get", "ippools")
     assert r.code == 1 and "TORTIE_ETCD_ENDPOINTS" in r.err
+
+
+def test_namespace_flag_leaves_global_kinds_alone(etcd_endpoint: str) -> None:
+    gnp = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: g\n"
+    r = tortie(etcd_endpoint, "apply", "-n", "shop", "-f", "-",
+               stdin=gnp + "---\n" + NP.format(name="web", ns="shop").replace(
+                   "  namespace: shop\n", ""))
+    assert r.code == 0, r.text
+    assert tortie(etcd_endpoint, "get", "np", "-n", "shop").out.split() == ["NAME", "web"]
+
+
+def test_tls_flags(scratch_dir: Path) -> None:
+    with run_etcd(scratch_dir, tls=True) as etcd:
+        tls = etcd.tls
+        assert tls is not None
+        flags = ["--etcd-ca-cert-file", str(tls.ca_cert), "--etcd-cert-file",
+                 str(tls.client_cert), "--etcd-key-file", str(tls.client_key)]
+        r = tortie(etcd.endpoint, *flags, "apply", "-f", "-",
+                   stdin=POOL.format(name="a", cidr="10.1.0.0/16"))
+        assert r.code == 0, r.text
+        assert tortie(etcd.endpoint, *flags, "get", "ippools", "-o", "name").out == \
+            "ippool/a\n"
+        r = tortie(etcd.endpoint, "--etcd-ca-cert-file", str(tls.ca_cert), "--etcd-timeout",
+                   "3", "get", "ippools")
+        assert r.code == 1 and "certificate" in r.err

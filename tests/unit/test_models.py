@@ -38,7 +38,7 @@ INVALID: list[tuple[str, dict, str]] = [
                                       "vxlanMode": "CrossSubnet"}),
      "spec: ipipMode and vxlanMode cannot both be enabled"),
     ("ipip mode value", doc("IPPool", {"cidr": "10.0.0.0/16", "ipipMode": "always"}),
-     "spec.ipipMode: 'always' is not a mode"),
+     "spec.ipipMode: 'always' is not one of: Never, Always, CrossSubnet"),
     ("pool node selector", doc("IPPool", {"cidr": "10.0.0.0/16", "nodeSelector": "a = 'b'"}),
      "spec.nodeSelector: selector"),
     ("pool unknown field", doc("IPPool", {"cidr": "10.0.0.0/16", "ipipmode": "Always"}),
