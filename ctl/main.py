@@ -2,60 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
+from ctl.common import CLIError, kind_info, run
+from ctl.ipam import ipam as ipam_group
+from ctl.lab import lab as lab_group
 from ctl.output import FORMATS, render
 from datastore.documents import Document, DocumentError, read_sources
-from datastore.etcd_config import ConfigError, EtcdConfig
-from datastore.kinds import KindInfo, UnknownKind, by_cli_name, by_document
+from datastore.kinds import KindInfo, UnknownKind, by_document
 from datastore.model_base import ResourceInvalid
 from datastore.resources import Resources, to_resource
-from datastore.store import AlreadyExists, DatastoreError, NotFound, Store
-
-T = TypeVar("T")
-
-
-class CLIError(click.ClickException):
-    """An error for the user: printed as ``error: ...``, exit code 1."""
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-def _config(ctx: click.Context) -> EtcdConfig:
-    obj = ctx.find_root().obj or {}
-    try:
-        return EtcdConfig.load(**obj)
-    except ConfigError as e:
-        raise CLIError(str(e)) from None
-
-
-def run(ctx: click.Context, fn: Callable[[Resources], Awaitable[T]]) -> T:
-    """Run ``fn`` against a connected datastore, turning datastore errors into CLI errors."""
-    config = _config(ctx)
-
-    async def main() -> T:
-        async with Store(config) as store:
-            return await fn(Resources(store))
-
-    try:
-        return asyncio.run(main())
-    except (DatastoreError, ResourceInvalid) as e:
-        raise CLIError(str(e)) from None
-
-
-def _kind(name: str) -> KindInfo:
-    try:
-        return by_cli_name(name)
-    except UnknownKind as e:
-        raise CLIError(str(e)) from None
+from datastore.store import AlreadyExists, NotFound
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -214,7 +177,7 @@ def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...], files: 
         return
     if not kind or not names:
         raise CLIError("delete needs KIND NAME... or -f FILE")
-    info = _kind(kind)
+    info = kind_info(kind)
 
     async def go(res: Resources) -> None:
         n = 0
@@ -243,7 +206,7 @@ def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...], files: 
 def get(ctx: click.Context, kind: str, names: tuple[str, ...], namespace: str | None,
         all_namespaces: bool, fmt: str) -> None:
     """Show resources of KIND (all, or the NAMEs given)."""
-    info = _kind(kind)
+    info = kind_info(kind)
     if all_namespaces and namespace:
         raise CLIError("give either --namespace or --all-namespaces, not both")
     ns = None if all_namespaces else (namespace or "default")
@@ -267,7 +230,7 @@ def get(ctx: click.Context, kind: str, names: tuple[str, ...], namespace: str | 
 def patch(ctx: click.Context, kind: str, name: str, patch_text: str,
           namespace: str | None) -> None:
     """Change fields of a resource with a JSON merge patch."""
-    info = _kind(kind)
+    info = kind_info(kind)
     try:
         body = json.loads(patch_text)
     except json.JSONDecodeError as e:
@@ -288,7 +251,7 @@ def patch(ctx: click.Context, kind: str, name: str, patch_text: str,
 def label(ctx: click.Context, kind: str, name: str, changes: tuple[str, ...],
           namespace: str | None, overwrite: bool) -> None:
     """Set (k=v) or remove (k-) labels of a resource."""
-    info = _kind(kind)
+    info = kind_info(kind)
     set_labels: dict[str, str] = {}
     remove: list[str] = []
     for c in changes:
@@ -301,6 +264,10 @@ def label(ctx: click.Context, kind: str, name: str, changes: tuple[str, ...],
             raise CLIError(f"label {c!r}: use key=value to set or key- to remove")
     run(ctx, lambda res: res.label(info, name, namespace, set_labels, remove, overwrite))
     click.echo(f"Successfully labelled 1 '{info.kind}' resource")
+
+
+cli.add_command(lab_group)
+cli.add_command(ipam_group)
 
 
 @cli.command()

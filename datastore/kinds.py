@@ -15,7 +15,7 @@ from datastore.model_bgp import BGPConfiguration, BGPPeer
 from datastore.model_config import FelixConfiguration, KubeControllersConfiguration
 from datastore.model_endpoints import HostEndpoint, WorkloadEndpoint
 from datastore.model_k8s import K8sNetworkPolicy, K8sNode, Namespace, Pod
-from datastore.model_network import IPPool, IPReservation, Node
+from datastore.model_network import IPAMConfiguration, IPPool, IPReservation, Node
 from datastore.model_policy import (
     GlobalNetworkPolicy,
     GlobalNetworkSet,
@@ -70,6 +70,11 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("IPReservation", CALICO_API_VERSION, IPReservation, "ipreservations",
              ("ipreservation", "ipreservations", "ipr", "iprs"),
              (_NAME, ("CIDRS", lambda r: _join(r.spec.reservedCIDRs)))),
+    KindInfo("IPAMConfiguration", CALICO_API_VERSION, IPAMConfiguration, "ipamconfigurations",
+             ("ipamconfiguration", "ipamconfigurations", "ipamconfig", "ipamconfigs"),
+             (_NAME, ("STRICTAFFINITY", lambda r: str(r.spec.strictAffinity).lower()),
+              ("MAXBLOCKSPERHOST", lambda r: str(r.spec.maxBlocksPerHost))),
+             implicit_defaults={"default": {"metadata": {"name": "default"}, "spec": {}}}),
     KindInfo("Node", CALICO_API_VERSION, Node, "nodes", ("node", "nodes", "no", "nos"),
              (_NAME,),
              (_NAME, ("ASN", _node_asn), ("IPV4", lambda r: r.ipv4_address() or ""),

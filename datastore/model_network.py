@@ -165,3 +165,22 @@ class Node(Resource):
 
     def ipv6_address(self) -> str | None:
         return self.spec.bgp.ipv6Address if self.spec.bgp else None
+
+
+class IPAMConfigurationSpec(Strict):
+    strictAffinity: bool = False
+    maxBlocksPerHost: int = Field(default=0, ge=0)
+    autoAllocateBlocks: bool = True
+
+
+class IPAMConfiguration(Resource):
+    """Cluster IPAM settings; only the resource named ``default`` is used."""
+
+    KIND = "IPAMConfiguration"
+    spec: IPAMConfigurationSpec = Field(default_factory=IPAMConfigurationSpec)
+
+    def apply_defaults(self) -> None:
+        super().apply_defaults()
+        if self.name != "default":
+            raise ResourceInvalid(self.KIND, self.name,
+                                  ["metadata.name: the IPAMConfiguration must be named default"])

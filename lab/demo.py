@@ -1,38 +1,44 @@
-"""The main job, for now: a private etcd, the seed articles' YAML applied with ``tortie``,
-and what ``tortie get`` shows of it.
+"""The main job: a 2-node lab, pods on a node reaching each other, what the datastore holds.
 
-Run as ``python -m lab.demo`` (README). Everything it starts is stopped and removed at the
-end, also on errors or Ctrl-C.
+Run as ``python -m lab.demo`` (README). It uses the ``tortie`` commands a user would type,
+shows each one and its output, and removes the lab at the end, also on errors or Ctrl-C.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+import uuid
 
-from lab.etcd import etcd_available, run_etcd
-from lab.seeds import APPLIES, EXAMPLES, REJECTED, SEEDS_DIR
+from lab.cluster import Lab
+from lab.etcd import etcd_available
+from lab.seeds import APPLIES, EXAMPLES, SEEDS_DIR
 
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
+TORTIE = [sys.executable, "-m", "ctl.main"]
 
 
-def tortie(endpoint: str, *args: str, stdin: str | None = None) -> int:
-    """Run the real CLI as a user would, showing the command and what it printed."""
-    shown = " ".join(a if " " not in a else f"'{a}'" for a in args)
-    print(f"{BOLD}$ tortie {shown}{RESET}" + (f"  {DIM}< {stdin_label(stdin)}{RESET}"
-                                              if stdin else ""))
-    env = dict(os.environ, TORTIE_ETCD_ENDPOINTS=endpoint)
-    p = subprocess.run([sys.executable, "-m", "ctl.main", *args], input=stdin, text=True,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, check=False)
-    sys.stdout.write(p.stdout)
-    print()
+def step(title: str) -> None:
+    print(f"\n{BOLD}== {title}{RESET}\n", flush=True)
+
+
+def tortie(*args: str, stdin: str | None = None, quiet: bool = False,
+           shown: tuple[str, ...] | None = None) -> int:
+    """Run the real CLI, showing the command (as typed: ``shown``) and what it printed."""
+    if not quiet:
+        text = " ".join(a if " " not in a else f"'{a}'" for a in (shown or args))
+        print(f"{BOLD}$ tortie {text}{RESET}", flush=True)
+    p = subprocess.run([*TORTIE, *args], input=stdin, text=True, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, check=False)
+    if not quiet or p.returncode != 0:
+        sys.stdout.write(p.stdout)
     return p.returncode
 
 
-def stdin_label(text: str | None) -> str:
-    first = next((line for line in (text or "").splitlines() if line.strip()), "")
-    return first.strip()[:60]
+def in_lab(name: str, *args: str, stdin: str | None = None, quiet: bool = False) -> int:
+    """A ``tortie`` command run next to the lab's etcd (``tortie lab exec -- tortie ...``)."""
+    return tortie("lab", "exec", "--name", name, "--", *TORTIE, *args, stdin=stdin,
+                  quiet=quiet, shown=("lab", "exec", "--name", name, "--", "tortie", *args))
 
 
 def main() -> int:
@@ -40,36 +46,36 @@ def main() -> int:
         print("error: etcd is not installed: run 'sudo bash scripts/install.sh' first",
               file=sys.stderr)
         return 1
-    if not SEEDS_DIR.is_dir():
-        print(f"error: the seed articles are not at {SEEDS_DIR} (set TORTIE_SEEDS_DIR)",
-              file=sys.stderr)
-        return 1
-    with run_etcd() as etcd:
-        ep = etcd.endpoint
-        print(f"{BOLD}etcd{RESET} running at {ep} (pid {etcd.pid})\n")
-        failures = 0
-        applied = [e for e in EXAMPLES if e.outcome == APPLIES]
-        print(f"{BOLD}== applying the {len(applied)} well-formed examples of the seed "
-              f"articles{RESET}\n")
-        for ex in applied:
-            print(f"{DIM}# {ex.id}{RESET}")
-            failures += tortie(ep, ex.verb, "-f", "-", stdin=ex.text()) != 0
-        print(f"{BOLD}== the malformed ones are rejected, naming the problem{RESET}\n")
-        for ex in [e for e in EXAMPLES if e.outcome == REJECTED][:3]:
-            print(f"{DIM}# {ex.id}{RESET}")
-            failures += tortie(ep, ex.verb, "-f", "-", stdin=ex.text()) == 0
-        print(f"{BOLD}== what the datastore holds{RESET}\n")
-        tortie(ep, "get", "globalnetworkpolicies", "-o", "wide")
-        tortie(ep, "get", "k8snetworkpolicies", "-A")
-        tortie(ep, "get", "hostendpoints")
-        tortie(ep, "patch", "kubecontrollersconfiguration", "default",
-               '--patch={"spec": {"controllers": {"node": {"hostEndpoint": '
-               '{"autoCreate": "Enabled"}}}}}')
-        tortie(ep, "get", "gnp", "bar-external-consumer", "-o", "yaml")
-        tortie(ep, "delete", "gnp", "global-access")
-    print("etcd stopped and its data removed.")
+    name = f"demo{uuid.uuid4().hex[:4]}"
+    failures = 0
+    try:
+        step("a lab: etcd and two nodes, each a network namespace running tortie-node")
+        if tortie("lab", "up", "--name", name, "--nodes", "2") != 0:
+            return 1
+        step("pods are created as a runtime does it: a netns, then the CNI chain")
+        for node, pod in (("node1", "shop/web"), ("node1", "shop/client"),
+                          ("node2", "shop/db")):
+            failures += tortie("lab", "pod", "add", "--name", name, node, pod) != 0
+        web = Lab(name).load().pods["shop/web"]
+        step(f"shop/client reaches shop/web ({web.ips[0]}) on the same node")
+        failures += tortie("lab", "exec", "--name", name, "shop/client", "--",
+                           "ping", "-c", "3", "-W", "2", web.ips[0]) != 0
+        step("what IPAM and the datastore hold")
+        in_lab(name, "ipam", "show", "--show-blocks")
+        in_lab(name, "get", "workloadendpoints", "-A", "-o", "wide")
+        in_lab(name, "get", "nodes", "-o", "wide")
+        failures += in_lab(name, "ipam", "check") != 0
+        if SEEDS_DIR.is_dir():
+            applied = [e for e in EXAMPLES if e.outcome == APPLIES]
+            step(f"the seed articles' {len(applied)} well-formed examples apply unchanged")
+            for ex in applied:
+                failures += in_lab(name, ex.verb, "-f", "-", stdin=ex.text(), quiet=True) != 0
+            in_lab(name, "get", "globalnetworkpolicies", "-o", "wide")
+    finally:
+        step("removing the lab")
+        tortie("lab", "down", "--name", name)
     if failures:
-        print(f"error: {failures} step(s) did not behave as the articles say", file=sys.stderr)
+        print(f"error: {failures} step(s) failed", file=sys.stderr)
         return 1
     return 0
 

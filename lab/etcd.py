@@ -117,15 +117,20 @@ class EtcdProcess:
         tls: TlsFiles | None = None,
         name: str | None = None,
         extra_args: tuple[str, ...] = (),
+        netns: str | None = None,
+        host: str = "127.0.0.1",
+        client_port: int = 0,
     ) -> None:
         self.base_dir = base_dir
+        self.netns = netns  # run inside this network namespace (the lab's fabric)
+        self.host = host
         self.name = name or f"tortie-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.data_dir = base_dir / "data"
         self.log_file = base_dir / "etcd.log"
         self.tls = tls
         self.extra_args = extra_args
-        self.client_port = 0
-        self.peer_port = 0
+        self.client_port = client_port
+        self.peer_port = client_port + 1 if client_port else 0
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- addresses and settings --------------------------------------------------------
@@ -137,7 +142,7 @@ class EtcdProcess:
     @property
     def endpoint(self) -> str:
         """The client URL, e.g. ``http://127.0.0.1:40123``."""
-        return f"{self.scheme}://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def pid(self) -> int:
@@ -163,13 +168,17 @@ class EtcdProcess:
 
     def _args(self) -> list[str]:
         client = self.endpoint
+        if self.host != "127.0.0.1":
+            client += f",{self.scheme}://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         args = [
+            *prefix,
             ETCD_BIN,
             "--name", self.name,
             "--data-dir", str(self.data_dir),
             "--listen-client-urls", client,
-            "--advertise-client-urls", client,
+            "--advertise-client-urls", self.endpoint,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"{self.name}={peer}",
@@ -219,7 +228,8 @@ class EtcdProcess:
             log.write(f"--- starting etcd {self.name} at {time.ctime()}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
-                self._args(), stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env
+                self._args(), stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True,  # a Ctrl-C meant for the caller must not kill it
             )
         _running[self._proc.pid] = self._proc
 
@@ -235,11 +245,14 @@ class EtcdProcess:
                     f"log tail:\n{self.log_tail()}"
                 )
             try:
+                if self.netns:  # not reachable from here: ask from inside
+                    self.etcdctl("endpoint", "health", "--command-timeout=1s")
+                    return
                 health = json.loads(self.http_get("/health", timeout=1.0))
                 if health.get("health") == "true":
                     return
                 last = f"health: {health}"
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, RuntimeError) as e:
                 last = str(e)
             time.sleep(0.05)
         raise RuntimeError(
@@ -262,6 +275,12 @@ class EtcdProcess:
                 proc.wait(timeout)
         _running.pop(proc.pid, None)
         self._proc = None
+
+    def detach(self) -> int:
+        """Let this etcd outlive this process (the lab's, stopped by ``tortie lab down``)."""
+        pid = self.pid
+        _running.pop(pid, None)
+        return pid
 
     def restart(self, sig: int = signal.SIGKILL) -> None:
         """Stop and start again with the same data directory and ports."""
@@ -302,7 +321,8 @@ class EtcdProcess:
 
     def etcdctl(self, *args: str) -> str:
         """Run ``etcdctl`` against this etcd; returns stdout, raises on failure."""
-        cmd = ["etcdctl", f"--endpoints={self.endpoint}"]
+        cmd = [*(["ip", "netns", "exec", self.netns] if self.netns else []),
+               "etcdctl", f"--endpoints={self.endpoint}"]
         if self.tls is not None:
             cmd += [f"--cacert={self.tls.ca_cert}", f"--cert={self.tls.client_cert}",
                     f"--key={self.tls.client_key}"]

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 DEBIAN_PACKAGES=(
   etcd-server etcd-client   # the datastore (tests and the lab run their own instances)
   nftables iproute2         # the dataplane
+  containernetworking-plugins  # reference CNI plugins: portmap/bandwidth chains, benchmarks
+  iputils-ping procps       # ping and sysctl inside the lab
   openssl                   # TLS material for the etcd TLS tests
   python3 python3-venv python3-dev
 )

@@ -1,0 +1,801 @@
+"""The daemon side of the CNI: what tortie-node does with one request from the plugin.
+
+:meth:`CNIHandler.handle` takes the request the plugin sent (``{"command", "plugin", "env",
+"config"}``, see docs/pod-networking.md) and returns the response line's object
+(``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {...}}``); it never raises.
+
+ADD
+    validate -> read the Pod, its Namespace and this Node from the datastore (when present)
+    -> choose pools (:func:`ipam.pools.select_pools`: pod annotation > namespace annotation
+    > ``ipam.ipv4_pools`` > pools selecting the node) or the requested addresses
+    (``cni.projectcalico.org/ipAddrs`` / ``CNI_ARGS IP=``) -> allocate with handle
+    ``tortie.<containerID>`` -> veth (:mod:`cni.netlink`) -> WorkloadEndpoint
+    ``<node>-k8s-<pod>-<ifname>`` -> ``on_endpoint_ready`` (the policy agent's hook) ->
+    result.  Any failure after allocation rolls everything back.  An ADD repeated for a
+    container that is fully set up returns the same result again.
+DEL
+    idempotent: removes the veth, the endpoint (only if it belongs to this container: a
+    newer sandbox of the same pod may own it) and the addresses of the handle.
+CHECK
+    compares prevResult, the IPAM reservation of the handle, the WorkloadEndpoint, and the
+    veth / addresses / routes in the kernel; any difference is an error listing them all.
+GC
+    releases every ``tortie.*`` handle allocated by this node whose container is not in
+    ``cni.dev/valid-attachments``, with its endpoint and host veth.
+STATUS
+    code 50 when etcd is unreachable or no pool can serve this node.
+
+``"plugin": "ipam"`` (the standalone ``tortie-ipam``) does only the address part: ADD
+returns ``ips`` without interfaces, DEL releases the handle, CHECK compares the handle with
+prevResult.
+
+Requests for one pod (or one container without a pod identity) are serialised; others run
+concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cni import netlink
+from cni.spec import (
+    ERR_INCOMPATIBLE_VERSION,
+    ERR_INTERNAL,
+    ERR_INVALID_CONFIG,
+    ERR_INVALID_ENV,
+    ERR_IPAM_EXHAUSTED,
+    ERR_PLUGIN_NOT_AVAILABLE,
+    ERR_TRY_AGAIN_LATER,
+    CNIEnv,
+    CNIError,
+    Interface,
+    IPConfig,
+    NetConf,
+    Result,
+    Route,
+    error_dict,
+    parse_config,
+    parse_env,
+    parse_valid_attachments,
+    version_at_least,
+    version_info,
+)
+from datastore.kinds import by_plural
+from datastore.model_base import ResourceInvalid
+from datastore.model_endpoints import EndpointPort, WorkloadEndpoint, WorkloadEndpointSpec
+from datastore.model_k8s import Namespace, Pod
+from datastore.model_network import IPPool, Node
+from datastore.resources import ResourceExists, Resources
+from datastore.store import DatastoreError, NotFound, Store, Unavailable
+from ipam import keys as ipam_keys
+from ipam.allocator import IPAM
+from ipam.blocks import Block, IPAMError
+from ipam.pools import (
+    CNI_POOL_KEYS,
+    auto_pools,
+    requested_ips,
+    resolve_pools,
+    select_pools,
+)
+
+__all__ = [
+    "HANDLE_PREFIX",
+    "CNIHandler",
+    "EndpointReady",
+    "RequestInfo",
+    "handle_id",
+    "workload_endpoint_name",
+]
+
+log = logging.getLogger(__name__)
+
+HANDLE_PREFIX = "tortie."
+ORCH_K8S = "k8s"
+ORCH_CNI = "cni"
+LABEL_NAMESPACE = "projectcalico.org/namespace"
+LABEL_ORCHESTRATOR = "projectcalico.org/orchestrator"
+LABEL_SERVICE_ACCOUNT = "projectcalico.org/serviceaccount"
+MAX_REQUEST_FIELDS = ("command", "env", "config", "plugin")
+
+#: The policy agent's hook: called with the stored endpoint before ADD returns; raising
+#: fails (and rolls back) the ADD.
+EndpointReady = Callable[[WorkloadEndpoint], Awaitable[None]]
+
+_WEP = by_plural("workloadendpoints")
+_POD = by_plural("pods")
+_NAMESPACE = by_plural("namespaces")
+_NODE = by_plural("nodes")
+_NAME_CLEAN = re.compile(r"[^a-z0-9.-]")
+
+
+def handle_id(container_id: str) -> str:
+    """The IPAM handle of a container's addresses."""
+    return HANDLE_PREFIX + container_id
+
+
+def _escape(part: str) -> str:
+    return part.replace("-", "--")
+
+
+def workload_endpoint_name(node: str, orchestrator: str, workload: str, endpoint: str) -> str:
+    """Calico's endpoint name: ``<node>-<orch>-<workload>-<endpoint>``, dashes doubled in
+    the parts so the name can be split again (``node1-k8s-web--0-eth0``)."""
+    name = "-".join((_escape(node), orchestrator, _escape(workload), _escape(endpoint)))
+    return _NAME_CLEAN.sub("-", name.lower())
+
+
+@dataclass
+class RequestInfo:
+    """What one request did, for logs and metrics."""
+
+    command: str = "?"
+    plugin: str = "tortie"
+    container: str = ""
+    pod: str = ""
+    ips: list[str] = field(default_factory=list)
+    code: int | None = None
+    message: str = ""
+    duration: float = 0.0
+    etcd_ok: bool | None = None  # whether the datastore answered (None: not asked)
+
+    @property
+    def result(self) -> str:
+        return "ok" if self.code is None else "error"
+
+
+@dataclass
+class _PodInfo:
+    namespace: str
+    name: str | None
+    pod: Pod | None = None
+    ns: Namespace | None = None
+    node: Node | None = None
+    pools: list[IPPool] = field(default_factory=list)
+
+    @property
+    def service_account(self) -> str:
+        return self.pod.service_account if self.pod else "default"
+
+
+class _DatastoreDown(CNIError):
+    """A CNI error whose cause is that etcd did not answer."""
+
+
+class _KeyedLocks:
+    """One asyncio lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                self._locks.pop(key, None)
+
+
+class CNIHandler:
+    """Serves CNI requests for one node."""
+
+    def __init__(self, store: Store, node: str, *, interface_prefix: str = "cali",
+                 mtu: int | None = None,
+                 on_endpoint_ready: EndpointReady | None = None) -> None:
+        self.store = store
+        self.node = node
+        self.interface_prefix = interface_prefix
+        self.resources = Resources(store)
+        self.ipam = IPAM(store, node)
+        self.on_endpoint_ready = on_endpoint_ready
+        self._mtu = mtu
+        self._locks = _KeyedLocks()
+        self._inflight: dict[str, int] = {}
+
+    # --- entry point ------------------------------------------------------------------------
+
+    async def handle(self, request: Any, info: RequestInfo | None = None) -> dict[str, Any]:
+        """Serve one request; returns the response object (never raises)."""
+        info = info or RequestInfo()
+        start = time.perf_counter()
+        version: str | None = None
+        try:
+            env, conf, plugin = self._parse(request, info)
+            version = conf.cni_version if conf else None
+            result = await self._dispatch(env, conf, plugin, info)
+            response: dict[str, Any] = {"ok": True, "result": result}
+            if info.command != "VERSION":
+                info.etcd_ok = True
+        except _DatastoreDown as e:
+            info.etcd_ok = False
+            response = self._error(info, e, version)
+        except CNIError as e:
+            response = self._error(info, e, version)
+        except IPAMError as e:
+            code = int(getattr(e, "code", ERR_IPAM_EXHAUSTED))
+            response = self._error(info, CNIError(code, str(e)), version)
+        except Unavailable as e:
+            info.etcd_ok = False
+            response = self._error(info, CNIError(
+                ERR_TRY_AGAIN_LATER, "the datastore (etcd) is unreachable", str(e)), version)
+        except netlink.NetnsGone as e:
+            response = self._error(info, CNIError(ERR_INVALID_ENV, "invalid CNI_NETNS",
+                                                  str(e)), version)
+        except netlink.NetlinkFailure as e:
+            response = self._error(info, CNIError(ERR_INTERNAL, "network setup failed",
+                                                  str(e)), version)
+        except (DatastoreError, ResourceInvalid) as e:
+            response = self._error(info, CNIError(ERR_INTERNAL, "datastore operation failed",
+                                                  str(e)), version)
+        except Exception as e:
+            log.exception("unexpected failure serving a CNI request")
+            response = self._error(info, CNIError(ERR_INTERNAL, "internal error in tortie-node",
+                                                  f"{type(e).__name__}: {e}"), version)
+        info.duration = time.perf_counter() - start
+        return response
+
+    @staticmethod
+    def _error(info: RequestInfo, e: CNIError, version: str | None) -> dict[str, Any]:
+        info.code = e.code
+        info.message = str(e)
+        return {"ok": False, "error": error_dict(e.code, e.msg, e.details, version)}
+
+    def _parse(self, request: Any,
+               info: RequestInfo) -> tuple[CNIEnv, NetConf | None, str]:
+        if not isinstance(request, dict):
+            raise CNIError(ERR_INVALID_CONFIG, "the request must be a JSON object")
+        raw_env = request.get("env")
+        if not isinstance(raw_env, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in raw_env.items()):
+            raise CNIError(ERR_INVALID_ENV, "the request's env must map names to strings")
+        plugin = request.get("plugin", "tortie")
+        if plugin not in ("tortie", "ipam"):
+            raise CNIError(ERR_INVALID_CONFIG, f"unknown plugin {plugin!r}")
+        info.plugin = plugin
+        info.command = str(raw_env.get("CNI_COMMAND") or request.get("command") or "?")[:16]
+        info.container = str(raw_env.get("CNI_CONTAINERID", ""))[:128]
+        env = parse_env(raw_env)
+        if request.get("command") not in (None, env.command):
+            raise CNIError(ERR_INVALID_ENV, "CNI_COMMAND does not match the request's command",
+                           f"{env.command} vs {request.get('command')}")
+        if env.pod_namespace and env.pod_name:
+            info.pod = f"{env.pod_namespace}/{env.pod_name}"
+        if env.command == "VERSION":
+            return env, None, plugin
+        conf = parse_config(request.get("config"), ipam_plugin=plugin == "ipam")
+        if conf.nodename and conf.nodename != self.node:
+            raise CNIError(ERR_INVALID_CONFIG, f"nodename {conf.nodename!r} in the network "
+                           f"configuration is not this node ({self.node!r})")
+        return env, conf, plugin
+
+    async def _dispatch(self, env: CNIEnv, conf: NetConf | None, plugin: str,
+                        info: RequestInfo) -> dict[str, Any] | None:
+        if env.command == "VERSION" or conf is None:
+            return version_info(conf.cni_version if conf else None)
+        ipam_only = plugin == "ipam"
+        if env.command in ("GC", "STATUS") and not version_at_least(conf.cni_version, "1.1.0"):
+            raise CNIError(ERR_INCOMPATIBLE_VERSION,
+                           f"cniVersion {conf.cni_version} does not have {env.command}",
+                           "GC and STATUS need cniVersion 1.1.0")
+        if env.command == "CHECK" and not version_at_least(conf.cni_version, "0.4.0"):
+            raise CNIError(ERR_INCOMPATIBLE_VERSION,
+                           f"cniVersion {conf.cni_version} does not have CHECK",
+                           "CHECK needs cniVersion 0.4.0 or later")
+        if env.command == "GC":
+            await self._gc(conf, ipam_only)
+            return None
+        if env.command == "STATUS":
+            await self._status(conf)
+            return None
+        async with self._serialised(env):
+            if env.command == "ADD":
+                result = await self._add(env, conf, ipam_only, info)
+                return result.to_dict(conf.cni_version)
+            if env.command == "DEL":
+                await self._del(env, ipam_only, info)
+                return None
+            await self._check(env, conf, ipam_only)
+            return None
+
+    @contextlib.asynccontextmanager
+    async def _serialised(self, env: CNIEnv) -> AsyncIterator[None]:
+        """Per pod (or container) mutual exclusion, and the in-flight mark GC respects."""
+        cid = env.container_id
+        # Sandboxes of one pod share the host veth name and the endpoint: one at a time.
+        # Lock order: pod, then container (GC takes container locks only).
+        pod_key = f"pod:{env.pod_namespace}/{env.pod_name}" if env.is_k8s else None
+        self._inflight[cid] = self._inflight.get(cid, 0) + 1
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if pod_key is not None:
+                    await stack.enter_async_context(self._locks.hold(pod_key))
+                await stack.enter_async_context(self._locks.hold(f"ctr:{cid}"))
+                yield
+        finally:
+            self._inflight[cid] -= 1
+            if not self._inflight[cid]:
+                del self._inflight[cid]
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _host_name(self, env: CNIEnv) -> str:
+        return netlink.host_veth_name(self.interface_prefix, env.pod_namespace, env.pod_name,
+                                      env.container_id)
+
+    def _wep_ref(self, env: CNIEnv) -> tuple[str, str]:
+        """(namespace, name) of the container's WorkloadEndpoint."""
+        if env.is_k8s:
+            return str(env.pod_namespace), workload_endpoint_name(
+                self.node, ORCH_K8S, str(env.pod_name), env.ifname)
+        return "default", workload_endpoint_name(self.node, ORCH_CNI, env.container_id,
+                                                 env.ifname)
+
+    async def _get_wep(self, namespace: str, name: str) -> WorkloadEndpoint | None:
+        try:
+            wep: WorkloadEndpoint = await self.resources.get(_WEP, name, namespace)
+        except NotFound:
+            return None
+        return wep
+
+    async def _optional(self, coro: Awaitable[Any]) -> Any:
+        try:
+            return await coro
+        except NotFound:
+            return None
+
+    async def _mtu_for(self, conf: NetConf) -> int:
+        if conf.mtu:
+            return conf.mtu
+        if self._mtu is None:
+            self._mtu = await asyncio.to_thread(netlink.default_mtu)
+        return self._mtu
+
+    async def _handle_ips(self, handle: str) -> list[str]:
+        """The addresses the IPAM holds for ``handle`` (from the handle's blocks)."""
+        try:
+            kv = await self.store.get(ipam_keys.handle_key(handle))
+        except NotFound:
+            return []
+        ips: list[str] = []
+        for cidr in sorted(kv.value.get("blocks") or {}):
+            try:
+                bkv = await self.store.get(ipam_keys.block_key(cidr))
+            except NotFound:
+                continue
+            ips += Block.from_dict(bkv.value, bkv.mod_revision).ips_for_handle(handle)
+        return sorted(ips, key=_ip_key)
+
+    async def _pod_info(self, env: CNIEnv) -> _PodInfo:
+        """Pod, Namespace, this Node and the pools, read concurrently."""
+        namespace = env.pod_namespace or "default"
+        pod_c = self._optional(self.resources.get(_POD, str(env.pod_name), namespace)) \
+            if env.is_k8s else asyncio.sleep(0, None)
+        pod, ns, node, pools = await asyncio.gather(
+            pod_c,
+            self._optional(self.resources.get(_NAMESPACE, namespace)),
+            self._optional(self.resources.get(_NODE, self.node)),
+            self.ipam.pools(),
+        )
+        return _PodInfo(namespace, env.pod_name, pod, ns, node, pools)
+
+    # --- ADD --------------------------------------------------------------------------------
+
+    async def _add(self, env: CNIEnv, conf: NetConf, ipam_only: bool,
+                   info: RequestInfo) -> Result:
+        if not os.path.exists(env.netns):
+            raise CNIError(ERR_INVALID_ENV, "invalid CNI_NETNS",
+                           f"network namespace {env.netns} does not exist")
+        handle = handle_id(env.container_id)
+        host_name = self._host_name(env)
+        wep_ns, wep_name = self._wep_ref(env)
+
+        if ipam_only:
+            pod = await self._pod_info(env)
+            held = await self._handle_ips(handle)
+            if held:  # ADD again: the same addresses
+                info.ips = held
+                return Result(ips=[IPConfig(_host_cidr(ip)) for ip in held], dns=dict(conf.dns))
+        else:
+            wep, link_exists, pod = await asyncio.gather(
+                self._get_wep(wep_ns, wep_name),
+                asyncio.to_thread(netlink.netns_link_exists, env.netns, env.ifname),
+                self._pod_info(env))
+            if wep is not None and wep.spec.containerID == env.container_id:
+                again = await self._repeat_add(env, conf, host_name, wep)
+                if again is not None:
+                    info.ips = [ip.ip for ip in again.ips]
+                    log.info("ADD repeated for a container that is set up already",
+                             extra=_fields(info, host=host_name))
+                    return again
+            if link_exists:
+                raise CNIError(ERR_INVALID_ENV, "invalid CNI_IFNAME",
+                               f"{env.ifname} already exists in {env.netns}")
+        # Whatever a crashed earlier attempt for this container left is not wanted any more.
+        stale = await self.ipam.release_by_handle(handle)
+        if stale:
+            log.warning("released addresses left by an earlier ADD",
+                        extra=_fields(info, ip=",".join(stale)))
+
+        ips: list[str] = []
+        veth_made = False
+        wep_written = False
+        try:
+            ips = await self._allocate(env, conf, pod, handle)
+            info.ips = ips
+            if ipam_only:
+                return Result(ips=[IPConfig(_host_cidr(ip)) for ip in ips], dns=dict(conf.dns))
+            v4 = [ip for ip in ips if ipaddress.ip_address(ip).version == 4]
+            v6 = [ip for ip in ips if ipaddress.ip_address(ip).version == 6]
+            mtu = await self._mtu_for(conf)
+            veth_made = True  # from here on a failure may have left a (partial) veth
+            _, mac = await asyncio.to_thread(netlink.setup_veth, host_name, env.netns,
+                                             env.ifname, v4, v6, mtu)
+            new_wep = self._build_wep(env, pod, wep_ns, wep_name, host_name, mac, ips)
+            wep_written = True  # (an unknown outcome counts as written)
+            try:
+                stored = await self.resources.create(_WEP, new_wep)
+            except ResourceExists:  # another sandbox of the pod had it: now it is ours
+                stored, _ = await self.resources.apply(_WEP, new_wep)
+            if self.on_endpoint_ready is not None:
+                await self.on_endpoint_ready(stored)
+            result = _veth_result(host_name, env, mac, mtu, ips, conf)
+            log.info("pod networked", extra=_fields(info, ip=",".join(ips), host=host_name,
+                                                     endpoint=wep_name))
+            return result
+        except BaseException as e:
+            await asyncio.shield(self._rollback(env, handle, host_name if veth_made else None,
+                                                (wep_ns, wep_name) if wep_written else None,
+                                                info, e))
+            raise
+
+    async def _rollback(self, env: CNIEnv, handle: str, host_name: str | None,
+                        wep: tuple[str, str] | None, info: RequestInfo,
+                        cause: BaseException) -> None:
+        """Undo a failed ADD: endpoint, veth, addresses (each step tried regardless)."""
+        log.warning("ADD failed, rolling back", extra=_fields(
+            info, error=f"{type(cause).__name__}: {cause}", ip=",".join(info.ips)))
+        if wep is not None:
+            try:
+                await self._delete_wep_if_ours(wep[0], wep[1], env.container_id)
+            except Exception as e:
+                log.error("rollback: could not delete the endpoint",
+                          extra=_fields(info, endpoint=wep[1], error=str(e)))
+        if host_name is not None:
+            try:
+                await asyncio.to_thread(netlink.teardown_veth, host_name)
+                await asyncio.to_thread(netlink.delete_container_link, env.netns, env.ifname)
+            except Exception as e:
+                log.error("rollback: could not delete the veth",
+                          extra=_fields(info, host=host_name, error=str(e)))
+        try:
+            await self.ipam.release_by_handle(handle)
+        except Exception as e:
+            log.error("rollback: could not release the addresses (GC will)",
+                      extra=_fields(info, handle=handle, error=str(e)))
+
+    async def _repeat_add(self, env: CNIEnv, conf: NetConf, host_name: str,
+                          wep: WorkloadEndpoint) -> Result | None:
+        """The result again if this container is fully set up already, else None."""
+        ips = [ipaddress.ip_interface(n).ip for n in wep.spec.ipNetworks or []]
+        held = await self._handle_ips(handle_id(env.container_id))
+        if not ips or sorted(map(str, ips)) != sorted(held):
+            return None
+        mtu = await self._mtu_for(conf)
+        v4 = [str(ip) for ip in ips if ip.version == 4]
+        v6 = [str(ip) for ip in ips if ip.version == 6]
+        problems = await asyncio.to_thread(netlink.check_veth, host_name, env.netns,
+                                           env.ifname, v4, v6, mtu, wep.spec.mac)
+        if problems:
+            return None
+        return _veth_result(host_name, env, wep.spec.mac or "", mtu, [str(i) for i in ips],
+                            conf)
+
+    async def _allocate(self, env: CNIEnv, conf: NetConf, pod: _PodInfo,
+                        handle: str) -> list[str]:
+        attrs = {"node": self.node, "container": env.container_id,
+                 "namespace": pod.namespace if env.is_k8s else None, "pod": pod.name}
+        pod_ann = pod.pod.metadata.annotations if pod.pod else None
+        ns_ann = pod.ns.metadata.annotations if pod.ns else None
+        ns_labels = dict(pod.ns.metadata.labels or {}) if pod.ns else None
+        node_labels = dict(pod.node.metadata.labels or {}) if pod.node else {}
+        wanted = requested_ips(pod_ann, pod.pools)
+        if not wanted and env.args.get("IP"):
+            wanted = requested_ips({"cni.projectcalico.org/ipAddrs": _json_list(
+                env.args["IP"].split(","))}, pod.pools)
+        ips: list[str] = []
+        for version, enabled in ((4, conf.assign_ipv4), (6, conf.assign_ipv6)):
+            specific = [a for a in wanted if a.version == version]
+            if specific:
+                ips.append(await self.ipam.assign_ip(specific[0], handle, attrs))
+                continue
+            if not enabled:
+                continue
+            cni_pools = conf.ipv4_pools if version == 4 else conf.ipv6_pools
+            pools = select_pools(pod.pools, node_labels, node=self.node, version=version,
+                                 pod_annotations=pod_ann, namespace_annotations=ns_ann,
+                                 namespace_labels=ns_labels,
+                                 cni_pools=list(cni_pools) if cni_pools else None)
+            if not pools:
+                raise CNIError(ERR_IPAM_EXHAUSTED, f"no IPv{version} pool can serve node "
+                               f"{self.node}",
+                               f"create an IPPool, or check the nodeSelector / "
+                               f"namespaceSelector / disabled of the pools (ipam."
+                               f"{CNI_POOL_KEYS[version]}: {cni_pools or 'not set'})")
+            ips += await self.ipam.auto_assign(handle, attrs, pools, 1)
+        if not ips:
+            raise CNIError(ERR_INVALID_CONFIG, "no address family enabled",
+                           "set ipam.assign_ipv4 and/or ipam.assign_ipv6 to \"true\"")
+        return ips
+
+    def _build_wep(self, env: CNIEnv, pod: _PodInfo, namespace: str, name: str,
+                   host_name: str, mac: str, ips: Sequence[str]) -> WorkloadEndpoint:
+        k8s = env.is_k8s
+        labels: dict[str, str] = {}
+        ports: list[EndpointPort] = []
+        sa = pod.service_account
+        if pod.pod is not None:
+            labels.update(pod.pod.metadata.labels or {})
+            for (pname, proto), port in sorted(pod.pod.named_ports().items()):
+                if proto in ("TCP", "UDP", "SCTP"):
+                    ports.append(EndpointPort(name=pname, protocol=proto, port=port))
+        labels[LABEL_NAMESPACE] = namespace
+        labels[LABEL_ORCHESTRATOR] = ORCH_K8S if k8s else ORCH_CNI
+        profiles = [f"kns.{namespace}"]
+        if k8s:
+            labels[LABEL_SERVICE_ACCOUNT] = sa
+            profiles.append(f"ksa.{namespace}.{sa}")
+        spec = WorkloadEndpointSpec(
+            orchestrator=ORCH_K8S if k8s else ORCH_CNI,
+            workload=None if k8s else env.container_id,
+            node=self.node,
+            containerID=env.container_id,
+            pod=env.pod_name if k8s else None,
+            endpoint=env.ifname,
+            serviceAccountName=sa if k8s else None,
+            ipNetworks=[_host_cidr(ip) for ip in ips],
+            profiles=profiles,
+            interfaceName=host_name,
+            mac=mac,
+            ports=ports or None,
+        )
+        return WorkloadEndpoint.from_dict({
+            "apiVersion": WorkloadEndpoint.API_VERSION,
+            "kind": WorkloadEndpoint.KIND,
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": spec.dump(),
+        })
+
+    # --- DEL --------------------------------------------------------------------------------
+
+    async def _delete_wep_if_ours(self, namespace: str, name: str,
+                                  container_id: str) -> tuple[bool, WorkloadEndpoint | None]:
+        """Delete the endpoint if it is this container's; returns (deleted, endpoint)."""
+        wep = await self._get_wep(namespace, name)
+        if wep is None:
+            return False, None
+        if wep.spec.containerID not in (None, "", container_id):
+            return False, wep
+        try:
+            await self.resources.delete(_WEP, name, namespace, wep.metadata.resourceVersion)
+        except NotFound:
+            return False, None
+        return True, wep
+
+    async def _del(self, env: CNIEnv, ipam_only: bool, info: RequestInfo) -> None:
+        handle = handle_id(env.container_id)
+        if ipam_only:
+            released = await self.ipam.release_by_handle(handle)
+        else:
+            wep_ns, wep_name = self._wep_ref(env)
+            host_name = self._host_name(env)
+            wep = await self._get_wep(wep_ns, wep_name)
+            ours = wep is None or wep.spec.containerID in (None, "", env.container_id)
+            if wep is not None and ours and wep.spec.interfaceName:
+                host_name = wep.spec.interfaceName
+            if not ours:
+                # A newer sandbox of the same pod owns the endpoint and the host veth.
+                log.info("endpoint belongs to another container; leaving it",
+                         extra=_fields(info, endpoint=wep_name,
+                                       owner=wep.spec.containerID if wep else ""))
+
+            async def remove_veth() -> None:
+                removed = ours and await asyncio.to_thread(netlink.teardown_veth, host_name)
+                if not removed and env.netns:
+                    await asyncio.to_thread(netlink.delete_container_link, env.netns,
+                                            env.ifname)
+
+            async def remove_wep() -> None:
+                if wep is not None and ours:
+                    with contextlib.suppress(NotFound):
+                        await self.resources.delete(_WEP, wep_name, wep_ns,
+                                                    wep.metadata.resourceVersion)
+
+            # The kernel takes a while to destroy a veth: do the datastore work meanwhile.
+            outcomes = await asyncio.gather(remove_veth(), remove_wep(),
+                                            self.ipam.release_by_handle(handle),
+                                            return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            released = outcomes[2]  # type: ignore[assignment]
+        info.ips = list(released)
+        log.info("pod network removed", extra=_fields(info, ip=",".join(released)))
+
+    # --- CHECK ------------------------------------------------------------------------------
+
+    async def _check(self, env: CNIEnv, conf: NetConf, ipam_only: bool) -> None:
+        prev = conf.prev_result
+        if prev is None:
+            raise CNIError(ERR_INVALID_CONFIG, "CHECK needs prevResult",
+                           "the runtime must pass the result of the ADD")
+        if not os.path.exists(env.netns):
+            raise CNIError(ERR_INVALID_ENV, "invalid CNI_NETNS",
+                           f"network namespace {env.netns} does not exist")
+        problems: list[str] = []
+        idx = prev.container_interface(env.ifname)
+        prev_ips = sorted((ip.ip for ip in prev.ips
+                           if idx is None or ip.interface in (None, idx)),
+                          key=_ip_key)
+        held = await self._handle_ips(handle_id(env.container_id))
+        if held != prev_ips:
+            problems.append(f"IPAM holds {held or 'nothing'} for {handle_id(env.container_id)}, "
+                            f"prevResult has {prev_ips or 'nothing'}")
+        if not ipam_only:
+            wep_ns, wep_name = self._wep_ref(env)
+            host_name = self._host_name(env)
+            wep = await self._get_wep(wep_ns, wep_name)
+            mac: str | None = None
+            if idx is not None:
+                mac = prev.interfaces[idx].mac
+            else:
+                problems.append(f"prevResult has no interface {env.ifname} in a sandbox")
+            if wep is None:
+                problems.append(f"WorkloadEndpoint {wep_ns}/{wep_name} does not exist")
+            else:
+                if wep.spec.containerID != env.container_id:
+                    problems.append(f"WorkloadEndpoint {wep_ns}/{wep_name} belongs to "
+                                    f"container {wep.spec.containerID}")
+                nets = sorted(str(ipaddress.ip_interface(n).ip)
+                              for n in wep.spec.ipNetworks or [])
+                if nets != sorted(prev_ips):
+                    problems.append(f"WorkloadEndpoint has ipNetworks {wep.spec.ipNetworks}, "
+                                    f"prevResult has {prev_ips}")
+                if wep.spec.interfaceName != host_name:
+                    problems.append(f"WorkloadEndpoint interfaceName is "
+                                    f"{wep.spec.interfaceName}, expected {host_name}")
+                if mac and wep.spec.mac and wep.spec.mac.lower() != mac.lower():
+                    problems.append(f"WorkloadEndpoint mac {wep.spec.mac} differs from "
+                                    f"prevResult {mac}")
+            v4 = [ip for ip in prev_ips if ipaddress.ip_address(ip).version == 4]
+            v6 = [ip for ip in prev_ips if ipaddress.ip_address(ip).version == 6]
+            mtu = conf.mtu or None
+            problems += await asyncio.to_thread(netlink.check_veth, host_name, env.netns,
+                                                env.ifname, v4, v6, mtu, mac)
+        if problems:
+            raise CNIError(ERR_INTERNAL, f"CHECK failed for container {env.container_id}",
+                           "; ".join(problems))
+
+    # --- GC ---------------------------------------------------------------------------------
+
+    async def _gc(self, conf: NetConf, ipam_only: bool) -> None:
+        valid = {cid for cid, _ in parse_valid_attachments(conf)}
+        handles = await self.ipam.handles_on_node(self.node)
+        weps: list[WorkloadEndpoint] = [] if ipam_only else [
+            w for w in await self.resources.list(_WEP) if w.spec.node == self.node]
+        doomed: set[str] = set()
+        for handle in handles:
+            if handle.startswith(HANDLE_PREFIX):
+                doomed.add(handle[len(HANDLE_PREFIX):])
+        for w in weps:
+            if w.spec.containerID:
+                doomed.add(w.spec.containerID)
+        doomed -= valid
+        for cid in sorted(doomed):
+            if cid in self._inflight:
+                continue  # an ADD/DEL is running for it right now: not garbage
+            async with self._locks.hold(f"ctr:{cid}"):
+                for w in weps:
+                    if w.spec.containerID != cid:
+                        continue
+                    deleted, _ = await self._delete_wep_if_ours(
+                        str(w.metadata.namespace), w.name, cid)
+                    if deleted and w.spec.interfaceName:
+                        await asyncio.to_thread(netlink.teardown_veth, w.spec.interfaceName)
+                released = await self.ipam.release_by_handle(handle_id(cid))
+                log.info("GC released a stale attachment",
+                         extra={"fields": {"container": cid, "ip": ",".join(released)}})
+
+    # --- STATUS -----------------------------------------------------------------------------
+
+    async def _status(self, conf: NetConf) -> None:
+        try:
+            pools, node = await asyncio.gather(
+                self.ipam.pools(), self._optional(self.resources.get(_NODE, self.node)))
+        except Unavailable as e:
+            raise _DatastoreDown(ERR_PLUGIN_NOT_AVAILABLE, "the datastore (etcd) is unreachable",
+                                 str(e)) from None
+        except DatastoreError as e:
+            raise _DatastoreDown(ERR_PLUGIN_NOT_AVAILABLE, "the datastore (etcd) failed",
+                                 str(e)) from None
+        labels = dict(node.metadata.labels or {}) if node else {}
+        for version, enabled, names in ((4, conf.assign_ipv4, conf.ipv4_pools),
+                                        (6, conf.assign_ipv6, conf.ipv6_pools)):
+            if not enabled:
+                continue
+            if names:
+                try:
+                    usable = resolve_pools(list(names), pools, self.node, labels, version)
+                except IPAMError as e:
+                    raise CNIError(ERR_PLUGIN_NOT_AVAILABLE,
+                                   f"the configured IPv{version} pools cannot be used",
+                                   str(e)) from None
+            else:
+                usable = auto_pools(pools, labels, version)
+            if not usable:
+                raise CNIError(ERR_PLUGIN_NOT_AVAILABLE,
+                               f"no usable IPv{version} pool for node {self.node}",
+                               "create an enabled IPPool whose nodeSelector selects this node")
+
+
+# --- results and small helpers ---------------------------------------------------------------
+
+
+def _ip_key(ip: str) -> tuple[int, int]:
+    addr = ipaddress.ip_address(ip)
+    return addr.version, int(addr)
+
+
+def _host_cidr(ip: str) -> str:
+    return f"{ip}/{32 if ipaddress.ip_address(ip).version == 4 else 128}"
+
+
+def _json_list(items: Sequence[str]) -> str:
+    return "[" + ",".join(f'"{i.strip()}"' for i in items) + "]"
+
+
+def _veth_result(host_name: str, env: CNIEnv, mac: str, mtu: int, ips: Sequence[str],
+                 conf: NetConf) -> Result:
+    routes: list[Route] = []
+    if any(ipaddress.ip_address(ip).version == 4 for ip in ips):
+        routes.append(Route("0.0.0.0/0", netlink.GATEWAY_V4))
+    if any(ipaddress.ip_address(ip).version == 6 for ip in ips):
+        routes.append(Route("::/0", netlink.GATEWAY_V6))
+    return Result(
+        interfaces=[Interface(host_name, netlink.HOST_MAC, mtu=mtu),
+                    Interface(env.ifname, mac, env.netns, mtu=mtu)],
+        ips=[IPConfig(_host_cidr(ip), interface=1) for ip in ips],
+        routes=routes,
+        dns=dict(conf.dns),
+    ).after(conf.prev_result)
+
+
+def _fields(info: RequestInfo, **extra: Any) -> dict[str, Any]:
+    """``extra=`` for a log call: the request's identity plus ``extra`` as key=value."""
+    fields: dict[str, Any] = {"cmd": info.command, "container": info.container[:12]}
+    if info.pod:
+        fields["pod"] = info.pod
+    if info.plugin != "tortie":
+        fields["plugin"] = info.plugin
+    fields.update({k: v for k, v in extra.items() if v not in (None, "")})
+    return {"fields": fields}
+
+
+def response_summary(response: Mapping[str, Any]) -> str:
+    """One line for logs: ``ok`` or ``error <code>: <msg>``."""
+    if response.get("ok"):
+        return "ok"
+    err = response.get("error") or {}
+    return f"error {err.get('code')}: {err.get('msg')}"

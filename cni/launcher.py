@@ -1,0 +1,57 @@
+"""Install the CNI executables: tiny shell launchers that start the stdlib-only client.
+
+``tortie`` runs ``exec <python3> -I -S <repo>/cni/plugin.py "$@"`` and ``tortie-ipam`` the
+same with ``--ipam``.  ``-I -S`` (isolated, no ``site``) keeps interpreter start-up near
+15 ms instead of ~80 ms with site-packages.  Usage::
+
+    python -m cni.launcher /opt/cni/bin [--python /usr/bin/python3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+PLUGIN = Path(__file__).resolve().with_name("plugin.py")
+#: executable name -> extra arguments before the runtime's
+EXECUTABLES: dict[str, tuple[str, ...]] = {"tortie": (), "tortie-ipam": ("--ipam",)}
+
+
+def launcher_text(python: str, plugin: Path = PLUGIN, extra: tuple[str, ...] = ()) -> str:
+    argv = [python, "-I", "-S", str(plugin), *extra]
+    return "#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in argv) + ' "$@"\n'
+
+
+def install(bin_dir: str | Path, python: str | None = None,
+            plugin: Path = PLUGIN) -> list[Path]:
+    """Write ``tortie`` and ``tortie-ipam`` into ``bin_dir`` (atomically, mode 0755)."""
+    interpreter = python or os.path.realpath(sys.executable)
+    target = Path(bin_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for name, extra in EXECUTABLES.items():
+        path = target / name
+        tmp = target / f".{name}.tmp{os.getpid()}"
+        tmp.write_text(launcher_text(interpreter, plugin, extra))
+        tmp.chmod(0o755)
+        os.replace(tmp, path)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="install the tortie CNI executables")
+    parser.add_argument("bin_dir", help="the CNI bin directory, e.g. /opt/cni/bin")
+    parser.add_argument("--python", help="interpreter to run the plugin with "
+                        "(default: this one)")
+    args = parser.parse_args(argv)
+    for path in install(args.bin_dir, args.python):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,474 @@
+"""A pod's veth, addresses and routes, the way Calico wires them (pyroute2 ``IPRoute``).
+
+Layout (host = the namespace the daemon runs in)::
+
+    host                                         pod netns
+    caliXXXXXXXXXXX  ee:ee:ee:ee:ee:ee  <─veth─>  eth0  10.0.0.5/32 (fd00::5/128)
+      proxy_arp=1, proxy_delay=0                    169.254.1.1 dev eth0 scope link
+      (v6: proxy_ndp=1, forwarding=1)               default via 169.254.1.1 dev eth0
+    10.0.0.5/32 dev caliXXX scope link              default via fe80::ecee:eeff:feee:eeee
+    fd00::5/128 dev caliXXX
+
+The pod sends everything to 169.254.1.1, an address nobody has: the host veth answers the
+ARP request by proxy ARP, so every packet from the pod reaches the host's routing table.
+
+All functions are synchronous and must run on a thread without a running event loop (the
+daemon uses ``asyncio.to_thread``): pyroute2's ``IPRoute`` drives its own loop.  Work inside a
+pod's namespace runs on a fresh thread that ``setns()``-es into it and then exits, so no
+thread is ever left in the wrong namespace; sysctls are written from that thread because
+``/proc/sys/net`` is per network namespace of the calling thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import ipaddress
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+__all__ = [
+    "GATEWAY_V4",
+    "GATEWAY_V6",
+    "HOST_MAC",
+    "NetlinkFailure",
+    "NetnsGone",
+    "check_veth",
+    "default_mtu",
+    "delete_container_link",
+    "first_global_ipv4",
+    "host_veth_name",
+    "link_exists",
+    "netns_link_exists",
+    "run_in_netns",
+    "setup_veth",
+    "teardown_veth",
+]
+
+T = TypeVar("T")
+
+HOST_MAC = "ee:ee:ee:ee:ee:ee"
+GATEWAY_V4 = "169.254.1.1"
+GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"  # the EUI-64 link-local address of HOST_MAC
+DEFAULT_MTU = 1500
+IFNAME_MAX = 15
+CLONE_NEWNET = 0x40000000
+IFA_F_NODAD = 0x02
+RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_LINK = 253
+RT_TABLE_MAIN = 254
+IFF_UP = 0x1
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+class NetlinkFailure(Exception):
+    """A netlink or sysctl operation failed; the message says which and why."""
+
+
+class NetnsGone(NetlinkFailure):
+    """The network namespace path does not exist (any more)."""
+
+
+def host_veth_name(prefix: str, namespace: str | None, pod: str | None,
+                   container_id: str) -> str:
+    """Calico's host-side name: prefix + sha1("<namespace>.<pod>") hex, 15 characters.
+
+    Without a Kubernetes pod identity the container ID is hashed instead.
+    """
+    key = f"{namespace}.{pod}" if namespace and pod else container_id
+    room = IFNAME_MAX - len(prefix)
+    if room < 4:
+        raise ValueError(f"interface prefix {prefix!r} is too long (at most 11 characters)")
+    return prefix + hashlib.sha1(key.encode()).hexdigest()[:room]
+
+
+# --- namespaces and sysctls ---------------------------------------------------------------------
+
+
+def _open_netns(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NetnsGone(f"network namespace {path} does not exist") from None
+    except OSError as e:
+        raise NetlinkFailure(f"cannot open network namespace {path}: {e.strerror}") from None
+
+
+def run_in_netns(path: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on a new thread that has joined the network namespace at ``path``."""
+    fd = _open_netns(path)
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise NetlinkFailure(f"cannot enter network namespace {path}: "
+                                     f"{os.strerror(err)}")
+            box["result"] = fn()
+        except BaseException as e:
+            box["error"] = e
+
+    try:
+        thread = threading.Thread(target=body, name=f"netns:{os.path.basename(path)}")
+        thread.start()
+        thread.join()
+    finally:
+        os.close(fd)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]  # type: ignore[no-any-return]
+
+
+def write_sysctl(path: str, value: str) -> None:
+    """Write ``/proc/sys/<path>`` (slash-separated, interface names may contain dots)."""
+    full = "/proc/sys/" + path
+    try:
+        with open(full, "w") as f:
+            f.write(value)
+    except OSError as e:
+        raise NetlinkFailure(f"cannot set {full} to {value}: {e.strerror}") from None
+
+
+def read_sysctl(path: str) -> str | None:
+    try:
+        with open("/proc/sys/" + path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _iproute() -> Iterator[IPRoute]:
+    ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _why(e: NetlinkError) -> str:
+    return os.strerror(e.code) if e.code else str(e)
+
+
+def _lookup(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+def _split(addresses: Sequence[str]) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    return [ipaddress.ip_address(a.split("/", 1)[0]) for a in addresses]
+
+
+def _link_kind(link: Any) -> str | None:
+    info = link.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
+
+
+def link_exists(name: str) -> bool:
+    """Whether a link of that name exists in the calling thread's namespace."""
+    with _iproute() as ipr:
+        return _lookup(ipr, name) is not None
+
+
+def netns_link_exists(netns_path: str, ifname: str) -> bool:
+    """Whether ``ifname`` exists in the namespace (False if the namespace is gone)."""
+    try:
+        return run_in_netns(netns_path, lambda: link_exists(ifname))
+    except NetnsGone:
+        return False
+
+
+def default_mtu() -> int:
+    """MTU of the interface the default IPv4 route uses (1500 if there is none)."""
+    with _iproute() as ipr:
+        for route in ipr.get_routes(family=2, table=RT_TABLE_MAIN):
+            if route["dst_len"] == 0 and route.get_attr("RTA_OIF"):
+                links = ipr.get_links(route.get_attr("RTA_OIF"))
+                if links:
+                    return int(links[0].get_attr("IFLA_MTU") or DEFAULT_MTU)
+    return DEFAULT_MTU
+
+
+def first_global_ipv4(exclude_prefix: str = "cali") -> str | None:
+    """The node's address for ``Node.spec.bgp.ipv4Address``: ``address/prefixlen`` of the
+    first global IPv4 address, preferring the interface of the default route."""
+    with _iproute() as ipr:
+        names = {int(link["index"]): link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        preferred: set[int] = set()
+        for route in ipr.get_routes(family=2, table=RT_TABLE_MAIN):
+            if route["dst_len"] == 0 and route.get_attr("RTA_OIF"):
+                preferred.add(int(route.get_attr("RTA_OIF")))
+        candidates: list[tuple[int, int, str]] = []
+        for addr in ipr.get_addr(family=2):
+            if addr["scope"] != RT_SCOPE_UNIVERSE:
+                continue
+            ip = addr.get_attr("IFA_ADDRESS")
+            name = names.get(int(addr["index"]), "")
+            if ip is None or ipaddress.ip_address(ip).is_loopback \
+                    or name.startswith(exclude_prefix):
+                continue
+            rank = 0 if int(addr["index"]) in preferred else 1
+            candidates.append((rank, int(addr["index"]), f"{ip}/{addr['prefixlen']}"))
+    return min(candidates)[2] if candidates else None
+
+
+# --- setup --------------------------------------------------------------------------------------
+
+
+def _host_sysctls(name: str, v6: bool) -> None:
+    write_sysctl(f"net/ipv4/conf/{name}/proxy_arp", "1")
+    write_sysctl(f"net/ipv4/neigh/{name}/proxy_delay", "0")
+    write_sysctl(f"net/ipv4/conf/{name}/forwarding", "1")
+    if v6:
+        write_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "0")
+        write_sysctl(f"net/ipv6/conf/{name}/proxy_ndp", "1")
+        write_sysctl(f"net/ipv6/conf/{name}/forwarding", "1")
+        write_sysctl(f"net/ipv6/conf/{name}/accept_ra", "0")
+        # the pod's v6 gateway is this link's link-local address: usable at once, no DAD
+        write_sysctl(f"net/ipv6/conf/{name}/accept_dad", "0")
+
+
+def _configure_container(ifname: str, addresses: list[ipaddress.IPv4Address
+                                                     | ipaddress.IPv6Address]) -> str:
+    """Inside the pod's namespace: addresses, routes; returns the interface's MAC."""
+    v6 = any(a.version == 6 for a in addresses)
+    with _iproute() as ipr:
+        idx = _lookup(ipr, ifname)
+        if idx is None:
+            raise NetlinkFailure(f"{ifname} did not appear in the pod's namespace")
+        if v6:
+            write_sysctl(f"net/ipv6/conf/{ifname}/accept_dad", "0")
+            write_sysctl(f"net/ipv6/conf/{ifname}/accept_ra", "0")
+        ipr.link("set", index=idx, state="up")
+        for a in addresses:
+            if a.version == 4:
+                ipr.addr("add", index=idx, address=str(a), prefixlen=32)
+            else:
+                ipr.addr("add", index=idx, address=str(a), prefixlen=128, flags=IFA_F_NODAD)
+        if any(a.version == 4 for a in addresses):
+            ipr.route("add", dst=f"{GATEWAY_V4}/32", oif=idx, scope=RT_SCOPE_LINK)
+            ipr.route("add", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=idx)
+        if v6:
+            ipr.route("add", dst="::/0", gateway=GATEWAY_V6, oif=idx, family=10)
+        mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+    return str(mac)
+
+
+def setup_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str] = (),
+               ipv6: Sequence[str] = (), mtu: int = DEFAULT_MTU) -> tuple[int, str]:
+    """Create and wire the pod's veth; returns (host ifindex, container MAC).
+
+    Addresses may be given with or without a prefix; they are always configured as /32
+    (/128).  A stale host link of the same name (left by a pod sandbox that was never
+    deleted) is replaced.  The peer is created directly in the pod's namespace in the same
+    netlink request.  On failure nothing is left behind (the veth is deleted).
+    """
+    addresses = _split([*ipv4, *ipv6])
+    v6 = any(a.version == 6 for a in addresses)
+    fd = _open_netns(netns_path)
+    created = False
+    try:
+        with _iproute() as ipr:
+            stale = _lookup(ipr, host_name)
+            if stale is not None:
+                ipr.link("del", index=stale)
+            try:
+                ipr.link("add", ifname=host_name, kind="veth", address=HOST_MAC, mtu=mtu,
+                         peer={"ifname": ifname, "net_ns_fd": fd, "mtu": mtu})
+            except NetlinkError as e:
+                if e.code == errno.EEXIST:
+                    raise NetlinkFailure(
+                        f"cannot create veth {host_name}: {ifname} already exists in "
+                        f"{netns_path}") from None
+                raise NetlinkFailure(f"cannot create veth {host_name} with peer {ifname} in "
+                                     f"{netns_path}: {_why(e)}") from None
+            created = True
+            host_idx = _lookup(ipr, host_name)
+            if host_idx is None:
+                raise NetlinkFailure(f"veth {host_name} vanished right after creation")
+            _host_sysctls(host_name, v6)
+            ipr.link("set", index=host_idx, state="up")
+            mac = run_in_netns(netns_path, lambda: _configure_container(ifname, addresses))
+            for a in addresses:
+                plen = 32 if a.version == 4 else 128
+                ipr.route("replace", dst=f"{a}/{plen}", oif=host_idx, scope=RT_SCOPE_LINK,
+                          family=2 if a.version == 4 else 10)
+        return host_idx, mac
+    except NetlinkError as e:
+        if created:
+            teardown_veth(host_name)
+        raise NetlinkFailure(f"setting up {host_name} / {ifname} in {netns_path}: "
+                             f"{_why(e)}") from None
+    except BaseException:
+        if created:
+            teardown_veth(host_name)
+        raise
+    finally:
+        os.close(fd)
+
+
+# --- teardown -----------------------------------------------------------------------------------
+
+
+def teardown_veth(host_name: str) -> bool:
+    """Delete the host-side veth (its peer goes with it); False if it did not exist."""
+    with _iproute() as ipr:
+        idx = _lookup(ipr, host_name)
+        if idx is None:
+            return False
+        try:
+            ipr.link("del", index=idx)
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return False
+            raise NetlinkFailure(f"cannot delete {host_name}: {_why(e)}") from None
+    return True
+
+
+def delete_container_link(netns_path: str, ifname: str) -> bool:
+    """Delete the pod's veth end (and so the pair) from inside its namespace.
+
+    False if the namespace or the interface does not exist; a non-veth ``ifname`` is left
+    alone (it is not ours).
+    """
+
+    def inside() -> bool:
+        with _iproute() as ipr:
+            idx = _lookup(ipr, ifname)
+            if idx is None:
+                return False
+            link = ipr.get_links(idx)[0]
+            if _link_kind(link) != "veth":
+                return False
+            try:
+                ipr.link("del", index=idx)
+            except NetlinkError as e:
+                if e.code == errno.ENODEV:
+                    return False
+                raise NetlinkFailure(f"cannot delete {ifname} in {netns_path}: "
+                                     f"{_why(e)}") from None
+            return True
+
+    try:
+        return run_in_netns(netns_path, inside)
+    except NetnsGone:
+        return False
+
+
+# --- check --------------------------------------------------------------------------------------
+
+
+def _container_state(ifname: str) -> dict[str, Any]:
+    with _iproute() as ipr:
+        idx = _lookup(ipr, ifname)
+        if idx is None:
+            return {"exists": False}
+        link = ipr.get_links(idx)[0]
+        addrs = [(a.get_attr("IFA_ADDRESS"), int(a["prefixlen"]), int(a["scope"]))
+                 for a in ipr.get_addr(index=idx)]
+        routes = []
+        for family in (2, 10):
+            for r in ipr.get_routes(family=family, table=RT_TABLE_MAIN):
+                if r.get_attr("RTA_OIF") != idx:
+                    continue
+                dst = r.get_attr("RTA_DST")
+                routes.append({
+                    "dst": f"{dst or ('0.0.0.0' if family == 2 else '::')}/{r['dst_len']}",
+                    "gateway": r.get_attr("RTA_GATEWAY"),
+                    "scope": int(r["scope"]),
+                })
+        return {
+            "exists": True,
+            "kind": _link_kind(link),
+            "up": bool(link["flags"] & IFF_UP),
+            "peer": link.get_attr("IFLA_LINK"),
+            "mac": link.get_attr("IFLA_ADDRESS"),
+            "mtu": link.get_attr("IFLA_MTU"),
+            "addrs": addrs,
+            "routes": routes,
+        }
+
+
+def check_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str] = (),
+               ipv6: Sequence[str] = (), mtu: int | None = None,
+               container_mac: str | None = None) -> list[str]:
+    """Everything that differs from what :func:`setup_veth` makes; empty when all is well."""
+    problems: list[str] = []
+    addresses = _split([*ipv4, *ipv6])
+    with _iproute() as ipr:
+        host_idx = _lookup(ipr, host_name)
+        if host_idx is None:
+            problems.append(f"host interface {host_name} does not exist")
+        else:
+            link = ipr.get_links(host_idx)[0]
+            if _link_kind(link) != "veth":
+                problems.append(f"host interface {host_name} is not a veth")
+            if not link["flags"] & IFF_UP:
+                problems.append(f"host interface {host_name} is down")
+            if (link.get_attr("IFLA_ADDRESS") or "").lower() != HOST_MAC:
+                problems.append(f"host interface {host_name} has MAC "
+                                f"{link.get_attr('IFLA_ADDRESS')}, expected {HOST_MAC}")
+            if mtu and link.get_attr("IFLA_MTU") != mtu:
+                problems.append(f"host interface {host_name} has MTU "
+                                f"{link.get_attr('IFLA_MTU')}, expected {mtu}")
+            if read_sysctl(f"net/ipv4/conf/{host_name}/proxy_arp") != "1":
+                problems.append(f"proxy_arp is off on {host_name}")
+            for a in addresses:
+                plen = 32 if a.version == 4 else 128
+                # with dst, pyroute2 asks the kernel which route it would use (ip route get)
+                found = [r for r in ipr.get_routes(family=2 if a.version == 4 else 10,
+                                                   dst=str(a))
+                         if r.get_attr("RTA_OIF") == host_idx]
+                if not found:
+                    problems.append(f"host route {a}/{plen} dev {host_name} is missing")
+    try:
+        state = run_in_netns(netns_path, lambda: _container_state(ifname))
+    except NetnsGone:
+        problems.append(f"network namespace {netns_path} does not exist")
+        return problems
+    if not state["exists"]:
+        problems.append(f"{ifname} does not exist in {netns_path}")
+        return problems
+    if state["kind"] != "veth":
+        problems.append(f"{ifname} in {netns_path} is not a veth")
+    if not state["up"]:
+        problems.append(f"{ifname} in {netns_path} is down")
+    if host_idx is not None and state["peer"] != host_idx:
+        problems.append(f"{ifname} in {netns_path} is not the peer of {host_name}")
+    if container_mac and (state["mac"] or "").lower() != container_mac.lower():
+        problems.append(f"{ifname} has MAC {state['mac']}, expected {container_mac}")
+    if mtu and state["mtu"] != mtu:
+        problems.append(f"{ifname} has MTU {state['mtu']}, expected {mtu}")
+    have = {(ipaddress.ip_address(a), plen) for a, plen, scope in state["addrs"]
+            if scope == RT_SCOPE_UNIVERSE}
+    want = {(a, 32 if a.version == 4 else 128) for a in addresses}
+    for a, plen in sorted(want - have, key=str):
+        problems.append(f"address {a}/{plen} is missing on {ifname}")
+    for a, plen in sorted(have - want, key=str):
+        problems.append(f"unexpected address {a}/{plen} on {ifname}")
+    routes = state["routes"]
+
+    def has_route(dst: str, gateway: str | None) -> bool:
+        return any(r["dst"] == dst and r["gateway"] == gateway for r in routes)
+
+    if any(a.version == 4 for a in addresses):
+        if not has_route(f"{GATEWAY_V4}/32", None):
+            problems.append(f"route {GATEWAY_V4} dev {ifname} scope link is missing in the pod")
+        if not has_route("0.0.0.0/0", GATEWAY_V4):
+            problems.append(f"default route via {GATEWAY_V4} is missing in the pod")
+    if any(a.version == 6 for a in addresses) and not has_route("::/0", GATEWAY_V6):
+        problems.append(f"default route via {GATEWAY_V6} is missing in the pod")
+    return problems

@@ -1,0 +1,254 @@
+"""The ``tortie`` CNI executable: a thin client of the tortie-node daemon.
+
+Run as ``python3 -I -S cni/plugin.py`` (see :mod:`cni.launcher`), so it must import nothing
+but the standard library, and as little of it as possible: every millisecond of start-up is
+paid on every pod start and stop.
+
+What it does (docs/pod-networking.md is the contract):
+
+* reads ``CNI_*`` from the environment and the network configuration from stdin;
+* answers ``VERSION`` itself;
+* otherwise connects to the daemon's unix socket (``"socket"`` in the configuration, else
+  ``$TORTIE_CNI_SOCKET``, else ``/var/run/tortie/cni.sock``), sends one JSON line
+  ``{"command", "env", "config", "plugin"}`` and reads one JSON line back:
+  ``{"ok": true, "result": ...}`` is printed (nothing for ``null``) with exit status 0,
+  ``{"ok": false, "error": ...}`` is printed with exit status 1.
+
+It uses the C halves of ``json`` and ``socket`` (``_json``, ``_socket``): importing the
+full modules pulls in ``re`` and ``enum`` and costs ~15 ms.
+
+Errors it reports itself: 6 when stdin is not JSON, 7 when it is not a JSON object, 11 ("try
+again later") when the daemon is not reachable or does not answer within the timeout
+(``"timeout"`` seconds in the configuration; 60 for ADD, 30 otherwise by default).
+
+``--ipam`` as first argument makes it the standalone IPAM plugin ``tortie-ipam``: the same
+request with ``"plugin": "ipam"``, answered with an IPAM-only result (ips, no interfaces).
+"""
+
+import os
+import sys
+import time
+
+try:  # the C parts of json and socket: importing json and socket costs ~15 ms (re, enum)
+    import _json
+    import _socket
+except ImportError:  # an interpreter without them: the plain modules
+    _json = None  # type: ignore[assignment]
+    import socket as _socket  # type: ignore[no-redef]
+
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+LATEST_VERSION = "1.1.0"
+DEFAULT_SOCKET = "/var/run/tortie/cni.sock"
+SOCKET_ENV = "TORTIE_CNI_SOCKET"
+DEFAULT_TIMEOUT = {"ADD": 60.0}
+OTHER_TIMEOUT = 30.0
+ENV_KEYS = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS",
+            "CNI_PATH")
+MAX_REPLY = 64 * 1024 * 1024
+
+ERR_DECODE = 6
+ERR_INVALID_CONFIG = 7
+ERR_TRY_AGAIN_LATER = 11
+ERR_IO = 5
+
+
+class _DecodeContext:
+    """What ``_json.make_scanner`` reads from a JSONDecoder."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    memo: dict[str, str] = {}
+
+    @staticmethod
+    def parse_constant(name: str) -> float:
+        return float(name.replace("Infinity", "inf"))
+
+
+def json_loads(text: str | bytes) -> object:
+    """``json.loads`` without importing ``json``; ValueError on invalid JSON."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if _json is None:
+        import json
+        return json.loads(text)
+    s = text.strip(" \t\n\r")
+    try:
+        obj, end = _json.make_scanner(_DecodeContext)(s, 0)  # type: ignore[arg-type]
+        if end == len(s):
+            return obj
+    except Exception:  # StopIteration, or an error the C scanner reports badly
+        pass
+    import json  # only to explain what is wrong
+
+    return json.loads(s)
+
+
+def _no_default(obj: object) -> object:
+    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+def json_dumps(obj: object) -> str:
+    """Compact ``json.dumps`` without importing ``json``."""
+    if _json is None:
+        import json
+        return json.dumps(obj, separators=(",", ":"))
+    encode = _json.make_encoder(None, _no_default, _json.encode_basestring_ascii, None,
+                                ":", ",", False, False, True)
+    return "".join(encode(obj, 0))
+
+
+class PluginError(Exception):
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.details = details
+
+
+def _version_of(config: object) -> str:
+    if isinstance(config, dict):
+        v = config.get("cniVersion")
+        if v in SUPPORTED_VERSIONS:
+            return v  # type: ignore[no-any-return]
+    return LATEST_VERSION
+
+
+def _error_obj(code: int, msg: str, details: str, version: str) -> dict[str, object]:
+    out: dict[str, object] = {"cniVersion": version, "code": code, "msg": msg}
+    if details:
+        out["details"] = details
+    return out
+
+
+def _emit(obj: object) -> None:
+    sys.stdout.write(json_dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _socket_path(config: object) -> str:
+    if isinstance(config, dict):
+        ipam = config.get("ipam")
+        for section in (ipam if isinstance(ipam, dict) else {}, config):
+            path = section.get("socket")
+            if isinstance(path, str) and path:
+                return path
+    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+def _timeout(config: object, command: str) -> float:
+    if isinstance(config, dict):
+        ipam = config.get("ipam")
+        for section in (ipam if isinstance(ipam, dict) else {}, config):
+            value = section.get("timeout")
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+                return float(value)
+    return DEFAULT_TIMEOUT.get(command, OTHER_TIMEOUT)
+
+
+def call_daemon(path: str, request: dict[str, object], timeout: float) -> dict[str, object]:
+    """Send one request line, read one answer line; PluginError(11) when unreachable."""
+    deadline = time.monotonic() + timeout
+    data = json_dumps(request).encode() + b"\n"
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except FileNotFoundError:
+            raise PluginError(ERR_TRY_AGAIN_LATER, f"tortie-node is not running ({path})",
+                              f"socket {path} does not exist") from None
+        except OSError as e:
+            raise PluginError(ERR_TRY_AGAIN_LATER, f"cannot reach tortie-node at {path}",
+                              f"connecting to socket {path}: {e.strerror or e}") from None
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            sock.sendall(data)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if chunk.endswith(b"\n") or size > MAX_REPLY:
+                    break
+        except TimeoutError:
+            raise PluginError(ERR_TRY_AGAIN_LATER, f"tortie-node at {path} did not answer in "
+                              "time", f"no answer on socket {path} within {timeout:g}s") from None
+        except OSError as e:
+            raise PluginError(ERR_TRY_AGAIN_LATER, f"lost the connection to tortie-node at "
+                              f"{path}", f"socket {path}: {e.strerror or e}") from None
+    finally:
+        sock.close()
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise PluginError(ERR_TRY_AGAIN_LATER, f"tortie-node at {path} closed the connection "
+                          "without an answer", f"socket {path}")
+    try:
+        reply = json_loads(raw)
+    except ValueError as e:
+        raise PluginError(ERR_IO, "tortie-node sent an invalid answer",
+                          f"socket {path}: {e}") from None
+    if not isinstance(reply, dict) or "ok" not in reply:
+        raise PluginError(ERR_IO, "tortie-node sent an invalid answer",
+                          f"socket {path}: not a response object")
+    return reply
+
+
+def main(argv: list[str]) -> int:
+    mode = "ipam" if argv[1:2] == ["--ipam"] else "tortie"
+    command = os.environ.get("CNI_COMMAND", "")
+    raw = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
+    config: object = None
+    if raw.strip():
+        try:
+            config = json_loads(raw)
+        except ValueError as e:
+            _emit(_error_obj(ERR_DECODE, "cannot decode the network configuration",
+                             f"stdin is not valid JSON: {e}", LATEST_VERSION))
+            return 1
+    version = _version_of(config)
+    if command == "VERSION":
+        _emit({"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)})
+        return 0
+    if config is None:
+        _emit(_error_obj(ERR_DECODE, "cannot decode the network configuration",
+                         "stdin is empty", version))
+        return 1
+    if not isinstance(config, dict):
+        _emit(_error_obj(ERR_INVALID_CONFIG, "the network configuration must be a JSON "
+                         "object", f"got {type(config).__name__}", version))
+        return 1
+    path = _socket_path(config)
+    request: dict[str, object] = {
+        "command": command,
+        "plugin": mode,
+        "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
+        "config": config,
+    }
+    try:
+        reply = call_daemon(path, request, _timeout(config, command))
+    except PluginError as e:
+        _emit(_error_obj(e.code, e.msg, e.details, version))
+        return 1
+    if reply.get("ok"):
+        result = reply.get("result")
+        if result is not None:
+            _emit(result)
+        return 0
+    error = reply.get("error")
+    if not isinstance(error, dict):
+        error = _error_obj(ERR_IO, "tortie-node failed without an error object", "", version)
+    _emit(error)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

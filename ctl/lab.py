@@ -1,0 +1,119 @@
+"""``tortie lab``: a multi-node cluster of network namespaces on this machine."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ctl.common import CLIError
+from lab.cluster import DEFAULT_POOL_CIDR, Lab, LabError
+
+
+def _lab(name: str) -> Lab:
+    try:
+        return Lab(name, progress=lambda msg: click.echo(f"  {msg}", err=True))
+    except LabError as e:
+        raise CLIError(str(e)) from None
+
+
+_name_opt = click.option("--name", default="lab", show_default=True, help="which lab")
+
+
+@click.group()
+def lab() -> None:
+    """A cluster on this machine: each node a network namespace with its own tortie-node."""
+
+
+@lab.command()
+@_name_opt
+@click.option("--nodes", default=2, show_default=True, help="how many nodes")
+@click.option("--pool", default=DEFAULT_POOL_CIDR, show_default=True, help="the IP pool")
+def up(name: str, nodes: int, pool: str) -> None:
+    """Bring a lab up: etcd, the underlay, N nodes each running tortie-node."""
+    lab_ = _lab(name)
+    click.echo(f"bringing up lab {name!r} with {nodes} node(s)", err=True)
+    try:
+        st = lab_.up(nodes, pool)
+    except LabError as e:
+        raise CLIError(str(e)) from None
+    click.echo(f"lab {name!r} is up: etcd {st.etcd_endpoint}, nodes "
+               f"{', '.join(st.nodes)}")
+
+
+@lab.command()
+@_name_opt
+def down(name: str) -> None:
+    """Remove everything the lab made (processes, namespaces, state)."""
+    _lab(name).down()
+    click.echo(f"lab {name!r} is down")
+
+
+@lab.command()
+@_name_opt
+def status(name: str) -> None:
+    """Nodes and pods of a lab."""
+    try:
+        st = _lab(name).load()
+    except LabError as e:
+        raise CLIError(str(e)) from None
+    click.echo(f"etcd  {st.etcd_endpoint}")
+    for n in st.nodes.values():
+        click.echo(f"node  {n.name:10} {n.address:15} netns {n.netns} tortie-node pid {n.pid}")
+    for ref, p in st.pods.items():
+        click.echo(f"pod   {ref:24} on {p.node:8} {','.join(p.ips)}")
+
+
+def _is_pod_ref(text: str) -> bool:
+    namespace, sep, name = text.partition("/")
+    return bool(sep and namespace and name) and "/" not in name
+
+
+@lab.group()
+def pod() -> None:
+    """Add and remove pods (a fresh netns plus the CNI chain, as a runtime does it)."""
+
+
+@pod.command("add")
+@_name_opt
+@click.argument("node")
+@click.argument("ref", metavar="NAMESPACE/NAME")
+def pod_add(name: str, node: str, ref: str) -> None:
+    try:
+        p = _lab(name).pod_add(node, ref)
+    except LabError as e:
+        raise CLIError(str(e)) from None
+    click.echo(f"pod {ref} on {node}: {', '.join(p.ips)}")
+
+
+@pod.command("del")
+@_name_opt
+@click.argument("ref", metavar="NAMESPACE/NAME")
+def pod_del(name: str, ref: str) -> None:
+    try:
+        _lab(name).pod_del(ref)
+    except LabError as e:
+        raise CLIError(str(e)) from None
+    click.echo(f"pod {ref} deleted")
+
+
+@lab.command(context_settings={"ignore_unknown_options": True})
+@_name_opt
+@click.option("--node", help="run inside this node's namespace")
+@click.argument("target", required=False, metavar="[NAMESPACE/NAME]")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec(name: str, node: str | None, target: str | None, argv: tuple[str, ...]) -> None:
+    """Run a command in a pod's or a node's namespace (the lab's etcd in its environment).
+
+    \b
+    tortie lab exec shop/web -- ping -c1 10.244.0.2
+    tortie lab exec --node node1 -- ip route
+    tortie lab exec -- tortie get nodes        (in the fabric, next to etcd)
+    """
+    if target is not None and (node or not _is_pod_ref(target)):
+        argv, target = (target, *argv), None  # it was the command's first word
+    try:
+        code = _lab(name).exec(list(argv), node=node, pod=target)
+    except LabError as e:
+        raise CLIError(str(e)) from None
+    sys.exit(code)

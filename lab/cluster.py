@@ -1,0 +1,403 @@
+"""A Tortie cluster on one machine: every node a network namespace.
+
+Layout of a lab named L (everything it makes is named after L, so labs can coexist and
+``down`` removes exactly what ``up`` made)::
+
+    netns tl-L-fabric   the underlay: bridge br0 (192.0.2.1/24) + etcd on 192.0.2.1:2379
+    netns tl-L-nodeN    node N: eth0 192.0.2.(10+N)/24 on the bridge, forwarding on,
+                        its own tortie-node (CNI socket in the lab's state directory)
+    netns tl-L-p-...    one per pod, created the way a runtime does it
+
+The underlay uses TEST-NET-1 (192.0.2.0/24, RFC 5737): it exists only inside the lab's
+namespaces; the fabric has no route anywhere else, so nothing can leave the machine.
+State (PIDs, namespaces, pods) lives in ``/run/tortie-lab/L/state.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cni.launcher import install as install_cni
+from lab import netns
+from lab.etcd import EtcdProcess
+
+LAB_ROOT = Path(os.environ.get("TORTIE_LAB_DIR", "/run/tortie-lab"))
+REPO = Path(__file__).resolve().parents[1]
+CONFLIST = REPO / "conf" / "net.d" / "10-tortie.conflist"
+UNDERLAY = ipaddress.ip_network("192.0.2.0/24")
+FABRIC_IP = "192.0.2.1"
+ETCD_PORT = 2379
+DEFAULT_POOL_CIDR = "10.244.0.0/16"
+DEFAULT_POOL = "default-ipv4-ippool"
+POD_IFNAME = "eth0"
+CNI_PLUGIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
+NODE_START_TIMEOUT = 30.0
+
+Progress = Callable[[str], None]
+
+
+class LabError(RuntimeError):
+    pass
+
+
+@dataclass
+class NodeState:
+    name: str
+    netns: str
+    address: str
+    socket: str
+    log: str
+    pid: int = 0
+
+
+@dataclass
+class PodState:
+    namespace: str
+    name: str
+    node: str
+    netns: str
+    container_id: str
+    ips: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LabState:
+    name: str
+    fabric: str
+    etcd_pid: int = 0
+    nodes: dict[str, NodeState] = field(default_factory=dict)
+    pods: dict[str, PodState] = field(default_factory=dict)
+
+    @property
+    def etcd_endpoint(self) -> str:
+        return f"http://{FABRIC_IP}:{ETCD_PORT}"
+
+
+def lab_dir(name: str) -> Path:
+    return LAB_ROOT / name
+
+
+def _prefix(name: str) -> str:
+    return f"tl-{name}-"
+
+
+class Lab:
+    def __init__(self, name: str = "lab", progress: Progress | None = None) -> None:
+        if not name.replace("-", "").isalnum() or len(name) > 12:
+            raise LabError(f"lab name {name!r}: use up to 12 letters, digits or '-'")
+        self.name = name
+        self.dir = lab_dir(name)
+        self.progress = progress or (lambda msg: None)
+
+    # --- state --------------------------------------------------------------------------------
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.json"
+
+    def exists(self) -> bool:
+        return self.state_file.exists()
+
+    def load(self) -> LabState:
+        try:
+            raw = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            raise LabError(f"no lab named {self.name!r} is up (tortie lab up "
+                           f"--name {self.name})") from None
+        st = LabState(raw["name"], raw["fabric"], raw.get("etcd_pid", 0))
+        st.nodes = {k: NodeState(**v) for k, v in raw.get("nodes", {}).items()}
+        st.pods = {k: PodState(**v) for k, v in raw.get("pods", {}).items()}
+        return st
+
+    def save(self, st: LabState) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(st), indent=2))
+        tmp.replace(self.state_file)
+
+    # --- up / down ----------------------------------------------------------------------------
+
+    def up(self, nodes: int, pool_cidr: str = DEFAULT_POOL_CIDR) -> LabState:
+        if nodes < 1 or nodes > 200:
+            raise LabError("--nodes must be 1-200")
+        if self.exists():
+            raise LabError(f"lab {self.name!r} is already up (tortie lab down --name "
+                           f"{self.name})")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        st = LabState(self.name, _prefix(self.name) + "fabric")
+        self.save(st)
+        try:
+            install_cni(self.bin_dir)
+            self._up_fabric(st)
+            self._up_etcd(st)
+            self._apply_pool(st, pool_cidr)
+            for i in range(1, nodes + 1):
+                self._up_node(st, f"node{i}", i)
+            for node in st.nodes.values():
+                self._wait_node(node)
+                self.progress(f"node {node.name}: tortie-node ready (pid {node.pid})")
+        except BaseException:
+            self.progress("failed: removing what was made")
+            self.down()
+            raise
+        return st
+
+    def _up_fabric(self, st: LabState) -> None:
+        self.progress(f"fabric: namespace {st.fabric}, bridge br0 {FABRIC_IP}/24")
+        netns.add_netns(st.fabric, forwarding=True)
+        netns.ip("link", "add", "br0", "type", "bridge", ns=st.fabric)
+        netns.ip("addr", "add", f"{FABRIC_IP}/{UNDERLAY.prefixlen}", "dev", "br0",
+                 ns=st.fabric)
+        netns.ip("link", "set", "br0", "up", ns=st.fabric)
+        self.save(st)
+
+    def _up_etcd(self, st: LabState) -> None:
+        etcd = EtcdProcess(self.dir / "etcd", name=f"lab-{self.name}", netns=st.fabric,
+                           host=FABRIC_IP, client_port=ETCD_PORT)
+        etcd.start()
+        st.etcd_pid = etcd.detach()
+        self.save(st)
+        self.progress(f"etcd: {st.etcd_endpoint} (pid {etcd.pid})")
+
+    def _apply_pool(self, st: LabState, cidr: str) -> None:
+        doc = (f"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: "
+               f"{DEFAULT_POOL}\nspec:\n  cidr: {cidr}\n  natOutgoing: true\n")
+        p = self.tortie(st, ["apply", "-f", "-"], input=doc)
+        if p.returncode != 0:
+            raise LabError(f"creating the IP pool failed: {p.stderr.strip()}")
+        self.progress(f"pool: {DEFAULT_POOL} {cidr}")
+
+    def _up_node(self, st: LabState, name: str, index: int) -> None:
+        ns = _prefix(self.name) + name
+        address = str(UNDERLAY.network_address + 10 + index)
+        netns.add_netns(ns, forwarding=True)
+        port = f"{name}"  # fabric-side veth is named after the node
+        netns.ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", port,
+                 "netns", st.fabric)
+        netns.ip("link", "set", port, "master", "br0", "up", ns=st.fabric)
+        netns.ip("addr", "add", f"{address}/{UNDERLAY.prefixlen}", "dev", "eth0", ns=ns)
+        netns.ip("link", "set", "eth0", "up", ns=ns)
+        netns.ip("route", "add", "default", "via", FABRIC_IP, ns=ns)
+        node = NodeState(name, ns, address, str(self.dir / name / "cni.sock"),
+                         str(self.dir / f"{name}.log"))
+        (self.dir / name).mkdir(exist_ok=True)
+        st.nodes[name] = node
+        self.save(st)
+        env = dict(os.environ, TORTIE_ETCD_ENDPOINTS=st.etcd_endpoint)
+        with open(node.log, "ab") as log:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", ns, sys.executable, "-m", "node.main",
+                 "--node-name", name, "--socket", node.socket],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                start_new_session=True, cwd=REPO)
+        node.pid = proc.pid
+        self.save(st)
+        self.progress(f"node {name}: namespace {ns}, eth0 {address}, tortie-node pid {proc.pid}")
+
+    def _wait_node(self, node: NodeState) -> None:
+        deadline = time.monotonic() + NODE_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if Path(node.socket).exists():
+                return
+            if not _alive(node.pid):
+                raise LabError(f"tortie-node on {node.name} exited; its log "
+                               f"({node.log}):\n{_tail(node.log)}")
+            time.sleep(0.05)
+        raise LabError(f"tortie-node on {node.name} not ready within {NODE_START_TIMEOUT}s; "
+                       f"log:\n{_tail(node.log)}")
+
+    def down(self) -> None:
+        """Remove everything this lab made, whatever state it is in."""
+        st: LabState | None = None
+        with contextlib.suppress(LabError, json.JSONDecodeError, KeyError):
+            st = self.load()
+        if st is not None:
+            for node in st.nodes.values():
+                _kill(node.pid)
+            _kill(st.etcd_pid)
+        for ns in netns.list_netns(_prefix(self.name)):
+            netns.del_netns(ns)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # --- pods ---------------------------------------------------------------------------------
+
+    def pod_add(self, node_name: str, ref: str) -> PodState:
+        st = self.load()
+        namespace, name = _split_ref(ref)
+        node = st.nodes.get(node_name)
+        if node is None:
+            raise LabError(f"no node {node_name!r} in lab {self.name!r}: "
+                           f"{', '.join(st.nodes)}")
+        if ref in st.pods:
+            raise LabError(f"pod {ref} exists already (on {st.pods[ref].node})")
+        digest = hashlib.sha1(f"{namespace}/{name}".encode()).hexdigest()[:10]
+        pod_ns = f"{_prefix(self.name)}p-{digest}"
+        netns.add_netns(pod_ns)
+        pod = PodState(namespace, name, node_name, pod_ns, uuid.uuid4().hex)
+        try:
+            result = self._cni(st, node, pod, "ADD")
+        except BaseException:
+            with contextlib.suppress(LabError):  # as a runtime does: DEL after a failed ADD
+                self._cni(st, node, pod, "DEL")
+            netns.del_netns(pod_ns)
+            raise
+        pod.ips = [i["address"].split("/")[0] for i in result.get("ips", [])]
+        st.pods[ref] = pod
+        self.save(st)
+        return pod
+
+    def pod_del(self, ref: str) -> None:
+        st = self.load()
+        pod = st.pods.get(ref)
+        if pod is None:
+            raise LabError(f"no pod {ref} in lab {self.name!r}")
+        self._cni(st, st.nodes[pod.node], pod, "DEL")
+        netns.del_netns(pod.netns)
+        del st.pods[ref]
+        self.save(st)
+
+    def _cni(self, st: LabState, node: NodeState, pod: PodState, command: str) -> dict[str, Any]:
+        """Run the conflist's chain the way a runtime does (ADD in order, DEL reversed)."""
+        conflist = json.loads(CONFLIST.read_text())
+        plugins = [p for p in conflist["plugins"] if self._find_plugin(p["type"])]
+        version = self._common_version(conflist["cniVersion"], [p["type"] for p in plugins])
+        if command == "DEL":
+            plugins = list(reversed(plugins))
+        env = {
+            "CNI_COMMAND": command, "CNI_CONTAINERID": pod.container_id,
+            "CNI_NETNS": netns.netns_path(pod.netns), "CNI_IFNAME": POD_IFNAME,
+            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.namespace};"
+                        f"K8S_POD_NAME={pod.name};K8S_POD_INFRA_CONTAINER_ID={pod.container_id}",
+            "CNI_PATH": ":".join([str(self.bin_dir), *CNI_PLUGIN_DIRS]),
+        }
+        prev: dict[str, Any] | None = None
+        for plugin in plugins:
+            conf = {"cniVersion": version, "name": conflist["name"], **plugin}
+            if plugin["type"] == "tortie":
+                conf["socket"] = node.socket
+            if "capabilities" in conf:
+                conf.pop("capabilities")
+                conf["runtimeConfig"] = {"portMappings": []}
+            if prev is not None and command != "DEL":
+                conf["prevResult"] = prev
+            exe = self._find_plugin(plugin["type"])
+            assert exe is not None
+            p = netns.exec_in(node.netns, [str(exe)], env=env, input=json.dumps(conf),
+                              capture=True, timeout=120)
+            if p.returncode != 0:
+                raise LabError(f"CNI {command} ({plugin['type']}) for {pod.namespace}/"
+                               f"{pod.name} failed: {p.stdout.strip() or p.stderr.strip()}")
+            if command == "ADD" and p.stdout.strip():
+                prev = json.loads(p.stdout)
+        return prev or {}
+
+    def _common_version(self, wanted: str, types: list[str]) -> str:
+        """The conflist's cniVersion, or the newest one every plugin in the chain speaks.
+
+        Debian's reference plugins (1.1.1) stop at CNI 1.0.0 while the conflist asks for
+        1.1.0; a lab on such a machine runs the chain at 1.0.0 (and says so once)."""
+        common: set[str] | None = None
+        for t in types:
+            exe = self._find_plugin(t)
+            p = subprocess.run([str(exe)], env={"CNI_COMMAND": "VERSION"}, input="{}",
+                               capture_output=True, text=True, timeout=30, check=False)
+            try:
+                supported = set(json.loads(p.stdout)["supportedVersions"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            common = supported if common is None else common & supported
+        if common is None or wanted in common:
+            return wanted
+        if not common:
+            raise LabError(f"the CNI plugins {', '.join(types)} share no CNI version")
+        best = max(common, key=lambda v: tuple(int(x) for x in v.split(".")))
+        if not getattr(self, "_version_noted", False):
+            self.progress(f"CNI chain runs at {best}: not every plugin speaks {wanted}")
+            self._version_noted = True
+        return best
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.dir / "bin"
+
+    def _find_plugin(self, kind: str) -> Path | None:
+        for d in (self.bin_dir, *map(Path, CNI_PLUGIN_DIRS)):
+            if (d / kind).exists():
+                return d / kind
+        return None
+
+    # --- exec ---------------------------------------------------------------------------------
+
+    def tortie(self, st: LabState, args: list[str], *,
+               input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the ``tortie`` CLI against the lab's etcd (from inside the fabric)."""
+        return netns.exec_in(st.fabric, [sys.executable, "-m", "ctl.main", *args],
+                             env={"TORTIE_ETCD_ENDPOINTS": st.etcd_endpoint}, capture=True,
+                             input=input, timeout=60)
+
+    def exec(self, argv: list[str], *, node: str | None = None, pod: str | None = None) -> int:
+        st = self.load()
+        if pod is not None:
+            if pod not in st.pods:
+                raise LabError(f"no pod {pod} in lab {self.name!r}")
+            target = st.pods[pod].netns
+        elif node is not None:
+            if node not in st.nodes:
+                raise LabError(f"no node {node!r} in lab {self.name!r}")
+            target = st.nodes[node].netns
+        else:
+            target = st.fabric
+        env = {"TORTIE_ETCD_ENDPOINTS": st.etcd_endpoint}
+        return netns.exec_in(target, argv, env=env).returncode
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    namespace, sep, name = ref.partition("/")
+    if not sep or not namespace or not name:
+        raise LabError(f"pod {ref!r}: use NAMESPACE/NAME")
+    return namespace, name
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _kill(pid: int, timeout: float = 5.0) -> None:
+    if not _alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.02)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,1 @@
+"""tortie-node: the per-node daemon (CNI socket, metrics, Node registration)."""

@@ -1,0 +1,463 @@
+"""tortie-node: the per-node daemon (asyncio).
+
+::
+
+    tortie-node --node-name N [--etcd-endpoints URLS] [--etcd-ca-cert-file F]
+                [--etcd-cert-file F] [--etcd-key-file F] [--etcd-username U]
+                [--etcd-password P] [--etcd-timeout S] [-c CONFIG]
+                [--socket PATH] [--metrics-port P] [--interface-prefix cali]
+                [--log-level info]
+
+* registers (and keeps up to date) its calico ``Node`` resource: ``spec.bgp.ipv4Address``
+  is the node's first global IPv4 address/prefix, ``spec.orchRefs`` names the k8s node;
+* serves the CNI socket (mode 0600; a stale socket file is replaced, a live one is an
+  error): one JSON request line per connection, answered by :class:`cni.handler.CNIHandler`;
+  requests run concurrently, serialised per pod;
+* serves ``/metrics`` (Prometheus text) and ``/healthz`` on ``127.0.0.1:P`` (default 9099,
+  0 picks a free port, which is logged);
+* logs as ``key=value`` lines; survives etcd outages (requests then fail with code 11,
+  STATUS with 50; the Node resource is written again when etcd is back);
+* SIGTERM / SIGINT: stop accepting, finish the requests in flight, remove the socket, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cni import netlink
+from cni.handler import CNIHandler, RequestInfo, response_summary
+from cni.spec import ERR_DECODE, error_dict
+from datastore.etcd_config import ConfigError, EtcdConfig
+from datastore.kinds import by_plural
+from datastore.model_network import Node
+from datastore.resources import ResourceConflict, ResourceExists, Resources
+from datastore.store import DatastoreError, NotFound, Store
+from node.metrics import CONTENT_TYPE, Registry
+
+log = logging.getLogger("tortie.node")
+
+DEFAULT_SOCKET = "/var/run/tortie/cni.sock"
+DEFAULT_METRICS_PORT = 9099
+MAX_REQUEST = 16 * 1024 * 1024
+READ_TIMEOUT = 30.0
+SHUTDOWN_GRACE = 30.0
+RESYNC_INTERVAL = 60.0
+RETRY_MIN, RETRY_MAX = 0.5, 10.0
+_NODE = by_plural("nodes")
+
+
+# --- logging ------------------------------------------------------------------------------------
+
+
+def _kv_value(value: Any) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' "=\\\n\t'):
+        return json.dumps(text)
+    return text
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``ts=... level=info logger=... msg="..." key=value ...`` (logfmt)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        parts = [f"ts={ts}Z", f"level={record.levelname.lower()}",
+                 f"logger={record.name}", f"msg={_kv_value(record.getMessage())}"]
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            parts += [f"{k}={_kv_value(v)}" for k, v in fields.items()]
+        if record.exc_info:
+            parts.append(f"exc={_kv_value(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("grpc", "asyncio", "pyroute2"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+# --- arguments ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="tortie-node", description="Tortie's per-node daemon")
+    p.add_argument("--node-name", default=os.environ.get("TORTIE_NODE_NAME")
+                   or socket.gethostname(), help="this node's name (default: hostname)")
+    p.add_argument("--etcd-endpoints", help="etcd URLs, comma separated "
+                   "[env TORTIE_ETCD_ENDPOINTS]")
+    p.add_argument("--etcd-ca-cert-file", help="CA bundle for https endpoints")
+    p.add_argument("--etcd-cert-file", help="client certificate")
+    p.add_argument("--etcd-key-file", help="client key")
+    p.add_argument("--etcd-username", help="etcd user")
+    p.add_argument("--etcd-password", help="etcd password")
+    p.add_argument("--etcd-timeout", type=float, help="seconds to wait for etcd (default 5)")
+    p.add_argument("-c", "--config", dest="config_file",
+                   help="config file (calicoctl's CalicoAPIConfig format) [env TORTIE_CONFIG]")
+    p.add_argument("--socket", default=os.environ.get("TORTIE_CNI_SOCKET") or DEFAULT_SOCKET,
+                   help=f"CNI socket path (default {DEFAULT_SOCKET})")
+    p.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+                   help="port of /metrics and /healthz on 127.0.0.1 (0: any free port)")
+    p.add_argument("--interface-prefix", default="cali",
+                   help="prefix of the host side veth names (default cali)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    args = p.parse_args(argv)
+    if not args.node_name:
+        p.error("--node-name is required")
+    if not 0 <= args.metrics_port <= 65535:
+        p.error("--metrics-port must be 0-65535")
+    if not 1 <= len(args.interface_prefix) <= 11:
+        p.error("--interface-prefix must be 1-11 characters")
+    return args
+
+
+def etcd_config(args: argparse.Namespace) -> EtcdConfig:
+    return EtcdConfig.load(
+        endpoints=args.etcd_endpoints, ca_cert_file=args.etcd_ca_cert_file,
+        cert_file=args.etcd_cert_file, key_file=args.etcd_key_file,
+        username=args.etcd_username, password=args.etcd_password,
+        config_file=args.config_file, timeout=args.etcd_timeout)
+
+
+# --- the daemon ---------------------------------------------------------------------------------
+
+
+class NodeDaemon:
+    def __init__(self, args: argparse.Namespace, config: EtcdConfig) -> None:
+        self.args = args
+        self.node = args.node_name
+        self.socket_path = Path(args.socket)
+        self.store = Store(config)
+        self.resources = Resources(self.store)
+        self.handler = CNIHandler(self.store, self.node, interface_prefix=args.interface_prefix)
+        self.metrics = Registry()
+        self.m_requests = self.metrics.counter(
+            "tortie_cni_requests_total", "CNI requests served, by command and result",
+            ("command", "result"))
+        self.m_errors = self.metrics.counter(
+            "tortie_cni_errors_total", "CNI requests that failed, by command and CNI error code",
+            ("command", "code"))
+        self.m_duration = self.metrics.histogram(
+            "tortie_cni_request_duration_seconds", "Time to serve a CNI request", ("command",))
+        self.m_inflight = self.metrics.gauge(
+            "tortie_cni_requests_in_flight", "CNI requests being served now")
+        self.m_etcd_up = self.metrics.gauge(
+            "tortie_node_etcd_up", "1 if the last datastore operation of the node succeeded")
+        self.m_registered = self.metrics.gauge(
+            "tortie_node_registered", "1 once the Node resource has been written")
+        self.m_start = self.metrics.gauge(
+            "tortie_node_start_time_seconds", "Start time of tortie-node (unix time)")
+        self.m_start.set(time.time())
+        self._stop = asyncio.Event()
+        self._conns: set[asyncio.Task[None]] = set()
+        self._cni_server: asyncio.Server | None = None
+        self._http_server: asyncio.Server | None = None
+        self.metrics_port = 0
+        self._resync = asyncio.Event()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        self._check_forwarding()
+        try:
+            await self._start_cni_server()
+        except OSError as e:
+            log.error("cannot serve the CNI socket",
+                      extra={"fields": {"socket": str(self.socket_path), "error": str(e)}})
+            await self.store.close()
+            return 1
+        try:
+            self._http_server = await asyncio.start_server(
+                self._serve_http, "127.0.0.1", self.args.metrics_port)
+        except OSError as e:
+            log.error("cannot serve metrics", extra={"fields": {
+                "port": self.args.metrics_port, "error": str(e)}})
+            await self._shutdown([])
+            return 1
+        self.metrics_port = int(self._http_server.sockets[0].getsockname()[1])
+        log.info("tortie-node started", extra={"fields": {
+            "node": self.node, "socket": str(self.socket_path),
+            "metrics": f"127.0.0.1:{self.metrics_port}", "pid": os.getpid(),
+            "etcd": ",".join(self.store.config.endpoints)}})
+        background = [asyncio.create_task(self._registrar(), name="registrar")]
+        await self._stop.wait()
+        log.info("shutting down", extra={"fields": {"in_flight": len(self._conns)}})
+        await self._shutdown(background)
+        log.info("tortie-node stopped")
+        return 0
+
+    async def _shutdown(self, background: list[asyncio.Task[None]]) -> None:
+        if self._cni_server is not None:
+            self._cni_server.close()
+        if self._conns:
+            _, pending = await asyncio.wait(set(self._conns), timeout=SHUTDOWN_GRACE)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for t in background:
+            t.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if self._http_server is not None:
+            self._http_server.close()
+        with contextlib.suppress(FileNotFoundError):
+            if self._cni_server is not None:
+                self.socket_path.unlink()
+        await self.store.close()
+
+    def _check_forwarding(self) -> None:
+        if netlink.read_sysctl("net/ipv4/ip_forward") == "0":
+            log.warning("net.ipv4.ip_forward is 0 in this namespace: pods will reach this "
+                        "host but not each other or anything beyond it")
+
+    # --- the CNI socket ---------------------------------------------------------------------
+
+    async def _start_cni_server(self) -> None:
+        path = self.socket_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise OSError(f"{path} exists and is not a socket")
+            if await self._socket_alive(path):
+                raise OSError(f"another tortie-node is serving {path}")
+            log.info("removing stale socket", extra={"fields": {"socket": str(path)}})
+            path.unlink()
+        old = os.umask(0o177)  # the socket is created 0600: root only
+        try:
+            self._cni_server = await asyncio.start_unix_server(
+                self._accept, path=str(path), limit=MAX_REQUEST)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+
+    @staticmethod
+    async def _socket_alive(path: Path) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 1.0)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._conns.add(task)
+        try:
+            await self._serve_cni(reader, writer)
+        finally:
+            if task is not None:
+                self._conns.discard(task)
+
+    async def _serve_cni(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        info = RequestInfo()
+        try:
+            try:
+                line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
+            except (TimeoutError, ValueError, asyncio.LimitOverrunError,
+                    asyncio.IncompleteReadError, ConnectionError) as e:
+                log.warning("bad CNI connection", extra={"fields": {"error": repr(e)}})
+                return
+            if not line.strip():
+                return
+            self.m_inflight.inc()
+            try:
+                try:
+                    request: Any = json.loads(line)
+                except ValueError as e:
+                    response: dict[str, Any] = {"ok": False, "error": error_dict(
+                        ERR_DECODE, "cannot decode the request", str(e))}
+                    info.code = ERR_DECODE
+                else:
+                    response = await self.handler.handle(request, info)
+            finally:
+                self.m_inflight.dec()
+            self._account(info, response)
+            writer.write(json.dumps(response, separators=(",", ":")).encode() + b"\n")
+            try:
+                await writer.drain()
+            except ConnectionError:
+                log.warning("the plugin went away before the answer",
+                            extra={"fields": {"cmd": info.command, "container": info.container}})
+        except Exception:
+            log.exception("failure serving a CNI connection")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _account(self, info: RequestInfo, response: dict[str, Any]) -> None:
+        command = info.command if info.command in (
+            "ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION") else "invalid"
+        self.m_requests.inc(command=command, result=info.result)
+        self.m_duration.observe(info.duration, command=command)
+        if info.code is not None:
+            self.m_errors.inc(command=command, code=str(info.code))
+        if info.etcd_ok is not None:
+            self.m_etcd_up.set(1 if info.etcd_ok else 0)
+        fields: dict[str, Any] = {"cmd": info.command, "container": info.container[:12]}
+        if info.pod:
+            fields["pod"] = info.pod
+        if info.ips:
+            fields["ip"] = ",".join(info.ips)
+        fields["result"] = response_summary(response)
+        fields["ms"] = f"{info.duration * 1000:.1f}"
+        level = logging.INFO if info.code is None else logging.WARNING
+        log.log(level, "cni request", extra={"fields": fields})
+
+    # --- HTTP: /metrics, /healthz -----------------------------------------------------------
+
+    async def _serve_http(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = request_line.split()
+            if len(parts) != 3:
+                await self._respond(writer, 400, "text/plain", "bad request\n")
+                return
+            method, target = parts[0], parts[1].split("?", 1)[0]
+            if method not in ("GET", "HEAD"):
+                await self._respond(writer, 405, "text/plain", "method not allowed\n",
+                                    head_only=False)
+                return
+            head_only = method == "HEAD"
+            if target == "/metrics":
+                await self._respond(writer, 200, CONTENT_TYPE, self.metrics.render(),
+                                    head_only=head_only)
+            elif target in ("/healthz", "/health", "/livez"):
+                body = json.dumps({
+                    "status": "ok",
+                    "node": self.node,
+                    "socket": str(self.socket_path),
+                    "etcd": "up" if self.m_etcd_up.get() else "down",
+                    "registered": bool(self.m_registered.get()),
+                }) + "\n"
+                await self._respond(writer, 200, "application/json", body, head_only=head_only)
+            else:
+                await self._respond(writer, 404, "text/plain", "not found\n",
+                                    head_only=head_only)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    @staticmethod
+    async def _respond(writer: asyncio.StreamWriter, status: int, ctype: str, body: str,
+                       head_only: bool = False) -> None:
+        reasons = {200: "OK", 400: "Bad Request", 404: "Not Found",
+                   405: "Method Not Allowed"}
+        data = body.encode()
+        header = (f"HTTP/1.1 {status} {reasons.get(status, '')}\r\n"
+                  f"Content-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
+                  "Connection: close\r\n\r\n").encode()
+        writer.write(header if head_only else header + data)
+        await writer.drain()
+
+    # --- the Node resource ------------------------------------------------------------------
+
+    async def _registrar(self) -> None:
+        """Write the Node resource; again every RESYNC_INTERVAL and after etcd errors."""
+        delay = RETRY_MIN
+        while True:
+            try:
+                await self.register_node()
+                self.m_etcd_up.set(1)
+                self.m_registered.set(1)
+                delay = RETRY_MIN
+                wait = RESYNC_INTERVAL
+            except (DatastoreError, OSError) as e:
+                self.m_etcd_up.set(0)
+                log.warning("cannot register the Node resource; retrying",
+                            extra={"fields": {"node": self.node, "error": str(e),
+                                              "retry_s": f"{delay:g}"}})
+                wait = delay
+                delay = min(delay * 2, RETRY_MAX)
+            except Exception:
+                log.exception("unexpected failure registering the Node resource")
+                wait = delay
+                delay = min(delay * 2, RETRY_MAX)
+            self._resync.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resync.wait(), wait)
+
+    async def register_node(self) -> Node:
+        """Create the Node, or bring its address and orchRefs up to date (keeping the rest)."""
+        address = await asyncio.to_thread(netlink.first_global_ipv4, self.args.interface_prefix)
+        for _ in range(10):
+            try:
+                current: Node = await self.resources.get(_NODE, self.node)
+            except NotFound:
+                doc: dict[str, Any] = {"metadata": {"name": self.node}, "spec": {}}
+                _update_node_doc(doc, self.node, address)
+                try:
+                    node: Node = await self.resources.create(_NODE, Node.from_dict(doc))
+                except ResourceExists:
+                    continue
+                log.info("registered the Node resource",
+                         extra={"fields": {"node": self.node, "ipv4": address or ""}})
+                return node
+            doc = current.dump()
+            before = json.dumps(doc, sort_keys=True)
+            _update_node_doc(doc, self.node, address)
+            if json.dumps(doc, sort_keys=True) == before:
+                return current
+            try:
+                node = await self.resources.replace(_NODE, Node.from_dict(doc))
+            except (ResourceConflict, NotFound):
+                continue
+            log.info("updated the Node resource",
+                     extra={"fields": {"node": self.node, "ipv4": address or ""}})
+            return node
+        raise DatastoreError(f"Node {self.node} is being modified concurrently")
+
+
+def _update_node_doc(doc: dict[str, Any], node: str, address: str | None) -> None:
+    spec = doc.setdefault("spec", {})
+    if address:
+        spec.setdefault("bgp", {})["ipv4Address"] = address
+    refs = [r for r in spec.get("orchRefs") or [] if r.get("orchestrator") != "k8s"]
+    refs.append({"nodeName": node, "orchestrator": "k8s"})
+    spec["orchRefs"] = refs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        config = etcd_config(args)
+    except ConfigError as e:
+        log.error("invalid etcd configuration", extra={"fields": {"error": str(e)}})
+        return 2
+    return asyncio.run(NodeDaemon(args, config).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
