@@ -196,16 +196,35 @@ class Lab:
         (self.dir / name).mkdir(exist_ok=True)
         st.nodes[name] = node
         self.save(st)
+        self._start_daemon(st, node)
+        self.progress(f"node {name}: namespace {ns}, eth0 {address}, tortie-node pid {node.pid}")
+
+    def _start_daemon(self, st: LabState, node: NodeState) -> None:
         env = dict(os.environ, TORTIE_ETCD_ENDPOINTS=st.etcd_endpoint)
         with open(node.log, "ab") as log:
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", ns, sys.executable, "-m", "node.main",
-                 "--node-name", name, "--socket", node.socket],
+                ["ip", "netns", "exec", node.netns, sys.executable, "-m", "node.main",
+                 "--node-name", node.name, "--socket", node.socket],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True, cwd=REPO)
         node.pid = proc.pid
         self.save(st)
-        self.progress(f"node {name}: namespace {ns}, eth0 {address}, tortie-node pid {proc.pid}")
+
+    def restart_node(self, name: str, sig: int = signal.SIGTERM) -> NodeState:
+        """Stop a node's tortie-node (SIGKILL: a crash) and start it again."""
+        st = self.load()
+        node = st.nodes.get(name)
+        if node is None:
+            raise LabError(f"no node {name!r} in lab {self.name!r}")
+        if _alive(node.pid):
+            os.kill(node.pid, sig)
+        _kill(node.pid)
+        with contextlib.suppress(FileNotFoundError):
+            Path(node.socket).unlink()
+        self._start_daemon(st, node)
+        self._wait_node(node)
+        self.progress(f"node {name}: tortie-node restarted (pid {node.pid})")
+        return node
 
     def _wait_node(self, node: NodeState) -> None:
         deadline = time.monotonic() + NODE_START_TIMEOUT
