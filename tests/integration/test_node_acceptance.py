@@ -145,10 +145,20 @@ spec:
     r = cni(lab, node1, "ADD", d)
     assert r.returncode == 0
     assert not json.loads(r.stdout)["ips"][0]["address"].startswith("10.0.1.")
-    for att, node in ((a, node2), (c, node1), (d, node1)):
+    for att, node in ((a, node2), (c, node1)):
         assert cni(lab, node, "DEL", att).returncode == 0
+    # someone deletes d's endpoint behind Tortie's back: check finds the leak, release fixes it
+    d_ip = allocations(lab)
+    (leaked_ip,) = d_ip
+    r = tortie(lab, "delete", "workloadendpoint", "-n", "default", "node1-k8s-plain-eth0")
+    assert r.returncode == 0, r.stderr
+    r = tortie(lab, "ipam", "check")
+    assert r.returncode == 1 and f"leaked: {leaked_ip}" in r.stdout
+    r = tortie(lab, "ipam", "release", "--ip", leaked_ip)
+    assert r.returncode == 0 and f"{leaked_ip}: released" in r.stdout
     r = tortie(lab, "ipam", "check")
     assert r.returncode == 0, r.stdout
+    assert "IPAM is consistent" in r.stdout
 
 
 def test_eight_runtimes_hundred_adds_each_on_one_node(lab: Lab) -> None:
