@@ -717,6 +717,21 @@ class CNIHandler:
                 released = await self.ipam.release_by_handle(handle_id(cid))
                 log.info("GC released a stale attachment",
                          extra={"fields": {"container": cid, "ip": ",".join(released)}})
+        if not ipam_only:
+            await self._gc_stray_links()
+
+    async def _gc_stray_links(self) -> None:
+        """Remove host veths no endpoint of this node owns: what an ADD interrupted by a
+        crash (veth made, endpoint not yet written) leaves behind."""
+        if self._inflight:
+            return  # an ADD may own a link it has not recorded yet: the next GC will do
+        owned = {w.spec.interfaceName for w in await self.resources.list(_WEP)
+                 if w.spec.node == self.node and w.spec.interfaceName}
+        for name in await asyncio.to_thread(netlink.host_veths, self.interface_prefix):
+            if name in owned or self._inflight:
+                continue
+            if await asyncio.to_thread(netlink.teardown_veth, name):
+                log.info("GC removed a stray host veth", extra={"fields": {"link": name}})
 
     # --- STATUS -----------------------------------------------------------------------------
 

@@ -183,6 +183,15 @@ def link_exists(name: str) -> bool:
         return _lookup(ipr, name) is not None
 
 
+def host_veths(prefix: str) -> list[str]:
+    """Names of the veths in the calling thread's namespace that start with ``prefix``."""
+    with _iproute() as ipr:
+        return sorted(
+            name for link in ipr.get_links()
+            if (name := link.get_attr("IFLA_IFNAME") or "").startswith(prefix)
+            and _link_kind(link) == "veth")
+
+
 def netns_link_exists(netns_path: str, ifname: str) -> bool:
     """Whether ``ifname`` exists in the namespace (False if the namespace is gone)."""
     try:

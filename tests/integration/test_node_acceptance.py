@@ -223,6 +223,9 @@ def test_node_killed_in_the_middle_of_adds_leaks_nothing(lab: Lab) -> None:
     failed = [a for a in atts if not done.get(a.container)]
     assert succeeded and failed, "the kill should land in the middle of the ADDs"
     node = lab.restart_node("node1", signal.SIGKILL)
+    # what a crash between "veth made" and "endpoint written" leaves, made sure of
+    netns.ip("link", "add", "calideadbeef001", "type", "veth", "peer", "name", "strayx",
+             ns=node.netns)
     # the runtime garbage-collects: every attachment it does not know to be valid goes
     valid = [{"containerID": a.container, "ifname": "eth0"} for a in succeeded]
     r = cni(lab, node, "GC", atts[0], extra={"cni.dev/valid-attachments": valid})
