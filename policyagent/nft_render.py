@@ -1,0 +1,590 @@
+"""Render a :class:`~policyagent.model.DataplaneModel` as one nftables ``inet`` table (pure).
+
+The output of :func:`render` is a complete ``nft -f`` script that replaces the whole table in
+one atomic transaction (``table X {}`` + ``delete table X`` + the full definition); other
+tables are never touched. :func:`render_set_update` and :func:`render_chain_replace` produce the
+small incremental transactions (set members only; one policy chain).
+
+Layout (``cali*`` are workload interfaces; ``F`` is the mark mask below)
+------------------------------------------------------------------------
+* ``raw_pre`` / ``raw_out`` (priority raw, -300): host endpoints' doNotTrack (``untracked_*``)
+  policy; an allow sets ``MARK_UNTRACKED`` and ``notrack``; no default drop.
+* ``pre_dnat`` (prerouting, -110, before DNAT): host endpoints' preDNAT policy; an allow sets
+  ``MARK_PREDNAT`` (which skips the host endpoint's normal policy); no default drop.
+* ``input`` / ``forward`` / ``output`` (filter, 0): untracked packets accepted, then
+  ``ct state invalid drop`` and ``ct state established,related accept``, then dispatch:
+  ``iifname "cali*" jump from_wl`` (a chain doing ``iifname vmap @wl_from`` with ``goto``
+  elements, so an unknown workload interface falls through to a drop), ``oifname "cali*"
+  jump to_wl``, host endpoints through ``@hep_in`` / ``@hep_out`` / ``@hep_fwd_in`` /
+  ``@hep_fwd_out`` (and their ``*`` fall-back). Traffic to or from a workload never goes
+  through normal host endpoint policy; host-to-local-workload traffic is accepted in output
+  (kubelet probes), as Calico does.
+* Per endpoint and direction, a chain ``w{i,e}_<hash>`` / ``h{i,e}_<hash>`` / ``hf{i,e}_<hash>``
+  / ``hp_<hash>`` / ``hu{i,e}_<hash>``: anti-spoofing (workload egress), failsafe ports (host,
+  before policy), then for each tier: clear the accept/pass bits, ``jump`` the tier chain,
+  leave on accept; then the profiles; then a counted drop (hooks with a default drop).
+* Tier chains ``t{i,e}_<hash>`` (shared by every endpoint with the same tier content): ``jump``
+  each policy chain in order, ``return`` as soon as the accept or pass bit is set, end-of-tier
+  ``drop`` when the tier's default action is deny (and the hook has a default drop).
+* Policy / profile chains ``p{i,e}_<hash>`` / ``r{i,e}_<hash>``: the rules, each with a
+  ``counter`` and ``comment "<rule_id>"``: allow sets ``MARK_ACCEPT`` and returns, pass sets
+  ``MARK_PASS`` and returns, deny drops, log logs (``tortie <rule_id>``) and goes on.
+
+Chain names are a kind prefix plus 12 hex digits of SHA-256 over the id (always far below nft's
+name limits); every chain carries a ``comment`` naming what it is for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from policyagent.model import (
+    PROTOCOL_NAMES,
+    DataplaneModel,
+    EndpointProgram,
+    FailsafeSpec,
+    HostEndpointProgram,
+    IPSetSpec,
+    ModelDiff,
+    PolicyProgram,
+    RuleSpec,
+    TierPolicies,
+    ipset_family,
+)
+
+__all__ = [
+    "MARK_ACCEPT",
+    "MARK_MASK",
+    "MARK_PASS",
+    "MARK_PREDNAT",
+    "MARK_UNTRACKED",
+    "WORKLOAD_PREFIX",
+    "chain_name",
+    "comment_for",
+    "policy_chain",
+    "render",
+    "render_chain_replace",
+    "render_set_update",
+    "render_table_delete",
+]
+
+MARK_ACCEPT = 0x10000
+MARK_PASS = 0x20000
+MARK_PREDNAT = 0x40000
+MARK_UNTRACKED = 0x80000
+MARK_MASK = MARK_ACCEPT | MARK_PASS | MARK_PREDNAT | MARK_UNTRACKED
+_VERDICT_BITS = MARK_ACCEPT | MARK_PASS
+_CLEAR_VERDICT = f"meta mark set meta mark & {0xFFFFFFFF & ~_VERDICT_BITS:#010x}"
+_ACCEPTED = f"meta mark & {MARK_ACCEPT:#x} != 0"
+
+#: Host-side workload interfaces start with this (Calico's default prefix).
+WORKLOAD_PREFIX = "cali"
+_FAMILY_KW = {4: "ip", 6: "ip6"}
+_NFPROTO = {4: "ipv4", 6: "ipv6"}
+_ICMP_KW = {4: "icmp", 6: "icmpv6"}
+_MAX_COMMENT = 120
+_MAX_LOG_PREFIX = 127
+#: ICMPv6 a workload needs to send to the host before any policy (neighbour discovery, MLD).
+_ND_TYPES = ("nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert",
+             "mld-listener-report", "mld2-listener-report")
+
+
+# --- names ----------------------------------------------------------------------------------
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def chain_name(kind: str, key: str) -> str:
+    """``<kind>_<12 hex>``: the chain for ``key`` (an id, a name, a canonical tier text)."""
+    return f"{kind}_{_digest(key)}"
+
+
+def _dir(direction: str) -> str:
+    return "i" if direction == "ingress" else "e"
+
+
+def policy_chain(policy_id: str, direction: str, *, profile: bool = False) -> str:
+    """The chain of a policy (``p``) or profile (``r``) program in one direction."""
+    return chain_name(("r" if profile else "p") + _dir(direction), f"{policy_id}|{direction}")
+
+
+def comment_for(text: str) -> str:
+    """A safe nft comment string for ``text`` (what :func:`read_counters` keys by)."""
+    clean = text.replace('"', "'").replace("\\", "/")
+    if len(clean) > _MAX_COMMENT:
+        clean = f"{clean[:_MAX_COMMENT - 13]}~{_digest(clean)}"
+    return clean
+
+
+def _q(text: str) -> str:
+    return f'"{comment_for(text)}"'
+
+
+# --- rules -----------------------------------------------------------------------------------
+
+def _port_expr(ranges: Iterable[tuple[int, int]]) -> str:
+    items = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in sorted(set(ranges))]
+    return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
+
+
+def _net_expr(nets: Iterable[str]) -> str:
+    items = sorted(set(nets))
+    return items[0] if len(items) == 1 else "{ " + ", ".join(_drop_subsumed(items)) + " }"
+
+
+def _drop_subsumed(members: Iterable[str]) -> list[str]:
+    """CIDRs minus those inside another one (nft refuses overlapping interval elements)."""
+    nets = sorted({ipaddress.ip_network(m, strict=False) for m in members},
+                  key=lambda n: (n.version, n.prefixlen, n.network_address))
+    kept: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for net in nets:
+        if not any(k.version == net.version and net.subnet_of(k) for k in kept):  # type: ignore[arg-type]
+            kept.append(net)
+    return sorted(str(n) for n in kept)
+
+
+def _of_family(nets: Iterable[str], family: int) -> list[str]:
+    return [n for n in nets if ipaddress.ip_network(n, strict=False).version == family]
+
+
+def _rule_matches(rule: RuleSpec, family: int) -> list[list[str]] | None:
+    """The match expressions of ``rule`` for ``family``: one list per alternative (named ports
+    OR port ranges expand to several rules); ``None`` when it can never match that family."""
+    fam = _FAMILY_KW[family]
+    common: list[str] = [f"meta nfproto {_NFPROTO[family]}"]
+    if rule.protocol is not None:
+        common.append(f"meta l4proto {rule.protocol}")
+    if rule.not_protocol is not None:
+        common.append(f"meta l4proto != {rule.not_protocol}")
+    alternatives: list[list[list[str]]] = []
+    for side in ("src", "dst"):
+        addr = f"{fam} {'saddr' if side == 'src' else 'daddr'}"
+        port = f"th {'sport' if side == 'src' else 'dport'}"
+        nets = getattr(rule, f"{side}_nets")
+        if nets:
+            mine = _of_family(nets, family)
+            if not mine:
+                return None
+            common.append(f"{addr} {_net_expr(mine)}")
+        not_nets = _of_family(getattr(rule, f"{side}_not_nets"), family)
+        if not_nets:
+            common.append(f"{addr} != {_net_expr(not_nets)}")
+        for sid in sorted(getattr(rule, f"{side}_ipsets")):
+            if ipset_family(sid) == family:
+                common.append(f"{addr} @{sid}")
+        for sid in sorted(getattr(rule, f"{side}_not_ipsets")):
+            if ipset_family(sid) == family:
+                common.append(f"{addr} != @{sid}")
+        ranges = getattr(rule, f"{side}_ports")
+        named_all = getattr(rule, f"{side}_named_port_ipsets")
+        named = sorted(s for s in named_all if ipset_family(s) == family)
+        if ranges or named_all:
+            alts: list[list[str]] = []
+            if ranges:
+                alts.append([f"{port} {_port_expr(ranges)}"])
+            alts.extend([f"{addr} . meta l4proto . {port} @{sid}"] for sid in named)
+            if not alts:
+                return None
+            alternatives.append(alts)
+        not_ranges = getattr(rule, f"{side}_not_ports")
+        if not_ranges:
+            common.append(f"{port} != {_port_expr(not_ranges)}")
+        for sid in sorted(getattr(rule, f"{side}_not_named_port_ipsets")):
+            if ipset_family(sid) == family:
+                common.append(f"{addr} . meta l4proto . {port} != @{sid}")
+    if (rule.protocol is None and any(
+            getattr(rule, f"{s}_{k}") for s in ("src", "dst")
+            for k in ("ports", "not_ports", "named_port_ipsets", "not_named_port_ipsets"))):
+        common.append("meta l4proto { tcp, udp, sctp, udplite }")
+    icmp = _ICMP_KW[family]
+    if rule.icmp_type is not None:
+        common.append(f"{icmp} type {rule.icmp_type}")
+    if rule.icmp_code is not None:
+        common.append(f"{icmp} code {rule.icmp_code}")
+    if rule.not_icmp_type is not None:
+        if rule.not_icmp_code is None:
+            common.append(f"{icmp} type != {rule.not_icmp_type}")
+        else:
+            common.append(f"{icmp} type . {icmp} code != "
+                          f"{{ {rule.not_icmp_type} . {rule.not_icmp_code} }}")
+    return [common + [m for alt in combo for m in alt]
+            for combo in itertools.product(*alternatives)]
+
+
+def _family_free(rule: RuleSpec) -> bool:
+    """True when no criterion of the rule depends on the address family."""
+    return not (rule.ip_version is not None or rule.icmp_type is not None
+                or rule.icmp_code is not None or rule.not_icmp_type is not None
+                or any(getattr(rule, f"{s}_{k}") for s in ("src", "dst")
+                       for k in ("nets", "not_nets", "ipsets", "not_ipsets",
+                                 "named_port_ipsets", "not_named_port_ipsets")))
+
+
+def _action(rule: RuleSpec) -> str:
+    cmt = f"comment {_q(rule.rule_id)}"
+    if rule.action == "allow":
+        return f"counter meta mark set meta mark | {MARK_ACCEPT:#x} return {cmt}"
+    if rule.action == "pass":
+        return f"counter meta mark set meta mark | {MARK_PASS:#x} return {cmt}"
+    if rule.action == "deny":
+        return f"counter drop {cmt}"
+    if rule.action == "log":
+        prefix = f"tortie {comment_for(rule.rule_id)} "[:_MAX_LOG_PREFIX]
+        return f'log prefix "{prefix}" counter {cmt}'
+    return f"counter {cmt}"
+
+
+def render_rule(rule: RuleSpec) -> list[str]:
+    """The nft rule lines of one :class:`RuleSpec` (zero when it can never match)."""
+    families = rule.families()
+    if families == (4, 6) and _family_free(rule):
+        variants = _rule_matches(rule, 4) or []
+        lines = [[m for m in v if not m.startswith("meta nfproto")] for v in variants]
+    else:
+        lines = [v for f in families for v in (_rule_matches(rule, f) or [])]
+    action = _action(rule)
+    return [" ".join([*m, action]) for m in lines]
+
+
+def _policy_chain_body(prog: PolicyProgram) -> list[str]:
+    return [line for rule in prog.rules for line in render_rule(rule)]
+
+
+# --- the table -------------------------------------------------------------------------------
+
+@dataclass
+class _Chain:
+    name: str
+    comment: str
+    rules: list[str]
+    base: str | None = None  # "type filter hook input priority 0; policy accept;"
+
+    def text(self) -> str:
+        out = [f"\tchain {self.name} {{", f"\t\tcomment {_q(self.comment)}"]
+        if self.base:
+            out.append(f"\t\t{self.base}")
+        out.extend(f"\t\t{r}" for r in self.rules)
+        out.append("\t}")
+        return "\n".join(out)
+
+
+def _set_text(spec: IPSetSpec) -> str:
+    addr = "ipv4_addr" if spec.family == 4 else "ipv6_addr"
+    if spec.kind == "net":
+        head = f"type {addr}; flags interval;"
+        members = _drop_subsumed(spec.members)
+    else:
+        head = f"type {addr} . inet_proto . inet_service;"
+        members = sorted(_port_member(m) for m in spec.members)
+    body = f"\t\t{head}\n\t\tcomment {_q(spec.selector + ' ' + spec.named_port)}\n"
+    if members:
+        body += "\t\telements = { " + ",\n\t\t\t".join(members) + " }\n"
+    return f"\tset {spec.id} {{\n{body}\t}}"
+
+
+def _port_member(member: str) -> str:
+    """``10.0.0.1,tcp:8080`` -> ``10.0.0.1 . tcp . 8080``."""
+    ip, rest = member.rsplit(",", 1)
+    proto, port = rest.split(":")
+    return f"{ip} . {proto} . {port}"
+
+
+def _set_member(spec_kind: str, member: str) -> str:
+    return member if spec_kind == "net" else _port_member(member)
+
+
+class _Builder:
+    def __init__(self, model: DataplaneModel, endpoint_to_host: str) -> None:
+        self.m = model
+        self.endpoint_to_host = endpoint_to_host
+        self.chains: dict[str, _Chain] = {}
+        self.maps: dict[str, dict[str, str]] = {
+            k: {} for k in ("wl_from", "wl_to", "hep_in", "hep_out", "hep_fwd_in",
+                            "hep_fwd_out", "hep_pre", "hep_raw_in", "hep_raw_out")}
+        self.star: dict[str, str] = {}  # map name -> chain for an interfaceName "*" endpoint
+
+    # chains shared by name
+    def add(self, chain: _Chain) -> str:
+        self.chains.setdefault(chain.name, chain)
+        return chain.name
+
+    def tier_chain(self, tier: TierPolicies, direction: str, default_drop: bool) -> str:
+        key = f"{direction}|{tier.tier}|{','.join(tier.policies)}|{tier.default_action}|" \
+              f"{default_drop}"
+        rules: list[str] = []
+        for pid in tier.policies:
+            rules.append(f"jump {policy_chain(pid, direction)}")
+            rules.append(f"meta mark & {_VERDICT_BITS:#x} != 0 return")
+        if tier.default_action == "deny" and default_drop:
+            rules.append(f"counter drop comment {_q(f'end of tier {tier.tier} {direction}')}")
+        return self.add(_Chain(chain_name("t" + _dir(direction), key),
+                               f"tier {tier.tier} {direction}: {' '.join(tier.policies)}", rules))
+
+    def policy_steps(self, tiers: tuple[TierPolicies, ...], profiles: tuple[str, ...],
+                     direction: str, on_accept: str, default_drop: bool) -> list[str]:
+        out: list[str] = []
+        for tier in tiers:
+            out.append(_CLEAR_VERDICT)
+            out.append(f"jump {self.tier_chain(tier, direction, default_drop)}")
+            out.append(f"{_ACCEPTED} {on_accept}")
+        for prof in profiles:
+            out.append(_CLEAR_VERDICT)
+            out.append(f"jump {policy_chain(prof, direction, profile=True)}")
+            out.append(f"{_ACCEPTED} {on_accept}")
+        return out
+
+    # workloads
+    def workload(self, ep: EndpointProgram) -> None:
+        if ep.interface is None:
+            return
+        for direction in ("ingress", "egress"):
+            tiers = ep.ingress_policies if direction == "ingress" else ep.egress_policies
+            rules: list[str] = []
+            if direction == "egress":
+                rules.extend(_anti_spoof(ep))
+            rules.extend(self.policy_steps(tiers, ep.profiles, direction, "return", True))
+            rules.append(f"counter drop comment {_q(f'{ep.name} {direction} default drop')}")
+            name = self.add(_Chain(chain_name("w" + _dir(direction), ep.name),
+                                   f"workload {ep.name} {direction}", rules))
+            self.maps["wl_to" if direction == "ingress" else "wl_from"][ep.interface] = \
+                f"goto {name}"
+
+    # host endpoints
+    def host(self, hep: HostEndpointProgram) -> None:
+        if hep.interface is None and not hep.all_interfaces:
+            return  # expectedIPs-only endpoints need interface resolution (not done here)
+        key = hep.name
+
+        def register(map_name: str, chain: str) -> None:
+            if hep.interface is not None:
+                self.maps[map_name][hep.interface] = f"goto {chain}"
+            else:
+                self.star.setdefault(map_name, chain)
+
+        for direction in ("ingress", "egress"):
+            d = _dir(direction)
+            failsafe = self.m.failsafe_in if direction == "ingress" else self.m.failsafe_out
+            # normal policy: traffic to / from the host itself
+            tiers = hep.ingress_policies if direction == "ingress" else hep.egress_policies
+            rules: list[str] = []
+            if direction == "ingress":
+                rules.append(f"meta mark & {MARK_PREDNAT:#x} != 0 return")
+            rules.extend(_failsafe_rules(failsafe, direction, "return"))
+            rules.extend(self.policy_steps(tiers, hep.profiles, direction, "return", True))
+            rules.append(f"counter drop comment {_q(f'host {key} {direction} default drop')}")
+            register("hep_in" if direction == "ingress" else "hep_out",
+                     self.add(_Chain(chain_name("h" + d, key), f"host {key} {direction}",
+                                     rules)))
+            # applyOnForward policy on forwarded traffic
+            ftiers = hep.forward_ingress if direction == "ingress" else hep.forward_egress
+            if ftiers:
+                rules = self.policy_steps(ftiers, (), direction, "return", True)
+                rules.append(f"counter drop comment {_q(f'host {key} forward {direction}')}")
+                register("hep_fwd_in" if direction == "ingress" else "hep_fwd_out",
+                         self.add(_Chain(chain_name("hf" + d, key),
+                                         f"host {key} forward {direction}", rules)))
+            # doNotTrack policy (raw)
+            utiers = hep.untracked_ingress if direction == "ingress" else hep.untracked_egress
+            if utiers and not hep.all_interfaces:
+                rules = _failsafe_rules(failsafe, direction, "return")
+                rules.extend(self.policy_steps(
+                    utiers, (), direction,
+                    f"meta mark set meta mark | {MARK_UNTRACKED:#x} notrack return", False))
+                register("hep_raw_in" if direction == "ingress" else "hep_raw_out",
+                         self.add(_Chain(chain_name("hu" + d, key),
+                                         f"host {key} untracked {direction}", rules)))
+        if hep.pre_dnat_ingress:
+            rules = _failsafe_rules(self.m.failsafe_in, "ingress",
+                                    f"meta mark set meta mark | {MARK_PREDNAT:#x} return")
+            rules.extend(self.policy_steps(
+                hep.pre_dnat_ingress, (), "ingress",
+                f"meta mark set meta mark | {MARK_PREDNAT:#x} return", False))
+            register("hep_pre", self.add(_Chain(chain_name("hp", key),
+                                                f"host {key} preDNAT ingress", rules)))
+
+    def policies(self) -> None:
+        for (pid, direction), prog in sorted(self.m.policies.items()):
+            self.add(_Chain(policy_chain(pid, direction), f"policy {pid} {direction}",
+                            _policy_chain_body(prog)))
+        for (pid, direction), prog in sorted(self.m.profiles.items()):
+            self.add(_Chain(policy_chain(pid, direction, profile=True),
+                            f"profile {pid} {direction}", _policy_chain_body(prog)))
+
+    def dispatch(self, map_name: str, iface: str, what: str) -> _Chain:
+        """``<iface> vmap @map`` with goto elements, then the ``*`` endpoint if any."""
+        rules = [f"{iface} vmap @{map_name}"]
+        if map_name in self.star:
+            rules.append(f'{iface} "lo" return')
+            rules.append(f"goto {self.star[map_name]}")
+        return _Chain(f"{map_name}_dispatch", what, rules)
+
+    def base_chains(self) -> list[_Chain]:
+        wl = f'"{WORKLOAD_PREFIX}*"'
+        ct = ["ct state invalid counter drop comment \"ct invalid\"",
+              "ct state established,related accept"]
+        untracked_ok = f"meta mark & {MARK_UNTRACKED:#x} != 0 accept"
+        e2h = {"drop": "counter drop comment \"workload to host\"",
+               "accept": "accept", "return": "return"}[self.endpoint_to_host]
+        hep_maps = {k: self.dispatch(k, "oifname" if k in ("hep_out", "hep_fwd_out",
+                                                           "hep_raw_out") else "iifname",
+                                     f"host endpoint dispatch {k}")
+                    for k in self.maps if k.startswith("hep_")}
+        out = list(hep_maps.values())
+        out.append(_Chain("from_wl", "traffic from workloads",
+                          ["iifname vmap @wl_from",
+                           "counter drop comment \"unknown workload interface\""]))
+        out.append(_Chain("to_wl", "traffic to workloads",
+                          ["oifname vmap @wl_to",
+                           "counter drop comment \"unknown workload interface\""]))
+        nd = "{ " + ", ".join(_ND_TYPES) + " }"
+        out += [
+            _Chain("raw_pre", "untracked (doNotTrack) ingress", [
+                f"iifname != {wl} jump hep_raw_in_dispatch"],
+                "type filter hook prerouting priority raw; policy accept;"),
+            _Chain("raw_out", "untracked (doNotTrack) egress", [
+                f"oifname != {wl} jump hep_raw_out_dispatch"],
+                "type filter hook output priority raw; policy accept;"),
+            _Chain("pre_dnat", "preDNAT ingress", [
+                untracked_ok,
+                "ct state established,related accept",
+                f"iifname != {wl} jump hep_pre_dispatch"],
+                "type filter hook prerouting priority -110; policy accept;"),
+            _Chain("input", "to the host", [
+                untracked_ok, *ct,
+                f"iifname {wl} icmpv6 type {nd} accept",
+                f"iifname {wl} jump from_wl",
+                f"iifname {wl} {e2h}",
+                "jump hep_in_dispatch"],
+                "type filter hook input priority filter; policy accept;"),
+            _Chain("forward", "forwarded", [
+                untracked_ok, *ct,
+                f"iifname {wl} jump from_wl",
+                f"iifname != {wl} jump hep_fwd_in_dispatch",
+                f"oifname {wl} jump to_wl",
+                f"oifname != {wl} jump hep_fwd_out_dispatch"],
+                "type filter hook forward priority filter; policy accept;"),
+            _Chain("output", "from the host", [
+                untracked_ok, *ct,
+                f"oifname {wl} accept",
+                "jump hep_out_dispatch"],
+                "type filter hook output priority filter; policy accept;"),
+        ]
+        return out
+
+
+def _anti_spoof(ep: EndpointProgram) -> list[str]:
+    out = []
+    allowed = list(ep.addresses) + list(ep.allow_spoofed_prefixes)
+    for family in (4, 6):
+        mine = _of_family(allowed, family)
+        cmt = f"comment {_q(f'{ep.name} anti-spoof v{family}')}"
+        if mine:
+            out.append(f"{_FAMILY_KW[family]} saddr != {_net_expr(mine)} counter drop {cmt}")
+        else:
+            out.append(f"meta nfproto {_NFPROTO[family]} counter drop {cmt}")
+    return out
+
+
+def _failsafe_rules(entries: tuple[FailsafeSpec, ...], direction: str, verdict: str
+                    ) -> list[str]:
+    out = []
+    for f in entries:
+        match = []
+        if f.net is not None:
+            net = ipaddress.ip_network(f.net, strict=False)
+            side = "saddr" if direction == "ingress" else "daddr"
+            match.append(f"{_FAMILY_KW[net.version]} {side} {net}")
+        proto = PROTOCOL_NAMES.get(f.protocol, str(f.protocol))
+        match.append(f"meta l4proto {proto} th dport {f.port}")
+        out.append(" ".join([*match, f"counter {verdict}",
+                             f"comment {_q(f'failsafe {direction} {proto}:{f.port}')}"]))
+    return out
+
+
+def _map_text(name: str, elements: dict[str, str]) -> str:
+    body = "\t\ttype ifname : verdict;\n"
+    if elements:
+        body += "\t\telements = { " + ",\n\t\t\t".join(
+            f'"{k}" : {v}' for k, v in sorted(elements.items())) + " }\n"
+    return f"\tmap {name} {{\n{body}\t}}"
+
+
+def render(model: DataplaneModel, table: str = "tortie", *,
+           endpoint_to_host: str = "drop") -> str:
+    """The whole table as one atomic ``nft -f`` transaction (deterministic output).
+
+    ``endpoint_to_host``: what happens to traffic from a workload to the host after the
+    workload's egress policy allowed it -- ``drop`` (Calico's default
+    ``DefaultEndpointToHostAction``), ``accept``, or ``return`` (on to host endpoint policy)."""
+    if endpoint_to_host not in ("drop", "accept", "return"):
+        raise ValueError(f"endpoint_to_host must be drop, accept or return: {endpoint_to_host}")
+    b = _Builder(model, endpoint_to_host)
+    for ep in model.endpoints.values():
+        b.workload(ep)
+    for hep in model.host_endpoints.values():
+        b.host(hep)
+    b.policies()
+    base = b.base_chains()
+    parts = [f"table inet {table} {{}}", f"delete table inet {table}",
+             f"table inet {table} {{"]
+    parts += [_set_text(spec) for _, spec in sorted(model.ipsets.items())]
+    parts += [_map_text(name, elements) for name, elements in sorted(b.maps.items())]
+    parts += [c.text() for c in base]
+    parts += [b.chains[n].text() for n in sorted(b.chains)]
+    parts.append("}")
+    return "\n".join(parts) + "\n"
+
+
+def render_table_delete(table: str = "tortie") -> str:
+    """Delete the table if it exists (never an error when it does not)."""
+    return f"table inet {table} {{}}\ndelete table inet {table}\n"
+
+
+def render_set_update(diff: ModelDiff, table: str = "tortie",
+                      model: DataplaneModel | None = None) -> str:
+    """Only ``add element`` / ``delete element`` statements for a members-only ``diff``.
+
+    Deletions come first, so a member moving between overlapping prefixes cannot conflict.
+    When ``model`` (the *new* model) is given, a net set whose new members overlap (one
+    inside another, which nft's interval sets refuse) is re-filled instead: ``flush set`` and
+    the new members, still within the one transaction."""
+    if not diff.members_only:
+        raise ValueError("render_set_update needs a diff where only IP set members changed")
+    dels: list[str] = []
+    adds: list[str] = []
+    for set_id in sorted(diff.ipset_members):
+        delta = diff.ipset_members[set_id]
+        kind = "ip_port" if set_id.startswith("n") else "net"
+        if model is not None and kind == "net" and set_id in model.ipsets:
+            members = model.ipsets[set_id].members
+            if len(_drop_subsumed(members)) != len(members):
+                adds.append(f"flush set inet {table} {set_id}")
+                if members:
+                    adds.append(f"add element inet {table} {set_id} "
+                                f"{{ {', '.join(_drop_subsumed(members))} }}")
+                continue
+        if delta.removed:
+            items = ", ".join(sorted(_set_member(kind, m) for m in delta.removed))
+            dels.append(f"delete element inet {table} {set_id} {{ {items} }}")
+        if delta.added:
+            items = ", ".join(sorted(_set_member(kind, m) for m in delta.added))
+            adds.append(f"add element inet {table} {set_id} {{ {items} }}")
+    return "".join(line + "\n" for line in dels + adds)
+
+
+def render_chain_replace(policy: PolicyProgram, table: str = "tortie", *,
+                         profile: bool = False) -> str:
+    """Flush one policy (or profile) chain and re-add its rules, in one transaction.
+
+    The chain is declared first, so this also works for a chain that does not exist yet."""
+    name = policy_chain(policy.id, policy.direction, profile=profile)
+    kind = "profile" if profile else "policy"
+    chain = _Chain(name, f"{kind} {policy.id} {policy.direction}", _policy_chain_body(policy))
+    return (f"table inet {table} {{\n\tchain {name} {{\n\t}}\n}}\n"
+            f"flush chain inet {table} {name}\n"
+            f"table inet {table} {{\n{chain.text()}\n}}\n")

@@ -1,0 +1,252 @@
+"""The nftables renderer (pure): structure of the script for small calculated models."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from policyagent.model import (
+    DataplaneModel,
+    FrozenMap,
+    IPSetSpec,
+    KeyDiff,
+    MemberDelta,
+    ModelDiff,
+    PolicyProgram,
+    RuleSpec,
+)
+from policyagent.nft_render import (
+    chain_name,
+    policy_chain,
+    render,
+    render_chain_replace,
+    render_rule,
+    render_set_update,
+)
+from tests.unit.test_policy_calc import Cluster, gnp, hep, np_, wep
+
+ALLOW_8080 = [{"action": "Allow", "protocol": "TCP", "source": {"selector": "app == 'a'"},
+               "destination": {"ports": [8080]}}]
+
+
+def two_pods(*extra: Any) -> Cluster:
+    """Pod a (10.65.0.1) and pod b (10.65.0.2): b admits TCP 8080 from app == 'a' only."""
+    return Cluster().add(
+        wep("a", "10.65.0.1", {"app": "a"}),
+        wep("b", "10.65.0.2", {"app": "b"}),
+        np_("allow-a", selector="app == 'b'", ingress=ALLOW_8080),
+        *extra)
+
+
+def chain_body(script: str, name: str) -> list[str]:
+    m = re.search(rf"\n\tchain {re.escape(name)} {{\n(.*?)\n\t}}", script, re.S)
+    assert m, f"no chain {name}"
+    return [line.strip() for line in m.group(1).splitlines()]
+
+
+def test_atomic_replace_header_and_determinism() -> None:
+    model = two_pods().model()
+    script = render(model)
+    assert script.startswith("table inet tortie {}\ndelete table inet tortie\n"
+                             "table inet tortie {\n")
+    assert script == render(two_pods().model())
+    assert render(model, "t2").splitlines()[1] == "delete table inet t2"
+    assert re.findall(r"^\S.*$", script, re.M)[:3] == script.splitlines()[:3]
+    assert set(re.findall(r"table \w+ (\w+)", script)) == {"tortie"}
+
+
+def test_base_chains_hooks_and_conntrack() -> None:
+    script = render(two_pods().model())
+    for name, base in [
+        ("raw_pre", "type filter hook prerouting priority raw;"),
+        ("raw_out", "type filter hook output priority raw;"),
+        ("pre_dnat", "type filter hook prerouting priority -110;"),
+        ("input", "type filter hook input priority filter;"),
+        ("forward", "type filter hook forward priority filter;"),
+        ("output", "type filter hook output priority filter;"),
+    ]:
+        body = chain_body(script, name)
+        assert any(line.startswith(base) for line in body), name
+    for name in ("input", "forward", "output"):
+        body = chain_body(script, name)
+        assert 'ct state invalid counter drop comment "ct invalid"' in body
+        assert body.index('ct state invalid counter drop comment "ct invalid"') < \
+            body.index("ct state established,related accept")
+    assert not any("drop" in line for line in chain_body(script, "pre_dnat"))
+    assert not any("drop" in line for line in chain_body(script, "raw_pre"))
+
+
+def test_dispatch_by_verdict_map() -> None:
+    script = render(two_pods().model())
+    wa, wb = chain_name("wi", "default/a"), chain_name("wi", "default/b")
+    assert re.search(rf'map wl_to {{\n\t\ttype ifname : verdict;\n\t\telements = '
+                     rf'{{ "calia" : goto {wa},\n\t\t\t"calib" : goto {wb} }}', script)
+    assert chain_body(script, "from_wl") == [
+        'comment "traffic from workloads"', "iifname vmap @wl_from",
+        'counter drop comment "unknown workload interface"']
+    fwd = chain_body(script, "forward")
+    assert 'iifname "cali*" jump from_wl' in fwd and 'oifname "cali*" jump to_wl' in fwd
+    # one dispatch rule whatever the number of endpoints
+    many = Cluster().add(*[wep(f"p{i}", f"10.65.1.{i}") for i in range(20)]).model()
+    assert chain_body(render(many), "forward") == fwd
+
+
+def test_sets_and_rule_counters() -> None:
+    model = two_pods().model()
+    script = render(model)
+    (rule,) = model.policies[("np:default:allow-a", "ingress")].rules
+    (s4,) = [s for s in rule.src_ipsets if s.startswith("s4")]
+    assert re.search(rf"set {s4} {{\n\t\ttype ipv4_addr; flags interval;\n.*\n"
+                     rf"\t\telements = {{ 10.65.0.1/32 }}", script)
+    (s6,) = [s for s in rule.src_ipsets if s.startswith("s6")]
+    assert f"set {s6} {{\n\t\ttype ipv6_addr; flags interval;" in script
+    body = chain_body(script, policy_chain("np:default:allow-a", "ingress"))
+    assert body[1:] == [
+        f"meta nfproto ipv4 meta l4proto 6 ip saddr @{s4} th dport 8080 counter "
+        f'meta mark set meta mark | 0x10000 return comment "{rule.rule_id}"',
+        f"meta nfproto ipv6 meta l4proto 6 ip6 saddr @{s6} th dport 8080 counter "
+        f'meta mark set meta mark | 0x10000 return comment "{rule.rule_id}"']
+
+
+def test_named_port_set() -> None:
+    c = Cluster().add(
+        wep("web", "10.65.0.5", {"app": "web"},
+            ports=[{"name": "http", "protocol": "TCP", "port": 8080}]),
+        gnp("named", selector="all()", ingress=[
+            {"action": "Allow", "protocol": "TCP", "destination": {"ports": ["http"]}}]))
+    model = c.model()
+    script = render(model)
+    (n4,) = [s for s in model.ipsets if s.startswith("n4")]
+    assert f"set {n4} {{\n\t\ttype ipv4_addr . inet_proto . inet_service;" in script
+    assert "elements = { 10.65.0.5 . tcp . 8080 }" in script
+    assert f"ip daddr . meta l4proto . th dport @{n4}" in script
+
+
+def test_pass_and_end_of_tier() -> None:
+    c = two_pods(
+        gnp("pass-it", order=1, selector="app == 'b'",
+            ingress=[{"action": "Pass", "source": {"nets": ["10.10.0.0/16"]}}]))
+    model = c.model()
+    script = render(model)
+    ep = model.endpoints["default/b"]
+    (tier,) = ep.ingress_policies
+    assert tier.policies == ("gnp:pass-it", "np:default:allow-a")
+    wi = chain_body(script, chain_name("wi", "default/b"))
+    tier_jump = next(line for line in wi if line.startswith("jump ti_"))
+    tier_body = chain_body(script, tier_jump.split()[1])
+    assert tier_body[1:] == [
+        f"jump {policy_chain('gnp:pass-it', 'ingress')}",
+        "meta mark & 0x30000 != 0 return",
+        f"jump {policy_chain('np:default:allow-a', 'ingress')}",
+        "meta mark & 0x30000 != 0 return",
+        'counter drop comment "end of tier default ingress"']
+    # pass: mark and return; the endpoint chain then goes on to the profiles
+    pbody = chain_body(script, policy_chain("gnp:pass-it", "ingress"))
+    assert pbody[1] == ("meta nfproto ipv4 ip saddr 10.10.0.0/16 counter meta mark set "
+                        'meta mark | 0x20000 return comment "gnp:pass-it/ingress/0"')
+    i = wi.index(tier_jump)
+    assert wi[i + 1] == "meta mark & 0x10000 != 0 return"
+    assert wi[i + 2] == "meta mark set meta mark & 0xfffcffff"
+    assert wi[i + 3] == f"jump {policy_chain('pro:kns.default', 'ingress', profile=True)}"
+    assert wi[-1] == 'counter drop comment "default/b ingress default drop"'
+
+
+def test_anti_spoofing() -> None:
+    c = Cluster().add(
+        wep("a", ["10.65.0.1", "fd00::1"], allowSpoofedSourcePrefixes=["192.168.7.0/24"]),
+        wep("b", "10.65.0.2"))
+    script = render(c.model())
+    wa = chain_body(script, chain_name("we", "default/a"))
+    assert wa[1] == ("ip saddr != { 10.65.0.1/32, 192.168.7.0/24 } counter drop "
+                     'comment "default/a anti-spoof v4"')
+    assert wa[2] == 'ip6 saddr != fd00::1/128 counter drop comment "default/a anti-spoof v6"'
+    wb = chain_body(script, chain_name("we", "default/b"))
+    assert wb[2] == 'meta nfproto ipv6 counter drop comment "default/b anti-spoof v6"'
+    assert not any("anti-spoof" in line for line in
+                   chain_body(script, chain_name("wi", "default/a")))
+
+
+def test_host_endpoint_failsafe_before_policy() -> None:
+    c = Cluster().add(
+        hep("eth0", iface="eth0", ips=["192.168.0.1"], labels={"role": "host"}),
+        gnp("host-deny", selector="role == 'host'", ingress=[{"action": "Deny"}],
+            egress=[{"action": "Deny"}]))
+    script = render(c.model())
+    hi = chain_body(script, chain_name("hi", "eth0"))
+    assert hi[1] == "meta mark & 0x40000 != 0 return"  # allowed by preDNAT policy
+    assert hi[2] == ('meta l4proto tcp th dport 22 counter return '
+                     'comment "failsafe ingress tcp:22"')
+    first_policy = next(i for i, line in enumerate(hi) if line.startswith("jump"))
+    assert all("failsafe" in line for line in hi[2:first_policy - 1])
+    he = chain_body(script, chain_name("he", "eth0"))
+    assert he[1] == 'meta l4proto udp th dport 53 counter return comment "failsafe egress udp:53"'
+    assert f'"eth0" : goto {chain_name("hi", "eth0")}' in script
+    # workloads never go through normal host endpoint policy
+    assert chain_body(script, "input")[-3:] == [
+        'iifname "cali*" jump from_wl', 'iifname "cali*" counter drop comment "workload to host"',
+        "jump hep_in_dispatch"]
+    assert 'oifname "cali*" accept' in chain_body(script, "output")
+    assert "hep_fwd_in" in script and "goto" not in chain_body(script, "hep_fwd_in_dispatch")[1]
+
+
+def test_pre_dnat_and_untracked_have_no_default_drop() -> None:
+    c = Cluster().add(
+        hep("eth0", iface="eth0", ips=["192.168.0.1"], labels={"role": "host"}),
+        gnp("pd", selector="role == 'host'", preDNAT=True, applyOnForward=True,
+            ingress=[{"action": "Allow", "protocol": "TCP", "destination": {"ports": [80]}}]),
+        gnp("dnt", selector="role == 'host'", doNotTrack=True, applyOnForward=True,
+            ingress=[{"action": "Allow", "protocol": "UDP", "destination": {"ports": [53]}}],
+            egress=[{"action": "Allow", "protocol": "UDP", "source": {"ports": [53]}}]))
+    script = render(c.model())
+    hp = chain_body(script, chain_name("hp", "eth0"))
+    assert hp[-1] == "meta mark & 0x10000 != 0 meta mark set meta mark | 0x40000 return"
+    hu = chain_body(script, chain_name("hui", "eth0"))
+    assert hu[-1] == ("meta mark & 0x10000 != 0 meta mark set meta mark | 0x80000 notrack "
+                      "return")
+    tiers = [line.split()[1] for line in hp + hu if line.startswith("jump ti_")]
+    assert tiers and all(not any("drop" in x for x in chain_body(script, t)) for t in tiers)
+
+
+def test_log_and_rule_details() -> None:
+    log = RuleSpec("gnp:x/ingress/0", "log", protocol=6, dst_ports=((80, 80), (8000, 8080)))
+    assert render_rule(log) == [
+        'meta l4proto 6 th dport { 80, 8000-8080 } log prefix "tortie gnp:x/ingress/0 " '
+        'counter comment "gnp:x/ingress/0"']
+    v6only = RuleSpec("r/ingress/1", "deny", src_nets=("fd00::/8",))
+    assert render_rule(v6only) == [
+        'meta nfproto ipv6 ip6 saddr fd00::/8 counter drop comment "r/ingress/1"']
+    assert render_rule(RuleSpec("r/ingress/2", "allow", ip_version=4,
+                                src_nets=("fd00::/8",))) == []  # can never match
+    icmp = RuleSpec("r/egress/3", "allow", ip_version=4, protocol=1, not_icmp_type=8,
+                    not_icmp_code=0)
+    assert "icmp type . icmp code != { 8 . 0 }" in render_rule(icmp)[0]
+    none = RuleSpec("r/egress/4", "none")
+    assert render_rule(none) == ['counter comment "r/egress/4"']
+
+
+def test_set_update_and_chain_replace() -> None:
+    old = two_pods().model()
+    new = two_pods(wep("c", "10.65.0.3", {"app": "a"})).model()
+    # adding a pod changes endpoints too: build a members-only diff by hand from it
+    (sid,) = [s for s, d in old.diff(new).ipset_members.items() if d.added]
+    diff = ModelDiff(ipsets=KeyDiff(changed=frozenset({sid})), ipset_members=FrozenMap(
+        {sid: MemberDelta(frozenset({"10.65.0.3/32"}), frozenset({"10.65.0.1/32"}))}))
+    assert not old.diff(new).members_only
+    try:
+        render_set_update(old.diff(new))
+        raise AssertionError("not a members-only diff")
+    except ValueError:
+        pass
+    script = render_set_update(diff)
+    assert script == (f"delete element inet tortie {sid} {{ 10.65.0.1/32 }}\n"
+                      f"add element inet tortie {sid} {{ 10.65.0.3/32 }}\n")
+    # overlapping members: refill the set in the same transaction
+    spec = IPSetSpec(sid, 4, frozenset({"10.0.0.0/8", "10.65.0.3/32"}))
+    over = DataplaneModel(ipsets=FrozenMap({sid: spec}))
+    assert render_set_update(diff, model=over) == (
+        f"flush set inet tortie {sid}\nadd element inet tortie {sid} {{ 10.0.0.0/8 }}\n")
+    prog = PolicyProgram("gnp:x", "ingress", (RuleSpec("gnp:x/ingress/0", "deny", protocol=17),))
+    rep = render_chain_replace(prog)
+    name = policy_chain("gnp:x", "ingress")
+    assert f"flush chain inet tortie {name}\n" in rep
+    assert rep.endswith('\t\tmeta l4proto 17 counter drop comment "gnp:x/ingress/0"\n\t}\n}\n')
