@@ -702,6 +702,7 @@ class CNIHandler:
         for w in weps:
             if w.spec.containerID:
                 doomed.add(w.spec.containerID)
+        doomed |= await self._handles_only_in_documents()
         doomed -= valid
         for cid in sorted(doomed):
             if cid in self._inflight:
@@ -719,6 +720,21 @@ class CNIHandler:
                          extra={"fields": {"container": cid, "ip": ",".join(released)}})
         if not ipam_only:
             await self._gc_stray_links()
+
+    async def _handles_only_in_documents(self) -> set[str]:
+        """Containers whose handle document points only at this node's blocks: includes
+        what a crash between "handle written" and "block written" leaves (a handle that
+        no block holds, which the block scan of ``handles_on_node`` cannot see)."""
+        affine = {str(b.cidr) for b in await self.ipam.list_blocks()
+                  if b.affinity_node == self.node}
+        kvs, _ = await self.store.list(ipam_keys.HANDLES)
+        found: set[str] = set()
+        for kv in kvs:
+            handle = str(kv.value.get("handle") or "")
+            blocks = set(kv.value.get("blocks") or {})
+            if handle.startswith(HANDLE_PREFIX) and blocks and blocks <= affine:
+                found.add(handle[len(HANDLE_PREFIX):])
+        return found
 
     async def _gc_stray_links(self) -> None:
         """Remove host veths no endpoint of this node owns: what an ADD interrupted by a

@@ -3,6 +3,7 @@ runtimes x 100 ADDs on one node, and a tortie-node SIGKILLed in the middle of AD
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -226,6 +227,11 @@ def test_node_killed_in_the_middle_of_adds_leaks_nothing(lab: Lab) -> None:
     # what a crash between "veth made" and "endpoint written" leaves, made sure of
     netns.ip("link", "add", "calideadbeef001", "type", "veth", "peer", "name", "strayx",
              ns=node.netns)
+    # ... and what a crash between "handle written" and "block written" leaves
+    block = str(ipaddress.ip_network(f"{succeeded[0].ip}/26", strict=False))
+    dangling = json.dumps({"handle": "tortie.deadbeef", "blocks": {block: 1}})
+    netns.run("ip", "netns", "exec", st.fabric, "etcdctl", f"--endpoints={st.etcd_endpoint}",
+              "put", "/tortie/v3/ipam/handles/tortie.deadbeef", dangling)
     # the runtime garbage-collects: every attachment it does not know to be valid goes
     valid = [{"containerID": a.container, "ifname": "eth0"} for a in succeeded]
     r = cni(lab, node, "GC", atts[0], extra={"cni.dev/valid-attachments": valid})
