@@ -46,7 +46,10 @@ from datastore.kinds import by_plural
 from datastore.model_network import Node
 from datastore.resources import ResourceConflict, ResourceExists, Resources
 from datastore.store import DatastoreError, NotFound, Store
+from node.agents import Agent, NodeContext
 from node.metrics import CONTENT_TYPE, Registry
+from policyagent import agent as policy_agent
+from routing import agent as routing_agent
 
 log = logging.getLogger("tortie.node")
 
@@ -58,6 +61,8 @@ SHUTDOWN_GRACE = 30.0
 RESYNC_INTERVAL = 60.0
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
 _NODE = by_plural("nodes")
+#: The agents tortie-node runs beside the CNI handler (see node/agents.py), in start order.
+AGENT_MODULES = (policy_agent, routing_agent)
 
 
 # --- logging ------------------------------------------------------------------------------------
@@ -120,6 +125,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="prefix of the host side veth names (default cali)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
+    for module in AGENT_MODULES:
+        module.add_arguments(p)
     args = p.parse_args(argv)
     if not args.node_name:
         p.error("--node-name is required")
@@ -173,6 +180,14 @@ class NodeDaemon:
         self._http_server: asyncio.Server | None = None
         self.metrics_port = 0
         self._resync = asyncio.Event()
+        ctx = NodeContext(node=self.node, store=self.store, resources=self.resources,
+                          metrics=self.metrics, args=args)
+        self.agents: list[Agent] = [a for a in (m.make_agent(ctx) for m in AGENT_MODULES)
+                                    if a is not None]
+        for agent in self.agents:
+            ready_hook = getattr(agent, "endpoint_ready", None)
+            if ready_hook is not None:
+                self.handler.on_endpoint_ready = ready_hook
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -202,6 +217,8 @@ class NodeDaemon:
             "metrics": f"127.0.0.1:{self.metrics_port}", "pid": os.getpid(),
             "etcd": ",".join(self.store.config.endpoints)}})
         background = [asyncio.create_task(self._registrar(), name="registrar")]
+        background += [asyncio.create_task(self._run_agent(a), name=a.name)
+                       for a in self.agents]
         await self._stop.wait()
         log.info("shutting down", extra={"fields": {"in_flight": len(self._conns)}})
         await self._shutdown(background)
@@ -219,12 +236,32 @@ class NodeDaemon:
         for t in background:
             t.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        for agent in self.agents:
+            try:
+                await agent.close()
+            except Exception:
+                log.exception("agent failed to close", extra={"fields": {"agent": agent.name}})
         if self._http_server is not None:
             self._http_server.close()
         with contextlib.suppress(FileNotFoundError):
             if self._cni_server is not None:
                 self.socket_path.unlink()
         await self.store.close()
+
+    async def _run_agent(self, agent: Agent) -> None:
+        """Run an agent; if it ever ends with an error, log it and start it again."""
+        delay = RETRY_MIN
+        while True:
+            try:
+                await agent.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("agent failed; restarting it", extra={"fields": {
+                    "agent": agent.name, "retry_s": f"{delay:g}"}})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
 
     def _check_forwarding(self) -> None:
         if netlink.read_sysctl("net/ipv4/ip_forward") == "0":
@@ -356,6 +393,7 @@ class NodeDaemon:
                     "socket": str(self.socket_path),
                     "etcd": "up" if self.m_etcd_up.get() else "down",
                     "registered": bool(self.m_registered.get()),
+                    "agents": {a.name: a.health() for a in self.agents},
                 }) + "\n"
                 await self._respond(writer, 200, "application/json", body, head_only=head_only)
             else:

@@ -10,6 +10,10 @@ DEBIAN_PACKAGES=(
   containernetworking-plugins  # reference CNI plugins: portmap/bandwidth chains, benchmarks
   iputils-ping procps       # ping and sysctl inside the lab
   openssl                   # TLS material for the etcd TLS tests
+  bird2                     # an outside BGP router (lab peer bird, route reflector tests)
+  iperf3 tcpdump            # throughput and underlay captures in the lab
+  containerd runc busybox-static  # the lab's CRI runtime mode (pause image from busybox)
+  shellcheck                # integration/kind/run.sh is checked in the tests
   python3 python3-venv python3-dev
 )
 

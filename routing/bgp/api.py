@@ -1,0 +1,111 @@
+"""The contract between the routing agent (routing/agent.py) and the BGP speaker
+(routing/bgp/speaker.py, which runs ExaBGP).
+
+The agent owns the datastore view; it computes what to announce and who to peer with and
+hands both to the speaker.  The speaker owns the ExaBGP child process; it reports what the
+peers announce.  Neither touches the other's state; the kernel FIB belongs to the agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+PeerKind = Literal["mesh", "global", "node", "route-reflector-client"]
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One BGP session this node should have."""
+
+    address: str                 # peer IP
+    asn: int                     # peer AS
+    kind: PeerKind = "mesh"      # where it came from (node mesh, a BGPPeer, ...)
+    name: str = ""               # node name (mesh) or BGPPeer name
+    password: str | None = None  # TCP-MD5 secret, resolved already
+    rr_client: bool = False      # we are the route reflector for this peer
+    keep_next_hop: bool = False  # BGPPeer keepOriginalNextHop
+    ttl_security: int | None = None
+
+
+@dataclass(frozen=True)
+class BGPSettings:
+    """The speaker's whole configuration; a new value replaces the old one."""
+
+    router_id: str                # this node's IPv4 address (no prefix)
+    local_address: str            # address the sessions use (usually router_id)
+    asn: int                      # this node's AS
+    neighbours: tuple[Neighbour, ...] = ()
+    listen_port: int = 179
+    hold_time: int = 90           # seconds
+    graceful_restart: int = 120   # restart time advertised; 0 turns graceful restart off
+    cluster_id: str | None = None  # set when this node is a route reflector
+
+
+@dataclass(frozen=True)
+class LearnedRoute:
+    """A prefix a peer announces, with the next hop it gave."""
+
+    prefix: str                 # "10.65.1.0/26"
+    next_hop: str               # "192.0.2.12"
+    peer: str                   # the neighbour address it came from
+    as_path: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """What ``tortie node status`` shows for one session."""
+
+    address: str
+    kind: PeerKind
+    state: str                  # "Established", "Connect", "Active", "Idle", ...
+    since: float                # unix time of the last state change
+    received: int = 0           # prefixes received from it now
+    sent: int = 0               # prefixes announced to it now
+    info: str = ""              # last error, if any
+
+
+RoutesChanged = Callable[[dict[str, LearnedRoute]], None]
+
+
+class Speaker(Protocol):
+    """What the routing agent needs from the BGP speaker."""
+
+    async def start(self, settings: BGPSettings) -> None:
+        """Start ExaBGP with these settings (returns once its API answers)."""
+
+    async def configure(self, settings: BGPSettings) -> None:
+        """Apply new settings: sessions of unchanged neighbours stay up."""
+
+    async def announce(self, prefixes: dict[str, str]) -> None:
+        """The full set of prefixes to announce now (prefix -> next hop); the speaker
+        announces what is new and withdraws what is gone."""
+
+    def on_routes(self, callback: RoutesChanged) -> None:
+        """Call ``callback`` with the complete best-route table (prefix -> route) after
+        every change, including routes dropped when a peer goes down (after the graceful
+        restart time, when the peer supports it)."""
+
+    def status(self) -> list[PeerStatus]:
+        """One entry per configured neighbour."""
+
+    async def close(self, graceful: bool = True) -> None:
+        """Stop ExaBGP.  ``graceful``: leave the peers holding our routes as stale (the
+        restart case); otherwise withdraw them."""
+
+
+@dataclass
+class RouteTable:
+    """The learnt routes, as a speaker keeps them: per peer, then the best one per prefix."""
+
+    by_peer: dict[str, dict[str, LearnedRoute]] = field(default_factory=dict)
+
+    def best(self) -> dict[str, LearnedRoute]:
+        out: dict[str, LearnedRoute] = {}
+        for peer in sorted(self.by_peer):
+            for prefix, route in self.by_peer[peer].items():
+                cur = out.get(prefix)
+                if cur is None or len(route.as_path) < len(cur.as_path):
+                    out[prefix] = route
+        return out
