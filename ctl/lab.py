@@ -7,7 +7,7 @@ import sys
 import click
 
 from ctl.common import CLIError
-from lab.cluster import DEFAULT_POOL_CIDR, Lab, LabError
+from lab.cluster import DEFAULT_POOL_CIDR, RUNTIMES, Lab, LabError
 
 
 def _lab(name: str) -> Lab:
@@ -29,12 +29,22 @@ def lab() -> None:
 @_name_opt
 @click.option("--nodes", default=2, show_default=True, help="how many nodes")
 @click.option("--pool", default=DEFAULT_POOL_CIDR, show_default=True, help="the IP pool")
-def up(name: str, nodes: int, pool: str) -> None:
+@click.option("--subnets", default=1, show_default=True, type=click.IntRange(1, 3),
+              help="underlay subnets (RFC 5737 TEST-NETs) the fabric routes between; nodes "
+                   "are spread over them in order")
+@click.option("--encap", type=click.Choice(["none", "vxlan", "ipip"]), default=None,
+              help="the pool's encapsulation: vxlan/ipip are CrossSubnet with several "
+                   "subnets, Always with one [default: none with one subnet, else vxlan]")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="cni", show_default=True,
+              help="who makes pods: cni = the lab runs the CNI chain itself; containerd = "
+                   "a private containerd per node, pods are CRI pod sandboxes")
+def up(name: str, nodes: int, pool: str, subnets: int, encap: str | None,
+       runtime: str) -> None:
     """Bring a lab up: etcd, the underlay, N nodes each running tortie-node."""
     lab_ = _lab(name)
     click.echo(f"bringing up lab {name!r} with {nodes} node(s)", err=True)
     try:
-        st = lab_.up(nodes, pool)
+        st = lab_.up(nodes, pool, subnets=subnets, encap=encap, runtime=runtime)
     except LabError as e:
         raise CLIError(str(e)) from None
     click.echo(f"lab {name!r} is up: etcd {st.etcd_endpoint}, nodes "
@@ -57,7 +67,7 @@ def status(name: str) -> None:
         st = _lab(name).load()
     except LabError as e:
         raise CLIError(str(e)) from None
-    click.echo(f"etcd  {st.etcd_endpoint}")
+    click.echo(f"etcd  {st.etcd_endpoint}  (pods made by: {st.runtime})")
     for n in st.nodes.values():
         click.echo(f"node  {n.name:10} {n.address:15} netns {n.netns} tortie-node pid {n.pid}")
     for ref, p in st.pods.items():
@@ -95,6 +105,44 @@ def pod_del(name: str, ref: str) -> None:
     except LabError as e:
         raise CLIError(str(e)) from None
     click.echo(f"pod {ref} deleted")
+
+
+@lab.group()
+def peer() -> None:
+    """Routers outside the cluster that peer with the nodes."""
+
+
+@peer.command("bird")
+@_name_opt
+@click.option("--route-reflector", is_flag=True,
+              help="reflect routes between the nodes (same AS; node-to-node mesh off)")
+@click.option("--asn", type=int, default=None,
+              help="BIRD's AS [default: 65001, or the nodes' AS as route reflector]")
+@click.option("--remove", is_flag=True, help="stop BIRD and delete its BGPPeer")
+@click.option("--show", is_flag=True, help="print BIRD's sessions and routes")
+def peer_bird(name: str, route_reflector: bool, asn: int | None, remove: bool,
+              show: bool) -> None:
+    """A BIRD router (Debian bird2) on the underlay, peering with every node."""
+    from lab import bird_peer
+    from routing.bgp.bird import BirdError
+
+    lab_ = _lab(name)
+    try:
+        if remove:
+            bird_peer.remove_bird(lab_)
+            click.echo(f"BIRD removed from lab {name!r}")
+            return
+        if show:
+            bird = bird_peer.bird_of(lab_)
+            click.echo(bird.cli("show", "protocols").rstrip())
+            click.echo(bird.cli("show", "route").rstrip())
+            return
+        info = bird_peer.add_bird(lab_, route_reflector=route_reflector, asn=asn)
+    except (LabError, BirdError, bird_peer.BirdLabError) as e:
+        raise CLIError(str(e)) from None
+    role = "route reflector" if info.route_reflector else "outside router"
+    click.echo(f"BIRD ({role}, AS {info.asn}) at {info.address} in netns {info.netns}, "
+               f"pid {info.pid}, peering with {', '.join(info.peers)}")
 
 
 @lab.command(context_settings={"ignore_unknown_options": True})

@@ -13,7 +13,9 @@ import click
 from ctl.common import CLIError, kind_info, run
 from ctl.ipam import ipam as ipam_group
 from ctl.lab import lab as lab_group
+from ctl.node import node as node_group
 from ctl.output import FORMATS, render
+from ctl.policy import policy as policy_group
 from datastore.documents import Document, DocumentError, read_sources
 from datastore.kinds import KindInfo, UnknownKind, by_document
 from datastore.model_base import ResourceInvalid
@@ -268,6 +270,8 @@ def label(ctx: click.Context, kind: str, name: str, changes: tuple[str, ...],
 
 cli.add_command(lab_group)
 cli.add_command(ipam_group)
+cli.add_command(node_group)
+cli.add_command(policy_group)
 
 
 @cli.command()

@@ -533,12 +533,13 @@ class Selector:
     differ only in spacing, quoting, grouping of ``&&``/``||`` or set order are equal.
     """
 
-    __slots__ = ("_canonical", "_keys", "_match", "source")
+    __slots__ = ("_canonical", "_keys", "_match", "_required", "source")
 
     source: str
     _canonical: str
     _keys: frozenset[str]
     _match: Matcher
+    _required: tuple[tuple[str, str], ...]
 
     def __init__(self, text: str) -> None:
         """Parse ``text`` (raising :class:`SelectorError`); prefer the cached :func:`parse`."""
@@ -552,6 +553,9 @@ class Selector:
         set_(self, "_canonical", root.text())
         set_(self, "_keys", frozenset(keys))
         set_(self, "_match", root.compile())
+        terms = root.operands if type(root) is _And else (root,)
+        set_(self, "_required", tuple((t.key, t.value) for t in terms
+                                      if type(t) is _Compare and t.op == "=="))
 
     def evaluate(self, labels: Mapping[str, str]) -> bool:
         """Whether a set of labels matches the selector."""
@@ -565,6 +569,11 @@ class Selector:
     def labels_used(self) -> frozenset[str]:
         """Every label key the selector reads."""
         return self._keys
+
+    def required_labels(self) -> tuple[tuple[str, str], ...]:
+        """``(key, value)`` pairs every matching label set has: the selector's top-level
+        ``key == "value"`` terms (for indexing selectors by label)."""
+        return self._required
 
     def __str__(self) -> str:
         return self._canonical

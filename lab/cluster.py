@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cni.launcher import install as install_cni
-from lab import netns
+from lab import containerd, cri, netns, underlay
 from lab.etcd import EtcdProcess
 
 LAB_ROOT = Path(os.environ.get("TORTIE_LAB_DIR", "/run/tortie-lab"))
@@ -46,6 +46,12 @@ DEFAULT_POOL = "default-ipv4-ippool"
 POD_IFNAME = "eth0"
 CNI_PLUGIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 NODE_START_TIMEOUT = 30.0
+#: How pods are made: the lab runs the CNI chain itself, or a containerd per node does (CRI)
+RUNTIMES = ("cni", "containerd")
+#: BGP hold time of the lab's nodes (seconds), also the graceful-restart time they advertise:
+#: a node that dies leaves the others' routes within this long after its sessions drop, and
+#: a tortie-node restart (about 3.5 s here) still loses no packet.
+LAB_BGP_HOLD_TIME = 9
 
 Progress = Callable[[str], None]
 
@@ -62,6 +68,7 @@ class NodeState:
     socket: str
     log: str
     pid: int = 0
+    containerd_pid: int = 0  # runtime mode: this node's private containerd
 
 
 @dataclass
@@ -70,8 +77,9 @@ class PodState:
     name: str
     node: str
     netns: str
-    container_id: str
+    container_id: str  # runtime mode: the pod sandbox's id
     ips: list[str] = field(default_factory=list)
+    uid: str = ""
 
 
 @dataclass
@@ -79,6 +87,9 @@ class LabState:
     name: str
     fabric: str
     etcd_pid: int = 0
+    subnets: int = 1
+    encap: str = "none"
+    runtime: str = "cni"  # "cni": the lab runs the CNI chain; "containerd": CRI sandboxes
     nodes: dict[str, NodeState] = field(default_factory=dict)
     pods: dict[str, PodState] = field(default_factory=dict)
 
@@ -118,7 +129,9 @@ class Lab:
         except FileNotFoundError:
             raise LabError(f"no lab named {self.name!r} is up (tortie lab up "
                            f"--name {self.name})") from None
-        st = LabState(raw["name"], raw["fabric"], raw.get("etcd_pid", 0))
+        st = LabState(raw["name"], raw["fabric"], raw.get("etcd_pid", 0),
+                      raw.get("subnets", 1), raw.get("encap", "none"))
+        st.runtime = raw.get("runtime", "cni")
         st.nodes = {k: NodeState(**v) for k, v in raw.get("nodes", {}).items()}
         st.pods = {k: PodState(**v) for k, v in raw.get("pods", {}).items()}
         return st
@@ -130,14 +143,28 @@ class Lab:
 
     # --- up / down ----------------------------------------------------------------------------
 
-    def up(self, nodes: int, pool_cidr: str = DEFAULT_POOL_CIDR) -> LabState:
+    def up(self, nodes: int, pool_cidr: str = DEFAULT_POOL_CIDR, subnets: int = 1,
+           encap: str | None = None, runtime: str = "cni") -> LabState:
+        """``subnets`` underlay subnets joined by the fabric, the default pool's
+        encapsulation per ``encap`` (see lab/underlay.py); ``runtime="containerd"``: a
+        private containerd per node makes the pods (docs/runtime.md)."""
         if nodes < 1 or nodes > 200:
             raise LabError("--nodes must be 1-200")
+        if runtime not in RUNTIMES:
+            raise LabError(f"runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+        if runtime == "containerd" and containerd.missing_binaries():
+            raise LabError(f"the containerd runtime needs "
+                           f"{', '.join(containerd.missing_binaries())}")
+        try:
+            encap = underlay.check(subnets, encap)
+        except underlay.UnderlayError as e:
+            raise LabError(str(e)) from None
         if self.exists():
             raise LabError(f"lab {self.name!r} is already up (tortie lab down --name "
                            f"{self.name})")
         self.dir.mkdir(parents=True, exist_ok=True)
-        st = LabState(self.name, _prefix(self.name) + "fabric")
+        st = LabState(self.name, _prefix(self.name) + "fabric", subnets=subnets, encap=encap,
+                      runtime=runtime)
         self.save(st)
         try:
             install_cni(self.bin_dir)
@@ -145,10 +172,13 @@ class Lab:
             self._up_etcd(st)
             self._apply_pool(st, pool_cidr)
             for i in range(1, nodes + 1):
-                self._up_node(st, f"node{i}", i)
+                self._up_node(st, f"node{i}", i, underlay.subnet_of(i, nodes, subnets))
             for node in st.nodes.values():
                 self._wait_node(node)
                 self.progress(f"node {node.name}: tortie-node ready (pid {node.pid})")
+            if runtime == "containerd":
+                for node in st.nodes.values():
+                    self._up_containerd(st, node)
         except BaseException:
             self.progress("failed: removing what was made")
             self.down()
@@ -162,6 +192,13 @@ class Lab:
         netns.ip("addr", "add", f"{FABRIC_IP}/{UNDERLAY.prefixlen}", "dev", "br0",
                  ns=st.fabric)
         netns.ip("link", "set", "br0", "up", ns=st.fabric)
+        for k in range(1, st.subnets):  # the fabric routes between the subnets
+            br, net = underlay.bridge(k), underlay.subnet(k)
+            self.progress(f"fabric: bridge {br} {underlay.gateway(k)}/{net.prefixlen}")
+            netns.ip("link", "add", br, "type", "bridge", ns=st.fabric)
+            netns.ip("addr", "add", f"{underlay.gateway(k)}/{net.prefixlen}", "dev", br,
+                     ns=st.fabric)
+            netns.ip("link", "set", br, "up", ns=st.fabric)
         self.save(st)
 
     def _up_etcd(self, st: LabState) -> None:
@@ -175,22 +212,25 @@ class Lab:
     def _apply_pool(self, st: LabState, cidr: str) -> None:
         doc = (f"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: "
                f"{DEFAULT_POOL}\nspec:\n  cidr: {cidr}\n  natOutgoing: true\n")
+        doc += "".join(f"  {k}: {v}\n"
+                       for k, v in underlay.pool_modes(st.encap, st.subnets).items())
         p = self.tortie(st, ["apply", "-f", "-"], input=doc)
         if p.returncode != 0:
             raise LabError(f"creating the IP pool failed: {p.stderr.strip()}")
-        self.progress(f"pool: {DEFAULT_POOL} {cidr}")
+        self.progress(f"pool: {DEFAULT_POOL} {cidr} (encapsulation: {st.encap})")
 
-    def _up_node(self, st: LabState, name: str, index: int) -> None:
+    def _up_node(self, st: LabState, name: str, index: int, subnet: int = 0) -> None:
         ns = _prefix(self.name) + name
-        address = str(UNDERLAY.network_address + 10 + index)
+        address = underlay.node_address(index, subnet)
+        prefixlen = underlay.subnet(subnet).prefixlen
         netns.add_netns(ns, forwarding=True)
         port = f"{name}"  # fabric-side veth is named after the node
         netns.ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", port,
                  "netns", st.fabric)
-        netns.ip("link", "set", port, "master", "br0", "up", ns=st.fabric)
-        netns.ip("addr", "add", f"{address}/{UNDERLAY.prefixlen}", "dev", "eth0", ns=ns)
+        netns.ip("link", "set", port, "master", underlay.bridge(subnet), "up", ns=st.fabric)
+        netns.ip("addr", "add", f"{address}/{prefixlen}", "dev", "eth0", ns=ns)
         netns.ip("link", "set", "eth0", "up", ns=ns)
-        netns.ip("route", "add", "default", "via", FABRIC_IP, ns=ns)
+        netns.ip("route", "add", "default", "via", underlay.gateway(subnet), ns=ns)
         node = NodeState(name, ns, address, str(self.dir / name / "cni.sock"),
                          str(self.dir / f"{name}.log"))
         (self.dir / name).mkdir(exist_ok=True)
@@ -204,7 +244,9 @@ class Lab:
         with open(node.log, "ab") as log:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", node.netns, sys.executable, "-m", "node.main",
-                 "--node-name", node.name, "--socket", node.socket],
+                 "--node-name", node.name, "--socket", node.socket,
+                 "--bgp-hold-time", str(LAB_BGP_HOLD_TIME),
+                 "--bgp-graceful-restart", str(LAB_BGP_HOLD_TIME)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True, cwd=REPO)
         node.pid = proc.pid
@@ -226,6 +268,30 @@ class Lab:
         self.progress(f"node {name}: tortie-node restarted (pid {node.pid})")
         return node
 
+    def remove_node(self, name: str, *, delete_resource: bool = False) -> None:
+        """Take a node out as a failure would: SIGKILL its tortie-node (ExaBGP dies with it),
+        delete its namespace and its pods' namespaces.  ``delete_resource``: also delete its
+        Node resource (as ``calicoctl delete node`` after decommissioning)."""
+        st = self.load()
+        node = st.nodes.pop(name, None)
+        if node is None:
+            raise LabError(f"no node {name!r} in lab {self.name!r}")
+        if _alive(node.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.pid, signal.SIGKILL)
+        _kill(node.pid)
+        # runtime mode: its containerd dies with it (sandboxes' processes, shims, mounts)
+        containerd.Containerd(self._containerd_dir(node), pid=node.containerd_pid).stop()
+        for ref in [r for r, p in st.pods.items() if p.node == name]:
+            netns.del_netns(st.pods.pop(ref).netns)
+        netns.del_netns(node.netns)
+        self.save(st)
+        if delete_resource:
+            p = self.tortie(st, ["delete", "node", name])
+            if p.returncode != 0:
+                raise LabError(f"deleting Node {name} failed: {p.stderr.strip()}")
+        self.progress(f"node {name}: removed")
+
     def _wait_node(self, node: NodeState) -> None:
         deadline = time.monotonic() + NODE_START_TIMEOUT
         while time.monotonic() < deadline:
@@ -244,9 +310,12 @@ class Lab:
         with contextlib.suppress(LabError, json.JSONDecodeError, KeyError):
             st = self.load()
         if st is not None:
+            self._down_containerd(st)  # first: its DELs need tortie-node and etcd
             for node in st.nodes.values():
                 _kill(node.pid)
             _kill(st.etcd_pid)
+        from lab.bird_peer import stop_bird  # only labs with a BIRD peer need it
+        stop_bird(self.dir)
         for ns in netns.list_netns(_prefix(self.name)):
             netns.del_netns(ns)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -262,6 +331,8 @@ class Lab:
                            f"{', '.join(st.nodes)}")
         if ref in st.pods:
             raise LabError(f"pod {ref} exists already (on {st.pods[ref].node})")
+        if st.runtime == "containerd":
+            return self._pod_add_cri(st, node, ref)
         digest = hashlib.sha1(f"{namespace}/{name}".encode()).hexdigest()[:10]
         pod_ns = f"{_prefix(self.name)}p-{digest}"
         netns.add_netns(pod_ns)
@@ -283,7 +354,10 @@ class Lab:
         pod = st.pods.get(ref)
         if pod is None:
             raise LabError(f"no pod {ref} in lab {self.name!r}")
-        self._cni(st, st.nodes[pod.node], pod, "DEL")
+        if st.runtime == "containerd":
+            self._pod_del_cri(st.nodes[pod.node], pod)
+        else:
+            self._cni(st, st.nodes[pod.node], pod, "DEL")
         netns.del_netns(pod.netns)
         del st.pods[ref]
         self.save(st)
@@ -357,6 +431,72 @@ class Lab:
             if (d / kind).exists():
                 return d / kind
         return None
+
+    # --- runtime mode: a private containerd per node, pods through its CRI ---------------------
+
+    def _containerd_dir(self, node: NodeState) -> Path:
+        return self.dir / node.name / "containerd"
+
+    def _up_containerd(self, st: LabState, node: NodeState) -> None:
+        """The node's containerd: in the node's netns, CNI conf pointing at its tortie-node."""
+        base = json.loads(CONFLIST.read_text())
+        base["plugins"] = [p for p in base["plugins"] if self._find_plugin(p["type"])]
+        version = self._common_version(base["cniVersion"], [p["type"] for p in base["plugins"]])
+        conflist = containerd.node_conflist(base, socket=node.socket, version=version)
+        ctd = containerd.Containerd(self._containerd_dir(node), conflist=conflist,
+                                    plugin_dirs=[self.bin_dir, *map(Path, CNI_PLUGIN_DIRS)],
+                                    netns=node.netns)
+        start = time.monotonic()
+        try:
+            ctd.start()
+        except containerd.ContainerdError as e:
+            raise LabError(f"containerd on {node.name}: {e}") from None
+        node.containerd_pid = ctd.pid
+        self.save(st)
+        self.progress(f"node {node.name}: containerd ready in {time.monotonic() - start:.1f}s "
+                      f"(pid {ctd.pid}, CRI {ctd.socket})")
+
+    def _down_containerd(self, st: LabState) -> None:
+        """Remove every sandbox (containerd runs the DELs), stop each containerd by PID, and
+        clear what a crashed one may have left (shims, mounts, sandbox namespaces)."""
+        for node in st.nodes.values():
+            ctd = containerd.Containerd(self._containerd_dir(node), pid=node.containerd_pid)
+            if not ctd.base.exists():
+                continue
+            with contextlib.suppress(containerd.ContainerdError, cri.CRIError):
+                ctd.remove_all_sandboxes(timeout=30)
+            ctd.stop()
+        if st.runtime == "containerd":
+            for pod in st.pods.values():
+                netns.del_netns(pod.netns)
+
+    def _pod_add_cri(self, st: LabState, node: NodeState, ref: str) -> PodState:
+        """RunPodSandbox with the pod's name, namespace and uid, as kubelet calls it."""
+        namespace, name = _split_ref(ref)
+        uid = str(uuid.uuid4())
+        try:
+            with cri.RuntimeClient(containerd.socket_of(self._containerd_dir(node))) as client:
+                sandbox = client.run_pod_sandbox(name, namespace, uid)
+                status = client.pod_sandbox_status(sandbox, verbose=True)
+        except cri.CRIError as e:
+            raise LabError(f"RunPodSandbox for {ref} on {node.name}: {e.details}") from None
+        net = status.status.network
+        ips = [ip for ip in (net.ip, *(a.ip for a in net.additional_ips)) if ip]
+        pod_ns = Path(cri.netns_from_info(status.info)).name
+        pod = PodState(namespace, name, node.name, pod_ns, sandbox, ips, uid)
+        st.pods[ref] = pod
+        self.save(st)
+        return pod
+
+    def _pod_del_cri(self, node: NodeState, pod: PodState) -> None:
+        """StopPodSandbox (containerd runs DEL) then RemovePodSandbox (DEL again)."""
+        try:
+            with cri.RuntimeClient(containerd.socket_of(self._containerd_dir(node))) as client:
+                client.stop_pod_sandbox(pod.container_id)
+                client.remove_pod_sandbox(pod.container_id)
+        except cri.CRIError as e:
+            raise LabError(f"removing sandbox of {pod.namespace}/{pod.name}: "
+                           f"{e.details}") from None
 
     # --- exec ---------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The main job: a 2-node lab, pods on a node reaching each other, what the datastore holds.
+"""The main job: a 3-node lab, pods on different nodes reaching each other under policy.
 
 Run as ``python -m lab.demo`` (README). It uses the ``tortie`` commands a user would type,
 shows each one and its output, and removes the lab at the end, also on errors or Ctrl-C.
@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 
 from lab.cluster import Lab
 from lab.etcd import etcd_available
 from lab.seeds import APPLIES, EXAMPLES, SEEDS_DIR
+from routing.kernel import PROTO as RTPROT_TORTIE
 
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 TORTIE = [sys.executable, "-m", "ctl.main"]
@@ -41,6 +43,76 @@ def in_lab(name: str, *args: str, stdin: str | None = None, quiet: bool = False)
                   quiet=quiet, shown=("lab", "exec", "--name", name, "--", "tortie", *args))
 
 
+SHOP = """\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec: {nodeName: node1, containers: [{name: web, image: none}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec: {nodeName: node2, containers: [{name: client, image: none}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: shop, labels: {app: other}}
+spec: {nodeName: node3, containers: [{name: other, image: none}]}
+"""
+
+WEB_POLICY = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-client, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {app: client}}
+"""
+
+
+def on_node(name: str, node: str, *args: str) -> int:
+    """A ``tortie`` command run inside a node's namespace."""
+    return tortie("lab", "exec", "--name", name, "--node", node, "--", *TORTIE, *args,
+                  shown=("lab", "exec", "--name", name, "--node", node, "--", "tortie", *args))
+
+
+def ping(name: str, pod: str, ip: str, expect: bool) -> int:
+    """Ping ``ip`` from ``pod``; returns 1 if the outcome is not the expected one."""
+    rc = tortie("lab", "exec", "--name", name, pod, "--", "ping", "-c", "2", "-W", "1",
+                "-i", "0.3", ip)
+    ok = rc == 0
+    print(f"{DIM}-> {'reached' if ok else 'blocked'} "
+          f"({'as expected' if ok == expect else 'NOT AS EXPECTED'}){RESET}")
+    return 0 if ok == expect else 1
+
+
+def wait_routes(name: str, pods: int, timeout: float = 60.0) -> None:
+    """Wait until every node has a BGP-learnt route to each other node's block."""
+    deadline = time.monotonic() + timeout
+    lab = Lab(name)
+    st = lab.load()
+    while time.monotonic() < deadline:
+        missing = 0
+        for node in st.nodes.values():
+            out = subprocess.run(["ip", "netns", "exec", node.netns, "ip", "-4", "route",
+                                  "show", "proto", str(RTPROT_TORTIE)], text=True,
+                                 capture_output=True, check=False).stdout
+            learnt = [line for line in out.splitlines() if " via " in line]
+            missing += max(0, len(st.nodes) - 1 - len(learnt))
+        if missing == 0:
+            return
+        time.sleep(0.5)
+    print(f"{DIM}(routes still converging after {timeout:.0f} s){RESET}")
+
+
 def main() -> int:
     if not etcd_available():
         print("error: etcd is not installed: run 'sudo bash scripts/install.sh' first",
@@ -49,17 +121,32 @@ def main() -> int:
     name = f"demo{uuid.uuid4().hex[:4]}"
     failures = 0
     try:
-        step("a lab: etcd and two nodes, each a network namespace running tortie-node")
-        if tortie("lab", "up", "--name", name, "--nodes", "2") != 0:
+        step("a lab: etcd and three nodes, each a network namespace running tortie-node "
+             "(CNI, IPAM, BGP with ExaBGP, nftables policy)")
+        if tortie("lab", "up", "--name", name, "--nodes", "3") != 0:
             return 1
+        step("the pods' Namespace and Pods (as tortie-kube-controllers mirrors them)")
+        failures += in_lab(name, "apply", "-f", "-", stdin=SHOP) != 0
         step("pods are created as a runtime does it: a netns, then the CNI chain")
-        for node, pod in (("node1", "shop/web"), ("node1", "shop/client"),
-                          ("node2", "shop/db")):
+        for node, pod in (("node1", "shop/web"), ("node2", "shop/client"),
+                          ("node3", "shop/other")):
             failures += tortie("lab", "pod", "add", "--name", name, node, pod) != 0
-        web = Lab(name).load().pods["shop/web"]
-        step(f"shop/client reaches shop/web ({web.ips[0]}) on the same node")
-        failures += tortie("lab", "exec", "--name", name, "shop/client", "--",
-                           "ping", "-c", "3", "-W", "2", web.ips[0]) != 0
+        st = Lab(name).load()
+        web = st.pods["shop/web"].ips[0]
+        step("every node announces its block over BGP; routes to the others' blocks are "
+             f"learnt (proto {RTPROT_TORTIE})")
+        wait_routes(name, len(st.pods))
+        on_node(name, "node1", "node", "status")
+        tortie("lab", "exec", "--name", name, "--node", "node1", "--", "ip", "route")
+        step(f"pods on other nodes reach shop/web ({web}) on node1: no policy yet")
+        failures += ping(name, "shop/client", web, expect=True)
+        failures += ping(name, "shop/other", web, expect=True)
+        step("a Kubernetes NetworkPolicy: only app=client may reach app=web")
+        failures += in_lab(name, "apply", "-f", "-", stdin=WEB_POLICY) != 0
+        time.sleep(1.0)
+        failures += ping(name, "shop/client", web, expect=True)
+        failures += ping(name, "shop/other", web, expect=False)
+        on_node(name, "node1", "policy", "counters", "--nonzero")
         step("what IPAM and the datastore hold")
         in_lab(name, "ipam", "show", "--show-blocks")
         in_lab(name, "get", "workloadendpoints", "-A", "-o", "wide")
@@ -77,6 +164,7 @@ def main() -> int:
     if failures:
         print(f"error: {failures} step(s) failed", file=sys.stderr)
         return 1
+    print(f"\n{BOLD}all steps behaved as expected{RESET}")
     return 0
 
 

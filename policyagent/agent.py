@@ -1,16 +1,496 @@
-"""The policy agent (issue 5): placeholder until it lands; tortie-node enforces no policy."""
+"""The policy agent (issue 5): datastore -> :class:`PolicyCalculator` -> nftables.
+
+::
+
+    Syncer(resource prefixes) --on_update--> parse -> calc.update --wake--> program loop
+    CNI ADD --endpoint_ready(wep)--> calc.update --wake--> program loop --> ADD returns
+
+* One :class:`~datastore.syncer.Syncer` mirrors every prefix the calculator consumes
+  (:data:`PREFIXES`); each value is parsed with its kind's model. A resource that does not
+  parse (or that the calculator refuses) is logged, counted in
+  ``tortie_policy_skipped_resources_total`` and skipped: the last good version stays in force.
+* The program loop coalesces: it wakes on a change, lets every event already queued in the
+  loop run, computes the model and programs the kernel with the smallest transaction
+  (:func:`nft_render.render_incremental`), counted by what changed: IP set members only
+  (``sets``), policy / profile rules (``chain``), endpoints, sets or policies coming or going
+  (``endpoints``), else the whole table (``full``). The first programming after the first
+  full sync, and the one after any error, is always ``full``. A full programming replaces
+  the table in one ``nft -f`` transaction (never a delete on its own): the table of a
+  previous run stays in force until then, and nothing is removed at stop, so a restart opens
+  no window without policy.
+* :meth:`PolicyAgent.endpoint_ready` is the CNI handler's hook: the endpoint it just wrote is
+  fed to the calculator at once (not waiting for the watch), and the call returns once a
+  programming that includes it has reached the kernel -- the pod's first packet meets its
+  policy. Concurrent ADDs share one programming.
+* nft runs in the agent's own network namespace (tortie-node's).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
 
+from pydantic import ValidationError
+
+from datastore.keys import parse_resource_key, resource_key, resource_prefix
+from datastore.kinds import by_plural
+from datastore.model_config import FelixConfiguration
+from datastore.model_endpoints import WorkloadEndpoint
+from datastore.syncer import Syncer, cancel_and_wait
 from node.agents import Agent, NodeContext
+from node.metrics import _Metric
+from policyagent import nft_apply, nft_render
+from policyagent.calc import PolicyCalculator
+from policyagent.hep_resolve import read_interfaces, resolve
+from policyagent.model import DataplaneModel, KeyDiff, ModelDiff
+from policyagent.nft_render import render, render_chain_replace, render_set_update
+
+log = logging.getLogger("tortie.policy")
+
+TABLE = "tortie"
+#: The datastore kinds (plurals) the calculation consumes. (Tortie stores no Tier or
+#: ServiceAccount kind: every policy is in the default tier, ``ksa.`` profiles have only the
+#: service account's name as label.)
+PLURALS = ("workloadendpoints", "hostendpoints", "profiles", "networkpolicies",
+           "globalnetworkpolicies", "k8snetworkpolicies", "networksets", "globalnetworksets",
+           "namespaces", "pods", "felixconfigurations")
+PREFIXES = tuple(resource_prefix(p) for p in PLURALS)
+READY_TIMEOUT = 30.0        # endpoint_ready: longest wait for sync + programming
+RETRY_MIN, RETRY_MAX = 0.5, 10.0
+COUNTERS_MIN_INTERVAL = 5.0  # per-rule counters are read from nft at most this often
+INTERFACES_POLL = 2.0  # host interfaces/addresses (host endpoint resolution) re-read this often
+_WEP_PLURAL = "workloadendpoints"
+#: Workload -> host traffic allowed by the workload's egress policy: accepted, as Calico's
+#: Kubernetes manifests configure Felix (``FELIX_DEFAULTENDPOINTTOHOSTACTION=ACCEPT``; Felix's
+#: own default is Drop). A FelixConfiguration's ``defaultEndpointToHostAction`` overrides it.
+DEFAULT_ENDPOINT_TO_HOST = "accept"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    del parser
+    g = parser.add_argument_group("policy agent")
+    g.add_argument("--no-policy", action="store_true",
+                   help="do not run the policy agent (no nftables policy is programmed)")
+    g.add_argument("--policy-table", default=TABLE,
+                   help=f"name of the nftables inet table the policy agent owns "
+                        f"(default {TABLE})")
+    g.add_argument("--policy-counters-interval", type=float, default=COUNTERS_MIN_INTERVAL,
+                   help="read per-rule packet counters from nft at most every S seconds, on "
+                        "scrape (0: never)")
 
 
 def make_agent(ctx: NodeContext) -> Agent | None:
-    del ctx
-    return None
+    if getattr(ctx.args, "no_policy", False):
+        log.info("policy agent disabled (--no-policy)")
+        return None
+    prefix = getattr(ctx.args, "interface_prefix", nft_render.WORKLOAD_PREFIX)
+    if prefix != nft_render.WORKLOAD_PREFIX:
+        log.warning("the policy agent polices workload interfaces named "
+                    f"{nft_render.WORKLOAD_PREFIX}*: pods on {prefix}* interfaces get no "
+                    "workload policy", extra={"fields": {"interface_prefix": prefix}})
+    return PolicyAgent(ctx, table=getattr(ctx.args, "policy_table", TABLE),
+                       counters_interval=getattr(ctx.args, "policy_counters_interval",
+                                                 COUNTERS_MIN_INTERVAL))
+
+
+class PolicyAgent:
+    name = "policy"
+
+    def __init__(self, ctx: NodeContext, *, table: str = TABLE, netns: str | None = None,
+                 counters_interval: float = COUNTERS_MIN_INTERVAL) -> None:
+        self.ctx = ctx
+        self.node = ctx.node
+        self.table = table
+        self.netns = netns
+        self.counters_interval = counters_interval
+        self.ready = asyncio.Event()
+        self.calc = PolicyCalculator(ctx.node)
+        self._syncer: Syncer | None = None
+        self._wake = asyncio.Event()
+        self._synced = False
+        self._waiters: list[asyncio.Future[None]] = []
+        self._applied: DataplaneModel | None = None  # what the kernel has (None: unknown)
+        self._need_full = True  # the next programming replaces the whole table
+        self._injected: set[str] = set()  # keys fed by endpoint_ready, not yet seen by sync
+        self._wep_ips: dict[str, tuple[str, ...]] = {}  # workload endpoint key -> ipNetworks
+        self._ip_owner: dict[str, str] = {}  # ipNetwork -> the endpoint key holding it
+        self._interfaces: dict[str, list[str]] | None = None  # host interfaces -> addresses
+        self._felix: dict[str, FelixConfiguration] = {}
+        self._e2h = DEFAULT_ENDPOINT_TO_HOST
+        self.last_program: float | None = None
+        self.last_program_kind = ""
+        self.last_error = ""
+        self.programs = 0
+        self._counters_at = 0.0
+        self._counters: dict[str, tuple[int, int]] = {}
+        self._counter_task: asyncio.Task[None] | None = None
+        m = ctx.metrics
+        self.m_programs = m.counter(
+            "tortie_policy_programs_total", "nftables programmings, by kind (full, sets, "
+            "chain, endpoints)", ("kind",))
+        self.m_duration = m.histogram(
+            "tortie_policy_program_duration_seconds",
+            "Time to compute, render and apply one programming, by kind", ("kind",))
+        self.m_errors = m.counter(
+            "tortie_policy_program_errors_total", "Programmings nft refused, by kind", ("kind",))
+        self.m_skipped = m.counter(
+            "tortie_policy_skipped_resources_total",
+            "Resources skipped because they do not parse or the calculation refused them",
+            ("kind",))
+        self.m_endpoints = m.gauge(
+            "tortie_policy_endpoints", "Local endpoints programmed, by kind", ("kind",))
+        self.m_policies = m.gauge(
+            "tortie_policy_policies", "Policy and profile programs in the table (per direction)",
+            ("kind",))
+        self.m_ipsets = m.gauge("tortie_policy_ipsets", "IP sets in the table")
+        self.m_ready_wait = m.histogram(
+            "tortie_policy_endpoint_ready_seconds",
+            "From a CNI ADD's endpoint to its policy in the kernel")
+        self.m_synced = m.gauge("tortie_policy_synced", "1 once the first full sync is in")
+        self.m_rule_packets = _NftRuleCounter(
+            "tortie_policy_rule_packets", "Packets matched per policy rule (nft counters)",
+            self._rule_counter_values, 0)
+        self.m_rule_bytes = _NftRuleCounter(
+            "tortie_policy_rule_bytes", "Bytes matched per policy rule (nft counters)",
+            self._rule_counter_values, 1)
+        m.register(self.m_rule_packets)
+        m.register(self.m_rule_bytes)
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        previous = self._syncer
+        self._syncer = Syncer(self.ctx.store, PREFIXES, self._on_update, self._on_synced,
+                              name="policy")
+        if previous is not None:
+            # run again after a failure: the calculator holds what the old syncer delivered,
+            # so the new one starts from that and delivers only the differences (deletes too)
+            self._syncer.cache = dict(previous.cache)
+            self._need_full = True  # the kernel's state is unknown
+            self._synced = False  # ... once the new syncer has listed everything
+            self.m_synced.set(0)
+        await self._read_interfaces()
+        sync_task = asyncio.create_task(self._syncer.run(), name="policy-syncer")
+        iface_task = asyncio.create_task(self._watch_interfaces(), name="policy-interfaces")
+        try:
+            await self._program_loop()
+        finally:
+            await cancel_and_wait(iface_task)
+            await cancel_and_wait(sync_task)
+
+    async def _read_interfaces(self) -> None:
+        """Host endpoints resolve against the host's interfaces and addresses (expectedIPs,
+        ``interfaceName: "*"``; see policyagent/hep_resolve.py): a change re-programs."""
+        try:
+            ifaces = await asyncio.to_thread(read_interfaces, self.netns)
+        except Exception as e:
+            log.warning("cannot list host interfaces", extra={"fields": {"error": str(e)}})
+            return
+        if ifaces != self._interfaces:
+            self._interfaces = ifaces
+            self._wake.set()
+
+    async def _watch_interfaces(self) -> None:
+        while True:
+            await asyncio.sleep(INTERFACES_POLL)
+            await self._read_interfaces()
+
+    async def close(self) -> None:
+        """Leave the table as it is: the next run replaces it atomically."""
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(RuntimeError("the policy agent is stopping"))
+        self._waiters.clear()
+
+    def health(self) -> dict[str, Any]:
+        model = self._applied
+        return {
+            "synced": self._synced,
+            "ready": self.ready.is_set(),
+            "last_program": self.last_program,
+            "last_program_kind": self.last_program_kind,
+            "programs": self.programs,
+            "endpoints": len(model.endpoints) if model else 0,
+            "host_endpoints": len(model.host_endpoints) if model else 0,
+            "policies": len(model.policies) if model else 0,
+            "ipsets": len(model.ipsets) if model else 0,
+            "last_error": self.last_error,
+        }
+
+    # --- input ----------------------------------------------------------------------------
+
+    def _on_update(self, key: str, value: dict[str, Any] | None) -> None:
+        self._injected.discard(key)
+        try:
+            plural, _, _ = parse_resource_key(key)
+        except ValueError:
+            self.m_skipped.inc(kind="unknown")
+            return
+        if value is None:
+            if plural == "felixconfigurations":
+                self._felix.pop(key, None)
+                self._update_e2h()
+            elif plural == _WEP_PLURAL:
+                self._index_wep(key, None)
+            self._feed(plural, key, None)
+            return
+        try:
+            resource = by_plural(plural).model.model_validate(value)
+        except (ValidationError, ValueError, TypeError, KeyError) as e:
+            self.m_skipped.inc(kind=plural)
+            log.warning("skipping a resource that does not parse", extra={"fields": {
+                "key": key, "error": str(e).replace("\n", "; ")[:500]}})
+            return
+        if plural == "felixconfigurations":
+            self._felix[key] = resource
+            self._update_e2h()
+        elif plural == _WEP_PLURAL:
+            self._index_wep(key, resource)
+        self._feed(plural, key, resource)
+
+    def _index_wep(self, key: str, wep: WorkloadEndpoint | None) -> None:
+        for ip in self._wep_ips.pop(key, ()):
+            if self._ip_owner.get(ip) == key:
+                del self._ip_owner[ip]
+        if wep is not None:
+            ips = tuple(wep.spec.ipNetworks or ())
+            self._wep_ips[key] = ips
+            for ip in ips:
+                self._ip_owner[ip] = key
+
+    def _feed(self, plural: str, key: str, resource: Any | None) -> None:
+        try:
+            self.calc.update(plural, key, resource)
+        except Exception as e:
+            self.m_skipped.inc(kind=plural)
+            log.warning("the policy calculation refused a resource; skipped", extra={
+                "fields": {"key": key, "error": f"{type(e).__name__}: {e}"}})
+            return
+        self._wake.set()
+
+    def _on_synced(self) -> None:
+        # endpoints fed by endpoint_ready that the datastore no longer has (an ADD rolled back
+        # while the watch was resyncing) would otherwise stay forever
+        cache = self._syncer.cache if self._syncer is not None else {}
+        for key in [k for k in self._injected if k not in cache]:
+            self._injected.discard(key)
+            self._index_wep(key, None)
+            self._feed(_WEP_PLURAL, key, None)
+        if not self._synced:
+            log.info("policy agent: first full sync done",
+                     extra={"fields": {"resources": len(cache)}})
+        self._synced = True
+        self.m_synced.set(1)
+        self._wake.set()
+
+    def _update_e2h(self) -> None:
+        action = None
+        for name in (f"node.{self.node}", "default"):
+            cfg = self._felix.get(resource_key("felixconfigurations", name))
+            if cfg is not None and cfg.spec.defaultEndpointToHostAction:
+                action = cfg.spec.defaultEndpointToHostAction
+                break
+        e2h = (action or DEFAULT_ENDPOINT_TO_HOST).lower()
+        if e2h != self._e2h:
+            self._e2h = e2h
+            self._need_full = True  # the base chains change
+            self._wake.set()
+
+    # --- the CNI hook ---------------------------------------------------------------------
+
+    async def endpoint_ready(self, wep: WorkloadEndpoint) -> None:
+        """Program ``wep`` (just written by a CNI ADD) and return once the kernel has it."""
+        start = time.monotonic()
+        key = resource_key(_WEP_PLURAL, wep.name, wep.namespace)
+        if self._syncer is None or key not in self._syncer.cache:
+            self._injected.add(key)
+        # IPAM gave this endpoint its addresses, so whoever held them before is gone -- even if
+        # the watch has not said so yet: its labels must not reach the new pod's traffic
+        for ip in wep.spec.ipNetworks or ():
+            owner = self._ip_owner.get(ip)
+            if owner is not None and owner != key:
+                log.info("an endpoint's address went to a new pod: forgetting the old endpoint",
+                         extra={"fields": {"old": owner, "new": key, "ip": ip}})
+                self._index_wep(owner, None)
+                self._feed(_WEP_PLURAL, owner, None)
+        self._index_wep(key, wep)
+        self._feed(_WEP_PLURAL, key, wep)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), READY_TIMEOUT)
+        except TimeoutError:
+            raise RuntimeError(
+                f"policy for {wep.namespace}/{wep.name} not programmed within "
+                f"{READY_TIMEOUT:g}s (synced: {self._synced}; last error: "
+                f"{self.last_error or 'none'})") from None
+        self.m_ready_wait.observe(time.monotonic() - start)
+
+    # --- programming ----------------------------------------------------------------------
+
+    async def _program_loop(self) -> None:
+        delay = RETRY_MIN
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._synced:
+                continue  # never program a partial view; waiters wait for the sync
+            await asyncio.sleep(0)  # let events already queued in the loop land (coalesce)
+            self._wake.clear()
+            waiters, self._waiters = self._waiters, []
+            try:
+                await self._program_once()
+            except asyncio.CancelledError:
+                self._waiters[:0] = waiters
+                raise
+            except Exception as e:
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.error("programming nftables failed; a full programming follows",
+                          extra={"fields": {"error": self.last_error[:2000],
+                                            "retry_s": f"{delay:g}"}})
+                self._need_full = True
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_exception(RuntimeError(f"policy programming failed: {e}"))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                self._wake.set()
+                continue
+            delay = RETRY_MIN
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            if not self.ready.is_set():
+                self.ready.set()
+
+    async def _program_once(self) -> None:
+        start = time.monotonic()
+        model = resolve(self.calc.model(), self._interfaces)
+        old = None if self._need_full else self._applied
+        self._need_full = False
+        kind, script = "full", ""
+        if old is not None:
+            if old == model:
+                return
+            try:
+                kind, script = self._incremental(old, model)
+            except Exception:  # a renderer bug must not cost more than a full programming
+                log.exception("incremental rendering failed; programming the whole table")
+                kind = "full"
+        if kind == "full":
+            script = render(model, self.table, endpoint_to_host=self._e2h)
+        try:
+            await asyncio.to_thread(nft_apply.apply, script, self.netns)
+        except nft_apply.NftError:
+            self.m_errors.inc(kind=kind)
+            if kind == "full":
+                raise
+            log.warning("incremental programming refused; programming the whole table",
+                        extra={"fields": {"kind": kind}})
+            kind = "full"
+            try:
+                await asyncio.to_thread(
+                    nft_apply.apply, render(model, self.table, endpoint_to_host=self._e2h),
+                    self.netns)
+            except nft_apply.NftError:
+                self.m_errors.inc(kind=kind)
+                raise
+        self._applied = model
+        took = time.monotonic() - start
+        self.programs += 1
+        self.last_program = time.time()
+        self.last_program_kind = kind
+        self.last_error = ""
+        self.m_programs.inc(kind=kind)
+        self.m_duration.observe(took, kind=kind)
+        self.m_endpoints.set(len(model.endpoints), kind="workload")
+        self.m_endpoints.set(len(model.host_endpoints), kind="host")
+        self.m_policies.set(len(model.policies), kind="policy")
+        self.m_policies.set(len(model.profiles), kind="profile")
+        self.m_ipsets.set(len(model.ipsets))
+        log.log(logging.INFO if kind == "full" else logging.DEBUG, "policy programmed",
+                extra={"fields": {"kind": kind, "ms": f"{took * 1000:.1f}",
+                                  "endpoints": len(model.endpoints),
+                                  "host_endpoints": len(model.host_endpoints),
+                                  "policies": len(model.policies),
+                                  "ipsets": len(model.ipsets)}})
+
+    def _incremental(self, old: DataplaneModel, model: DataplaneModel) -> tuple[str, str]:
+        """The smallest transaction from ``old`` (in the kernel) to ``model``: ("sets" |
+        "chain" | "endpoints", script), or ("full", "") when only a full render will do."""
+        diff = old.diff(model)
+        structural = bool(diff.endpoints or diff.host_endpoints or diff.failsafe_changed
+                          or diff.ipsets.added or diff.ipsets.removed
+                          or diff.policies.added or diff.policies.removed
+                          or diff.profiles.added or diff.profiles.removed)
+        kind = "endpoints" if structural else "sets" if diff.members_only else "chain"
+        incremental = getattr(nft_render, "render_incremental", None)
+        if incremental is not None:  # the renderer's own: set blocks, no nft element cache
+            script = incremental(old, model, self.table)
+            return ("full", "") if script is None else (kind, script)
+        if structural:
+            return "full", ""
+        script = ""
+        if diff.ipsets.changed:
+            members_only = ModelDiff(ipsets=KeyDiff(changed=diff.ipsets.changed),
+                                     ipset_members=diff.ipset_members)
+            script += render_set_update(members_only, self.table, model)
+        if not (diff.policies.changed or diff.profiles.changed):
+            return "sets", script
+        for pkey in sorted(diff.policies.changed):
+            script += render_chain_replace(model.policies[pkey], self.table)
+        for pkey in sorted(diff.profiles.changed):
+            script += render_chain_replace(model.profiles[pkey], self.table, profile=True)
+        return "chain", script
+
+    # --- counters -------------------------------------------------------------------------
+
+    def _rule_counter_values(self) -> dict[str, tuple[int, int]]:
+        """The per-rule counters as last read; a scrape finding them older than
+        ``counters_interval`` starts a read in a thread (the next scrape shows it), so a
+        scrape never blocks the event loop on nft and nobody scraping costs nothing."""
+        if self.counters_interval <= 0 or self._applied is None:
+            return self._counters
+        now = time.monotonic()
+        if now - self._counters_at >= self.counters_interval and self._counter_task is None:
+            self._counters_at = now
+            try:
+                self._counter_task = asyncio.get_running_loop().create_task(
+                    self._read_counters())
+            except RuntimeError:  # no loop running here: read now
+                with contextlib.suppress(nft_apply.NftError, OSError, ValueError):
+                    self._counters = nft_apply.read_counters(self.table, self.netns)
+        return self._counters
+
+    async def _read_counters(self) -> None:
+        try:
+            self._counters = await asyncio.to_thread(nft_apply.read_counters, self.table,
+                                                     self.netns)
+        except (nft_apply.NftError, OSError, ValueError) as e:
+            log.debug("cannot read rule counters", extra={"fields": {"error": str(e)}})
+        finally:
+            self._counter_task = None
+
+
+class _NftRuleCounter(_Metric):
+    """A counter whose samples are read on scrape (the nft per-rule counters)."""
+
+    TYPE = "counter"
+
+    def __init__(self, name: str, help_text: str,
+                 values: Callable[[], dict[str, tuple[int, int]]], index: int) -> None:
+        super().__init__(name, help_text, ("rule_id",))
+        self.values = values
+        self.index = index
+
+    def render(self) -> list[str]:
+        out = self.header()
+        for rule_id, pair in sorted(self.values().items()):
+            label = rule_id.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+            out.append(f'{self.name}{{rule_id="{label}"}} {pair[self.index]}')
+        return out

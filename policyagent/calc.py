@@ -60,6 +60,7 @@ several host endpoints on one interface (the renderer knows the interfaces).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -142,6 +143,7 @@ KINDS: Mapping[str, str] = {
 }
 
 _ENDPOINT_KINDS = ("workload", "host")
+_SCOPE_KEYS = frozenset({LABEL_NAMESPACE, LABEL_ORCHESTRATOR})
 _PORT_PROTOCOLS = (6, 17, 132)
 
 
@@ -153,7 +155,9 @@ def _proto_num(p: str | int | None) -> int | None:
     return PROTOCOL_NUMBERS[protocol_name(p) or p]
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _cidr(text: str) -> str:
+    """Canonical CIDR text (cached: the same nets recur in many rules and resyncs)."""
     return str(ipaddress.ip_network(text, strict=False))
 
 
@@ -194,13 +198,18 @@ class _Item:
 
 
 class _Sel:
-    __slots__ = ("canon", "keys", "match", "members", "policies", "refs", "sets")
+    __slots__ = ("canon", "index", "keys", "match", "members", "policies", "refs", "sets")
 
     def __init__(self, canon: str) -> None:
         s = parse(canon)
         self.canon = canon
         self.match = s.matcher
         self.keys = s.labels_used()
+        # a (key, value) every match has: the selector is only tried on items with it;
+        # scoping terms (namespace, orchestrator) are the least selective, so the last choice
+        required = s.required_labels()
+        self.index: tuple[str, str] | None = next(
+            (kv for kv in required if kv[0] not in _SCOPE_KEYS), required[0] if required else None)
         self.members: set[str] = set()
         self.sets: list[_Set] = []
         self.policies: set[str] = set()
@@ -248,6 +257,7 @@ class _Policy:
     on_forward: bool
     programs: dict[str, PolicyProgram]
     set_keys: list[tuple[Any, ...]]
+    set_ids: frozenset[str] | None = None  # of every program; computed by model() once
 
 
 @dataclass(eq=False)
@@ -286,6 +296,10 @@ class PolicyCalculator:
         self._items: dict[str, _Item] = {}
         self._sels: dict[str, _Sel] = {}
         self._key_index: dict[str, set[_Sel]] = {}
+        # selectors by the (key, value) every match has (_Sel.index), and those with none
+        self._sel_index: dict[tuple[str, str], set[_Sel]] = {}
+        self._sel_scan: set[_Sel] = set()
+        self._items_by_label: dict[tuple[str, str], set[str]] = {}
         self._sets: dict[tuple[Any, ...], _Set] = {}
         self._set_by_id: dict[str, _Set] = {}
         self._policies: dict[str, _Policy] = {}
@@ -303,6 +317,7 @@ class PolicyCalculator:
         self._failsafe: tuple[tuple[FailsafeSpec, ...], tuple[FailsafeSpec, ...]] = (
             _failsafe(DEFAULT_FAILSAFE_INBOUND), _failsafe(DEFAULT_FAILSAFE_OUTBOUND))
         self._programs: dict[str, EndpointProgram] = {}
+        self._program_pids: dict[str, frozenset[str]] = {}  # iid -> policy_ids() of its program
         self._dirty: set[str] = set()
         self._model: DataplaneModel | None = None
 
@@ -467,7 +482,8 @@ class PolicyCalculator:
         labels = self._effective_labels(item)
         if new:
             item.labels, item.addrs, item.ports = labels, addrs, ports
-            for sel in self._sels.values():
+            self._index_labels(iid, {}, labels)
+            for sel in self._candidates(labels):
                 if sel.match(labels):
                     self._join(item, sel)
         else:
@@ -483,6 +499,7 @@ class PolicyCalculator:
         item = self._items.pop(iid, None)
         if item is None:
             return
+        self._index_labels(iid, item.labels, {})
         for canon in list(item.matched):
             self._leave(item, self._sels[canon])
         for p in item.parents:
@@ -491,6 +508,20 @@ class PolicyCalculator:
             self._pod_users.get(item.pod, set()).discard(iid)
         if item.local_endpoint:
             self._dirty.add(iid)
+
+    def _index_labels(self, iid: str, old: dict[str, str], new: dict[str, str]) -> None:
+        """Keep ``_items_by_label`` (``(key, value)`` -> item ids) up to date."""
+        index = self._items_by_label
+        for kv in old.items():
+            if new.get(kv[0]) != kv[1]:
+                ids = index.get(kv)
+                if ids is not None:
+                    ids.discard(iid)
+                    if not ids:
+                        del index[kv]
+        for kv in new.items():
+            if old.get(kv[0]) != kv[1]:
+                index.setdefault(kv, set()).add(iid)
 
     def _effective_labels(self, item: _Item) -> dict[str, str]:
         """Own labels over the labels the profiles apply (the first profile wins)."""
@@ -506,15 +537,18 @@ class PolicyCalculator:
         """New labels: re-evaluate only the selectors that read a changed key."""
         old = item.labels
         item.labels = labels
+        self._index_labels(item.id, old, labels)
         candidates: set[_Sel] = set()
         for k in old.keys() | labels.keys():
             if old.get(k) != labels.get(k):
                 sels = self._key_index.get(k)
                 if sels:
                     candidates |= sels
+        matched = item.matched
         for sel in candidates:
-            now = sel.match(labels)
-            if now != (sel.canon in item.matched):
+            idx = sel.index  # without the label the selector requires, no need to evaluate
+            now = (idx is None or labels.get(idx[0]) == idx[1]) and sel.match(labels)
+            if now != (sel.canon in matched):
                 if now:
                     self._join(item, sel)
                 else:
@@ -577,6 +611,16 @@ class PolicyCalculator:
 
     # --- selectors and sets ------------------------------------------------------------------
 
+    def _candidates(self, labels: dict[str, str]) -> list[_Sel]:
+        """The selectors that can match ``labels`` (a superset of those that do)."""
+        out = list(self._sel_scan)
+        index = self._sel_index
+        for kv in labels.items():
+            sels = index.get(kv)
+            if sels:
+                out.extend(sels)
+        return out
+
     def _ref_sel(self, canon: str) -> _Sel:
         sel = self._sels.get(canon)
         if sel is None:
@@ -584,8 +628,15 @@ class PolicyCalculator:
             self._sels[canon] = sel
             for k in sel.keys:
                 self._key_index.setdefault(k, set()).add(sel)
+            if sel.index is None:
+                self._sel_scan.add(sel)
+            else:
+                self._sel_index.setdefault(sel.index, set()).add(sel)
             match = sel.match
-            for item in self._items.values():
+            items = self._items
+            candidates: Iterable[_Item] = items.values() if sel.index is None else [
+                items[iid] for iid in self._items_by_label.get(sel.index, ())]
+            for item in candidates:
                 if match(item.labels):
                     sel.members.add(item.id)
                     item.matched.add(canon)
@@ -603,6 +654,13 @@ class PolicyCalculator:
                 users.discard(sel)
                 if not users:
                     del self._key_index[k]
+        if sel.index is None:
+            self._sel_scan.discard(sel)
+        else:
+            indexed = self._sel_index[sel.index]
+            indexed.discard(sel)
+            if not indexed:
+                del self._sel_index[sel.index]
         for iid in sel.members:
             self._items[iid].matched.discard(sel.canon)
 
@@ -975,19 +1033,22 @@ class PolicyCalculator:
             item = self._items.get(iid)
             if item is None or not item.local_endpoint:
                 self._programs.pop(iid, None)
+                self._program_pids.pop(iid, None)
             else:
-                self._programs[iid] = self._build_program(item)
+                program = self._programs[iid] = self._build_program(item)
+                self._program_pids[iid] = program.policy_ids()
         self._dirty.clear()
         endpoints: dict[str, EndpointProgram] = {}
         hosts: dict[str, HostEndpointProgram] = {}
         pids: set[str] = set()
         profile_names: set[str] = set()
-        for ep in self._programs.values():
+        program_pids = self._program_pids
+        for iid, ep in self._programs.items():
             if isinstance(ep, HostEndpointProgram):
                 hosts[ep.name] = ep
             else:
                 endpoints[ep.name] = ep
-            pids |= ep.policy_ids()
+            pids |= program_pids[iid]
             profile_names.update(p[4:] for p in ep.profiles)
         policies: dict[tuple[str, str], PolicyProgram] = {}
         set_ids: set[str] = set()
@@ -995,7 +1056,9 @@ class PolicyCalculator:
             pol = self._policies[pid]
             for d, prog in pol.programs.items():
                 policies[(pid, d)] = prog
-                set_ids |= prog.ipsets()
+            if pol.set_ids is None:
+                pol.set_ids = frozenset().union(*(p.ipsets() for p in pol.programs.values()))
+            set_ids |= pol.set_ids
         profiles: dict[tuple[str, str], PolicyProgram] = {}
         for name in sorted(profile_names):
             for d, prog in self._profile_programs(name).items():

@@ -68,7 +68,7 @@ the workload's own policy).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass, field, fields
 from typing import Any, Generic, Literal, TypeVar
 
@@ -128,6 +128,16 @@ class FrozenMap(Mapping[K, V]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._data
+
+    # the dict's own views: set operations on them run in C (diffs of big models)
+    def keys(self) -> KeysView[K]:
+        return self._data.keys()
+
+    def values(self) -> ValuesView[V]:
+        return self._data.values()
+
+    def items(self) -> ItemsView[K, V]:
+        return self._data.items()
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, FrozenMap):
@@ -315,9 +325,11 @@ class KeyDiff(Generic[K]):
 
     @staticmethod
     def of(old: Mapping[K, Any], new: Mapping[K, Any]) -> KeyDiff[K]:
-        old_keys, new_keys = old.keys(), new.keys()
+        old_d = old._data if isinstance(old, FrozenMap) else old
+        new_d = new._data if isinstance(new, FrozenMap) else new
+        old_keys, new_keys = old_d.keys(), new_d.keys()
         changed = frozenset(k for k in old_keys & new_keys
-                            if old[k] is not new[k] and old[k] != new[k])
+                            if old_d[k] is not new_d[k] and old_d[k] != new_d[k])
         return KeyDiff(frozenset(new_keys - old_keys), frozenset(old_keys - new_keys), changed)
 
 

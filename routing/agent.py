@@ -1,16 +1,517 @@
-"""The routing agent (issue 4): placeholder until it lands; tortie-node runs no routing."""
+"""The routing agent (issue 4): datastore + BGP -> kernel routes, tunnels, outgoing NAT.
+
+It mirrors IP pools, Nodes, BGPConfigurations, BGPPeers and the IPAM blocks (a block's
+affinity is in its document) with a :class:`datastore.syncer.Syncer`, and after every change
+(debounced) and every ``RESYNC_INTERVAL``:
+
+1. makes sure this node has a VTEP address (from its IPAM block, handle
+   ``vxlan-tunnel-addr-<node>``) and MAC in its Node resource when a pool uses VXLAN;
+2. computes what it wants (:mod:`routing.desired`): the prefixes to announce (owned blocks,
+   borrowed /32s; next hop = this node's address) and the kernel routes;
+3. hands the BGP settings (neighbours: the node mesh and BGPPeers) and the announcements to
+   the speaker (:class:`routing.bgp.speaker.ExaBGPSpeaker`); the speaker's learnt routes come
+   back through ``on_routes`` and trigger step 2 again;
+4. programs ``vxlan.tortie`` (device, FDB, neighbours), ``tunl0``, the routes (protocol 80,
+   :mod:`routing.kernel`) and ``ip tortie-nat`` (:mod:`routing.nat`).
+
+Restarts: ``close()`` leaves every route in place and stops the speaker gracefully (peers keep
+our routes as stale).  A starting agent adopts the routes with protocol 80 it finds and does
+not remove any until its BGP view is complete (every neighbour established and its
+End-of-RIB received, or ``--routing-startup-grace`` seconds), so a restart never drops
+traffic.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
 
+from datastore.keys import resource_prefix
+from datastore.kinds import by_plural
+from datastore.model_bgp import BGPConfiguration, BGPPeer
+from datastore.model_network import IPPool, Node
+from datastore.resources import ResourceConflict
+from datastore.store import DatastoreError, NotFound
+from datastore.syncer import Syncer, cancel_and_wait
+from ipam import keys as ipam_keys
+from ipam.blocks import Block, IPAMError
 from node.agents import Agent, NodeContext
+from routing import desired as dz
+from routing.bgp.api import BGPSettings, LearnedRoute, Speaker
+from routing.bgp.peers import compute_settings
+from routing.ipip import IPIPDevice, IPIPUnavailable, ipip_handle
+from routing.kernel import PROTO, KernelRoutes, SyncResult
+from routing.nat import NATError, OutgoingNAT
+from routing.vxlan import VXLANConfig, VXLANDevice, vtep_handle
+
+log = logging.getLogger("tortie.routing")
+
+RESYNC_INTERVAL = 30.0
+DEBOUNCE = 0.05
+RETRY_MIN, RETRY_MAX = 0.5, 10.0
+SETTLE = 1.0                 # how often to re-check the startup hold-off
+DEFAULT_STARTUP_GRACE = 30.0
+DEFAULT_HOLD_TIME = 90
+_NODE = by_plural("nodes")
+
+POOLS = resource_prefix("ippools")
+NODES = resource_prefix("nodes")
+BGP_CONFIGS = resource_prefix("bgpconfigurations")
+BGP_PEERS = resource_prefix("bgppeers")
+BLOCKS = ipam_keys.BLOCKS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    del parser
+    g = parser.add_argument_group("routing")
+    g.add_argument("--no-routing", action="store_true",
+                   help="run no routing agent (no routes, tunnels, BGP or NAT)")
+    g.add_argument("--no-bgp", action="store_true",
+                   help="routing agent without a BGP speaker (local routes, tunnels, NAT only)")
+    g.add_argument("--exabgp", help="path of the exabgp executable (default: next to python, "
+                                    "else $PATH)")
+    g.add_argument("--bgp-port", type=int,
+                   help="BGP listen port (default: BGPConfiguration listenPort, else 179)")
+    g.add_argument("--bgp-run-dir",
+                   help="ExaBGP's files (default: 'bgp' next to the CNI socket)")
+    g.add_argument("--bgp-hold-time", type=int, default=DEFAULT_HOLD_TIME,
+                   help=f"BGP hold time in seconds (default {DEFAULT_HOLD_TIME})")
+    g.add_argument("--bgp-graceful-restart", type=int,
+                   help="graceful restart time advertised, seconds; 0 turns it off (default: "
+                        "BGPConfiguration nodeMeshMaxRestartTime, else 120)")
+    g.add_argument("--routing-startup-grace", type=float, default=DEFAULT_STARTUP_GRACE,
+                   help="after a start, remove no route until BGP is complete or this many "
+                        f"seconds passed (default {DEFAULT_STARTUP_GRACE:g})")
 
 
 def make_agent(ctx: NodeContext) -> Agent | None:
-    del ctx
-    return None
+    args = ctx.args
+    if getattr(args, "no_routing", False):
+        return None
+    speaker: Speaker | None = None
+    if not getattr(args, "no_bgp", False):
+        from routing.bgp.speaker import ExaBGPSpeaker
+
+        run_dir = getattr(args, "bgp_run_dir", None) or str(
+            Path(getattr(args, "socket", "/var/run/tortie/cni.sock")).parent / "bgp")
+        speaker = ExaBGPSpeaker(run_dir, getattr(args, "exabgp", None))
+    return RoutingAgent(ctx, speaker, bgp_port=getattr(args, "bgp_port", None),
+                        hold_time=getattr(args, "bgp_hold_time", DEFAULT_HOLD_TIME),
+                        graceful_restart=getattr(args, "bgp_graceful_restart", None),
+                        startup_grace=getattr(args, "routing_startup_grace",
+                                              DEFAULT_STARTUP_GRACE))
+
+
+class RoutingAgent:
+    name = "routing"
+
+    def __init__(self, ctx: NodeContext, speaker: Speaker | None, *,
+                 bgp_port: int | None = None, hold_time: int = DEFAULT_HOLD_TIME,
+                 graceful_restart: int | None = None,
+                 startup_grace: float = DEFAULT_STARTUP_GRACE,
+                 netns: str | None = None) -> None:
+        self.ctx = ctx
+        self.node = ctx.node
+        self.speaker = speaker
+        self.bgp_port = bgp_port
+        self.hold_time = hold_time
+        self.graceful_restart = graceful_restart
+        self.startup_grace = startup_grace
+        self.ready = asyncio.Event()
+        self.kernel = KernelRoutes(netns)
+        self.vxlan = VXLANDevice(netns)
+        self.ipip = IPIPDevice(netns)
+        self.nat = OutgoingNAT(netns)
+        self.pools: dict[str, IPPool] = {}
+        self.nodes: dict[str, dz.NodeInfo] = {}
+        self.node_models: dict[str, Node] = {}
+        self.blocks: dict[str, Block] = {}
+        self.configs: dict[str, BGPConfiguration] = {}
+        self.peers: dict[str, BGPPeer] = {}
+        self.learnt: dict[str, LearnedRoute] = {}
+        self.syncer = Syncer(ctx.store, (POOLS, NODES, BGP_CONFIGS, BGP_PEERS, BLOCKS),
+                             self._on_update, self._on_synced, name="routing")
+        self._dirty = asyncio.Event()
+        self._started_at = time.monotonic()
+        self._learnt_at = 0.0
+        self._speaker_started = False
+        self._settings: BGPSettings | None = None
+        self._announced: dict[str, str] | None = None
+        self._complete = False
+        self._ipip_warned = False
+        self.last: dz.Desired | None = None
+        self.last_sync: SyncResult | None = None
+        self.last_error = ""
+        m = ctx.metrics
+        self.m_routes = m.gauge("tortie_routing_routes",
+                                f"Kernel routes of protocol {PROTO} the agent wants, by kind",
+                                ["kind"])
+        self.m_announced = m.gauge("tortie_routing_announced_prefixes",
+                                   "Prefixes this node announces over BGP")
+        self.m_learnt = m.gauge("tortie_routing_learnt_prefixes",
+                                "Best routes learnt from BGP peers")
+        self.m_changes = m.counter("tortie_routing_route_changes_total",
+                                   "Kernel route changes made", ["op"])
+        self.m_failures = m.counter("tortie_routing_failures_total",
+                                    "Failures (bad documents, rejected routes, errors)",
+                                    ["what"])
+        self.m_sync = m.histogram("tortie_routing_sync_seconds",
+                                  "Time to compute and program one routing sync")
+        if speaker is not None:
+            speaker.on_routes(self._on_routes)
+
+    # --- datastore ------------------------------------------------------------------------
+
+    def _on_update(self, key: str, value: dict[str, Any] | None) -> None:
+        name = key.rsplit("/", 1)[-1]
+        try:
+            if key.startswith(BLOCKS):
+                old = self.blocks.get(key)
+                if value is None:
+                    self.blocks.pop(key, None)
+                else:
+                    self.blocks[key] = dz.parse_block(value)
+                new = self.blocks.get(key)
+                if (old is not None and new is not None
+                        and dz.block_signature(old) == dz.block_signature(new)):
+                    return  # a pod came or went inside its node's block: no route changes
+            elif key.startswith(POOLS):
+                if value is None:
+                    self.pools.pop(name, None)
+                else:
+                    self.pools[name] = dz.parse_pool(value)
+            elif key.startswith(NODES):
+                if value is None:
+                    self.nodes.pop(name, None)
+                    self.node_models.pop(name, None)
+                else:
+                    model = Node.from_dict(dict(value))
+                    self.nodes[name] = dz.NodeInfo.from_node(model)
+                    self.node_models[name] = model
+            elif key.startswith(BGP_CONFIGS):
+                if value is None:
+                    self.configs.pop(name, None)
+                else:
+                    self.configs[name] = BGPConfiguration.from_dict(dict(value))
+            elif key.startswith(BGP_PEERS):
+                if value is None:
+                    self.peers.pop(name, None)
+                else:
+                    self.peers[name] = BGPPeer.from_dict(dict(value))
+        except Exception as e:  # one bad document never stops the others
+            self.m_failures.inc(what="document")
+            log.warning("ignoring a document routing cannot use",
+                        extra={"fields": {"key": key, "error": str(e)}})
+            return
+        self._dirty.set()
+
+    def _on_synced(self) -> None:
+        self._dirty.set()
+
+    def _on_routes(self, routes: dict[str, LearnedRoute]) -> None:
+        self.learnt = dict(routes)
+        self._learnt_at = time.monotonic()
+        self._dirty.set()
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        syncer = asyncio.create_task(self.syncer.run(), name="routing-syncer")
+        try:
+            await self.syncer.synced.wait()
+            delay = RETRY_MIN
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), RESYNC_INTERVAL)
+                await asyncio.sleep(DEBOUNCE)
+                self._dirty.clear()
+                try:
+                    await self.reconcile()
+                    self.last_error = ""
+                    delay = RETRY_MIN
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    self.last_error = str(e) or type(e).__name__
+                    self.m_failures.inc(what="sync")
+                    log.exception("routing sync failed; retrying",
+                                  extra={"fields": {"retry_s": f"{delay:g}"}})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX)
+                    self._dirty.set()
+                if not self._complete:  # re-check the startup hold-off soon
+                    asyncio.get_running_loop().call_later(SETTLE, self._dirty.set)
+        finally:
+            await cancel_and_wait(syncer)
+
+    def _me(self) -> dz.NodeInfo | None:
+        me = self.nodes.get(self.node)
+        return me if me is not None and me.address else None
+
+    def _blocks(self) -> list[Block]:
+        return list(self.blocks.values())
+
+    async def reconcile(self) -> None:
+        started = time.monotonic()
+        me = self._me()
+        if me is None:
+            log.info("waiting for this node's address in its Node resource",
+                     extra={"fields": {"node": self.node}})
+            return
+        pools = list(self.pools.values())
+        errors: list[Exception] = []  # a failing step never keeps the others from running
+        try:
+            me = await self._tunnel_addresses(me, pools)
+        except (DatastoreError, IPAMError) as e:
+            errors.append(e)
+        d = dz.compute(me, self.nodes, pools, self._blocks(), self.learnt)
+        for why in d.skipped:
+            log.debug("route skipped", extra={"fields": {"why": why}})
+        try:
+            await self._bgp(me, d)
+        except Exception as e:
+            self.m_failures.inc(what="bgp")
+            errors.append(e)
+        await self._tunnels(me, d)
+        complete = self._bgp_complete()
+        res = await asyncio.to_thread(self.kernel.sync, d.routes, remove=complete)
+        self._account(res)
+        masq, every = dz.masquerade_sets(pools)
+        try:
+            if await self.nat.sync(masq, every):
+                log.info("outgoing NAT updated", extra={"fields": {
+                    "masquerade": ",".join(masq) or "-", "pools": ",".join(every) or "-"}})
+        except NATError as e:
+            self.m_failures.inc(what="nat")
+            log.warning("cannot program outgoing NAT", extra={"fields": {"error": str(e)}})
+        self.last, self.last_sync = d, res
+        kinds = {"blackhole": 0, "direct": 0, "vxlan": 0, "ipip": 0}
+        for r in d.routes.values():
+            kinds[r.kind] += 1
+        for k, v in kinds.items():
+            self.m_routes.set(v, kind=k)
+        self.m_announced.set(len(d.announce))
+        self.m_learnt.set(len(self.learnt))
+        self.m_sync.observe(time.monotonic() - started)
+        if complete and not self._complete:
+            log.info("routing complete: unwanted routes are removed from now on",
+                     extra={"fields": {"after_s": f"{time.monotonic() - self._started_at:.1f}"}})
+        self._complete = complete
+        if not self.ready.is_set():
+            self.ready.set()
+            log.info("routing programmed", extra={"fields": {
+                "routes": len(d.routes), "announced": len(d.announce)}})
+        if errors:  # the loop retries with back-off
+            raise errors[0]
+
+    def _account(self, res: SyncResult) -> None:
+        for op, items in (("add", res.added), ("replace", res.replaced),
+                          ("remove", res.removed)):
+            if items:
+                self.m_changes.inc(len(items), op=op)
+                for item in items:
+                    log.info(f"route {op}", extra={"fields": {"route": item}})
+        for dst, err in res.failed.items():
+            self.m_failures.inc(what="route")
+            log.warning("kernel refused a route", extra={"fields": {"dst": dst, "error": err}})
+        for dst in res.conflicts:
+            log.debug("route left alone: another protocol has it",
+                      extra={"fields": {"dst": dst}})
+
+    def _bgp_complete(self) -> bool:
+        """Whether the routes BGP learnt are complete enough to remove what is not in them."""
+        if self._complete:
+            return True
+        if self.speaker is None:
+            return True
+        if time.monotonic() - self._started_at >= self.startup_grace:
+            return True
+        if not self._speaker_started:
+            return False
+        # every session up and its End-of-RIB in: what the peers hold is all we learn
+        return all(s.state == "Established" and s.synced for s in self.speaker.status())
+
+    # --- BGP ------------------------------------------------------------------------------
+
+    def bgp_settings(self) -> BGPSettings | None:
+        """This node's BGP settings (routing/bgp/peers.py), with the flags' overrides."""
+        res = compute_settings(self.node, self.node_models.values(), self.configs,
+                               self.peers.values(), hold_time=self.hold_time)
+        if res.settings is None:
+            log.info("no BGP for this node", extra={"fields": {"reason": res.reason}})
+            return None
+        settings = res.settings
+        if self.bgp_port:
+            settings = dataclasses.replace(settings, listen_port=self.bgp_port)
+        if self.graceful_restart is not None:
+            settings = dataclasses.replace(settings, graceful_restart=self.graceful_restart)
+        return settings
+
+    async def _bgp(self, me: dz.NodeInfo, d: dz.Desired) -> None:
+        if self.speaker is None:
+            return
+        settings = self.bgp_settings()
+        if settings is None:
+            return
+        if not self._speaker_started:
+            await self.speaker.start(settings)
+            self._speaker_started = True
+            self._settings = settings
+            log.info("BGP speaker started", extra={"fields": {
+                "router_id": settings.router_id, "asn": settings.asn,
+                "neighbours": len(settings.neighbours), "port": settings.listen_port}})
+        elif settings != self._settings:
+            try:
+                await self.speaker.configure(settings)
+            except Exception as e:
+                # a half-applied reload: start the speaker afresh with the whole settings
+                # (graceful: the peers keep our routes meanwhile)
+                self.m_failures.inc(what="bgp")
+                log.warning("BGP reconfiguration failed; restarting the speaker",
+                            extra={"fields": {"error": str(e)}})
+                self._speaker_started = False
+                await self.speaker.close(graceful=True)
+                await self.speaker.start(settings)
+                self._speaker_started = True
+                self._announced = None
+            self._settings = settings
+            log.info("BGP settings changed", extra={"fields": {
+                "neighbours": ",".join(n.address for n in settings.neighbours) or "-"}})
+        if d.announce != self._announced:
+            await self.speaker.announce(dict(d.announce))
+            self._announced = dict(d.announce)
+
+    # --- tunnels --------------------------------------------------------------------------
+
+    async def _tunnel_addresses(self, me: dz.NodeInfo, pools: list[IPPool]) -> dz.NodeInfo:
+        """This node's VXLAN (address + MAC) and IPIP tunnel addresses: allocated from its
+        IPAM block while a pool uses that encapsulation, released when none does, and
+        recorded in its Node resource (``spec.ipv4VXLANTunnelAddr`` /
+        ``spec.vxlanTunnelMACAddr``, ``spec.bgp.ipv4IPIPTunnelAddr``), as Calico does."""
+        usable = [p for p in pools if not p.spec.disabled and p.network.version == 4]
+        vx_pools = [p for p in usable if p.spec.vxlanMode != "Never"]
+        ip_pools = [p for p in usable if p.spec.ipipMode != "Never"]
+        vx = await self._tunnel_address(vtep_handle(self.node), me.vxlan_address, vx_pools)
+        ipip = await self._tunnel_address(ipip_handle(self.node), me.ipip_address, ip_pools)
+        mac = (me.vxlan_mac or dz.vtep_mac(self.node)) if vx else None
+        if (vx, mac, ipip) != (me.vxlan_address, me.vxlan_mac, me.ipip_address):
+            await self._record_tunnels(vx, mac, ipip)
+        return dataclasses.replace(me, vxlan_address=vx, vxlan_mac=mac, ipip_address=ipip)
+
+    async def _tunnel_address(self, handle: str, recorded: str | None,
+                              pools: list[IPPool]) -> str | None:
+        held = [ip for b in self._blocks() for ip in b.ips_for_handle(handle)]
+        from ipam.allocator import IPAM
+
+        ipam = IPAM(self.ctx.store, self.node)
+        if not pools:
+            if held:
+                await ipam.release_by_handle(handle)
+                log.info("released a tunnel address: no pool needs it",
+                         extra={"fields": {"handle": handle, "address": ",".join(held)}})
+            return None
+        if not held:  # the cache may lag behind our own allocation: ask etcd itself
+            held = await self._held_in_store(handle)
+        if recorded in held:
+            return recorded
+        if held:
+            return held[0]
+        got = await ipam.auto_assign(handle, {"node": self.node}, pools, 1)
+        log.info("allocated a tunnel address",
+                 extra={"fields": {"address": got[0], "handle": handle}})
+        return got[0]
+
+    async def _held_in_store(self, handle: str) -> list[str]:
+        try:
+            kv = await self.ctx.store.get(ipam_keys.handle_key(handle))
+        except NotFound:
+            return []
+        out: list[str] = []
+        for cidr in sorted(kv.value.get("blocks") or {}):
+            try:
+                bkv = await self.ctx.store.get(ipam_keys.block_key(cidr))
+            except NotFound:
+                continue
+            out += Block.from_dict(bkv.value).ips_for_handle(handle)
+        return out
+
+    async def _record_tunnels(self, vxlan: str | None, mac: str | None,
+                              ipip: str | None) -> None:
+        for _ in range(5):
+            try:
+                node = await self.ctx.resources.get(_NODE, self.node)
+            except NotFound:
+                return
+            doc = node.dump()
+            spec = doc.setdefault("spec", {})
+            for key, value in (("ipv4VXLANTunnelAddr", vxlan), ("vxlanTunnelMACAddr", mac)):
+                if value:
+                    spec[key] = value
+                else:
+                    spec.pop(key, None)
+            bgp = spec.get("bgp")
+            if ipip:
+                spec.setdefault("bgp", {})["ipv4IPIPTunnelAddr"] = ipip
+            elif isinstance(bgp, dict):
+                bgp.pop("ipv4IPIPTunnelAddr", None)
+            try:
+                await self.ctx.resources.replace(_NODE, type(node).from_dict(doc))
+            except (ResourceConflict, NotFound):
+                continue
+            log.info("recorded the tunnel addresses in the Node resource", extra={"fields": {
+                "vxlan": vxlan or "-", "mac": mac or "-", "ipip": ipip or "-"}})
+            return
+        raise DatastoreError(f"Node {self.node} is being modified concurrently")
+
+    async def _tunnels(self, me: dz.NodeInfo, d: dz.Desired) -> None:
+        if d.vxlan_needed and me.vxlan_address and me.vxlan_mac and me.address:
+            cfg = VXLANConfig(local=me.address, address=me.vxlan_address, mac=me.vxlan_mac)
+            changes = await asyncio.to_thread(self.vxlan.ensure, cfg)
+            changes += await asyncio.to_thread(self.vxlan.sync_peers, d.vxlan_peers)
+            if changes:
+                log.info("vxlan device updated", extra={"fields": {
+                    "device": dz.VXLAN_DEVICE, "changes": "; ".join(changes)}})
+        elif not d.vxlan_needed and await asyncio.to_thread(self.vxlan.exists):
+            await asyncio.to_thread(self.vxlan.remove)
+            log.info("vxlan device removed: no pool uses VXLAN")
+        if d.ipip_needed:
+            try:
+                changes = await asyncio.to_thread(self.ipip.ensure, me.ipip_address)
+                if changes:
+                    log.info("tunl0 updated", extra={"fields": {"changes": "; ".join(changes)}})
+            except IPIPUnavailable as e:
+                self.m_failures.inc(what="ipip")
+                if not self._ipip_warned:
+                    self._ipip_warned = True
+                    log.warning("a pool uses IPIP but this kernel cannot",
+                                extra={"fields": {"error": str(e)}})
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Leave the kernel as it is; stop the speaker gracefully (peers keep our routes)."""
+        if self.speaker is not None and self._speaker_started:
+            await self.speaker.close(graceful=True)
+            self._speaker_started = False
+
+    def health(self) -> dict[str, Any]:
+        d, res = self.last, self.last_sync
+        out: dict[str, Any] = {
+            "ready": self.ready.is_set(),
+            "complete": self._complete,
+            "protocol": PROTO,
+            "announced": len(d.announce) if d else 0,
+            "learnt": len(self.learnt),
+            "routes": ({k: sum(1 for r in d.routes.values() if r.kind == k)
+                        for k in ("blackhole", "direct", "vxlan", "ipip")} if d else {}),
+            "route_failures": dict(res.failed) if res else {},
+            "error": self.last_error,
+        }
+        if self.speaker is not None:
+            out["peers"] = [dataclasses.asdict(p) for p in self.speaker.status()]
+        return out

@@ -27,6 +27,8 @@ class Neighbour:
     rr_client: bool = False      # we are the route reflector for this peer
     keep_next_hop: bool = False  # BGPPeer keepOriginalNextHop
     ttl_security: int | None = None
+    passive: bool = False        # wait for the peer to connect (Calico's one-way node mesh)
+    port: int | None = None      # the peer's BGP port when not 179 (BGPPeer peerIP "ip:port")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class PeerStatus:
     received: int = 0           # prefixes received from it now
     sent: int = 0               # prefixes announced to it now
     info: str = ""              # last error, if any
+    synced: bool = False        # End-of-RIB received since the session came up
 
 
 RoutesChanged = Callable[[dict[str, LearnedRoute]], None]

@@ -1,0 +1,4 @@
+"""tortie-kube-controllers: mirrors the Kubernetes API into the datastore.
+
+See docs/kubernetes.md.
+"""

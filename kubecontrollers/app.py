@@ -1,0 +1,106 @@
+"""The controllers of tortie-kube-controllers, wired together over one Kubernetes client and
+one datastore (what ``main`` runs, and what the tests run against a fake API server).
+
+Kubernetes resource (reflector)  ->  controllers
+    namespaces                   ->  namespaces (mirror)
+    pods                         ->  pods (mirror + endpoint labels/cleanup), IPAM GC
+    nodes                        ->  k8snodes (mirror), nodes (Calico Node merge),
+                                     hostendpoints (auto host endpoints)
+    networkpolicies              ->  networkpolicies (mirror)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from kubernetes_asyncio import client
+
+from datastore.kinds import by_plural
+from datastore.store import Store
+from kubecontrollers import namespaces, networkpolicies
+from kubecontrollers.config import ConfigWatcher
+from kubecontrollers.controller import Context, Controller, Options
+from kubecontrollers.datastore_cache import DatastoreCache
+from kubecontrollers.hostendpoints import AutoHostEndpointController
+from kubecontrollers.ipam_gc import IPAMGarbageCollector
+from kubecontrollers.metrics import KubeMetrics
+from kubecontrollers.mirror import MirrorController
+from kubecontrollers.nodes import NodeController
+from kubecontrollers.pods import PodController
+from kubecontrollers.reflector import PAGE_SIZE, WATCH_TIMEOUT, Reflector
+
+
+class KubeControllers:
+    def __init__(self, store: Store, api_client: client.ApiClient, *,
+                 options: Options | None = None, metrics: KubeMetrics | None = None,
+                 watch_timeout: int = WATCH_TIMEOUT, page_size: int = PAGE_SIZE) -> None:
+        self.metrics = metrics or KubeMetrics()
+        core = client.CoreV1Api(api_client)
+        net = client.NetworkingV1Api(api_client)
+
+        def reflector(resource: str, func: Any, kind: str, api_version: str) -> Reflector:
+            return Reflector(resource, func, metrics=self.metrics, page_size=page_size,
+                             watch_timeout=watch_timeout, kind=kind, api_version=api_version)
+
+        self.reflectors = {
+            "namespaces": reflector("namespaces", core.list_namespace, "Namespace", "v1"),
+            "pods": reflector("pods", core.list_pod_for_all_namespaces, "Pod", "v1"),
+            "nodes": reflector("nodes", core.list_node, "Node", "v1"),
+            "networkpolicies": reflector("networkpolicies",
+                                         net.list_network_policy_for_all_namespaces,
+                                         "NetworkPolicy", "networking.k8s.io/v1"),
+        }
+        self.ctx = Context(store, self.metrics, self.reflectors, options or Options())
+        self.config = ConfigWatcher(self.ctx)
+        self.calico_nodes = DatastoreCache(store, "nodes")
+        self.heps = DatastoreCache(store, "hostendpoints")
+        r = self.reflectors
+        self.pods = PodController(self.ctx, r["pods"])
+        self.nodes = NodeController(self.ctx, r["nodes"], self.calico_nodes)
+        self.auto_heps = AutoHostEndpointController(self.ctx, r["nodes"], self.calico_nodes,
+                                                    self.heps, self.config.synced)
+        self.controllers: list[Controller] = [
+            namespaces.make(self.ctx, r["namespaces"]),
+            self.pods,
+            MirrorController(self.ctx, "k8snodes", r["nodes"], by_plural("k8snodes"), "node"),
+            self.nodes,
+            networkpolicies.make(self.ctx, r["networkpolicies"]),
+            self.auto_heps,
+        ]
+        self.config.listeners.append(self.auto_heps.config_changed)
+        self.gc = IPAMGarbageCollector(self.ctx, r["pods"], r["nodes"], self.calico_nodes)
+        r["pods"].add_listener(lambda key, old, new: self.gc.kick() if new is None else None)
+        self.synced = asyncio.Event()
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self.config.run(), name="kc-config"),
+                 asyncio.create_task(self.calico_nodes.run(), name="kc-calico-nodes"),
+                 asyncio.create_task(self.heps.run(), name="kc-heps")]
+        tasks += [asyncio.create_task(c.run(), name=f"kc-{c.name}") for c in self.controllers]
+        tasks += [asyncio.create_task(r.run(), name=f"kc-watch-{r.resource}")
+                  for r in self.reflectors.values()]
+        tasks.append(asyncio.create_task(self.gc.run(), name="kc-ipam-gc"))
+        try:
+            await asyncio.gather(*(r.synced.wait() for r in self.reflectors.values()))
+            self.synced.set()
+            await asyncio.Future()  # until cancelled
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "synced": self.synced.is_set(),
+            "resources": {name: {"synced": r.synced.is_set(),
+                                 "resourceVersion": r.resource_version,
+                                 "objects": len(r.cache), "relists": r.relists,
+                                 "lastError": r.last_error}
+                          for name, r in self.reflectors.items()},
+            "controllers": {c.name: c.health() for c in self.controllers},
+            "ipamGC": self.gc.health(),
+        }

@@ -1,0 +1,209 @@
+"""IPAM leak GC: release the addresses of pods that no longer exist.
+
+A node that is down when its pod is deleted never runs CNI DEL, so the pod's addresses stay
+allocated.  Every ``interval`` seconds (and once the pod list is in) this pass reads every
+block and looks at each allocation made by the CNI handler (handle ``tortie.<containerID>``
+with ``pod`` and ``namespace`` attributes).  Like Calico's kube-controllers, an allocation
+is a *leak candidate* when
+
+* its pod does not exist in the Kubernetes API, or
+* its pod exists but runs on another node, has addresses, and this is not one of them (a
+  StatefulSet pod recreated elsewhere while its old node was down);
+
+and it is released only after it has been a candidate, continuously, for the KCC's
+``controllers.node.leakGracePeriod`` (default 15m; ``0`` turns the GC off), so an address
+allocated for a pod that our watch has not shown yet is never taken.  Releasing frees the
+whole handle (all addresses of that container) and deletes the container's
+WorkloadEndpoint (if it is still that container's).
+
+Blocks affine to a node that exists neither as a Calico Node nor as a Kubernetes Node
+(a node removed from the cluster) are deleted once they are empty and have been seen that
+way for the same grace period -- a compare-and-swap on the block's revision, so a block
+that got an address meanwhile stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from datastore import keys
+from datastore.kinds import by_plural
+from datastore.store import Conflict, NotFound
+from ipam import keys as ipam_keys
+from ipam.allocator import IPAM
+from kubecontrollers.controller import Context, delete_if_present
+from kubecontrollers.datastore_cache import DatastoreCache
+from kubecontrollers.reflector import Reflector
+from kubecontrollers.settings import leak_grace
+
+log = logging.getLogger("tortie.kc.ipam")
+
+HANDLE_PREFIX = "tortie."   # cni.handler.HANDLE_PREFIX
+GC_NODE = "tortie-kube-controllers"  # the IPAM "node" the releases are made as
+_WEP = by_plural("workloadendpoints")
+
+
+@dataclass
+class Candidate:
+    handle: str
+    namespace: str
+    pod: str
+    container: str
+    node: str
+    ips: list[str]
+    since: float
+
+
+def _pod_ips(pod: dict[str, Any]) -> set[str]:
+    status = pod.get("status") or {}
+    out = {p.get("ip") for p in status.get("podIPs") or [] if isinstance(p, dict)}
+    if status.get("podIP"):
+        out.add(status["podIP"])
+    return {ip for ip in out if ip}
+
+
+def leaked(pod: dict[str, Any] | None, ip: str, node: str) -> bool:
+    """Whether an allocation for ``pod`` (None: not in the API) at ``ip`` made on ``node``
+    is a leak candidate."""
+    if pod is None:
+        return True
+    pod_node = (pod.get("spec") or {}).get("nodeName")
+    ips = _pod_ips(pod)
+    return bool(pod_node and node and pod_node != node and ips and ip not in ips)
+
+
+class IPAMGarbageCollector:
+    name = "ipam-gc"
+
+    def __init__(self, ctx: Context, pods: Reflector, nodes: Reflector | None = None,
+                 calico_nodes: DatastoreCache | None = None) -> None:
+        self.ctx = ctx
+        self.pods = pods
+        self.nodes = nodes
+        self.calico_nodes = calico_nodes
+        self.orphans: dict[str, float] = {}   # empty block of a vanished node -> first seen
+        self.deleted_blocks: list[str] = []
+        self.ipam = IPAM(ctx.store, GC_NODE)
+        self.candidates: dict[str, Candidate] = {}
+        self.released: list[str] = []      # handles released (most recent last)
+        self.passes = 0
+        self.errors = 0
+        self._kick = asyncio.Event()
+
+    def grace(self) -> float:
+        if self.ctx.options.leak_grace is not None:
+            return self.ctx.options.leak_grace
+        return leak_grace(self.ctx.config())
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    async def run(self) -> None:
+        await self.pods.synced.wait()
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.errors += 1
+                log.warning("IPAM GC pass failed", exc_info=True,
+                            extra={"fields": {"error": str(e)}})
+            self._kick.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.ctx.options.ipam_gc_interval)
+
+    async def run_once(self, now: float | None = None) -> list[str]:
+        """One pass; returns the handles released."""
+        now = time.monotonic() if now is None else now
+        grace = self.grace()
+        if grace <= 0 or not self.pods.synced.is_set():
+            self.candidates.clear()
+            return []
+        seen: dict[str, Candidate] = {}
+        blocks = await self.ipam.list_blocks()
+        for block in blocks:
+            for ip, attrs in block.allocated():
+                handle = attrs.get("handle", "")
+                ns, pod = attrs.get("namespace"), attrs.get("pod")
+                if not handle.startswith(HANDLE_PREFIX) or not ns or not pod:
+                    continue
+                node = attrs.get("node") or block.affinity_node or ""
+                if not leaked(self.pods.get(f"{ns}/{pod}"), ip, node):
+                    continue
+                old = self.candidates.get(handle)
+                c = seen.get(handle) or Candidate(
+                    handle, ns, pod, attrs.get("container") or handle[len(HANDLE_PREFIX):],
+                    node, [], old.since if old else now)
+                c.ips.append(ip)
+                seen[handle] = c
+        for h in seen.keys() - self.candidates.keys():
+            c = seen[h]
+            log.info("possible leaked address; waiting out the grace period", extra={"fields": {
+                "handle": h, "pod": f"{c.namespace}/{c.pod}", "ips": ",".join(c.ips),
+                "grace_s": f"{grace:g}"}})
+        self.candidates = seen
+        self.ctx.metrics.ipam_candidates.set(len(seen))
+        released: list[str] = []
+        for h, c in list(seen.items()):
+            if now - c.since < grace:
+                continue
+            await self._release(c)
+            released.append(h)
+            del self.candidates[h]
+        await self._orphan_blocks(blocks, now, grace)
+        self.passes += 1
+        self.ctx.metrics.ipam_candidates.set(len(self.candidates))
+        return released
+
+    async def _orphan_blocks(self, blocks: list[Any], now: float, grace: float) -> None:
+        if (self.nodes is None or self.calico_nodes is None or not self.nodes.synced.is_set()
+                or not self.calico_nodes.synced.is_set()):
+            return
+        known = set(self.nodes.cache) | set(self.calico_nodes.items)
+        orphans = {b.cidr: b for b in blocks
+                   if b.affinity_node and b.affinity_node not in known and b.is_empty}
+        self.orphans = {c: self.orphans.get(c, now) for c in orphans}
+        for cidr, since in list(self.orphans.items()):
+            if now - since < grace:
+                continue
+            block = orphans[cidr]
+            try:
+                await self.ctx.store.delete(ipam_keys.block_key(cidr), block.revision)
+            except (Conflict, NotFound):
+                continue  # used again, or gone: the next pass looks again
+            del self.orphans[cidr]
+            self.deleted_blocks.append(cidr)
+            log.info("deleted the empty block of a removed node", extra={"fields": {
+                "block": cidr, "node": block.affinity_node}})
+
+    async def _release(self, c: Candidate) -> None:
+        # the pod may have appeared meanwhile: look once more right before releasing
+        if any(not leaked(self.pods.get(f"{c.namespace}/{c.pod}"), ip, c.node) for ip in c.ips):
+            return
+        freed = await self.ipam.release_by_handle(c.handle)
+        if not freed:  # no handle document: free the addresses themselves
+            freed = await self.ipam.release_ips(c.ips)
+        self.released.append(c.handle)
+        self.ctx.metrics.ipam_released.inc(len(freed))
+        log.info("released leaked addresses", extra={"fields": {
+            "handle": c.handle, "pod": f"{c.namespace}/{c.pod}", "node": c.node,
+            "ips": ",".join(freed)}})
+        await self._delete_endpoints(c)
+
+    async def _delete_endpoints(self, c: Candidate) -> None:
+        kvs, _ = await self.ctx.store.list(keys.resource_prefix(_WEP.plural, c.namespace))
+        for kv in kvs:
+            spec = kv.value.get("spec") or {}
+            if spec.get("containerID") == c.container and spec.get("pod") == c.pod:
+                await delete_if_present(self.ctx.store, kv.key, self.ctx.metrics, self.name,
+                                        kv.mod_revision)
+
+    def health(self) -> dict[str, Any]:
+        return {"passes": self.passes, "candidates": len(self.candidates),
+                "released": len(self.released), "errors": self.errors}

@@ -1,0 +1,208 @@
+"""tortie-kube-controllers: mirrors what the agents need from the Kubernetes API into etcd.
+
+::
+
+    tortie-kube-controllers [--kubeconfig PATH] [--etcd-endpoints URLS]
+                [--etcd-ca-cert-file F] [--etcd-cert-file F] [--etcd-key-file F]
+                [--etcd-username U] [--etcd-password P] [--etcd-timeout S] [-c CONFIG]
+                [--metrics-address A] [--metrics-port P] [--leak-grace-period D]
+                [--reconcile-period D] [--ipam-gc-interval D] [--log-level info]
+
+* Kubernetes credentials: ``--kubeconfig`` (or ``$KUBECONFIG``), else the in-cluster service
+  account when ``$KUBERNETES_SERVICE_HOST`` is set, else ``~/.kube/config``;
+* etcd: the same flags, environment variables and config file as tortie-node
+  (:mod:`datastore.etcd_config`);
+* serves ``/metrics`` (Prometheus text) and ``/healthz`` (JSON; 503 until every resource has
+  been listed) on ``A:P`` (default ``0.0.0.0:9094``, Calico's kube-controllers port);
+* the durations override the KubeControllersConfiguration (Go syntax: ``90s``, ``15m0s``);
+* SIGTERM / SIGINT: stop, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from kubernetes_asyncio import client, config
+
+from datastore.etcd_config import ConfigError, EtcdConfig
+from datastore.store import Store
+from kubecontrollers.app import KubeControllers
+from kubecontrollers.controller import Options
+from kubecontrollers.metrics import KubeMetrics
+from kubecontrollers.settings import go_duration
+from node.main import setup_logging
+from node.metrics import CONTENT_TYPE
+
+log = logging.getLogger("tortie.kc")
+
+DEFAULT_METRICS_PORT = 9094
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="tortie-kube-controllers",
+                                description="Mirror the Kubernetes API into Tortie's datastore")
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
+                   help="kubeconfig file (default: in-cluster service account, else "
+                        "~/.kube/config) [env KUBECONFIG]")
+    p.add_argument("--etcd-endpoints", help="etcd URLs, comma separated "
+                   "[env TORTIE_ETCD_ENDPOINTS]")
+    p.add_argument("--etcd-ca-cert-file", help="CA bundle for https endpoints")
+    p.add_argument("--etcd-cert-file", help="client certificate")
+    p.add_argument("--etcd-key-file", help="client key")
+    p.add_argument("--etcd-username", help="etcd user")
+    p.add_argument("--etcd-password", help="etcd password")
+    p.add_argument("--etcd-timeout", type=float, help="seconds to wait for etcd (default 5)")
+    p.add_argument("-c", "--config", dest="config_file",
+                   help="config file (calicoctl's CalicoAPIConfig format) [env TORTIE_CONFIG]")
+    p.add_argument("--metrics-address", default="0.0.0.0",
+                   help="address of /metrics and /healthz (default 0.0.0.0)")
+    p.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+                   help=f"port of /metrics and /healthz (default {DEFAULT_METRICS_PORT}; "
+                        "0: any free port)")
+    p.add_argument("--leak-grace-period", help="IPAM leak grace period (overrides the KCC's "
+                   "controllers.node.leakGracePeriod; 0 turns the IPAM GC off)")
+    p.add_argument("--reconcile-period", help="period of full passes (overrides the KCC's "
+                   "reconcilerPeriod)")
+    p.add_argument("--ipam-gc-interval", default="1m", help="period of IPAM GC passes "
+                   "(default 1m)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = p.parse_args(argv)
+    try:
+        args.options = Options(
+            period=go_duration(args.reconcile_period, 0) or None,
+            leak_grace=(go_duration(args.leak_grace_period, 0)
+                        if args.leak_grace_period is not None else None),
+            ipam_gc_interval=go_duration(args.ipam_gc_interval, 60) or 60)
+    except ValueError as e:
+        p.error(str(e))
+    if not 0 <= args.metrics_port <= 65535:
+        p.error("--metrics-port must be 0-65535")
+    return args
+
+
+async def kube_client(kubeconfig: str | None) -> client.ApiClient:
+    if kubeconfig:
+        return await config.new_client_from_config(config_file=kubeconfig)
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        conf = client.Configuration()
+        config.load_incluster_config(client_configuration=conf)
+        return client.ApiClient(conf)
+    return await config.new_client_from_config()
+
+
+# --- /metrics and /healthz ------------------------------------------------------------------
+
+Route = Callable[[], Awaitable[tuple[int, str, str]]]
+
+
+async def serve_http(routes: dict[str, Route], reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+    """One HTTP/1.x request (GET/HEAD) answered from ``routes`` (path -> (status, type,
+    body)), then close."""
+    reasons = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+               503: "Service Unavailable"}
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+        if len(parts) != 3:
+            status, ctype, body, method = 400, "text/plain", "bad request\n", "GET"
+        else:
+            method, target = parts[0], parts[1].split("?", 1)[0]
+            route = routes.get(target)
+            if method not in ("GET", "HEAD"):
+                status, ctype, body = 405, "text/plain", "method not allowed\n"
+            elif route is None:
+                status, ctype, body = 404, "text/plain", "not found\n"
+            else:
+                status, ctype, body = await route()
+        data = body.encode()
+        header = (f"HTTP/1.1 {status} {reasons.get(status, '')}\r\nContent-Type: {ctype}\r\n"
+                  f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
+        writer.write(header if method == "HEAD" else header + data)
+        await writer.drain()
+    except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+            ConnectionError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+async def run(args: argparse.Namespace, etcd: EtcdConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        api = await kube_client(args.kubeconfig)
+    except Exception as e:
+        log.error("cannot load Kubernetes credentials", extra={"fields": {"error": str(e)}})
+        return 2
+    store = Store(etcd)
+    metrics = KubeMetrics()
+    app = KubeControllers(store, api, options=args.options, metrics=metrics)
+
+    async def metrics_route() -> tuple[int, str, str]:
+        return 200, CONTENT_TYPE, metrics.registry.render()
+
+    async def health_route() -> tuple[int, str, str]:
+        h: dict[str, Any] = app.health()
+        h["status"] = "ok" if h["synced"] else "starting"
+        return (200 if h["synced"] else 503), "application/json", json.dumps(h) + "\n"
+
+    routes: dict[str, Route] = {"/metrics": metrics_route, "/healthz": health_route,
+                                "/livez": health_route, "/readyz": health_route}
+    try:
+        server = await asyncio.start_server(
+            lambda r, w: serve_http(routes, r, w), args.metrics_address, args.metrics_port)
+    except OSError as e:
+        log.error("cannot serve metrics", extra={"fields": {"port": args.metrics_port,
+                                                            "error": str(e)}})
+        await api.close()
+        await store.close()
+        return 1
+    port = server.sockets[0].getsockname()[1]
+    log.info("tortie-kube-controllers started", extra={"fields": {
+        "metrics": f"{args.metrics_address}:{port}", "pid": os.getpid(),
+        "etcd": ",".join(etcd.endpoints), "kubernetes": api.configuration.host}})
+    task = asyncio.create_task(app.run(), name="kube-controllers")
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    log.info("shutting down")
+    for t in (task, stopper):
+        t.cancel()
+    await asyncio.gather(task, stopper, return_exceptions=True)
+    server.close()
+    await api.close()
+    await store.close()
+    log.info("tortie-kube-controllers stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        etcd = EtcdConfig.load(
+            endpoints=args.etcd_endpoints, ca_cert_file=args.etcd_ca_cert_file,
+            cert_file=args.etcd_cert_file, key_file=args.etcd_key_file,
+            username=args.etcd_username, password=args.etcd_password,
+            config_file=args.config_file, timeout=args.etcd_timeout)
+    except ConfigError as e:
+        log.error("invalid etcd configuration", extra={"fields": {"error": str(e)}})
+        return 2
+    return asyncio.run(run(args, etcd))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The lab's underlay: K subnets joined by the fabric namespace, which routes between them.
+
+    subnet 0  192.0.2.0/24     bridge br0 in the fabric, gateway 192.0.2.1 (also etcd)
+    subnet 1  198.51.100.0/24  bridge br1, gateway 198.51.100.1
+    subnet 2  203.0.113.0/24   bridge br2, gateway 203.0.113.1
+
+Only the three TEST-NETs of RFC 5737, so at most 3 subnets; they exist only inside the
+lab's namespaces.  The fabric forwards between its bridges (it knows every subnet as a
+connected route) and knows nothing else: pod addresses are not routed there, so two pods on
+different subnets reach each other only through Tortie (VXLAN / IPIP, or a BGP-speaking
+router).  Node N of ``nodes`` goes to subnet ``(N - 1) * K // nodes`` (consecutive nodes
+share a subnet: 4 nodes over 2 subnets -> node1, node2 | node3, node4) with address
+``<subnet>.(10 + N)`` and its default route via the subnet's gateway.
+
+Encapsulation of the lab's default pool (``--encap``): ``none`` -> no tunnel; ``vxlan`` /
+``ipip`` -> ``vxlanMode`` / ``ipipMode`` = ``CrossSubnet`` when there is more than one
+subnet (traffic inside a subnet stays unencapsulated) and ``Always`` with one subnet (there
+would be nothing to encapsulate otherwise).  Default: ``none`` with one subnet, ``vxlan``
+with more (cross-subnet pods are unreachable without a tunnel).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+SUBNETS = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+ENCAPS = ("none", "vxlan", "ipip")
+
+
+class UnderlayError(ValueError):
+    pass
+
+
+def check(subnets: int, encap: str | None) -> str:
+    """Validate ``--subnets`` / ``--encap``; returns the encapsulation to use."""
+    if not 1 <= subnets <= len(SUBNETS):
+        raise UnderlayError(f"--subnets must be 1-{len(SUBNETS)} (the RFC 5737 TEST-NETs)")
+    if encap is None:
+        return "none" if subnets == 1 else "vxlan"
+    if encap not in ENCAPS:
+        raise UnderlayError(f"--encap must be one of {', '.join(ENCAPS)}")
+    return encap
+
+
+def subnet(k: int) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network(SUBNETS[k])
+
+
+def bridge(k: int) -> str:
+    return f"br{k}"
+
+
+def gateway(k: int) -> str:
+    return str(subnet(k).network_address + 1)
+
+
+def subnet_of(index: int, nodes: int, subnets: int) -> int:
+    """Which subnet node number ``index`` (1-based) of ``nodes`` goes to."""
+    return (index - 1) * subnets // max(nodes, 1)
+
+
+def node_address(index: int, k: int) -> str:
+    return str(subnet(k).network_address + 10 + index)
+
+
+def pool_modes(encap: str, subnets: int) -> dict[str, str]:
+    """The default pool's ``vxlanMode`` / ``ipipMode`` for ``--encap``."""
+    mode = "CrossSubnet" if subnets > 1 else "Always"
+    if encap == "vxlan":
+        return {"vxlanMode": mode, "ipipMode": "Never"}
+    if encap == "ipip":
+        return {"vxlanMode": "Never", "ipipMode": mode}
+    return {"vxlanMode": "Never", "ipipMode": "Never"}

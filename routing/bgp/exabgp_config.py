@@ -1,0 +1,123 @@
+"""Render ExaBGP 5's configuration file and environment from :class:`api.BGPSettings`.
+
+Pure functions: no I/O.  The speaker (``speaker.py``) writes the result into its run
+directory and starts / reloads ExaBGP with it.
+
+Choices, and why:
+
+* ``manual-eor true``: ExaBGP would send End-of-RIB the moment a session comes up, before
+  the routing agent has announced anything; after a restart that would make every peer
+  flush our stale routes (RFC 4724).  The speaker sends EoR itself once the agent's first
+  full announcement is in ExaBGP's RIB.
+* ``capability { graceful-restart N; }`` when ``graceful_restart > 0``: the peers keep our
+  routes while we restart, and ExaBGP closes a GR session without a NOTIFICATION.
+* One ``process`` (the relay, ``relay.py``) with the JSON encoder receives state changes,
+  OPENs (for the peer's restart time), NOTIFICATIONs and parsed UPDATEs.
+* ExaBGP never touches the FIB; nothing here asks it to.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+from routing.bgp.api import BGPSettings, Neighbour
+
+PROCESS_NAME = "tortie"
+FAMILY = "ipv4 unicast"
+
+
+def _quote(text: str) -> str:
+    """A double-quoted ExaBGP string (JSON escaping is a safe subset)."""
+    if "\n" in text or ";" in text:
+        raise ValueError(f"{text!r}: newlines and ';' are not allowed in ExaBGP strings")
+    return json.dumps(text)
+
+
+def render_neighbour(settings: BGPSettings, n: Neighbour) -> str:
+    lines = [
+        f"neighbor {n.address} {{",
+        f"    description {_quote(f'{n.kind}:{n.name}' if n.name else n.kind)};",
+        f"    router-id {settings.router_id};",
+        f"    local-address {settings.local_address};",
+        f"    local-as {settings.asn};",
+        f"    peer-as {n.asn};",
+        f"    hold-time {settings.hold_time};",
+        "    manual-eor true;",
+    ]
+    if n.passive:
+        lines.append("    passive true;")
+    if n.port:
+        lines.append(f"    connect {n.port};")
+    if n.password:
+        lines.append(f"    md5-password {_quote(n.password)};")
+    if n.ttl_security:
+        # GTSM as Calico's ttlSecurity: send with TTL 255, accept only 255 - (hops - 1).
+        lines.append("    outgoing-ttl 255;")
+        lines.append(f"    incoming-ttl {256 - n.ttl_security};")
+    caps = ["route-refresh;"]
+    if settings.graceful_restart > 0:
+        caps.append(f"graceful-restart {settings.graceful_restart};")
+    lines.append(f"    capability {{ {' '.join(caps)} }}")
+    lines.append(f"    family {{ {FAMILY}; }}")
+    lines.append(f"    api {{ processes [ {PROCESS_NAME} ]; neighbor-changes; "
+                 "receive { parsed; update; open; notification; } }")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def render_config(settings: BGPSettings, process_argv: Sequence[str]) -> str:
+    """The whole configuration file: the API process, then one block per neighbour."""
+    if not process_argv:
+        raise ValueError("process_argv must name the API process")
+    run = " ".join(process_argv)
+    if ";" in run or "\n" in run:
+        raise ValueError(f"{run!r}: the API process command must not contain ';' or newlines")
+    parts = [
+        "# Written by tortie-node (routing/bgp/exabgp_config.py); rewritten on every change.",
+        f"process {PROCESS_NAME} {{",
+        f"    run {run};",
+        "    encoder json;",
+        "}",
+    ]
+    seen: set[str] = set()
+    for n in settings.neighbours:
+        if n.address in seen or n.address in (settings.local_address, settings.router_id):
+            continue  # one session per address, never with ourselves
+        seen.add(n.address)
+        parts.append(render_neighbour(settings, n))
+    return "\n".join(parts) + "\n"
+
+
+def exabgp_environment(settings: BGPSettings, base: Mapping[str, str] | None = None,
+                       log_level: str = "INFO") -> dict[str, str]:
+    """Environment variables for the ExaBGP process.
+
+    ``daemon.user=root``: ExaBGP would otherwise drop to ``nobody`` (and our run directory
+    and the relay would no longer be reachable).  The API CLI pipes are off: the relay is
+    our only channel.  ``api.respawn`` off and ``api.terminate`` on: if the relay dies (its
+    tortie-node is gone) ExaBGP exits instead of running on unsupervised.
+    """
+    env = dict(base or {})
+    env.update({
+        "exabgp_daemon_user": "root",
+        "exabgp_daemon_daemonize": "false",
+        "exabgp_tcp_bind": settings.local_address,
+        "exabgp_tcp_port": str(settings.listen_port),
+        "exabgp_api_ack": "true",
+        "exabgp_api_cli": "false",
+        "exabgp_api_respawn": "false",
+        "exabgp_api_terminate": "true",
+        "exabgp_api_encoder": "json",
+        "exabgp_log_level": log_level,
+        "exabgp_log_destination": "stdout",
+        "exabgp_log_short": "true",
+    })
+    return env
+
+
+def restart_needed(old: BGPSettings, new: BGPSettings) -> bool:
+    """True when a change cannot be applied by reloading the configuration (the listening
+    socket or this speaker's identity changes); neighbour changes only need a reload."""
+    return (old.local_address, old.listen_port, old.router_id, old.asn) != (
+        new.local_address, new.listen_port, new.router_id, new.asn)

@@ -1,0 +1,213 @@
+"""Who a node peers with, as Calico computes it (pure: resources in, BGPSettings out).
+
+Inputs: every Node, the BGPConfigurations (``default`` for the cluster, ``node.<name>`` for
+one node), every BGPPeer.  Rules (Calico's confd BGP templates and its BGPPeer docs):
+
+* The node's AS is ``spec.bgp.asNumber`` of its Node, else the cluster's (``default``
+  BGPConfiguration ``asNumber``, else 64512).  Its address is ``spec.bgp.ipv4Address``
+  without the prefix length; a node without one runs no BGP.
+* Node-to-node mesh (``nodeToNodeMeshEnabled``, default on): a session with every other
+  node that has an IPv4 address, with the mesh password (``nodeMeshPassword``) and
+  ``nodeMeshMaxRestartTime`` as the graceful restart time.  Mesh sessions are one-way as
+  in Calico: we wait passively for nodes with a higher address to connect.
+* A BGPPeer applies to this node when it is global (neither ``node`` nor
+  ``nodeSelector``), names this node (``node``), or its ``nodeSelector`` matches this
+  node's labels.  Its peers: ``peerIP`` / ``asNumber``, or every *other* node its
+  ``peerSelector`` matches (their addresses and AS numbers).
+* Route reflection: a node with ``routeReflectorClusterID`` is a reflector; a peer node
+  selected through a BGPPeer whose cluster ID differs from ours is our ``rr client``.
+  Mesh sessions are never client sessions.
+* One session per address: node-specific BGPPeers win over global ones, which win over
+  the mesh; never a session with ourselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from datastore.model_bgp import (
+    GLOBAL_BGP_CONFIG_NAME,
+    BGPConfiguration,
+    BGPPassword,
+    BGPPeer,
+    effective_bgp_settings,
+)
+from datastore.model_network import Node
+from datastore.selector import SelectorError, parse
+from routing.bgp.api import BGPSettings, Neighbour, PeerKind
+
+log = logging.getLogger("tortie.bgp.peers")
+
+DEFAULT_RESTART_TIME = 120
+#: (secret name, key) -> value or None; how BGP passwords in Secrets are looked up
+SecretLookup = Callable[[str, str], str | None]
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(text: str) -> float:
+    """A Go duration (``5m0s``, ``90s``, ``1h``) in seconds."""
+    if text == "0":
+        return 0.0
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration")
+    return sum(float(n) * _UNIT[u] for n, u in parts)
+
+
+def node_ipv4(node: Node) -> str | None:
+    cidr = node.ipv4_address()
+    return cidr.split("/", 1)[0] if cidr else None
+
+
+def _labels(node: Node) -> dict[str, str]:
+    return dict(node.metadata.labels or {})
+
+
+@dataclass
+class PeersResult:
+    """The settings for this node, or why it runs no BGP; plus resources that were skipped."""
+
+    settings: BGPSettings | None
+    reason: str = ""
+    skipped: list[str] = field(default_factory=list)
+
+
+def _password(pw: BGPPassword | None, secrets: SecretLookup | None,
+              where: str, skipped: list[str]) -> tuple[bool, str | None]:
+    """(usable, password): a password that cannot be resolved makes the peering unusable
+    unless the secret reference is ``optional``."""
+    if pw is None or pw.secretKeyRef is None:
+        return True, None
+    ref = pw.secretKeyRef
+    value = secrets(ref.name, ref.key) if secrets else None
+    if value is None:
+        if ref.optional:
+            return True, None
+        skipped.append(f"{where}: password secret {ref.name}/{ref.key} not found")
+        return False, None
+    return True, value
+
+
+def _selects_node(peer: BGPPeer, node: Node) -> bool:
+    s = peer.spec
+    if s.node:
+        return s.node == node.name
+    if s.nodeSelector:
+        return parse(s.nodeSelector).evaluate(_labels(node))
+    return True
+
+
+def compute_settings(node_name: str, nodes: Iterable[Node],
+                     configs: Mapping[str, BGPConfiguration] | Iterable[BGPConfiguration],
+                     peers: Iterable[BGPPeer], *, secrets: SecretLookup | None = None,
+                     hold_time: int = 90) -> PeersResult:
+    """This node's :class:`BGPSettings` from the cluster's resources (see module doc)."""
+    by_name = {n.name: n for n in nodes}
+    if not isinstance(configs, Mapping):
+        configs = {c.name: c for c in configs}
+    me = by_name.get(node_name)
+    if me is None:
+        return PeersResult(None, f"no Node resource named {node_name!r}")
+    my_ip = node_ipv4(me)
+    if my_ip is None:
+        return PeersResult(None, f"Node {node_name!r} has no spec.bgp.ipv4Address")
+    default = configs.get(GLOBAL_BGP_CONFIG_NAME)
+    cluster = effective_bgp_settings(default)
+    own = configs.get(f"node.{node_name}")
+    listen_port = (own.spec.listenPort if own and own.spec.listenPort else cluster.listen_port)
+
+    def asn_of(node: Node) -> int:
+        if node.spec.bgp and node.spec.bgp.asNumber is not None:
+            return node.spec.bgp.asNumber
+        return cluster.as_number
+
+    def cluster_id_of(node: Node) -> str | None:
+        return node.spec.bgp.routeReflectorClusterID if node.spec.bgp else None
+
+    my_cid = cluster_id_of(me)
+    skipped: list[str] = []
+    restart = DEFAULT_RESTART_TIME
+    if default and default.spec.nodeMeshMaxRestartTime and cluster.mesh_enabled:
+        try:
+            restart = int(duration_seconds(default.spec.nodeMeshMaxRestartTime))
+        except ValueError:
+            skipped.append("BGPConfiguration default: bad nodeMeshMaxRestartTime")
+
+    chosen: dict[str, tuple[int, Neighbour]] = {}  # address -> (priority, neighbour)
+
+    def offer(prio: int, n: Neighbour) -> None:
+        if n.address == my_ip:
+            return
+        cur = chosen.get(n.address)
+        if cur is None or prio < cur[0]:
+            chosen[n.address] = (prio, n)
+
+    # explicit peers: node-specific (priority 0) before global (1)
+    for peer in sorted(peers, key=lambda p: p.name):
+        where = f"BGPPeer {peer.name}"
+        try:
+            if not _selects_node(peer, me):
+                continue
+            s = peer.spec
+            ok, password = _password(s.password, secrets, where, skipped)
+            if not ok:
+                continue
+            prio = 1 if peer.is_global else 0
+            kind: PeerKind = "global" if peer.is_global else "node"
+            keep = bool(s.keepOriginalNextHop) or s.nextHopMode == "Keep"
+            if s.peerIP:
+                addr = peer.peer_address()
+                if addr is None or ":" in addr[0]:
+                    continue  # IPv6 peers: not supported by this speaker
+                if not s.asNumber:
+                    skipped.append(f"{where}: no asNumber")
+                    continue
+                offer(prio, Neighbour(addr[0], s.asNumber, kind, peer.name, password,
+                                      keep_next_hop=keep, ttl_security=s.ttlSecurity or None,
+                                      port=addr[1]))
+            elif s.peerSelector:
+                sel = parse(s.peerSelector)
+                for other in sorted(by_name.values(), key=lambda n: n.name):
+                    ip = node_ipv4(other)
+                    if other.name == node_name or ip is None or not sel.evaluate(_labels(other)):
+                        continue
+                    rr_client = my_cid is not None and cluster_id_of(other) != my_cid
+                    offer(prio, Neighbour(
+                        ip, asn_of(other), "route-reflector-client" if rr_client else kind,
+                        other.name, password, rr_client=rr_client, keep_next_hop=keep,
+                        ttl_security=s.ttlSecurity or None))
+        except (SelectorError, ValueError) as e:
+            skipped.append(f"{where}: {e}")
+
+    if cluster.mesh_enabled:
+        ok, mesh_pw = _password(default.spec.nodeMeshPassword if default else None, secrets,
+                                "BGPConfiguration default nodeMeshPassword", skipped)
+        if ok:
+            for other in sorted(by_name.values(), key=lambda n: n.name):
+                ip = node_ipv4(other)
+                if other.name == node_name or ip is None:
+                    continue
+                # one-way, as Calico's mesh: the node with the higher address connects
+                # (no connection collisions while a whole mesh comes up)
+                offer(2, Neighbour(ip, asn_of(other), "mesh", other.name, mesh_pw,
+                                   passive=ip_key(ip) > ip_key(my_ip)))
+
+    for msg in skipped:
+        log.warning("bgp peering skipped", extra={"fields": {"problem": msg}})
+    neighbours = tuple(n for _, (_, n) in sorted(chosen.items(), key=lambda kv: ip_key(kv[0])))
+    return PeersResult(BGPSettings(
+        router_id=my_ip, local_address=my_ip, asn=asn_of(me), neighbours=neighbours,
+        listen_port=listen_port, hold_time=hold_time, graceful_restart=restart,
+        cluster_id=my_cid), skipped=skipped)
+
+
+def ip_key(address: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in address.split("."))
+    except ValueError:
+        return (1 << 16,)

@@ -1,0 +1,729 @@
+"""ExaBGPSpeaker: the :class:`routing.bgp.api.Speaker` that runs ExaBGP 5 as a child process.
+
+Constructor (stable; the routing agent builds it)::
+
+    ExaBGPSpeaker(
+        run_dir,                # directory for ExaBGP's own files: exabgp.conf, api.sock,
+                                # exabgp.log (created if missing; one per speaker instance)
+        exabgp=None,            # path of the ``exabgp`` executable (default: next to
+                                # sys.executable, else $PATH)
+        *,
+        netns=None,             # run ExaBGP inside this named netns (``ip netns exec``); the
+                                # tests and the bench use it, tortie-node already runs in its
+                                # node's namespace and leaves it None
+        python=sys.executable,  # interpreter for the API relay (stdlib only, run -I -S)
+        log_level="INFO",       # ExaBGP's log level (its log goes to run_dir/exabgp.log)
+        eor_timeout=10.0,       # send End-of-RIB after this long even if announce() was
+                                # never called
+        start_timeout=20.0,     # start() fails if ExaBGP's API does not connect in time
+        restart_delay=1.0,      # ExaBGP exiting unexpectedly is restarted after this delay
+    )
+
+How it talks to ExaBGP: ExaBGP runs as root (``exabgp.daemon.user=root``) and starts one
+API ``process``, ``relay.py``, which connects to ``run_dir/api.sock`` where this speaker
+listens; commands go down that socket, ExaBGP's ``done``/``error`` acks and its JSON
+messages come back up.  ExaBGP dies with us (PR_SET_PDEATHSIG) and exits when the relay
+does, so a crashed tortie-node never leaves an orphan holding port 179.
+
+Graceful restart, receiving side (RFC 4724): when an established session with a peer that
+advertised the capability drops without a NOTIFICATION, its routes stay (marked stale)
+for the restart time it advertised; once it is back, routes it re-announces are fresh
+again and its End-of-RIB removes the ones still stale.  Sending side: ExaBGP advertises the
+capability, ``close(graceful=True)`` kills it without a NOTIFICATION, and End-of-RIB is only
+sent once the agent's first announcement is in (``manual-eor``), so peers keep our routes
+until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from routing.bgp.api import (
+    BGPSettings,
+    LearnedRoute,
+    Neighbour,
+    PeerStatus,
+    RoutesChanged,
+    RouteTable,
+)
+from routing.bgp.exabgp_config import exabgp_environment, render_config, restart_needed
+
+log = logging.getLogger("tortie.bgp")
+
+RELAY = Path(__file__).with_name("relay.py")
+CONFIG_FILE = "exabgp.conf"
+SOCKET_FILE = "api.sock"
+LOG_FILE = "exabgp.log"
+COMMAND_TIMEOUT = 10.0
+MAX_SOCKET_PATH = 107
+PR_SET_PDEATHSIG = 1
+
+
+class SpeakerError(RuntimeError):
+    pass
+
+
+def default_exabgp() -> str:
+    here = Path(sys.executable).with_name("exabgp")
+    if here.exists():
+        return str(here)
+    return shutil.which("exabgp") or "exabgp"
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except OSError:
+        pass
+
+
+@dataclass
+class _Peer:
+    neighbour: Neighbour
+    state: str = "Idle"
+    since: float = field(default_factory=time.time)
+    info: str = ""
+    established: bool = False
+    restart_time: int = 0            # from the peer's OPEN; 0: no graceful restart
+    notified: bool = False           # a NOTIFICATION came with the last session end
+    stale: set[str] = field(default_factory=set)
+    stale_timer: asyncio.TimerHandle | None = None
+    router_id: str = ""              # from the peer's OPEN
+    synced: bool = False             # End-of-RIB received since the session came up
+
+
+def _as_path(attrs: dict[str, Any]) -> tuple[int, ...]:
+    raw = attrs.get("as-path")
+    out: list[int] = []
+    if isinstance(raw, dict):
+        for key in sorted(raw, key=lambda k: int(k) if str(k).isdigit() else 0):
+            seg = raw[key]
+            if isinstance(seg, dict):
+                out.extend(int(a) for a in seg.get("value", []))
+    elif isinstance(raw, list):
+        out.extend(int(a) for a in raw)
+    return tuple(out)
+
+
+def parse_update(msg: dict[str, Any]) -> tuple[dict[str, LearnedRoute], list[str], bool]:
+    """(announced routes, withdrawn prefixes, is End-of-RIB) of one ExaBGP JSON update."""
+    nb = msg.get("neighbor", {})
+    peer = nb.get("address", {}).get("peer", "")
+    message = nb.get("message", {})
+    if "eor" in message:
+        return {}, [], True
+    upd = message.get("update", {})
+    attrs = upd.get("attribute", {})
+    path = _as_path(attrs)
+    announced: dict[str, LearnedRoute] = {}
+    for family, by_hop in upd.get("announce", {}).items():
+        if family != "ipv4 unicast" or not isinstance(by_hop, dict):
+            continue
+        for next_hop, nlris in by_hop.items():
+            for item in nlris:
+                prefix = item.get("nlri") if isinstance(item, dict) else item
+                if prefix:
+                    announced[prefix] = LearnedRoute(prefix, next_hop, peer, path)
+    withdrawn: list[str] = []
+    for family, nlris in upd.get("withdraw", {}).items():
+        if family != "ipv4 unicast":
+            continue
+        for item in nlris:
+            prefix = item.get("nlri") if isinstance(item, dict) else item
+            if prefix:
+                withdrawn.append(prefix)
+    return announced, withdrawn, False
+
+
+def reflection_attributes(msg: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """(originator-id, cluster-list) of an update, empty when absent."""
+    attrs = msg.get("neighbor", {}).get("message", {}).get("update", {}).get("attribute", {})
+    clusters = attrs.get("cluster-list") or ()
+    return str(attrs.get("originator-id") or ""), tuple(str(c) for c in clusters)
+
+
+def _gr_time(open_msg: dict[str, Any]) -> int:
+    for cap in (open_msg.get("capabilities") or {}).values():
+        if isinstance(cap, dict) and cap.get("name") == "graceful restart":
+            return int(cap.get("time", 0))
+    return 0
+
+
+class ExaBGPSpeaker:
+    """The Speaker of api.py over an ExaBGP 5 child process (see the module docstring)."""
+
+    def __init__(self, run_dir: str | Path, exabgp: str | None = None, *,
+                 netns: str | None = None, python: str = sys.executable,
+                 log_level: str = "INFO", eor_timeout: float = 10.0,
+                 start_timeout: float = 20.0, restart_delay: float = 1.0) -> None:
+        self.run_dir = Path(run_dir)
+        self.exabgp = exabgp or default_exabgp()
+        self.netns = netns
+        self.python = python
+        self.log_level = log_level
+        self.eor_timeout = eor_timeout
+        self.start_timeout = start_timeout
+        self.restart_delay = restart_delay
+        self.table = RouteTable()
+        self.settings: BGPSettings | None = None
+        self.restarts = 0
+        self._callbacks: list[RoutesChanged] = []
+        self._peers: dict[str, _Peer] = {}
+        self._wanted: dict[str, str] = {}      # what the agent wants announced
+        self._announced: dict[str, str] = {}   # what the running ExaBGP has been told
+        self._sync_lock = asyncio.Lock()
+        self._restarting = False
+        self._announce_called = False
+        self._eor_sent = False
+        # route reflection (settings.cluster_id): reflection attributes of learnt routes,
+        # (peer, prefix) -> (originator-id, cluster-list), and what we reflect to whom
+        self._rr_attrs: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
+        self._reflected: dict[str, dict[str, str]] = {}
+        self._reflect_wanted = asyncio.Event()
+        self._proc: asyncio.subprocess.Process | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._connected: asyncio.Event = asyncio.Event()
+        self._pending: deque[asyncio.Future[str]] = deque()
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._log_file: Any = None
+
+    # ----- paths ------------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.run_dir / CONFIG_FILE
+
+    @property
+    def socket_path(self) -> Path:
+        return self.run_dir / SOCKET_FILE
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / LOG_FILE
+
+    @property
+    def pid(self) -> int | None:
+        """ExaBGP's PID while it runs."""
+        return self._proc.pid if self._proc and self._proc.returncode is None else None
+
+    # ----- Speaker protocol -------------------------------------------------------------
+
+    async def start(self, settings: BGPSettings) -> None:
+        self._closing = False
+        self.settings = settings
+        self._sync_peers(settings)
+        await self._launch()
+
+    async def configure(self, settings: BGPSettings) -> None:
+        old = self.settings
+        if self._restarting:  # the relaunch under way picks the new settings up
+            self.settings = settings
+            self._sync_peers(settings)
+            return
+        if old is None or self._proc is None:
+            await self.start(settings)
+            return
+        if settings == old:
+            return
+        self.settings = settings
+        self._sync_peers(settings)
+        if restart_needed(old, settings):
+            log.info("bgp identity changed, restarting exabgp",
+                     extra={"fields": {"router_id": settings.router_id, "asn": settings.asn}})
+            await self._stop_process(graceful=True)
+            await self._launch()
+            return
+        text = self._render()
+        if text == self.config_path.read_text():
+            return
+        self.config_path.write_text(text)
+        try:
+            await self._command("reload")
+            self._reflect_wanted.set()
+            # neighbours added by the reload get the routes announced so far
+            if self._announced:
+                added = {n.address for n in settings.neighbours} - {
+                    n.address for n in old.neighbours}
+                for addr in sorted(added):
+                    for prefix, nh in sorted(self._announced.items()):
+                        await self._command(
+                            f"neighbor {addr} announce route {prefix} next-hop {nh}")
+        except BaseException:
+            # Not applied: forget the new settings so that a retry does the whole change.
+            self.settings = old
+            self.config_path.write_text(self._render())
+            raise
+
+    async def announce(self, prefixes: dict[str, str]) -> None:
+        self._wanted = dict(prefixes)
+        self._announce_called = True
+        if self._proc is None or self._restarting:
+            return  # (re)start announces what is wanted then
+        await self._sync_announcements()
+        await self._send_eor()
+
+    async def _sync_announcements(self) -> None:
+        async with self._sync_lock:
+            want = dict(self._wanted)
+            for prefix in sorted(set(self._announced) - set(want)):
+                await self._command(f"withdraw route {prefix}")
+                del self._announced[prefix]
+            for prefix, nh in sorted(want.items()):
+                if self._announced.get(prefix) != nh:
+                    await self._command(f"announce route {prefix} next-hop {nh}")
+                    self._announced[prefix] = nh
+
+    def on_routes(self, callback: RoutesChanged) -> None:
+        self._callbacks.append(callback)
+
+    def status(self) -> list[PeerStatus]:
+        out = []
+        settings = self.settings
+        for addr, p in sorted(self._peers.items()):
+            if settings is None:
+                break
+            out.append(PeerStatus(
+                address=addr, kind=p.neighbour.kind, state=p.state, since=p.since,
+                received=len(self.table.by_peer.get(addr, {})),
+                sent=(len(self._announced) + len(self._reflected.get(addr, {}))
+                      if p.established else 0),
+                info=(f"{len(p.stale)} stale routes; {p.info}".rstrip("; ") if p.stale
+                      else p.info),
+                synced=p.established and p.synced,
+            ))
+        return out
+
+    async def close(self, graceful: bool = True) -> None:
+        self._closing = True
+        if not graceful and self._proc is not None and self._announced:
+            with contextlib.suppress(SpeakerError, OSError):
+                await self.announce({})
+                await asyncio.sleep(0.2)  # let ExaBGP put the withdrawals on the wire
+        await self._stop_process(graceful=graceful)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for p in self._peers.values():
+            if p.stale_timer:
+                p.stale_timer.cancel()
+
+    # ----- process management ----------------------------------------------------------
+
+    def _render(self) -> str:
+        assert self.settings is not None
+        return render_config(self.settings, [self.python, "-I", "-S", str(RELAY),
+                                              str(self.socket_path)])
+
+    async def _launch(self) -> None:
+        assert self.settings is not None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if len(str(self.socket_path)) > MAX_SOCKET_PATH:
+            raise SpeakerError(f"{self.socket_path}: path too long for a unix socket")
+        self.config_path.write_text(self._render())
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        self._connected = asyncio.Event()
+        self._server = await asyncio.start_unix_server(self._on_relay, path=str(self.socket_path))
+        argv = [self.exabgp, str(self.config_path)]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        env = exabgp_environment(self.settings, os.environ, self.log_level)
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (kept open while it runs)
+        self._eor_sent = False
+        self._reflected = {}  # a new ExaBGP has an empty RIB
+        self._announced = {}
+        self._proc = await asyncio.create_subprocess_exec(
+            *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=self._log_file,
+            stderr=asyncio.subprocess.STDOUT, cwd=str(self.run_dir),
+            preexec_fn=_die_with_parent)
+        proc = self._proc
+        log.info("exabgp started",
+                 extra={"fields": {"pid": proc.pid, "run_dir": str(self.run_dir)}})
+        waiter = asyncio.ensure_future(self._connected.wait())
+        exited = asyncio.ensure_future(proc.wait())
+        done, _ = await asyncio.wait({waiter, exited}, timeout=self.start_timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if waiter not in done:
+            exited.cancel()
+            await self._stop_process(graceful=True)
+            raise SpeakerError(f"exabgp did not start (see {self.log_path}):\n{self._log_tail()}")
+        exited.cancel()
+        self._spawn(self._watch(proc))
+        self._spawn(self._eor_after_timeout(proc))
+        self._spawn(self._reflector(proc))
+        self._reflect_wanted.set()
+        if self._wanted:
+            await self._sync_announcements()
+        if self._announce_called:
+            await self._send_eor()
+
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        rc = await proc.wait()
+        if proc is not self._proc or self._closing:
+            return
+        log.error("exabgp exited", extra={"fields": {"rc": rc, "log": self._log_tail(5)}})
+        self._lost_process()
+        await self._stop_process(graceful=True)  # tidy up the socket and log file
+        self._restarting = True
+        try:
+            while not self._closing and self._proc is None:
+                await asyncio.sleep(self.restart_delay)
+                if self._closing or self._proc is not None:
+                    return
+                self.restarts += 1
+                try:
+                    await self._launch()
+                except (SpeakerError, OSError) as e:
+                    log.error("exabgp restart failed", extra={"fields": {"error": str(e)}})
+                    await self._stop_process(graceful=True)
+        finally:
+            self._restarting = False
+        if self._proc is not None and self._announced != self._wanted:
+            with contextlib.suppress(SpeakerError):
+                await self._sync_announcements()  # announce() calls made meanwhile
+
+    def _lost_process(self) -> None:
+        """Our ExaBGP is gone: every session is down; keep the routes of GR peers stale."""
+        self._fail_pending("exabgp exited")
+        for addr, p in self._peers.items():
+            if p.established:
+                self._session_down(addr, p, "exabgp exited")
+        self._emit()
+
+    async def _stop_process(self, graceful: bool) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            if graceful:
+                proc.kill()  # no NOTIFICATION: peers keep our routes as stale
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()  # ExaBGP's shutdown: NOTIFICATION Cease to the peers
+            try:
+                await asyncio.wait_for(proc.wait(), 5.0)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        self._fail_pending("exabgp stopped")
+        for p in self._peers.values():
+            if p.established or p.state != "Idle":
+                p.state, p.since, p.established = "Idle", time.time(), False
+
+    # ----- API channel -----------------------------------------------------------------
+
+    async def _on_relay(self, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        if self._writer is not None:  # one relay at a time
+            writer.close()
+            return
+        self._writer = writer
+        self._connected.set()
+        try:
+            while True:
+                raw = await reader.readline()
+                if not raw:
+                    break
+                self._on_line(raw.decode(errors="replace").strip())
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if self._writer is writer:
+                self._writer = None
+            writer.close()
+
+    def _fail_pending(self, why: str) -> None:
+        while self._pending:
+            fut = self._pending.popleft()
+            if not fut.done():
+                fut.set_exception(SpeakerError(why))
+
+    async def _command(self, line: str, timeout: float = COMMAND_TIMEOUT) -> str:
+        async with self._lock:
+            writer = self._writer
+            if writer is None or self._proc is None:
+                raise SpeakerError(f"exabgp is not running ({line!r})")
+            fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._pending.append(fut)
+            writer.write(line.encode() + b"\n")
+            await writer.drain()
+        try:
+            answer = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise SpeakerError(f"exabgp did not answer {line!r}") from None
+        if answer != "done":
+            raise SpeakerError(f"exabgp refused {line!r}: {answer}")
+        return answer
+
+    def _on_line(self, line: str) -> None:
+        if not line:
+            return
+        if line in ("done", "error") or line.startswith("error"):
+            if self._pending:
+                fut = self._pending.popleft()
+                if not fut.done():
+                    fut.set_result(line)
+            return
+        if not line.startswith("{"):
+            return  # text output of a show command
+        try:
+            msg = json.loads(line)
+            self._on_message(msg)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("bad exabgp message", extra={"fields": {"error": str(e),
+                                                                "line": line[:200]}})
+
+    # ----- BGP state --------------------------------------------------------------------
+
+    def _sync_peers(self, settings: BGPSettings) -> None:
+        wanted = {n.address: n for n in settings.neighbours
+                  if n.address not in (settings.local_address, settings.router_id)}
+        for addr in list(self._peers):
+            if addr not in wanted:
+                p = self._peers.pop(addr)
+                if p.stale_timer:
+                    p.stale_timer.cancel()
+                if self.table.by_peer.pop(addr, None):
+                    self._emit()
+        for addr, n in wanted.items():
+            if addr in self._peers:
+                self._peers[addr].neighbour = n
+            else:
+                self._peers[addr] = _Peer(n)
+
+    def _on_message(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        nb = msg.get("neighbor", {})
+        addr = nb.get("address", {}).get("peer", "")
+        p = self._peers.get(addr)
+        if p is None:
+            return
+        if kind == "state":
+            self._on_state(addr, p, nb.get("state", ""), nb.get("reason", ""))
+        elif kind == "open" and nb.get("direction") == "receive":
+            p.restart_time = _gr_time(nb.get("open", {}))
+            p.router_id = str(nb.get("open", {}).get("router_id", ""))
+        elif kind == "notification":
+            p.notified = True
+            note = nb.get("notification", {})
+            p.info = f"notification {note.get('code', '')}/{note.get('subcode', '')}"
+        elif kind == "update" and nb.get("direction", "receive") == "receive":
+            self._on_update(addr, p, msg)
+
+    def _on_state(self, addr: str, p: _Peer, state: str, reason: str) -> None:
+        now = time.time()
+        if state == "up":
+            p.state, p.since, p.established, p.info = "Established", now, True, ""
+            p.notified = p.synced = False
+            if self._eor_sent:
+                self._spawn(self._eor_to(addr))
+        elif state == "connected":
+            if not p.established:
+                p.state = "OpenSent"
+        elif state == "down":
+            if p.established:
+                p.since = now
+                self._session_down(addr, p, reason)
+                self._emit()
+            p.state = "Active"
+            p.info = p.info if p.notified else reason
+
+    def _session_down(self, addr: str, p: _Peer, reason: str) -> None:
+        p.established = False
+        p.state, p.since = "Active", time.time()
+        routes = self.table.by_peer.get(addr, {})
+        gr = self.settings is not None and self.settings.graceful_restart > 0
+        if routes and gr and p.restart_time > 0 and not p.notified:
+            p.stale = set(routes)
+            self._arm_stale_timer(addr, p, p.restart_time)
+            log.info("bgp peer down, keeping its routes stale",
+                     extra={"fields": {"peer": addr, "routes": len(routes),
+                                       "restart_time": p.restart_time, "reason": reason}})
+        else:
+            self.table.by_peer.pop(addr, None)
+            p.stale.clear()
+            log.info("bgp peer down", extra={"fields": {"peer": addr, "reason": reason}})
+
+    def _arm_stale_timer(self, addr: str, p: _Peer, seconds: float) -> None:
+        if p.stale_timer:
+            p.stale_timer.cancel()
+        p.stale_timer = asyncio.get_running_loop().call_later(
+            seconds, self._flush_stale, addr)
+
+    def _flush_stale(self, addr: str) -> None:
+        p = self._peers.get(addr)
+        if p is None:
+            return
+        if p.stale_timer:  # End-of-RIB came first, or the timer itself fired
+            p.stale_timer.cancel()
+        p.stale_timer = None
+        routes = self.table.by_peer.get(addr, {})
+        if not p.stale:
+            return
+        for prefix in p.stale:
+            routes.pop(prefix, None)
+        log.info("bgp stale routes removed",
+                 extra={"fields": {"peer": addr, "routes": len(p.stale)}})
+        p.stale.clear()
+        if not routes:
+            self.table.by_peer.pop(addr, None)
+        self._emit()
+
+    def _on_update(self, addr: str, p: _Peer, msg: dict[str, Any]) -> None:
+        announced, withdrawn, eor = parse_update(msg)
+        if eor:
+            p.synced = True
+            self._flush_stale(addr)
+            return
+        routes = self.table.by_peer.setdefault(addr, {})
+        settings = self.settings
+        originator, clusters = reflection_attributes(msg)
+        for prefix, route in announced.items():
+            if settings is not None and (
+                    route.next_hop in (settings.local_address, settings.router_id)
+                    or originator == settings.router_id
+                    or (settings.cluster_id and settings.cluster_id in clusters)):
+                # our own route, or one we reflected, coming back: a loop (RFC 4456 8)
+                if routes.pop(prefix, None) is not None:
+                    self._rr_attrs.pop((addr, prefix), None)
+                continue
+            routes[prefix] = route
+            p.stale.discard(prefix)
+            if originator or clusters:
+                self._rr_attrs[(addr, prefix)] = (originator, clusters)
+            else:
+                self._rr_attrs.pop((addr, prefix), None)
+        for prefix in withdrawn:
+            routes.pop(prefix, None)
+            p.stale.discard(prefix)
+            self._rr_attrs.pop((addr, prefix), None)
+        if not routes:
+            self.table.by_peer.pop(addr, None)
+        self._emit()
+
+    def _emit(self) -> None:
+        self._reflect_wanted.set()
+        best = self.table.best()
+        for cb in list(self._callbacks):
+            try:
+                cb(dict(best))
+            except Exception:  # a broken callback must not stop the speaker
+                log.exception("routes callback failed")
+
+    # ----- route reflection (RFC 4456) --------------------------------------------------
+
+    def reflected_routes(self) -> dict[str, dict[str, str]]:
+        """What this speaker, as route reflector, wants each peer to have:
+        peer -> prefix -> ExaBGP route attributes (next hop kept, originator, cluster list)."""
+        s = self.settings
+        if s is None or not s.cluster_id:
+            return {}
+        ibgp = {a: p for a, p in self._peers.items() if p.neighbour.asn == s.asn}
+        if not any(p.neighbour.rr_client for p in ibgp.values()):
+            return {}
+        out: dict[str, dict[str, str]] = {a: {} for a in ibgp}
+        for prefix, route in self.table.best().items():
+            src = ibgp.get(route.peer)
+            if src is None or prefix in self._announced:
+                continue  # eBGP-learnt, or one of our own
+            originator, clusters = self._rr_attrs.get((route.peer, prefix), ("", ()))
+            originator = originator or src.router_id or route.peer
+            attrs = (f"next-hop {route.next_hop} originator-id {originator} "
+                     f"cluster-list [ {' '.join((s.cluster_id, *clusters))} ]")
+            if route.as_path:
+                attrs += f" as-path [ {' '.join(map(str, route.as_path))} ]"
+            for target, tp in ibgp.items():
+                if target == route.peer:
+                    continue
+                if src.neighbour.rr_client or tp.neighbour.rr_client:
+                    out[target][prefix] = attrs
+        return out
+
+    async def _reflector(self, proc: asyncio.subprocess.Process) -> None:
+        while proc is self._proc:
+            await self._reflect_wanted.wait()
+            self._reflect_wanted.clear()
+            if proc is not self._proc:
+                return
+            want = self.reflected_routes()
+            for gone in set(self._reflected) - set(self._peers):
+                del self._reflected[gone]  # its session went with the neighbour
+            try:
+                for target in sorted(set(self._reflected) | set(want)):
+                    have = self._reflected.setdefault(target, {})
+                    new = want.get(target, {})
+                    for prefix in sorted(set(have) - set(new)):
+                        await self._command(f"neighbor {target} withdraw route {prefix}")
+                        del have[prefix]
+                    for prefix, attrs in sorted(new.items()):
+                        if have.get(prefix) != attrs:
+                            await self._command(
+                                f"neighbor {target} announce route {prefix} {attrs}")
+                            have[prefix] = attrs
+            except SpeakerError as e:
+                log.warning("route reflection failed", extra={"fields": {"error": str(e)}})
+                await asyncio.sleep(0.5)
+                self._reflect_wanted.set()
+
+    # ----- End-of-RIB -------------------------------------------------------------------
+
+    async def _send_eor(self) -> None:
+        if self._eor_sent:
+            return
+        self._eor_sent = True
+        for addr, p in sorted(self._peers.items()):
+            if p.established:
+                await self._eor_to(addr)
+
+    async def _eor_to(self, addr: str) -> None:
+        try:
+            await self._command(f"neighbor {addr} announce eor ipv4 unicast")
+        except SpeakerError as e:
+            p = self._peers.get(addr)
+            if p is not None and p.established:  # else: sent when it is up again
+                log.warning("end-of-rib not sent",
+                            extra={"fields": {"peer": addr, "error": str(e)}})
+
+    async def _eor_after_timeout(self, proc: asyncio.subprocess.Process) -> None:
+        await asyncio.sleep(self.eor_timeout)
+        if proc is self._proc and not self._eor_sent:
+            log.info("no announcement yet, sending end-of-rib anyway")
+            await self._send_eor()

@@ -1,0 +1,299 @@
+"""What the routing agent wants (pure: no I/O).
+
+From the datastore view (IP pools, Nodes, IPAM blocks) and the routes BGP learnt, compute
+
+* the prefixes this node announces: every block affine to it (unless its pool has
+  ``disableBGPExport``) and a /32 for every address it holds in a block affine to another
+  node (a borrowed address), all with next hop = this node's address;
+* the kernel routes it wants: a blackhole per owned block, and per learnt prefix a route via
+  the owner -- direct, or through the VXLAN / IPIP tunnel per the pool's ``vxlanMode`` /
+  ``ipipMode`` (``CrossSubnet``: only when the owner's underlay subnet, from its Node's
+  ``spec.bgp.ipv4Address`` prefix, differs from this node's);
+* the VXLAN forwarding entries (one per remote node with a VTEP: its VTEP address and MAC,
+  and the underlay address behind them).
+
+Routes to pods on this node (the /32 per veth) are the CNI handler's, not in here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from datastore.model_network import IPPool, Node
+from ipam.blocks import Block
+from routing.bgp.api import LearnedRoute
+
+log = logging.getLogger("tortie.routing")
+
+VXLAN_DEVICE = "vxlan.tortie"
+IPIP_DEVICE = "tunl0"
+
+RouteKind = Literal["blackhole", "direct", "vxlan", "ipip"]
+Encap = Literal["none", "vxlan", "ipip"]
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What routing needs of one Node resource."""
+
+    name: str
+    address: str | None = None          # underlay IPv4 (no prefix)
+    network: str | None = None          # its subnet, from spec.bgp.ipv4Address
+    asn: int | None = None
+    vxlan_address: str | None = None    # spec.ipv4VXLANTunnelAddr
+    vxlan_mac: str | None = None        # spec.vxlanTunnelMACAddr
+    ipip_address: str | None = None     # spec.bgp.ipv4IPIPTunnelAddr
+    rr_cluster_id: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_node(cls, node: Node) -> NodeInfo:
+        bgp = node.spec.bgp
+        address = network = None
+        if bgp is not None and bgp.ipv4Address:
+            iface = ipaddress.ip_interface(bgp.ipv4Address)
+            address, network = str(iface.ip), str(iface.network)
+        return cls(
+            name=node.name, address=address, network=network,
+            asn=int(bgp.asNumber) if bgp is not None and bgp.asNumber is not None else None,
+            vxlan_address=node.spec.ipv4VXLANTunnelAddr,
+            vxlan_mac=node.spec.vxlanTunnelMACAddr,
+            ipip_address=bgp.ipv4IPIPTunnelAddr if bgp is not None else None,
+            rr_cluster_id=bgp.routeReflectorClusterID if bgp is not None else None,
+            labels=dict(node.metadata.labels or {}))
+
+
+@dataclass(frozen=True)
+class Route:
+    """One kernel route the agent wants (main table, the agent's protocol number)."""
+
+    dst: str                    # "10.244.1.0/26"
+    kind: RouteKind
+    gateway: str | None = None  # next hop (direct: the owner; vxlan: its VTEP; ipip: owner)
+    device: str | None = None   # the tunnel device for vxlan / ipip; None: kernel picks
+
+    @property
+    def onlink(self) -> bool:
+        return self.kind in ("vxlan", "ipip")
+
+    def describe(self) -> str:
+        if self.kind == "blackhole":
+            return f"blackhole {self.dst}"
+        dev = f" dev {self.device}" if self.device else ""
+        onlink = " onlink" if self.onlink else ""
+        return f"{self.dst} via {self.gateway}{dev}{onlink}"
+
+
+@dataclass(frozen=True)
+class VXLANPeer:
+    """Forwarding state for one remote VTEP: neighbour (address -> MAC) and FDB (MAC -> host)."""
+
+    node: str
+    vtep_address: str
+    mac: str
+    underlay: str
+
+
+@dataclass
+class Desired:
+    announce: dict[str, str] = field(default_factory=dict)   # prefix -> next hop
+    routes: dict[str, Route] = field(default_factory=dict)   # dst -> route
+    vxlan_peers: dict[str, VXLANPeer] = field(default_factory=dict)  # node -> entry
+    skipped: list[str] = field(default_factory=list)         # why some routes are missing
+    vxlan_needed: bool = False
+    ipip_needed: bool = False
+
+
+# --- parsing datastore documents (one bad document never stops the others) --------------------
+
+
+def parse_pool(doc: Mapping[str, Any]) -> IPPool:
+    return IPPool.from_dict(dict(doc))
+
+
+def parse_node(doc: Mapping[str, Any]) -> NodeInfo:
+    return NodeInfo.from_node(Node.from_dict(dict(doc)))
+
+
+def parse_block(doc: Mapping[str, Any]) -> Block:
+    return Block.from_dict(doc)
+
+
+# --- decisions ---------------------------------------------------------------------------------
+
+
+def pool_of(prefix: str, pools: Iterable[IPPool]) -> IPPool | None:
+    """The pool that contains ``prefix`` (the most specific one), if any."""
+    net = ipaddress.ip_network(prefix, strict=False)
+    best: IPPool | None = None
+    for p in pools:
+        pnet = p.network
+        if (pnet.version == net.version and net.subnet_of(pnet)  # type: ignore[arg-type]
+                and (best is None or pnet.prefixlen > best.network.prefixlen)):
+            best = p
+    return best
+
+
+def same_subnet(a: NodeInfo, b: NodeInfo) -> bool:
+    """Whether two nodes share an underlay subnet (CrossSubnet's test, as Calico does it:
+    each node's address lies in the other's ``ipv4Address`` prefix)."""
+    if not (a.address and a.network and b.address and b.network):
+        return False
+    return (ipaddress.ip_address(b.address) in ipaddress.ip_network(a.network)
+            and ipaddress.ip_address(a.address) in ipaddress.ip_network(b.network))
+
+
+def _mode_applies(mode: str | None, me: NodeInfo, peer: NodeInfo) -> bool:
+    if mode == "Always":
+        return True
+    if mode == "CrossSubnet":
+        return not same_subnet(me, peer)
+    return False
+
+
+def encapsulation(pool: IPPool | None, me: NodeInfo, peer: NodeInfo | None) -> Encap:
+    """How to reach ``peer``'s addresses of ``pool`` from ``me``."""
+    if pool is None or peer is None:
+        return "none"
+    if _mode_applies(pool.spec.vxlanMode, me, peer):
+        return "vxlan"
+    if _mode_applies(pool.spec.ipipMode, me, peer):
+        return "ipip"
+    return "none"
+
+
+#: IPAM handles of the nodes' tunnel addresses (Calico's names): prefix + node name
+VXLAN_HANDLE_PREFIX = "vxlan-tunnel-addr-"
+IPIP_HANDLE_PREFIX = "ipip-tunnel-addr-"
+TUNNEL_HANDLE_PREFIXES = (VXLAN_HANDLE_PREFIX, IPIP_HANDLE_PREFIX)
+
+
+def block_signature(b: Block) -> tuple[Any, ...]:
+    """What routing uses of a block: its affinity, the addresses other nodes borrowed from
+    it and the tunnel addresses in it.  Two versions with one signature route the same, so
+    pod churn inside a node's own block costs the agent no work."""
+    owner = b.affinity_node
+    special = frozenset(
+        (ip, attrs.get("node"), attrs.get("handle"))
+        for ip, attrs in b.allocated()
+        if attrs.get("node") != owner
+        or attrs.get("handle", "").startswith(TUNNEL_HANDLE_PREFIXES))
+    return (b.cidr, b.affinity, special)
+
+
+def owned_blocks(node: str, blocks: Iterable[Block]) -> list[Block]:
+    return [b for b in blocks if b.affinity_node == node]
+
+
+def borrowed_addresses(node: str, blocks: Iterable[Block]) -> list[str]:
+    """Addresses ``node`` holds in blocks that are not affine to it."""
+    out: list[str] = []
+    for b in blocks:
+        if b.affinity_node == node:
+            continue
+        out += [ip for ip, attrs in b.allocated() if attrs.get("node") == node]
+    return out
+
+
+def announcements(me: NodeInfo, pools: Iterable[IPPool],
+                  blocks: Iterable[Block]) -> dict[str, str]:
+    """prefix -> next hop: what this node announces over BGP."""
+    if not me.address:
+        return {}
+    pools = list(pools)
+    blocks = list(blocks)
+    out: dict[str, str] = {}
+
+    def exported(prefix: str) -> bool:
+        pool = pool_of(prefix, pools)
+        return not (pool is not None and pool.spec.disableBGPExport)
+
+    for b in owned_blocks(me.name, blocks):
+        if b.network.version == 4 and exported(b.cidr):
+            out[str(b.network)] = me.address
+    for ip in borrowed_addresses(me.name, blocks):
+        addr = ipaddress.ip_address(ip)
+        prefix = f"{addr}/{addr.max_prefixlen}"
+        if addr.version == 4 and exported(prefix):
+            out[prefix] = me.address
+    return out
+
+
+def compute(me: NodeInfo, nodes: Mapping[str, NodeInfo], pools: Iterable[IPPool],
+            blocks: Iterable[Block], learnt: Mapping[str, LearnedRoute]) -> Desired:
+    """Everything the agent wants for node ``me`` (see the module docstring)."""
+    pools = [p for p in pools]
+    blocks = list(blocks)
+    d = Desired(announce=announcements(me, pools, blocks))
+    by_address = {n.address: n for n in nodes.values() if n.address and n.name != me.name}
+    mine = owned_blocks(me.name, blocks)
+    own_prefixes = set()
+    for b in mine:
+        if b.network.version != 4:
+            continue
+        own_prefixes.add(str(b.network))
+        d.routes[str(b.network)] = Route(str(b.network), "blackhole")
+    d.vxlan_needed = any(p.spec.vxlanMode != "Never" and not p.spec.disabled for p in pools)
+    d.ipip_needed = any(p.spec.ipipMode != "Never" and not p.spec.disabled for p in pools)
+    if d.vxlan_needed:
+        for n in nodes.values():
+            if n.name == me.name or not (n.vxlan_address and n.vxlan_mac and n.address):
+                continue
+            d.vxlan_peers[n.name] = VXLANPeer(n.name, n.vxlan_address, n.vxlan_mac, n.address)
+    for prefix in sorted(learnt):
+        r = learnt[prefix]
+        try:
+            net = ipaddress.ip_network(prefix, strict=False)
+        except ValueError:
+            d.skipped.append(f"{prefix}: not a prefix")
+            continue
+        dst = str(net)
+        if net.version != 4:
+            continue
+        if dst in own_prefixes or dst in d.announce:
+            continue  # ours: a stale announcement of a previous owner never wins
+        if r.next_hop == me.address:
+            continue
+        peer = by_address.get(r.next_hop)
+        pool = pool_of(dst, pools)
+        enc = encapsulation(pool, me, peer)
+        if enc == "vxlan":
+            assert peer is not None
+            if peer.name not in d.vxlan_peers:
+                d.skipped.append(f"{dst}: node {peer.name} has no VXLAN tunnel address/MAC "
+                                 "yet; routing it directly")
+                enc = "none"
+            else:
+                d.routes[dst] = Route(dst, "vxlan", peer.vxlan_address, VXLAN_DEVICE)
+                continue
+        if enc == "ipip":
+            assert peer is not None
+            d.routes[dst] = Route(dst, "ipip", peer.address, IPIP_DEVICE)
+            continue
+        d.routes[dst] = Route(dst, "direct", r.next_hop)
+    return d
+
+
+def vtep_mac(node: str) -> str:
+    """A stable, locally administered unicast MAC for ``node``'s VTEP (same after restarts)."""
+    h = hashlib.sha256(f"tortie-vxlan:{node}".encode()).digest()
+    first = (h[0] & 0xFC) | 0x02  # locally administered, unicast
+    return ":".join(f"{b:02x}" for b in (first, *h[1:6]))
+
+
+def masquerade_sets(pools: Iterable[IPPool]) -> tuple[list[str], list[str]]:
+    """(pools whose traffic is masqueraded, every pool): natOutgoing's two sets (IPv4)."""
+    nat: list[str] = []
+    every: list[str] = []
+    for p in pools:
+        if p.network.version != 4:
+            continue
+        every.append(str(p.network))
+        if p.spec.natOutgoing and not p.spec.disabled:
+            nat.append(str(p.network))
+    return sorted(nat), sorted(every)

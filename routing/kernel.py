@@ -1,0 +1,229 @@
+"""The routing agent's kernel routes (pyroute2), in the calling thread's network namespace
+(or in ``netns`` when given: the tests use that).
+
+Every route the agent makes carries the routing-protocol number :data:`PROTO` (80, the
+number Calico's Felix uses) in the main table; the agent reads back only routes with that
+number, so routes it did not make are never changed or removed.  A desired route whose
+destination already has a route of another protocol (e.g. the CNI handler's /32 to a local
+pod) is left alone and reported as a conflict.
+
+Blocking calls: run :meth:`KernelRoutes.sync` in a worker thread (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cni.netlink import run_in_netns
+from routing.desired import Route
+
+log = logging.getLogger("tortie.routing")
+
+#: The routing-protocol number of every Tortie route (``ip route show proto 80``).
+PROTO = 80
+TABLE_MAIN = 254
+RTN_UNICAST = 1
+RTN_BLACKHOLE = 6
+RTNH_F_ONLINK = 4
+AF_INET = 2
+
+
+@dataclass(frozen=True)
+class KernelRoute:
+    """A route as read back from the kernel (only the fields the agent compares)."""
+
+    dst: str
+    type: int
+    gateway: str | None
+    oif: int | None
+    onlink: bool
+    priority: int = 0
+
+
+@dataclass
+class SyncResult:
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    kept: int = 0                      # already right
+    conflicts: list[str] = field(default_factory=list)  # a foreign route has that dst
+    failed: dict[str, str] = field(default_factory=dict)  # dst -> error
+    held: list[str] = field(default_factory=list)  # unwanted, but removal was held back
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.replaced or self.removed)
+
+
+T = TypeVar("T")
+
+
+def call_in_netns(netns: str | None, fn: Callable[[], T]) -> T:
+    """``fn()`` in the named namespace (a name under /var/run/netns, or a path), on a thread
+    that joined it; in the caller's namespace when ``netns`` is None.  (pyroute2's own
+    ``netns=`` forks, which a process using gRPC must not do.)"""
+    if netns is None:
+        return fn()
+    path = netns if netns.startswith("/") else f"/var/run/netns/{netns}"
+    return run_in_netns(path, fn)
+
+
+def _why(e: NetlinkError) -> str:
+    return os.strerror(e.code) if e.code else str(e)
+
+
+class KernelRoutes:
+    """Programs :class:`routing.desired.Route` values into the main table."""
+
+    def __init__(self, netns: str | None = None, proto: int = PROTO) -> None:
+        self.netns = netns
+        self.proto = proto
+
+    @contextlib.contextmanager
+    def _ipr(self) -> Iterator[IPRoute]:
+        ipr = IPRoute()
+        try:
+            yield ipr
+        finally:
+            ipr.close()
+
+    # --- reading --------------------------------------------------------------------------
+
+    @staticmethod
+    def _dst(r: Any) -> str:
+        dst = r.get_attr("RTA_DST") or "0.0.0.0"
+        return f"{dst}/{r['dst_len']}"
+
+    def _read(self, ipr: IPRoute) -> tuple[dict[str, list[KernelRoute]], set[str]]:
+        """(our routes by dst, dsts that have a route of another protocol)."""
+        ours: dict[str, list[KernelRoute]] = {}
+        foreign: set[str] = set()
+        for r in ipr.get_routes(family=AF_INET, table=TABLE_MAIN):
+            table = r.get_attr("RTA_TABLE") or r["table"]
+            if table != TABLE_MAIN:
+                continue
+            dst = self._dst(r)
+            if r["proto"] != self.proto:
+                if r["type"] in (RTN_UNICAST, RTN_BLACKHOLE):
+                    foreign.add(dst)
+                continue
+            ours.setdefault(dst, []).append(KernelRoute(
+                dst=dst, type=r["type"], gateway=r.get_attr("RTA_GATEWAY"),
+                oif=r.get_attr("RTA_OIF"), onlink=bool(r["flags"] & RTNH_F_ONLINK),
+                priority=r.get_attr("RTA_PRIORITY") or 0))
+        return ours, foreign
+
+    def routes(self) -> dict[str, list[KernelRoute]]:
+        """Our routes now, by destination."""
+        return call_in_netns(self.netns, self._routes)
+
+    def _routes(self) -> dict[str, list[KernelRoute]]:
+        with self._ipr() as ipr:
+            return self._read(ipr)[0]
+
+    # --- writing --------------------------------------------------------------------------
+
+    @staticmethod
+    def _matches(k: KernelRoute, want: Route, oif: int | None) -> bool:
+        if k.priority != 0:
+            return False
+        if want.kind == "blackhole":
+            return k.type == RTN_BLACKHOLE
+        if k.type != RTN_UNICAST or k.gateway != want.gateway or k.onlink != want.onlink:
+            return False
+        return want.device is None or k.oif == oif
+
+    def _args(self, want: Route, oif: int | None) -> dict[str, Any]:
+        args: dict[str, Any] = {"dst": want.dst, "table": TABLE_MAIN, "proto": self.proto}
+        if want.kind == "blackhole":
+            args["type"] = RTN_BLACKHOLE
+            return args
+        args["type"] = RTN_UNICAST
+        args["gateway"] = want.gateway
+        if oif is not None:
+            args["oif"] = oif
+        if want.onlink:
+            args["flags"] = RTNH_F_ONLINK
+        return args
+
+    def sync(self, desired: Mapping[str, Route], *, remove: bool = True) -> SyncResult:
+        """Make our routes equal ``desired`` (dst -> route).  ``remove=False`` adds and
+        fixes but removes nothing (a restarted agent before its routes are complete)."""
+        return call_in_netns(self.netns, lambda: self._sync(desired, remove))
+
+    def _sync(self, desired: Mapping[str, Route], remove: bool) -> SyncResult:
+        res = SyncResult()
+        with self._ipr() as ipr:
+            ours, foreign = self._read(ipr)
+            devices: dict[str, int | None] = {}
+
+            def oif_of(name: str | None) -> int | None:
+                if name is None:
+                    return None
+                if name not in devices:
+                    found = ipr.link_lookup(ifname=name)
+                    devices[name] = int(found[0]) if found else None
+                return devices[name]
+
+            for dst, want in desired.items():
+                dst = str(ipaddress.ip_network(dst, strict=False))
+                have = ours.get(dst, [])
+                oif = oif_of(want.device)
+                if want.device is not None and oif is None:
+                    res.failed[dst] = f"device {want.device} does not exist"
+                    continue
+                if any(self._matches(k, want, oif) for k in have) and len(have) == 1:
+                    res.kept += 1
+                    continue
+                if not have and dst in foreign:
+                    res.conflicts.append(dst)
+                    continue
+                try:
+                    for k in have:  # extra metrics / a wrong route of ours
+                        if k.priority != 0:
+                            self._delete(ipr, k)
+                    ipr.route("replace", **self._args(want, oif))
+                except NetlinkError as e:
+                    res.failed[dst] = _why(e)
+                    continue
+                (res.replaced if have else res.added).append(want.describe())
+            wanted = {str(ipaddress.ip_network(d, strict=False)) for d in desired}
+            for dst, have in ours.items():
+                if dst in wanted:
+                    continue
+                if not remove:
+                    res.held.append(dst)
+                    continue
+                for k in have:
+                    try:
+                        self._delete(ipr, k)
+                    except NetlinkError as e:
+                        res.failed[dst] = _why(e)
+                        continue
+                res.removed.append(dst)
+        return res
+
+    def _delete(self, ipr: IPRoute, k: KernelRoute) -> None:
+        args: dict[str, Any] = {"dst": k.dst, "table": TABLE_MAIN, "proto": self.proto,
+                                "type": k.type}
+        if k.priority:
+            args["priority"] = k.priority
+        try:
+            ipr.route("del", **args)
+        except NetlinkError as e:
+            if e.code != errno.ESRCH:
+                raise
+
+    def flush(self) -> list[str]:
+        """Remove every route of ours (used by tests and ``--routing-cleanup``)."""
+        return self.sync({}).removed

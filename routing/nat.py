@@ -1,0 +1,88 @@
+"""natOutgoing: masquerade pod traffic that leaves for outside every IP pool (nftables).
+
+Tortie's NAT lives in its own table ``ip tortie-nat`` (the policy agent owns ``inet
+tortie``); the agent replaces that one table atomically and never touches another::
+
+    table ip tortie-nat {
+        set masq-pools { type ipv4_addr; flags interval; elements = { <natOutgoing pools> } }
+        set all-pools  { type ipv4_addr; flags interval; elements = { <every pool> } }
+        chain postrouting {
+            type nat hook postrouting priority srcnat; policy accept;
+            ip saddr @masq-pools ip daddr != @all-pools masquerade
+        }
+    }
+
+(Calico's rule: ``-m set --match-set cali40masq-ipam-pools src -m set ! --match-set
+cali40all-ipam-pools dst -j MASQUERADE``.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+NFT = "nft"
+FAMILY = "ip"
+TABLE = "tortie-nat"
+SET_TYPE = "type ipv4_addr; flags interval; auto-merge;"
+
+
+class NATError(RuntimeError):
+    pass
+
+
+def _elements(cidrs: Sequence[str]) -> str:
+    return f" elements = {{ {', '.join(cidrs)} }};" if cidrs else ""
+
+
+def render(masq_pools: Sequence[str], all_pools: Sequence[str]) -> str:
+    """The script that replaces the table (atomically: one ``nft -f`` transaction)."""
+    return (
+        f"table {FAMILY} {TABLE} {{}}\n"
+        f"delete table {FAMILY} {TABLE}\n"
+        f"table {FAMILY} {TABLE} {{\n"
+        f"  set masq-pools {{ {SET_TYPE}{_elements(masq_pools)} }}\n"
+        f"  set all-pools {{ {SET_TYPE}{_elements(all_pools)} }}\n"
+        "  chain postrouting {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n"
+        "    ip saddr @masq-pools ip daddr != @all-pools counter masquerade\n"
+        "  }\n"
+        "}\n")
+
+
+def render_delete() -> str:
+    return f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n"
+
+
+async def _nft(script: str, netns: str | None = None) -> str:
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    proc = await asyncio.create_subprocess_exec(
+        *prefix, NFT, "-f", "-", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate(script.encode())
+    if proc.returncode != 0:
+        raise NATError(f"nft failed: {err.decode().strip()}")
+    return out.decode()
+
+
+class OutgoingNAT:
+    """Keeps ``ip tortie-nat`` equal to the pools; rewrites it only when they change."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self.applied: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+
+    async def sync(self, masq_pools: Sequence[str], all_pools: Sequence[str]) -> bool:
+        want = (tuple(masq_pools), tuple(all_pools))
+        if want == self.applied:
+            return False
+        if masq_pools:
+            await _nft(render(masq_pools, all_pools), self.netns)
+        else:
+            await _nft(render_delete(), self.netns)
+        self.applied = want
+        return True
+
+    async def remove(self) -> None:
+        await _nft(render_delete(), self.netns)
+        self.applied = None

@@ -1,0 +1,225 @@
+"""The VXLAN tunnel device ``vxlan.tortie`` and its static forwarding state (pyroute2).
+
+As Calico's ``vxlan.calico``: VNI 4096, UDP 4789, ``local`` = the node's underlay address,
+no learning; the node's VTEP address (allocated from its IPAM block, recorded in the Node
+as ``spec.ipv4VXLANTunnelAddr``) is the device's only address (/32) and its MAC
+(``spec.vxlanTunnelMACAddr``) is stable per node.  For each remote node the agent keeps
+
+    neighbour  <remote VTEP address> lladdr <remote MAC>  nud permanent
+    fdb        <remote MAC> dst <remote underlay address> self permanent
+
+and routes remote blocks ``via <remote VTEP> dev vxlan.tortie onlink`` (routing/kernel.py).
+Everything here touches only the ``vxlan.tortie`` device.  Blocking: use worker threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from routing.desired import VXLAN_DEVICE, VXLAN_HANDLE_PREFIX, VXLANPeer
+from routing.kernel import call_in_netns
+
+log = logging.getLogger("tortie.routing")
+
+VNI = 4096
+PORT = 4789
+OVERHEAD = 50          # outer IPv4 + UDP + VXLAN + inner Ethernet
+AF_INET = 2
+AF_BRIDGE = 7
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+
+
+@dataclass(frozen=True)
+class VXLANConfig:
+    local: str         # this node's underlay address
+    address: str       # this node's VTEP address
+    mac: str
+    mtu: int | None = None  # None: the underlay interface's MTU - OVERHEAD
+
+
+def _info(link: Any) -> tuple[str | None, Any]:
+    info = link.get_attr("IFLA_LINKINFO")
+    if info is None:
+        return None, None
+    return info.get_attr("IFLA_INFO_KIND"), info.get_attr("IFLA_INFO_DATA")
+
+
+class VXLANDevice:
+    def __init__(self, netns: str | None = None, name: str = VXLAN_DEVICE) -> None:
+        self.netns = netns
+        self.name = name
+
+    @contextlib.contextmanager
+    def _ipr(self) -> Iterator[IPRoute]:
+        ipr = IPRoute()
+        try:
+            yield ipr
+        finally:
+            ipr.close()
+
+    def _index(self, ipr: IPRoute) -> int | None:
+        found = ipr.link_lookup(ifname=self.name)
+        return int(found[0]) if found else None
+
+    @staticmethod
+    def _underlay_mtu(ipr: IPRoute, local: str) -> int:
+        for a in ipr.get_addr(family=AF_INET):
+            if a.get_attr("IFA_ADDRESS") == local:
+                link = ipr.get_links(a["index"])[0]
+                return int(link.get_attr("IFLA_MTU") or 1500)
+        return 1500
+
+    def ensure(self, cfg: VXLANConfig) -> list[str]:
+        return call_in_netns(self.netns, lambda: self._ensure(cfg))
+
+    def _ensure(self, cfg: VXLANConfig) -> list[str]:
+        """Create or fix the device; returns what it changed (empty: it was right)."""
+        changes: list[str] = []
+        with self._ipr() as ipr:
+            mtu = cfg.mtu or self._underlay_mtu(ipr, cfg.local) - OVERHEAD
+            idx = self._index(ipr)
+            if idx is not None:
+                link = ipr.get_links(idx)[0]
+                kind, data = _info(link)
+                ok = (kind == "vxlan" and data is not None
+                      and data.get_attr("IFLA_VXLAN_ID") == VNI
+                      and data.get_attr("IFLA_VXLAN_PORT") == PORT
+                      and data.get_attr("IFLA_VXLAN_LOCAL") == cfg.local)
+                if not ok:
+                    ipr.link("del", index=idx)
+                    changes.append("deleted a device with other settings")
+                    idx = None
+            if idx is None:
+                ipr.link("add", ifname=self.name, kind="vxlan", vxlan_id=VNI, vxlan_port=PORT,
+                         vxlan_local=cfg.local, vxlan_learning=0, address=cfg.mac, mtu=mtu)
+                idx = self._index(ipr)
+                assert idx is not None
+                changes.append(f"created {self.name} (vni {VNI}, local {cfg.local})")
+            link = ipr.get_links(idx)[0]
+            if (link.get_attr("IFLA_ADDRESS") or "").lower() != cfg.mac.lower():
+                ipr.link("set", index=idx, address=cfg.mac)
+                changes.append(f"mac {cfg.mac}")
+            if link.get_attr("IFLA_MTU") != mtu:
+                ipr.link("set", index=idx, mtu=mtu)
+                changes.append(f"mtu {mtu}")
+            have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                    for a in ipr.get_addr(family=AF_INET, index=idx)}
+            want = (cfg.address, 32)
+            for addr, plen in have - {want}:
+                ipr.addr("del", index=idx, address=addr, prefixlen=plen)
+                changes.append(f"removed address {addr}/{plen}")
+            if want not in have:
+                ipr.addr("add", index=idx, address=cfg.address, prefixlen=32)
+                changes.append(f"address {cfg.address}/32")
+            if not link["flags"] & 1:  # IFF_UP
+                ipr.link("set", index=idx, state="up")
+                changes.append("up")
+        return changes
+
+    def remove(self) -> bool:
+        return call_in_netns(self.netns, self._remove)
+
+    def _remove(self) -> bool:
+        with self._ipr() as ipr:
+            idx = self._index(ipr)
+            if idx is None:
+                return False
+            ipr.link("del", index=idx)
+            return True
+
+    def exists(self) -> bool:
+        return call_in_netns(self.netns, self._exists)
+
+    def _exists(self) -> bool:
+        with self._ipr() as ipr:
+            return self._index(ipr) is not None
+
+    def entries(self) -> tuple[dict[str, str], dict[str, str]]:
+        return call_in_netns(self.netns, self._entries_here)
+
+    def _entries_here(self) -> tuple[dict[str, str], dict[str, str]]:
+        """(neighbours VTEP address -> MAC, fdb MAC -> underlay address) on the device."""
+        with self._ipr() as ipr:
+            idx = self._index(ipr)
+            if idx is None:
+                return {}, {}
+            return self._entries(ipr, idx)
+
+    @staticmethod
+    def _entries(ipr: IPRoute, idx: int) -> tuple[dict[str, str], dict[str, str]]:
+        neigh: dict[str, str] = {}
+        for n in ipr.get_neighbours(ifindex=idx, family=AF_INET):
+            if n["ifindex"] == idx and n["state"] & NUD_PERMANENT:
+                neigh[n.get_attr("NDA_DST")] = (n.get_attr("NDA_LLADDR") or "").lower()
+        fdb: dict[str, str] = {}
+        for n in ipr.get_neighbours(ifindex=idx, family=AF_BRIDGE):
+            dst = n.get_attr("NDA_DST")
+            mac = (n.get_attr("NDA_LLADDR") or "").lower()
+            if n["ifindex"] == idx and dst and mac and mac != "00:00:00:00:00:00":
+                fdb[mac] = dst
+        return neigh, fdb
+
+    def sync_peers(self, peers: Mapping[str, VXLANPeer]) -> list[str]:
+        return call_in_netns(self.netns, lambda: self._sync_peers(peers))
+
+    def _sync_peers(self, peers: Mapping[str, VXLANPeer]) -> list[str]:
+        """Make the device's neighbour and FDB entries equal ``peers``; returns changes."""
+        changes: list[str] = []
+        with self._ipr() as ipr:
+            idx = self._index(ipr)
+            if idx is None:
+                return changes
+            neigh, fdb = self._entries(ipr, idx)
+            want_neigh = {p.vtep_address: p.mac.lower() for p in peers.values()}
+            want_fdb = {p.mac.lower(): p.underlay for p in peers.values()}
+            for mac, dst in want_fdb.items():
+                if fdb.get(mac) != dst:
+                    ipr.fdb("replace", ifindex=idx, lladdr=mac, dst=dst, state=NUD_PERMANENT,
+                            flags=NTF_SELF)
+                    changes.append(f"fdb {mac} dst {dst}")
+            for addr, mac in want_neigh.items():
+                if neigh.get(addr) != mac:
+                    ipr.neigh("replace", ifindex=idx, dst=addr, lladdr=mac,
+                              state=NUD_PERMANENT)
+                    changes.append(f"neigh {addr} lladdr {mac}")
+            for addr, mac in neigh.items():
+                if addr not in want_neigh:
+                    _ignore_gone(ipr.neigh, "del", ifindex=idx, dst=addr, lladdr=mac)
+                    changes.append(f"removed neigh {addr}")
+            for mac, dst in fdb.items():
+                if mac not in want_fdb:
+                    _ignore_gone(ipr.fdb, "del", ifindex=idx, lladdr=mac, dst=dst, flags=NTF_SELF)
+                    changes.append(f"removed fdb {mac}")
+        return changes
+
+
+def _ignore_gone(call: Any, *args: Any, **kwargs: Any) -> None:
+    try:
+        call(*args, **kwargs)
+    except NetlinkError as e:
+        if e.code not in (errno.ENOENT, errno.ESRCH):
+            raise
+
+
+def vtep_handle(node: str) -> str:
+    """The IPAM handle of a node's VTEP address (Calico's name for it)."""
+    return VXLAN_HANDLE_PREFIX + node
+
+
+def is_ipv4(address: str | None) -> bool:
+    if not address:
+        return False
+    try:
+        return ipaddress.ip_address(address).version == 4
+    except ValueError:
+        return False

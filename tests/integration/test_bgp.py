@@ -1,0 +1,349 @@
+"""The BGP speaker against real ExaBGP and BIRD processes in network namespaces."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from ctl.node import render_status
+from lab.bridge_net import BridgeNet
+from routing.bgp.api import BGPSettings, LearnedRoute, Neighbour
+from routing.bgp.bird import BirdNeighbour, BirdPeer, stop_pid
+from routing.bgp.exabgp_config import render_config
+from routing.bgp.peers import ip_key
+from routing.bgp.speaker import ExaBGPSpeaker, default_exabgp
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
+
+ASN = 64512
+
+
+@pytest.fixture
+def bed(scratch_dir: Path) -> Iterator[BridgeNet]:
+    if not Path(default_exabgp()).exists():
+        pytest.skip("exabgp not installed")
+    with BridgeNet(f"tb{secrets.token_hex(3)}-") as net:
+        yield net
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or cond}")
+        await asyncio.sleep(0.05)
+
+
+def settings(me: str, peers: list[str], *, asn: int = ASN, gr: int = 120,
+             extra: tuple[Neighbour, ...] = ()) -> BGPSettings:
+    return BGPSettings(router_id=me, local_address=me, asn=asn, graceful_restart=gr,
+                       neighbours=tuple(Neighbour(p, ASN, name=f"n{p}",
+                                                  passive=ip_key(p) > ip_key(me))
+                                        for p in peers) + extra)
+
+
+class Node:
+    """One ExaBGP speaker in its own namespace, recording what it learns."""
+
+    def __init__(self, bed: BridgeNet, index: int, run_root: Path) -> None:
+        self.ns, self.address = bed.add(index)
+        self.speaker = ExaBGPSpeaker(run_root / f"s{index}", netns=self.ns, eor_timeout=2.0)
+        self.routes: dict[str, LearnedRoute] = {}
+        self.speaker.on_routes(self._on_routes)
+
+    def _on_routes(self, routes: dict[str, LearnedRoute]) -> None:
+        self.routes = routes
+
+    def state(self, peer: str) -> str:
+        return next((p.state for p in self.speaker.status() if p.address == peer), "")
+
+
+@pytest.fixture
+def nodes(bed: BridgeNet, scratch_dir: Path,
+          aio_loop: asyncio.AbstractEventLoop) -> Iterator[Callable[[int], Node]]:
+    made: list[Node] = []
+
+    def make(index: int) -> Node:
+        n = Node(bed, index, scratch_dir)
+        made.append(n)
+        return n
+
+    try:
+        yield make
+    finally:
+        for n in made:
+            pid = n.speaker.pid
+            with contextlib.suppress(Exception):
+                aio_loop.run_until_complete(n.speaker.close(graceful=False))
+            stop_pid(pid or 0)
+
+
+def test_every_rendered_option_is_valid_exabgp(scratch_dir: Path) -> None:
+    """ExaBGP itself accepts a configuration using every option the renderer writes."""
+    exabgp = default_exabgp()
+    if not Path(exabgp).exists():
+        pytest.skip("exabgp not installed")
+    s = BGPSettings("192.0.2.11", "192.0.2.11", ASN, hold_time=30, graceful_restart=60,
+                    cluster_id="244.0.0.1", neighbours=(
+                        Neighbour("192.0.2.12", ASN, "mesh", "n2", passive=True),
+                        Neighbour("192.0.2.1", 65001, "global", "tor", password="s3cret",
+                                  ttl_security=2, port=1790),
+                        Neighbour("192.0.2.13", ASN, "route-reflector-client", "n3",
+                                  rr_client=True)))
+    conf = scratch_dir / "exabgp.conf"
+    conf.write_text(render_config(s, ["/bin/cat"]))
+    ok = subprocess.run([exabgp, "validate", str(conf)], capture_output=True, text=True,
+                        env={**os.environ, "exabgp_daemon_user": "root"}, check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    conf.write_text(conf.read_text().replace("hold-time 30;", "hold-time 30; bogus 1;"))
+    bad = subprocess.run([exabgp, "validate", str(conf)], capture_output=True, text=True,
+                         env={**os.environ, "exabgp_daemon_user": "root"}, check=False)
+    assert bad.returncode != 0
+
+
+async def test_announce_learn_withdraw(nodes) -> None:
+    a, b = nodes(1), nodes(2)
+    await a.speaker.start(settings(a.address, [b.address]))
+    await b.speaker.start(settings(b.address, [a.address]))
+    await a.speaker.announce({"10.65.1.0/26": a.address})
+    await wait_for(lambda: "10.65.1.0/26" in b.routes, what="b learns a's block")
+    r = b.routes["10.65.1.0/26"]
+    assert (r.next_hop, r.peer) == (a.address, a.address)
+    assert a.state(b.address) == "Established"
+    await a.speaker.announce({"10.65.1.0/26": a.address, "10.65.1.64/26": a.address})
+    await wait_for(lambda: "10.65.1.64/26" in b.routes, what="second block")
+    await a.speaker.announce({"10.65.1.64/26": a.address})
+    await wait_for(lambda: "10.65.1.0/26" not in b.routes, what="withdrawal")
+    assert set(b.routes) == {"10.65.1.64/26"}
+    sb = {p.address: p for p in b.speaker.status()}[a.address]
+    sa = {p.address: p for p in a.speaker.status()}[b.address]
+    assert (sb.received, sa.sent) == (1, 1)
+    assert a.routes == {}
+    # what `tortie node status` prints for this speaker
+    text = render_status({"node": "b", "agents": {"routing": {
+        "peers": [asdict(p) for p in b.speaker.status()]}}})
+    row = next(line for line in text.splitlines() if a.address in line)
+    assert [c.strip() for c in row.strip("|").split("|")][1:3] == ["node-to-node mesh", "up"]
+
+
+async def test_neighbour_added_without_dropping_sessions(nodes) -> None:
+    a, b, c = nodes(1), nodes(2), nodes(3)
+    await a.speaker.start(settings(a.address, [b.address]))
+    await b.speaker.start(settings(b.address, [a.address, c.address]))
+    await c.speaker.start(settings(c.address, [b.address]))
+    await a.speaker.announce({"10.65.1.0/26": a.address})
+    await c.speaker.announce({"10.65.3.0/26": c.address})
+    await wait_for(lambda: a.state(b.address) == "Established", what="a-b up")
+    since = {p.address: p.since for p in a.speaker.status()}[b.address]
+    await a.speaker.configure(settings(a.address, [b.address, c.address]))
+    await c.speaker.configure(settings(c.address, [b.address, a.address]))
+    await wait_for(lambda: "10.65.3.0/26" in a.routes, what="a learns c's block")
+    await wait_for(lambda: "10.65.1.0/26" in c.routes, what="c learns a's block")
+    assert a.routes["10.65.3.0/26"].next_hop == c.address
+    st = {p.address: p for p in a.speaker.status()}[b.address]
+    assert st.state == "Established" and st.since == since  # a-b session never dropped
+    # and removing c again drops only that session and c's routes
+    await a.speaker.configure(settings(a.address, [b.address]))
+    await wait_for(lambda: "10.65.3.0/26" not in a.routes, what="c's routes gone")
+    assert {p.address: p.since for p in a.speaker.status()}[b.address] == since
+
+
+async def test_md5_password(nodes, bed: BridgeNet, scratch_dir: Path, bird_bin: str) -> None:
+    """TCP-MD5 (BGPPeer password): ExaBGP with BIRD, right and wrong secret."""
+    a, b = nodes(1), nodes(2)
+    ns, addr = bed.add(9)
+    bird = BirdPeer(scratch_dir / "bird", netns=ns, router_id=addr, asn=65001, bird=bird_bin,
+                    peers=[BirdNeighbour(a.address, ASN, "s3cret"),
+                           BirdNeighbour(b.address, ASN, "s3cret")])
+    bird.start()
+    try:
+        await a.speaker.start(settings(a.address, [], extra=(
+            Neighbour(addr, 65001, "global", "bird", password="s3cret"),)))
+        await b.speaker.start(settings(b.address, [], extra=(
+            Neighbour(addr, 65001, "global", "bird", password="wrong"),)))
+        await a.speaker.announce({"10.65.1.0/26": a.address})
+        await b.speaker.announce({"10.65.2.0/26": b.address})
+        await wait_for(lambda: bird.routes() == {"10.65.1.0/26": a.address},
+                       what="the right secret peers")
+        await asyncio.sleep(2)
+        assert b.state(addr) != "Established"
+        assert bird.routes() == {"10.65.1.0/26": a.address}
+    finally:
+        bird.stop()
+
+
+@pytest.fixture
+def bird_bin() -> str:
+    path = shutil.which("bird") or "/usr/sbin/bird"
+    if not Path(path).exists():
+        pytest.skip("bird2 not installed")
+    return path
+
+
+async def test_bird_outside_peer_learns_blocks(nodes, bed: BridgeNet, scratch_dir: Path,
+                                               bird_bin: str) -> None:
+    a, b = nodes(1), nodes(2)
+    ns, addr = bed.add(9)
+    bird = BirdPeer(scratch_dir / "bird", netns=ns, router_id=addr, asn=65001,
+                    peers=[(a.address, ASN), (b.address, ASN)], bird=bird_bin)
+    bird.start()
+    try:
+        extra = (Neighbour(addr, 65001, kind="global", name="bird"),)
+        await a.speaker.start(settings(a.address, [b.address], extra=extra))
+        await b.speaker.start(settings(b.address, [a.address], extra=extra))
+        await a.speaker.announce({"10.65.1.0/26": a.address})
+        await b.speaker.announce({"10.65.2.0/26": b.address, "10.65.2.64/26": b.address})
+        want = {"10.65.1.0/26": a.address, "10.65.2.0/26": b.address,
+                "10.65.2.64/26": b.address}
+        await wait_for(lambda: bird.routes() == want, what=f"bird learns {want}")
+        # the kernel of BIRD's namespace got them with the same next hops
+        kernel = bird.kernel_routes()
+        assert all(kernel.get(p) == nh for p, nh in want.items()), kernel
+        assert a.state(addr) == "Established"
+    finally:
+        bird.stop()
+
+
+async def test_bird_route_reflector(nodes, bed: BridgeNet, scratch_dir: Path,
+                                   bird_bin: str) -> None:
+    a, b = nodes(1), nodes(2)
+    ns, addr = bed.add(9)
+    bird = BirdPeer(scratch_dir / "bird", netns=ns, router_id=addr, asn=ASN,
+                    peers=[(a.address, ASN), (b.address, ASN)], bird=bird_bin,
+                    route_reflector=True)
+    bird.start()
+    try:
+        rr = (Neighbour(addr, ASN, kind="global", name="rr"),)
+        # mesh off: each node peers with the reflector only
+        await a.speaker.start(settings(a.address, [], extra=rr))
+        await b.speaker.start(settings(b.address, [], extra=rr))
+        await a.speaker.announce({"10.65.1.0/26": a.address})
+        await b.speaker.announce({"10.65.2.0/26": b.address})
+        await wait_for(lambda: "10.65.1.0/26" in b.routes and "10.65.2.0/26" in a.routes,
+                       what="routes reflected")
+        assert set(b.routes) == {"10.65.1.0/26"}   # only BGP routes are reflected
+        assert b.routes["10.65.1.0/26"].next_hop == a.address
+        assert b.routes["10.65.1.0/26"].peer == addr
+        assert a.routes["10.65.2.0/26"].next_hop == b.address
+    finally:
+        bird.stop()
+
+
+async def test_tortie_node_as_route_reflector(nodes) -> None:
+    """A node with a cluster ID reflects between its clients (RFC 4456), next hop kept."""
+    rr, c1, c2 = nodes(1), nodes(2), nodes(3)
+    cid = "244.0.0.1"
+    await rr.speaker.start(BGPSettings(
+        rr.address, rr.address, ASN, cluster_id=cid, neighbours=(
+            Neighbour(c1.address, ASN, "route-reflector-client", "c1", rr_client=True),
+            Neighbour(c2.address, ASN, "route-reflector-client", "c2", rr_client=True))))
+    await c1.speaker.start(settings(c1.address, [rr.address]))
+    await c2.speaker.start(settings(c2.address, [rr.address]))
+    await c1.speaker.announce({"10.65.2.0/26": c1.address})
+    await c2.speaker.announce({"10.65.3.0/26": c2.address})
+    await rr.speaker.announce({"10.65.1.0/26": rr.address})
+    await wait_for(lambda: set(c2.routes) == {"10.65.1.0/26", "10.65.2.0/26"},
+                   what="c2 gets rr's and c1's blocks")
+    await wait_for(lambda: set(c1.routes) == {"10.65.1.0/26", "10.65.3.0/26"},
+                   what="c1 gets rr's and c2's blocks")
+    assert c2.routes["10.65.2.0/26"].next_hop == c1.address   # next hop unchanged
+    assert c2.routes["10.65.2.0/26"].peer == rr.address
+    await wait_for(lambda: {p.address: p.sent for p in rr.speaker.status()} == {
+        c1.address: 2, c2.address: 2}, what="rr counts what it sends each client")
+    await wait_for(lambda: all(p.synced for p in c1.speaker.status()), what="End-of-RIB")
+    # c1 withdraws: the reflection goes too
+    await c1.speaker.announce({})
+    await wait_for(lambda: "10.65.2.0/26" not in c2.routes, what="reflected withdrawal")
+
+
+async def test_graceful_restart_keeps_routes_stale(nodes) -> None:
+    a, b = nodes(1), nodes(2)
+    await a.speaker.start(settings(a.address, [b.address], gr=3))
+    await b.speaker.start(settings(b.address, [a.address], gr=3))
+    await a.speaker.announce({"10.65.1.0/26": a.address, "10.65.1.64/26": a.address})
+    await wait_for(lambda: len(b.routes) == 2, what="b learns both blocks")
+    changes: list[dict[str, LearnedRoute]] = []
+    b.speaker.on_routes(changes.append)
+
+    # a's ExaBGP dies (no NOTIFICATION): b keeps both routes, marked stale
+    pid = a.speaker.pid
+    assert pid
+    await a.speaker.close(graceful=True)
+    await wait_for(lambda: b.state(a.address) != "Established", what="b sees a down")
+    assert len(b.routes) == 2
+    st = {p.address: p for p in b.speaker.status()}[a.address]
+    assert st.received == 2 and "stale" in st.info
+
+    # a comes back announcing only one of them: End-of-RIB removes the other
+    a2 = ExaBGPSpeaker(a.speaker.run_dir, netns=a.ns, eor_timeout=2.0)
+    a.speaker = a2
+    await a2.start(settings(a.address, [b.address], gr=3))
+    await a2.announce({"10.65.1.64/26": a.address})
+    await wait_for(lambda: set(b.routes) == {"10.65.1.64/26"}, what="stale route flushed")
+    assert all(len(c) >= 1 for c in changes)  # never an empty table in between
+
+    # a dies for longer than its restart time: the routes go when it expires
+    await a2.close(graceful=True)
+    t0 = time.monotonic()
+    await wait_for(lambda: b.routes == {}, timeout=10, what="restart time expiry")
+    assert time.monotonic() - t0 >= 2.0
+
+
+async def test_bird_keeps_our_routes_while_we_restart(nodes, bed: BridgeNet,
+                                                      scratch_dir: Path,
+                                                      bird_bin: str) -> None:
+    """The sending side of graceful restart: BIRD keeps a node's routes while its speaker
+    restarts, and our End-of-RIB (sent only after the new announcement) keeps them fresh."""
+    a = nodes(1)
+    ns, addr = bed.add(9)
+    bird = BirdPeer(scratch_dir / "bird", netns=ns, router_id=addr, asn=65001,
+                    peers=[(a.address, ASN)], bird=bird_bin)
+    bird.start()
+    try:
+        s = settings(a.address, [], gr=30, extra=(Neighbour(addr, 65001, "global", "bird"),))
+        await a.speaker.start(s)
+        await a.speaker.announce({"10.65.1.0/26": a.address, "10.65.1.64/26": a.address})
+        want = {"10.65.1.0/26": a.address, "10.65.1.64/26": a.address}
+        await wait_for(lambda: bird.routes() == want, what="BIRD learns both")
+        await a.speaker.close(graceful=True)
+        await wait_for(lambda: bird.protocols()[a.address] != "Established", what="down")
+        for _ in range(10):  # stale, but kept (and still in BIRD's kernel table)
+            assert bird.routes() == want
+            await asyncio.sleep(0.1)
+        assert bird.kernel_routes().get("10.65.1.0/26") == a.address
+        a2 = ExaBGPSpeaker(a.speaker.run_dir, netns=a.ns, eor_timeout=5.0)
+        a.speaker = a2
+        await a2.start(s)
+        await wait_for(lambda: bird.protocols()[a.address] == "Established", what="back")
+        assert bird.routes() == want  # no End-of-RIB yet: nothing flushed
+        await a2.announce({"10.65.1.64/26": a.address})
+        await wait_for(lambda: bird.routes() == {"10.65.1.64/26": a.address},
+                       what="End-of-RIB flushes what was not re-announced")
+    finally:
+        bird.stop()
+
+
+async def test_exabgp_crash_is_restarted(nodes) -> None:
+    a, b = nodes(1), nodes(2)
+    await a.speaker.start(settings(a.address, [b.address]))
+    await b.speaker.start(settings(b.address, [a.address]))
+    await a.speaker.announce({"10.65.1.0/26": a.address})
+    await wait_for(lambda: "10.65.1.0/26" in b.routes, what="learnt")
+    pid = a.speaker.pid
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    await wait_for(lambda: a.speaker.restarts == 1 and a.state(b.address) == "Established",
+                   what="restarted and re-established")
+    assert a.speaker.pid != pid
+    assert "10.65.1.0/26" in b.routes

@@ -1,0 +1,168 @@
+"""routing/kernel.py, vxlan.py, ipip.py, nat.py against the real kernel, in scratch
+namespaces: our protocol only, foreign routes untouched, removal, a VXLAN tunnel that
+carries packets, the NAT table on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from lab import netns
+from routing.desired import VXLAN_DEVICE, Route, VXLANPeer, vtep_mac
+from routing.ipip import IPIPDevice
+from routing.kernel import PROTO, KernelRoutes
+from routing.nat import OutgoingNAT
+from routing.vxlan import VXLANConfig, VXLANDevice
+
+
+def _ip(ns: str, *args: str) -> str:
+    return netns.ip(*args, ns=ns)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[str, str]]:
+    """Two namespaces joined by a veth: a0 192.0.2.1/24 in the first, b0 .2 in the second."""
+    tag = uuid.uuid4().hex[:6]
+    a, b = f"trk-{tag}-a", f"trk-{tag}-b"
+    try:
+        for ns in (a, b):
+            netns.add_netns(ns, forwarding=True)
+        netns.ip("link", "add", "a0", "netns", a, "type", "veth", "peer", "name", "b0",
+                 "netns", b)
+        _ip(a, "addr", "add", "192.0.2.1/24", "dev", "a0")
+        _ip(b, "addr", "add", "192.0.2.2/24", "dev", "b0")
+        _ip(a, "link", "set", "a0", "up")
+        _ip(b, "link", "set", "b0", "up")
+        yield a, b
+    finally:
+        for ns in (a, b):
+            netns.del_netns(ns)
+
+
+def proto_routes(ns: str) -> str:
+    return _ip(ns, "route", "show", "proto", str(PROTO))
+
+
+def test_programs_only_its_own_protocol(pair: tuple[str, str]) -> None:
+    a, _ = pair
+    _ip(a, "route", "add", "10.9.0.0/24", "via", "192.0.2.2", "proto", "static")
+    _ip(a, "route", "add", "blackhole", "10.8.0.0/24")  # proto boot
+    k = KernelRoutes(a)
+    want = {
+        "10.244.1.0/26": Route("10.244.1.0/26", "blackhole"),
+        "10.244.2.0/26": Route("10.244.2.0/26", "direct", "192.0.2.2"),
+        "10.9.0.0/24": Route("10.9.0.0/24", "direct", "192.0.2.2"),  # foreign has it
+    }
+    res = k.sync(want)
+    assert sorted(res.added) == ["10.244.2.0/26 via 192.0.2.2", "blackhole 10.244.1.0/26"]
+    assert res.conflicts == ["10.9.0.0/24"]
+    ours = proto_routes(a)
+    assert "blackhole 10.244.1.0/26" in ours and "10.244.2.0/26 via 192.0.2.2" in ours
+    assert "10.9.0.0" not in ours
+    # idempotent
+    again = k.sync(want)
+    assert not again.changed and again.kept == 2
+    # a flush of ours leaves the foreign routes exactly as they were
+    removed = k.flush()
+    assert sorted(removed) == ["10.244.1.0/26", "10.244.2.0/26"]
+    everything = _ip(a, "route", "show")
+    assert "10.9.0.0/24 via 192.0.2.2 dev a0 proto static" in everything
+    assert "blackhole 10.8.0.0/24" in everything
+    assert proto_routes(a).strip() == ""
+
+
+def test_replace_and_removal_held_back(pair: tuple[str, str]) -> None:
+    a, _ = pair
+    _ip(a, "addr", "add", "192.0.2.3/24", "dev", "a0")
+    k = KernelRoutes(a)
+    k.sync({"10.244.2.0/26": Route("10.244.2.0/26", "direct", "192.0.2.2"),
+            "10.244.3.0/26": Route("10.244.3.0/26", "direct", "192.0.2.2")})
+    res = k.sync({"10.244.2.0/26": Route("10.244.2.0/26", "direct", "192.0.2.3")},
+                 remove=False)
+    assert res.replaced == ["10.244.2.0/26 via 192.0.2.3"]
+    assert res.held == ["10.244.3.0/26"]
+    assert "10.244.3.0/26 via 192.0.2.2" in proto_routes(a)
+    res = k.sync({"10.244.2.0/26": Route("10.244.2.0/26", "direct", "192.0.2.3")})
+    assert res.removed == ["10.244.3.0/26"]
+    assert "10.244.3.0" not in proto_routes(a)
+    # a route the kernel refuses is reported, the others still go in
+    res = k.sync({"10.244.4.0/26": Route("10.244.4.0/26", "direct", "203.0.113.9"),
+                  "10.244.2.0/26": Route("10.244.2.0/26", "direct", "192.0.2.3")})
+    assert "10.244.4.0/26" in res.failed and res.kept == 1
+
+
+def test_vxlan_tunnel_carries_packets(pair: tuple[str, str]) -> None:
+    """Two VTEPs: each routes the other's block via the VXLAN device, onlink, with static
+    FDB and neighbour entries; a ping between VTEP addresses crosses the tunnel."""
+    a, b = pair
+    nodes = {a: ("192.0.2.1", "10.244.1.0", vtep_mac("a"), "10.244.1.0/26"),
+             b: ("192.0.2.2", "10.244.2.0", vtep_mac("b"), "10.244.2.0/26")}
+    for ns, (local, vtep, mac, _) in nodes.items():
+        dev = VXLANDevice(ns)
+        changes = dev.ensure(VXLANConfig(local=local, address=vtep, mac=mac))
+        assert any("created" in c for c in changes)
+        assert dev.ensure(VXLANConfig(local=local, address=vtep, mac=mac)) == []
+        other = b if ns == a else a
+        olocal, ovtep, omac, oblock = nodes[other]
+        assert dev.sync_peers({other: VXLANPeer(other, ovtep, omac, olocal)})
+        assert dev.entries() == ({ovtep: omac}, {omac: olocal})
+        KernelRoutes(ns).sync({oblock: Route(oblock, "vxlan", ovtep, VXLAN_DEVICE)})
+    details = _ip(a, "-d", "link", "show", VXLAN_DEVICE)
+    assert "vxlan id 4096" in details and "dstport 4789" in details
+    assert "nolearning" in details and "local 192.0.2.1" in details
+    assert "mtu 1450" in details
+    assert f"10.244.2.0/26 via 10.244.2.0 dev {VXLAN_DEVICE} onlink" in proto_routes(a)
+    # capture on the underlay while pinging through the tunnel
+    cap = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-n", "-i", "b0", "-c", "1",
+                            "-l", "udp port 4789"], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(0.5)
+        p = netns.exec_in(a, ["ping", "-c", "2", "-W", "2", "-I", "10.244.1.0", "10.244.2.0"],
+                          capture=True, timeout=15)
+        assert p.returncode == 0, p.stdout + p.stderr
+        out, _ = cap.communicate(timeout=10)
+    finally:
+        if cap.poll() is None:
+            cap.kill()
+            cap.wait()
+    assert "VXLAN" in out or "4789" in out
+    # peers removed: entries go, the device stays; remove() deletes it
+    dev = VXLANDevice(a)
+    assert dev.sync_peers({})
+    assert dev.entries() == ({}, {})
+    assert dev.remove() and not dev.exists()
+
+
+def test_ipip_where_the_kernel_allows(pair: tuple[str, str]) -> None:
+    a, _ = pair
+    dev = IPIPDevice(a)
+    why = dev.unavailable()
+    if why is not None:
+        pytest.skip(f"IPIP cannot be tested here: {why}")
+    assert "address 10.244.1.1/32" in dev.ensure("10.244.1.1")
+    assert "10.244.1.1/32" in _ip(a, "addr", "show", "dev", "tunl0")
+
+
+def test_nat_table_is_ours_only(pair: tuple[str, str]) -> None:
+    a, _ = pair
+    other = "table inet tortie {\n chain c { type filter hook forward priority 0; }\n}\n"
+    netns.run("ip", "netns", "exec", a, "nft", "-f", "-", input=other)
+
+    async def go() -> None:
+        nat = OutgoingNAT(a)
+        assert await nat.sync(["10.244.0.0/16"], ["10.244.0.0/16", "10.99.0.0/16"])
+        assert not await nat.sync(["10.244.0.0/16"], ["10.244.0.0/16", "10.99.0.0/16"])
+        listing = netns.run("ip", "netns", "exec", a, "nft", "list", "table", "ip",
+                            "tortie-nat").stdout
+        assert "10.244.0.0/16" in listing and "masquerade" in listing
+        assert await nat.sync([], ["10.244.0.0/16"])
+        tables = netns.run("ip", "netns", "exec", a, "nft", "list", "tables").stdout
+        assert "tortie-nat" not in tables and "inet tortie" in tables
+
+    asyncio.run(go())

@@ -1,0 +1,171 @@
+"""Offline checks of integration/kind: every Kubernetes manifest validates against the
+Kubernetes OpenAPI schemas of the kind node's version (kubernetes-validate, strict), the
+Calico resources validate with Tortie's own models, the pieces agree with each other, and
+run.sh / install-cni.sh are shellcheck-clean.  The kind run itself is the real check."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from datastore.resources import to_resource
+
+KIND = Path(__file__).resolve().parents[2] / "integration" / "kind"
+REPO = KIND.parents[1]
+K8S_VERSION = "1.31.0"  # kind-config.yaml's kindest/node image
+K8S_FILES = sorted([*(KIND / "manifests").glob("*.yaml"), *(KIND / "e2e").glob("*.yaml")])
+CALICO_FILES = sorted((KIND / "resources").glob("*.yaml"))
+
+
+def docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def all_k8s_docs() -> list[dict[str, Any]]:
+    return [d for p in K8S_FILES for d in docs(p)]
+
+
+def test_there_are_manifests() -> None:
+    names = {p.name for p in K8S_FILES}
+    assert {"10-etcd.yaml", "20-tortie-node.yaml", "30-kube-controllers.yaml"} <= names
+    kinds = {d["kind"] for d in all_k8s_docs()}
+    assert {"Deployment", "DaemonSet", "Service", "ServiceAccount", "ClusterRole",
+            "ClusterRoleBinding", "NetworkPolicy", "Namespace"} <= kinds
+
+
+@pytest.mark.parametrize("path", K8S_FILES, ids=lambda p: p.name)
+def test_manifest_validates_against_the_kubernetes_schema(path: Path) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    for doc in docs(path):
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_validator_rejects_a_broken_manifest() -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    doc = next(d for d in docs(KIND / "manifests" / "20-tortie-node.yaml")
+               if d["kind"] == "DaemonSet")
+    doc["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] = "yes"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    doc = next(d for d in docs(KIND / "manifests" / "20-tortie-node.yaml")
+               if d["kind"] == "DaemonSet")
+    doc["spec"]["template"]["spec"]["hostNetwrok"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("path", CALICO_FILES, ids=lambda p: p.name)
+def test_calico_resources_validate_with_tortie(path: Path) -> None:
+    for doc in docs(path):
+        info, obj = to_resource(doc)
+        assert info.kind == "IPPool"
+        assert obj.spec.cidr
+
+
+def test_kind_config_matches_the_default_pool() -> None:
+    conf = yaml.safe_load((KIND / "kind-config.yaml").read_text())
+    assert conf["apiVersion"] == "kind.x-k8s.io/v1alpha4" and conf["kind"] == "Cluster"
+    assert conf["networking"]["disableDefaultCNI"] is True
+    assert {n["image"] for n in conf["nodes"]} == {f"kindest/node:v{K8S_VERSION}"}
+    assert sum(1 for n in conf["nodes"] if n["role"] == "worker") >= 2  # cross-node traffic
+    pool = docs(KIND / "resources" / "default-ippool.yaml")[0]
+    assert pool["spec"]["cidr"] == conf["networking"]["podSubnet"]
+    e2e = docs(KIND / "resources" / "e2e-ippool.yaml")[0]
+    assert not ipaddress.ip_network(e2e["spec"]["cidr"]).overlaps(
+        ipaddress.ip_network(pool["spec"]["cidr"]))
+    assert e2e["spec"]["assignmentMode"] == "Manual"
+    service = ipaddress.ip_network(conf["networking"]["serviceSubnet"])
+    etcd_svc = next(d for d in docs(KIND / "manifests" / "10-etcd.yaml") if d["kind"] == "Service")
+    assert ipaddress.ip_address(etcd_svc["spec"]["clusterIP"]) in service
+
+
+def _container(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    spec = doc["spec"]["template"]["spec"]
+    return next(c for c in spec.get("containers", []) + spec.get("initContainers", [])
+                if c["name"] == name)
+
+
+def test_tortie_node_daemonset_installs_the_cni_on_the_host() -> None:
+    ds = next(d for d in docs(KIND / "manifests" / "20-tortie-node.yaml")
+              if d["kind"] == "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert {"operator": "Exists"} in pod["tolerations"]
+    node = _container(ds, "tortie-node")
+    init = _container(ds, "install-cni")
+    assert node["securityContext"]["privileged"] is True
+    assert init["command"] == ["/opt/tortie/install-cni.sh"]
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert host_paths["host-root"] == "/"
+    # the daemon's socket directory is the conflist's
+    conflist = json.loads((REPO / "conf" / "net.d" / "10-tortie.conflist").read_text())
+    sock = Path(conflist["plugins"][0]["socket"])
+    mounts = {m["mountPath"]: m["name"] for m in node["volumeMounts"]}
+    assert host_paths[mounts[str(sock.parent)]] == str(sock.parent)
+    # the Dockerfile puts the installer and the conflist where the init container looks
+    dockerfile = (KIND / "Dockerfile").read_text()
+    assert "COPY integration/kind/install-cni.sh /opt/tortie/install-cni.sh" in dockerfile
+    assert "COPY conf/net.d/10-tortie.conflist /opt/tortie/conf/10-tortie.conflist" in dockerfile
+    assert "/opt/tortie/conf/10-tortie.conflist" in (KIND / "install-cni.sh").read_text()
+
+
+def test_every_component_uses_the_same_etcd() -> None:
+    svc = next(d for d in docs(KIND / "manifests" / "10-etcd.yaml") if d["kind"] == "Service")
+    url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    for f, kind, name in (("20-tortie-node.yaml", "DaemonSet", "tortie-node"),
+                          ("30-kube-controllers.yaml", "Deployment", "tortie-kube-controllers")):
+        doc = next(d for d in docs(KIND / "manifests" / f) if d["kind"] == kind)
+        env = {e["name"]: e.get("value") for e in _container(doc, name)["env"]}
+        assert env["TORTIE_ETCD_ENDPOINTS"] == url
+
+
+def test_kube_controllers_rbac_covers_what_it_watches() -> None:
+    manifest = docs(KIND / "manifests" / "30-kube-controllers.yaml")
+    role = next(d for d in manifest if d["kind"] == "ClusterRole")
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"] for v in rule["verbs"]}
+    for group, resource in (("", "namespaces"), ("", "pods"), ("", "nodes"),
+                            ("networking.k8s.io", "networkpolicies")):
+        for verb in ("list", "watch"):
+            assert (group, resource, verb) in granted
+    assert not any(v in ("create", "update", "patch", "delete") for _, _, v in granted)
+    binding = next(d for d in manifest if d["kind"] == "ClusterRoleBinding")
+    deploy = next(d for d in manifest if d["kind"] == "Deployment")
+    sa = deploy["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["subjects"][0]["name"] == sa and binding["roleRef"]["name"] == role["metadata"][
+        "name"]
+    assert deploy["spec"]["replicas"] == 1
+
+
+@pytest.mark.parametrize("script", ["run.sh", "install-cni.sh"])
+def test_scripts_are_shellcheck_clean(script: str) -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed")
+    proc = subprocess.run([shellcheck, "--severity=style", str(KIND / script)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (KIND / script).stat().st_mode & 0o111, f"{script} is not executable"
+
+
+def test_the_image_copies_every_package() -> None:
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]["find"]["include"]
+    dockerfile = (KIND / "Dockerfile").read_text()
+    for pattern in include:
+        pkg = pattern.rstrip("*")
+        assert f"COPY {pkg} ./{pkg}\n" in dockerfile, f"the image lacks the {pkg} package"
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    for doc, name in ((docs(KIND / "manifests" / "20-tortie-node.yaml")[1], "tortie-node"),
+                      (docs(KIND / "manifests" / "30-kube-controllers.yaml")[3],
+                       "tortie-kube-controllers")):
+        command = _container(doc, name)["command"][0]
+        assert command in scripts, f"{command} is not an installed script"

@@ -1,0 +1,165 @@
+"""routing/desired.py: announcements, kernel routes and encapsulation decisions (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ipam.blocks import Block
+from routing import desired as dz
+from routing.bgp.api import LearnedRoute
+from routing.nat import render
+
+
+def pool(cidr: str = "10.244.0.0/16", **spec: Any) -> Any:
+    return dz.parse_pool({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                          "metadata": {"name": f"p-{cidr.replace('/', '-')}"},
+                          "spec": {"cidr": cidr, **spec}})
+
+
+def node(name: str, cidr: str, **spec: Any) -> dz.NodeInfo:
+    return dz.parse_node({"apiVersion": "projectcalico.org/v3", "kind": "Node",
+                          "metadata": {"name": name},
+                          "spec": {"bgp": {"ipv4Address": cidr}, **spec}})
+
+
+def block(cidr: str, owner: str | None, holders: dict[str, str] | None = None) -> Block:
+    b = Block.new(cidr, f"host:{owner}" if owner else None)
+    for ip, who in (holders or {}).items():
+        b.assign_ip(ip, {"handle": f"h-{ip}", "node": who})
+    return b
+
+
+ME = node("n1", "192.0.2.11/24")
+SAME = node("n2", "192.0.2.12/24", ipv4VXLANTunnelAddr="10.244.2.0",
+            vxlanTunnelMACAddr="02:00:00:00:00:02")
+OTHER = node("n3", "198.51.100.13/24", ipv4VXLANTunnelAddr="10.244.3.0",
+             vxlanTunnelMACAddr="02:00:00:00:00:03")
+NODES = {n.name: n for n in (ME, SAME, OTHER)}
+
+
+def learnt(*pairs: tuple[str, str]) -> dict[str, LearnedRoute]:
+    return {p: LearnedRoute(p, nh, nh) for p, nh in pairs}
+
+
+def test_node_info_from_resource() -> None:
+    assert (ME.address, ME.network) == ("192.0.2.11", "192.0.2.0/24")
+    assert OTHER.vxlan_address == "10.244.3.0" and OTHER.vxlan_mac == "02:00:00:00:00:03"
+
+
+def test_announces_owned_blocks_and_borrowed_addresses() -> None:
+    blocks = [block("10.244.1.0/26", "n1"),
+              block("10.244.2.0/26", "n2", {"10.244.2.5": "n1", "10.244.2.6": "n2"}),
+              block("10.244.9.0/26", "n3")]
+    got = dz.announcements(ME, [pool()], blocks)
+    assert got == {"10.244.1.0/26": "192.0.2.11", "10.244.2.5/32": "192.0.2.11"}
+
+
+def test_disable_bgp_export_is_not_announced() -> None:
+    blocks = [block("10.244.1.0/26", "n1"), block("10.99.0.0/26", "n1")]
+    got = dz.announcements(ME, [pool(), pool("10.99.0.0/16", disableBGPExport=True)], blocks)
+    assert got == {"10.244.1.0/26": "192.0.2.11"}
+
+
+def test_blackhole_per_owned_block_and_direct_routes_when_unencapsulated() -> None:
+    blocks = [block("10.244.1.0/26", "n1"), block("10.244.1.64/26", "n1")]
+    d = dz.compute(ME, NODES, [pool()], blocks,
+                   learnt(("10.244.2.0/26", "192.0.2.12"), ("10.244.3.0/26", "198.51.100.13")))
+    assert d.routes["10.244.1.0/26"].kind == "blackhole"
+    assert d.routes["10.244.1.64/26"].kind == "blackhole"
+    assert d.routes["10.244.2.0/26"] == dz.Route("10.244.2.0/26", "direct", "192.0.2.12")
+    assert d.routes["10.244.3.0/26"] == dz.Route("10.244.3.0/26", "direct", "198.51.100.13")
+    assert not d.vxlan_needed and not d.vxlan_peers
+
+
+@pytest.mark.parametrize(("mode", "same_kind", "other_kind"), [
+    ("Always", "vxlan", "vxlan"),
+    ("CrossSubnet", "direct", "vxlan"),
+    ("Never", "direct", "direct"),
+])
+def test_vxlan_modes(mode: str, same_kind: str, other_kind: str) -> None:
+    d = dz.compute(ME, NODES, [pool(vxlanMode=mode)], [],
+                   learnt(("10.244.2.0/26", "192.0.2.12"), ("10.244.3.0/26", "198.51.100.13")))
+    assert d.routes["10.244.2.0/26"].kind == same_kind
+    assert d.routes["10.244.3.0/26"].kind == other_kind
+    if other_kind == "vxlan":
+        r = d.routes["10.244.3.0/26"]
+        assert (r.gateway, r.device, r.onlink) == ("10.244.3.0", dz.VXLAN_DEVICE, True)
+        assert d.vxlan_peers["n3"] == dz.VXLANPeer("n3", "10.244.3.0", "02:00:00:00:00:03",
+                                                   "198.51.100.13")
+    assert d.vxlan_needed == (mode != "Never")
+
+
+@pytest.mark.parametrize(("mode", "same_kind", "other_kind"), [
+    ("Always", "ipip", "ipip"), ("CrossSubnet", "direct", "ipip")])
+def test_ipip_modes(mode: str, same_kind: str, other_kind: str) -> None:
+    d = dz.compute(ME, NODES, [pool(ipipMode=mode)], [],
+                   learnt(("10.244.2.0/26", "192.0.2.12"), ("10.244.3.0/26", "198.51.100.13")))
+    assert d.routes["10.244.2.0/26"].kind == same_kind
+    r = d.routes["10.244.3.0/26"]
+    assert (r.kind, r.gateway, r.device) == (other_kind, "198.51.100.13", dz.IPIP_DEVICE)
+    assert d.ipip_needed
+
+
+def test_vxlan_peer_without_vtep_falls_back_to_direct_and_says_why() -> None:
+    bare = node("n4", "198.51.100.14/24")
+    d = dz.compute(ME, {**NODES, "n4": bare}, [pool(vxlanMode="Always")], [],
+                   learnt(("10.244.4.0/26", "198.51.100.14")))
+    assert d.routes["10.244.4.0/26"].kind == "direct"
+    assert any("n4" in s for s in d.skipped)
+
+
+def test_own_blocks_win_over_learnt_and_own_next_hop_is_ignored() -> None:
+    blocks = [block("10.244.1.0/26", "n1")]
+    d = dz.compute(ME, NODES, [pool()], blocks,
+                   learnt(("10.244.1.0/26", "192.0.2.12"), ("10.244.7.0/26", "192.0.2.11")))
+    assert d.routes["10.244.1.0/26"].kind == "blackhole"
+    assert "10.244.7.0/26" not in d.routes
+
+
+def test_borrowed_address_of_a_peer_is_routed_via_it_inside_our_block() -> None:
+    blocks = [block("10.244.1.0/26", "n1", {"10.244.1.9": "n2"})]
+    d = dz.compute(ME, NODES, [pool()], blocks, learnt(("10.244.1.9/32", "192.0.2.12")))
+    assert d.routes["10.244.1.9/32"] == dz.Route("10.244.1.9/32", "direct", "192.0.2.12")
+    assert d.routes["10.244.1.0/26"].kind == "blackhole"
+    assert "10.244.1.9/32" not in d.announce
+
+
+def test_routes_outside_pools_are_direct() -> None:
+    d = dz.compute(ME, NODES, [pool(vxlanMode="Always")], [],
+                   learnt(("172.16.0.0/24", "192.0.2.12")))
+    assert d.routes["172.16.0.0/24"].kind == "direct"
+
+
+def test_same_subnet() -> None:
+    assert dz.same_subnet(ME, SAME)
+    assert not dz.same_subnet(ME, OTHER)
+    assert not dz.same_subnet(ME, dz.NodeInfo("x"))
+
+
+def test_vtep_mac_is_stable_local_unicast() -> None:
+    mac = dz.vtep_mac("node1")
+    assert mac == dz.vtep_mac("node1") != dz.vtep_mac("node2")
+    first = int(mac.split(":")[0], 16)
+    assert first & 0x02 and not first & 0x01
+
+
+def test_masquerade_sets_and_nat_table() -> None:
+    masq, every = dz.masquerade_sets([pool(natOutgoing=True), pool("10.99.0.0/16")])
+    assert masq == ["10.244.0.0/16"] and every == ["10.244.0.0/16", "10.99.0.0/16"]
+    script = render(masq, every)
+    assert "table ip tortie-nat" in script and "inet" not in script
+    assert "ip saddr @masq-pools ip daddr != @all-pools" in script
+
+
+def test_block_signature_ignores_the_owners_own_pods_only() -> None:
+    base = block("10.244.1.0/26", "n1")
+    own = block("10.244.1.0/26", "n1", {"10.244.1.5": "n1"})
+    borrowed = block("10.244.1.0/26", "n1", {"10.244.1.6": "n2"})
+    vtep = Block.new("10.244.1.0/26", "host:n1")
+    vtep.assign_ip("10.244.1.0", {"handle": "vxlan-tunnel-addr-n1", "node": "n1"})
+    assert dz.block_signature(base) == dz.block_signature(own)
+    assert dz.block_signature(base) != dz.block_signature(borrowed)
+    assert dz.block_signature(base) != dz.block_signature(vtep)
+    assert dz.block_signature(base) != dz.block_signature(block("10.244.1.0/26", "n2"))
