@@ -14,17 +14,20 @@ interfaces that do not exist, so only the two endpoints that carry traffic have 
 Measures, printing every figure:
 
 * full programming: ``update()`` of every resource into a fresh calculator, ``model()``,
-  ``render()`` and ``nft -f`` of the whole table into the node's namespace (medians of
-  ``--runs``; target: the sum <= 1 s);
-* one new pod: ``update()`` + ``model()`` + ``render_incremental()`` + ``nft -f`` of that
+  ``render()`` and applying the whole table in the node's namespace (medians of ``--runs``;
+  target: the sum <= 1 s);
+* one new pod: ``update()`` + ``model()`` + ``render_incremental()`` + applying that
   transaction (target <= 20 ms);
 * one label change on a local pod, same path (target <= 100 ms);
 * throughput: pod a -> node (router, carrying the table) -> pod b, iperf3 (one TCP stream),
   with the full table, a conntrack-only table and no table, round-robin in the same run
   (target: full / no table >= 0.9).
 
-Wall times and CPU times (this process and its nft children) are both printed, with the load
-average: other work on the machine stretches wall times a lot, CPU times much less.
+Applying goes through ``policyagent.nft_apply`` as the agent's does: in-process through
+libnftables when it loads (``TORTIE_NFT=cli`` forces one ``nft -f -`` process per
+transaction, to compare). Wall times and CPU times (this process and any nft children) are
+both printed, with the load average: other work on the machine stretches wall times a lot,
+CPU times less.
 """
 
 from __future__ import annotations
@@ -346,7 +349,7 @@ def changes(g: Generated, calc: PolicyCalculator, model: DataplaneModel, n: int,
 
 
 def nft_floor(runs: int) -> float:
-    """One ``nft -f`` of an (almost) empty transaction: the process start-up every apply pays."""
+    """Applying an (almost) empty transaction: what every apply pays at least."""
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -496,12 +499,13 @@ def main() -> int:
               f"nft script")
         print("\nFull programming (fresh calculator, empty table):")
         for k, label in (("update", "update() of every resource"), ("model", "model()"),
-                         ("render", "render()"), ("apply", "nft -f (whole table)"),
-                         ("total", "total"), ("apply cpu", "  CPU of nft -f"),
+                         ("render", "render()"), ("apply", "apply (whole table)"),
+                         ("total", "total"), ("apply cpu", "  CPU of the apply"),
                          ("total cpu", "  CPU of the total")):
             print(row(label, splits[k]))
-        print(f"  {'nft -f over the existing table':<34}{replace:9.1f} ms")
-        print(f"  {'nft -f of an empty transaction':<34}{floor:9.1f} ms  (process floor)")
+        print(f"  {'apply over the existing table':<34}{replace:9.1f} ms")
+        print(f"  {'apply of an empty transaction':<34}{floor:9.1f} ms  (the floor; applied "
+              f"through {nft_apply.backend()})")
         for title, data in (("One new pod", new_pods), ("One label change", labels)):
             print(f"\n{title} (calc + smallest transaction applied):")
             for k in ("update", "model", "render", "apply", "total", "apply cpu", "total cpu"):

@@ -23,6 +23,7 @@ the environment variable, or the config file path and field.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from collections.abc import Mapping
@@ -376,3 +377,28 @@ def _read_config_file(
             continue
         values[_SPEC_FIELDS[key]] = value
     return values, path
+
+
+def add_etcd_arguments(parser: argparse.ArgumentParser) -> None:
+    """The etcd flags every Tortie daemon takes (read back with :func:`from_arguments`)."""
+    parser.add_argument("--etcd-endpoints", help="etcd URLs, comma separated "
+                        "[env TORTIE_ETCD_ENDPOINTS]")
+    parser.add_argument("--etcd-ca-cert-file", help="CA bundle for https endpoints")
+    parser.add_argument("--etcd-cert-file", help="client certificate")
+    parser.add_argument("--etcd-key-file", help="client key")
+    parser.add_argument("--etcd-username", help="etcd user")
+    parser.add_argument("--etcd-password", help="etcd password")
+    parser.add_argument("--etcd-timeout", type=float,
+                        help="seconds to wait for etcd (default 5)")
+    parser.add_argument("-c", "--config", dest="config_file",
+                        help="config file (calicoctl's CalicoAPIConfig format) "
+                             "[env TORTIE_CONFIG]")
+
+
+def from_arguments(args: argparse.Namespace) -> EtcdConfig:
+    """The EtcdConfig of flags added by :func:`add_etcd_arguments` (raises ConfigError)."""
+    return EtcdConfig.load(
+        endpoints=args.etcd_endpoints, ca_cert_file=args.etcd_ca_cert_file,
+        cert_file=args.etcd_cert_file, key_file=args.etcd_key_file,
+        username=args.etcd_username, password=args.etcd_password,
+        config_file=args.config_file, timeout=args.etcd_timeout)

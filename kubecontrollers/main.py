@@ -33,7 +33,7 @@ from typing import Any
 
 from kubernetes_asyncio import client, config
 
-from datastore.etcd_config import ConfigError, EtcdConfig
+from datastore.etcd_config import ConfigError, EtcdConfig, add_etcd_arguments, from_arguments
 from datastore.store import Store
 from kubecontrollers.app import KubeControllers
 from kubecontrollers.controller import Options
@@ -53,16 +53,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
                    help="kubeconfig file (default: in-cluster service account, else "
                         "~/.kube/config) [env KUBECONFIG]")
-    p.add_argument("--etcd-endpoints", help="etcd URLs, comma separated "
-                   "[env TORTIE_ETCD_ENDPOINTS]")
-    p.add_argument("--etcd-ca-cert-file", help="CA bundle for https endpoints")
-    p.add_argument("--etcd-cert-file", help="client certificate")
-    p.add_argument("--etcd-key-file", help="client key")
-    p.add_argument("--etcd-username", help="etcd user")
-    p.add_argument("--etcd-password", help="etcd password")
-    p.add_argument("--etcd-timeout", type=float, help="seconds to wait for etcd (default 5)")
-    p.add_argument("-c", "--config", dest="config_file",
-                   help="config file (calicoctl's CalicoAPIConfig format) [env TORTIE_CONFIG]")
+    add_etcd_arguments(p)
     p.add_argument("--metrics-address", default="0.0.0.0",
                    help="address of /metrics and /healthz (default 0.0.0.0)")
     p.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
@@ -193,11 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
     try:
-        etcd = EtcdConfig.load(
-            endpoints=args.etcd_endpoints, ca_cert_file=args.etcd_ca_cert_file,
-            cert_file=args.etcd_cert_file, key_file=args.etcd_key_file,
-            username=args.etcd_username, password=args.etcd_password,
-            config_file=args.config_file, timeout=args.etcd_timeout)
+        etcd = from_arguments(args)
     except ConfigError as e:
         log.error("invalid etcd configuration", extra={"fields": {"error": str(e)}})
         return 2

@@ -34,6 +34,8 @@ from typing import Any
 from cni.launcher import install as install_cni
 from lab import containerd, cri, netns, underlay
 from lab.etcd import EtcdProcess
+from lab.procs import alive as _alive
+from lab.procs import stop_pid as _kill
 
 LAB_ROOT = Path(os.environ.get("TORTIE_LAB_DIR", "/run/tortie-lab"))
 REPO = Path(__file__).resolve().parents[1]
@@ -530,29 +532,6 @@ def _split_ref(ref: str) -> tuple[str, str]:
     return namespace, name
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _kill(pid: int, timeout: float = 5.0) -> None:
-    if not _alive(pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.02)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def _tail(path: str, lines: int = 20) -> str:

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import tarfile
 import time
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from lab.cri import DEFAULT_TIMEOUT, CRIError, RuntimeClient
+from lab.procs import alive as _alive
+from lab.procs import stop_pid as _kill
 
 CONTAINERD = "containerd"
 CTR = "ctr"
@@ -451,42 +452,7 @@ def _mounts_under(base: Path) -> list[str]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(ChildProcessError):  # our child and a zombie: reap it
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    return not _zombie(pid)
 
-
-def _zombie(pid: int) -> bool:
-    """Exited, waiting for its parent (shims are reparented to init, which reaps late)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
-
-
-def _kill(pid: int, timeout: float) -> None:
-    if not _alive(pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.02)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        end = time.monotonic() + 2.0
-        while time.monotonic() < end and _alive(pid):
-            time.sleep(0.02)
 
 
 def _tail(path: Path, lines: int = 25) -> str:

@@ -41,7 +41,7 @@ from typing import Any
 from cni import netlink
 from cni.handler import CNIHandler, RequestInfo, response_summary
 from cni.spec import ERR_DECODE, error_dict
-from datastore.etcd_config import ConfigError, EtcdConfig
+from datastore.etcd_config import ConfigError, EtcdConfig, add_etcd_arguments, from_arguments
 from datastore.kinds import by_plural
 from datastore.model_network import Node
 from datastore.resources import ResourceConflict, ResourceExists, Resources
@@ -107,16 +107,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tortie-node", description="Tortie's per-node daemon")
     p.add_argument("--node-name", default=os.environ.get("TORTIE_NODE_NAME")
                    or socket.gethostname(), help="this node's name (default: hostname)")
-    p.add_argument("--etcd-endpoints", help="etcd URLs, comma separated "
-                   "[env TORTIE_ETCD_ENDPOINTS]")
-    p.add_argument("--etcd-ca-cert-file", help="CA bundle for https endpoints")
-    p.add_argument("--etcd-cert-file", help="client certificate")
-    p.add_argument("--etcd-key-file", help="client key")
-    p.add_argument("--etcd-username", help="etcd user")
-    p.add_argument("--etcd-password", help="etcd password")
-    p.add_argument("--etcd-timeout", type=float, help="seconds to wait for etcd (default 5)")
-    p.add_argument("-c", "--config", dest="config_file",
-                   help="config file (calicoctl's CalicoAPIConfig format) [env TORTIE_CONFIG]")
+    add_etcd_arguments(p)
     p.add_argument("--socket", default=os.environ.get("TORTIE_CNI_SOCKET") or DEFAULT_SOCKET,
                    help=f"CNI socket path (default {DEFAULT_SOCKET})")
     p.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
@@ -135,14 +126,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not 1 <= len(args.interface_prefix) <= 11:
         p.error("--interface-prefix must be 1-11 characters")
     return args
-
-
-def etcd_config(args: argparse.Namespace) -> EtcdConfig:
-    return EtcdConfig.load(
-        endpoints=args.etcd_endpoints, ca_cert_file=args.etcd_ca_cert_file,
-        cert_file=args.etcd_cert_file, key_file=args.etcd_key_file,
-        username=args.etcd_username, password=args.etcd_password,
-        config_file=args.config_file, timeout=args.etcd_timeout)
 
 
 # --- the daemon ---------------------------------------------------------------------------------
@@ -490,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
     try:
-        config = etcd_config(args)
+        config = from_arguments(args)
     except ConfigError as e:
         log.error("invalid etcd configuration", extra={"fields": {"error": str(e)}})
         return 2

@@ -538,21 +538,33 @@ class PolicyCalculator:
         old = item.labels
         item.labels = labels
         self._index_labels(item.id, old, labels)
-        candidates: set[_Sel] = set()
-        for k in old.keys() | labels.keys():
-            if old.get(k) != labels.get(k):
-                sels = self._key_index.get(k)
-                if sels:
-                    candidates |= sels
+        changed = {k for k in old.keys() | labels.keys() if old.get(k) != labels.get(k)}
+        if not changed:
+            return
+        # Only selectors reading a changed key can change their verdict. Of those, the ones
+        # whose required label the item now has are evaluated (found through the index by
+        # the item's labels: far fewer than all readers of, say, a namespace label); the
+        # others it no longer matches (it leaves those it was in).
         matched = item.matched
-        for sel in candidates:
-            idx = sel.index  # without the label the selector requires, no need to evaluate
-            now = (idx is None or labels.get(idx[0]) == idx[1]) and sel.match(labels)
+        sels_ = self._sels
+        evaluate = [sel for sel in self._sel_scan if not sel.keys.isdisjoint(changed)]
+        index = self._sel_index
+        for kv in labels.items():
+            sels = index.get(kv)
+            if sels:
+                evaluate.extend(sel for sel in sels if not sel.keys.isdisjoint(changed))
+        seen = {sel.canon for sel in evaluate}
+        leave = [sels_[c] for c in matched if c not in seen
+                 and not sels_[c].keys.isdisjoint(changed)]
+        for sel in evaluate:
+            now = sel.match(labels)
             if now != (sel.canon in matched):
                 if now:
                     self._join(item, sel)
                 else:
                     self._leave(item, sel)
+        for sel in leave:
+            self._leave(item, sel)
 
     def _join(self, item: _Item, sel: _Sel) -> None:
         sel.members.add(item.id)

@@ -21,14 +21,19 @@ Layout (``cali*`` are workload interfaces; ``F`` is the mark mask below)
   (kubelet probes), as Calico does.
 * Per endpoint and direction, a chain ``w{i,e}_<hash>`` / ``h{i,e}_<hash>`` / ``hf{i,e}_<hash>``
   / ``hp_<hash>`` / ``hu{i,e}_<hash>``: anti-spoofing (workload egress), failsafe ports (host,
-  before policy), then for each tier: clear the accept/pass bits, ``jump`` the tier chain,
-  leave on accept; then the profiles; then a counted drop (hooks with a default drop).
-* Tier chains ``t{i,e}_<hash>`` (shared by every endpoint with the same tier content): ``jump``
-  each policy chain in order, ``return`` as soon as the accept or pass bit is set, end-of-tier
-  ``drop`` when the tier's default action is deny (and the hook has a default drop).
-* Policy / profile chains ``p{i,e}_<hash>`` / ``r{i,e}_<hash>``: the rules, each with a
-  ``counter`` and ``comment "<rule_id>"``: allow sets ``MARK_ACCEPT`` and returns, pass sets
-  ``MARK_PASS`` and returns, deny drops, log logs (``tortie <rule_id>``) and goes on.
+  before policy), then the policy steps, then a counted drop (hooks with a default drop).
+  The steps: for each tier, ``jump`` the tier chain and leave on accept; then the same for
+  each profile. A workload chain holds only ``jump wp{i,e}_<hash>`` (the steps, in a chain
+  shared by every workload with the same tiers and profiles), leave on accept, its drop.
+* Tier chains ``t{i,e}_<hash>`` (shared by every endpoint with the same tier content): clear
+  the accept/pass bits, ``jump`` each policy chain in order, end-of-tier ``drop`` when the
+  tier's default action is deny (and the hook has a default drop) and no policy decided.
+* Policy / profile chains ``p{i,e}_<hash>`` / ``r{i,e}_<hash>``: a policy chain first
+  ``return``s when an earlier policy of the tier set the accept or pass bit (so the tier
+  chain needs no check after each jump), a profile chain first clears both bits; then the
+  rules, each with a ``counter`` and ``comment "<rule_id>"``: allow sets ``MARK_ACCEPT`` and
+  returns, pass sets ``MARK_PASS`` and returns, deny drops, log logs (``tortie <rule_id>``)
+  and goes on.
 
 Chain names are a kind prefix plus 12 hex digits of SHA-256 over the id (always far below nft's
 name limits); every chain carries a ``comment`` naming what it is for.
@@ -83,6 +88,8 @@ MARK_MASK = MARK_ACCEPT | MARK_PASS | MARK_PREDNAT | MARK_UNTRACKED
 _VERDICT_BITS = MARK_ACCEPT | MARK_PASS
 _CLEAR_VERDICT = f"meta mark set meta mark & {0xFFFFFFFF & ~_VERDICT_BITS:#010x}"
 _ACCEPTED = f"meta mark & {MARK_ACCEPT:#x} != 0"
+#: First rule of every policy chain: a policy earlier in the tier already decided.
+_DECIDED = f"meta mark & {_VERDICT_BITS:#x} != 0 return"
 
 #: Host-side workload interfaces start with this (Calico's default prefix).
 WORKLOAD_PREFIX = "cali"
@@ -140,6 +147,9 @@ def _net_expr(nets: Iterable[str]) -> str:
     return items[0] if len(items) == 1 else "{ " + ", ".join(_drop_subsumed(items)) + " }"
 
 
+_HOST_SUFFIXES = ("/32", "/128")
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _parse_net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """Parsed once: the same addresses appear in many sets and in every full render."""
@@ -148,7 +158,10 @@ def _parse_net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 def _drop_subsumed(members: Iterable[str]) -> list[str]:
     """CIDRs minus those inside another one (nft refuses overlapping interval elements)."""
-    nets = sorted({_parse_net(m) for m in members},
+    texts = set(members)
+    if all(m.endswith(_HOST_SUFFIXES) for m in texts):
+        return sorted(texts)  # single addresses (canonical text): none inside another
+    nets = sorted({_parse_net(m) for m in texts},
                   key=lambda n: (n.version, n.prefixlen, n.network_address))
     # Shortest prefixes first; a net is subsumed when its supernet at one of the prefix lengths
     # kept so far is kept: O(members x distinct prefix lengths), not O(members^2).
@@ -267,8 +280,36 @@ def render_rule(rule: RuleSpec) -> list[str]:
     return [" ".join([*m, action]) for m in lines]
 
 
-def _policy_chain_body(prog: PolicyProgram) -> list[str]:
-    return [line for rule in prog.rules for line in render_rule(rule)]
+def _policy_chain_body(prog: PolicyProgram, profile: bool = False) -> list[str]:
+    """A policy chain starts by returning when an earlier policy of the tier set the accept
+    or pass bit (so a tier chain is only jumps); a profile chain by clearing both bits."""
+    rules = [line for rule in prog.rules for line in render_rule(rule)]
+    return [_CLEAR_VERDICT, *rules] if profile else [_DECIDED, *rules]
+
+
+def _steps(tiers: tuple[TierPolicies, ...], profiles: tuple[str, ...], direction: str,
+           on_accept: str, default_drop: bool) -> list[str]:
+    """For each tier, then each profile: jump (the tier or profile chain first clears the
+    verdict bits), leave on accept."""
+    out: list[str] = []
+    for tier in tiers:
+        out.append(f"jump {_tier_chain_name(tier, direction, default_drop)}")
+        out.append(f"{_ACCEPTED} {on_accept}")
+    for prof in profiles:
+        out.append(f"jump {policy_chain(prof, direction, profile=True)}")
+        out.append(f"{_ACCEPTED} {on_accept}")
+    return out
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _workload_program(tiers: tuple[TierPolicies, ...], profiles: tuple[str, ...],
+                      direction: str) -> tuple[str, tuple[str, ...]]:
+    """The chain (``wp{i,e}_<hash>``, named by its content) holding a workload's tier and
+    profile steps, shared by every workload with the same ones; ``("", ())`` when none."""
+    steps = tuple(_steps(tiers, profiles, direction, "return", True))
+    if not steps:
+        return "", ()
+    return chain_name("wp" + _dir(direction), "\n".join(steps)), steps
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -337,27 +378,20 @@ class _Builder:
         return chain.name
 
     def tier_chain(self, tier: TierPolicies, direction: str, default_drop: bool) -> str:
-        rules: list[str] = []
-        for pid in tier.policies:
-            rules.append(f"jump {policy_chain(pid, direction)}")
-            rules.append(f"meta mark & {_VERDICT_BITS:#x} != 0 return")
+        # each policy chain returns at once when an earlier one decided (_DECIDED)
+        rules = [_CLEAR_VERDICT, *(f"jump {policy_chain(pid, direction)}"
+                                   for pid in tier.policies)]
         if tier.default_action == "deny" and default_drop:
+            rules.append(_DECIDED)
             rules.append(f"counter drop comment {_q(f'end of tier {tier.tier} {direction}')}")
         return self.add(_Chain(_tier_chain_name(tier, direction, default_drop),
                                f"tier {tier.tier} {direction}: {' '.join(tier.policies)}", rules))
 
     def policy_steps(self, tiers: tuple[TierPolicies, ...], profiles: tuple[str, ...],
                      direction: str, on_accept: str, default_drop: bool) -> list[str]:
-        out: list[str] = []
         for tier in tiers:
-            out.append(_CLEAR_VERDICT)
-            out.append(f"jump {self.tier_chain(tier, direction, default_drop)}")
-            out.append(f"{_ACCEPTED} {on_accept}")
-        for prof in profiles:
-            out.append(_CLEAR_VERDICT)
-            out.append(f"jump {policy_chain(prof, direction, profile=True)}")
-            out.append(f"{_ACCEPTED} {on_accept}")
-        return out
+            self.tier_chain(tier, direction, default_drop)
+        return _steps(tiers, profiles, direction, on_accept, default_drop)
 
     # workloads
     def workload(self, ep: EndpointProgram) -> None:
@@ -368,7 +402,14 @@ class _Builder:
             rules: list[str] = []
             if direction == "egress":
                 rules.extend(_anti_spoof(ep))
-            rules.extend(self.policy_steps(tiers, ep.profiles, direction, "return", True))
+            program, steps = _workload_program(tiers, ep.profiles, direction)
+            if program:  # the steps in a chain shared by every workload with the same ones
+                for tier in tiers:
+                    self.tier_chain(tier, direction, True)
+                what = " ".join([*(t.tier for t in tiers), *ep.profiles])
+                self.add(_Chain(program, f"workload {direction} program: {what}", list(steps)))
+                rules.append(f"jump {program}")
+                rules.append(f"{_ACCEPTED} return")
             rules.append(f"counter drop comment {_q(f'{ep.name} {direction} default drop')}")
             name = self.add(_Chain(chain_name("w" + _dir(direction), ep.name),
                                    f"workload {ep.name} {direction}", rules))
@@ -437,7 +478,7 @@ class _Builder:
                             _policy_chain_body(prog)))
         for (pid, direction), prog in sorted(self.m.profiles.items()):
             self.add(_Chain(policy_chain(pid, direction, profile=True),
-                            f"profile {pid} {direction}", _policy_chain_body(prog)))
+                            f"profile {pid} {direction}", _policy_chain_body(prog, True)))
 
     def dispatch(self, map_name: str, iface: str, what: str) -> _Chain:
         """``<iface> vmap @map`` with goto elements, then the ``*`` endpoint if any."""
@@ -608,7 +649,8 @@ def render_chain_replace(policy: PolicyProgram, table: str = "tortie", *,
     The chain is declared first, so this also works for a chain that does not exist yet."""
     name = policy_chain(policy.id, policy.direction, profile=profile)
     kind = "profile" if profile else "policy"
-    chain = _Chain(name, f"{kind} {policy.id} {policy.direction}", _policy_chain_body(policy))
+    chain = _Chain(name, f"{kind} {policy.id} {policy.direction}",
+                   _policy_chain_body(policy, profile))
     return (f"table inet {table} {{\n\tchain {name} {{\n\t}}\n}}\n"
             f"flush chain inet {table} {name}\n"
             f"table inet {table} {{\n{chain.text()}\n}}\n")
@@ -616,43 +658,53 @@ def render_chain_replace(policy: PolicyProgram, table: str = "tortie", *,
 
 # --- incremental updates --------------------------------------------------------------------
 
-_TierUse = tuple[str, TierPolicies, bool]
-_TIER_USES_CACHE: list[tuple[DataplaneModel, Counter[_TierUse]]] = []
+_USES_CACHE: list[tuple[DataplaneModel, Counter[str]]] = []
 
 
-def _endpoint_tier_uses(ep: EndpointProgram) -> list[_TierUse]:
+def _shared(chain: str) -> bool:
+    """Tier and workload program chains: shared by content, made and deleted by use count."""
+    return chain.startswith(("t", "wp"))
+
+
+def _endpoint_uses(ep: EndpointProgram) -> list[str]:
+    """The shared chains a workload's chains use (tier chains counted once per direction)."""
     if ep.interface is None:
         return []
-    return ([("ingress", t, True) for t in ep.ingress_policies]
-            + [("egress", t, True) for t in ep.egress_policies])
+    out: list[str] = []
+    for d, tiers in (("ingress", ep.ingress_policies), ("egress", ep.egress_policies)):
+        out.extend(_tier_chain_name(t, d, True) for t in tiers)
+        program, _ = _workload_program(tiers, ep.profiles, d)
+        if program:
+            out.append(program)
+    return out
 
 
-def _tier_uses(model: DataplaneModel) -> Counter[_TierUse]:
-    """How many endpoint hooks use each (direction, tier content, end-of-tier drop): one tier
-    chain each, as :func:`render` makes them (cached for the last few models)."""
-    for cached, uses in _TIER_USES_CACHE:
+def _shared_uses(model: DataplaneModel) -> Counter[str]:
+    """How many endpoint hooks use each shared chain :func:`render` makes (cached for the last
+    few models)."""
+    for cached, uses in _USES_CACHE:
         if cached is model:
             return uses
-    uses: Counter[_TierUse] = Counter()
+    uses: Counter[str] = Counter()
     for ep in model.endpoints.values():
-        uses.update(_endpoint_tier_uses(ep))
+        uses.update(_endpoint_uses(ep))
     for hep in model.host_endpoints.values():
         if hep.interface is None and not hep.all_interfaces:
             continue
         for d, normal, fwd, untracked in (
                 ("ingress", hep.ingress_policies, hep.forward_ingress, hep.untracked_ingress),
                 ("egress", hep.egress_policies, hep.forward_egress, hep.untracked_egress)):
-            uses.update((d, t, True) for t in normal + fwd)
+            uses.update(_tier_chain_name(t, d, True) for t in normal + fwd)
             if not hep.all_interfaces:
-                uses.update((d, t, False) for t in untracked)
-        uses.update(("ingress", t, False) for t in hep.pre_dnat_ingress)
+                uses.update(_tier_chain_name(t, d, False) for t in untracked)
+        uses.update(_tier_chain_name(t, "ingress", False) for t in hep.pre_dnat_ingress)
     _remember(model, uses)
     return uses
 
 
-def _remember(model: DataplaneModel, uses: Counter[_TierUse]) -> None:
-    _TIER_USES_CACHE.insert(0, (model, uses))
-    del _TIER_USES_CACHE[3:]
+def _remember(model: DataplaneModel, uses: Counter[str]) -> None:
+    _USES_CACHE.insert(0, (model, uses))
+    del _USES_CACHE[3:]
 
 
 def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = "tortie"
@@ -701,7 +753,7 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = "t
             name = policy_chain(prog.id, prog.direction, profile=profile)
             kind = "profile" if profile else "policy"
             define(name, _Chain(name, f"{kind} {prog.id} {prog.direction}",
-                                _policy_chain_body(prog)), key in keys.changed)
+                                _policy_chain_body(prog, profile)), key in keys.changed)
     b = _Builder(new, "drop")
     touched = sorted(diff.endpoints.added | diff.endpoints.changed)
     had_chains: set[str] = set()  # endpoint chains the old table has (refilled, not created)
@@ -710,21 +762,21 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = "t
         before = old.endpoints.get(name)
         if before is not None and before.interface is not None:
             had_chains.update(chain_name(k, name) for k in ("wi", "we"))
-    # tier chains by use count, updated from the old model's (host endpoints are unchanged)
-    old_uses = _tier_uses(old)
+    # shared chains by use count, updated from the old model's (host endpoints are unchanged)
+    old_uses = _shared_uses(old)
     new_uses = old_uses.copy()
     for name in diff.endpoints.removed | diff.endpoints.changed:
-        new_uses.subtract(_endpoint_tier_uses(old.endpoints[name]))
+        new_uses.subtract(_endpoint_uses(old.endpoints[name]))
     for name in touched:
-        new_uses.update(_endpoint_tier_uses(new.endpoints[name]))
+        new_uses.update(_endpoint_uses(new.endpoints[name]))
     new_uses = +new_uses  # drop the unused
     _remember(new, new_uses)
-    gone_tiers = {_tier_chain_name(t, d, drop) for d, t, drop in old_uses.keys() - new_uses.keys()}
-    fresh_tiers = {_tier_chain_name(t, d, drop) for d, t, drop in new_uses.keys() - old_uses.keys()}
+    gone_shared = old_uses.keys() - new_uses.keys()
+    fresh_shared = new_uses.keys() - old_uses.keys()
     for chain_id, chain in sorted(b.chains.items()):
-        if chain_id[0] != "t":
+        if not _shared(chain_id):
             define(chain_id, chain, chain_id in had_chains)
-        elif chain_id in fresh_tiers:
+        elif chain_id in fresh_shared:
             define(chain_id, chain, False)
     maps = ("wl_to", "wl_from")
     gone = any(old.endpoints[name].interface is not None and (
@@ -750,7 +802,9 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = "t
         before, after = old.endpoints[name], new.endpoints.get(name)
         if before.interface is not None and (after is None or after.interface is None):
             tail.extend(f"delete chain {t} {chain_name(k, name)}" for k in ("wi", "we"))
-    tail.extend(f"delete chain {t} {n}" for n in sorted(gone_tiers))
+    # program chains first: they jump to the tier chains
+    tail.extend(f"delete chain {t} {n}" for n in sorted(gone_shared, key=lambda n: (n[0], n),
+                                                          reverse=True))
     for keys, profile in ((diff.policies, False), (diff.profiles, True)):
         tail.extend(f"delete chain {t} {policy_chain(pid, d, profile=profile)}"
                     for pid, d in sorted(keys.removed))
@@ -785,7 +839,9 @@ def _set_changes(diff: ModelDiff, old: DataplaneModel, new: DataplaneModel, t: s
         delta = diff.ipset_members[sid]
         spec = new.ipsets[sid]
         refill = bool(delta.removed)
-        if spec.kind == "net" and not refill and not _hosts_only(spec.members):
+        before = old.ipsets[sid].members if sid in old.ipsets else None
+        if spec.kind == "net" and not refill and not _hosts_only(spec.members, before,
+                                                                   delta.added):
             refill = len(_drop_subsumed(spec.members)) != len(spec.members)
         plan.append((sid, refill))
     resend = sum(len(new.ipsets[sid].members) for sid, refill in plan if refill)
@@ -795,8 +851,9 @@ def _set_changes(diff: ModelDiff, old: DataplaneModel, new: DataplaneModel, t: s
         if refill:
             # deleting is safe when every old and new member is an element as it is (no
             # subsumed CIDRs, which the kernel never held, nor overlaps among the new ones)
-            exact = spec.kind != "net" or (_hosts_only(spec.members)
-                                           and _hosts_only(old.ipsets[sid].members))
+            before = old.ipsets[sid].members
+            exact = spec.kind != "net" or (_hosts_only(spec.members, before, delta.added)
+                                           and _hosts_only(before))
             if resend > REFILL_LIMIT and exact:
                 items = ", ".join(sorted(_set_member(spec.kind, m) for m in delta.removed))
                 head.append(f"delete element {t} {sid} {{ {items} }}")
@@ -807,8 +864,25 @@ def _set_changes(diff: ModelDiff, old: DataplaneModel, new: DataplaneModel, t: s
             blocks.append(_set_block(spec, members))
 
 
-def _hosts_only(members: Iterable[str]) -> bool:
-    return all(m.endswith(("/32", "/128")) for m in members)
+_HOSTS_ONLY: dict[int, tuple[frozenset[str], bool]] = {}  # by id(), the set kept alive
+
+
+def _hosts_only(members: frozenset[str], old: frozenset[str] | None = None,
+                added: Iterable[str] = ()) -> bool:
+    """Every member is a single address (so no member can overlap another). Remembered per
+    set object; derived from ``old`` (a set it was made from by adding ``added`` and removing
+    some) without a scan when that one was all addresses."""
+    hit = _HOSTS_ONLY.get(id(members))
+    if hit is not None and hit[0] is members:
+        return hit[1]
+    if old is not None and _hosts_only(old) and all(m.endswith(_HOST_SUFFIXES) for m in added):
+        result = True
+    else:
+        result = all(m.endswith(_HOST_SUFFIXES) for m in members)
+    if len(_HOSTS_ONLY) > 1 << 14:
+        _HOSTS_ONLY.clear()
+    _HOSTS_ONLY[id(members)] = (members, result)
+    return result
 
 
 def _set_block(spec: IPSetSpec, members: Iterable[str]) -> str:

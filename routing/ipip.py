@@ -10,9 +10,7 @@ the agent then reports IPIP routes as failed (the tests skip with that reason).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -34,14 +32,6 @@ class IPIPDevice:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
 
-    @contextlib.contextmanager
-    def _ipr(self) -> Iterator[IPRoute]:
-        ipr = IPRoute()
-        try:
-            yield ipr
-        finally:
-            ipr.close()
-
     def _index(self, ipr: IPRoute) -> int | None:
         found = ipr.link_lookup(ifname=IPIP_DEVICE)
         if found:
@@ -60,7 +50,7 @@ class IPIPDevice:
 
     def _unavailable(self) -> str | None:
         try:
-            with self._ipr() as ipr:
+            with IPRoute() as ipr:
                 return None if self._index(ipr) is not None else f"no {IPIP_DEVICE} device"
         except IPIPUnavailable as e:
             return str(e)
@@ -74,7 +64,7 @@ class IPIPDevice:
 
     def _ensure(self, address: str | None, underlay_mtu: int) -> list[str]:
         changes: list[str] = []
-        with self._ipr() as ipr:
+        with IPRoute() as ipr:
             idx = self._index(ipr)
             if idx is None:
                 raise IPIPUnavailable(f"{IPIP_DEVICE} does not exist")

@@ -12,12 +12,11 @@ Blocking calls: run :meth:`KernelRoutes.sync` in a worker thread (``asyncio.to_t
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -89,14 +88,6 @@ class KernelRoutes:
         self.netns = netns
         self.proto = proto
 
-    @contextlib.contextmanager
-    def _ipr(self) -> Iterator[IPRoute]:
-        ipr = IPRoute()
-        try:
-            yield ipr
-        finally:
-            ipr.close()
-
     # --- reading --------------------------------------------------------------------------
 
     @staticmethod
@@ -128,7 +119,7 @@ class KernelRoutes:
         return call_in_netns(self.netns, self._routes)
 
     def _routes(self) -> dict[str, list[KernelRoute]]:
-        with self._ipr() as ipr:
+        with IPRoute() as ipr:
             return self._read(ipr)[0]
 
     # --- writing --------------------------------------------------------------------------
@@ -163,7 +154,7 @@ class KernelRoutes:
 
     def _sync(self, desired: Mapping[str, Route], remove: bool) -> SyncResult:
         res = SyncResult()
-        with self._ipr() as ipr:
+        with IPRoute() as ipr:
             ours, foreign = self._read(ipr)
             devices: dict[str, int | None] = {}
 

@@ -14,11 +14,10 @@ Everything here touches only the ``vxlan.tortie`` device.  Blocking: use worker 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,14 +58,6 @@ class VXLANDevice:
         self.netns = netns
         self.name = name
 
-    @contextlib.contextmanager
-    def _ipr(self) -> Iterator[IPRoute]:
-        ipr = IPRoute()
-        try:
-            yield ipr
-        finally:
-            ipr.close()
-
     def _index(self, ipr: IPRoute) -> int | None:
         found = ipr.link_lookup(ifname=self.name)
         return int(found[0]) if found else None
@@ -85,7 +76,7 @@ class VXLANDevice:
     def _ensure(self, cfg: VXLANConfig) -> list[str]:
         """Create or fix the device; returns what it changed (empty: it was right)."""
         changes: list[str] = []
-        with self._ipr() as ipr:
+        with IPRoute() as ipr:
             mtu = cfg.mtu or self._underlay_mtu(ipr, cfg.local) - OVERHEAD
             idx = self._index(ipr)
             if idx is not None:
@@ -130,7 +121,7 @@ class VXLANDevice:
         return call_in_netns(self.netns, self._remove)
 
     def _remove(self) -> bool:
-        with self._ipr() as ipr:
+        with IPRoute() as ipr:
             idx = self._index(ipr)
             if idx is None:
                 return False
@@ -141,7 +132,7 @@ class VXLANDevice:
         return call_in_netns(self.netns, self._exists)
 
     def _exists(self) -> bool:
-        with self._ipr() as ipr:
+        with IPRoute() as ipr:
             return self._index(ipr) is not None
 
     def entries(self) -> tuple[dict[str, str], dict[str, str]]:
@@ -149,7 +140,7 @@ class VXLANDevice:
 
     def _entries_here(self) -> tuple[dict[str, str], dict[str, str]]:
         """(neighbours VTEP address -> MAC, fdb MAC -> underlay address) on the device."""
-        with self._ipr() as ipr:
+        with IPRoute() as ipr:
             idx = self._index(ipr)
             if idx is None:
                 return {}, {}
@@ -175,7 +166,7 @@ class VXLANDevice:
     def _sync_peers(self, peers: Mapping[str, VXLANPeer]) -> list[str]:
         """Make the device's neighbour and FDB entries equal ``peers``; returns changes."""
         changes: list[str] = []
-        with self._ipr() as ipr:
+        with IPRoute() as ipr:
             idx = self._index(ipr)
             if idx is None:
                 return changes

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from lab.procs import stop_pid
 
 DEFAULT_BIRD = "/usr/sbin/bird"
 START_TIMEOUT = 10.0
@@ -94,15 +94,6 @@ def render_bird_config(router_id: str, asn: int, neighbours: Iterable[BirdNeighb
         ]
     return "\n".join(lines) + "\n"
 
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 class BirdPeer:
@@ -239,19 +230,3 @@ def parse_show_route(text: str) -> dict[str, str]:
             out[prefix] = m.group(1)
             from_attr.add(prefix)
     return out
-
-
-def stop_pid(pid: int, timeout: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL, one process by PID."""
-    if not _alive(pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.02)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)

@@ -68,6 +68,7 @@ CONFIG_FILE = "exabgp.conf"
 SOCKET_FILE = "api.sock"
 LOG_FILE = "exabgp.log"
 COMMAND_TIMEOUT = 10.0
+RELOAD_SETTLE = 5.0  # how long a neighbour added by a reload may stay unknown to ExaBGP
 MAX_SOCKET_PATH = 107
 PR_SET_PDEATHSIG = 1
 
@@ -263,7 +264,7 @@ class ExaBGPSpeaker:
                     n.address for n in old.neighbours}
                 for addr in sorted(added):
                     for prefix, nh in sorted(self._announced.items()):
-                        await self._command(
+                        await self._command_after_reload(
                             f"neighbor {addr} announce route {prefix} next-hop {nh}")
         except BaseException:
             # Not applied: forget the new settings so that a retry does the whole change.
@@ -475,6 +476,19 @@ class ExaBGPSpeaker:
             fut = self._pending.popleft()
             if not fut.done():
                 fut.set_exception(SpeakerError(why))
+
+    async def _command_after_reload(self, line: str) -> str:
+        """A command naming a neighbour that a ``reload`` just added: ExaBGP acknowledges
+        the reload before its reactor has applied it, and refuses commands for neighbours it
+        does not know yet, so retry for a short while."""
+        deadline = time.monotonic() + RELOAD_SETTLE
+        while True:
+            try:
+                return await self._command(line)
+            except SpeakerError:
+                if time.monotonic() >= deadline or self._proc is None:
+                    raise
+            await asyncio.sleep(0.05)
 
     async def _command(self, line: str, timeout: float = COMMAND_TIMEOUT) -> str:
         async with self._lock:

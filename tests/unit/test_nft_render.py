@@ -102,6 +102,7 @@ def test_sets_and_rule_counters() -> None:
     assert f"set {s6} {{\n\t\ttype ipv6_addr; flags interval;" in script
     body = chain_body(script, policy_chain("np:default:allow-a", "ingress"))
     assert body[1:] == [
+        "meta mark & 0x30000 != 0 return",  # an earlier policy of the tier decided
         f"meta nfproto ipv4 meta l4proto 6 ip saddr @{s4} th dport 8080 counter "
         f'meta mark set meta mark | 0x10000 return comment "{rule.rule_id}"',
         f"meta nfproto ipv6 meta l4proto 6 ip6 saddr @{s6} th dport 8080 counter "
@@ -131,24 +132,45 @@ def test_pass_and_end_of_tier() -> None:
     ep = model.endpoints["default/b"]
     (tier,) = ep.ingress_policies
     assert tier.policies == ("gnp:pass-it", "np:default:allow-a")
+    # the endpoint chain: the shared program chain, leave on accept, else its own drop
     wi = chain_body(script, chain_name("wi", "default/b"))
-    tier_jump = next(line for line in wi if line.startswith("jump ti_"))
+    assert wi[1].startswith("jump wpi_") and wi[2:] == [
+        "meta mark & 0x10000 != 0 return",
+        'counter drop comment "default/b ingress default drop"']
+    prog = chain_body(script, wi[1].split()[1])
+    tier_jump = prog[1]
+    assert tier_jump.startswith("jump ti_")
     tier_body = chain_body(script, tier_jump.split()[1])
+    # policy chains return at once when an earlier one decided: the tier chain only jumps
     assert tier_body[1:] == [
+        "meta mark set meta mark & 0xfffcffff",  # a tier (and a profile) starts undecided
         f"jump {policy_chain('gnp:pass-it', 'ingress')}",
-        "meta mark & 0x30000 != 0 return",
         f"jump {policy_chain('np:default:allow-a', 'ingress')}",
         "meta mark & 0x30000 != 0 return",
         'counter drop comment "end of tier default ingress"']
-    # pass: mark and return; the endpoint chain then goes on to the profiles
+    # pass: mark and return; the program chain then goes on to the profiles
     pbody = chain_body(script, policy_chain("gnp:pass-it", "ingress"))
-    assert pbody[1] == ("meta nfproto ipv4 ip saddr 10.10.0.0/16 counter meta mark set "
+    assert pbody[1] == "meta mark & 0x30000 != 0 return"
+    assert pbody[2] == ("meta nfproto ipv4 ip saddr 10.10.0.0/16 counter meta mark set "
                         'meta mark | 0x20000 return comment "gnp:pass-it/ingress/0"')
-    i = wi.index(tier_jump)
-    assert wi[i + 1] == "meta mark & 0x10000 != 0 return"
-    assert wi[i + 2] == "meta mark set meta mark & 0xfffcffff"
-    assert wi[i + 3] == f"jump {policy_chain('pro:kns.default', 'ingress', profile=True)}"
-    assert wi[-1] == 'counter drop comment "default/b ingress default drop"'
+    assert prog[2] == "meta mark & 0x10000 != 0 return"
+    profile = policy_chain("pro:kns.default", "ingress", profile=True)
+    assert prog[3] == f"jump {profile}"
+    assert prog[-1] == "meta mark & 0x10000 != 0 return"
+    assert chain_body(script, profile)[1] == "meta mark set meta mark & 0xfffcffff"
+    wa = chain_body(script, chain_name("wi", "default/a"))
+    assert wa[1].startswith("jump wpi_") and wa[1] != wi[1]  # a has no tier: its own program
+
+
+def test_workloads_share_program_chains() -> None:
+    """Workloads with the same tiers and profiles jump to one program chain per direction."""
+    script = render(two_pods(wep("c", "10.65.0.3", {"app": "b"})).model())
+    for kind in ("wi", "we"):
+        b, c = (chain_body(script, chain_name(kind, f"default/{x}")) for x in "bc")
+        assert b[-3] == c[-3] and b[-3].startswith(f"jump wp{kind[1]}_")
+        assert b[-2] == "meta mark & 0x10000 != 0 return"
+        assert b[-1] == f'counter drop comment "default/b {b[0].split()[-1][:-1]} default drop"'
+    assert script.count("\n\tchain wpi_") == 2  # a's and the one b and c share
 
 
 def test_anti_spoofing() -> None:
