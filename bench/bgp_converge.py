@@ -1,9 +1,11 @@
 """BGP convergence: N ExaBGP speakers (ExaBGPSpeaker, as tortie-node runs them), each in
-its own network namespace on one bridge, in a full iBGP mesh.
+its own network namespace on one bridge, in a full iBGP mesh; or (``--lab``) a real Tortie
+lab of N nodes, from a block claim in etcd to the route in every other node's kernel.
 
     sudo .venv/bin/python bench/bgp_converge.py [--sizes 10 20] [--announces 40]
+    sudo .venv/bin/python bench/bgp_converge.py --lab 10 20 [--claims 30]
 
-For each size it prints
+Speaker mode prints, for each size,
 
 * mesh up: from starting all speakers (ExaBGP processes included) until every speaker has
   every session Established; and the same from the moment the last ExaBGP API answered;
@@ -12,6 +14,19 @@ For each size it prints
   from rotating speakers);
 * withdraw -> gone everywhere, the same for withdrawals.
 
+Lab mode (``--lab N ...``) brings up ``Lab(name).up(N)`` (etcd, N tortie-nodes, each with
+its routing agent and ExaBGP) and prints, for each size,
+
+* full mesh: from calling ``Lab.up`` until every node's ``/healthz`` shows all its N-1 mesh
+  sessions Established (the last session's own state-change time, and when polling saw it);
+* claim -> kernel: ``--claims`` times, a rotating node claims a new block through
+  ``ipam.IPAM.auto_assign`` (a fresh handle taking a whole /26 of a bench pool, so every
+  assignment claims one new block); from the block's create in etcd until the first and
+  the last other node's kernel has the route with protocol 80 (``ip monitor route`` in
+  every node namespace, started before the claims);
+* release -> gone: each handle released (the emptied block is deleted from etcd), until
+  the route has left the first / last other node's kernel.
+
 Targets (issue 4): median announce latency <= 200 ms, 20-node mesh up <= 10 s.
 """
 
@@ -19,23 +34,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import http.client
 import ipaddress
+import json
 import logging
+import os
 import secrets
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datastore.etcd_config import EtcdConfig
+from datastore.store import Store
+from ipam.allocator import IPAM
+from ipam.blocks import Block
+from lab import netns
 from lab.bridge_net import BridgeNet
+from lab.cluster import Lab
 from routing.bgp.api import BGPSettings, LearnedRoute, Neighbour
 from routing.bgp.bird import stop_pid
 from routing.bgp.peers import ip_key
 from routing.bgp.speaker import ExaBGPSpeaker
+from routing.kernel import PROTO, call_in_netns
 
 ASN = 64512
 BLOCKS = ipaddress.ip_network("10.80.0.0/12")
@@ -146,6 +175,223 @@ async def run_size(n: int, announces: int, timeout: float) -> dict[str, float]:
             shutil.rmtree(root, ignore_errors=True)
 
 
+# --- lab mode: a real Tortie lab, block claim in etcd -> route in every other kernel --------
+
+HEALTH_PORT = 9099  # tortie-node's /healthz (node/main.py DEFAULT_METRICS_PORT)
+BENCH_POOL = "bench-claims"
+BENCH_POOL_CIDR = "10.250.0.0/16"
+BENCH_BLOCK_SIZE = 26  # Calico's default; each claim takes a whole block, so each is new
+
+
+def _healthz(ns: str) -> dict[str, Any]:
+    """A node's /healthz, fetched from inside its namespace."""
+    def get() -> dict[str, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", HEALTH_PORT, timeout=5)
+        try:
+            conn.request("GET", "/healthz")
+            body: dict[str, Any] = json.loads(conn.getresponse().read())
+            return body
+        finally:
+            conn.close()
+    return call_in_netns(ns, get)
+
+
+def _mesh_state(health: dict[str, Any], n: int) -> tuple[int, float]:
+    """(established mesh sessions, unix time of the latest state change among them)."""
+    peers = health.get("agents", {}).get("routing", {}).get("peers") or []
+    up = [p for p in peers if p.get("kind") == "mesh" and p.get("state") == "Established"]
+    return len(up), max((float(p.get("since") or 0) for p in up), default=0.0)
+
+
+class RouteWatch:
+    """``ip -n NS monitor route`` for one node: when each protocol-80 route came and went
+    (perf_counter stamps, taken as the bench reads each line; iproute2 flushes per event)."""
+
+    def __init__(self, node: str, ns: str, cond: threading.Condition) -> None:
+        self.node, self.ns, self.cond = node, ns, cond
+        self.events: list[tuple[float, str, bool]] = []  # (time, dst, present)
+        self.proc = subprocess.Popen(["ip", "-n", ns, "monitor", "route"],
+                                     stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     text=True, bufsize=1)
+        self.thread = threading.Thread(target=self._read, name=f"watch-{node}", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            now = time.perf_counter()
+            toks = line.split()
+            present = not (toks and toks[0] == "Deleted")
+            toks = toks if present else toks[1:]
+            if "proto" not in toks[:-1] or toks[toks.index("proto") + 1] != str(PROTO):
+                continue
+            dst = toks[1] if toks[0] in ("blackhole", "unreachable", "prohibit") else toks[0]
+            with self.cond:
+                self.events.append((now, dst, present))
+                self.cond.notify_all()
+
+    def first(self, dst: str, present: bool, after: float) -> float | None:
+        return next((t for t, d, p in self.events if d == dst and p == present and t >= after),
+                    None)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class StampedIPAM(IPAM):
+    """The node's IPAM, noting when a block's create / delete was committed in etcd."""
+
+    created: dict[str, float] = {}
+    deleted: dict[str, float] = {}
+
+    async def _create_block(self, cidr: str, cfg: Any) -> None:
+        await super()._create_block(cidr, cfg)
+        if cidr in self._affine:  # ours: the create went through
+            StampedIPAM.created[cidr] = time.perf_counter()
+
+    async def _delete_empty(self, block: Block) -> None:
+        await super()._delete_empty(block)
+        StampedIPAM.deleted[block.cidr] = time.perf_counter()
+
+
+def _wait_all(watches: list[RouteWatch], cond: threading.Condition, dst: str, present: bool,
+              after: float, timeout: float) -> list[float]:
+    deadline = time.monotonic() + timeout
+    with cond:
+        while True:
+            got = [w.first(dst, present, after) for w in watches]
+            if all(t is not None for t in got):
+                return [t for t in got if t is not None]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = [w.node for w, t in zip(watches, got, strict=True) if t is None]
+                raise RuntimeError(f"route {dst} {'not in' if present else 'still in'} "
+                                   f"the kernel of {', '.join(missing)} after {timeout}s")
+            cond.wait(left)
+
+
+async def _claims(lab: Lab, nodes: list[str], watches: dict[str, RouteWatch],
+                  cond: threading.Condition, count: int, timeout: float,
+                  tag: str) -> dict[str, list[float]]:
+    """Runs in the fabric namespace (where the lab's etcd listens)."""
+    st = lab.load()
+    out: dict[str, list[float]] = {k: [] for k in ("add_owner", "add_first", "add_last",
+                                                   "del_first", "del_last")}
+    async with Store(EtcdConfig(endpoints=(st.etcd_endpoint,))) as store:
+        ipams = {n: StampedIPAM(store, n) for n in nodes}
+        pool = next(p for p in await ipams[nodes[0]].pools() if p.name == BENCH_POOL)
+        held: list[tuple[str, str, str]] = []  # (node, handle, block)
+        for k in range(count):
+            node = nodes[k % len(nodes)]
+            handle = f"bench-{tag}-{k}"
+            t0 = time.perf_counter()
+            ips = await ipams[node].auto_assign(handle, {}, [pool],
+                                                num=2 ** (32 - BENCH_BLOCK_SIZE))
+            block = str(ipaddress.ip_network(f"{ips[0]}/{BENCH_BLOCK_SIZE}", strict=False))
+            t_claim = StampedIPAM.created.get(block, t0)
+            others = [w for n, w in watches.items() if n != node]
+            seen = await asyncio.to_thread(_wait_all, others, cond, block, True, t0, timeout)
+            owner = watches[node].first(block, True, t0)  # its blackhole for the block
+            if owner is not None:
+                out["add_owner"].append(owner - t_claim)
+            out["add_first"].append(min(seen) - t_claim)
+            out["add_last"].append(max(seen) - t_claim)
+            held.append((node, handle, block))
+        for node, handle, block in held:
+            t0 = time.perf_counter()
+            await ipams[node].release_by_handle(handle)
+            t_del = StampedIPAM.deleted.get(block, t0)
+            others = [w for n, w in watches.items() if n != node]
+            seen = await asyncio.to_thread(_wait_all, others, cond, block, False, t0, timeout)
+            out["del_first"].append(min(seen) - t_del)
+            out["del_last"].append(max(seen) - t_del)
+    return out
+
+
+def run_lab(n: int, claims: int, timeout: float) -> dict[str, Any]:
+    tag = secrets.token_hex(3)
+    lab = Lab(f"bgp{tag}")
+    watches: dict[str, RouteWatch] = {}
+    cond = threading.Condition()
+    load_before = os.getloadavg()
+    try:
+        t0_wall, t0 = time.time(), time.perf_counter()
+        st = lab.up(n)
+        t_up = time.perf_counter()
+        nodes = {name: node.netns for name, node in st.nodes.items()}
+        deadline = time.monotonic() + timeout
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(n, 20)) as pool:
+            while True:
+                states = list(pool.map(
+                    lambda ns: _mesh_state(_safe_healthz(ns), n), nodes.values()))
+                if all(c == n - 1 for c, _ in states):
+                    break
+                if time.monotonic() > deadline:
+                    up = sum(c for c, _ in states)
+                    raise RuntimeError(f"{n}-node lab: mesh not up in {timeout}s ({up} of "
+                                       f"{n * (n - 1)} session ends Established)")
+                time.sleep(0.1)
+        t_polled = time.perf_counter()
+        last_change = max(t for _, t in states)
+        res: dict[str, Any] = {"up": t_up - t0, "mesh": last_change - t0_wall,
+                               "mesh_polled": t_polled - t0, "load_before": load_before}
+        if claims:
+            p = lab.tortie(st, ["apply", "-f", "-"], input=(
+                f"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: "
+                f"{BENCH_POOL}\nspec:\n  cidr: {BENCH_POOL_CIDR}\n  blockSize: "
+                f"{BENCH_BLOCK_SIZE}\n"))
+            if p.returncode != 0:
+                raise RuntimeError(f"creating pool {BENCH_POOL}: {p.stderr.strip()}")
+            for name, ns in nodes.items():
+                watches[name] = RouteWatch(name, ns, cond)
+            time.sleep(0.5)  # the monitors are subscribed
+            res.update(call_in_netns(st.fabric, lambda: asyncio.run(
+                _claims(lab, list(nodes), watches, cond, claims, timeout, tag))))
+        res["load_after"] = os.getloadavg()
+        return res
+    finally:
+        for w in watches.values():
+            w.close()
+        lab.down()
+        left = netns.list_netns(f"tl-{lab.name}-")
+        if left:
+            print(f"warning: lab {lab.name} left namespaces {left}", file=sys.stderr)
+
+
+def _safe_healthz(ns: str) -> dict[str, Any]:
+    try:
+        return _healthz(ns)
+    except (OSError, ValueError):
+        return {}
+
+
+def print_lab(n: int, r: dict[str, Any], claims: int) -> None:
+    la = " / ".join(f"{x:.1f}" for x in r["load_before"])
+    lb = " / ".join(f"{x:.1f}" for x in r["load_after"])
+    print(f"{n:3d}-node lab: full mesh {r['mesh']:.2f} s after Lab.up was called "
+          f"(Lab.up returned after {r['up']:.2f} s; polling saw the mesh at "
+          f"{r['mesh_polled']:.2f} s), {n * (n - 1) // 2} sessions")
+    if claims:
+        for key, what in (("add", "block claim -> route in kernel"),
+                          ("del", "block freed  -> route gone  ")):
+            first = [v * 1000 for v in r[f"{key}_first"]]
+            last = [v * 1000 for v in r[f"{key}_last"]]
+            print(f"              {what}: first node median {statistics.median(first):.1f} / "
+                  f"p99 {p99(first):.1f} ms, last node median {statistics.median(last):.1f} "
+                  f"/ p99 {p99(last):.1f} ms ({len(last)} blocks)")
+    if claims and r["add_owner"]:
+        owner = [v * 1000 for v in r["add_owner"]]
+        print(f"              (of which claim -> owner's own blackhole route: median "
+              f"{statistics.median(owner):.1f} / p99 {p99(owner):.1f} ms)")
+    print(f"              load average before {la}, after {lb}")
+    sys.stdout.flush()
+
+
 class _Fields(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return f"{super().format(record)} {getattr(record, 'fields', '')}"
@@ -159,7 +405,16 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10, 20])
     ap.add_argument("--announces", type=int, default=40)
     ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--lab", type=int, nargs="+", metavar="N",
+                    help="lab mode: a real Tortie lab of N nodes per size (instead of bare "
+                         "speakers)")
+    ap.add_argument("--claims", type=int, default=30,
+                    help="lab mode: block claims to time (0: mesh only)")
     args = ap.parse_args()
+    if args.lab:
+        for n in args.lab:
+            print_lab(n, run_lab(n, args.claims, max(args.timeout, 120.0)), args.claims)
+        return
     for n in args.sizes:
         r = asyncio.run(run_size(n, args.announces, args.timeout))
         ms = {k: v * 1000 for k, v in r.items()}

@@ -65,7 +65,16 @@ metadata: {name: other, namespace: shop, labels: {app: other}}
 spec: {nodeName: node3, containers: [{name: other, image: none}]}
 """
 
-WEB_POLICY = """\
+WEB_DENY = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-deny-all, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress]
+"""
+
+WEB_ALLOW = """\
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: web-from-client, namespace: shop}
@@ -141,8 +150,14 @@ def main() -> int:
         step(f"pods on other nodes reach shop/web ({web}) on node1: no policy yet")
         failures += ping(name, "shop/client", web, expect=True)
         failures += ping(name, "shop/other", web, expect=True)
-        step("a Kubernetes NetworkPolicy: only app=client may reach app=web")
-        failures += in_lab(name, "apply", "-f", "-", stdin=WEB_POLICY) != 0
+        step("a Kubernetes NetworkPolicy selecting app=web with no ingress rule: "
+             "nothing may reach it")
+        failures += in_lab(name, "apply", "-f", "-", stdin=WEB_DENY) != 0
+        time.sleep(1.0)
+        failures += ping(name, "shop/client", web, expect=False)
+        failures += ping(name, "shop/other", web, expect=False)
+        step("a second NetworkPolicy lets app=client in (policies add up)")
+        failures += in_lab(name, "apply", "-f", "-", stdin=WEB_ALLOW) != 0
         time.sleep(1.0)
         failures += ping(name, "shop/client", web, expect=True)
         failures += ping(name, "shop/other", web, expect=False)
