@@ -333,8 +333,11 @@ def run_lab(n: int, claims: int, timeout: float) -> dict[str, Any]:
                     break
                 if time.monotonic() > deadline:
                     up = sum(c for c, _ in states)
+                    short = [f"{name}:{c}" for name, (c, _) in zip(nodes, states, strict=True)
+                             if c != n - 1]
                     raise RuntimeError(f"{n}-node lab: mesh not up in {timeout}s ({up} of "
-                                       f"{n * (n - 1)} session ends Established)")
+                                       f"{n * (n - 1)} session ends Established; nodes with "
+                                       f"fewer than {n - 1}: {', '.join(short)})")
                 time.sleep(0.1)
         t_polled = time.perf_counter()
         last_change = max(t for _, t in states)

@@ -53,7 +53,7 @@ from routing.vxlan import VXLANConfig, VXLANDevice, vtep_handle
 log = logging.getLogger("tortie.routing")
 
 RESYNC_INTERVAL = 30.0
-DEBOUNCE = 0.05
+DEBOUNCE = 0.01  # coalesce a burst of datastore events into one kernel sync
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
 SETTLE = 1.0                 # how often to re-check the startup hold-off
 DEFAULT_STARTUP_GRACE = 30.0

@@ -254,7 +254,7 @@ class ExaBGPSpeaker:
         text = self._render()
         if text == self.config_path.read_text():
             return
-        self.config_path.write_text(text)
+        self._write_config(text)
         try:
             await self._command("reload")
             self._reflect_wanted.set()
@@ -269,7 +269,7 @@ class ExaBGPSpeaker:
         except BaseException:
             # Not applied: forget the new settings so that a retry does the whole change.
             self.settings = old
-            self.config_path.write_text(self._render())
+            self._write_config(self._render())
             raise
 
     async def announce(self, prefixes: dict[str, str]) -> None:
@@ -329,6 +329,15 @@ class ExaBGPSpeaker:
 
     # ----- process management ----------------------------------------------------------
 
+    def _write_config(self, text: str) -> None:
+        """Replace the config file atomically: ExaBGP parses a reload lazily, line by line, and
+        a file rewritten in place under it mixes old and new neighbours ("duplicate peer
+        definition"); after one failed reload ExaBGP 5.0's parser keeps a stale section stack
+        and refuses every later reload."""
+        tmp = self.config_path.with_name(self.config_path.name + ".new")
+        tmp.write_text(text)
+        os.replace(tmp, self.config_path)
+
     def _render(self) -> str:
         assert self.settings is not None
         return render_config(self.settings, [self.python, "-I", "-S", str(RELAY),
@@ -339,7 +348,7 @@ class ExaBGPSpeaker:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if len(str(self.socket_path)) > MAX_SOCKET_PATH:
             raise SpeakerError(f"{self.socket_path}: path too long for a unix socket")
-        self.config_path.write_text(self._render())
+        self._write_config(self._render())
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self._connected = asyncio.Event()
