@@ -115,7 +115,8 @@ class PolicyAgent:
         self._waiters: list[asyncio.Future[None]] = []
         self._applied: DataplaneModel | None = None  # what the kernel has (None: unknown)
         self._need_full = True  # the next programming replaces the whole table
-        self._injected: set[str] = set()  # keys fed by endpoint_ready, not yet seen by sync
+        # endpoints fed by endpoint_ready that the watch has not delivered yet
+        self._injected: dict[str, WorkloadEndpoint] = {}
         self._wep_ips: dict[str, tuple[str, ...]] = {}  # workload endpoint key -> ipNetworks
         self._ip_owner: dict[str, str] = {}  # ipNetwork -> the endpoint key holding it
         self._interfaces: dict[str, list[str]] | None = None  # host interfaces -> addresses
@@ -224,7 +225,7 @@ class PolicyAgent:
     # --- input ----------------------------------------------------------------------------
 
     def _on_update(self, key: str, value: dict[str, Any] | None) -> None:
-        self._injected.discard(key)
+        injected = self._injected.pop(key, None)
         try:
             plural, _, _ = parse_resource_key(key)
         except ValueError:
@@ -249,6 +250,8 @@ class PolicyAgent:
             self._felix[key] = resource
             self._update_e2h()
         elif plural == _WEP_PLURAL:
+            if injected is not None and _same_endpoint(injected, resource):
+                return  # the CNI ADD's own write, programmed already by endpoint_ready
             self._index_wep(key, resource)
         self._feed(plural, key, resource)
 
@@ -277,7 +280,7 @@ class PolicyAgent:
         # while the watch was resyncing) would otherwise stay forever
         cache = self._syncer.cache if self._syncer is not None else {}
         for key in [k for k in self._injected if k not in cache]:
-            self._injected.discard(key)
+            del self._injected[key]
             self._index_wep(key, None)
             self._feed(_WEP_PLURAL, key, None)
         if not self._synced:
@@ -307,7 +310,7 @@ class PolicyAgent:
         start = time.monotonic()
         key = resource_key(_WEP_PLURAL, wep.name, wep.namespace)
         if self._syncer is None or key not in self._syncer.cache:
-            self._injected.add(key)
+            self._injected[key] = wep
         # IPAM gave this endpoint its addresses, so whoever held them before is gone -- even if
         # the watch has not said so yet: its labels must not reach the new pod's traffic
         for ip in wep.spec.ipNetworks or ():
@@ -494,3 +497,8 @@ class _NftRuleCounter(_Metric):
             label = rule_id.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
             out.append(f'{self.name}{{rule_id="{label}"}} {pair[self.index]}')
         return out
+
+
+def _same_endpoint(a: WorkloadEndpoint, b: WorkloadEndpoint) -> bool:
+    """Whether two versions of an endpoint are the same to the policy calculation."""
+    return a.spec == b.spec and (a.metadata.labels or {}) == (b.metadata.labels or {})
