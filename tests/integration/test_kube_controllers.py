@@ -383,6 +383,10 @@ async def test_auto_host_endpoints_follow_nodes_and_config(store: Store) -> None
             assert node["spec"]["orchRefs"] == [{"nodeName": "master", "orchestrator": "k8s"}]
             assert node["spec"]["addresses"] == [{"address": "192.168.2.10",
                                                   "type": "InternalIP"}]
+            # the node mirror is another controller: it may finish after the merge above
+            async def mirrored() -> bool:
+                return await stored_names(store, "k8snodes") == set(nodes)
+            await eventually(mirrored, what="k8s nodes mirrored")
             assert await stored_names(store, "k8snodes") == set(nodes)
             await asyncio.sleep(0.3)
             assert await stored_names(store, "hostendpoints") == {"node1-eth0"}  # Disabled
