@@ -31,6 +31,15 @@ prevResult.
 
 Requests for one pod (or one container without a pod identity) are serialised; others run
 concurrently.
+
+A verb touches only what Tortie made (DESIGN.md).  ``CNI_NETNS`` must be a network
+namespace other than the host's (this daemon's or PID 1's, compared by device and inode, not
+by path), else code 4 before anything changes.  The only link DEL and GC delete is a host
+veth named like :func:`cni.netlink.host_veth_name`: the one the container's endpoint
+records, or, when no endpoint records one, the veth named for the container whose peer is
+in the container's ``CNI_NETNS`` (its pod end goes with it).  Nothing in a namespace is
+deleted because of its name alone.  Names (``K8S_POD_NAMESPACE``, ``K8S_POD_NAME``, the
+endpoint name they make) are checked before anything is allocated.
 """
 
 from __future__ import annotations
@@ -39,7 +48,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -66,10 +74,12 @@ from cni.spec import (
     parse_config,
     parse_env,
     parse_valid_attachments,
+    quote,
     version_at_least,
     version_info,
 )
 from datastore.kinds import by_plural
+from datastore.labels import validate_dns1123_subdomain
 from datastore.model_base import ResourceInvalid
 from datastore.model_endpoints import EndpointPort, WorkloadEndpoint, WorkloadEndpointSpec
 from datastore.model_k8s import Namespace, Pod
@@ -204,6 +214,8 @@ class CNIHandler:
         self._mtu = mtu
         self._locks = _KeyedLocks()
         self._inflight: dict[str, int] = {}
+        #: the namespaces no pod lives in (netlink.netns_identity values)
+        self._host_netns = netlink.host_netns_identities()
 
     # --- entry point ------------------------------------------------------------------------
 
@@ -231,7 +243,7 @@ class CNIHandler:
             info.etcd_ok = False
             response = self._error(info, CNIError(
                 ERR_TRY_AGAIN_LATER, "the datastore (etcd) is unreachable", str(e)), version)
-        except netlink.NetnsGone as e:
+        except (netlink.NetnsGone, netlink.NotANetns) as e:
             response = self._error(info, CNIError(ERR_INVALID_ENV, "invalid CNI_NETNS",
                                                   str(e)), version)
         except netlink.NetlinkFailure as e:
@@ -263,21 +275,21 @@ class CNIHandler:
             raise CNIError(ERR_INVALID_ENV, "the request's env must map names to strings")
         plugin = request.get("plugin", "tortie")
         if plugin not in ("tortie", "ipam"):
-            raise CNIError(ERR_INVALID_CONFIG, f"unknown plugin {plugin!r}")
+            raise CNIError(ERR_INVALID_CONFIG, f"unknown plugin {quote(plugin)}")
         info.plugin = plugin
         info.command = str(raw_env.get("CNI_COMMAND") or request.get("command") or "?")[:16]
         info.container = str(raw_env.get("CNI_CONTAINERID", ""))[:128]
         env = parse_env(raw_env)
         if request.get("command") not in (None, env.command):
             raise CNIError(ERR_INVALID_ENV, "CNI_COMMAND does not match the request's command",
-                           f"{env.command} vs {request.get('command')}")
+                           f"{env.command} vs {quote(request.get('command'))}")
         if env.pod_namespace and env.pod_name:
             info.pod = f"{env.pod_namespace}/{env.pod_name}"
         if env.command == "VERSION":
             return env, None, plugin
         conf = parse_config(request.get("config"), ipam_plugin=plugin == "ipam")
         if conf.nodename and conf.nodename != self.node:
-            raise CNIError(ERR_INVALID_CONFIG, f"nodename {conf.nodename!r} in the network "
+            raise CNIError(ERR_INVALID_CONFIG, f"nodename {quote(conf.nodename)} in the network "
                            f"configuration is not this node ({self.node!r})")
         return env, conf, plugin
 
@@ -334,6 +346,53 @@ class CNIHandler:
     def _host_name(self, env: CNIEnv) -> str:
         return netlink.host_veth_name(self.interface_prefix, env.pod_namespace, env.pod_name,
                                       env.container_id)
+
+    async def _sandbox(self, env: CNIEnv, *, may_be_gone: bool = False) -> str | None:
+        """``CNI_NETNS`` checked to be a pod's network namespace: code 4 when it is not one,
+        or is the host's; when it does not exist, None if ``may_be_gone`` (DEL) else 4."""
+        if not env.netns:
+            return None
+        where = quote(env.netns)
+        try:
+            identity = await asyncio.to_thread(netlink.netns_identity, env.netns)
+        except netlink.NetnsGone:
+            if may_be_gone:
+                return None
+            raise CNIError(ERR_INVALID_ENV, "invalid CNI_NETNS",
+                           f"network namespace {where} does not exist") from None
+        except netlink.NotANetns:
+            raise CNIError(ERR_INVALID_ENV, "invalid CNI_NETNS",
+                           f"{where} is not a network namespace") from None
+        except netlink.NetlinkFailure:
+            raise CNIError(ERR_INVALID_ENV, "invalid CNI_NETNS",
+                           f"cannot open the network namespace {where}") from None
+        if identity in self._host_netns:
+            raise CNIError(ERR_INVALID_ENV, "invalid CNI_NETNS",
+                           f"{where} is the host's network namespace, not a pod's")
+        return env.netns
+
+    def _recorded_host_name(self, wep: WorkloadEndpoint) -> str | None:
+        """The host veth an endpoint records, if it is a name Tortie gives (an endpoint can
+        be written by anyone: its interfaceName alone never makes a link Tortie's)."""
+        name = wep.spec.interfaceName
+        if name and netlink.is_host_veth_name(self.interface_prefix, name):
+            return name
+        if name:
+            log.warning("endpoint records an interface Tortie does not name; leaving it",
+                        extra={"fields": {"endpoint": wep.name, "interface": quote(name)}})
+        return None
+
+    def _check_names(self, env: CNIEnv) -> None:
+        """The endpoint name the request makes is a valid resource name (code 4 naming the
+        variables it comes from) - checked before anything is allocated."""
+        _, name = self._wep_ref(env)
+        problem = validate_dns1123_subdomain(name)
+        if problem:
+            parts = "CNI_ARGS K8S_POD_NAME with CNI_IFNAME" if env.is_k8s else \
+                "CNI_CONTAINERID with CNI_IFNAME"
+            raise CNIError(ERR_INVALID_ENV, f"invalid {parts}",
+                           f"the WorkloadEndpoint name they make, {quote(name)}, is invalid: "
+                           f"{problem}")
 
     def _wep_ref(self, env: CNIEnv) -> tuple[str, str]:
         """(namespace, name) of the container's WorkloadEndpoint."""
@@ -395,9 +454,9 @@ class CNIHandler:
 
     async def _add(self, env: CNIEnv, conf: NetConf, ipam_only: bool,
                    info: RequestInfo) -> Result:
-        if not os.path.exists(env.netns):
-            raise CNIError(ERR_INVALID_ENV, "invalid CNI_NETNS",
-                           f"network namespace {env.netns} does not exist")
+        await self._sandbox(env)
+        if not ipam_only:
+            self._check_names(env)
         handle = handle_id(env.container_id)
         host_name = self._host_name(env)
         wep_ns, wep_name = self._wep_ref(env)
@@ -422,7 +481,7 @@ class CNIHandler:
                     return again
             if link_exists:
                 raise CNIError(ERR_INVALID_ENV, "invalid CNI_IFNAME",
-                               f"{env.ifname} already exists in {env.netns}")
+                               f"{env.ifname} already exists in {quote(env.netns)}")
         # Whatever a crashed earlier attempt for this container left is not wanted any more.
         stale = await self.ipam.release_by_handle(handle)
         if stale:
@@ -474,9 +533,8 @@ class CNIHandler:
                 log.error("rollback: could not delete the endpoint",
                           extra=_fields(info, endpoint=wep[1], error=str(e)))
         if host_name is not None:
-            try:
-                await asyncio.to_thread(netlink.teardown_veth, host_name)
-                await asyncio.to_thread(netlink.delete_container_link, env.netns, env.ifname)
+            try:  # only the pair this ADD made: its peer is in the pod's namespace
+                await asyncio.to_thread(netlink.teardown_veth, host_name, env.netns)
             except Exception as e:
                 log.error("rollback: could not delete the veth",
                           extra=_fields(info, host=host_name, error=str(e)))
@@ -529,11 +587,12 @@ class CNIHandler:
                                  namespace_labels=ns_labels,
                                  cni_pools=list(cni_pools) if cni_pools else None)
             if not pools:
+                configured = quote(list(cni_pools)) if cni_pools else "not set"
                 raise CNIError(ERR_IPAM_EXHAUSTED, f"no IPv{version} pool can serve node "
                                f"{self.node}",
                                f"create an IPPool, or check the nodeSelector / "
                                f"namespaceSelector / disabled of the pools (ipam."
-                               f"{CNI_POOL_KEYS[version]}: {cni_pools or 'not set'})")
+                               f"{CNI_POOL_KEYS[version]}: {configured})")
             ips += await self.ipam.auto_assign(handle, attrs, pools, 1)
         if not ips:
             raise CNIError(ERR_INVALID_CONFIG, "no address family enabled",
@@ -599,12 +658,11 @@ class CNIHandler:
         if ipam_only:
             released = await self.ipam.release_by_handle(handle)
         else:
+            netns = await self._sandbox(env, may_be_gone=True)
             wep_ns, wep_name = self._wep_ref(env)
-            host_name = self._host_name(env)
             wep = await self._get_wep(wep_ns, wep_name)
             ours = wep is None or wep.spec.containerID in (None, "", env.container_id)
-            if wep is not None and ours and wep.spec.interfaceName:
-                host_name = wep.spec.interfaceName
+            recorded = self._recorded_host_name(wep) if wep is not None and ours else None
             if not ours:
                 # A newer sandbox of the same pod owns the endpoint and the host veth.
                 log.info("endpoint belongs to another container; leaving it",
@@ -612,10 +670,14 @@ class CNIHandler:
                                        owner=wep.spec.containerID if wep else ""))
 
             async def remove_veth() -> None:
-                removed = ours and await asyncio.to_thread(netlink.teardown_veth, host_name)
-                if not removed and env.netns:
-                    await asyncio.to_thread(netlink.delete_container_link, env.netns,
-                                            env.ifname)
+                if not ours:
+                    return
+                if recorded is not None:  # the endpoint records it: this container's
+                    await asyncio.to_thread(netlink.teardown_veth, recorded)
+                elif netns is not None:  # the veth named for it, if its peer is in netns
+                    await asyncio.to_thread(netlink.teardown_veth, self._host_name(env),
+                                            netns)
+                # else nothing proves a link is this container's (GC removes strays)
 
             async def remove_wep() -> None:
                 if wep is not None and ours:
@@ -641,9 +703,7 @@ class CNIHandler:
         if prev is None:
             raise CNIError(ERR_INVALID_CONFIG, "CHECK needs prevResult",
                            "the runtime must pass the result of the ADD")
-        if not os.path.exists(env.netns):
-            raise CNIError(ERR_INVALID_ENV, "invalid CNI_NETNS",
-                           f"network namespace {env.netns} does not exist")
+        await self._sandbox(env)
         problems: list[str] = []
         idx = prev.container_interface(env.ifname)
         prev_ips = sorted((ip.ip for ip in prev.ips
@@ -713,8 +773,9 @@ class CNIHandler:
                         continue
                     deleted, _ = await self._delete_wep_if_ours(
                         str(w.metadata.namespace), w.name, cid)
-                    if deleted and w.spec.interfaceName:
-                        await asyncio.to_thread(netlink.teardown_veth, w.spec.interfaceName)
+                    host_name = self._recorded_host_name(w) if deleted else None
+                    if host_name is not None:
+                        await asyncio.to_thread(netlink.teardown_veth, host_name)
                 released = await self.ipam.release_by_handle(handle_id(cid))
                 log.info("GC released a stale attachment",
                          extra={"fields": {"container": cid, "ip": ",".join(released)}})

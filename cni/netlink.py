@@ -25,9 +25,11 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import hashlib
 import ipaddress
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -41,12 +43,16 @@ __all__ = [
     "HOST_MAC",
     "NetlinkFailure",
     "NetnsGone",
+    "NotANetns",
     "check_veth",
     "default_mtu",
-    "delete_container_link",
     "first_global_ipv4",
+    "host_netns_identities",
     "host_veth_name",
+    "host_veths",
+    "is_host_veth_name",
     "link_exists",
+    "netns_identity",
     "netns_link_exists",
     "run_in_netns",
     "setup_veth",
@@ -66,6 +72,7 @@ RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RT_TABLE_MAIN = 254
 IFF_UP = 0x1
+NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: its CLONE_NEW* type
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -76,6 +83,10 @@ class NetlinkFailure(Exception):
 
 class NetnsGone(NetlinkFailure):
     """The network namespace path does not exist (any more)."""
+
+
+class NotANetns(NetlinkFailure):
+    """The path exists but is not a network namespace."""
 
 
 def host_veth_name(prefix: str, namespace: str | None, pod: str | None,
@@ -91,16 +102,66 @@ def host_veth_name(prefix: str, namespace: str | None, pod: str | None,
     return prefix + hashlib.sha1(key.encode()).hexdigest()[:room]
 
 
+def is_host_veth_name(prefix: str, name: str) -> bool:
+    """Whether ``name`` has the shape :func:`host_veth_name` gives (prefix + hex digits)."""
+    rest = name[len(prefix):]
+    return (name.startswith(prefix) and len(rest) == IFNAME_MAX - len(prefix)
+            and all(c in "0123456789abcdef" for c in rest))
+
+
 # --- namespaces and sysctls ---------------------------------------------------------------------
 
 
 def _open_netns(path: str) -> int:
+    """An fd of the network namespace at ``path``: :class:`NetnsGone` if there is none (also
+    for the empty file an unmounted namespace leaves), :class:`NotANetns` if the path is
+    something else."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        # only regular files are opened (a namespace file is one): opening a FIFO would
+        # block, opening a device may do something
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise NotANetns(f"{path} is not a network namespace")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
         raise NetnsGone(f"network namespace {path} does not exist") from None
     except OSError as e:
         raise NetlinkFailure(f"cannot open network namespace {path}: {e.strerror}") from None
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        kind = None
+    if kind == CLONE_NEWNET:
+        return fd
+    size = os.fstat(fd).st_size
+    os.close(fd)
+    if kind is None and size == 0:
+        # the mount point of a namespace that was unmounted (ip netns del, a runtime's
+        # teardown): the namespace is gone
+        raise NetnsGone(f"network namespace {path} does not exist (an empty file, not "
+                        "mounted)")
+    raise NotANetns(f"{path} is not a network namespace")
+
+
+def netns_identity(path: str) -> tuple[int, int]:
+    """(device, inode) of the network namespace at ``path``: what tells two paths to one
+    namespace apart from two namespaces.  :class:`NetnsGone` / :class:`NotANetns`."""
+    fd = _open_netns(path)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return st.st_dev, st.st_ino
+
+
+def host_netns_identities() -> frozenset[tuple[int, int]]:
+    """Identities of the namespaces no pod lives in: this process's own (the daemon's) and
+    PID 1's (the machine's)."""
+    found: set[tuple[int, int]] = set()
+    for path in ("/proc/self/ns/net", "/proc/1/ns/net"):
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            found.add((st.st_dev, st.st_ino))
+    return frozenset(found)
 
 
 def run_in_netns(path: str, fn: Callable[[], T]) -> T:
@@ -184,12 +245,27 @@ def link_exists(name: str) -> bool:
 
 
 def host_veths(prefix: str) -> list[str]:
-    """Names of the veths in the calling thread's namespace that start with ``prefix``."""
+    """Names of the host veths of pods in the calling thread's namespace: veths named like
+    :func:`host_veth_name` (``prefix`` + hex) whose peer is in another namespace."""
     with _iproute() as ipr:
         return sorted(
             name for link in ipr.get_links()
-            if (name := link.get_attr("IFLA_IFNAME") or "").startswith(prefix)
-            and _link_kind(link) == "veth")
+            if is_host_veth_name(prefix, name := link.get_attr("IFLA_IFNAME") or "")
+            and _link_kind(link) == "veth"
+            and link.get_attr("IFLA_LINK_NETNSID") is not None)
+
+
+def _peer_in_netns(ipr: IPRoute, link: Any, netns_fd: int) -> bool:
+    """Whether the veth ``link``'s peer lives in the namespace of ``netns_fd`` (compared by
+    the namespace id the kernel gives that namespace in ours)."""
+    nsid = link.get_attr("IFLA_LINK_NETNSID")
+    if nsid is None:
+        return False
+    try:
+        found = ipr.get_netnsid(fd=netns_fd)
+    except NetlinkError:
+        return False
+    return bool(found) and found.get("nsid") == nsid
 
 
 def netns_link_exists(netns_path: str, ifname: str) -> bool:
@@ -293,7 +369,10 @@ def setup_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str]
         with _iproute() as ipr:
             stale = _lookup(ipr, host_name)
             if stale is not None:
-                ipr.link("del", index=stale)
+                if _link_kind(ipr.get_links(stale)[0]) != "veth":
+                    raise NetlinkFailure(f"cannot create veth {host_name}: a link of that name "
+                                         "exists and is not a veth")
+                ipr.link("del", index=stale)  # a veth of that name: a sandbox's that is gone
             try:
                 ipr.link("add", ifname=host_name, kind="veth", address=HOST_MAC, mtu=mtu,
                          peer={"ifname": ifname, "net_ns_fd": fd, "mtu": mtu})
@@ -332,49 +411,45 @@ def setup_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str]
 # --- teardown -----------------------------------------------------------------------------------
 
 
-def teardown_veth(host_name: str) -> bool:
-    """Delete the host-side veth (its peer goes with it); False if it did not exist."""
-    with _iproute() as ipr:
-        idx = _lookup(ipr, host_name)
-        if idx is None:
-            return False
-        try:
-            ipr.link("del", index=idx)
-        except NetlinkError as e:
-            if e.code == errno.ENODEV:
-                return False
-            raise NetlinkFailure(f"cannot delete {host_name}: {_why(e)}") from None
-    return True
+def teardown_veth(host_name: str, peer_netns: str | None = None) -> bool:
+    """Delete the host-side veth ``host_name`` (its peer goes with it); False if there is
+    no veth of that name.
 
-
-def delete_container_link(netns_path: str, ifname: str) -> bool:
-    """Delete the pod's veth end (and so the pair) from inside its namespace.
-
-    False if the namespace or the interface does not exist; a non-veth ``ifname`` is left
-    alone (it is not ours).
+    A link of that name that is not a veth is never touched.  With ``peer_netns`` the veth
+    is deleted only if its peer is in that namespace (the proof that it is the pair of that
+    sandbox when nothing records it); False otherwise, and when the namespace is gone.
     """
-
-    def inside() -> bool:
+    fd: int | None = None
+    if peer_netns is not None:
+        try:
+            fd = _open_netns(peer_netns)
+        except NetnsGone:
+            return False
+    try:
         with _iproute() as ipr:
-            idx = _lookup(ipr, ifname)
+            idx = _lookup(ipr, host_name)
             if idx is None:
                 return False
-            link = ipr.get_links(idx)[0]
+            try:
+                link = ipr.get_links(idx)[0]
+            except NetlinkError as e:
+                if e.code == errno.ENODEV:
+                    return False
+                raise NetlinkFailure(f"cannot read {host_name}: {_why(e)}") from None
             if _link_kind(link) != "veth":
+                return False
+            if fd is not None and not _peer_in_netns(ipr, link, fd):
                 return False
             try:
                 ipr.link("del", index=idx)
             except NetlinkError as e:
                 if e.code == errno.ENODEV:
                     return False
-                raise NetlinkFailure(f"cannot delete {ifname} in {netns_path}: "
-                                     f"{_why(e)}") from None
-            return True
-
-    try:
-        return run_in_netns(netns_path, inside)
-    except NetnsGone:
-        return False
+                raise NetlinkFailure(f"cannot delete {host_name}: {_why(e)}") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return True
 
 
 # --- check --------------------------------------------------------------------------------------
@@ -417,32 +492,44 @@ def check_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str]
     """Everything that differs from what :func:`setup_veth` makes; empty when all is well."""
     problems: list[str] = []
     addresses = _split([*ipv4, *ipv6])
-    with _iproute() as ipr:
-        host_idx = _lookup(ipr, host_name)
-        if host_idx is None:
-            problems.append(f"host interface {host_name} does not exist")
-        else:
-            link = ipr.get_links(host_idx)[0]
-            if _link_kind(link) != "veth":
-                problems.append(f"host interface {host_name} is not a veth")
-            if not link["flags"] & IFF_UP:
-                problems.append(f"host interface {host_name} is down")
-            if (link.get_attr("IFLA_ADDRESS") or "").lower() != HOST_MAC:
-                problems.append(f"host interface {host_name} has MAC "
-                                f"{link.get_attr('IFLA_ADDRESS')}, expected {HOST_MAC}")
-            if mtu and link.get_attr("IFLA_MTU") != mtu:
-                problems.append(f"host interface {host_name} has MTU "
-                                f"{link.get_attr('IFLA_MTU')}, expected {mtu}")
-            if read_sysctl(f"net/ipv4/conf/{host_name}/proxy_arp") != "1":
-                problems.append(f"proxy_arp is off on {host_name}")
-            for a in addresses:
-                plen = 32 if a.version == 4 else 128
-                # with dst, pyroute2 asks the kernel which route it would use (ip route get)
-                found = [r for r in ipr.get_routes(family=2 if a.version == 4 else 10,
-                                                   dst=str(a))
-                         if r.get_attr("RTA_OIF") == host_idx]
-                if not found:
-                    problems.append(f"host route {a}/{plen} dev {host_name} is missing")
+    fd: int | None = None
+    with contextlib.suppress(NetnsGone):
+        fd = _open_netns(netns_path)
+    try:
+        with _iproute() as ipr:
+            host_idx = _lookup(ipr, host_name)
+            if host_idx is None:
+                problems.append(f"host interface {host_name} does not exist")
+            else:
+                link = ipr.get_links(host_idx)[0]
+                if _link_kind(link) != "veth":
+                    problems.append(f"host interface {host_name} is not a veth")
+                elif fd is not None and not _peer_in_netns(ipr, link, fd):
+                    problems.append(f"the peer of {host_name} is not in {netns_path}")
+                if not link["flags"] & IFF_UP:
+                    problems.append(f"host interface {host_name} is down")
+                if (link.get_attr("IFLA_ADDRESS") or "").lower() != HOST_MAC:
+                    problems.append(f"host interface {host_name} has MAC "
+                                    f"{link.get_attr('IFLA_ADDRESS')}, expected {HOST_MAC}")
+                if mtu and link.get_attr("IFLA_MTU") != mtu:
+                    problems.append(f"host interface {host_name} has MTU "
+                                    f"{link.get_attr('IFLA_MTU')}, expected {mtu}")
+                if read_sysctl(f"net/ipv4/conf/{host_name}/proxy_arp") != "1":
+                    problems.append(f"proxy_arp is off on {host_name}")
+                for a in addresses:
+                    plen = 32 if a.version == 4 else 128
+                    # with dst, pyroute2 asks the kernel which route it would use (ip route get)
+                    found = [r for r in ipr.get_routes(family=2 if a.version == 4 else 10,
+                                                       dst=str(a))
+                             if r.get_attr("RTA_OIF") == host_idx]
+                    if not found:
+                        problems.append(f"host route {a}/{plen} dev {host_name} is missing")
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if fd is None:
+        problems.append(f"network namespace {netns_path} does not exist")
+        return problems
     try:
         state = run_in_netns(netns_path, lambda: _container_state(ifname))
     except NetnsGone:

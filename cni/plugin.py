@@ -17,9 +17,12 @@ What it does (docs/pod-networking.md is the contract):
 It uses the C halves of ``json`` and ``socket`` (``_json``, ``_socket``): importing the
 full modules pulls in ``re`` and ``enum`` and costs ~15 ms.
 
-Errors it reports itself: 6 when stdin is not JSON, 7 when it is not a JSON object, 11 ("try
-again later") when the daemon is not reachable or does not answer within the timeout
-(``"timeout"`` seconds in the configuration; 60 for ADD, 30 otherwise by default).
+Errors it reports itself: 6 when stdin is not JSON (also ``NaN`` / ``Infinity``, numbers out
+of range, nesting deeper than ``MAX_DEPTH``), 7 when it is not a JSON object, is larger than
+``MAX_CONFIG`` bytes or has an invalid ``timeout`` / ``socket``, 11 ("try again later") when
+the daemon is not reachable or does not answer within the timeout (``"timeout"`` seconds in
+the configuration; 60 for ADD, 30 otherwise by default), 999 for a failure of its own.
+Whatever the input, stdout gets a CNI error object, never a traceback.
 
 ``--ipam`` as first argument makes it the standalone IPAM plugin ``tortie-ipam``: the same
 request with ``"plugin": "ipam"``, answered with an IPAM-only result (ips, no interfaces).
@@ -42,48 +45,85 @@ DEFAULT_SOCKET = "/var/run/tortie/cni.sock"
 SOCKET_ENV = "TORTIE_CNI_SOCKET"
 DEFAULT_TIMEOUT = {"ADD": 60.0}
 OTHER_TIMEOUT = 30.0
+MAX_TIMEOUT = 3600.0
+#: Limits on the network configuration (stdin): size in bytes, nesting of objects / arrays.
+MAX_CONFIG = 1024 * 1024
+MAX_DEPTH = 64
+#: sun_path of a unix socket address holds 107 bytes and a NUL.
+MAX_SOCKET_PATH = 107
 ENV_KEYS = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS",
             "CNI_PATH")
 MAX_REPLY = 64 * 1024 * 1024
 
+ERR_INVALID_ENV = 4
+ERR_IO = 5
 ERR_DECODE = 6
 ERR_INVALID_CONFIG = 7
 ERR_TRY_AGAIN_LATER = 11
-ERR_IO = 5
+ERR_INTERNAL = 999
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value - value != 0:  # inf
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
 
 
 class _DecodeContext:
-    """What ``_json.make_scanner`` reads from a JSONDecoder."""
+    """What ``_json.make_scanner`` reads from a JSONDecoder: strict JSON (no ``NaN`` /
+    ``Infinity``, no number that does not fit a float)."""
 
     strict = True
     object_hook = None
     object_pairs_hook = None
-    parse_float = float
+    parse_float = staticmethod(_finite_float)
     parse_int = int
+    parse_constant = staticmethod(_no_constant)
     memo: dict[str, str] = {}
-
-    @staticmethod
-    def parse_constant(name: str) -> float:
-        return float(name.replace("Infinity", "inf"))
 
 
 def json_loads(text: str | bytes) -> object:
-    """``json.loads`` without importing ``json``; ValueError on invalid JSON."""
+    """``json.loads`` without importing ``json``; ValueError on invalid JSON, on ``NaN`` /
+    ``Infinity`` and on nesting too deep for the decoder."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    if _json is None:
-        import json
-        return json.loads(text)
     s = text.strip(" \t\n\r")
     try:
-        obj, end = _json.make_scanner(_DecodeContext)(s, 0)  # type: ignore[arg-type]
-        if end == len(s):
-            return obj
-    except Exception:  # StopIteration, or an error the C scanner reports badly
-        pass
-    import json  # only to explain what is wrong
+        if _json is not None:
+            try:
+                obj, end = _json.make_scanner(_DecodeContext)(s, 0)  # type: ignore[arg-type]
+                if end == len(s):
+                    return obj
+            except ValueError:
+                raise
+            except Exception:  # StopIteration, or an error the C scanner reports badly
+                pass
+        import json  # only to explain what is wrong
 
-    return json.loads(s)
+        return json.loads(s, parse_float=_finite_float, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def nesting_depth(obj: object, limit: int) -> int:
+    """How deeply objects and arrays nest in ``obj`` (counting stops above ``limit``)."""
+    deepest = 0
+    stack = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            if depth > limit:
+                break
+            stack.extend((x, depth + 1) for x in item if isinstance(x, dict | list))
+    return deepest
 
 
 def _no_default(obj: object) -> object:
@@ -94,9 +134,9 @@ def json_dumps(obj: object) -> str:
     """Compact ``json.dumps`` without importing ``json``."""
     if _json is None:
         import json
-        return json.dumps(obj, separators=(",", ":"))
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
     encode = _json.make_encoder(None, _no_default, _json.encode_basestring_ascii, None,
-                                ":", ",", False, False, True)
+                                ":", ",", False, False, False)
     return "".join(encode(obj, 0))
 
 
@@ -128,23 +168,45 @@ def _emit(obj: object) -> None:
     sys.stdout.flush()
 
 
-def _socket_path(config: object) -> str:
-    if isinstance(config, dict):
-        ipam = config.get("ipam")
-        for section in (ipam if isinstance(ipam, dict) else {}, config):
-            path = section.get("socket")
-            if isinstance(path, str) and path:
-                return path
-    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+def _sections(config: dict[str, object]) -> tuple[dict[str, object], ...]:
+    """Where the plugin's own settings are looked up: ``ipam`` first, then the top level."""
+    ipam = config.get("ipam")
+    return (ipam, config) if isinstance(ipam, dict) else (config,)
 
 
-def _timeout(config: object, command: str) -> float:
-    if isinstance(config, dict):
-        ipam = config.get("ipam")
-        for section in (ipam if isinstance(ipam, dict) else {}, config):
-            value = section.get("timeout")
-            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-                return float(value)
+def _socket_path(config: dict[str, object]) -> str:
+    """The daemon's socket; PluginError(7) for an unusable ``socket`` (4 from the env)."""
+    for section in _sections(config):
+        path = section.get("socket")
+        if path is not None:
+            return _check_socket(path, ERR_INVALID_CONFIG, "socket")
+    path = os.environ.get(SOCKET_ENV)
+    if path:
+        return _check_socket(path, ERR_INVALID_ENV, SOCKET_ENV)
+    return DEFAULT_SOCKET
+
+
+def _check_socket(path: object, code: int, where: str) -> str:
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        raise PluginError(code, f"invalid {where}", "must be an absolute path")
+    if len(path.encode(errors="surrogateescape")) > MAX_SOCKET_PATH:
+        raise PluginError(code, f"invalid {where}",
+                          f"a unix socket path has at most {MAX_SOCKET_PATH} bytes")
+    return path
+
+
+def _timeout(config: dict[str, object], command: str) -> float:
+    """Seconds to wait for the daemon; PluginError(7) for an invalid ``timeout`` (the
+    daemon's rule: a number above 0 and at most MAX_TIMEOUT)."""
+    for section in _sections(config):
+        value = section.get("timeout")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not 0 < value <= MAX_TIMEOUT:
+            raise PluginError(ERR_INVALID_CONFIG, "invalid timeout",
+                              f"must be a number of seconds above 0, at most {MAX_TIMEOUT:g}")
+        return float(value)
     return DEFAULT_TIMEOUT.get(command, OTHER_TIMEOUT)
 
 
@@ -202,17 +264,46 @@ def call_daemon(path: str, request: dict[str, object], timeout: float) -> dict[s
     return reply
 
 
+def _read_stdin() -> bytes:
+    """The network configuration; PluginError(7) when it is larger than MAX_CONFIG."""
+    stdin = sys.stdin
+    if stdin is None or stdin.isatty():
+        return b""
+    raw: bytes = stdin.buffer.read(MAX_CONFIG + 1)
+    if len(raw) > MAX_CONFIG:
+        raise PluginError(ERR_INVALID_CONFIG, "the network configuration is too large",
+                          f"more than {MAX_CONFIG} bytes on stdin")
+    return raw
+
+
 def main(argv: list[str]) -> int:
+    """Serve one invocation; never raises (a failure of its own is error 999)."""
+    try:
+        return _main(argv)
+    except PluginError as e:
+        _emit(_error_obj(e.code, e.msg, e.details, LATEST_VERSION))
+    except Exception as e:
+        _emit(_error_obj(ERR_INTERNAL, "internal error in the tortie plugin",
+                         f"{type(e).__name__}: {str(e)[:200]}", LATEST_VERSION))
+    return 1
+
+
+def _main(argv: list[str]) -> int:
     mode = "ipam" if argv[1:2] == ["--ipam"] else "tortie"
     command = os.environ.get("CNI_COMMAND", "")
-    raw = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
+    raw = _read_stdin()
     config: object = None
     if raw.strip():
         try:
             config = json_loads(raw)
         except ValueError as e:
             _emit(_error_obj(ERR_DECODE, "cannot decode the network configuration",
-                             f"stdin is not valid JSON: {e}", LATEST_VERSION))
+                             f"stdin is not valid JSON: {str(e)[:200]}", LATEST_VERSION))
+            return 1
+        if nesting_depth(config, MAX_DEPTH) > MAX_DEPTH:
+            _emit(_error_obj(ERR_DECODE, "cannot decode the network configuration",
+                             f"objects and arrays nest more than {MAX_DEPTH} deep",
+                             LATEST_VERSION))
             return 1
     version = _version_of(config)
     if command == "VERSION":
@@ -226,15 +317,16 @@ def main(argv: list[str]) -> int:
         _emit(_error_obj(ERR_INVALID_CONFIG, "the network configuration must be a JSON "
                          "object", f"got {type(config).__name__}", version))
         return 1
-    path = _socket_path(config)
-    request: dict[str, object] = {
-        "command": command,
-        "plugin": mode,
-        "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
-        "config": config,
-    }
     try:
-        reply = call_daemon(path, request, _timeout(config, command))
+        path = _socket_path(config)
+        timeout = _timeout(config, command)
+        request: dict[str, object] = {
+            "command": command,
+            "plugin": mode,
+            "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
+            "config": config,
+        }
+        reply = call_daemon(path, request, timeout)
     except PluginError as e:
         _emit(_error_obj(e.code, e.msg, e.details, version))
         return 1

@@ -1,4 +1,5 @@
-"""The CNI specification as Tortie needs it (pure: standard library only, no I/O).
+"""The CNI specification as Tortie needs it (pure: no I/O; the standard library and the
+Kubernetes name rules of :mod:`datastore.labels`).
 
 * error codes and :class:`CNIError` (the spec's error object);
 * the runtime's environment: :func:`parse_env` validates ``CNI_COMMAND``,
@@ -19,10 +20,14 @@ docs/pod-networking.md); 999 is an internal error (libcni's ``ErrInternal``).
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from datastore.labels import validate_dns1123_label, validate_dns1123_subdomain
 
 __all__ = [
     "COMMANDS",
@@ -41,6 +46,8 @@ __all__ = [
     "ERR_UNKNOWN_POOL",
     "ERR_UNSUPPORTED_FIELD",
     "LATEST_VERSION",
+    "MAX_QUOTE",
+    "MAX_TIMEOUT",
     "SUPPORTED_VERSIONS",
     "VALID_ATTACHMENTS_KEY",
     "CNIEnv",
@@ -57,11 +64,39 @@ __all__ = [
     "parse_result",
     "parse_valid_attachments",
     "parse_version",
+    "quote",
     "validate_container_id",
     "validate_ifname",
     "version_at_least",
     "version_info",
 ]
+
+# --- quoting input ------------------------------------------------------------------------------
+
+#: At most this many characters of one input value are quoted in an error or a log line.
+MAX_QUOTE = 200
+#: Caps of an error's msg and details (a safety net behind :func:`quote`).
+MAX_MSG, MAX_DETAILS = 500, 2000
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = MAX_QUOTE
+_REPR.maxlevel = 3
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def quote(value: Any) -> str:
+    """``repr(value)`` for a message or a log line, cut to about :data:`MAX_QUOTE`
+    characters (a hostile input must not be copied whole into every log line)."""
+    if isinstance(value, str) and len(value) > MAX_QUOTE:
+        return f"{value[:MAX_QUOTE]!r}... ({len(value)} characters)"
+    try:
+        return _cap(_REPR.repr(value), MAX_QUOTE)
+    except Exception:  # a value whose repr fails or recurses too deeply
+        return f"<{type(value).__name__}>"
+
 
 # --- versions -----------------------------------------------------------------------------------
 
@@ -69,14 +104,14 @@ __all__ = [
 SUPPORTED_VERSIONS: tuple[str, ...] = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = "1.1.0"
 
-_SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+_SEMVER = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
 
 def parse_version(version: str) -> tuple[int, int, int]:
     """``"1.0.0"`` -> ``(1, 0, 0)``; :class:`CNIError` (code 1) if not ``X.Y.Z``."""
-    m = _SEMVER.match(version) if isinstance(version, str) else None
+    m = _SEMVER.fullmatch(version) if isinstance(version, str) else None
     if m is None:
-        raise CNIError(ERR_INCOMPATIBLE_VERSION, f"invalid cniVersion {version!r}",
+        raise CNIError(ERR_INCOMPATIBLE_VERSION, f"invalid cniVersion {quote(version)}",
                        "cniVersion must be a semantic version like 1.0.0")
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
 
@@ -113,6 +148,7 @@ class CNIError(Exception):
     """A failure reported to the runtime as the spec's error object."""
 
     def __init__(self, code: int, msg: str, details: str = "") -> None:
+        msg, details = _cap(msg, MAX_MSG), _cap(details, MAX_DETAILS)
         super().__init__(f"{msg}: {details}" if details else msg)
         self.code = code
         self.msg = msg
@@ -152,8 +188,11 @@ KNOWN_ARGS = frozenset({
     "IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID",
     "K8S_POD_UID", "IP",
 })
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _NETWORK_NAME = _CONTAINER_ID
+#: Longest container ID and network name: the spec sets none, but both end up in file names
+#: (which hold 255 bytes); runtimes use 64 hex digits.
+MAX_NAME_LENGTH = 255
 IFNAMSIZ = 16
 _TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
 _FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False"})
@@ -163,8 +202,10 @@ def validate_container_id(value: str) -> str | None:
     """The problem with a container ID, or None if it is valid."""
     if not value:
         return "must not be empty"
-    if not _CONTAINER_ID.match(value):
-        return (f"{value!r} is invalid: must start with a letter or digit and contain only "
+    if len(value) > MAX_NAME_LENGTH:
+        return f"{quote(value)} is longer than {MAX_NAME_LENGTH} characters"
+    if not _CONTAINER_ID.fullmatch(value):
+        return (f"{quote(value)} is invalid: must start with a letter or digit and contain only "
                 "letters, digits, '_', '.' and '-'")
     return None
 
@@ -173,14 +214,41 @@ def validate_ifname(value: str) -> str | None:
     """The problem with an interface name, or None if it is valid (Linux's rules)."""
     if not value:
         return "must not be empty"
-    if len(value) > IFNAMSIZ - 1:
-        return f"{value!r} is longer than {IFNAMSIZ - 1} characters"
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        return f"{quote(value)} is not valid UTF-8"
+    if size > IFNAMSIZ - 1:
+        return f"{quote(value)} is longer than {IFNAMSIZ - 1} bytes"
     if value in (".", ".."):
-        return f"{value!r} is not a valid interface name"
+        return f"{quote(value)} is not a valid interface name"
     for ch in value:
-        if ch in "/:" or ch.isspace():
-            return f"{value!r} contains {ch!r}, which an interface name cannot contain"
+        if ch in "/:" or ch.isspace() or not ch.isprintable():
+            return f"{quote(value)} contains {quote(ch)}, which an interface name cannot contain"
     return None
+
+
+def _check_ip_arg(value: str) -> str | None:
+    """The problem with ``IP=`` (comma-separated addresses, at most one per family)."""
+    seen: set[int] = set()
+    for item in value.split(","):
+        try:
+            addr = ipaddress.ip_address(item.strip())
+        except ValueError:
+            return f"{quote(item)} is not an IP address"
+        if addr.version in seen:
+            return f"more than one IPv{addr.version} address"
+        seen.add(addr.version)
+    return None
+
+
+#: Checks of the values of the CNI_ARGS keys Tortie uses (kubelet's rules for the names).
+_ARG_CHECKS = {
+    "K8S_POD_NAMESPACE": (validate_dns1123_label, "a namespace name (DNS-1123 label)"),
+    "K8S_POD_NAME": (validate_dns1123_subdomain, "a pod name (DNS-1123 subdomain)"),
+    "K8S_POD_INFRA_CONTAINER_ID": (validate_container_id, "a container ID"),
+    "IP": (_check_ip_arg, "a list of IP addresses"),
+}
 
 
 def parse_cni_args(text: str) -> dict[str, str]:
@@ -195,18 +263,25 @@ def parse_cni_args(text: str) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key or "=" in value:
             raise CNIError(ERR_INVALID_ENV, "invalid CNI_ARGS",
-                           f"{item!r} is not a KEY=VALUE pair")
+                           f"{quote(item)} is not a KEY=VALUE pair")
         out[key] = value
     ignore = out.get("IgnoreUnknown")
     if ignore is not None and ignore not in _TRUE and ignore not in _FALSE:
         raise CNIError(ERR_INVALID_ENV, "invalid CNI_ARGS",
-                       f"IgnoreUnknown={ignore!r} is not a boolean")
+                       f"IgnoreUnknown={quote(ignore)} is not a boolean")
     if ignore not in _TRUE:
         unknown = sorted(k for k in out if k not in KNOWN_ARGS)
         if unknown:
             raise CNIError(ERR_INVALID_ENV, "invalid CNI_ARGS",
-                           f"unknown argument(s) {', '.join(unknown)} "
+                           f"unknown argument(s) {quote(', '.join(unknown))} "
                            "(add IgnoreUnknown=1 to ignore them)")
+    for key, (check, what) in _ARG_CHECKS.items():
+        value = out.get(key)
+        if value:  # an empty value means "not given"
+            problem = check(value)
+            if problem:
+                raise CNIError(ERR_INVALID_ENV, f"invalid CNI_ARGS {key}",
+                               f"{quote(value)} is not {what}: {problem}")
     return out
 
 
@@ -262,7 +337,7 @@ def parse_env(env: Mapping[str, str]) -> CNIEnv:
         raise CNIError(ERR_INVALID_ENV, "CNI_COMMAND is not set",
                        f"expected one of {', '.join(COMMANDS)}")
     if command not in COMMANDS:
-        raise CNIError(ERR_INVALID_ENV, f"CNI_COMMAND {command!r} is not supported",
+        raise CNIError(ERR_INVALID_ENV, f"CNI_COMMAND {quote(command)} is not supported",
                        f"expected one of {', '.join(COMMANDS)}")
     required = _REQUIRED[command]
     missing = [v for v in required if not env.get(v)]
@@ -282,7 +357,7 @@ def parse_env(env: Mapping[str, str]) -> CNIEnv:
     netns = env.get("CNI_NETNS", "")
     if netns and not netns.startswith("/"):
         raise CNIError(ERR_INVALID_ENV, "invalid CNI_NETNS",
-                       f"{netns!r} is not an absolute path")
+                       f"{quote(netns)} is not an absolute path")
     args = parse_cni_args(env.get("CNI_ARGS", ""))
     path = tuple(p for p in env.get("CNI_PATH", "").split(":") if p)
     return CNIEnv(command, container_id, netns, ifname, args, path)
@@ -291,6 +366,8 @@ def parse_env(env: Mapping[str, str]) -> CNIEnv:
 # --- network configuration ----------------------------------------------------------------------
 
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
+#: The longest ``timeout`` (seconds) a configuration may ask for.
+MAX_TIMEOUT = 3600.0
 #: ``ipam.type`` values the tortie plugin accepts (it always does its own IPAM).
 TORTIE_IPAM_TYPES = ("tortie-ipam", "calico-ipam")
 
@@ -338,7 +415,35 @@ def _bool_str(ipam: Mapping[str, Any], key: str, default: bool) -> bool:
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise _invalid(f"invalid ipam.{key}", f"{value!r} must be \"true\" or \"false\"")
+    raise _invalid(f"invalid ipam.{key}", f"{quote(value)} must be \"true\" or \"false\"")
+
+
+def _object(data: Mapping[str, Any], key: str, where: str = "") -> dict[str, Any]:
+    """``data[key]`` when it is an object; {} when absent or null; else code 7."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _invalid(f"{where}{key} must be an object", f"got {type(value).__name__}")
+    return value
+
+
+def _check_conventions(data: Mapping[str, Any]) -> None:
+    """The types of the conventional fields (``args``, ``capabilities``) and of Calico's
+    (``policy``, ``kubernetes``): code 7 naming the field."""
+    _object(_object(data, "args"), "cni", "args.")
+    for name, value in _object(data, "capabilities").items():
+        if not isinstance(value, bool):
+            raise _invalid(f"capabilities.{quote(name)} must be true or false",
+                           f"got {type(value).__name__}")
+    policy = _object(data, "policy")
+    if not isinstance(policy.get("type", ""), str):
+        raise _invalid("policy.type must be a string")
+    kubernetes = _object(data, "kubernetes")
+    for key, value in kubernetes.items():
+        if not isinstance(value, str):
+            raise _invalid(f"kubernetes.{quote(key)} must be a string",
+                           f"got {type(value).__name__}")
 
 
 def parse_config(data: Any, *, ipam_plugin: bool = False) -> NetConf:
@@ -356,17 +461,17 @@ def parse_config(data: Any, *, ipam_plugin: bool = False) -> NetConf:
     if version is None:
         raise _invalid("cniVersion is missing")
     if not isinstance(version, str):
-        raise _invalid("cniVersion must be a string", f"got {version!r}")
+        raise _invalid("cniVersion must be a string", f"got {quote(version)}")
     if version not in SUPPORTED_VERSIONS:
-        raise CNIError(ERR_INCOMPATIBLE_VERSION, f"incompatible CNI version {version}",
+        raise CNIError(ERR_INCOMPATIBLE_VERSION, f"incompatible CNI version {quote(version)}",
                        f"supported versions: {', '.join(SUPPORTED_VERSIONS)}")
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise _invalid("name is missing", "the network configuration needs a network name")
-    if not _NETWORK_NAME.match(name):
-        raise _invalid(f"invalid network name {name!r}",
-                       "must start with a letter or digit and contain only letters, digits, "
-                       "'_', '.' and '-'")
+    if len(name) > MAX_NAME_LENGTH or not _NETWORK_NAME.fullmatch(name):
+        raise _invalid(f"invalid network name {quote(name)}",
+                       f"at most {MAX_NAME_LENGTH} characters; must start with a letter or "
+                       "digit and contain only letters, digits, '_', '.' and '-'")
     typ = data.get("type")
     if not isinstance(typ, str) or not typ:
         raise _invalid("type is missing", "the network configuration needs the plugin type")
@@ -377,9 +482,9 @@ def parse_config(data: Any, *, ipam_plugin: bool = False) -> NetConf:
         raise _invalid("ipam must be an object", f"got {type(ipam).__name__}")
     ipam_type = ipam.get("type")
     if ipam_type is not None and not isinstance(ipam_type, str):
-        raise _invalid("ipam.type must be a string", f"got {ipam_type!r}")
+        raise _invalid("ipam.type must be a string", f"got {quote(ipam_type)}")
     if not ipam_plugin and ipam_type and ipam_type not in TORTIE_IPAM_TYPES:
-        raise CNIError(ERR_UNSUPPORTED_FIELD, f"ipam.type {ipam_type!r} is not supported",
+        raise CNIError(ERR_UNSUPPORTED_FIELD, f"ipam.type {quote(ipam_type)} is not supported",
                        f"the tortie plugin allocates addresses itself: use "
                        f"{' or '.join(TORTIE_IPAM_TYPES)} (or leave ipam.type out)")
 
@@ -387,22 +492,24 @@ def parse_config(data: Any, *, ipam_plugin: bool = False) -> NetConf:
     if mtu is None:
         mtu = 0
     if isinstance(mtu, bool) or not isinstance(mtu, int) or not (mtu == 0 or 68 <= mtu <= 65535):
-        raise _invalid(f"invalid mtu {mtu!r}", "must be 0 (automatic) or 68-65535")
+        raise _invalid(f"invalid mtu {quote(mtu)}", "must be 0 (automatic) or 68-65535")
     timeout: float | None = None
     for section in (data, ipam):
         value = section.get("timeout")
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise _invalid(f"invalid timeout {value!r}", "must be a positive number of seconds")
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not 0 < value <= MAX_TIMEOUT or not math.isfinite(value):
+            raise _invalid(f"invalid timeout {quote(value)}",
+                           f"must be a number of seconds above 0, at most {MAX_TIMEOUT:g}")
         timeout = float(value)
     for section, where in ((data, ""), (ipam, "ipam.")):
         sock = section.get("socket")
         if sock is not None and (not isinstance(sock, str) or not sock.startswith("/")):
-            raise _invalid(f"invalid {where}socket {sock!r}", "must be an absolute path")
+            raise _invalid(f"invalid {where}socket {quote(sock)}", "must be an absolute path")
     nodename = data.get("nodename")
     if nodename is not None and (not isinstance(nodename, str) or not nodename):
-        raise _invalid(f"invalid nodename {nodename!r}", "must be a non-empty string")
+        raise _invalid(f"invalid nodename {quote(nodename)}", "must be a non-empty string")
 
     prev: Result | None = None
     if "prevResult" in data and data["prevResult"] is not None:
@@ -411,16 +518,9 @@ def parse_config(data: Any, *, ipam_plugin: bool = False) -> NetConf:
         except CNIError as e:
             raise _invalid("invalid prevResult", e.msg + (f": {e.details}" if e.details
                                                            else "")) from None
-    runtime = data.get("runtimeConfig")
-    if runtime is None:
-        runtime = {}
-    if not isinstance(runtime, dict):
-        raise _invalid("runtimeConfig must be an object")
-    dns = data.get("dns")
-    if dns is None:
-        dns = {}
-    if not isinstance(dns, dict):
-        raise _invalid("dns must be an object")
+    runtime = _object(data, "runtimeConfig")
+    dns = _object(data, "dns")
+    _check_conventions(data)
     return NetConf(
         cni_version=version, name=name, type=typ, raw=data, ipam=ipam, mtu=mtu,
         timeout=timeout, nodename=nodename,
@@ -526,7 +626,7 @@ class Result:
     def to_dict(self, version: str) -> dict[str, Any]:
         if version not in SUPPORTED_VERSIONS:
             raise CNIError(ERR_INCOMPATIBLE_VERSION,
-                           f"cannot convert a result to cniVersion {version}",
+                           f"cannot convert a result to cniVersion {quote(version)}",
                            f"supported versions: {', '.join(SUPPORTED_VERSIONS)}")
         out: dict[str, Any] = {"cniVersion": version}
         if self.interfaces:
@@ -570,9 +670,9 @@ def _cidr(value: Any, where: str) -> str:
     try:
         ipaddress.ip_interface(value)
     except ValueError:
-        raise _bad_result(f"{where} {value!r} is not an address/prefix") from None
+        raise _bad_result(f"{where} {quote(value)} is not an address/prefix") from None
     if "/" not in value:
-        raise _bad_result(f"{where} {value!r} has no prefix length")
+        raise _bad_result(f"{where} {quote(value)} has no prefix length")
     return value
 
 
@@ -584,7 +684,7 @@ def _ip(value: Any, where: str) -> str | None:
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
-        raise _bad_result(f"{where} {value!r} is not an IP address") from None
+        raise _bad_result(f"{where} {quote(value)} is not an IP address") from None
 
 
 def _list(data: Mapping[str, Any], key: str) -> list[Any]:
@@ -603,7 +703,7 @@ def parse_result(data: Any) -> Result:
         raise _bad_result("a result must be a JSON object")
     version = data.get("cniVersion", LATEST_VERSION)
     if version not in SUPPORTED_VERSIONS:
-        raise CNIError(ERR_INCOMPATIBLE_VERSION, f"incompatible result version {version!r}",
+        raise CNIError(ERR_INCOMPATIBLE_VERSION, f"incompatible result version {quote(version)}",
                        f"supported versions: {', '.join(SUPPORTED_VERSIONS)}")
     result = Result()
     for i, raw in enumerate(_list(data, "interfaces")):
@@ -620,10 +720,10 @@ def parse_result(data: Any) -> Result:
         iface = raw.get("interface")
         if iface is not None and (isinstance(iface, bool) or not isinstance(iface, int)
                                   or not 0 <= iface < len(result.interfaces)):
-            raise _bad_result(f"ips[{i}].interface {iface!r} is not an index into interfaces")
+            raise _bad_result(f"ips[{i}].interface {quote(iface)} is not an index into interfaces")
         fam = raw.get("version")
         if fam is not None and fam != str(ipaddress.ip_interface(address).version):
-            raise _bad_result(f"ips[{i}].version {fam!r} does not match {address}")
+            raise _bad_result(f"ips[{i}].version {quote(fam)} does not match {quote(address)}")
         result.ips.append(IPConfig(address, _ip(raw.get("gateway"), f"ips[{i}].gateway"),
                                    iface))
     for i, raw in enumerate(_list(data, "routes")):
@@ -635,7 +735,7 @@ def parse_result(data: Any) -> Result:
         try:
             ipaddress.ip_network(dst, strict=False)
         except ValueError:
-            raise _bad_result(f"routes[{i}].dst {dst!r} is not a CIDR") from None
+            raise _bad_result(f"routes[{i}].dst {quote(dst)} is not a CIDR") from None
         result.routes.append(Route(dst, _ip(raw.get("gw"), f"routes[{i}].gw")))
     dns = data.get("dns")
     if dns is None:

@@ -6,7 +6,7 @@
                 [--etcd-cert-file F] [--etcd-key-file F] [--etcd-username U]
                 [--etcd-password P] [--etcd-timeout S] [-c CONFIG]
                 [--socket PATH] [--metrics-port P] [--interface-prefix cali]
-                [--log-level info]
+                [--cni-etcd-timeout S] [--log-level info]
 
 * registers (and keeps up to date) its calico ``Node`` resource: ``spec.bgp.ipv4Address``
   is the node's first global IPv4 address/prefix, ``spec.orchRefs`` names the k8s node;
@@ -17,6 +17,9 @@
   0 picks a free port, which is logged);
 * logs as ``key=value`` lines; survives etcd outages (requests then fail with code 11,
   STATUS with 50; the Node resource is written again when etcd is back);
+* the CNI handler has its own etcd connection whose requests time out after
+  ``--cni-etcd-timeout`` (1.5 s), below ``--etcd-timeout`` (the agents'): with etcd frozen a
+  CNI request gets its code 11 (STATUS 50) within 2 s, not after the agents' timeout;
 * SIGTERM / SIGINT: stop accepting, finish the requests in flight, remove the socket, exit 0.
 """
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -55,6 +59,9 @@ log = logging.getLogger("tortie.node")
 
 DEFAULT_SOCKET = "/var/run/tortie/cni.sock"
 DEFAULT_METRICS_PORT = 9099
+#: Seconds one etcd request of the CNI path may take: a runtime's ADD / DEL gets its answer
+#: (code 11 when etcd does not answer) within 2 s whatever the agents' --etcd-timeout.
+DEFAULT_CNI_ETCD_TIMEOUT = 1.5
 MAX_REQUEST = 16 * 1024 * 1024
 READ_TIMEOUT = 30.0
 SHUTDOWN_GRACE = 30.0
@@ -114,6 +121,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="port of /metrics and /healthz on 127.0.0.1 (0: any free port)")
     p.add_argument("--interface-prefix", default="cali",
                    help="prefix of the host side veth names (default cali)")
+    p.add_argument("--cni-etcd-timeout", type=float, default=DEFAULT_CNI_ETCD_TIMEOUT,
+                   help="seconds one etcd request of a CNI request may take (default "
+                        f"{DEFAULT_CNI_ETCD_TIMEOUT:g}; at most --etcd-timeout)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     for module in AGENT_MODULES:
@@ -125,6 +135,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--metrics-port must be 0-65535")
     if not 1 <= len(args.interface_prefix) <= 11:
         p.error("--interface-prefix must be 1-11 characters")
+    if not 0 < args.cni_etcd_timeout <= 3600:
+        p.error("--cni-etcd-timeout must be above 0 and at most 3600 seconds")
     return args
 
 
@@ -138,7 +150,12 @@ class NodeDaemon:
         self.socket_path = Path(args.socket)
         self.store = Store(config)
         self.resources = Resources(self.store)
-        self.handler = CNIHandler(self.store, self.node, interface_prefix=args.interface_prefix)
+        # the CNI path's own connection and deadline (see the module docstring)
+        cni_timeout = min(config.timeout, args.cni_etcd_timeout)
+        self.cni_store = self.store if cni_timeout == config.timeout else Store(
+            dataclasses.replace(config, timeout=cni_timeout))
+        self.handler = CNIHandler(self.cni_store, self.node,
+                                  interface_prefix=args.interface_prefix)
         self.metrics = Registry()
         self.m_requests = self.metrics.counter(
             "tortie_cni_requests_total", "CNI requests served, by command and result",
@@ -184,7 +201,7 @@ class NodeDaemon:
         except OSError as e:
             log.error("cannot serve the CNI socket",
                       extra={"fields": {"socket": str(self.socket_path), "error": str(e)}})
-            await self.store.close()
+            await self._close_stores()
             return 1
         try:
             self._http_server = await asyncio.start_server(
@@ -229,6 +246,11 @@ class NodeDaemon:
         with contextlib.suppress(FileNotFoundError):
             if self._cni_server is not None:
                 self.socket_path.unlink()
+        await self._close_stores()
+
+    async def _close_stores(self) -> None:
+        if self.cni_store is not self.store:
+            await self.cni_store.close()
         await self.store.close()
 
     async def _run_agent(self, agent: Agent) -> None:
@@ -307,10 +329,10 @@ class NodeDaemon:
             self.m_inflight.inc()
             try:
                 try:
-                    request: Any = json.loads(line)
-                except ValueError as e:
+                    request: Any = json.loads(line, parse_constant=_not_json)
+                except (ValueError, RecursionError) as e:  # also nested too deeply
                     response: dict[str, Any] = {"ok": False, "error": error_dict(
-                        ERR_DECODE, "cannot decode the request", str(e))}
+                        ERR_DECODE, "cannot decode the request", str(e)[:200])}
                     info.code = ERR_DECODE
                 else:
                     response = await self.handler.handle(request, info)
@@ -458,6 +480,11 @@ class NodeDaemon:
                      extra={"fields": {"node": self.node, "ipv4": address or ""}})
             return node
         raise DatastoreError(f"Node {self.node} is being modified concurrently")
+
+
+def _not_json(name: str) -> Any:
+    """``parse_constant`` of the CNI socket: NaN and Infinity are not JSON."""
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _update_node_doc(doc: dict[str, Any], node: str, address: str | None) -> None:

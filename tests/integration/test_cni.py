@@ -45,6 +45,7 @@ from cni.handler import handle_id, workload_endpoint_name
 from cni.netlink import host_veth_name, run_in_netns
 from datastore.etcd_config import EtcdConfig
 from datastore.kinds import by_plural
+from datastore.model_endpoints import WorkloadEndpoint
 from datastore.model_k8s import Namespace, Pod
 from datastore.model_network import IPPool
 from datastore.resources import Resources
@@ -968,6 +969,49 @@ def test_status_with_etcd_down_is_code_50(node: NodeEnv, pods: Callable[..., Pod
     assert add(node, pod).rc == 0  # the runtime's retry works once etcd is back
 
 
+def etcd_pid(node: NodeEnv) -> int:
+    """The etcd process (``ip netns exec`` execs it, or is its parent)."""
+    assert node.etcd.proc is not None
+    pid = node.etcd.proc.pid
+    if Path(f"/proc/{pid}/comm").read_text().strip() == "etcd":
+        return pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(children[0])
+
+
+def test_frozen_etcd_is_code_11_within_2s(node: NodeEnv, pods: Callable[..., PodRef],
+                                          store: Store,
+                                          aio_loop: asyncio.AbstractEventLoop) -> None:
+    """etcd stopped (SIGSTOP): ADD, DEL and CHECK answer 11, STATUS 50, within 2 s - the
+    CNI path's own deadline, not the agents' etcd timeout - and the running pod keeps its
+    traffic; once etcd resumes the runtime's retry works (issue 15, item 6)."""
+    running, pod = pods(), pods()
+    assert add(node, running).rc == 0
+    pid = etcd_pid(node)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        conf = netconf(node, "1.0.0", prevResult=running.result)
+        for run, code in ((lambda: add(node, pod), 11),
+                          (lambda: delete(node, running), 11),
+                          (lambda: run_plugin(node, "CHECK", cid=running.cid,
+                                              netns=running.netns_path, args=running.args,
+                                              conf=conf), 11),
+                          (lambda: run_plugin(node, "STATUS", conf=netconf(node, "1.1.0")),
+                           50)):
+            r = run()
+            assert r.code == code, r.stdout
+            assert r.seconds < 2.0, (r.seconds, r.stdout)
+        assert ping(running.netns, NODE_ADDR)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 20
+    while (r := add(node, pod)).rc != 0 and time.monotonic() < deadline:
+        assert r.code == 11, r.stdout
+        time.sleep(0.2)
+    assert r.rc == 0, r.stdout
+    assert sorted(arun(aio_loop, allocated_ips(store))) == sorted([running.ip, pod.ip])
+
+
 # --- invalid requests: the right code and nothing left behind ----------------------------------
 
 
@@ -987,6 +1031,15 @@ BAD_ENV = [
     ("ifname-dotdot", {"CNI_IFNAME": ".."}, 4),
     ("args-no-equals", {"CNI_ARGS": "K8S_POD_NAME"}, 4),
     ("args-unknown", {"CNI_ARGS": "FOO=bar"}, 4),
+    # issue 15: no 999 after an address and a veth were made, no namespace but a pod's
+    ("netns-not-a-netns", {"CNI_NETNS": "/etc/passwd"}, 4),
+    ("netns-a-directory", {"CNI_NETNS": "/tmp"}, 4),
+    ("netns-of-the-daemon", {"CNI_NETNS": "/proc/self/ns/net"}, 4),
+    ("args-namespace-path", {"CNI_ARGS": "K8S_POD_NAMESPACE=../../x;K8S_POD_NAME=web"}, 4),
+    ("args-pod-name", {"CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=Web_0"}, 4),
+    ("args-ip", {"CNI_ARGS": "IP=10.77.0.300"}, 4),
+    ("endpoint-name-too-long",
+     {"CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=" + "a" * 250}, 4),
 ]
 
 BAD_CONF: list[tuple[str, Callable[[dict[str, Any]], Any], int]] = [
@@ -1005,6 +1058,14 @@ BAD_CONF: list[tuple[str, Callable[[dict[str, Any]], Any], int]] = [
     ("not-an-object", lambda c: [c], 7),
     ("other-node", lambda c: {**c, "nodename": "someone-else"}, 7),
     ("prev-result-garbage", lambda c: {**c, "prevResult": {"ips": [{"address": "x"}]}}, 7),
+    # issue 15: wrong-typed conventional and Calico fields
+    ("args-not-object", lambda c: {**c, "args": ["cni"]}, 7),
+    ("args-cni-not-object", lambda c: {**c, "args": {"cni": "ips"}}, 7),
+    ("capabilities-not-object", lambda c: {**c, "capabilities": "portMappings"}, 7),
+    ("capabilities-not-bool", lambda c: {**c, "capabilities": {"portMappings": 1}}, 7),
+    ("policy-not-object", lambda c: {**c, "policy": "k8s"}, 7),
+    ("kubernetes-not-object", lambda c: {**c, "kubernetes": ["/etc/kubeconfig"]}, 7),
+    ("timeout-too-large", lambda c: {**c, "timeout": 1e300}, 7),
 ]
 
 
@@ -1013,6 +1074,7 @@ def test_bad_env(node: NodeEnv, pods: Callable[..., PodRef], store: Store,
                  aio_loop: asyncio.AbstractEventLoop, case: str,
                  override: dict[str, str | None], code: int) -> None:
     pod = pods()
+    mark = node.log.stat().st_size
     r = run_plugin(node, "ADD", cid=pod.cid, netns=pod.netns_path,
                    args="",
                    env_override=override)
@@ -1023,6 +1085,13 @@ def test_bad_env(node: NodeEnv, pods: Callable[..., PodRef], store: Store,
         if var in override:
             assert var in r.out["msg"] + r.out.get("details", ""), r.out
     assert_nothing_left(node, store, aio_loop, pod)
+    assert "rolling back" not in log_since(node, mark)  # refused before anything was made
+
+
+def log_since(node: NodeEnv, mark: int) -> str:
+    with open(node.log, "rb") as f:
+        f.seek(mark)
+        return f.read().decode(errors="replace")
 
 
 @pytest.mark.parametrize("case,mutate,code", BAD_CONF, ids=[c[0] for c in BAD_CONF])
@@ -1118,6 +1187,181 @@ asyncio.run(main())
     assert out["resp"]["ok"] is False and "policy agent refused" in out["resp"]["error"]["details"]
     ref = PodRef("default", "rollback", "rb1", pod_ns, pod_path)
     assert_nothing_left(node, store, aio_loop, ref)
+
+
+# --- a verb touches only what Tortie made (issue 15) -------------------------------------------
+
+
+def link_names(ns: str) -> list[str]:
+    return [x["ifname"] for x in ip_json(ns, "link", "show")]
+
+
+def foreign_veth(ns: str, peer_ns: str, name: str = "eth0", peer: str = "up0") -> None:
+    """A veth Tortie did not make: ``name`` in ``ns``, its peer in ``peer_ns`` (how a node's
+    uplink looks in kind and in the lab)."""
+    sh("ip", "link", "add", name, "netns", ns, "type", "veth", "peer", "name", peer,
+       "netns", peer_ns)
+
+
+def test_del_of_an_unknown_container_leaves_a_foreign_eth0(
+        node: NodeEnv, store: Store, aio_loop: asyncio.AbstractEventLoop) -> None:
+    """DEL for a container Tortie never set up, with CNI_IFNAME=eth0 and the namespace of
+    something else (another node, a veth into this node's namespace): exits 0 and deletes
+    nothing.  It used to delete that namespace's eth0 - a node's uplink."""
+    other, other_path = node.new_pod_netns()  # "another node", its uplink to "far"
+    far, _ = node.new_pod_netns()
+    foreign_veth(other, far)
+    near, near_path = node.new_pod_netns()  # eth0 whose peer is in the daemon's namespace
+    near_peer = f"x{RUN_ID}"[:15]
+    foreign_veth(near, node.netns, peer=near_peer)
+    for path in (other_path, near_path, f"/var/run/netns/{node.uplink}"):
+        for args in ("", k8s_args("default", "ghost", "ghost1")):
+            cid = f"unknown-{secrets.token_hex(4)}"
+            for ifname in ("eth0", "up0"):
+                r = run_plugin(node, "DEL", cid=cid, netns=path, args=args, ifname=ifname)
+                assert r.rc == 0 and r.stdout == "", r.stdout
+    assert "eth0" in link_names(other) and "up0" in link_names(far)
+    assert "eth0" in link_names(near) and near_peer in link_names(node.netns)
+    assert "up0" in link_names(node.uplink)
+    assert ping(node.netns, UPLINK_ADDR)
+
+
+def test_the_hosts_namespace_is_refused(node: NodeEnv, pods: Callable[..., PodRef],
+                                        store: Store,
+                                        aio_loop: asyncio.AbstractEventLoop) -> None:
+    """CNI_NETNS naming the daemon's own namespace - by any path: compared by device and
+    inode - is code 4 for DEL, ADD and CHECK, before anything changes."""
+    pod = pods()
+    assert add(node, pod).rc == 0
+    assert node.proc is not None
+    paths = ("/proc/self/ns/net", node.netns_path, f"/proc/{node.proc.pid}/ns/net",
+             f"/proc/{node.proc.pid}/task/{node.proc.pid}/ns/net")
+    conf = netconf(node, "1.0.0", prevResult=pod.result)
+    for path in paths:
+        for cid, args in (("unknown-host", ""), (pod.cid, pod.args)):  # unknown, and known
+            r = run_plugin(node, "DEL", cid=cid, netns=path, args=args)
+            assert r.code == 4, (path, r.stdout)
+            assert "CNI_NETNS" in r.out["msg"] and "host" in r.out["details"], r.out
+        r = run_plugin(node, "ADD", cid="host-add", netns=path, args=k8s_args(
+            "default", "hostile", "host-add"))
+        assert r.code == 4, r.stdout
+        r = run_plugin(node, "CHECK", cid=pod.cid, netns=path, args=pod.args, conf=conf)
+        assert r.code == 4, r.stdout
+    assert "eth0" in link_names(node.netns)
+    assert ping(node.netns, UPLINK_ADDR)
+    # the refused DELs left the pod alone
+    assert arun(aio_loop, allocated_ips(store)) == [pod.ip]
+    assert ping(pod.netns, NODE_ADDR)
+    assert run_plugin(node, "CHECK", cid=pod.cid, netns=pod.netns_path, args=pod.args,
+                      conf=conf).rc == 0
+    assert delete(node, pod).rc == 0
+    assert_nothing_left(node, store, aio_loop, pod)
+
+
+def test_a_veth_named_for_the_container_goes_only_with_its_peer_in_its_netns(
+        node: NodeEnv, pods: Callable[..., PodRef], store: Store,
+        aio_loop: asyncio.AbstractEventLoop) -> None:
+    """No endpoint records the veth (an ADD that crashed before writing it): the host veth
+    named for the container is removed by DEL only when its peer is in the DEL's CNI_NETNS."""
+    pod = pods()
+    decoy_ns, decoy_path = node.new_pod_netns()
+    host = pod.host_veth()
+    foreign_veth(node.netns, decoy_ns, name=host, peer="eth0")
+    r = delete(node, pod)  # the peer is in decoy_ns, not in the pod's namespace
+    assert r.rc == 0, r.stdout
+    assert host in node.cali_links() and "eth0" in link_names(decoy_ns)
+    r = delete(node, pod, netns="")  # no namespace: nothing proves it is the pod's
+    assert r.rc == 0, r.stdout
+    assert host in node.cali_links()
+    r = delete(node, pod, netns=decoy_path)  # name and peer: what a crashed ADD leaves
+    assert r.rc == 0, r.stdout
+    assert host not in node.cali_links() and "eth0" not in link_names(decoy_ns)
+
+
+async def write_wep(store: Store, node: NodeEnv, pod: PodRef, interface: str) -> None:
+    """An endpoint as anyone with datastore access could write it."""
+    name = workload_endpoint_name(node.name, "k8s", pod.name, "eth0")
+    await Resources(store).create(by_plural("workloadendpoints"), WorkloadEndpoint.from_dict({
+        "apiVersion": WorkloadEndpoint.API_VERSION, "kind": WorkloadEndpoint.KIND,
+        "metadata": {"name": name, "namespace": pod.namespace},
+        "spec": {"orchestrator": "k8s", "node": node.name, "containerID": pod.cid,
+                 "pod": pod.name, "endpoint": "eth0", "interfaceName": interface,
+                 "ipNetworks": ["10.77.0.200/32"]}}))
+
+
+@pytest.mark.parametrize("verb", ["DEL", "GC"])
+def test_an_endpoint_naming_a_foreign_interface_does_not_make_it_ours(
+        node: NodeEnv, pods: Callable[..., PodRef], store: Store,
+        aio_loop: asyncio.AbstractEventLoop, verb: str) -> None:
+    """An endpoint whose interfaceName is the node's eth0 (or a cali-looking name that is
+    not Tortie's): DEL and GC remove the endpoint, never that interface."""
+    pod = pods()
+    arun(aio_loop, write_wep(store, node, pod, "eth0"))
+    if verb == "DEL":
+        r = delete(node, pod)
+    else:
+        r = run_plugin(node, "GC", conf=netconf(node, "1.1.0", **{
+            "cni.dev/valid-attachments": []}))
+    assert r.rc == 0, r.stdout
+    assert arun(aio_loop, wep_list(store)) == []
+    assert "eth0" in link_names(node.netns)
+    assert ping(node.netns, UPLINK_ADDR)
+
+
+def test_gc_leaves_veths_tortie_did_not_name(node: NodeEnv, store: Store,
+                                             aio_loop: asyncio.AbstractEventLoop) -> None:
+    """GC's stray-veth sweep takes only names Tortie gives whose peer is in a pod."""
+    other, _ = node.new_pod_netns()
+    odd = "cali-not-ours"  # the prefix, but not a name Tortie gives
+    foreign_veth(node.netns, other, name=odd, peer="eth0")
+    local = f"cali{secrets.token_hex(6)}"[:15]  # Tortie's shape, but both ends here
+    sh("ip", "-n", node.netns, "link", "add", local, "type", "veth", "peer", "name",
+       f"p{RUN_ID}"[:15])
+    try:
+        r = run_plugin(node, "GC", conf=netconf(node, "1.1.0", **{
+            "cni.dev/valid-attachments": []}))
+        assert r.rc == 0, r.stdout
+        assert odd in link_names(node.netns) and local in link_names(node.netns)
+    finally:
+        for name in (odd, local):
+            sh("ip", "-n", node.netns, "link", "del", name, check=False)
+
+
+# --- hostile input: a spec error, never a traceback, nothing made (issue 15) -------------------
+
+
+def test_hostile_stdin_through_the_executable(node: NodeEnv, pods: Callable[..., PodRef],
+                                              store: Store,
+                                              aio_loop: asyncio.AbstractEventLoop) -> None:
+    pod = pods()
+    good = json.dumps(netconf(node))
+    cases = [
+        ("[" * 1100 + "]" * 1100, 6),  # was a RecursionError traceback, empty stdout
+        (good[:-1] + ', "timeout": Infinity}', 6),  # was an OverflowError traceback
+        (good[:-1] + ', "timeout": 1e300}', 7),
+        (good[:-1] + ', "pad": "' + "a" * (16 << 20) + '"}', 7),  # was 11 "try again"
+        (good[:-1] + ', "x": ' + "[" * 65 + "]" * 65 + "}", 6),
+    ]
+    for stdin, code in cases:
+        r = run_plugin(node, "ADD", cid=pod.cid, netns=pod.netns_path, args=pod.args,
+                       stdin=stdin)
+        assert r.rc == 1 and r.code == code, (stdin[:80], r.stdout, r.stderr[-500:])
+        assert "Traceback" not in r.stderr
+    assert_nothing_left(node, store, aio_loop, pod)
+
+
+def test_huge_input_is_quoted_capped_in_errors_and_logs(node: NodeEnv,
+                                                         pods: Callable[..., PodRef]) -> None:
+    pod = pods()
+    mark = node.log.stat().st_size
+    r = add(node, pod, conf={**netconf(node), "cniVersion": "1" * 1_000_000})
+    assert r.code == 1 and len(r.stdout) < 1000, r.stdout[:300]
+    r = run_plugin(node, "ADD", cid=pod.cid, netns=pod.netns_path,
+                   args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=" + "A" * 100_000)
+    assert r.code == 4 and "K8S_POD_NAME" in r.out["msg"] and len(r.stdout) < 1000
+    logged = log_since(node, mark)
+    assert "cni request" in logged
+    assert max(len(line) for line in logged.splitlines()) < 2000
 
 
 # --- the standalone IPAM plugin ----------------------------------------------------------------

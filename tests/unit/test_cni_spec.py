@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import random
+import sys
 from typing import Any
 
 import pytest
@@ -94,6 +97,21 @@ def test_required_variables_per_command(command: str) -> None:
     ("CNI_ARGS", "A=1=2", "CNI_ARGS"),
     ("CNI_ARGS", "UNKNOWN=1", "CNI_ARGS"),
     ("CNI_ARGS", "IgnoreUnknown=maybe", "CNI_ARGS"),
+    ("CNI_CONTAINERID", "abc\n", "CNI_CONTAINERID"),
+    ("CNI_CONTAINERID", "a" * 256, "CNI_CONTAINERID"),
+    ("CNI_IFNAME", "eth\x010", "CNI_IFNAME"),
+    ("CNI_IFNAME", "\u00e9" * 8, "CNI_IFNAME"),  # 8 characters, 16 bytes
+    ("CNI_IFNAME", "eth\udcff", "CNI_IFNAME"),  # not UTF-8
+    # kubelet's names: checked here, before anything is allocated (issue 15)
+    ("CNI_ARGS", "K8S_POD_NAMESPACE=../../x;K8S_POD_NAME=web", "K8S_POD_NAMESPACE"),
+    ("CNI_ARGS", "K8S_POD_NAMESPACE=Shop;K8S_POD_NAME=web", "K8S_POD_NAMESPACE"),
+    ("CNI_ARGS", "K8S_POD_NAMESPACE=" + "a" * 64 + ";K8S_POD_NAME=web", "K8S_POD_NAMESPACE"),
+    ("CNI_ARGS", "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=../web", "K8S_POD_NAME"),
+    ("CNI_ARGS", "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=Web_0", "K8S_POD_NAME"),
+    ("CNI_ARGS", "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=" + "a" * 254, "K8S_POD_NAME"),
+    ("CNI_ARGS", "K8S_POD_INFRA_CONTAINER_ID=../x", "K8S_POD_INFRA_CONTAINER_ID"),
+    ("CNI_ARGS", "IP=10.0.0.300", "IP"),
+    ("CNI_ARGS", "IP=10.0.0.1,10.0.0.2", "IP"),
 ])
 def test_invalid_env_is_code_4_naming_the_variable(var: str, value: str, names: str) -> None:
     env = dict(GOOD_ENV)
@@ -110,6 +128,9 @@ def test_valid_names() -> None:
     assert spec.validate_ifname("eth0.100") is None
     assert spec.validate_container_id("A1_b.c-d") is None
     assert spec.validate_container_id("0" * 64) is None
+    args = parse_cni_args("K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-5d78c9869d-x.y;"
+                          "K8S_POD_INFRA_CONTAINER_ID=" + "f" * 64 + ";IP=10.0.0.1,fd00::1")
+    assert args["K8S_POD_NAME"] == "coredns-5d78c9869d-x.y"
 
 
 def test_cni_args() -> None:
@@ -161,6 +182,8 @@ def test_parse_config() -> None:
     (lambda c: {**c, "name": ""}, 7),
     (lambda c: {**c, "name": "has space"}, 7),
     (lambda c: {**c, "name": "_lead"}, 7),
+    (lambda c: {**c, "name": "n" * 256}, 7),
+    (lambda c: {**c, "name": "net\n"}, 7),
     (lambda c: {k: v for k, v in c.items() if k != "type"}, 7),
     (lambda c: {**c, "type": 5}, 7),
     (lambda c: {**c, "ipam": {"type": "host-local"}}, 2),
@@ -186,6 +209,53 @@ def test_parse_config() -> None:
 ])
 def test_invalid_config(mutate: Any, code: int) -> None:
     assert code_of(parse_config, mutate(dict(GOOD_CONF))) == code
+
+
+@pytest.mark.parametrize("field,value", [
+    ("args", "x"), ("args", {"cni": []}), ("capabilities", ["portMappings"]),
+    ("capabilities", {"portMappings": "yes"}), ("policy", "k8s"), ("policy", {"type": 1}),
+    ("kubernetes", "/etc/kubeconfig"), ("kubernetes", {"kubeconfig": 5}),
+    ("timeout", float("inf")), ("timeout", float("nan")), ("timeout", 1e300),
+    ("timeout", spec.MAX_TIMEOUT + 1),
+])
+def test_wrong_typed_fields_are_code_7_naming_them(field: str, value: Any) -> None:
+    with pytest.raises(CNIError) as e:
+        parse_config({**GOOD_CONF, field: value})
+    assert e.value.code == 7 and field in e.value.msg
+
+
+def test_conventional_fields_of_the_right_type() -> None:
+    conf = parse_config({**GOOD_CONF, "args": {"cni": {"ips": ["10.0.0.1"]}},
+                         "capabilities": {"portMappings": True, "bandwidth": False},
+                         "policy": {"type": "k8s"},
+                         "kubernetes": {"kubeconfig": "/etc/cni/net.d/tortie-kubeconfig"},
+                         "timeout": spec.MAX_TIMEOUT})
+    assert conf.timeout == spec.MAX_TIMEOUT
+    for absent in ("args", "capabilities", "policy", "kubernetes"):
+        assert parse_config({**GOOD_CONF, absent: None}).name == "k8s-pod-network"
+
+
+def test_errors_quote_input_capped() -> None:
+    """A 1 MB cniVersion (or any huge input) is not copied whole into errors and logs."""
+    huge = "1" * 1_000_000
+    for fn, arg in ((parse_config, {**GOOD_CONF, "cniVersion": huge}),
+                    (parse_config, {**GOOD_CONF, "name": huge}),
+                    (parse_config, {**GOOD_CONF, "ipam": {"type": huge}}),
+                    (parse_env, {**GOOD_ENV, "CNI_CONTAINERID": "-" + huge}),
+                    (parse_env, {**GOOD_ENV, "CNI_ARGS": f"K8S_POD_NAME={huge}x_"}),
+                    (parse_env, {**GOOD_ENV, "CNI_ARGS": f"{huge}=1"}),
+                    (parse_result, {"ips": [{"address": huge}]})):
+        with pytest.raises(CNIError) as e:
+            fn(arg)
+        assert len(str(e.value)) < 1000, (fn, len(str(e.value)))
+        assert len(json.dumps(e.value.to_dict())) < 1000
+    assert len(str(CNIError(7, huge, huge))) < spec.MAX_MSG + spec.MAX_DETAILS + 100
+    assert len(spec.quote(huge)) < spec.MAX_QUOTE + 40
+    assert spec.quote("eth0") == "'eth0'"
+    nested: Any = []
+    for _ in range(5000):
+        nested = [nested]
+    assert len(spec.quote(nested)) < spec.MAX_QUOTE + 40  # no RecursionError either
 
 
 def test_ipam_plugin_config() -> None:
@@ -323,6 +393,8 @@ def test_plugin_agrees_with_spec() -> None:
     assert (plugin.ERR_DECODE, plugin.ERR_TRY_AGAIN_LATER, plugin.ERR_IO,
             plugin.ERR_INVALID_CONFIG) == (spec.ERR_DECODE, spec.ERR_TRY_AGAIN_LATER,
                                            spec.ERR_IO, spec.ERR_INVALID_CONFIG)
+    assert (plugin.ERR_INVALID_ENV, plugin.ERR_INTERNAL, plugin.MAX_TIMEOUT) == (
+        spec.ERR_INVALID_ENV, spec.ERR_INTERNAL, spec.MAX_TIMEOUT)
 
 
 @pytest.mark.parametrize("value", [
@@ -335,10 +407,110 @@ def test_plugin_json_codec(value: Any) -> None:
     assert json.loads(plugin.json_dumps(value)) == value
 
 
-@pytest.mark.parametrize("text", ["{nope", '{"a": }', '"x', '{"a":1} x', "[1,2", ""])
+@pytest.mark.parametrize("text", [
+    "{nope", '{"a": }', '"x', '{"a":1} x', "[1,2", "", "NaN", '{"timeout": Infinity}',
+    "[-Infinity]", '{"mtu": 1e400}', "1" * 5000, "[" * 1100 + "]" * 1100,
+    '{"a":' * 100_000 + "1" + "}" * 100_000,
+])
 def test_plugin_json_errors(text: str) -> None:
+    """Only ValueError: not JSON, NaN / Infinity / out-of-range numbers, too deep."""
     with pytest.raises(ValueError):
         plugin.json_loads(text)
+
+
+def test_plugin_nesting_depth() -> None:
+    assert plugin.nesting_depth(5, 10) == 0
+    assert plugin.nesting_depth({"a": [1, {"b": []}]}, 10) == 4
+    deep: Any = []
+    for _ in range(10_000):
+        deep = [deep]
+    assert plugin.nesting_depth(deep, 64) == 65  # counting stops above the limit
+
+
+def run_plugin_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                    stdin: bytes, env: dict[str, str] | None = None) -> tuple[int, Any]:
+    """plugin.main in this process, its stdout decoded (it must be one JSON line)."""
+    for key in (*plugin.ENV_KEYS, plugin.SOCKET_ENV):
+        monkeypatch.delenv(key, raising=False)
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/x",
+           "CNI_IFNAME": "eth0", plugin.SOCKET_ENV: "/nonexistent/tortie-test.sock",
+           **(env or {})}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    rc = plugin.main(["tortie"])
+    out = capsys.readouterr()
+    assert out.err == ""
+    lines = out.out.splitlines()
+    assert len(lines) == 1, out.out[:500]
+    return rc, json.loads(lines[0])
+
+
+GOOD_STDIN = {"cniVersion": "1.0.0", "name": "net", "type": "tortie"}
+
+
+@pytest.mark.parametrize("case,stdin,env,code", [
+    ("deep-1100", b"[" * 1100 + b"]" * 1100, None, 6),
+    ("deep-100k", b'{"a":' * 100_000 + b"1" + b"}" * 100_000, None, 6),
+    ("deep-65", json.dumps({**GOOD_STDIN, "x": json.loads("[" * 65 + "]" * 65)}).encode(),
+     None, 6),
+    ("timeout-infinity", b'{"cniVersion":"1.0.0","name":"n","type":"t","timeout":Infinity}',
+     None, 6),
+    ("timeout-nan", b'{"cniVersion":"1.0.0","name":"n","type":"t","timeout":NaN}', None, 6),
+    ("timeout-1e400", b'{"cniVersion":"1.0.0","name":"n","type":"t","timeout":1e400}', None, 6),
+    ("timeout-1e300", json.dumps({**GOOD_STDIN, "timeout": 1e300}).encode(), None, 7),
+    ("timeout-string", json.dumps({**GOOD_STDIN, "ipam": {"timeout": "5"}}).encode(), None, 7),
+    ("16MB", json.dumps({**GOOD_STDIN, "x": "a" * (16 << 20)}).encode(), None, 7),
+    ("5000-digits", b'{"cniVersion":"1.0.0","mtu":' + b"1" * 5000 + b"}", None, 6),
+    ("not-utf8", b'\xff{"cniVersion":"1.0.0"}', None, 6),
+    ("not-an-object", b"[1]", None, 7),
+    ("empty", b"", None, 6),
+    ("socket-relative", json.dumps({**GOOD_STDIN, "socket": "x.sock"}).encode(), None, 7),
+    ("socket-nul", json.dumps({**GOOD_STDIN, "socket": "/x\u0000y"}).encode(), None, 7),
+    ("socket-too-long", json.dumps({**GOOD_STDIN, "socket": "/" + "s" * 200}).encode(), None,
+     7),
+    ("socket-env-relative", json.dumps(GOOD_STDIN).encode(),
+     {plugin.SOCKET_ENV: "relative.sock"}, 4),
+    ("daemon-absent", json.dumps(GOOD_STDIN).encode(), None, 11),
+])
+def test_plugin_answers_every_input_with_a_spec_error(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], case: str,
+        stdin: bytes, env: dict[str, str] | None, code: int) -> None:
+    """Issue 15: tracebacks with an empty stdout for deep nesting (RecursionError) and for
+    ``"timeout": Infinity`` (OverflowError); code 11 for a 16 MB configuration."""
+    rc, out = run_plugin_main(monkeypatch, capsys, stdin, env)
+    assert rc == 1
+    assert out["code"] == code, out
+    assert out["msg"] and out["cniVersion"] in spec.SUPPORTED_VERSIONS
+    assert len(json.dumps(out)) < 1000
+
+
+def test_plugin_fuzz_never_a_traceback(monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Random damage to a good configuration: always exactly one CNI error object."""
+    rnd = random.Random(15)
+    good = json.dumps({**GOOD_STDIN, "ipam": {"type": "tortie-ipam", "timeout": 5},
+                       "dns": {"nameservers": ["10.96.0.10"]}}).encode()
+    junk = [b"[", b"]", b"{", b"}", b'"', b"\\", b"\xff", b"\x00", b"1e999", b"NaN",
+            b"Infinity", b"-", b"9" * 50, b",", b":", b"\\ud800", b"null", b"true"]
+    for _ in range(300):
+        data = bytearray(good)
+        for _ in range(rnd.randint(1, 4)):
+            at = rnd.randrange(len(data) + 1)
+            op = rnd.randrange(3)
+            if op == 0:
+                data[at:at] = rnd.choice(junk)
+            elif op == 1:
+                del data[at:at + rnd.randint(1, 8)]
+            else:
+                data[at:at] = bytes([rnd.randrange(256)])
+        env = {"CNI_COMMAND": rnd.choice(["ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION",
+                                          "", "FROB"])}
+        rc, out = run_plugin_main(monkeypatch, capsys, bytes(data), env)
+        if rc == 0:  # VERSION answers even for a damaged configuration
+            assert "supportedVersions" in out
+        else:
+            assert isinstance(out["code"], int) and out["msg"], out
 
 
 def test_names() -> None:
