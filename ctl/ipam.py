@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from typing import Any
 
@@ -23,6 +24,21 @@ def bar(used: int, total: int) -> str:
     frac = used / total if total else 0.0
     filled = round(frac * BAR_WIDTH)
     return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {frac:4.0%}"
+
+
+def tunnel_addresses(node: Any) -> list[tuple[str, str]]:
+    """(kind, address) of the tunnel addresses a Node resource records (the routing agent
+    allocates them from IPAM: ``spec.ipv4VXLANTunnelAddr`` / ``ipv6VXLANTunnelAddr``,
+    ``spec.bgp.ipv4IPIPTunnelAddr``)."""
+    spec = node.spec
+    bgp = spec.bgp
+    out = []
+    for what, text in (("VXLAN", spec.ipv4VXLANTunnelAddr), ("VXLAN", spec.ipv6VXLANTunnelAddr),
+                       ("IPIP", bgp.ipv4IPIPTunnelAddr if bgp else None)):
+        if text:
+            with contextlib.suppress(ValueError):
+                out.append((what, str(ipaddress.ip_interface(text).ip)))
+    return out
 
 
 @click.group()
@@ -62,6 +78,9 @@ def check(ctx: click.Context) -> None:
         nodes = await res.list(by_cli_name("nodes"))
         workload_ips = {str(ipaddress.ip_interface(net).ip): f"{w.namespace}/{w.name}"
                         for w in weps for net in (w.spec.ipNetworks or [])}
+        for n in nodes:  # a node's tunnel addresses come from IPAM too: in use, not leaked
+            for what, ip in tunnel_addresses(n):
+                workload_ips[ip] = f"node {n.name} ({what} tunnel)"
         return await IPAM(res.store, ADMIN).check(workload_ips, {n.name for n in nodes})
 
     report = run(ctx, go)

@@ -28,6 +28,7 @@ handler does this per container), as in Calico.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import random
@@ -645,6 +646,35 @@ class IPAM:
                 released += await self._release_in_block(cidr, _releaser(group),
                                                          count_handles=True) or []
         return released
+
+    async def release_host_affinities(self, node: str) -> tuple[list[str], list[str]]:
+        """Give back the blocks of a node that left the cluster (Calico's
+        ``ReleaseHostAffinities`` with ``mustBeEmpty``): every empty block affine to ``node``
+        is deleted -- a compare-and-swap on the revision read, so a block that got an
+        address meanwhile stays -- and, when none is left, the node's host document too.
+        Returns (CIDRs released, CIDRs still holding addresses)."""
+        affinity = affinity_for(node)
+        released: list[str] = []
+        busy: list[str] = []
+        for block in await self.list_blocks():
+            if block.affinity != affinity:
+                continue
+            if not block.is_empty:
+                busy.append(block.cidr)
+                continue
+            try:
+                await self.store.delete(keys.block_key(block.cidr), block.revision)
+            except NotFound:
+                continue
+            except Conflict:
+                busy.append(block.cidr)  # used again meanwhile
+                continue
+            released.append(block.cidr)
+            log.info("released block %s of node %s", block.cidr, node)
+        if not busy:
+            with contextlib.suppress(NotFound):
+                await self.store.delete(keys.host_key(node))
+        return released, busy
 
     # --- reports --------------------------------------------------------------------------
 

@@ -71,7 +71,11 @@ class KubeControllers:
         ]
         self.config.listeners.append(self.auto_heps.config_changed)
         self.gc = IPAMGarbageCollector(self.ctx, r["pods"], r["nodes"], self.calico_nodes)
+        # a pod or a node gone: there may be addresses (of a removed node: blocks) to free
         r["pods"].add_listener(lambda key, old, new: self.gc.kick() if new is None else None)
+        r["nodes"].add_listener(lambda key, old, new: self.gc.kick() if new is None else None)
+        self.calico_nodes.listeners.append(
+            lambda name, value: self.gc.kick() if value is None else None)
         self.synced = asyncio.Event()
 
     async def run(self) -> None:

@@ -16,10 +16,16 @@ allocated for a pod that our watch has not shown yet is never taken.  Releasing 
 whole handle (all addresses of that container) and deletes the container's
 WorkloadEndpoint (if it is still that container's).
 
-Blocks affine to a node that exists neither as a Calico Node nor as a Kubernetes Node
-(a node removed from the cluster) are deleted once they are empty and have been seen that
-way for the same grace period -- a compare-and-swap on the block's revision, so a block
-that got an address meanwhile stays.
+A node that left the cluster (neither a Kubernetes Node nor a Calico Node exists) is cleaned
+up as Calico's IPAM controller does, without waiting for the grace period: its pods' addresses
+are released as soon as those pods are gone from the API (with the node gone, that is
+certain), and once no address of the node is in use any more -- no pod of it exists, no
+allocation of an unknown kind is left -- its tunnel addresses (``vxlan-tunnel-addr-<node>``,
+``ipip-tunnel-addr-<node>``) are released and its empty blocks deleted (a compare-and-swap
+on each block's revision, so a block that got an address meanwhile stays), then its IPAM
+host document.  Whether the Calico Node is gone is read from etcd itself right before, so a
+node that registered a moment ago is never taken for a removed one.  This runs whatever the
+grace period says (``0`` turns off only the grace-period GC of live nodes, as in Calico).
 """
 
 from __future__ import annotations
@@ -33,19 +39,20 @@ from typing import Any
 
 from datastore import keys
 from datastore.kinds import by_plural
-from datastore.store import Conflict, NotFound
-from ipam import keys as ipam_keys
+from datastore.store import NotFound
 from ipam.allocator import IPAM
 from kubecontrollers.controller import Context, delete_if_present
 from kubecontrollers.datastore_cache import DatastoreCache
 from kubecontrollers.reflector import Reflector
 from kubecontrollers.settings import leak_grace
+from routing.desired import TUNNEL_HANDLE_PREFIXES
 
 log = logging.getLogger("tortie.kc.ipam")
 
 HANDLE_PREFIX = "tortie."   # cni.handler.HANDLE_PREFIX
 GC_NODE = "tortie-kube-controllers"  # the IPAM "node" the releases are made as
 _WEP = by_plural("workloadendpoints")
+_NODE = by_plural("nodes")
 
 
 @dataclass
@@ -86,8 +93,7 @@ class IPAMGarbageCollector:
         self.pods = pods
         self.nodes = nodes
         self.calico_nodes = calico_nodes
-        self.orphans: dict[str, float] = {}   # empty block of a vanished node -> first seen
-        self.deleted_blocks: list[str] = []
+        self.deleted_blocks: list[str] = []  # blocks of removed nodes given back
         self.ipam = IPAM(ctx.store, GC_NODE)
         self.candidates: dict[str, Candidate] = {}
         self.released: list[str] = []      # handles released (most recent last)
@@ -106,6 +112,7 @@ class IPAMGarbageCollector:
     async def run(self) -> None:
         await self.pods.synced.wait()
         while True:
+            self._kick.clear()  # before the pass: a kick during it brings another one
             try:
                 await self.run_once()
             except asyncio.CancelledError:
@@ -114,7 +121,6 @@ class IPAMGarbageCollector:
                 self.errors += 1
                 log.warning("IPAM GC pass failed", exc_info=True,
                             extra={"fields": {"error": str(e)}})
-            self._kick.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), self.ctx.options.ipam_gc_interval)
 
@@ -122,19 +128,39 @@ class IPAMGarbageCollector:
         """One pass; returns the handles released."""
         now = time.monotonic() if now is None else now
         grace = self.grace()
-        if grace <= 0 or not self.pods.synced.is_set():
+        if not self.pods.synced.is_set():
             self.candidates.clear()
             return []
-        seen: dict[str, Candidate] = {}
         blocks = await self.ipam.list_blocks()
+        gone = self._gone_nodes(blocks)
+        busy: set[str] = set()            # gone nodes that still hold a valid address
+        tunnels: dict[str, set[str]] = {}  # gone node -> its tunnel handles
+        confirmed: dict[str, Candidate] = {}
+        seen: dict[str, Candidate] = {}
         for block in blocks:
             for ip, attrs in block.allocated():
                 handle = attrs.get("handle", "")
                 ns, pod = attrs.get("namespace"), attrs.get("pod")
-                if not handle.startswith(HANDLE_PREFIX) or not ns or not pod:
-                    continue
                 node = attrs.get("node") or block.affinity_node or ""
+                if node in gone and handle.startswith(TUNNEL_HANDLE_PREFIXES):
+                    tunnels.setdefault(node, set()).add(handle)
+                    continue
+                if not handle.startswith(HANDLE_PREFIX) or not ns or not pod:
+                    if node in gone:
+                        busy.add(node)  # an address of an unknown kind: left alone
+                    continue
                 if not leaked(self.pods.get(f"{ns}/{pod}"), ip, node):
+                    if node in gone:
+                        busy.add(node)
+                    continue
+                if node in gone:  # its pod and its node are gone: a leak for certain
+                    c = confirmed.get(handle) or Candidate(
+                        handle, ns, pod, attrs.get("container") or handle[len(HANDLE_PREFIX):],
+                        node, [], now)
+                    c.ips.append(ip)
+                    confirmed[handle] = c
+                    continue
+                if grace <= 0:
                     continue
                 old = self.candidates.get(handle)
                 c = seen.get(handle) or Candidate(
@@ -150,42 +176,65 @@ class IPAMGarbageCollector:
         self.candidates = seen
         self.ctx.metrics.ipam_candidates.set(len(seen))
         released: list[str] = []
+        for h, c in list(confirmed.items()):
+            if await self._release(c):
+                released.append(h)
+            else:
+                busy.add(c.node)
         for h, c in list(seen.items()):
             if now - c.since < grace:
                 continue
             await self._release(c)
             released.append(h)
             del self.candidates[h]
-        await self._orphan_blocks(blocks, now, grace)
+        for node in sorted(gone - busy):
+            released += await self._release_node(node, sorted(tunnels.get(node, ())))
         self.passes += 1
         self.ctx.metrics.ipam_candidates.set(len(self.candidates))
         return released
 
-    async def _orphan_blocks(self, blocks: list[Any], now: float, grace: float) -> None:
+    def _gone_nodes(self, blocks: list[Any]) -> set[str]:
+        """The nodes IPAM knows (block affinities, allocations) that are neither a
+        Kubernetes Node nor a Calico Node (empty until both lists are in)."""
         if (self.nodes is None or self.calico_nodes is None or not self.nodes.synced.is_set()
                 or not self.calico_nodes.synced.is_set()):
-            return
+            return set()
+        named: set[str] = set()
+        for b in blocks:
+            if b.affinity_node:
+                named.add(b.affinity_node)
+            named.update(a.get("node") for _, a in b.allocated() if a.get("node"))
         known = set(self.nodes.cache) | set(self.calico_nodes.items)
-        orphans = {b.cidr: b for b in blocks
-                   if b.affinity_node and b.affinity_node not in known and b.is_empty}
-        self.orphans = {c: self.orphans.get(c, now) for c in orphans}
-        for cidr, since in list(self.orphans.items()):
-            if now - since < grace:
-                continue
-            block = orphans[cidr]
-            try:
-                await self.ctx.store.delete(ipam_keys.block_key(cidr), block.revision)
-            except (Conflict, NotFound):
-                continue  # used again, or gone: the next pass looks again
-            del self.orphans[cidr]
-            self.deleted_blocks.append(cidr)
-            log.info("deleted the empty block of a removed node", extra={"fields": {
-                "block": cidr, "node": block.affinity_node}})
+        return named - known - {GC_NODE}
 
-    async def _release(self, c: Candidate) -> None:
+    async def _release_node(self, node: str, tunnel_handles: list[str]) -> list[str]:
+        """A removed node holding no address in use: release its tunnel addresses, its
+        empty blocks and its host document.  Returns the handles released."""
+        try:  # the cache may lag behind a node that has just registered: ask etcd itself
+            await self.ctx.store.get(keys.resource_key(_NODE.plural, node))
+            return []
+        except NotFound:
+            pass
+        out: list[str] = []
+        for handle in tunnel_handles:
+            freed = await self.ipam.release_by_handle(handle)
+            out.append(handle)
+            self.released.append(handle)
+            self.ctx.metrics.ipam_released.inc(len(freed))
+            log.info("released the tunnel address of a removed node", extra={"fields": {
+                "handle": handle, "node": node, "ips": ",".join(freed)}})
+        cidrs, busy = await self.ipam.release_host_affinities(node)
+        self.deleted_blocks += cidrs
+        if cidrs or out:
+            log.info("released the blocks of a removed node", extra={"fields": {
+                "node": node, "blocks": ",".join(cidrs) or "-",
+                "still_in_use": ",".join(busy) or "-"}})
+        return out
+
+    async def _release(self, c: Candidate) -> bool:
         # the pod may have appeared meanwhile: look once more right before releasing
         if any(not leaked(self.pods.get(f"{c.namespace}/{c.pod}"), ip, c.node) for ip in c.ips):
-            return
+            return False
         freed = await self.ipam.release_by_handle(c.handle)
         if not freed:  # no handle document: free the addresses themselves
             freed = await self.ipam.release_ips(c.ips)
@@ -195,6 +244,7 @@ class IPAMGarbageCollector:
             "handle": c.handle, "pod": f"{c.namespace}/{c.pod}", "node": c.node,
             "ips": ",".join(freed)}})
         await self._delete_endpoints(c)
+        return True
 
     async def _delete_endpoints(self, c: Candidate) -> None:
         kvs, _ = await self.ctx.store.list(keys.resource_prefix(_WEP.plural, c.namespace))

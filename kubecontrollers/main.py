@@ -60,7 +60,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"port of /metrics and /healthz (default {DEFAULT_METRICS_PORT}; "
                         "0: any free port)")
     p.add_argument("--leak-grace-period", help="IPAM leak grace period (overrides the KCC's "
-                   "controllers.node.leakGracePeriod; 0 turns the IPAM GC off)")
+                   "controllers.node.leakGracePeriod; 0 turns the GC of live nodes' leaks "
+                   "off; removed nodes are cleaned up regardless)")
     p.add_argument("--reconcile-period", help="period of full passes (overrides the KCC's "
                    "reconcilerPeriod)")
     p.add_argument("--ipam-gc-interval", default="1m", help="period of IPAM GC passes "

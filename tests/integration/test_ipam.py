@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
+from datastore.etcd_config import EtcdConfig
 from datastore.keys import resource_key
 from datastore.model_network import IPPool
 from datastore.resources import Resources, to_resource
-from datastore.store import Store
+from datastore.store import NotFound, Store
 from ipam import keys
 from ipam.allocator import (
     IPAM,
@@ -28,6 +29,7 @@ from ipam.allocator import (
 )
 from ipam.blocks import Block
 from lab.etcd import EtcdProcess
+from tests.cli_helpers import tortie
 
 pytestmark = pytest.mark.integration
 
@@ -464,3 +466,50 @@ async def test_concurrent_tasks_one_process(store: Store, etcd_server: EtcdProce
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_release_host_affinities_of_a_removed_node(store: Store) -> None:
+    """Empty blocks of the node go (and then its host document); a block still holding an
+    address stays, and so does the host document."""
+    pool = await add_pool(store, "p", "10.10.0.0/24")
+    gone, other = IPAM(store, "gone-node"), IPAM(store, "node-1")
+    a = await assign_n(gone, [pool], 65, "g")   # two blocks
+    [kept] = await other.auto_assign("o", ATTRS, [pool])
+    await store.get(keys.host_key("gone-node"))
+    assert [b.cidr for b in await blocks_of(gone, "gone-node")] == ["10.10.0.0/26",
+                                                                     "10.10.0.64/26"]
+    await IPAM(store, "gc").release_ips(a[:64])   # the first block is empty now
+    released, busy = await IPAM(store, "gc").release_host_affinities("gone-node")
+    assert (released, busy) == (["10.10.0.0/26"], ["10.10.0.64/26"])
+    await store.get(keys.host_key("gone-node"))   # kept: a block of it is still in use
+    await IPAM(store, "gc").release_ips(a[64:])
+    assert await IPAM(store, "gc").release_host_affinities("gone-node") == (
+        ["10.10.0.64/26"], [])
+    with pytest.raises(NotFound):
+        await store.get(keys.host_key("gone-node"))
+    assert [b.affinity_node for b in await gone.list_blocks()] == ["node-1"]
+    assert (await other.check({kept: "wep"}, nodes={"node-1"})).clean
+
+
+def test_check_counts_node_tunnel_addresses_as_in_use(etcd_endpoint: str) -> None:
+    """``tortie ipam check``: a tunnel address a Node records is in use, not leaked; the
+    tunnel address of a node that is gone is."""
+    async def setup() -> None:
+        async with Store(EtcdConfig(endpoints=(etcd_endpoint,))) as store:
+            pool = await add_pool(store, "p", "10.10.0.0/24", vxlanMode="Always")
+            for node in ("node-1", "node-2"):
+                [ip] = await IPAM(store, node).auto_assign(f"vxlan-tunnel-addr-{node}",
+                                                           {"node": node}, [pool])
+                if node == "node-1":
+                    info, obj = to_resource(doc("Node", node, {
+                        "bgp": {"ipv4Address": "192.0.2.11/24"},
+                        "ipv4VXLANTunnelAddr": ip}))
+                    await Resources(store).create(info, obj)
+    asyncio.run(setup())
+    r = tortie(etcd_endpoint, "ipam", "check")
+    assert r.code == 1, r.text
+    assert "checked 2 allocation(s)" in r.out
+    assert [line.split()[1] for line in r.out.splitlines() if "leaked:" in line] == [
+        "10.10.0.64"]   # node-2's: it has no Node resource
+    assert "vxlan-tunnel-addr-node-2" in r.out and "vxlan-tunnel-addr-node-1" not in r.out
+    assert "orphan block: 10.10.0.64/26 is affine to node-2" in r.out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import ipaddress
 import os
 import re
 import signal
@@ -233,6 +234,8 @@ async def test_pod_mirror_labels_and_deleted_pod_address_released(store: Store) 
         api.put("namespaces", ns_doc(ns))
         api.put("pods", pod_doc("web-0", ns, "node-a", {"app": "web"}, ip_a))
         api.put("pods", pod_doc("web-1", ns, "node-b", {"app": "web"}, ip_b))
+        for n, node_ip in (("node-a", "192.168.2.10"), ("node-b", "192.168.2.11")):
+            api.put("nodes", node_doc(n, node_ip, {}))  # node-b: down, not removed
         async with running(store, api, leak_grace=1.0) as app:
             pod = await eventually(lambda: stored(store, "pods", "web-0", ns), what="pod")
             assert pod["spec"]["nodeName"] == "node-a"
@@ -287,6 +290,7 @@ async def test_gc_grace_period_and_recreated_pod(store: Store) -> None:
     pods.synced.set()
     nodes = Reflector("nodes", _no_api, metrics=metrics)
     nodes.cache["node-a"] = node_doc("node-a", "10.0.0.1", {})
+    nodes.cache["node-b"] = node_doc("node-b", "10.0.0.2", {})  # down, not removed
     nodes.synced.set()
     calico_nodes = DatastoreCache(store, "nodes")
     calico_nodes.syncer.synced.set()
@@ -439,6 +443,104 @@ async def test_auto_host_endpoints_follow_nodes_and_config(store: Store) -> None
             async def only_user() -> bool:
                 return await stored_names(store, "hostendpoints") == {"node1-eth0"}
             await eventually(only_user, what="auto heps deleted")
+
+
+# --- a node removed from the cluster ------------------------------------------------------------
+
+
+async def _tunnel(store: Store, node: str) -> str:
+    """What the routing agent allocates for a node whose pool uses VXLAN."""
+    ipam = IPAM(store, node)
+    [ip] = await ipam.auto_assign(f"vxlan-tunnel-addr-{node}", {"node": node},
+                                  await ipam.pools())
+    return ip
+
+
+async def _affine(store: Store, node: str) -> list[str]:
+    return [b.cidr for b in await IPAM(store, "x").list_blocks() if b.affinity_node == node]
+
+
+async def test_removed_node_gives_back_addresses_tunnel_and_blocks(store: Store) -> None:
+    """Regression (issue 10): a node deleted from Kubernetes kept its tunnel address, its
+    pods' addresses (for the whole leakGracePeriod) and so its blocks and affinities for
+    ever.  Now, as in Calico, once its pods are gone they are released at once, then its
+    tunnel address, blocks and host document -- and not while one of its pods exists, nor
+    while it holds an address of an unknown kind, nor when its Calico Node exists in etcd
+    (a node that registered a moment ago)."""
+    ns = f"rm-{suffix()}"
+    await _pool(store)
+    _, ip_live, _ = await _cni_add(store, "node-a", ns, "live", {})
+    cid, ip_pod, wep = await _cni_add(store, "node-gone", ns, "web-0", {})
+    tunnel = await _tunnel(store, "node-gone")
+    live_tunnel = await _tunnel(store, "node-a")
+    other = await _tunnel(store, "node-odd")
+    await IPAM(store, "node-odd").assign_ip(str(ipaddress.ip_address(other) + 1), "mine",
+                                            {"node": "node-odd"})
+    await _tunnel(store, "node-new")
+    await _register(store, "node-new", "192.168.2.13")  # in etcd, not in the cache yet
+    metrics = KubeMetrics()
+    pods = Reflector("pods", _no_api, metrics=metrics)
+    pods.cache[f"{ns}/live"] = pod_doc("live", ns, "node-a", ip=ip_live)
+    pods.cache[f"{ns}/web-0"] = pod_doc("web-0", ns, "node-gone", ip=ip_pod)
+    pods.synced.set()
+    nodes = Reflector("nodes", _no_api, metrics=metrics)
+    nodes.cache["node-a"] = node_doc("node-a", "10.0.0.1", {})
+    nodes.synced.set()
+    calico_nodes = DatastoreCache(store, "nodes")
+    calico_nodes.syncer.synced.set()
+    gc = IPAMGarbageCollector(Context(store, metrics, {"pods": pods}, Options(leak_grace=900.0)),
+                              pods, nodes, calico_nodes)
+    assert await gc.run_once(now=1000.0) == []   # web-0 still exists in the API
+    assert tunnel in await _allocated(store) and await _affine(store, "node-gone")
+
+    del pods.cache[f"{ns}/web-0"]   # the pod GC deleted it (its kubelet is gone)
+    released = await gc.run_once(now=1001.0)   # no grace period: the node is gone
+    assert sorted(released) == [f"tortie.{cid}", "vxlan-tunnel-addr-node-gone"]
+    alloc = await _allocated(store)
+    assert ip_pod not in alloc and tunnel not in alloc
+    assert await _affine(store, "node-gone") == []
+    assert set(gc.deleted_blocks) == {str(ipaddress.ip_network(f"{tunnel}/26", strict=False))}
+    with pytest.raises(NotFound):
+        await store.get(ipam_keys.host_key("node-gone"))
+    assert await _absent(store, "workloadendpoints", wep, ns)
+    # the live node, the node with an address of unknown kind, the node that has just
+    # registered: untouched
+    assert {ip_live, live_tunnel, other} <= alloc.keys()
+    assert await _affine(store, "node-a") and await _affine(store, "node-odd")
+    assert await _affine(store, "node-new")
+    await store.get(ipam_keys.host_key("node-odd"))
+    assert not gc.candidates   # nothing waits for a grace period
+
+
+async def test_node_deleted_in_kubernetes_frees_its_ipam_promptly(store: Store) -> None:
+    """The whole controller: deleting the Kubernetes Node (and then its pod, as the pod GC
+    does) frees its blocks without waiting for the GC interval or the grace period."""
+    ns = f"rm-{suffix()}"
+    await _pool(store)
+    for n, ip in (("node-a", "192.168.2.10"), ("node-b", "192.168.2.11")):
+        await _register(store, n, ip)
+    _, ip_pod, _ = await _cni_add(store, "node-b", ns, "web-0", {})
+    tunnel = await _tunnel(store, "node-b")
+    async with FakeKubeAPI() as api:
+        api.put("namespaces", ns_doc(ns))
+        for n, ip in (("node-a", "192.168.2.10"), ("node-b", "192.168.2.11")):
+            api.put("nodes", node_doc(n, ip, _k8s_labels(n)))
+        api.put("pods", pod_doc("web-0", ns, "node-b", ip=ip_pod))
+        async with running(store, api, gc_interval=600.0, leak_grace=900.0) as app:
+            await eventually(lambda: _true(app.gc.passes > 0), what="a first GC pass")
+            api.delete("nodes", "node-b")
+            await eventually(lambda: _absent(store, "nodes", "node-b"), what="Calico Node gone")
+            await asyncio.sleep(0.3)
+            assert await _affine(store, "node-b")   # its pod still exists
+            api.delete("pods", "web-0", ns)
+
+            async def freed() -> bool:
+                alloc = await _allocated(store)
+                return (ip_pod not in alloc and tunnel not in alloc
+                        and not await _affine(store, "node-b"))
+            await eventually(freed, what="node-b's addresses and blocks freed")
+            with pytest.raises(NotFound):
+                await store.get(ipam_keys.host_key("node-b"))
 
 
 # --- list / watch / resync ----------------------------------------------------------------------
