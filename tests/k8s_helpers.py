@@ -1,4 +1,4 @@
-"""Helpers of the tests that run Tortie under a real Kubernetes on the lab (issue 10):
+"""Helpers of the tests that run Tortie under a real Kubernetes on the lab:
 Kubernetes' own binaries (scripts/kubernetes.sh) on a lab brought up with
 ``tortie lab up --kubernetes``.  Used by tests/integration/test_kubernetes*.py."""
 
@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from lab import containerd, netns
 from lab.cluster import Lab
@@ -33,6 +35,15 @@ def _built() -> str:
 
 
 NOT_BUILT = _built()
+if IN_CI and (MISSING or NOT_BUILT):  # CI installs and builds everything: a failure there
+    raise RuntimeError(f"Kubernetes tests cannot run: {MISSING or NOT_BUILT}")
+#: The marks of every real-Kubernetes test module.
+K8S_MARKS = [
+    pytest.mark.integration,
+    pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)}"),
+    pytest.mark.skipif(bool(NOT_BUILT), reason=f"Kubernetes not built: {NOT_BUILT}"),
+    pytest.mark.timeout(900),
+]
 
 
 def tortie(*args: str, timeout: float = 600,

@@ -1,4 +1,4 @@
-"""Issue 10: Tortie under a real Kubernetes. kube-apiserver, controller-manager, scheduler,
+"""Tortie under a real Kubernetes: kube-apiserver, controller-manager, scheduler,
 and a kubelet + kube-proxy per node, built from k8s.io/kubernetes at the pinned release
 (scripts/kubernetes.sh), run on a 3-node lab (`tortie lab up --kubernetes`); pods are made by
 kubelet through containerd's CRI and Tortie's conflist, exactly as on a real node."""
@@ -11,39 +11,27 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from lab import netns
 from lab.cluster import Lab
 from lab.kubernetes import AGNHOST_IMAGE
 from tests.k8s_helpers import (
-    IN_CI,
-    MISSING,
-    NOT_BUILT,
+    K8S_MARKS,
     REPO,
-    _zombie,
     cali_links,
     cli,
     eventually,
     exec_in_pod,
     kjson,
     kubectl,
+    kubernetes_lab,
     ok,
     running_pods,
-    tortie,
     weps,
 )
 
-if IN_CI and (MISSING or NOT_BUILT):  # CI installs and builds everything: a failure there
-    raise RuntimeError(f"Kubernetes tests cannot run: {MISSING or NOT_BUILT}")
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)}"),
-    pytest.mark.skipif(bool(NOT_BUILT), reason=f"Kubernetes not built: {NOT_BUILT}"),
-    pytest.mark.timeout(900),
-]
+pytestmark = K8S_MARKS
 
 DMZ_DOCS = """
 apiVersion: projectcalico.org/v3
@@ -59,23 +47,8 @@ spec:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     """Three nodes with a real Kubernetes, brought up the way a user does it."""
-    name = f"k{uuid.uuid4().hex[:6]}"
-    lab = Lab(name)
-    try:
-        start = time.monotonic()
-        r = tortie("lab", "up", "--name", name, "--nodes", "3", "--kubernetes")
-        assert r.returncode == 0, r.stderr[-4000:]
-        print(f"\nlab up with Kubernetes: {time.monotonic() - start:.1f}s")
+    with kubernetes_lab(f"k{uuid.uuid4().hex[:6]}") as lab:
         yield lab
-    finally:
-        st = lab.load() if lab.exists() else None
-        lab.down()
-        assert netns.list_netns(f"tl-{name}-") == []
-        assert f"/tortie-lab/{name}/" not in Path("/proc/self/mountinfo").read_text()
-        if st is not None:
-            for pid in st.k8s_pids.values():
-                assert not Path(f"/proc/{pid}").exists() or _zombie(pid), pid
-        assert not list(Path("/sys/fs/cgroup").glob(f"*/tortie-{name}-*"))
 
 
 def deployment(name: str, namespace: str, replicas: int, labels: dict[str, str]) -> str:

@@ -32,9 +32,7 @@ from lab.cluster import Lab
 from lab.kubernetes import AGNHOST_IMAGE
 from lab.procs import alive, stop_pid
 from tests.k8s_helpers import (
-    IN_CI,
-    MISSING,
-    NOT_BUILT,
+    K8S_MARKS,
     REPO,
     cli,
     eventually,
@@ -46,14 +44,7 @@ from tests.k8s_helpers import (
     weps,
 )
 
-if IN_CI and (MISSING or NOT_BUILT):  # CI installs and builds everything: a failure there
-    raise RuntimeError(f"Kubernetes tests cannot run: {MISSING or NOT_BUILT}")
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)}"),
-    pytest.mark.skipif(bool(NOT_BUILT), reason=f"Kubernetes not built: {NOT_BUILT}"),
-    pytest.mark.timeout(900),
-]
+pytestmark = K8S_MARKS
 
 KIND = REPO / "integration" / "kind"
 NS = "kc"
