@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
@@ -16,11 +15,18 @@ from ctl.lab import lab as lab_group
 from ctl.node import node as node_group
 from ctl.output import FORMATS, render
 from ctl.policy import policy as policy_group
-from datastore.documents import Document, DocumentError, read_sources
+from datastore.documents import Document, DocumentError, load_json, read_sources
 from datastore.kinds import KindInfo, UnknownKind, by_document
 from datastore.model_base import ResourceInvalid
-from datastore.resources import Resources, to_resource
-from datastore.store import AlreadyExists, NotFound
+from datastore.resources import (
+    PAST_TENSE,
+    PartialWrite,
+    Resources,
+    Verb,
+    describe,
+    to_resource,
+)
+from datastore.store import DatastoreError, NotFound
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,16 +50,37 @@ def cli(ctx: click.Context, etcd_endpoints: str | None, etcd_ca_cert_file: str |
 
 # --- apply / create / replace / delete -f -------------------------------------------------------
 
-def _load(files: tuple[str, ...], namespace: str | None) -> list[tuple[KindInfo, Any, str]]:
+Loaded = tuple[KindInfo, Any, Document]
+
+
+def _load(files: tuple[str, ...], namespace: str | None) -> list[Loaded]:
     """Read and validate every document first: any error, and nothing is written."""
     try:
         result = read_sources(list(files))
     except DocumentError as e:
-        raise CLIError(str(e)) from None
+        raise CLIError(f"{e}\nnothing was written") from None
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
-    loaded, errors = [], []
-    for doc in result.documents:
+    loaded, errors = validate_documents(result.documents, namespace)
+    if errors:
+        more = len(errors) - MAX_ERRORS
+        shown = errors[:MAX_ERRORS] + ([f"... and {more} more"] if more > 0 else [])
+        raise CLIError("nothing was written; fix these documents:\n  " + "\n  ".join(shown))
+    if not loaded:
+        raise CLIError("no resources found in " + ", ".join(files))
+    return loaded
+
+
+def validate_documents(documents: list[Document], namespace: str | None,
+                       ) -> tuple[list[Loaded], list[str]]:
+    """Each document as (kind, model, document), and an error line per bad one.
+
+    A resource given twice is an error too: one command writes each resource once.
+    """
+    loaded: list[Loaded] = []
+    errors: list[str] = []
+    first: dict[str, str] = {}
+    for doc in documents:
         if namespace and isinstance(doc.data, dict) and _namespaced(doc.data):
             meta = doc.data.setdefault("metadata", {})
             if isinstance(meta, dict):
@@ -67,12 +94,14 @@ def _load(files: tuple[str, ...], namespace: str | None) -> list[tuple[KindInfo,
             errors.append(f"{doc.where}: metadata.namespace: {obj.namespace!r} does not match "
                           f"--namespace {namespace!r}")
             continue
-        loaded.append((info, obj, doc.where))
-    if errors:
-        raise CLIError("nothing was written; fix these documents:\n  " + "\n  ".join(errors))
-    if not loaded:
-        raise CLIError("no resources found in " + ", ".join(files))
-    return loaded
+        key = Resources.key(info, obj.name, obj.namespace)
+        if key in first:
+            errors.append(f"{doc.where}: {describe(info, obj)} is given twice (first at "
+                          f"{first[key]}); give each resource once")
+            continue
+        first[key] = doc.where
+        loaded.append((info, obj, doc))
+    return loaded, errors
 
 
 def _namespaced(data: dict[str, Any]) -> bool:
@@ -82,15 +111,28 @@ def _namespaced(data: dict[str, Any]) -> bool:
         return False
 
 
+#: Longest error line quoted back (a document may hold a megabyte in one field), and most
+#: documents' errors shown (a YAML alias can repeat one bad document thousands of times).
+MAX_ERROR_LINE = 400
+MAX_ERRORS = 50
+
+
 def _explain(doc: Document, e: ResourceInvalid) -> str:
     """``file:line: Kind(name) is invalid:`` and each error at the line of its field."""
-    what = f"{e.kind}({e.name})" if e.name else (e.kind or "document")
     if len(e.errors) == 1:
         err = e.errors[0]
-        return f"{doc.source}:{doc.line_of(err.partition(':')[0])}: {what} is invalid: {err}"
-    lines = [f"{doc.where}: {what} is invalid:"]
-    lines += [f"    {doc.source}:{doc.line_of(err.partition(':')[0])}: {err}" for err in e.errors]
+        return _cap(f"{doc.source}:{doc.line_of(err.partition(':')[0])}: {e.what} is invalid: "
+                    f"{err}")
+    lines = [_cap(f"{doc.where}: {e.what} is invalid:")]
+    lines += [_cap(f"    {doc.source}:{doc.line_of(err.partition(':')[0])}: {err}")
+              for err in e.errors]
     return "\n".join(lines)
+
+
+def _cap(line: str) -> str:
+    if len(line) <= MAX_ERROR_LINE:
+        return line
+    return f"{line[:MAX_ERROR_LINE]}... ({len(line) - MAX_ERROR_LINE} more characters)"
 
 
 def _summary(verb: str, done: list[KindInfo]) -> None:
@@ -98,29 +140,25 @@ def _summary(verb: str, done: list[KindInfo]) -> None:
         click.echo(f"Successfully {verb} {n} '{kind}' resource(s)")
 
 
-def _write_all(ctx: click.Context, files: tuple[str, ...], namespace: str | None, verb: str,
-               op: Callable[[Resources, KindInfo, Any], Awaitable[Any]],
-               skip: type[Exception] | None = None) -> None:
+def _write_all(ctx: click.Context, files: tuple[str, ...], namespace: str | None, verb: Verb,
+               skip: bool = False) -> None:
+    """Validate every document, then write them all or nothing (``Resources.write_all``)."""
     loaded = _load(files, namespace)
+    docs = {Resources.key(info, obj.name, obj.namespace): doc for info, obj, doc in loaded}
 
     async def go(res: Resources) -> None:
-        done: list[KindInfo] = []
-        for info, obj, where in loaded:
-            try:
-                await op(res, info, obj)
-            except Exception as e:
-                if skip is not None and isinstance(e, skip):
-                    done.append(info)
-                    continue
-                if done:
-                    _summary(verb, done)
-                    msg = f"partial success: {verb} the first {len(done)} of {len(loaded)} " \
-                          f"resources; {where}: {e}"
-                else:
-                    msg = f"{where}: {e}"
-                raise CLIError(msg) from None
-            done.append(info)
-        _summary(verb, done)
+        try:
+            result = await res.write_all(verb, [(info, obj) for info, obj, _ in loaded], skip)
+        except PartialWrite as e:
+            raise CLIError(f"partial success: {e}" if e.written else str(e)) from None
+        except ResourceInvalid as e:  # found against the store: overlapping IPPools
+            doc = next((d for i, o, d in loaded if i.kind == e.kind and o.name == e.name), None)
+            raise CLIError(f"{_explain(doc, e) if doc else e}\nnothing was written") from None
+        except DatastoreError as e:
+            doc = docs.get(getattr(e, "key", ""))
+            raise CLIError(f"{doc.where + ': ' if doc else ''}{e}\nnothing was written") \
+                from None
+        _summary(PAST_TENSE[verb], [info for info, _ in result.written + result.skipped])
 
     run(ctx, go)
 
@@ -136,7 +174,7 @@ _ns_opt = click.option("-n", "--namespace", help="namespace for namespaced resou
 @click.pass_context
 def apply(ctx: click.Context, files: tuple[str, ...], namespace: str | None) -> None:
     """Create resources, or replace them if they exist."""
-    _write_all(ctx, files, namespace, "applied", lambda r, i, o: r.apply(i, o))
+    _write_all(ctx, files, namespace, "apply")
 
 
 @cli.command()
@@ -147,8 +185,7 @@ def apply(ctx: click.Context, files: tuple[str, ...], namespace: str | None) -> 
 def create(ctx: click.Context, files: tuple[str, ...], namespace: str | None,
            skip_exists: bool) -> None:
     """Create resources; it is an error if one exists."""
-    _write_all(ctx, files, namespace, "created", lambda r, i, o: r.create(i, o),
-               AlreadyExists if skip_exists else None)
+    _write_all(ctx, files, namespace, "create", skip_exists)
 
 
 @cli.command()
@@ -157,7 +194,7 @@ def create(ctx: click.Context, files: tuple[str, ...], namespace: str | None,
 @click.pass_context
 def replace(ctx: click.Context, files: tuple[str, ...], namespace: str | None) -> None:
     """Replace existing resources (conditional on resourceVersion when given)."""
-    _write_all(ctx, files, namespace, "replaced", lambda r, i, o: r.replace(i, o))
+    _write_all(ctx, files, namespace, "replace")
 
 
 @cli.command()
@@ -174,8 +211,7 @@ def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...], files: 
     if files:
         if kind:
             raise CLIError("give either KIND NAME or -f FILE, not both")
-        _write_all(ctx, files, namespace, "deleted",
-                   lambda r, i, o: r.delete(i, o.name, o.namespace), skip)
+        _write_all(ctx, files, namespace, "delete", skip_not_exists)
         return
     if not kind or not names:
         raise CLIError("delete needs KIND NAME... or -f FILE")
@@ -234,9 +270,11 @@ def patch(ctx: click.Context, kind: str, name: str, patch_text: str,
     """Change fields of a resource with a JSON merge patch."""
     info = kind_info(kind)
     try:
-        body = json.loads(patch_text)
+        body = load_json(patch_text, "--patch")
     except json.JSONDecodeError as e:
         raise CLIError(f"--patch: not valid JSON: {e.msg} at position {e.pos}") from None
+    except DocumentError as e:
+        raise CLIError(str(e)) from None
     if not isinstance(body, dict):
         raise CLIError("--patch: must be a JSON object")
     run(ctx, lambda res: res.patch(info, name, namespace, body))

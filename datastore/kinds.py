@@ -182,17 +182,26 @@ def by_cli_name(name: str) -> KindInfo:
 
 def by_document(api_version: Any, kind: Any) -> KindInfo:
     """The kind of a document by its apiVersion and kind."""
+    if kind is None or kind == "":
+        raise UnknownKind("kind: required field is missing")
+    if not isinstance(kind, str):
+        raise UnknownKind(f"kind: must be a string, not {_type_name(kind)}")
+    if api_version is not None and not isinstance(api_version, str):
+        raise UnknownKind(f"apiVersion: must be a string, not {_type_name(api_version)}")
     info = _BY_DOC.get((api_version, kind))
     if info is not None:
         return info
-    if not isinstance(kind, str) or not kind:
-        raise UnknownKind("kind: required field is missing")
     same_kind = [k for k in KINDS if k.kind == kind]
     if same_kind:
         wanted = " or ".join(sorted({k.api_version for k in same_kind}))
         raise UnknownKind(f"apiVersion: {api_version!r} is not supported for kind {kind}: "
                           f"use {wanted}")
     raise UnknownKind(f"kind {kind} ({api_version}) is not stored by Tortie: {NOT_STORED_HINT}")
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", bool: "a boolean", int: "a number",
+            float: "a number"}.get(type(value), f"a {type(value).__name__}")
 
 
 def by_plural(plural: str) -> KindInfo:

@@ -21,6 +21,7 @@ from pydantic import (
     field_validator,
 )
 
+from datastore.documents import data_problems
 from datastore.labels import validate_dns1123_subdomain, validate_labels
 from datastore.selector import SelectorError, parse
 
@@ -28,9 +29,14 @@ CALICO_API_VERSION = "projectcalico.org/v3"
 
 
 class Strict(BaseModel):
-    """A strict mapping: unknown fields are rejected, aliases are the YAML names."""
+    """A strict mapping: unknown fields are rejected, aliases are the YAML names.
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=False)
+    Numbers must be finite (also when written as strings, "nan" or "1e999"): JSON cannot
+    hold the others, and NaN would break every ordering.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=False,
+                              allow_inf_nan=False)
 
     def dump(self) -> dict[str, Any]:
         """The YAML/JSON form: aliases, no unset optionals."""
@@ -40,7 +46,7 @@ class Strict(BaseModel):
 class Lenient(BaseModel):
     """A mapping from another API (Kubernetes) whose unused fields are accepted and dropped."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -125,10 +131,13 @@ class _ResourceBehaviour:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         """Validate a document; raises ``ResourceInvalid`` naming each bad field."""
+        problems = data_problems(data)
+        if problems:
+            raise ResourceInvalid(cls.KIND, name_of(data), problems)
         try:
             obj = cls.model_validate(data)  # type: ignore[attr-defined]
         except ValidationError as e:
-            raise ResourceInvalid(cls.KIND, _name_of(data), format_errors(e)) from None
+            raise ResourceInvalid(cls.KIND, name_of(data), format_errors(e)) from None
         obj.apply_defaults()
         return obj
 
@@ -177,11 +186,18 @@ class ResourceInvalid(ValueError):
         self.kind = kind
         self.name = name
         self.errors = errors
-        what = f"{kind}({name})" if name else kind
-        super().__init__(f"{what} is invalid: " + "; ".join(errors))
+        super().__init__(f"{self.what} is invalid: " + "; ".join(errors))
+
+    @property
+    def what(self) -> str:
+        """``Kind(name)``, or as much of it as is known."""
+        if self.kind and self.name:
+            return f"{self.kind}({self.name})"
+        return self.kind or (f"document {self.name!r}" if self.name else "document")
 
 
-def _name_of(data: Any) -> str | None:
+def name_of(data: Any) -> str | None:
+    """metadata.name of a document, when it is a string."""
     if isinstance(data, dict):
         meta = data.get("metadata")
         if isinstance(meta, dict) and isinstance(meta.get("name"), str):

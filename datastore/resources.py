@@ -13,15 +13,28 @@ import copy
 import ipaddress
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from datastore import keys
 from datastore.kinds import KindInfo, by_document
-from datastore.model_base import SERVER_FIELDS, ResourceInvalid
+from datastore.model_base import SERVER_FIELDS, ResourceInvalid, name_of
 from datastore.model_network import IPPool
-from datastore.store import KV, AlreadyExists, Conflict, DatastoreError, NotFound, Store
+from datastore.store import (
+    KV,
+    TXN_MAX_BYTES,
+    TXN_MAX_OPS,
+    AlreadyExists,
+    Conflict,
+    DatastoreError,
+    NotFound,
+    Store,
+    Unavailable,
+    Write,
+    encode_value,
+)
 from datastore.v1compat import convert, is_v1
 
 # Read-modify-write operations (apply, patch, label) retry when another writer got in
@@ -51,23 +64,54 @@ class ResourceConflict(Conflict):
         self.key, self.expected, self.actual = key, expected, actual
 
 
+class PartialWrite(DatastoreError):
+    """A batch too large for one transaction failed after some of its transactions were
+    made: ``written`` (``Kind(name)``) are stored, ``unknown`` may or may not be (etcd did
+    not answer), the rest are not."""
+
+    def __init__(self, message: str, written: list[str], unknown: list[str]) -> None:
+        super().__init__(message)
+        self.written = written
+        self.unknown = unknown
+
+
+Verb = Literal["create", "replace", "apply", "delete"]
+PAST_TENSE: dict[str, str] = {"create": "created", "replace": "replaced", "apply": "applied",
+                              "delete": "deleted"}
+
+
+@dataclass
+class BatchResult:
+    """What :meth:`Resources.write_all` did: resources written, and those skipped."""
+
+    written: list[tuple[KindInfo, Any]] = field(default_factory=list)
+    skipped: list[tuple[KindInfo, Any]] = field(default_factory=list)
+    transactions: int = 0
+
+
+@dataclass
+class _Planned:
+    index: int  # in the batch
+    info: KindInfo
+    obj: Any
+    write: Write | None  # None: skipped (exists / does not exist, as asked)
+    size: int = 0
+
+
 def to_resource(data: Any) -> tuple[KindInfo, Any]:
     """Validate one document (v3, Kubernetes or calicoctl v1) into its model."""
     if not isinstance(data, dict):
         raise ResourceInvalid("", None,
                               [f"a resource must be a mapping, not {type(data).__name__}"])
-    if is_v1(data):
-        data = convert(data)
+    kind = data.get("kind")
+    kind = kind if isinstance(kind, str) else ""
     try:
+        if is_v1(data):
+            data = convert(data)
         info = by_document(data.get("apiVersion"), data.get("kind"))
     except ValueError as e:
-        raise ResourceInvalid(str(data.get("kind") or ""), _name(data), [str(e)]) from None
+        raise ResourceInvalid(kind, name_of(data), [str(e)]) from None
     return info, info.model.from_dict(data)
-
-
-def _name(data: dict[str, Any]) -> str | None:
-    meta = data.get("metadata")
-    return meta.get("name") if isinstance(meta, dict) else None
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -119,12 +163,7 @@ class Resources:
 
     async def create(self, info: KindInfo, obj: Any) -> Any:
         await self._check_cross_resource(info, obj)
-        meta = obj.metadata
-        for f in SERVER_FIELDS:
-            if hasattr(meta, f):
-                setattr(meta, f, None)
-        meta.uid = str(uuid.uuid4())
-        meta.creationTimestamp = _now()
+        self._stamp(obj, None)
         key = self._key_of(info, obj)
         try:
             kv = await self.store.create(key, self._to_value(obj))
@@ -169,10 +208,7 @@ class Resources:
 
     async def _write_over(self, info: KindInfo, obj: Any, current: KV) -> Any:
         await self._check_cross_resource(info, obj)
-        old = current.value.get("metadata", {})
-        meta = obj.metadata
-        meta.uid = old.get("uid")
-        meta.creationTimestamp = old.get("creationTimestamp")
+        self._stamp(obj, current)
         try:
             kv = await self.store.update(current.key, self._to_value(obj), current.mod_revision)
         except Conflict as e:
@@ -235,6 +271,152 @@ class Resources:
         patch_labels.update({k: None for k in remove})
         return await self.patch(info, name, namespace, {"metadata": {"labels": patch_labels}})
 
+    # --- batches ------------------------------------------------------------------------------
+
+    async def write_all(self, verb: Verb, items: Sequence[tuple[KindInfo, Any]],
+                        skip: bool = False) -> BatchResult:
+        """``verb`` every resource of ``items`` (validated models), all or nothing.
+
+        Everything is checked against the store first (existence, ``resourceVersion``,
+        overlapping IPPools, also among the items), then written in one transaction when it
+        fits in one (:data:`TXN_MAX_OPS` resources, :data:`TXN_MAX_BYTES`), so a failure
+        writes nothing.  Larger batches are written in their order, transaction by
+        transaction; a failure after the first raises :class:`PartialWrite`, which names
+        exactly what was written.  ``skip``: create skips resources that exist, delete those
+        that do not.  When another writer changes one of the keys in between, what is not
+        written yet is planned again (up to ``MAX_RETRIES`` times).
+        """
+        keys = [self._key_of(info, obj) for info, obj in items]
+        seen: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key in seen:
+                info, obj = items[i]
+                raise ResourceInvalid(info.kind, obj.name, [
+                    f"metadata.name: given twice in one batch (items {seen[key] + 1} and "
+                    f"{i + 1})"])
+            seen[key] = i
+        result = BatchResult()
+        pending = list(range(len(items)))  # indices of items not written (or skipped) yet
+        for n in range(MAX_RETRIES):
+            try:
+                plan = await self._plan(verb, [(i, *items[i]) for i in pending], skip)
+            except (DatastoreError, ResourceInvalid) as e:
+                raise self._partial(verb, result, items, pending, e, []) from None
+            done: set[int] = set()
+            conflict = False
+            for chunk in _chunks(plan):
+                writes = [p.write for p in chunk if p.write is not None]
+                revision: int | None = 0
+                if writes:
+                    try:
+                        revision = await self.store.commit(writes)
+                    except Unavailable as e:
+                        raise self._partial(verb, result, items, _without(pending, done), e,
+                                            chunk) from None
+                    except DatastoreError as e:
+                        raise self._partial(verb, result, items, _without(pending, done), e,
+                                            []) from None
+                    if revision is None:
+                        conflict = True
+                        break
+                    result.transactions += 1
+                for p in chunk:
+                    done.add(p.index)
+                    if p.write is None:
+                        result.skipped.append((p.info, p.obj))
+                        continue
+                    if p.write.value is not None:
+                        p.obj.metadata.resourceVersion = str(revision)
+                    result.written.append((p.info, p.obj))
+            pending = _without(pending, done)
+            if not conflict:
+                return result
+            await asyncio.sleep(random.uniform(0, RETRY_BACKOFF * (n + 1)))
+        info, obj = items[pending[0]]
+        error = ResourceConflict(f"{describe(info, obj)} and others are being modified "
+                                 "concurrently; retry", keys[pending[0]])
+        raise self._partial(verb, result, items, pending, error, [])
+
+    async def _plan(self, verb: Verb, items: list[tuple[int, KindInfo, Any]],
+                    skip: bool) -> list[_Planned]:
+        """Each item's write against the store as it is now; raises what the single
+        operations raise (exists, does not exist, stale resourceVersion, overlaps)."""
+        keys = [self._key_of(info, obj) for _, info, obj in items]
+        current = await self.store.get_many(keys)
+        plan: list[_Planned] = []
+        for (index, info, obj), key in zip(items, keys, strict=True):
+            kv = current.get(key)
+            what = describe(info, obj)
+            if verb == "delete":
+                if kv is None:
+                    if not skip:
+                        raise ResourceNotFound(f"{what} does not exist", key)
+                    plan.append(_Planned(index, info, obj, None))
+                else:
+                    plan.append(_Planned(index, info, obj, Write(key, None, kv.mod_revision),
+                                         len(key)))
+                continue
+            if kv is not None and verb == "create":
+                if not skip:
+                    raise ResourceExists(f"{what} already exists", key)
+                plan.append(_Planned(index, info, obj, None))
+                continue
+            if verb == "replace":
+                if kv is None:
+                    raise ResourceNotFound(f"{what} does not exist", key)
+                wanted = obj.metadata.resourceVersion
+                if wanted is not None and str(kv.mod_revision) != str(wanted):
+                    raise ResourceConflict(
+                        f"{what} has been modified: resourceVersion {wanted} is not the "
+                        f"current {kv.mod_revision}; get it again and retry", key)
+            self._stamp(obj, kv)
+            value = self._to_value(obj)
+            plan.append(_Planned(index, info, obj,
+                                 Write(key, value, kv.mod_revision if kv else 0),
+                                 len(key) + len(encode_value(value))))
+        pools = [(p.info, p.obj) for p in plan if p.write is not None
+                 and p.write.value is not None and isinstance(p.obj, IPPool)]
+        if pools:
+            await self._check_pools(pools[0][0], [obj for _, obj in pools])
+        return plan
+
+    @staticmethod
+    def _stamp(obj: Any, current: KV | None) -> None:
+        """Server-owned metadata: new for a create, kept from the store for a replace."""
+        meta = obj.metadata
+        if current is None:
+            for f in SERVER_FIELDS:
+                if hasattr(meta, f):
+                    setattr(meta, f, None)
+            meta.uid = str(uuid.uuid4())
+            meta.creationTimestamp = _now()
+        else:
+            old = current.value.get("metadata", {})
+            meta.uid = old.get("uid")
+            meta.creationTimestamp = old.get("creationTimestamp")
+
+    @staticmethod
+    def _partial(verb: Verb, result: BatchResult, items: Sequence[tuple[KindInfo, Any]],
+                 pending: list[int], cause: Exception, unknown: list[_Planned]) -> Exception:
+        """``cause`` as it is when nothing was written yet, else a :class:`PartialWrite`
+        naming what was written, what may have been, and what was not."""
+        done = [describe(i, o) for i, o in result.written]
+        maybe_index = {p.index for p in unknown if p.write is not None}
+        maybe = [describe(*items[i]) for i in pending if i in maybe_index]
+        if not done and not maybe:
+            return cause
+        rest = [describe(*items[i]) for i in pending if i not in maybe_index]
+        past = PAST_TENSE[verb]
+        parts = []
+        if done:
+            parts.append(f"{past} {len(done)}: {', '.join(done)}")
+        if maybe:
+            parts.append(f"maybe {past} (etcd did not answer) {len(maybe)}: "
+                         f"{', '.join(maybe)}")
+        if rest:
+            parts.append(f"not {past} {len(rest)}: {', '.join(rest)}")
+        return PartialWrite(f"{cause}\n  " + "\n  ".join(parts), done, maybe)
+
     # --- reads --------------------------------------------------------------------------------
 
     async def get(self, info: KindInfo, name: str, namespace: str | None = None) -> Any:
@@ -275,15 +457,15 @@ class Resources:
 
     async def _check_cross_resource(self, info: KindInfo, obj: Any) -> None:
         if isinstance(obj, IPPool):
-            net = ipaddress.ip_network(obj.spec.cidr)
-            for other in await self.list(info):
-                if other.name == obj.name:
-                    continue
-                onet = ipaddress.ip_network(other.spec.cidr)
-                if onet.version == net.version and net.overlaps(onet):
-                    raise ResourceInvalid(info.kind, obj.name, [
-                        f"spec.cidr: {obj.spec.cidr} overlaps with IPPool({other.name}) "
-                        f"{other.spec.cidr}"])
+            _check_pool(obj, await self.list(info))
+
+    async def _check_pools(self, info: KindInfo, pools: list[IPPool]) -> None:
+        """No pool of ``pools`` overlaps a stored one or one before it in ``pools``."""
+        names = {p.name for p in pools}
+        others = [p for p in await self.list(info) if p.name not in names]
+        for p in pools:
+            _check_pool(p, others)
+            others.append(p)
 
     @staticmethod
     def _display(obj: Any) -> str:
@@ -292,3 +474,39 @@ class Resources:
     @staticmethod
     def _display_n(info: KindInfo, name: str, namespace: str | None) -> str:
         return f"{namespace or 'default'}/{name}" if info.namespaced else name
+
+
+def _check_pool(pool: IPPool, others: list[IPPool]) -> None:
+    net = ipaddress.ip_network(pool.spec.cidr)
+    for other in others:
+        if other.name == pool.name:
+            continue
+        onet = ipaddress.ip_network(other.spec.cidr)
+        if onet.version == net.version and net.overlaps(onet):
+            raise ResourceInvalid(pool.kind, pool.name, [
+                f"spec.cidr: {pool.spec.cidr} overlaps with IPPool({other.name}) "
+                f"{other.spec.cidr}"])
+
+
+def _chunks(plan: list[_Planned]) -> list[list[_Planned]]:
+    """The plan in transactions etcd takes (skipped items ride along, costing nothing)."""
+    chunks: list[list[_Planned]] = [[]]
+    ops = size = 0
+    for p in plan:
+        if p.write is not None:
+            if chunks[-1] and (ops + 1 > TXN_MAX_OPS or size + p.size > TXN_MAX_BYTES):
+                chunks.append([])
+                ops = size = 0
+            ops += 1
+            size += p.size
+        chunks[-1].append(p)
+    return chunks
+
+
+def _without(indices: list[int], done: set[int]) -> list[int]:
+    return [i for i in indices if i not in done]
+
+
+def describe(info: KindInfo, obj: Any) -> str:
+    """``Kind(name)`` or ``Kind(namespace/name)``, as messages name a resource."""
+    return f"{info.kind}({Resources._display(obj)})"

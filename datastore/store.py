@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Self, TypeVar
 
@@ -38,6 +38,8 @@ from datastore.etcd_config import EtcdConfig
 
 __all__ = [
     "KV",
+    "TXN_MAX_BYTES",
+    "TXN_MAX_OPS",
     "AlreadyExists",
     "Conflict",
     "DatastoreError",
@@ -46,6 +48,7 @@ __all__ = [
     "Store",
     "Unavailable",
     "WatchEvent",
+    "Write",
     "decode_value",
     "encode_value",
 ]
@@ -61,6 +64,11 @@ WATCH_BACKOFF_MIN = 0.05
 WATCH_BACKOFF_MAX = 2.0
 
 _MiB = 1024 * 1024
+
+#: What one transaction may hold, below etcd's defaults (--max-txn-ops 128 operations,
+#: --max-request-bytes 1.5 MiB, of which this leaves room for keys and framing).
+TXN_MAX_OPS = 128
+TXN_MAX_BYTES = 1 * _MiB
 
 
 class DatastoreError(Exception):
@@ -111,6 +119,16 @@ class KV:
     value: dict[str, Any]
     mod_revision: int
     create_revision: int
+
+
+@dataclass(frozen=True)
+class Write:
+    """One change of :meth:`Store.commit`: put ``value`` (delete the key when None) if the
+    key's mod revision is still ``revision``; ``revision=0``: if the key does not exist."""
+
+    key: str
+    value: dict[str, Any] | None
+    revision: int
 
 
 @dataclass(frozen=True)
@@ -606,6 +624,48 @@ class Store:
         op = _delete_op(k) if value is None else _put_op(k, encode_value(value))
         resp = await self._txn(f"compare-and-swap {key}", [compare], [op], [])
         return bool(resp.succeeded)
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, KV]:
+        """Those of ``keys`` that exist, all read at one revision (in transactions of
+        :data:`TXN_MAX_OPS` reads)."""
+        found: dict[str, KV] = {}
+        revision = 0
+        for start in range(0, len(keys), TXN_MAX_OPS):
+            part = keys[start:start + TXN_MAX_OPS]
+            ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode(),
+                                                                revision=revision))
+                   for k in part]
+            resp = await self._txn(f"get {len(part)} keys", [], ops, [])
+            revision = revision or resp.header.revision
+            for r in resp.responses:
+                for kv in r.response_range.kvs:
+                    item = _kv(kv)
+                    found[item.key] = item
+        return found
+
+    async def commit(self, writes: Sequence[Write]) -> int | None:
+        """Make all ``writes`` in one transaction if every key still has the revision it is
+        expected to have; returns the transaction's revision, or None when one of them
+        changed (then nothing was written).  At most :data:`TXN_MAX_OPS` writes, each key
+        once."""
+        if not writes:
+            raise ValueError("nothing to commit")
+        if len(writes) > TXN_MAX_OPS:
+            raise ValueError(f"{len(writes)} writes: one transaction holds at most "
+                             f"{TXN_MAX_OPS}")
+        if len({w.key for w in writes}) != len(writes):
+            raise ValueError("a key is written twice in one transaction")
+        compare, ops = [], []
+        for w in writes:
+            if w.revision < 0:
+                raise ValueError(f"revision must not be negative, got {w.revision}")
+            k = w.key.encode()
+            compare.append(_create_equals(k, 0) if w.revision == 0 else _mod_equals(k, w.revision))
+            ops.append(_delete_op(k) if w.value is None else _put_op(k, encode_value(w.value)))
+        what = f"write {writes[0].key}" if len(writes) == 1 else \
+            f"write {len(writes)} keys ({writes[0].key}, ...)"
+        resp = await self._txn(what, compare, ops, [])
+        return int(resp.header.revision) if resp.succeeded else None
 
     async def revision(self) -> int:
         """The current store revision (a linearizable read)."""

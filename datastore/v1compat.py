@@ -28,8 +28,8 @@ def is_v1(data: Any) -> bool:
 def convert(data: dict[str, Any]) -> dict[str, Any]:
     """One v1 document as its v3 equivalent (unknown fields are passed on to fail there)."""
     kind = data["kind"]
-    meta = dict(data.get("metadata") or {})
-    spec = dict(data.get("spec") or {})
+    meta = dict(_mapping(data.get("metadata"), "metadata"))
+    spec = dict(_mapping(data.get("spec"), "spec"))
     extra = {k: v for k, v in data.items() if k not in ("apiVersion", "kind", "metadata", "spec")}
     if kind == "policy":
         out_kind = "GlobalNetworkPolicy"
@@ -46,10 +46,12 @@ def convert(data: dict[str, Any]) -> dict[str, Any]:
         out_kind = "Node"
     elif kind == "profile":
         out_kind = "Profile"
-        labels = meta.pop("labels", None)
-        tags = meta.pop("tags", None)
-        to_apply = dict(labels or {})
-        for t in tags or []:
+        labels = _mapping(meta.pop("labels", None), "metadata.labels")
+        tags = meta.pop("tags", None) or []
+        if not isinstance(tags, list):
+            raise V1Error("metadata.tags: must be a list")
+        to_apply = dict(labels)
+        for t in tags:
             to_apply[str(t)] = ""
         if to_apply:
             spec["labelsToApply"] = to_apply
@@ -76,6 +78,14 @@ def convert(data: dict[str, Any]) -> dict[str, Any]:
             "spec": spec, **extra}
 
 
+def _mapping(value: Any, field: str) -> dict[Any, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise V1Error(f"{field}: must be a mapping, not {type(value).__name__}")
+    return value
+
+
 def _rule(rule: Any) -> Any:
     if not isinstance(rule, dict):
         return rule
@@ -92,10 +102,12 @@ def _rule(rule: Any) -> Any:
 
 def _entity(ent: dict[str, Any]) -> dict[str, Any]:
     e = dict(ent)
-    if "net" in e:
-        e.setdefault("nets", []).append(e.pop("net"))
-    if "notNet" in e:
-        e.setdefault("notNets", []).append(e.pop("notNet"))
+    for single, plural in (("net", "nets"), ("notNet", "notNets")):
+        if single in e:
+            nets = e.get(plural) or []
+            if not isinstance(nets, list):
+                raise V1Error(f"{plural}: must be a list")
+            e[plural] = [*nets, e.pop(single)]
     if "tag" in e:
         tag = e.pop("tag")
         sel = f"has({tag})"

@@ -98,16 +98,19 @@ def test_overlapping_pools_are_refused(etcd_endpoint: str) -> None:
                   stdin=POOL.format(name="a", cidr="10.1.0.0/20")).code == 0
 
 
-def test_create_existing_and_partial_success(etcd_endpoint: str) -> None:
+def test_create_existing_is_all_or_nothing(etcd_endpoint: str) -> None:
     a = POOL.format(name="a", cidr="10.1.0.0/16")
     b = POOL.format(name="b", cidr="10.2.0.0/16")
     assert tortie(etcd_endpoint, "create", "-f", "-", stdin=b).code == 0
     r = tortie(etcd_endpoint, "create", "-f", "-", stdin=a + "---\n" + b)
     assert r.code == 1
-    assert "partial success: created the first 1 of 2 resources" in r.err
-    assert "IPPool(b) already exists" in r.err
+    assert "<stdin>:8: IPPool(b) already exists\nnothing was written" in r.err
+    assert tortie(etcd_endpoint, "get", "ippools", "-o", "name").out.split() == ["ippool/b"]
     r = tortie(etcd_endpoint, "create", "--skip-exists", "-f", "-", stdin=a + "---\n" + b)
     assert r.code == 0, r.text
+    assert "Successfully created 2 'IPPool' resource(s)" in r.out
+    assert tortie(etcd_endpoint, "get", "ippools", "-o", "name").out.split() == \
+        ["ippool/a", "ippool/b"]
 
 
 def test_namespaces(etcd_endpoint: str) -> None:
