@@ -21,20 +21,18 @@ containerd's socket) and unmounts what is still mounted under ``base``.  See doc
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import json
 import os
-import platform
 import shutil
 import subprocess
-import tarfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from lab import images
 from lab.cri import DEFAULT_TIMEOUT, CRIError, RuntimeClient
+from lab.mounts import unmount_under
 from lab.procs import alive as _alive
 from lab.procs import stop_pid as _kill
 
@@ -84,81 +82,17 @@ def missing_binaries() -> list[str]:
 # --- the pause image ---------------------------------------------------------------------------
 
 
-def _goarch() -> str:
-    machine = platform.machine()
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
-        machine, machine)
+def pause_image(names: list[str], busybox: str = BUSYBOX) -> images.Image:
+    """The pause image: busybox-static running :data:`PAUSE_ENTRYPOINT`."""
+    img = images.Image(names, entrypoint=PAUSE_ENTRYPOINT, env=["PATH=/bin"],
+                       comment="tortie lab: busybox-static as the pause image")
+    return img.add_busybox(["sh", "sleep"], busybox=busybox)
 
 
-def _blob(data: bytes) -> tuple[str, bytes]:
-    return "sha256:" + hashlib.sha256(data).hexdigest(), data
-
-
-def _layer(busybox: str) -> bytes:
-    """An uncompressed layer with /bin/busybox (reproducible: fixed owners and times)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for d in ("bin", "dev", "etc", "proc", "sys", "tmp"):
-            info = tarfile.TarInfo(d)
-            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755
-            tar.addfile(info)
-        data = Path(busybox).read_bytes()
-        info = tarfile.TarInfo("bin/busybox")
-        info.size, info.mode = len(data), 0o755
-        tar.addfile(info, io.BytesIO(data))
-        for applet in ("sh", "sleep"):
-            link = tarfile.TarInfo(f"bin/{applet}")
-            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-            tar.addfile(link)
-    return buf.getvalue()
-
-
-def build_pause_image(path: Path, name: str = PAUSE_IMAGE, busybox: str = BUSYBOX) -> Path:
+def build_pause_image(path: Path, name: str = PAUSE_IMAGE, busybox: str = BUSYBOX,
+                      extra_names: tuple[str, ...] = ()) -> Path:
     """Write an OCI image layout tarball holding a pause image made of ``busybox``."""
-    layer_digest, layer = _blob(_layer(busybox))
-    arch = _goarch()
-    config = {
-        "architecture": arch, "os": "linux",
-        "config": {"Entrypoint": PAUSE_ENTRYPOINT, "WorkingDir": "/",
-                   "Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
-        "history": [{"created_by": "tortie lab: busybox-static as the pause image"}],
-    }
-    config_digest, config_raw = _blob(json.dumps(config, sort_keys=True).encode())
-    manifest = {
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": config_digest, "size": len(config_raw)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": layer_digest, "size": len(layer)}],
-    }
-    manifest_digest, manifest_raw = _blob(json.dumps(manifest, sort_keys=True).encode())
-    index = {
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest, "size": len(manifest_raw),
-            "platform": {"architecture": arch, "os": "linux"},
-            "annotations": {"io.containerd.image.name": name,
-                            "org.opencontainers.image.ref.name": name.rpartition(":")[2]},
-        }],
-    }
-    files = [("oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode()),
-             ("index.json", json.dumps(index).encode())]
-    for digest, data in ((layer_digest, layer), (config_digest, config_raw),
-                         (manifest_digest, manifest_raw)):
-        files.append((f"blobs/sha256/{digest.removeprefix('sha256:')}", data))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for d in ("blobs", "blobs/sha256"):
-            info = tarfile.TarInfo(d)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(info)
-        for fname, data in files:
-            info = tarfile.TarInfo(fname)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return path
+    return images.write_layout(path, [pause_image([name, *extra_names], busybox)])
 
 
 def socket_of(base: Path | str) -> str:
@@ -361,13 +295,16 @@ class Containerd:
                 time.sleep(0.05)
 
     def _import_pause(self, deadline: float) -> None:
+        self.import_image(self.base / "pause.tar", max(1.0, deadline - time.monotonic()))
+
+    def import_image(self, tarball: Path, timeout: float = 120.0) -> None:
+        """Import an OCI layout tarball into the CRI's namespace (every name it carries)."""
         p = subprocess.run(
             [CTR, "-a", self.socket, "-n", CRI_NAMESPACE, "images", "import",
-             "--snapshotter", SNAPSHOTTER, str(self.base / "pause.tar")],
-            capture_output=True, text=True, timeout=max(1.0, deadline - time.monotonic()),
-            check=False, env=self._env())
+             "--snapshotter", SNAPSHOTTER, str(tarball)],
+            capture_output=True, text=True, timeout=timeout, check=False, env=self._env())
         if p.returncode != 0:
-            raise ContainerdError(f"importing the pause image failed: "
+            raise ContainerdError(f"importing {tarball.name} failed: "
                                   f"{p.stderr.strip() or p.stdout.strip()}")
 
     # --- stop -----------------------------------------------------------------------------
@@ -390,7 +327,7 @@ class Containerd:
         self.pid = 0
         for pid in self._task_pids():
             _kill(pid, 2.0)
-        self._unmount_all()
+        unmount_under(self.base)
         for sandbox in self._task_ids():  # what runc and libcni keep for a live sandbox
             for cached in CNI_CACHE.glob(f"results/*-{sandbox}-*"):
                 cached.unlink(missing_ok=True)
@@ -420,10 +357,6 @@ class Containerd:
                     pids.append(int(proc.name))
         return pids
 
-    def _unmount_all(self) -> None:
-        for mountpoint in reversed(_mounts_under(self.base)):
-            subprocess.run(["umount", "-l", mountpoint], capture_output=True, check=False)
-
     def remove(self) -> None:
         """Stop and delete ``base`` entirely."""
         self.stop()
@@ -439,20 +372,6 @@ class Containerd:
                 self.remove_all_sandboxes()
         finally:
             self.stop()
-
-
-def _mounts_under(base: Path) -> list[str]:
-    prefix = str(base.resolve()).rstrip("/") + "/"
-    found: list[str] = []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            point = line.split()[4].replace("\\040", " ")
-            if point.startswith(prefix):
-                found.append(point)
-    return found
-
-
-
 
 
 def _tail(path: Path, lines: int = 25) -> str:
