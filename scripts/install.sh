@@ -14,6 +14,7 @@ DEBIAN_PACKAGES=(
   iperf3 tcpdump            # throughput and underlay captures in the lab
   containerd runc busybox-static  # the lab's CRI runtime mode (pause image from busybox)
   shellcheck                # integration/kind/run.sh is checked in the tests
+  curl netcat-openbsd       # in the lab's agnhost image (the upstream e2e helpers exec them)
   python3 python3-venv python3-dev
 )
 
@@ -49,4 +50,6 @@ fi
 echo ">>> installing tortie into .venv"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+# Kubernetes' own components for `tortie lab up --kubernetes` and the tests (a no-op when built)
+bash scripts/kubernetes.sh
 echo ">>> done: $(.venv/bin/tortie version)"
