@@ -53,7 +53,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datastore.etcd_config import EtcdConfig
 from datastore.store import Store
 from ipam.allocator import IPAM
 from ipam.blocks import Block
@@ -282,7 +281,7 @@ async def _claims(lab: Lab, nodes: list[str], watches: dict[str, RouteWatch],
     st = lab.load()
     out: dict[str, list[float]] = {k: [] for k in ("add_owner", "add_first", "add_last",
                                                    "del_first", "del_last")}
-    async with Store(EtcdConfig(endpoints=(st.etcd_endpoint,))) as store:
+    async with Store(st.etcd_config()) as store:
         ipams = {n: StampedIPAM(store, n) for n in nodes}
         pool = next(p for p in await ipams[nodes[0]].pools() if p.name == BENCH_POOL)
         held: list[tuple[str, str, str]] = []  # (node, handle, block)

@@ -194,6 +194,20 @@ class EtcdConfig:
         """True if any endpoint is https."""
         return any(e.startswith("https://") for e in self.endpoints)
 
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """The TCP ports of the endpoints (sorted, no duplicates)."""
+        return tuple(sorted({p for e in self.endpoints if (p := urlsplit(e).port)}))
+
+    def to_env(self) -> dict[str, str]:
+        """The ``TORTIE_ETCD_*`` environment variables that :meth:`load` reads back into this
+        configuration (for a child process: a daemon, the CLI)."""
+        values = {ENV_ENDPOINTS: ",".join(self.endpoints), ENV_CA_CERT_FILE: self.ca_cert_file,
+                  ENV_CERT_FILE: self.cert_file, ENV_KEY_FILE: self.key_file,
+                  ENV_USERNAME: self.username, ENV_PASSWORD: self.password,
+                  ENV_TIMEOUT: None if self.timeout == DEFAULT_TIMEOUT else repr(self.timeout)}
+        return {k: v for k, v in values.items() if v}
+
     @classmethod
     def load(
         cls,

@@ -8,6 +8,10 @@ later CRDs), so any calicoctl document applies unchanged and an unknown field is
 Fields Tortie acts on are typed and validated precisely; the rest are checked as Calico's
 validator / CRD schema checks them.
 
+One field is a Tortie extension, after Calico's: ``workloadProtectedHostPorts`` (the ports
+workloads may reach on hosts only when a policy rule names them; see
+:data:`DEFAULT_WORKLOAD_PROTECTED_HOST_PORTS` and docs/policy-agent.md).
+
 Enumerations that Calico matches case-insensitively (the CRD patterns written ``(?i)...``) are
 accepted in any case and stored in their canonical spelling; those Calico declares as a strict
 enum must be spelled exactly. The empty string is accepted wherever Go's ``omitempty`` makes it
@@ -179,7 +183,8 @@ def _check_protocol(v: str) -> str:
 
 
 class ProtoPort(Strict):
-    """One failsafe entry: a protocol, a port and optionally the CIDR it is limited to."""
+    """One failsafe (or protected) port: a protocol, a port and optionally the CIDR it is
+    limited to."""
 
     protocol: Annotated[StrictStr, AfterValidator(_check_protocol)] = "TCP"
     port: Port
@@ -217,6 +222,14 @@ DEFAULT_FAILSAFE_OUTBOUND: Final[tuple[ProtoPort, ...]] = (
     _pp("TCP", 5473), _pp("TCP", 6443), _pp("TCP", 6666), _pp("TCP", 6667),
 )
 
+# Tortie's own (not Calico's): the control-plane ports a workload never reaches on a host (any
+# address outside the IP pools, every node address, the local host) unless an allow rule that
+# names the destination port accepts it -- BGP and etcd's client and peer ports.  tortie-node
+# adds the ports of its own etcd endpoints (policyagent.calc).  ``[]`` / ``none`` disables.
+DEFAULT_WORKLOAD_PROTECTED_HOST_PORTS: Final[tuple[ProtoPort, ...]] = (
+    _pp("TCP", 179), _pp("TCP", 2379), _pp("TCP", 2380),
+)
+
 # Other Felix defaults Tortie relies on (same sources).
 DEFAULT_INTERFACE_PREFIX: Final = "cali"
 DEFAULT_VXLAN_PORT: Final = 4789
@@ -250,7 +263,7 @@ class BPFConntrackTimeouts(Strict):
 
 
 class FelixConfigurationSpec(Strict):
-    """Every field of Calico's FelixConfigurationSpec, in Calico's order."""
+    """Every field of Calico's FelixConfigurationSpec, in Calico's order; then Tortie's."""
 
     useInternalDataplaneDriver: StrictBool | None = None
     dataplaneDriver: StrictStr | None = None
@@ -422,6 +435,8 @@ class FelixConfigurationSpec(Strict):
     goMemoryLimitMB: GoRuntimeInt | None = None
     goMaxProcs: GoRuntimeInt | None = None
     requireMTUFile: StrictBool | None = None
+    # --- Tortie extensions (not in Calico's FelixConfigurationSpec) ---
+    workloadProtectedHostPorts: FailsafePorts = None
 
 
 ROUTE_TABLE_MAX_TABLES: Final = 0xFFFF
@@ -471,6 +486,14 @@ class FelixConfiguration(Resource):
         """The outbound failsafe ports in force (see :meth:`effective_failsafe_inbound`)."""
         ports = self.spec.failsafeOutboundHostPorts
         return [p.model_copy() for p in (DEFAULT_FAILSAFE_OUTBOUND if ports is None else ports)]
+
+    def effective_workload_protected_host_ports(self) -> list[ProtoPort]:
+        """The host ports workloads reach only through a policy naming them: the configured
+        list (``[]`` disables the protection) or, when unset, Tortie's defaults (the ports of
+        the node's own etcd endpoints are added by the policy agent)."""
+        ports = self.spec.workloadProtectedHostPorts
+        return [p.model_copy() for p in (DEFAULT_WORKLOAD_PROTECTED_HOST_PORTS if ports is None
+                                         else ports)]
 
     @property
     def node_name(self) -> str | None:

@@ -166,6 +166,25 @@ class Node(Resource):
     def ipv6_address(self) -> str | None:
         return self.spec.bgp.ipv6Address if self.spec.bgp else None
 
+    def host_addresses(self) -> list[str]:
+        """Every address the node is known by (no prefix length, sorted, no duplicates): its
+        BGP addresses, tunnel (IPIP, VXLAN) and WireGuard addresses and ``spec.addresses``
+        (entries that are not an IP address or CIDR, e.g. host names, are left out)."""
+        spec, bgp, wg = self.spec, self.spec.bgp, self.spec.wireguard
+        texts = [bgp.ipv4Address, bgp.ipv6Address, bgp.ipv4IPIPTunnelAddr] if bgp else []
+        texts += [spec.ipv4VXLANTunnelAddr, spec.ipv6VXLANTunnelAddr]
+        if wg is not None:
+            texts += [wg.interfaceIPv4Address, wg.interfaceIPv6Address]
+        texts += [a.address for a in spec.addresses or ()]
+        out: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+        for text in texts:
+            if text:
+                try:
+                    out.add(ipaddress.ip_interface(text.strip()).ip)
+                except ValueError:
+                    continue
+        return [str(a) for a in sorted(out, key=lambda a: (a.version, a))]
+
 
 class IPAMConfigurationSpec(Strict):
     strictAffinity: bool = False

@@ -4,6 +4,7 @@ Layout of a lab named L (everything it makes is named after L, so labs can coexi
 ``down`` removes exactly what ``up`` made)::
 
     netns tl-L-fabric   the underlay: bridge br0 (192.0.2.1/24) + etcd on 192.0.2.1:2379
+                        (https, client certificates required: the lab's CA in <dir>/pki)
     netns tl-L-nodeN    node N: eth0 192.0.2.(10+N)/24 on the bridge, forwarding on,
                         its own tortie-node (CNI socket in the lab's state directory)
     netns tl-L-p-...    one per pod, created the way a runtime does it
@@ -32,8 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from cni.launcher import install as install_cni
+from datastore.etcd_config import EtcdConfig
 from lab import containerd, cri, netns, underlay
-from lab.etcd import EtcdProcess
+from lab.etcd import EtcdProcess, tls_files
+from lab.pki import Pki
 from lab.procs import alive as _alive
 from lab.procs import stop_pid as _kill
 
@@ -94,10 +97,23 @@ class LabState:
     runtime: str = "cni"  # "cni": the lab runs the CNI chain; "containerd": CRI sandboxes
     nodes: dict[str, NodeState] = field(default_factory=dict)
     pods: dict[str, PodState] = field(default_factory=dict)
+    # the CA and the client certificate tortie-node and the CLI use (empty: a plain-http etcd)
+    etcd_ca: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
 
     @property
     def etcd_endpoint(self) -> str:
-        return f"http://{FABRIC_IP}:{ETCD_PORT}"
+        return f"{'https' if self.etcd_ca else 'http'}://{FABRIC_IP}:{ETCD_PORT}"
+
+    def etcd_config(self) -> EtcdConfig:
+        """How the lab's control plane reaches etcd (with the client certificate)."""
+        return EtcdConfig(endpoints=(self.etcd_endpoint,), ca_cert_file=self.etcd_ca or None,
+                          cert_file=self.etcd_cert or None, key_file=self.etcd_key or None)
+
+    def etcd_env(self) -> dict[str, str]:
+        """``TORTIE_ETCD_*`` for a process of the lab's control plane (daemon, CLI)."""
+        return self.etcd_config().to_env()
 
 
 def lab_dir(name: str) -> Path:
@@ -134,6 +150,8 @@ class Lab:
         st = LabState(raw["name"], raw["fabric"], raw.get("etcd_pid", 0),
                       raw.get("subnets", 1), raw.get("encap", "none"))
         st.runtime = raw.get("runtime", "cni")
+        st.etcd_ca, st.etcd_cert, st.etcd_key = (raw.get(k, "") for k in (
+            "etcd_ca", "etcd_cert", "etcd_key"))
         st.nodes = {k: NodeState(**v) for k, v in raw.get("nodes", {}).items()}
         st.pods = {k: PodState(**v) for k, v in raw.get("pods", {}).items()}
         return st
@@ -203,13 +221,23 @@ class Lab:
             netns.ip("link", "set", br, "up", ns=st.fabric)
         self.save(st)
 
+    @property
+    def pki(self) -> Pki:
+        """The lab's one CA (``<dir>/pki``): etcd's certificates and Kubernetes' come from it."""
+        return Pki(self.dir / "pki")
+
     def _up_etcd(self, st: LabState) -> None:
+        """etcd on https, refusing clients without a certificate from the lab's CA."""
+        tls = tls_files(self.pki, server_ips=(FABRIC_IP,), client_name="etcd-client-tortie",
+                        client_cn="tortie")
+        st.etcd_ca, st.etcd_cert, st.etcd_key = (
+            str(tls.ca_cert), str(tls.client_cert), str(tls.client_key))
         etcd = EtcdProcess(self.dir / "etcd", name=f"lab-{self.name}", netns=st.fabric,
-                           host=FABRIC_IP, client_port=ETCD_PORT)
+                           host=FABRIC_IP, client_port=ETCD_PORT, tls=tls)
         etcd.start()
         st.etcd_pid = etcd.detach()
         self.save(st)
-        self.progress(f"etcd: {st.etcd_endpoint} (pid {etcd.pid})")
+        self.progress(f"etcd: {st.etcd_endpoint}, client certificates required (pid {etcd.pid})")
 
     def _apply_pool(self, st: LabState, cidr: str) -> None:
         doc = (f"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: "
@@ -242,7 +270,8 @@ class Lab:
         self.progress(f"node {name}: namespace {ns}, eth0 {address}, tortie-node pid {node.pid}")
 
     def _start_daemon(self, st: LabState, node: NodeState) -> None:
-        env = dict(os.environ, TORTIE_ETCD_ENDPOINTS=st.etcd_endpoint)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TORTIE_ETCD_")}
+        env.update(st.etcd_env())
         with open(node.log, "ab") as log:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", node.netns, sys.executable, "-m", "node.main",
@@ -506,22 +535,24 @@ class Lab:
                input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run the ``tortie`` CLI against the lab's etcd (from inside the fabric)."""
         return netns.exec_in(st.fabric, [sys.executable, "-m", "ctl.main", *args],
-                             env={"TORTIE_ETCD_ENDPOINTS": st.etcd_endpoint}, capture=True,
-                             input=input, timeout=60)
+                             env=st.etcd_env(), capture=True, input=input, timeout=60)
 
     def exec(self, argv: list[str], *, node: str | None = None, pod: str | None = None) -> int:
+        """Run ``argv`` in a pod, a node or (neither given) the fabric; on a node or the
+        fabric with the etcd client settings in its environment, in a pod without them."""
         st = self.load()
+        env = st.etcd_env()
         if pod is not None:
             if pod not in st.pods:
                 raise LabError(f"no pod {pod} in lab {self.name!r}")
             target = st.pods[pod].netns
+            env = {k: "" for k in env}  # a workload holds no datastore credentials
         elif node is not None:
             if node not in st.nodes:
                 raise LabError(f"no node {node!r} in lab {self.name!r}")
             target = st.nodes[node].netns
         else:
             target = st.fabric
-        env = {"TORTIE_ETCD_ENDPOINTS": st.etcd_endpoint}
         return netns.exec_in(target, argv, env=env).returncode
 
 

@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 
-from lab.cluster import Lab
+from lab.cluster import ETCD_PORT, FABRIC_IP, Lab
 from lab.etcd import etcd_available
 from lab.seeds import APPLIES, EXAMPLES, SEEDS_DIR
 from routing.kernel import PROTO as RTPROT_TORTIE
@@ -93,14 +93,24 @@ def on_node(name: str, node: str, *args: str) -> int:
                   shown=("lab", "exec", "--name", name, "--node", node, "--", "tortie", *args))
 
 
-def ping(name: str, pod: str, ip: str, expect: bool) -> int:
-    """Ping ``ip`` from ``pod``; returns 1 if the outcome is not the expected one."""
-    rc = tortie("lab", "exec", "--name", name, pod, "--", "ping", "-c", "2", "-W", "1",
-                "-i", "0.3", ip)
-    ok = rc == 0
+def attempt(name: str, where: list[str], argv: list[str], expect: bool) -> int:
+    """Run ``argv`` with ``tortie lab exec`` (``where``: a pod, or nothing for the fabric);
+    returns 1 if it did not succeed or fail as expected."""
+    ok = tortie("lab", "exec", "--name", name, *where, "--", *argv) == 0
     print(f"{DIM}-> {'reached' if ok else 'blocked'} "
           f"({'as expected' if ok == expect else 'NOT AS EXPECTED'}){RESET}")
     return 0 if ok == expect else 1
+
+
+def ping(name: str, pod: str, ip: str, expect: bool) -> int:
+    """Ping ``ip`` from ``pod``; returns 1 if the outcome is not the expected one."""
+    return attempt(name, [pod], ["ping", "-c", "2", "-W", "1", "-i", "0.3", ip], expect)
+
+
+def tcp(name: str, pod: str, ip: str, port: int) -> int:
+    """A TCP connection from ``pod`` that must be dropped."""
+    return attempt(name, [pod], ["timeout", "2", "bash", "-c", f"</dev/tcp/{ip}/{port}"],
+                   expect=False)
 
 
 def wait_routes(name: str, pods: int, timeout: float = 60.0) -> None:
@@ -162,6 +172,15 @@ def main() -> int:
         failures += ping(name, "shop/client", web, expect=True)
         failures += ping(name, "shop/other", web, expect=False)
         on_node(name, "node1", "policy", "counters", "--nonzero")
+        step("the control plane is out of the pods' reach: etcd and BGP ports of every host "
+             "are dropped unless a policy names them, etcd wants a client certificate")
+        n1, n2 = st.nodes["node1"].address, st.nodes["node2"].address
+        failures += tcp(name, "shop/client", FABRIC_IP, ETCD_PORT)   # etcd
+        failures += tcp(name, "shop/client", n2, 179)                # BGP, its own node
+        failures += tcp(name, "shop/client", n1, 179)                # BGP, another node
+        failures += attempt(name, [], ["etcdctl", f"--endpoints={st.etcd_endpoint}",
+                                       f"--cacert={st.etcd_ca}", "--command-timeout=3s",
+                                       "get", "--prefix", "/", "--keys-only"], expect=False)
         step("what IPAM and the datastore hold")
         in_lab(name, "ipam", "show", "--show-blocks")
         in_lab(name, "get", "workloadendpoints", "-A", "-o", "wide")

@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from datastore.etcd_config import EtcdConfig
+from lab.pki import Pki
 
 ETCD_BIN = os.environ.get("TORTIE_ETCD_BIN", "/usr/bin/etcd")
-OPENSSL_BIN = shutil.which("openssl") or "/usr/bin/openssl"
 START_TIMEOUT = 15.0
 
 _running: dict[int, subprocess.Popen[bytes]] = {}
@@ -59,7 +59,7 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """A test CA plus a server and a client certificate signed by it."""
+    """A CA plus a server and a client certificate signed by it."""
 
     ca_cert: Path
     ca_key: Path
@@ -69,42 +69,32 @@ class TlsFiles:
     client_key: Path
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    p = subprocess.run(
-        [OPENSSL_BIN, *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=30
-    )
-    if p.returncode != 0:
-        raise RuntimeError(f"openssl {' '.join(args)} failed: {p.stderr.strip()}")
+def tls_files(pki: Pki, *, server_ips: tuple[str, ...] = ("127.0.0.1",),
+              client_name: str = "client", client_cn: str = "tortie-client") -> TlsFiles:
+    """etcd's server certificate (``server``: SANs ``server_ips`` and localhost; client use
+    too, for etcd's own gateway connections) and one client certificate, issued by ``pki``'s
+    CA (made if needed)."""
+    ca = pki.ensure_ca()
+    server = pki.issue("server", "etcd", ips=(*server_ips, "127.0.0.1"), dns=("localhost",),
+                       server=True, client=True)
+    client = pki.issue(client_name, client_cn)
+    return TlsFiles(ca_cert=ca.cert, ca_key=ca.key, server_cert=server.cert,
+                    server_key=server.key, client_cert=client.cert, client_key=client.key)
 
 
 def make_tls_files(directory: Path, *, client_cn: str = "tortie-client") -> TlsFiles:
-    """Create a CA, a server cert (SAN IP:127.0.0.1) and a client cert in ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-             "-subj", "/CN=tortie-test-ca", cwd=directory)
-    (directory / "server.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-        "extendedKeyUsage=serverAuth,clientAuth\n"
-        "keyUsage=digitalSignature,keyEncipherment\n"
-    )
-    (directory / "client.ext").write_text(
-        "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n"
-    )
-    for who, cn in (("server", "127.0.0.1"), ("client", client_cn)):
-        _openssl("req", *ec, "-keyout", f"{who}.key", "-out", f"{who}.csr",
-                 "-subj", f"/CN={cn}", cwd=directory)
-        _openssl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{who}.crt", "-days", "2",
-                 "-extfile", f"{who}.ext", cwd=directory)
-    return TlsFiles(
-        ca_cert=directory / "ca.crt",
-        ca_key=directory / "ca.key",
-        server_cert=directory / "server.crt",
-        server_key=directory / "server.key",
-        client_cert=directory / "client.crt",
-        client_key=directory / "client.key",
-    )
+    """A new CA in ``directory``, a server cert (SAN IP:127.0.0.1) and a client cert."""
+    return tls_files(Pki(directory, ca_name="tortie-test-ca"), client_cn=client_cn)
+
+
+def etcdctl_flags(config: EtcdConfig) -> list[str]:
+    """``etcdctl`` flags for the endpoints and TLS files of ``config``."""
+    flags = [f"--endpoints={','.join(config.endpoints)}"]
+    for flag, path in (("--cacert", config.ca_cert_file), ("--cert", config.cert_file),
+                       ("--key", config.key_file)):
+        if path:
+            flags.append(f"{flag}={path}")
+    return flags
 
 
 class EtcdProcess:
@@ -322,10 +312,7 @@ class EtcdProcess:
     def etcdctl(self, *args: str) -> str:
         """Run ``etcdctl`` against this etcd; returns stdout, raises on failure."""
         cmd = [*(["ip", "netns", "exec", self.netns] if self.netns else []),
-               "etcdctl", f"--endpoints={self.endpoint}"]
-        if self.tls is not None:
-            cmd += [f"--cacert={self.tls.ca_cert}", f"--cert={self.tls.client_cert}",
-                    f"--key={self.tls.client_key}"]
+               "etcdctl", *etcdctl_flags(self.config)]
         env: dict[str, Any] = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
         env["ETCDCTL_API"] = "3"
         p = subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=30,

@@ -74,7 +74,7 @@ TABLE = "tortie"
 #: The kinds the policy agent reads, in an order that keeps re-labelling work low.
 POLICY_KINDS = ("namespaces", "pods", "profiles", "workloadendpoints", "hostendpoints",
                 "networksets", "globalnetworksets", "networkpolicies", "k8snetworkpolicies",
-                "globalnetworkpolicies", "felixconfigurations")
+                "globalnetworkpolicies", "felixconfigurations", "ippools", "nodes")
 _CHAIN_RE = re.compile(r"^\s*chain ((?:p|r|t|w|h|hf|hp|hu)[ie]?_[0-9a-f]{12}) \{", re.MULTILINE)
 
 
@@ -304,8 +304,7 @@ def table_chains(node_ns: str, table: str = TABLE) -> set[str]:
 def _run_in_fabric(lab: Lab, st: LabState, command: str) -> dict[str, list[str]]:
     args = [f"{n.name}={n.netns}" for n in st.nodes.values()]
     p = netns.exec_in(st.fabric, [sys.executable, "-m", "lab.hosts", command, *args],
-                      env={"TORTIE_ETCD_ENDPOINTS": st.etcd_endpoint}, capture=True,
-                      timeout=120)
+                      env=st.etcd_env(), capture=True, timeout=120)
     if p.returncode != 0:
         raise RuntimeError(f"lab.hosts {command} failed: {p.stderr.strip()}")
     result: dict[str, list[str]] = json.loads(p.stdout)
@@ -368,11 +367,12 @@ async def _read_resources(reset: bool = False) -> dict[str, list[Any]]:
 
 
 def _node_script(resources: dict[str, list[Any]], node: str, node_ns: str) -> str:
+    from datastore.etcd_config import EtcdConfig
     from policyagent.calc import PolicyCalculator
     from policyagent.hep_resolve import read_interfaces, resolve
     from policyagent.nft_render import render
 
-    calc = PolicyCalculator(node)
+    calc = PolicyCalculator(node, datastore_ports=EtcdConfig.load().ports)
     for plural, objs in resources.items():
         for obj in objs:
             ns = getattr(obj, "namespace", None)

@@ -62,7 +62,7 @@ async def handle(res, req):
     raise ValueError(op)
 
 async def main():
-    async with Store(EtcdConfig.load(endpoints=sys.argv[1])) as store:
+    async with Store(EtcdConfig.load()) as store:  # TORTIE_ETCD_* from the lab
         res = Resources(store)
         print(json.dumps({"ok": True}), flush=True)
         for line in sys.stdin:
@@ -84,10 +84,11 @@ def _request(lab: Lab, req: dict[str, object]) -> object:
     proc = _clients.get(lab.name)
     if proc is None or proc.poll() is not None:
         st = lab.load()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TORTIE_ETCD_")}
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", st.fabric, sys.executable, "-c", _CLIENT,
-             st.etcd_endpoint], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            cwd=REPO)
+            ["ip", "netns", "exec", st.fabric, sys.executable, "-c", _CLIENT],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+            env={**env, **st.etcd_env()})
         assert proc.stdout is not None
         if not json.loads(proc.stdout.readline() or '{"ok": false}')["ok"]:
             raise LabError("the lab's datastore client did not start")

@@ -58,7 +58,7 @@ TABLE = "tortie"
 #: service account's name as label.)
 PLURALS = ("workloadendpoints", "hostendpoints", "profiles", "networkpolicies",
            "globalnetworkpolicies", "k8snetworkpolicies", "networksets", "globalnetworksets",
-           "namespaces", "pods", "felixconfigurations")
+           "namespaces", "pods", "felixconfigurations", "ippools", "nodes")
 PREFIXES = tuple(resource_prefix(p) for p in PLURALS)
 READY_TIMEOUT = 30.0        # endpoint_ready: longest wait for sync + programming
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
@@ -108,7 +108,9 @@ class PolicyAgent:
         self.netns = netns
         self.counters_interval = counters_interval
         self.ready = asyncio.Event()
-        self.calc = PolicyCalculator(ctx.node)
+        # the etcd this node uses is protected from its workloads whatever its port
+        config = getattr(ctx.store, "config", None)  # no store: a test of the flags only
+        self.calc = PolicyCalculator(ctx.node, datastore_ports=config.ports if config else ())
         self._syncer: Syncer | None = None
         self._wake = asyncio.Event()
         self._synced = False
@@ -428,6 +430,7 @@ class PolicyAgent:
         "chain" | "endpoints", script), or ("full", "") when only a full render will do."""
         diff = old.diff(model)
         structural = bool(diff.endpoints or diff.host_endpoints or diff.failsafe_changed
+                          or diff.protected_changed
                           or diff.ipsets.added or diff.ipsets.removed
                           or diff.policies.added or diff.policies.removed
                           or diff.profiles.added or diff.profiles.removed)

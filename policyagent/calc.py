@@ -69,11 +69,13 @@ from typing import Any
 from datastore.model_config import (
     DEFAULT_FAILSAFE_INBOUND,
     DEFAULT_FAILSAFE_OUTBOUND,
+    DEFAULT_WORKLOAD_PROTECTED_HOST_PORTS,
     FelixConfiguration,
     ProtoPort,
 )
 from datastore.model_endpoints import EndpointPort, HostEndpoint, WorkloadEndpoint
 from datastore.model_k8s import K8sNetworkPolicy, Namespace, Pod
+from datastore.model_network import IPPool, Node
 from datastore.model_policy import (
     EntityRule,
     GlobalNetworkPolicy,
@@ -97,6 +99,7 @@ from policyagent.model import (
     HostEndpointProgram,
     IPSetSpec,
     PolicyProgram,
+    ProtectedPorts,
     RuleSpec,
     TierPolicies,
     ipset_family,
@@ -140,6 +143,8 @@ KINDS: Mapping[str, str] = {
     **{k: "sa" for k in ("serviceaccount", "serviceaccounts")},
     **{k: "felix" for k in ("felixconfiguration", "felixconfigurations")},
     **{k: "tier" for k in ("tier", "tiers")},
+    **{k: "pool" for k in ("ippool", "ippools")},
+    **{k: "node" for k in ("node", "nodes")},
 }
 
 _ENDPOINT_KINDS = ("workload", "host")
@@ -284,15 +289,23 @@ class PolicyCalculator:
     ``kind`` is a kind name as in :data:`KINDS` (``WorkloadEndpoint``, ``hostendpoints``,
     ``NetworkPolicy`` -- a Kubernetes one is recognised by its model class --,
     ``K8sNetworkPolicy``, ``Profile``, ``Namespace``, ``Pod``, ``ServiceAccount``,
-    ``FelixConfiguration``, ``Tier``, ...); ``key`` identifies the resource within its kind
-    (the datastore key, or ``namespace/name``): a delete needs only the key, and a resource
-    must always come under the same key. ServiceAccounts and Tiers, which Tortie has no
-    model for, may be given as mappings (``{"metadata": {"name", "namespace", "labels"}}``,
-    ``{"spec": {"order", "defaultAction"}}``).
+    ``FelixConfiguration``, ``Tier``, ``IPPool``, ``Node``, ...); ``key`` identifies the
+    resource within its kind (the datastore key, or ``namespace/name``): a delete needs only
+    the key, and a resource must always come under the same key. ServiceAccounts and Tiers,
+    which Tortie has no model for, may be given as mappings (``{"metadata": {"name",
+    "namespace", "labels"}}``, ``{"spec": {"order", "defaultAction"}}``).
+
+    IP pools and Nodes feed only the protected host ports (:class:`ProtectedPorts`): which
+    destinations are workloads, which are nodes. ``datastore_ports``: the ports of the etcd
+    endpoints this node uses, protected too unless a FelixConfiguration sets
+    ``workloadProtectedHostPorts``.
     """
 
-    def __init__(self, node_name: str) -> None:
+    def __init__(self, node_name: str, *, datastore_ports: Iterable[int] = ()) -> None:
         self.node_name = node_name
+        self._datastore_ports = tuple(sorted(set(datastore_ports)))
+        self._pools: dict[str, str] = {}  # pool name -> CIDR
+        self._node_addrs: dict[str, tuple[str, ...]] = {}  # node name -> its addresses (CIDRs)
         self._items: dict[str, _Item] = {}
         self._sels: dict[str, _Sel] = {}
         self._key_index: dict[str, set[_Sel]] = {}
@@ -316,6 +329,9 @@ class PolicyCalculator:
         self._keys: dict[tuple[str, str], str] = {}  # (kind, key) -> internal id
         self._failsafe: tuple[tuple[FailsafeSpec, ...], tuple[FailsafeSpec, ...]] = (
             _failsafe(DEFAULT_FAILSAFE_INBOUND), _failsafe(DEFAULT_FAILSAFE_OUTBOUND))
+        self._protected_ports: tuple[FailsafeSpec, ...] = ()
+        self._protected = ProtectedPorts()
+        self._update_failsafe()
         self._programs: dict[str, EndpointProgram] = {}
         self._program_pids: dict[str, frozenset[str]] = {}  # iid -> policy_ids() of its program
         self._dirty: set[str] = set()
@@ -336,6 +352,7 @@ class PolicyCalculator:
         if k == "np" and (isinstance(resource, K8sNetworkPolicy)
                           or (resource is None and ("knp", key) in self._keys)):
             k = "knp"
+        model, protected = self._model, self._protected
         self._model = None
         old_id = self._keys.pop((k, key), None)
         new_id = None if resource is None else self._internal_id(k, key, resource)
@@ -344,6 +361,8 @@ class PolicyCalculator:
         if resource is not None and new_id is not None:
             self._keys[(k, key)] = new_id
             self._apply(k, new_id, resource)
+        if k in ("node", "pool") and self._protected == protected:
+            self._model = model  # e.g. a Node's labels or status: nothing the model holds
 
     @staticmethod
     def _internal_id(k: str, key: str, r: Any) -> str:
@@ -394,6 +413,10 @@ class PolicyCalculator:
             self._update_failsafe()
         elif k == "tier":
             self._set_tier(iid, r)
+        elif k == "pool":
+            self._set_pool(iid, r)
+        elif k == "node":
+            self._set_node(iid, r)
 
     def _remove(self, k: str, iid: str) -> None:
         if k in ("wep", "hep", "netset", "gnetset"):
@@ -413,6 +436,10 @@ class PolicyCalculator:
             self._update_failsafe()
         elif k == "tier":
             self._set_tier(iid, None)
+        elif k == "pool":
+            self._set_pool(iid, None)
+        elif k == "node":
+            self._set_node(iid, None)
 
     # --- items -------------------------------------------------------------------------------
 
@@ -929,10 +956,12 @@ class PolicyCalculator:
     # --- configuration -----------------------------------------------------------------------
 
     def _update_failsafe(self) -> None:
+        """The failsafe and protected host ports: ``node.<name>`` over ``default`` over the
+        defaults (for protected ports, plus the ports of this node's etcd endpoints)."""
         default = self._felix.get("default")
         node = self._felix.get(f"node.{self.node_name}")
 
-        def pick(attr: str, fallback: tuple[ProtoPort, ...]) -> tuple[FailsafeSpec, ...]:
+        def pick(attr: str, fallback: Iterable[ProtoPort]) -> tuple[FailsafeSpec, ...]:
             for cfg in (node, default):
                 value = getattr(cfg.spec, attr) if cfg is not None else None
                 if value is not None:
@@ -941,6 +970,36 @@ class PolicyCalculator:
 
         self._failsafe = (pick("failsafeInboundHostPorts", DEFAULT_FAILSAFE_INBOUND),
                           pick("failsafeOutboundHostPorts", DEFAULT_FAILSAFE_OUTBOUND))
+        datastore = [ProtoPort(protocol="TCP", port=p) for p in self._datastore_ports]
+        protected = tuple(dict.fromkeys(pick(
+            "workloadProtectedHostPorts", (*DEFAULT_WORKLOAD_PROTECTED_HOST_PORTS, *datastore))))
+        if protected != self._protected_ports:
+            self._protected_ports = protected
+            self._update_protected()
+
+    def _set_pool(self, name: str, pool: IPPool | None) -> None:
+        if pool is None:
+            self._pools.pop(name, None)
+        else:
+            self._pools[name] = _cidr(pool.spec.cidr)
+        self._update_protected()
+
+    def _set_node(self, name: str, node: Node | None) -> None:
+        addrs = () if node is None else tuple(_host_cidr(a) for a in node.host_addresses())
+        if addrs == self._node_addrs.get(name, ()):
+            return  # a status or label change: nothing the dataplane uses
+        if addrs:
+            self._node_addrs[name] = addrs
+        else:
+            self._node_addrs.pop(name, None)
+        self._update_protected()
+
+    def _update_protected(self) -> None:
+        self._protected = ProtectedPorts(
+            ports=self._protected_ports,
+            workload_nets=tuple(sorted(set(self._pools.values()))),
+            host_addresses=tuple(sorted({a for addrs in self._node_addrs.values()
+                                         for a in addrs})))
 
     def _set_tier(self, name: str, tier: Any | None) -> None:
         if tier is None:
@@ -1085,7 +1144,8 @@ class PolicyCalculator:
             host_endpoints=FrozenMap(sorted(hosts.items())),
             policies=FrozenMap(policies), profiles=FrozenMap(profiles),
             ipsets=FrozenMap(sorted(ipsets.items())),
-            failsafe_in=self._failsafe[0], failsafe_out=self._failsafe[1])
+            failsafe_in=self._failsafe[0], failsafe_out=self._failsafe[1],
+            protected=self._protected)
         return self._model
 
 

@@ -63,6 +63,12 @@ model allowed first. Their other hooks:
 
 Traffic forwarded to a local workload is otherwise not subject to host endpoint policy (only to
 the workload's own policy).
+
+Protected host ports (:class:`ProtectedPorts`, Tortie's own built-in rule): traffic from a
+workload to one of these ports of a host -- the local host itself, any address outside
+``workload_nets``, or one of ``host_addresses`` -- is dropped unless the workload's egress
+``allow`` that accepted it came from a rule naming its destination port (``dst_ports`` or
+``dst_named_port_ipsets``). A profile's or policy's allow-all never opens them.
 """
 
 from __future__ import annotations
@@ -87,6 +93,7 @@ __all__ = [
     "MemberDelta",
     "ModelDiff",
     "PolicyProgram",
+    "ProtectedPorts",
     "RuleSpec",
     "TierPolicies",
     "ipset_family",
@@ -305,11 +312,25 @@ class HostEndpointProgram(EndpointProgram):
 @dataclass(frozen=True, slots=True)
 class FailsafeSpec:
     """One failsafe port: always allowed on host endpoints (in for inbound, out for outbound),
-    optionally only from/to ``net``."""
+    optionally only from/to ``net``. Also one entry of :class:`ProtectedPorts`."""
 
     protocol: int
     port: int
     net: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectedPorts:
+    """Host ports workloads reach only through an allow rule naming the destination port.
+
+    ``ports``: the entries (an entry with ``net`` protects only destinations in it);
+    ``workload_nets``: destinations that are workloads (the IP pools), not protected unless
+    listed in ``host_addresses`` (every node's addresses, tunnel addresses included, which are
+    taken from the pools). Traffic to the local host is protected whatever its address."""
+
+    ports: tuple[FailsafeSpec, ...] = ()
+    workload_nets: tuple[str, ...] = ()
+    host_addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,17 +372,19 @@ class ModelDiff:
     ipsets: KeyDiff[str] = field(default_factory=KeyDiff)
     ipset_members: FrozenMap[str, MemberDelta] = field(default_factory=FrozenMap)
     failsafe_changed: bool = False
+    protected_changed: bool = False
 
     @property
     def empty(self) -> bool:
         return not (self.endpoints or self.host_endpoints or self.policies or self.profiles
-                    or self.ipsets or self.failsafe_changed)
+                    or self.ipsets or self.failsafe_changed or self.protected_changed)
 
     @property
     def members_only(self) -> bool:
         """Only IP set members changed: the renderer can just add/delete set elements."""
         return (not (self.endpoints or self.host_endpoints or self.policies or self.profiles
-                     or self.failsafe_changed or self.ipsets.added or self.ipsets.removed)
+                     or self.failsafe_changed or self.protected_changed
+                     or self.ipsets.added or self.ipsets.removed)
                 and bool(self.ipsets.changed))
 
 
@@ -381,6 +404,7 @@ class DataplaneModel:
     ipsets: FrozenMap[str, IPSetSpec] = field(default_factory=FrozenMap)
     failsafe_in: tuple[FailsafeSpec, ...] = ()
     failsafe_out: tuple[FailsafeSpec, ...] = ()
+    protected: ProtectedPorts = field(default_factory=ProtectedPorts)
 
     def diff(self, other: DataplaneModel) -> ModelDiff:
         """What changes going from this model (the old one) to ``other`` (the new one)."""
@@ -398,4 +422,5 @@ class DataplaneModel:
             ipset_members=FrozenMap(members),
             failsafe_changed=(self.failsafe_in != other.failsafe_in
                               or self.failsafe_out != other.failsafe_out),
+            protected_changed=self.protected != other.protected,
         )

@@ -13,8 +13,10 @@ Layout (``cali*`` are workload interfaces; ``F`` is the mark mask below)
   ``MARK_PREDNAT`` (which skips the host endpoint's normal policy); no default drop.
 * ``input`` / ``forward`` / ``output`` (filter, 0): untracked packets accepted, then
   ``ct state invalid drop`` and ``ct state established,related accept``, then dispatch:
-  ``iifname "cali*" jump from_wl`` (a chain doing ``iifname vmap @wl_from`` with ``goto``
-  elements, so an unknown workload interface falls through to a drop), ``oifname "cali*"
+  ``iifname "cali*" jump from_wl`` (a chain clearing the verdict bits, then doing ``iifname
+  vmap @wl_from`` with ``goto`` elements, so an unknown workload interface falls through to a
+  drop), then for what the workload's egress policy allowed ``jump protect_host`` (input) /
+  ``jump protect_fwd`` (forward): the protected host ports (see below), ``oifname "cali*"
   jump to_wl``, host endpoints through ``@hep_in`` / ``@hep_out`` / ``@hep_fwd_in`` /
   ``@hep_fwd_out`` (and their ``*`` fall-back). Traffic to or from a workload never goes
   through normal host endpoint policy; host-to-local-workload traffic is accepted in output
@@ -34,6 +36,12 @@ Layout (``cali*`` are workload interfaces; ``F`` is the mark mask below)
   rules, each with a ``counter`` and ``comment "<rule_id>"``: allow sets ``MARK_ACCEPT`` and
   returns, pass sets ``MARK_PASS`` and returns, deny drops, log logs (``tortie <rule_id>``)
   and goes on.
+
+Protected host ports (:class:`~policyagent.model.ProtectedPorts`): ``protect_host`` drops
+workload traffic to those ports of this host (any address), ``protect_fwd`` forwarded workload
+traffic to them on any address outside the IP pools or on a node address -- unless the allow
+that accepted it came from a rule naming its destination port: such a rule sets
+``MARK_EXPLICIT_PORT`` with ``MARK_ACCEPT`` (both chains first return when it is set).
 
 Chain names are a kind prefix plus 12 hex digits of SHA-256 over the id (always far below nft's
 name limits); every chain carries a ``comment`` naming what it is for.
@@ -58,6 +66,7 @@ from policyagent.model import (
     IPSetSpec,
     ModelDiff,
     PolicyProgram,
+    ProtectedPorts,
     RuleSpec,
     TierPolicies,
     ipset_family,
@@ -65,6 +74,7 @@ from policyagent.model import (
 
 __all__ = [
     "MARK_ACCEPT",
+    "MARK_EXPLICIT_PORT",
     "MARK_MASK",
     "MARK_PASS",
     "MARK_PREDNAT",
@@ -84,9 +94,15 @@ MARK_ACCEPT = 0x10000
 MARK_PASS = 0x20000
 MARK_PREDNAT = 0x40000
 MARK_UNTRACKED = 0x80000
-MARK_MASK = MARK_ACCEPT | MARK_PASS | MARK_PREDNAT | MARK_UNTRACKED
+#: Set with MARK_ACCEPT by an allow rule that names the destination port: what lets workload
+#: traffic through to a protected host port.
+MARK_EXPLICIT_PORT = 0x100000
+MARK_MASK = MARK_ACCEPT | MARK_PASS | MARK_PREDNAT | MARK_UNTRACKED | MARK_EXPLICIT_PORT
 _VERDICT_BITS = MARK_ACCEPT | MARK_PASS
 _CLEAR_VERDICT = f"meta mark set meta mark & {0xFFFFFFFF & ~_VERDICT_BITS:#010x}"
+#: First rule of from_wl: a workload's packet starts with no verdict of any kind.
+_CLEAR_WORKLOAD = (f"meta mark set meta mark & "
+                   f"{0xFFFFFFFF & ~(_VERDICT_BITS | MARK_EXPLICIT_PORT):#010x}")
 _ACCEPTED = f"meta mark & {MARK_ACCEPT:#x} != 0"
 #: First rule of every policy chain: a policy earlier in the tier already decided.
 _DECIDED = f"meta mark & {_VERDICT_BITS:#x} != 0 return"
@@ -254,10 +270,13 @@ def _family_free(rule: RuleSpec) -> bool:
                                  "named_port_ipsets", "not_named_port_ipsets")))
 
 
-def _action(rule: RuleSpec) -> str:
+def _action(rule: RuleSpec, egress: bool) -> str:
     cmt = f"comment {_q(rule.rule_id)}"
     if rule.action == "allow":
-        return f"counter meta mark set meta mark | {MARK_ACCEPT:#x} return {cmt}"
+        bits = MARK_ACCEPT
+        if egress and (rule.dst_ports or rule.dst_named_port_ipsets):
+            bits |= MARK_EXPLICIT_PORT  # names its port: may open a protected host port
+        return f"counter meta mark set meta mark | {bits:#x} return {cmt}"
     if rule.action == "pass":
         return f"counter meta mark set meta mark | {MARK_PASS:#x} return {cmt}"
     if rule.action == "deny":
@@ -268,22 +287,23 @@ def _action(rule: RuleSpec) -> str:
     return f"counter {cmt}"
 
 
-def render_rule(rule: RuleSpec) -> list[str]:
-    """The nft rule lines of one :class:`RuleSpec` (zero when it can never match)."""
+def render_rule(rule: RuleSpec, direction: str = "ingress") -> list[str]:
+    """The nft rule lines of one :class:`RuleSpec` (zero when it can never match) of a policy
+    or profile for ``direction``."""
     families = rule.families()
     if families == (4, 6) and _family_free(rule):
         variants = _rule_matches(rule, 4) or []
         lines = [[m for m in v if not m.startswith("meta nfproto")] for v in variants]
     else:
         lines = [v for f in families for v in (_rule_matches(rule, f) or [])]
-    action = _action(rule)
+    action = _action(rule, direction == "egress")
     return [" ".join([*m, action]) for m in lines]
 
 
 def _policy_chain_body(prog: PolicyProgram, profile: bool = False) -> list[str]:
     """A policy chain starts by returning when an earlier policy of the tier set the accept
     or pass bit (so a tier chain is only jumps); a profile chain by clearing both bits."""
-    rules = [line for rule in prog.rules for line in render_rule(rule)]
+    rules = [line for rule in prog.rules for line in render_rule(rule, prog.direction)]
     return [_CLEAR_VERDICT, *rules] if profile else [_DECIDED, *rules]
 
 
@@ -501,8 +521,9 @@ class _Builder:
                     for k in self.maps if k.startswith("hep_")}
         out = list(hep_maps.values())
         out.append(_Chain("from_wl", "traffic from workloads",
-                          ["iifname vmap @wl_from",
+                          [_CLEAR_WORKLOAD, "iifname vmap @wl_from",
                            "counter drop comment \"unknown workload interface\""]))
+        out += _protected_chains(self.m.protected)
         out.append(_Chain("to_wl", "traffic to workloads",
                           ["oifname vmap @wl_to",
                            "counter drop comment \"unknown workload interface\""]))
@@ -523,12 +544,14 @@ class _Builder:
                 untracked_ok, *ct,
                 f"iifname {wl} icmpv6 type {nd} accept",
                 f"iifname {wl} jump from_wl",
+                f"iifname {wl} jump protect_host",
                 f"iifname {wl} {e2h}",
                 "jump hep_in_dispatch"],
                 "type filter hook input priority filter; policy accept;"),
             _Chain("forward", "forwarded", [
                 untracked_ok, *ct,
                 f"iifname {wl} jump from_wl",
+                f"iifname {wl} jump protect_fwd",
                 f"iifname != {wl} jump hep_fwd_in_dispatch",
                 f"oifname {wl} jump to_wl",
                 f"oifname != {wl} jump hep_fwd_out_dispatch"],
@@ -569,6 +592,47 @@ def _failsafe_rules(entries: tuple[FailsafeSpec, ...], direction: str, verdict: 
         out.append(" ".join([*match, f"counter {verdict}",
                              f"comment {_q(f'failsafe {direction} {proto}:{f.port}')}"]))
     return out
+
+
+def _protected_chains(p: ProtectedPorts) -> list[_Chain]:
+    """``protect_host`` (workload -> this host) and ``protect_fwd`` (workload -> forwarded):
+    drop traffic to the protected ports unless an allow rule naming its port accepted it."""
+    host: list[str] = []
+    fwd: list[str] = []
+    groups: dict[tuple[int, str | None], list[int]] = {}
+    for f in p.ports:
+        groups.setdefault((f.protocol, f.net), []).append(f.port)
+    for (protocol, net), ports in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1] or "")):
+        proto = PROTOCOL_NAMES.get(protocol, str(protocol))
+        port = f"meta l4proto {proto} th dport {_port_expr((n, n) for n in ports)}"
+        what = f"protected host port {proto}:{','.join(map(str, sorted(set(ports))))}"
+        if net is not None:
+            daddr = f"{_FAMILY_KW[_parse_net(net).version]} daddr {_parse_net(net)}"
+            host.append(f"{daddr} {port} counter drop comment {_q(what)}")
+            fwd.append(f"{daddr} {port} counter drop comment {_q(f'{what} to {net}')}")
+            continue
+        host.append(f"{port} counter drop comment {_q(f'{what} on this host')}")
+        for family in (4, 6):
+            kw = _FAMILY_KW[family]
+            pools = _of_family(p.workload_nets, family)
+            if pools:
+                fwd.append(f"{kw} daddr != {_net_expr(pools)} {port} counter drop "
+                           f"comment {_q(f'{what} outside the pools v{family}')}")
+                # node addresses taken from a pool (tunnel addresses); the others are
+                # outside the pools already
+                nodes = [a for a in _of_family(p.host_addresses, family)
+                         if any(_parse_net(a).overlaps(_parse_net(n)) for n in pools)]
+                if nodes:
+                    fwd.append(f"{kw} daddr {_net_expr(nodes)} {port} counter drop "
+                               f"comment {_q(f'{what} on the nodes v{family}')}")
+            else:
+                fwd.append(f"meta nfproto {_NFPROTO[family]} {port} counter drop "
+                           f"comment {_q(f'{what} anywhere v{family}')}")
+    skip = f"meta mark & {MARK_EXPLICIT_PORT:#x} != 0 return"
+    return [_Chain("protect_host", "protected host ports: workloads to this host",
+                   [skip, *host] if host else []),
+            _Chain("protect_fwd", "protected host ports: workloads to other hosts",
+                   [skip, *fwd] if fwd else [])]
 
 
 def _map_text(name: str, elements: dict[str, str]) -> str:
@@ -713,8 +777,8 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = "t
     ``new``, touching only what changed (a new pod: its two chains, perhaps a tier chain,
     two map elements and its addresses in the sets it joins).
 
-    ``None`` when only a full :func:`render` will do: host endpoints or failsafe ports
-    changed, or two endpoints claim one interface. Unchanged chains keep their counters; a
+    ``None`` when only a full :func:`render` will do: host endpoints, failsafe or protected
+    ports changed, or two endpoints claim one interface. Unchanged chains keep their counters; a
     changed endpoint's or policy's chain is flushed and refilled (its counters restart).
 
     Set members and map elements are added with set / map blocks and removed by flushing and
@@ -723,7 +787,7 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = "t
     the refills would re-send more than :data:`REFILL_LIMIT` members are set members removed
     with ``delete element`` (that one fetch is then the cheaper)."""
     diff = old.diff(new)
-    if diff.host_endpoints or diff.failsafe_changed:
+    if diff.host_endpoints or diff.failsafe_changed or diff.protected_changed:
         return None
     ifaces = [ep.interface for ep in new.endpoints.values() if ep.interface is not None]
     if len(set(ifaces)) != len(ifaces):

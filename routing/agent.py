@@ -282,10 +282,12 @@ class RoutingAgent:
         res = await asyncio.to_thread(self.kernel.sync, d.routes, remove=complete)
         self._account(res)
         masq, every = dz.masquerade_sets(pools)
+        keep = dz.never_masqueraded(self.node_models.values(), self.peers.values())
         try:
-            if await self.nat.sync(masq, every):
+            if await self.nat.sync(masq, every, keep):
                 log.info("outgoing NAT updated", extra={"fields": {
-                    "masquerade": ",".join(masq) or "-", "pools": ",".join(every) or "-"}})
+                    "masquerade": ",".join(masq) or "-", "pools": ",".join(every) or "-",
+                    "never_to": ",".join(keep) or "-"}})
         except NATError as e:
             self.m_failures.inc(what="nat")
             log.warning("cannot program outgoing NAT", extra={"fields": {"error": str(e)}})

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from datastore.model_bgp import BGPPeer
 from datastore.model_network import IPPool, Node
 from ipam.blocks import Block
 from routing.bgp.api import LearnedRoute
@@ -284,6 +285,21 @@ def vtep_mac(node: str) -> str:
     h = hashlib.sha256(f"tortie-vxlan:{node}".encode()).digest()
     first = (h[0] & 0xFC) | 0x02  # locally administered, unicast
     return ":".join(f"{b:02x}" for b in (first, *h[1:6]))
+
+
+def never_masqueraded(nodes: Iterable[Node], peers: Iterable[BGPPeer]) -> list[str]:
+    """The IPv4 destinations natOutgoing never masquerades pod traffic to: every node's
+    addresses and every BGP peer's (a pod must never appear with a BGP speaker's address)."""
+    out: set[ipaddress.IPv4Address] = set()
+    for node in nodes:
+        out.update(a for text in node.host_addresses()
+                   if isinstance(a := ipaddress.ip_address(text), ipaddress.IPv4Address))
+    for peer in peers:
+        address = peer.peer_address()
+        if address is not None and isinstance(ip := ipaddress.ip_address(address[0]),
+                                              ipaddress.IPv4Address):
+            out.add(ip)
+    return [str(a) for a in sorted(out)]
 
 
 def masquerade_sets(pools: Iterable[IPPool]) -> tuple[list[str], list[str]]:

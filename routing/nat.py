@@ -6,14 +6,19 @@ tortie``); the agent replaces that one table atomically and never touches anothe
     table ip tortie-nat {
         set masq-pools { type ipv4_addr; flags interval; elements = { <natOutgoing pools> } }
         set all-pools  { type ipv4_addr; flags interval; elements = { <every pool> } }
+        set no-masq    { type ipv4_addr; flags interval; elements = { <node, peer addresses> } }
         chain postrouting {
             type nat hook postrouting priority srcnat; policy accept;
-            ip saddr @masq-pools ip daddr != @all-pools masquerade
+            ip saddr @masq-pools ip daddr != @all-pools ip daddr != @no-masq masquerade
         }
     }
 
 (Calico's rule: ``-m set --match-set cali40masq-ipam-pools src -m set ! --match-set
-cali40all-ipam-pools dst -j MASQUERADE``.)
+cali40all-ipam-pools dst -j MASQUERADE``.) Unlike Calico by default (its
+``natOutgoingExclusions: IPPoolsAndHostIPs`` does the same), pod traffic to a node's address
+or to a BGP peer is never masqueraded: it would reach that node with another node's address,
+the address of one of its BGP peers (issue 15). Those hosts route to the pods (they learn
+their routes), so the pod's own address gets its answer.
 """
 
 from __future__ import annotations
@@ -35,17 +40,21 @@ def _elements(cidrs: Sequence[str]) -> str:
     return f" elements = {{ {', '.join(cidrs)} }};" if cidrs else ""
 
 
-def render(masq_pools: Sequence[str], all_pools: Sequence[str]) -> str:
-    """The script that replaces the table (atomically: one ``nft -f`` transaction)."""
+def render(masq_pools: Sequence[str], all_pools: Sequence[str],
+           no_masq: Sequence[str] = ()) -> str:
+    """The script that replaces the table (atomically: one ``nft -f`` transaction);
+    ``no_masq``: destinations never masqueraded (node and BGP peer addresses)."""
     return (
         f"table {FAMILY} {TABLE} {{}}\n"
         f"delete table {FAMILY} {TABLE}\n"
         f"table {FAMILY} {TABLE} {{\n"
         f"  set masq-pools {{ {SET_TYPE}{_elements(masq_pools)} }}\n"
         f"  set all-pools {{ {SET_TYPE}{_elements(all_pools)} }}\n"
+        f"  set no-masq {{ {SET_TYPE}{_elements(no_masq)} }}\n"
         "  chain postrouting {\n"
         "    type nat hook postrouting priority srcnat; policy accept;\n"
-        "    ip saddr @masq-pools ip daddr != @all-pools counter masquerade\n"
+        "    ip saddr @masq-pools ip daddr != @all-pools ip daddr != @no-masq counter "
+        "masquerade\n"
         "  }\n"
         "}\n")
 
@@ -70,14 +79,15 @@ class OutgoingNAT:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self.applied: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self.applied: tuple[tuple[str, ...], ...] | None = None
 
-    async def sync(self, masq_pools: Sequence[str], all_pools: Sequence[str]) -> bool:
-        want = (tuple(masq_pools), tuple(all_pools))
+    async def sync(self, masq_pools: Sequence[str], all_pools: Sequence[str],
+                   no_masq: Sequence[str] = ()) -> bool:
+        want = (tuple(masq_pools), tuple(all_pools), tuple(no_masq))
         if want == self.applied:
             return False
         if masq_pools:
-            await _nft(render(masq_pools, all_pools), self.netns)
+            await _nft(render(masq_pools, all_pools, no_masq), self.netns)
         else:
             await _nft(render_delete(), self.netns)
         self.applied = want

@@ -17,6 +17,7 @@ PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 KEEP_CLUSTER=${KEEP_CLUSTER:-0}
 TIMEOUT=${TIMEOUT:-300s}
 E2E_NS=tortie-e2e
+ETCD_IP=10.96.232.136       # manifests/10-etcd.yaml: the Service's clusterIP
 E2E_PREFIX=10.245.          # resources/e2e-ippool.yaml
 CREATED=0
 
@@ -76,6 +77,36 @@ retry() {
     done
 }
 
+# etcd's CA, its server certificate (SAN: the Service's address) and one client certificate
+# for tortie-node and tortie-kube-controllers (lab/pki.py), as the two Secrets the manifests
+# mount. A reused cluster keeps the ones it has (its etcd runs with them).
+etcd_secrets() {
+    if kc -n kube-system get secret tortie-etcd-server tortie-etcd-client >/dev/null 2>&1; then
+        echo "reusing the etcd certificates"
+        return
+    fi
+    local dir
+    dir=$(mktemp -d)
+    PYTHONPATH=$REPO "$PYTHON" - "$dir" "$ETCD_IP" <<'EOF'
+import sys
+from pathlib import Path
+
+from lab.pki import Pki
+
+pki = Pki(Path(sys.argv[1]), ca_name="tortie-etcd-ca")
+pki.issue("server", "tortie-etcd", ips=(sys.argv[2], "127.0.0.1"), dns=("localhost",),
+          server=True, client=True)
+pki.issue("client", "tortie")
+EOF
+    local who
+    for who in server client; do
+        kc -n kube-system create secret generic "tortie-etcd-$who" --from-file="$dir/ca.crt" \
+            --from-file="$dir/$who.crt" --from-file="$dir/$who.key" --dry-run=client -o yaml \
+            | kc apply -f -
+    done
+    rm -rf "$dir"
+}
+
 seed_policies() {
     # the GlobalNetworkPolicies of seed 003 (automatic host endpoints), verbatim
     PYTHONPATH=$REPO "$PYTHON" - <<'EOF'
@@ -110,7 +141,8 @@ main() {
     docker build -f "$HERE/Dockerfile" -t "$IMAGE" "$REPO"
     kind load docker-image "$IMAGE" --name "$CLUSTER"
 
-    log "etcd, tortie-node, tortie-kube-controllers"
+    log "etcd (TLS, client certificates), tortie-node, tortie-kube-controllers"
+    etcd_secrets
     kc apply -f "$HERE/manifests/"
     kc -n kube-system rollout status deploy/tortie-etcd --timeout="$TIMEOUT"
     kc -n kube-system rollout status ds/tortie-node --timeout="$TIMEOUT"

@@ -22,6 +22,7 @@ from ipam.keys import handle_key
 from lab import containerd, netns
 from lab.cluster import Lab, LabState
 from lab.cri import SANDBOX_READY, RuntimeClient
+from lab.etcd import etcdctl_flags
 
 MISSING = containerd.missing_binaries()
 pytestmark = [
@@ -82,7 +83,7 @@ def cli(lab: Lab, *args: str, stdin: str | None = None) -> subprocess.CompletedP
 
 
 def etcd_get(st: LabState, key: str) -> str:
-    p = netns.exec_in(st.fabric, ["etcdctl", f"--endpoints={st.etcd_endpoint}", "get", key,
+    p = netns.exec_in(st.fabric, ["etcdctl", *etcdctl_flags(st.etcd_config()), "get", key,
                                   "--print-value-only"], capture=True, timeout=30,
                       env={"ETCDCTL_API": "3"})
     assert p.returncode == 0, p.stderr

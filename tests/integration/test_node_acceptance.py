@@ -20,6 +20,7 @@ import pytest
 
 from lab import netns
 from lab.cluster import Lab, LabState, NodeState
+from lab.etcd import etcdctl_flags
 
 pytestmark = pytest.mark.integration
 
@@ -230,7 +231,7 @@ def test_node_killed_in_the_middle_of_adds_leaks_nothing(lab: Lab) -> None:
     # ... and what a crash between "handle written" and "block written" leaves
     block = str(ipaddress.ip_network(f"{succeeded[0].ip}/26", strict=False))
     dangling = json.dumps({"handle": "tortie.deadbeef", "blocks": {block: 1}})
-    netns.run("ip", "netns", "exec", st.fabric, "etcdctl", f"--endpoints={st.etcd_endpoint}",
+    netns.run("ip", "netns", "exec", st.fabric, "etcdctl", *etcdctl_flags(st.etcd_config()),
               "put", "/tortie/v3/ipam/handles/tortie.deadbeef", dangling)
     # the runtime garbage-collects: every attachment it does not know to be valid goes
     valid = [{"containerID": a.container, "ifname": "eth0"} for a in succeeded]

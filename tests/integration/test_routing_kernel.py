@@ -156,11 +156,14 @@ def test_nat_table_is_ours_only(pair: tuple[str, str]) -> None:
 
     async def go() -> None:
         nat = OutgoingNAT(a)
-        assert await nat.sync(["10.244.0.0/16"], ["10.244.0.0/16", "10.99.0.0/16"])
-        assert not await nat.sync(["10.244.0.0/16"], ["10.244.0.0/16", "10.99.0.0/16"])
+        pools = ["10.244.0.0/16", "10.99.0.0/16"]
+        assert await nat.sync(["10.244.0.0/16"], pools, ["192.0.2.11", "192.0.2.12"])
+        assert not await nat.sync(["10.244.0.0/16"], pools, ["192.0.2.11", "192.0.2.12"])
         listing = netns.run("ip", "netns", "exec", a, "nft", "list", "table", "ip",
                             "tortie-nat").stdout
         assert "10.244.0.0/16" in listing and "masquerade" in listing
+        assert "daddr != @no-masq" in listing and "192.0.2.12" in listing
+        assert await nat.sync(["10.244.0.0/16"], pools)  # no node known: an empty set
         assert await nat.sync([], ["10.244.0.0/16"])
         tables = netns.run("ip", "netns", "exec", a, "nft", "list", "tables").stdout
         assert "tortie-nat" not in tables and "inet tortie" in tables

@@ -9,6 +9,7 @@ import ipaddress
 import json
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -117,14 +118,83 @@ def test_tortie_node_daemonset_installs_the_cni_on_the_host() -> None:
     assert "/opt/tortie/conf/10-tortie.conflist" in (KIND / "install-cni.sh").read_text()
 
 
-def test_every_component_uses_the_same_etcd() -> None:
+def _secret_mounts(doc: dict[str, Any], container: str) -> dict[str, str]:
+    """mount path -> Secret name, for the container's Secret volumes."""
+    volumes = {v["name"]: v["secret"]["secretName"]
+               for v in doc["spec"]["template"]["spec"].get("volumes", []) if "secret" in v}
+    return {m["mountPath"]: volumes[m["name"]]
+            for m in _container(doc, container).get("volumeMounts", []) if m["name"] in volumes}
+
+
+def _run_sh_secrets() -> dict[str, set[str]]:
+    """The Secrets run.sh makes for etcd and the file names (keys) in each."""
+    text = (KIND / "run.sh").read_text()
+    assert 'create secret generic "tortie-etcd-$who"' in text and "for who in server client" in text
+    return {f"tortie-etcd-{who}": {"ca.crt", f"{who}.crt", f"{who}.key"}
+            for who in ("server", "client")}
+
+
+def test_every_component_uses_the_same_etcd_with_a_client_certificate() -> None:
     svc = next(d for d in docs(KIND / "manifests" / "10-etcd.yaml") if d["kind"] == "Service")
-    url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    url = f"https://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    secrets = _run_sh_secrets()
     for f, kind, name in (("20-tortie-node.yaml", "DaemonSet", "tortie-node"),
                           ("30-kube-controllers.yaml", "Deployment", "tortie-kube-controllers")):
         doc = next(d for d in docs(KIND / "manifests" / f) if d["kind"] == kind)
         env = {e["name"]: e.get("value") for e in _container(doc, name)["env"]}
         assert env["TORTIE_ETCD_ENDPOINTS"] == url
+        mounts = _secret_mounts(doc, name)
+        for var, file in (("TORTIE_ETCD_CA_CERT_FILE", "ca.crt"),
+                          ("TORTIE_ETCD_CERT_FILE", "client.crt"),
+                          ("TORTIE_ETCD_KEY_FILE", "client.key")):
+            path = Path(env[var])
+            assert path.name == file and mounts[str(path.parent)] == "tortie-etcd-client"
+            assert file in secrets["tortie-etcd-client"]
+
+
+def test_etcd_requires_tls_and_client_certificates() -> None:
+    manifest = docs(KIND / "manifests" / "10-etcd.yaml")
+    svc = next(d for d in manifest if d["kind"] == "Service")
+    deploy = next(d for d in manifest if d["kind"] == "Deployment")
+    etcd = _container(deploy, "etcd")
+    flags = dict(a.removeprefix("--").partition("=")[::2] for a in etcd["command"][1:])
+    ip, port = svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["port"]
+    assert flags["listen-client-urls"] == f"https://0.0.0.0:{port}"
+    assert flags["advertise-client-urls"] == f"https://{ip}:{port}"
+    assert "client-cert-auth" in flags and flags["client-cert-auth"] == ""
+    mounts = _secret_mounts(deploy, "etcd")
+    for flag, file in (("cert-file", "server.crt"), ("key-file", "server.key"),
+                       ("trusted-ca-file", "ca.crt")):
+        path = Path(flags[flag])
+        assert path.name == file and mounts[str(path.parent)] == "tortie-etcd-server"
+        assert file in _run_sh_secrets()["tortie-etcd-server"]
+    # health over the metrics listener (plain http, loopback only): the client port needs a
+    # certificate
+    metrics = flags["listen-metrics-urls"]
+    probe = etcd["livenessProbe"]["httpGet"]
+    assert metrics == f"http://127.0.0.1:{probe['port']}" and probe["host"] == "127.0.0.1"
+    assert f"ETCD_IP={ip} " in (KIND / "run.sh").read_text()
+
+
+def test_run_sh_issues_an_etcd_server_certificate_for_the_service_address(
+        tmp_path: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    text = (KIND / "run.sh").read_text()
+    snippet = text.split('"$ETCD_IP" <<\'EOF\'\n', 1)[1].split("\nEOF\n", 1)[0]
+    ip = text.split("ETCD_IP=", 1)[1].split()[0]
+    subprocess.run([sys.executable, "-c", snippet, str(tmp_path), ip], check=True, cwd=REPO,
+                   timeout=60)
+    for who in ("server", "client"):
+        assert {p.name for p in tmp_path.glob(f"{who}.*")} == {f"{who}.crt", f"{who}.key"}
+        ok = subprocess.run([openssl, "verify", "-CAfile", str(tmp_path / "ca.crt"),
+                             str(tmp_path / f"{who}.crt")], capture_output=True, text=True,
+                            timeout=30)
+        assert ok.returncode == 0, ok.stderr
+    server = subprocess.run([openssl, "x509", "-in", str(tmp_path / "server.crt"), "-noout",
+                             "-text"], capture_output=True, text=True, timeout=30).stdout
+    assert f"IP Address:{ip}" in server and "TLS Web Server Authentication" in server
 
 
 def test_kube_controllers_rbac_covers_what_it_watches() -> None:

@@ -82,7 +82,9 @@ def test_dispatch_by_verdict_map() -> None:
     assert re.search(rf'map wl_to {{\n\t\ttype ifname : verdict;\n\t\telements = '
                      rf'{{ "calia" : goto {wa},\n\t\t\t"calib" : goto {wb} }}', script)
     assert chain_body(script, "from_wl") == [
-        'comment "traffic from workloads"', "iifname vmap @wl_from",
+        'comment "traffic from workloads"',
+        "meta mark set meta mark & 0xffecffff",  # no verdict bits, no explicit-port bit
+        "iifname vmap @wl_from",
         'counter drop comment "unknown workload interface"']
     fwd = chain_body(script, "forward")
     assert 'iifname "cali*" jump from_wl' in fwd and 'oifname "cali*" jump to_wl' in fwd
@@ -204,9 +206,9 @@ def test_host_endpoint_failsafe_before_policy() -> None:
     assert he[1] == 'meta l4proto udp th dport 53 counter return comment "failsafe egress udp:53"'
     assert f'"eth0" : goto {chain_name("hi", "eth0")}' in script
     # workloads never go through normal host endpoint policy
-    assert chain_body(script, "input")[-3:] == [
-        'iifname "cali*" jump from_wl', 'iifname "cali*" counter drop comment "workload to host"',
-        "jump hep_in_dispatch"]
+    assert chain_body(script, "input")[-4:] == [
+        'iifname "cali*" jump from_wl', 'iifname "cali*" jump protect_host',
+        'iifname "cali*" counter drop comment "workload to host"', "jump hep_in_dispatch"]
     assert 'oifname "cali*" accept' in chain_body(script, "output")
     assert "hep_fwd_in" in script and "goto" not in chain_body(script, "hep_fwd_in_dispatch")[1]
 

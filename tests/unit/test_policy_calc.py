@@ -878,9 +878,10 @@ def test_incremental_updates_equal_a_fresh_calculation(seed: int) -> None:
 def test_update_rejects_unknown_kinds() -> None:
     calc = PolicyCalculator(NODE)
     assert calc.handles("GlobalNetworkPolicy") and calc.handles("k8snetworkpolicies")
-    assert not calc.handles("IPPool")
-    with pytest.raises(ValueError, match="IPPool"):
-        calc.update("IPPool", "x", None)
+    assert calc.handles("IPPool") and calc.handles("nodes")  # protected host ports
+    assert not calc.handles("BGPPeer")
+    with pytest.raises(ValueError, match="BGPPeer"):
+        calc.update("BGPPeer", "x", None)
 
 
 # --- performance -------------------------------------------------------------------------------

@@ -148,9 +148,31 @@ def test_vtep_mac_is_stable_local_unicast() -> None:
 def test_masquerade_sets_and_nat_table() -> None:
     masq, every = dz.masquerade_sets([pool(natOutgoing=True), pool("10.99.0.0/16")])
     assert masq == ["10.244.0.0/16"] and every == ["10.244.0.0/16", "10.99.0.0/16"]
-    script = render(masq, every)
+    script = render(masq, every, ["192.0.2.11", "192.0.2.12"])
     assert "table ip tortie-nat" in script and "inet" not in script
-    assert "ip saddr @masq-pools ip daddr != @all-pools" in script
+    assert "ip saddr @masq-pools ip daddr != @all-pools ip daddr != @no-masq" in script
+    assert "set no-masq { type ipv4_addr; flags interval; auto-merge; elements = { " \
+           "192.0.2.11, 192.0.2.12 }; }" in script
+
+
+def test_never_masqueraded_nodes_and_bgp_peers() -> None:
+    """Pod traffic to a node (any of its addresses) or a BGP peer keeps the pod's address: it
+    must never reach them as another node, one of their BGP peers (issue 15)."""
+    from datastore.model_bgp import BGPPeer
+    from datastore.model_network import Node
+
+    n = Node.model_validate({"metadata": {"name": "n1"}, "spec": {
+        "bgp": {"ipv4Address": "192.0.2.11/24", "ipv6Address": "fd00::11/64"},
+        "ipv4VXLANTunnelAddr": "10.244.7.0",
+        "addresses": [{"address": "198.51.100.11", "type": "InternalIP"},
+                      {"address": "n1.example", "type": "Hostname"}]}})
+    assert n.host_addresses() == ["10.244.7.0", "192.0.2.11", "198.51.100.11", "fd00::11"]
+    peers = [BGPPeer.model_validate({"metadata": {"name": name}, "spec": spec})
+             for name, spec in (("tor", {"peerIP": "192.0.2.254:1179", "asNumber": 65001}),
+                                ("v6", {"peerIP": "fd00::1", "asNumber": 65001}),
+                                ("mesh", {"peerSelector": "all()"}))]
+    assert dz.never_masqueraded([n], peers) == ["10.244.7.0", "192.0.2.11", "192.0.2.254",
+                                                "198.51.100.11"]
 
 
 def test_block_signature_ignores_the_owners_own_pods_only() -> None:
