@@ -225,9 +225,12 @@ def test_node_killed_in_the_middle_of_adds_leaks_nothing(lab: Lab) -> None:
     failed = [a for a in atts if not done.get(a.container)]
     assert succeeded and failed, "the kill should land in the middle of the ADDs"
     node = lab.restart_node("node1", signal.SIGKILL)
-    # what a crash between "veth made" and "endpoint written" leaves, made sure of
-    netns.ip("link", "add", "calideadbeef001", "type", "veth", "peer", "name", "strayx",
-             ns=node.netns)
+    # what a crash between "veth made" and "endpoint written" leaves, made sure of: a cali
+    # veth whose peer is in a pod's namespace (a namespace of the lab's, so `down` removes it)
+    stray_pod = f"tl-{lab.name}-p-stray"
+    netns.add_netns(stray_pod)
+    netns.ip("link", "add", "calideadbeef001", "type", "veth", "peer", "name", "eth0",
+             "netns", stray_pod, ns=node.netns)
     # ... and what a crash between "handle written" and "block written" leaves
     block = str(ipaddress.ip_network(f"{succeeded[0].ip}/26", strict=False))
     dangling = json.dumps({"handle": "tortie.deadbeef", "blocks": {block: 1}})
