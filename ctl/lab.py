@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -165,3 +166,91 @@ def exec(name: str, node: str | None, target: str | None, argv: tuple[str, ...])
     except LabError as e:
         raise CLIError(str(e)) from None
     sys.exit(code)
+
+
+_SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}
+_signal_opt = click.option("--signal", "sig", type=click.Choice(sorted(_SIGNALS)),
+                           default="TERM", show_default=True,
+                           help="how the running process is stopped (KILL: a crash)")
+
+
+@lab.group("node")
+def node_cmd() -> None:
+    """Crash, stop and restart a node's tortie-node (pods keep their network)."""
+
+
+@node_cmd.command("restart")
+@_name_opt
+@_signal_opt
+@click.argument("node")
+def node_restart(name: str, sig: str, node: str) -> None:
+    """Stop NODE's tortie-node if it runs, start it again, wait until it serves CNI."""
+    try:
+        n = _lab(name).restart_node(node, _SIGNALS[sig])
+    except LabError as e:
+        raise CLIError(str(e)) from None
+    click.echo(f"node {node}: tortie-node running (pid {n.pid})")
+
+
+@node_cmd.command("kill")
+@_name_opt
+@click.argument("node")
+def node_kill(name: str, node: str) -> None:
+    """SIGKILL NODE's tortie-node (a crash); it stays down until `node restart`."""
+    try:
+        n = _lab(name).kill_node(node)
+    except LabError as e:
+        raise CLIError(str(e)) from None
+    click.echo(f"node {node}: tortie-node killed (pid {n.pid}); "
+               f"tortie lab node restart --name {name} {node} brings it back")
+
+
+@lab.group("etcd")
+def etcd_cmd() -> None:
+    """Faults of the lab's datastore: kill, pause, resume, restart (by PID)."""
+
+
+def _etcd_verb(name: str, verb: str, sig: str = "TERM") -> None:
+    lab_ = _lab(name)
+    try:
+        if verb == "kill":
+            pid = lab_.etcd_kill()
+        elif verb == "pause":
+            pid = lab_.etcd_pause()
+        elif verb == "resume":
+            pid = lab_.etcd_resume()
+        else:
+            pid = lab_.etcd_restart(_SIGNALS[sig])
+        state = lab_.etcd_state()
+    except LabError as e:
+        raise CLIError(str(e)) from None
+    click.echo(f"etcd of lab {name!r}: {state} (pid {pid})")
+
+
+@etcd_cmd.command("restart")
+@_name_opt
+@_signal_opt
+def etcd_restart(name: str, sig: str) -> None:
+    """Stop etcd if it runs (or is paused) and start it again on the same data."""
+    _etcd_verb(name, "restart", sig)
+
+
+@etcd_cmd.command("kill")
+@_name_opt
+def etcd_kill(name: str) -> None:
+    """SIGKILL etcd (a crash); it stays down until `etcd restart`."""
+    _etcd_verb(name, "kill")
+
+
+@etcd_cmd.command("pause")
+@_name_opt
+def etcd_pause(name: str) -> None:
+    """SIGSTOP etcd: connections stay open, nothing is answered (a frozen datastore)."""
+    _etcd_verb(name, "pause")
+
+
+@etcd_cmd.command("resume")
+@_name_opt
+def etcd_resume(name: str) -> None:
+    """SIGCONT a paused etcd."""
+    _etcd_verb(name, "resume")

@@ -239,6 +239,63 @@ class Lab:
         self.save(st)
         self.progress(f"etcd: {st.etcd_endpoint}, client certificates required (pid {etcd.pid})")
 
+    # --- faults of the datastore (tortie lab etcd ...; bench/chaos.py) -----------------------
+
+    def _etcd_process(self, st: LabState) -> EtcdProcess:
+        """The lab's etcd as ``_up_etcd`` made it: same data, port and certificates."""
+        tls = tls_files(self.pki, server_ips=(FABRIC_IP,), client_name="etcd-client-tortie",
+                        client_cn="tortie") if st.etcd_ca else None
+        return EtcdProcess(self.dir / "etcd", name=f"lab-{self.name}", netns=st.fabric,
+                           host=FABRIC_IP, client_port=ETCD_PORT, tls=tls)
+
+    def etcd_state(self, st: LabState | None = None) -> str:
+        """``running``, ``paused`` (SIGSTOP) or ``down``."""
+        st = st or self.load()
+        if not _alive(st.etcd_pid):
+            return "down"
+        return "paused" if _stopped(st.etcd_pid) else "running"
+
+    def etcd_kill(self) -> int:
+        """SIGKILL the lab's etcd (a crash); it stays down until ``etcd_restart``."""
+        st = self.load()
+        pid = st.etcd_pid
+        _signal_and_wait(pid, signal.SIGKILL)
+        self.progress(f"etcd: killed (pid {pid})")
+        return pid
+
+    def etcd_pause(self) -> int:
+        """SIGSTOP the lab's etcd: it holds its connections and answers nothing."""
+        st = self.load()
+        if not _alive(st.etcd_pid):
+            raise LabError(f"etcd of lab {self.name!r} is not running")
+        os.kill(st.etcd_pid, signal.SIGSTOP)
+        self.progress(f"etcd: paused (pid {st.etcd_pid})")
+        return st.etcd_pid
+
+    def etcd_resume(self) -> int:
+        """SIGCONT the lab's etcd."""
+        st = self.load()
+        if not _alive(st.etcd_pid):
+            raise LabError(f"etcd of lab {self.name!r} is not running")
+        os.kill(st.etcd_pid, signal.SIGCONT)
+        self.progress(f"etcd: resumed (pid {st.etcd_pid})")
+        return st.etcd_pid
+
+    def etcd_restart(self, sig: int = signal.SIGTERM) -> int:
+        """Stop the lab's etcd (``sig``; SIGKILL: a crash), if it runs or is paused, and
+        start it again on the same data; returns once it is healthy."""
+        st = self.load()
+        _signal_and_wait(st.etcd_pid, sig)
+        etcd = self._etcd_process(st)
+        try:
+            etcd.start()
+        except RuntimeError as e:
+            raise LabError(f"etcd of lab {self.name!r} did not start again: {e}") from None
+        st.etcd_pid = etcd.detach()
+        self.save(st)
+        self.progress(f"etcd: restarted (pid {st.etcd_pid})")
+        return st.etcd_pid
+
     def _apply_pool(self, st: LabState, cidr: str) -> None:
         doc = (f"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: "
                f"{DEFAULT_POOL}\nspec:\n  cidr: {cidr}\n  natOutgoing: true\n")
@@ -297,6 +354,17 @@ class Lab:
         self._start_daemon(st, node)
         self._wait_node(node)
         self.progress(f"node {name}: tortie-node restarted (pid {node.pid})")
+        return node
+
+    def kill_node(self, name: str) -> NodeState:
+        """SIGKILL a node's tortie-node (a crash; its ExaBGP dies with it); it stays down
+        until ``restart_node``.  Pods keep their interfaces and addresses."""
+        st = self.load()
+        node = st.nodes.get(name)
+        if node is None:
+            raise LabError(f"no node {name!r} in lab {self.name!r}")
+        _signal_and_wait(node.pid, signal.SIGKILL)
+        self.progress(f"node {name}: tortie-node killed (pid {node.pid})")
         return node
 
     def remove_node(self, name: str, *, delete_resource: bool = False) -> None:
@@ -563,6 +631,30 @@ def _split_ref(ref: str) -> tuple[str, str]:
     return namespace, name
 
 
+
+
+def _stopped(pid: int) -> bool:
+    """Stopped by a signal (SIGSTOP): state T in /proc/PID/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] in ("T", "t")
+
+
+def _signal_and_wait(pid: int, sig: int, timeout: float = 10.0) -> None:
+    """Stop ``pid`` with ``sig`` (a stopped one is continued so that it can act on it),
+    SIGKILL after ``timeout``; returns once it is gone."""
+    if not _alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+        if sig != signal.SIGKILL:
+            os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    _kill(pid)
 
 
 def _tail(path: str, lines: int = 20) -> str:

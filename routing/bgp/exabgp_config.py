@@ -80,13 +80,21 @@ def render_config(settings: BGPSettings, process_argv: Sequence[str]) -> str:
         "    encoder json;",
         "}",
     ]
-    seen: set[str] = set()
-    for n in settings.neighbours:
-        if n.address in seen or n.address in (settings.local_address, settings.router_id):
-            continue  # one session per address, never with ourselves
-        seen.add(n.address)
-        parts.append(render_neighbour(settings, n))
+    by_address = {n.address: n for n in reversed(settings.neighbours)}  # first one wins
+    for address in neighbour_addresses(settings):
+        parts.append(render_neighbour(settings, by_address[address]))
     return "\n".join(parts) + "\n"
+
+
+def neighbour_addresses(settings: BGPSettings) -> list[str]:
+    """The neighbours the configuration has, in order: one session per address, never one
+    with ourselves."""
+    seen: list[str] = []
+    for n in settings.neighbours:
+        if n.address not in seen and n.address not in (settings.local_address,
+                                                        settings.router_id):
+            seen.append(n.address)
+    return seen
 
 
 def exabgp_environment(settings: BGPSettings, base: Mapping[str, str] | None = None,
@@ -112,6 +120,8 @@ def exabgp_environment(settings: BGPSettings, base: Mapping[str, str] | None = N
         "exabgp_log_level": log_level,
         "exabgp_log_destination": "stdout",
         "exabgp_log_short": "true",
+        # its log is our file: unbuffered, so that what it said survives a SIGKILL
+        "PYTHONUNBUFFERED": "1",
     })
     return env
 

@@ -22,8 +22,23 @@ Constructor (stable; the routing agent builds it)::
 How it talks to ExaBGP: ExaBGP runs as root (``exabgp.daemon.user=root``) and starts one
 API ``process``, ``relay.py``, which connects to ``run_dir/api.sock`` where this speaker
 listens; commands go down that socket, ExaBGP's ``done``/``error`` acks and its JSON
-messages come back up.  ExaBGP dies with us (PR_SET_PDEATHSIG) and exits when the relay
-does, so a crashed tortie-node never leaves an orphan holding port 179.
+messages come back up.  ExaBGP dies with us (PR_SET_PDEATHSIG, armed by ``launch.py``: no
+``preexec_fn``, see :func:`start_guarded`) and exits when the relay does, so a crashed
+tortie-node never leaves an orphan holding port 179.
+
+What ExaBGP is told, and when (issue 15, item 7):
+
+* Route commands name the peers they are for, and only peers whose session is up.  ExaBGP
+  refuses ``announce route`` / ``withdraw route`` that match no neighbour (the first node of
+  a cluster has none), and a command for a peer that is down stays queued in that peer's
+  adj-rib-out until its next connection attempt (ExaBGP backs off up to 60 s between them).
+  A peer coming up gets what it lacks, then End-of-RIB; ExaBGP itself resends what it
+  already held for it.  ``self._rib`` mirrors ExaBGP's adj-rib-out of our own routes per peer.
+* ``reload`` is confirmed, not assumed: ExaBGP acknowledges it before applying it, applies it
+  at the top of its next loop turn, and *discards* it when an adj-rib-out is still pending
+  then (reactor/loop.py rearms the signal before that check).  The speaker asks for the
+  configuration ExaBGP runs with (``show neighbor configuration``), and sends the reload
+  again until it names exactly the wanted neighbours; only then are commands sent for them.
 
 Graceful restart, receiving side (RFC 4724): when an established session with a peer that
 advertised the capability drops without a NOTIFICATION, its routes stay (marked stale)
@@ -38,7 +53,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -47,6 +61,7 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,18 +74,23 @@ from routing.bgp.api import (
     RoutesChanged,
     RouteTable,
 )
-from routing.bgp.exabgp_config import exabgp_environment, render_config, restart_needed
+from routing.bgp.exabgp_config import (
+    exabgp_environment,
+    neighbour_addresses,
+    render_config,
+    restart_needed,
+)
 
 log = logging.getLogger("tortie.bgp")
 
 RELAY = Path(__file__).with_name("relay.py")
+LAUNCH = Path(__file__).with_name("launch.py")
 CONFIG_FILE = "exabgp.conf"
 SOCKET_FILE = "api.sock"
 LOG_FILE = "exabgp.log"
 COMMAND_TIMEOUT = 10.0
-RELOAD_SETTLE = 5.0  # how long a neighbour added by a reload may stay unknown to ExaBGP
+RELOAD_TIMEOUT = 30.0  # a reload ExaBGP keeps discarding (a pending adj-rib-out) fails then
 MAX_SOCKET_PATH = 107
-PR_SET_PDEATHSIG = 1
 
 
 class SpeakerError(RuntimeError):
@@ -84,12 +104,41 @@ def default_exabgp() -> str:
     return shutil.which("exabgp") or "exabgp"
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except OSError:
-        pass
+async def start_guarded(argv: list[str], *, python: str = sys.executable,
+                        **kwargs: Any) -> asyncio.subprocess.Process:
+    """Start ``argv`` so that it is killed when this process dies.
+
+    Never with a ``preexec_fn``: that forks and runs Python code in the child, and in a
+    process whose gRPC client (the etcd Store) has threads, gRPC's at-fork handlers then
+    crash the child before it execs (SIGSEGV / SIGABRT; ExaBGP's "first start fails with
+    an empty log").  ``launch.py`` arms PR_SET_PDEATHSIG in the child itself, then execs.
+    """
+    return await asyncio.create_subprocess_exec(
+        python, "-I", "-S", str(LAUNCH), str(os.getpid()), *argv, **kwargs)
+
+
+def _describe_exit(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
+
+
+def _selector(addresses: Iterable[str]) -> str:
+    """ExaBGP's prefix of a command for these neighbours: ``neighbor A , neighbor B``."""
+    return " , ".join(f"neighbor {a}" for a in addresses)
+
+
+def configured_neighbours(lines: Iterable[str]) -> set[str]:
+    """The neighbour addresses in the text of ``show neighbor configuration``."""
+    out: set[str] = set()
+    for line in lines:
+        words = line.split()
+        if len(words) >= 2 and words[0] == "neighbor" and words[-1] == "{":
+            out.add(words[1])
+    return out
 
 
 @dataclass
@@ -182,11 +231,15 @@ class ExaBGPSpeaker:
         self.table = RouteTable()
         self.settings: BGPSettings | None = None
         self.restarts = 0
+        self.reloads_resent = 0  # reloads ExaBGP discarded and was sent again
         self._callbacks: list[RoutesChanged] = []
         self._peers: dict[str, _Peer] = {}
         self._wanted: dict[str, str] = {}      # what the agent wants announced
-        self._announced: dict[str, str] = {}   # what the running ExaBGP has been told
-        self._sync_lock = asyncio.Lock()
+        # the neighbours in the configuration the running ExaBGP has applied, and for each
+        # the routes of ours its adj-rib-out holds (what we told ExaBGP for that peer)
+        self._exa: set[str] = set()
+        self._rib: dict[str, dict[str, str]] = {}
+        self._sync_lock = asyncio.Lock()  # route commands, reloads: one batch at a time
         self._restarting = False
         self._announce_called = False
         self._eor_sent = False
@@ -199,7 +252,8 @@ class ExaBGPSpeaker:
         self._server: asyncio.AbstractServer | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._connected: asyncio.Event = asyncio.Event()
-        self._pending: deque[asyncio.Future[str]] = deque()
+        # commands sent, oldest first: the answer to come, and text output collected so far
+        self._pending: deque[tuple[asyncio.Future[str], list[str]]] = deque()
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -252,25 +306,20 @@ class ExaBGPSpeaker:
             await self._launch()
             return
         text = self._render()
-        if text == self.config_path.read_text():
+        want = set(neighbour_addresses(settings))
+        if text == self.config_path.read_text() and want == self._exa:
             return
-        self._write_config(text)
-        try:
-            await self._command("reload")
-            self._reflect_wanted.set()
-            # neighbours added by the reload get the routes announced so far
-            if self._announced:
-                added = {n.address for n in settings.neighbours} - {
-                    n.address for n in old.neighbours}
-                for addr in sorted(added):
-                    for prefix, nh in sorted(self._announced.items()):
-                        await self._command_after_reload(
-                            f"neighbor {addr} announce route {prefix} next-hop {nh}")
-        except BaseException:
-            # Not applied: forget the new settings so that a retry does the whole change.
-            self.settings = old
-            self._write_config(self._render())
-            raise
+        async with self._sync_lock:
+            self._write_config(text)
+            try:
+                await self._reload(want)
+            except BaseException:
+                # Not applied: forget the new settings so that a retry does the whole change.
+                self.settings = old
+                self._write_config(self._render())
+                raise
+        # neighbours the reload added get our routes when their sessions come up
+        self._reflect_wanted.set()
 
     async def announce(self, prefixes: dict[str, str]) -> None:
         self._wanted = dict(prefixes)
@@ -280,16 +329,62 @@ class ExaBGPSpeaker:
         await self._sync_announcements()
         await self._send_eor()
 
+    def _up_peers(self) -> list[str]:
+        """Peers a route command may name: in ExaBGP's configuration and established."""
+        return sorted(a for a in self._exa
+                      if (p := self._peers.get(a)) is not None and p.established)
+
     async def _sync_announcements(self) -> None:
+        """Tell ExaBGP, for each peer that is up, what its adj-rib-out lacks or has too many
+        (one command per route, naming every peer it is for)."""
         async with self._sync_lock:
             want = dict(self._wanted)
-            for prefix in sorted(set(self._announced) - set(want)):
-                await self._command(f"withdraw route {prefix}")
-                del self._announced[prefix]
-            for prefix, nh in sorted(want.items()):
-                if self._announced.get(prefix) != nh:
-                    await self._command(f"announce route {prefix} next-hop {nh}")
-                    self._announced[prefix] = nh
+            withdraw: dict[str, list[str]] = {}
+            announce: dict[tuple[str, str], list[str]] = {}
+            for addr in self._up_peers():
+                have = self._rib.setdefault(addr, {})
+                for prefix in set(have) - set(want):
+                    withdraw.setdefault(prefix, []).append(addr)
+                for prefix, nh in want.items():
+                    if have.get(prefix) != nh:
+                        announce.setdefault((prefix, nh), []).append(addr)
+            for prefix, addrs in sorted(withdraw.items()):
+                await self._command(f"{_selector(addrs)} withdraw route {prefix}")
+                for addr in addrs:
+                    self._rib[addr].pop(prefix, None)
+            for (prefix, nh), addrs in sorted(announce.items()):
+                await self._command(f"{_selector(addrs)} announce route {prefix} next-hop {nh}")
+                for addr in addrs:
+                    self._rib[addr][prefix] = nh
+
+    async def _reload(self, want: set[str]) -> None:
+        """Make ExaBGP run with the configuration file just written, whose neighbours are
+        ``want``; the caller holds ``_sync_lock``.  See the module docstring: a reload
+        ExaBGP discarded is sent again once the adj-rib-out had a moment to drain."""
+        deadline = time.monotonic() + RELOAD_TIMEOUT
+        pause = 0.02
+        while True:
+            await self._command("reload")
+            # handled after the reload's loop turn: it shows whether that applied it
+            have = configured_neighbours(await self._command("show neighbor configuration"))
+            if have == want:
+                break
+            if time.monotonic() >= deadline:
+                raise SpeakerError(f"exabgp did not apply its new configuration: it runs with "
+                                   f"{sorted(have)}, not {sorted(want)}")
+            self.reloads_resent += 1
+            log.info("exabgp discarded a reload, sending it again",
+                     extra={"fields": {"running": ",".join(sorted(have)) or "-",
+                                       "wanted": ",".join(sorted(want)) or "-"}})
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+        for addr in self._exa - want:
+            self._rib.pop(addr, None)  # ExaBGP forgets a removed neighbour's RIB
+            self._reflected.pop(addr, None)
+        for addr in want - self._exa:
+            self._rib[addr] = {}
+            self._reflected.pop(addr, None)
+        self._exa = want
 
     def on_routes(self, callback: RoutesChanged) -> None:
         self._callbacks.append(callback)
@@ -303,7 +398,7 @@ class ExaBGPSpeaker:
             out.append(PeerStatus(
                 address=addr, kind=p.neighbour.kind, state=p.state, since=p.since,
                 received=len(self.table.by_peer.get(addr, {})),
-                sent=(len(self._announced) + len(self._reflected.get(addr, {}))
+                sent=(len(self._rib.get(addr, {})) + len(self._reflected.get(addr, {}))
                       if p.established else 0),
                 info=(f"{len(p.stale)} stale routes; {p.info}".rstrip("; ") if p.stale
                       else p.info),
@@ -313,7 +408,7 @@ class ExaBGPSpeaker:
 
     async def close(self, graceful: bool = True) -> None:
         self._closing = True
-        if not graceful and self._proc is not None and self._announced:
+        if not graceful and self._proc is not None and any(self._rib.values()):
             with contextlib.suppress(SpeakerError, OSError):
                 await self.announce({})
                 await asyncio.sleep(0.2)  # let ExaBGP put the withdrawals on the wire
@@ -359,12 +454,13 @@ class ExaBGPSpeaker:
         env = exabgp_environment(self.settings, os.environ, self.log_level)
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (kept open while it runs)
         self._eor_sent = False
-        self._reflected = {}  # a new ExaBGP has an empty RIB
-        self._announced = {}
-        self._proc = await asyncio.create_subprocess_exec(
-            *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=self._log_file,
-            stderr=asyncio.subprocess.STDOUT, cwd=str(self.run_dir),
-            preexec_fn=_die_with_parent)
+        # a new ExaBGP runs the configuration just written, with empty RIBs
+        self._exa = set(neighbour_addresses(self.settings))
+        self._rib = {a: {} for a in self._exa}
+        self._reflected = {}
+        self._proc = await start_guarded(
+            argv, python=self.python, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=self._log_file, stderr=asyncio.subprocess.STDOUT, cwd=str(self.run_dir))
         proc = self._proc
         log.info("exabgp started",
                  extra={"fields": {"pid": proc.pid, "run_dir": str(self.run_dir)}})
@@ -375,8 +471,12 @@ class ExaBGPSpeaker:
         waiter.cancel()
         if waiter not in done:
             exited.cancel()
+            why = (f"it exited ({_describe_exit(proc.returncode)})"
+                   if proc.returncode is not None
+                   else f"its API did not connect within {self.start_timeout:g} s")
             await self._stop_process(graceful=True)
-            raise SpeakerError(f"exabgp did not start (see {self.log_path}):\n{self._log_tail()}")
+            raise SpeakerError(f"exabgp did not start: {why} (see {self.log_path}):\n"
+                               f"{self._log_tail()}")
         exited.cancel()
         self._spawn(self._watch(proc))
         self._spawn(self._eor_after_timeout(proc))
@@ -419,7 +519,7 @@ class ExaBGPSpeaker:
                     await self._stop_process(graceful=True)
         finally:
             self._restarting = False
-        if self._proc is not None and self._announced != self._wanted:
+        if self._proc is not None:
             with contextlib.suppress(SpeakerError):
                 await self._sync_announcements()  # announce() calls made meanwhile
 
@@ -482,30 +582,19 @@ class ExaBGPSpeaker:
 
     def _fail_pending(self, why: str) -> None:
         while self._pending:
-            fut = self._pending.popleft()
+            fut, _ = self._pending.popleft()
             if not fut.done():
                 fut.set_exception(SpeakerError(why))
 
-    async def _command_after_reload(self, line: str) -> str:
-        """A command naming a neighbour that a ``reload`` just added: ExaBGP acknowledges
-        the reload before its reactor has applied it, and refuses commands for neighbours it
-        does not know yet, so retry for a short while."""
-        deadline = time.monotonic() + RELOAD_SETTLE
-        while True:
-            try:
-                return await self._command(line)
-            except SpeakerError:
-                if time.monotonic() >= deadline or self._proc is None:
-                    raise
-            await asyncio.sleep(0.05)
-
-    async def _command(self, line: str, timeout: float = COMMAND_TIMEOUT) -> str:
+    async def _command(self, line: str, timeout: float = COMMAND_TIMEOUT) -> list[str]:
+        """Send one API command; its text output once ExaBGP answers ``done``."""
         async with self._lock:
             writer = self._writer
             if writer is None or self._proc is None:
                 raise SpeakerError(f"exabgp is not running ({line!r})")
             fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-            self._pending.append(fut)
+            output: list[str] = []
+            self._pending.append((fut, output))
             writer.write(line.encode() + b"\n")
             await writer.drain()
         try:
@@ -514,19 +603,21 @@ class ExaBGPSpeaker:
             raise SpeakerError(f"exabgp did not answer {line!r}") from None
         if answer != "done":
             raise SpeakerError(f"exabgp refused {line!r}: {answer}")
-        return answer
+        return output
 
     def _on_line(self, line: str) -> None:
         if not line:
             return
         if line in ("done", "error") or line.startswith("error"):
             if self._pending:
-                fut = self._pending.popleft()
+                fut, _ = self._pending.popleft()
                 if not fut.done():
                     fut.set_result(line)
             return
-        if not line.startswith("{"):
-            return  # text output of a show command
+        if not line.startswith("{"):  # text output of the oldest command not answered yet
+            if self._pending:
+                self._pending[0][1].append(line)
+            return
         try:
             msg = json.loads(line)
             self._on_message(msg)
@@ -576,8 +667,7 @@ class ExaBGPSpeaker:
         if state == "up":
             p.state, p.since, p.established, p.info = "Established", now, True, ""
             p.notified = p.synced = False
-            if self._eor_sent:
-                self._spawn(self._eor_to(addr))
+            self._spawn(self._peer_up(addr))
         elif state == "connected":
             if not p.established:
                 p.state = "OpenSent"
@@ -685,7 +775,7 @@ class ExaBGPSpeaker:
         out: dict[str, dict[str, str]] = {a: {} for a in ibgp}
         for prefix, route in self.table.best().items():
             src = ibgp.get(route.peer)
-            if src is None or prefix in self._announced:
+            if src is None or prefix in self._wanted:
                 continue  # eBGP-learnt, or one of our own
             originator, clusters = self._rr_attrs.get((route.peer, prefix), ("", ()))
             originator = originator or src.router_id or route.peer
@@ -706,25 +796,42 @@ class ExaBGPSpeaker:
             self._reflect_wanted.clear()
             if proc is not self._proc:
                 return
-            want = self.reflected_routes()
-            for gone in set(self._reflected) - set(self._peers):
-                del self._reflected[gone]  # its session went with the neighbour
             try:
-                for target in sorted(set(self._reflected) | set(want)):
-                    have = self._reflected.setdefault(target, {})
-                    new = want.get(target, {})
-                    for prefix in sorted(set(have) - set(new)):
-                        await self._command(f"neighbor {target} withdraw route {prefix}")
-                        del have[prefix]
-                    for prefix, attrs in sorted(new.items()):
-                        if have.get(prefix) != attrs:
-                            await self._command(
-                                f"neighbor {target} announce route {prefix} {attrs}")
-                            have[prefix] = attrs
+                await self._sync_reflections()
             except SpeakerError as e:
                 log.warning("route reflection failed", extra={"fields": {"error": str(e)}})
                 await asyncio.sleep(0.5)
                 self._reflect_wanted.set()
+
+    async def _sync_reflections(self) -> None:
+        """What each peer that is up should have reflected to it (like _sync_announcements,
+        ``_reflected`` mirrors ExaBGP's adj-rib-out of reflected routes per peer)."""
+        async with self._sync_lock:
+            want = self.reflected_routes()
+            for target in self._up_peers():
+                have = self._reflected.setdefault(target, {})
+                new = want.get(target, {})
+                for prefix in sorted(set(have) - set(new)):
+                    await self._command(f"neighbor {target} withdraw route {prefix}")
+                    del have[prefix]
+                for prefix, attrs in sorted(new.items()):
+                    if have.get(prefix) != attrs:
+                        await self._command(
+                            f"neighbor {target} announce route {prefix} {attrs}")
+                        have[prefix] = attrs
+
+    async def _peer_up(self, addr: str) -> None:
+        """A session came up: ExaBGP resends what it holds for the peer; we add what it
+        lacks (what changed while it was down), then End-of-RIB."""
+        try:
+            await self._sync_announcements()
+            await self._sync_reflections()
+        except SpeakerError as e:
+            log.warning("routes for a peer that came up not sent",
+                        extra={"fields": {"peer": addr, "error": str(e)}})
+            return
+        if self._eor_sent:
+            await self._eor_to(addr)
 
     # ----- End-of-RIB -------------------------------------------------------------------
 
@@ -732,9 +839,8 @@ class ExaBGPSpeaker:
         if self._eor_sent:
             return
         self._eor_sent = True
-        for addr, p in sorted(self._peers.items()):
-            if p.established:
-                await self._eor_to(addr)
+        for addr in self._up_peers():
+            await self._eor_to(addr)
 
     async def _eor_to(self, addr: str) -> None:
         try:

@@ -9,6 +9,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -22,11 +23,12 @@ from routing.bgp.api import BGPSettings, LearnedRoute, Neighbour
 from routing.bgp.bird import BirdNeighbour, BirdPeer, stop_pid
 from routing.bgp.exabgp_config import render_config
 from routing.bgp.peers import ip_key
-from routing.bgp.speaker import ExaBGPSpeaker, default_exabgp
+from routing.bgp.speaker import ExaBGPSpeaker, default_exabgp, start_guarded
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
 
 ASN = 64512
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -322,7 +324,7 @@ async def test_bird_keeps_our_routes_while_we_restart(nodes, bed: BridgeNet,
             assert bird.routes() == want
             await asyncio.sleep(0.1)
         assert bird.kernel_routes().get("10.65.1.0/26") == a.address
-        a2 = ExaBGPSpeaker(a.speaker.run_dir, netns=a.ns, eor_timeout=5.0)
+        a2 = ExaBGPSpeaker(a.speaker.run_dir, netns=a.ns, eor_timeout=20.0)
         a.speaker = a2
         await a2.start(s)
         await wait_for(lambda: bird.protocols()[a.address] == "Established", what="back")
@@ -347,3 +349,113 @@ async def test_exabgp_crash_is_restarted(nodes) -> None:
                    what="restarted and re-established")
     assert a.speaker.pid != pid
     assert "10.65.1.0/26" in b.routes
+
+
+# --- issue 15, item 7: ExaBGP's first start, and commands refused while blocks churn ---------
+
+
+async def test_announce_before_any_neighbour(nodes) -> None:
+    """The first node of a cluster has no neighbour yet.  ExaBGP refuses ``announce route``
+    (and ``withdraw route``) when no neighbour matches the command, so the routing agent
+    used to fail and back off for up to 10 s.  The speaker keeps the routes and gives them
+    to the neighbours a later configure() adds."""
+    a, b = nodes(1), nodes(2)
+    await a.speaker.start(settings(a.address, []))
+    await a.speaker.announce({"10.65.1.0/26": a.address})
+    await a.speaker.announce({"10.65.1.0/26": a.address, "10.65.1.64/26": a.address})
+    await b.speaker.start(settings(b.address, [a.address]))
+    await a.speaker.configure(settings(a.address, [b.address]))
+    await wait_for(lambda: set(b.routes) == {"10.65.1.0/26", "10.65.1.64/26"},
+                   what="b learns what a announced before it had neighbours")
+    # the last neighbour goes, a block goes meanwhile, the neighbour comes back
+    await a.speaker.configure(settings(a.address, []))
+    await a.speaker.announce({"10.65.1.64/26": a.address})
+    await a.speaker.configure(settings(a.address, [b.address]))
+    await wait_for(lambda: set(b.routes) == {"10.65.1.64/26"},
+                   what="b has only the block a still announces")
+
+
+async def test_reload_while_routes_are_pending(nodes, bed: BridgeNet) -> None:
+    """ExaBGP acknowledges ``reload`` before applying it, and its reactor discards the
+    reload when an adj-rib-out still holds routes to send (reactor/loop.py rearms the
+    signal, then skips the loop turn).  A configured peer that is down keeps what was just
+    announced pending until its next connection attempt: the neighbour that reload added
+    stayed unknown, ``neighbor X announce route`` was refused for 5 s, and the agent
+    restarted ExaBGP, dropping every session."""
+    _, down = bed.add(1)  # configured, never answers; we connect to it (lower address)
+    b, c = nodes(2), nodes(3)
+    await b.speaker.start(settings(b.address, [down]))
+    await c.speaker.start(settings(c.address, [b.address]))
+    for i in range(3):  # each announce leaves an adj-rib-out pending for the down peer
+        await b.speaker.announce({f"10.65.2.{64 * i}/26": b.address})
+        await b.speaker.configure(settings(b.address, [down, c.address] if i % 2 == 0
+                                           else [down]))
+    await wait_for(lambda: set(c.routes) == {"10.65.2.128/26"}, what="c learns b's block")
+    assert b.speaker.restarts == 0 and b.state(c.address) == "Established"
+
+
+async def test_exabgp_starts_while_grpc_is_busy(store) -> None:
+    """ExaBGP sometimes failed its first start with an empty log: tortie-node's etcd client
+    (gRPC) has threads, and forking with a ``preexec_fn`` (Python code between fork and
+    exec) runs gRPC's at-fork handlers in the child, which abort it ("Check failed:
+    next_worker->state == KICKED") before ExaBGP is exec'd.  Every child started the way
+    the speaker starts ExaBGP must reach exec while etcd calls are in flight."""
+    stop = asyncio.Event()
+
+    async def churn(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            await store.put(f"/tortie/test/fork/{i}", {"n": n})
+            n += 1
+
+    writers = [asyncio.ensure_future(churn(i)) for i in range(4)]
+    codes: list[int] = []
+    try:
+        for _ in range(100):
+            proc = await start_guarded(["/bin/true"], stdin=subprocess.DEVNULL)
+            codes.append(await proc.wait())
+    finally:
+        stop.set()
+        await asyncio.gather(*writers, return_exceptions=True)
+    assert codes == [0] * len(codes), f"{sum(c != 0 for c in codes)} children died: {codes}"
+
+
+def test_exabgp_dies_with_its_parent(scratch_dir: Path) -> None:
+    """What the speaker starts is killed when tortie-node dies (PR_SET_PDEATHSIG): a crashed
+    node never leaves an ExaBGP holding port 179."""
+    pidfile = scratch_dir / "child.pid"
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import asyncio, sys, time\n"
+         f"sys.path.insert(0, {str(REPO)!r})\n"
+         "from routing.bgp.speaker import start_guarded\n"
+         "async def main():\n"
+         "    p = await start_guarded(['sleep', '120'])\n"
+         f"    open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+         "    await asyncio.sleep(120)\n"
+         "asyncio.run(main())\n"],
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (pidfile.exists() and pidfile.read_text()):
+            assert time.monotonic() < deadline and parent.poll() is None, "no child started"
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        os.kill(child, 0)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and "zombie" not in _proc_state(child):
+        assert time.monotonic() < deadline, "the child outlived its parent"
+        time.sleep(0.05)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return line
+    except OSError:
+        pass
+    return ""

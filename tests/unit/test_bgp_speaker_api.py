@@ -1,0 +1,204 @@
+"""The speaker's use of ExaBGP's API against a fake ExaBGP that behaves like ExaBGP 5's
+reactor where it matters (issue 15, item 7), deterministically:
+
+* a route command that matches no configured neighbour is answered ``error``;
+* ``reload`` is answered ``done`` at once and applied before the next command is handled,
+  or *discarded* (ExaBGP does so when an adj-rib-out is still pending);
+* ``show neighbor configuration`` prints the neighbours of the configuration it runs.
+
+The fake runs the API process the rendered configuration names (our relay), so the whole
+path (launch.py, relay.py, the unix socket) is the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from routing.bgp.api import BGPSettings, Neighbour
+from routing.bgp.speaker import ExaBGPSpeaker, SpeakerError, configured_neighbours
+
+FAKE_EXABGP = '''\
+import json, os, re, shlex, subprocess, sys
+conf = sys.argv[1]
+text = lambda: open(conf).read()
+def neighbours():
+    return re.findall(r"^neighbor (\\S+) \\{", text(), re.M)
+run = shlex.split(re.search(r"run (.*);", text()).group(1))
+relay = subprocess.Popen(run, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         bufsize=1)
+applied = neighbours()
+discard = int(os.environ.get("FAKE_DISCARD", "0"))
+log = open(os.environ["FAKE_LOG"], "a", buffering=1)
+def say(line):
+    relay.stdin.write(line + "\\n")
+def up(addresses):
+    for a in addresses:
+        say(json.dumps({"type": "state", "neighbor": {"address": {"peer": a},
+                                                       "state": "up"}}))
+up(applied)
+reload_asked = False
+for line in relay.stdout:
+    cmd = line.strip()
+    if reload_asked:  # the reactor's next loop turn: apply the reload, or discard it
+        reload_asked = False
+        if discard:
+            discard -= 1
+            log.write("DISCARDED reload\\n")
+        else:
+            before, applied = applied, neighbours()
+            up([a for a in applied if a not in before])
+    answer = "done"
+    if cmd == "reload":
+        reload_asked = True
+        say("reload in progress")
+    elif cmd == "show neighbor configuration":
+        for a in applied:
+            say(f"neighbor {a} {{")
+            say("\\tdescription x;")
+            say("}")
+    elif " route " in cmd or " eor " in cmd:
+        head = re.split(r"\\b(?:announce|withdraw)\\b", cmd)[0]
+        named = re.findall(r"neighbor (\\S+)", head)
+        known = [a for a in named if a in applied] if named else applied
+        if not known:
+            answer = "error"
+    log.write(f"{answer} {cmd}\\n")
+    say(answer)
+'''
+
+ME = "192.0.2.11"
+
+
+def settings(*peers: str) -> BGPSettings:
+    return BGPSettings(router_id=ME, local_address=ME, asn=64512,
+                       neighbours=tuple(Neighbour(p, 64512, name=p) for p in peers))
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    exe = tmp_path / "exabgp"
+    exe.write_text(f"#!{sys.executable}\n{FAKE_EXABGP}")
+    exe.chmod(0o755)
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "commands.log"))
+    return exe
+
+
+def commands(tmp_path: Path) -> list[str]:
+    return (tmp_path / "commands.log").read_text().splitlines()
+
+
+async def _eventually(cond: object, what: str, timeout: float = 10.0) -> None:
+    assert callable(cond)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, f"timed out: {what}"
+        await asyncio.sleep(0.02)
+
+
+def _run(coro: object) -> None:
+    asyncio.run(asyncio.wait_for(coro, 60))  # type: ignore[arg-type]
+
+
+def test_show_neighbor_configuration_is_parsed() -> None:
+    text = ["neighbor 192.0.2.12 {", "\tdescription \"mesh:n2\";", "}",
+            "neighbor 192.0.2.1 {", "}", "reload in progress"]
+    assert configured_neighbours(text) == {"192.0.2.12", "192.0.2.1"}
+
+
+def test_no_neighbour_yet_nothing_is_refused(fake: Path, tmp_path: Path) -> None:
+    """The first node of a cluster: routes wait for a neighbour instead of being refused."""
+    async def body() -> None:
+        sp = ExaBGPSpeaker(tmp_path / "run", str(fake), eor_timeout=60)
+        try:
+            await sp.start(settings())
+            await sp.announce({"10.65.1.0/26": ME})
+            await sp.announce({"10.65.1.0/26": ME, "10.65.1.64/26": ME})
+            await sp.configure(settings("192.0.2.12"))
+            await _eventually(lambda: any("neighbor 192.0.2.12 announce eor" in c
+                                          for c in commands(tmp_path)), "End-of-RIB")
+        finally:
+            await sp.close()
+        log = commands(tmp_path)
+        assert not [c for c in log if c.startswith("error")], log
+        routes = [c for c in log if "announce route" in c]
+        assert routes == [
+            "done neighbor 192.0.2.12 announce route 10.65.1.0/26 next-hop 192.0.2.11",
+            "done neighbor 192.0.2.12 announce route 10.65.1.64/26 next-hop 192.0.2.11"]
+        eor = log.index("done neighbor 192.0.2.12 announce eor ipv4 unicast")
+        assert eor > log.index("done " + routes[-1][5:])  # routes first, then End-of-RIB
+    _run(body())
+
+
+@pytest.mark.parametrize("discarded", [1, 3])
+def test_a_discarded_reload_is_sent_again(fake: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          discarded: int) -> None:
+    """ExaBGP acks ``reload`` and may discard it: the speaker sees the configuration did
+    not change and sends it again; no command names the new neighbour before that."""
+    monkeypatch.setenv("FAKE_DISCARD", str(discarded))
+
+    async def body() -> None:
+        sp = ExaBGPSpeaker(tmp_path / "run", str(fake), eor_timeout=60)
+        try:
+            await sp.start(settings("192.0.2.12"))
+            await sp.announce({"10.65.1.0/26": ME})
+            await sp.configure(settings("192.0.2.12", "192.0.2.13"))
+            assert sp.reloads_resent == discarded
+            await _eventually(
+                lambda: "done neighbor 192.0.2.13 announce eor ipv4 unicast"
+                in commands(tmp_path), "the added neighbour gets routes and End-of-RIB")
+            # and removing one: confirmed the same way
+            await sp.configure(settings("192.0.2.13"))
+            await sp.announce({"10.65.1.64/26": ME})
+        finally:
+            await sp.close()
+        log = commands(tmp_path)
+        assert not [c for c in log if c.startswith("error")], log
+        assert log.count("DISCARDED reload") == discarded
+        assert log[-2:] == [
+            "done neighbor 192.0.2.13 withdraw route 10.65.1.0/26",
+            "done neighbor 192.0.2.13 announce route 10.65.1.64/26 next-hop 192.0.2.11"]
+    _run(body())
+
+
+def test_a_reload_never_applied_fails_and_keeps_the_old_settings(
+        fake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_DISCARD", "1000")
+    monkeypatch.setattr("routing.bgp.speaker.RELOAD_TIMEOUT", 0.5)
+
+    async def body() -> None:
+        sp = ExaBGPSpeaker(tmp_path / "run", str(fake), eor_timeout=60)
+        try:
+            await sp.start(settings("192.0.2.12"))
+            with pytest.raises(SpeakerError, match="did not apply"):
+                await sp.configure(settings("192.0.2.12", "192.0.2.13"))
+            assert sp.settings == settings("192.0.2.12")
+            assert "192.0.2.13" not in sp.config_path.read_text()
+        finally:
+            await sp.close()
+    _run(body())
+
+
+def test_exit_before_the_api_connects_says_how(tmp_path: Path) -> None:
+    """A start that fails says why (it once failed with an empty log and no reason)."""
+    exe = tmp_path / "exabgp"
+    exe.write_text(f"#!{sys.executable}\nimport os, signal\nos.kill(os.getpid(), "
+                   "signal.SIGABRT)\n")
+    exe.chmod(0o755)
+
+    async def body() -> None:
+        sp = ExaBGPSpeaker(tmp_path / "run", str(exe))
+        with pytest.raises(SpeakerError, match="killed by SIGABRT"):
+            await sp.start(settings())
+    _run(body())
+
+
+def test_environment_keeps_the_log_unbuffered() -> None:
+    from routing.bgp.exabgp_config import exabgp_environment
+    env = exabgp_environment(settings(), {})
+    assert env["PYTHONUNBUFFERED"] == "1"
