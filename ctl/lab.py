@@ -39,17 +39,25 @@ def lab() -> None:
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="cni", show_default=True,
               help="who makes pods: cni = the lab runs the CNI chain itself; containerd = "
                    "a private containerd per node, pods are CRI pod sandboxes")
+@click.option("--kubernetes", is_flag=True,
+              help="a real Kubernetes: kube-apiserver, controller-manager, scheduler, and a "
+                   "kubelet + kube-proxy per node (implies --runtime containerd; builds the "
+                   "pinned release with scripts/kubernetes.sh when it is not built yet)")
 def up(name: str, nodes: int, pool: str, subnets: int, encap: str | None,
-       runtime: str) -> None:
+       runtime: str, kubernetes: bool) -> None:
     """Bring a lab up: etcd, the underlay, N nodes each running tortie-node."""
     lab_ = _lab(name)
     click.echo(f"bringing up lab {name!r} with {nodes} node(s)", err=True)
     try:
-        st = lab_.up(nodes, pool, subnets=subnets, encap=encap, runtime=runtime)
+        st = lab_.up(nodes, pool, subnets=subnets, encap=encap, runtime=runtime,
+                     kubernetes=kubernetes)
     except LabError as e:
         raise CLIError(str(e)) from None
     click.echo(f"lab {name!r} is up: etcd {st.etcd_endpoint}, nodes "
                f"{', '.join(st.nodes)}")
+    if st.kubernetes:
+        click.echo(f"kubeconfig {lab_.kube(st).admin_kubeconfig} (tortie lab kubectl "
+                   f"--name {name} -- get nodes)")
 
 
 @lab.command()
@@ -69,6 +77,12 @@ def status(name: str) -> None:
     except LabError as e:
         raise CLIError(str(e)) from None
     click.echo(f"etcd  {st.etcd_endpoint}  (pods made by: {st.runtime})")
+    click.echo(f"fabric {st.fabric}")
+    if st.kubernetes:
+        k8s = _lab(name).kube(st)
+        click.echo(f"kubernetes  {k8s.server}  kubeconfig {k8s.admin_kubeconfig}")
+        for key, pid in sorted(st.k8s_pids.items()):
+            click.echo(f"      {key:28} pid {pid}")
     for n in st.nodes.values():
         click.echo(f"node  {n.name:10} {n.address:15} netns {n.netns} tortie-node pid {n.pid}")
     for ref, p in st.pods.items():
@@ -163,6 +177,29 @@ def exec(name: str, node: str | None, target: str | None, argv: tuple[str, ...])
         argv, target = (target, *argv), None  # it was the command's first word
     try:
         code = _lab(name).exec(list(argv), node=node, pod=target)
+    except LabError as e:
+        raise CLIError(str(e)) from None
+    sys.exit(code)
+
+
+@lab.command(context_settings={"ignore_unknown_options": True})
+@_name_opt
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+def kubectl(name: str, argv: tuple[str, ...]) -> None:
+    """Run the lab's kubectl against its API server (a lab up with --kubernetes).
+
+    \b
+    tortie lab kubectl -- get nodes -o wide
+    tortie lab kubectl --name k8s -- apply -f deployment.yaml
+    """
+    lab_ = _lab(name)
+    try:
+        st = lab_.load()
+        if not st.kubernetes:
+            raise LabError(f"lab {name!r} runs no Kubernetes (tortie lab up --kubernetes)")
+        k8s = lab_.kube(st)
+        code = lab_.exec([str(k8s.bin / "kubectl"), "--kubeconfig",
+                          str(k8s.admin_kubeconfig), *argv])
     except LabError as e:
         raise CLIError(str(e)) from None
     sys.exit(code)

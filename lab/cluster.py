@@ -35,7 +35,8 @@ from typing import Any
 from cni.launcher import install as install_cni
 from datastore.etcd_config import EtcdConfig
 from lab import containerd, cri, netns, underlay
-from lab.etcd import EtcdProcess, tls_files
+from lab.etcd import EtcdProcess, TlsFiles, tls_files
+from lab.kubernetes import KubeError, Kubernetes, NodeInfo
 from lab.pki import Pki
 from lab.procs import alive as _alive
 from lab.procs import stop_pid as _kill
@@ -97,6 +98,10 @@ class LabState:
     runtime: str = "cni"  # "cni": the lab runs the CNI chain; "containerd": CRI sandboxes
     nodes: dict[str, NodeState] = field(default_factory=dict)
     pods: dict[str, PodState] = field(default_factory=dict)
+    pool_cidr: str = DEFAULT_POOL_CIDR
+    #: a real Kubernetes on the lab (lab/kubernetes.py): its processes by name
+    kubernetes: bool = False
+    k8s_pids: dict[str, int] = field(default_factory=dict)
     # the CA and the client certificate tortie-node and the CLI use (empty: a plain-http etcd)
     etcd_ca: str = ""
     etcd_cert: str = ""
@@ -152,6 +157,9 @@ class Lab:
         st.runtime = raw.get("runtime", "cni")
         st.etcd_ca, st.etcd_cert, st.etcd_key = (raw.get(k, "") for k in (
             "etcd_ca", "etcd_cert", "etcd_key"))
+        st.pool_cidr = raw.get("pool_cidr", DEFAULT_POOL_CIDR)
+        st.kubernetes = raw.get("kubernetes", False)
+        st.k8s_pids = raw.get("k8s_pids", {})
         st.nodes = {k: NodeState(**v) for k, v in raw.get("nodes", {}).items()}
         st.pods = {k: PodState(**v) for k, v in raw.get("pods", {}).items()}
         return st
@@ -164,10 +172,14 @@ class Lab:
     # --- up / down ----------------------------------------------------------------------------
 
     def up(self, nodes: int, pool_cidr: str = DEFAULT_POOL_CIDR, subnets: int = 1,
-           encap: str | None = None, runtime: str = "cni") -> LabState:
+           encap: str | None = None, runtime: str = "cni",
+           kubernetes: bool = False) -> LabState:
         """``subnets`` underlay subnets joined by the fabric, the default pool's
         encapsulation per ``encap`` (see lab/underlay.py); ``runtime="containerd"``: a
-        private containerd per node makes the pods (docs/runtime.md)."""
+        private containerd per node makes the pods (docs/runtime.md); ``kubernetes``: a real
+        Kubernetes runs the nodes (lab/kubernetes.py; implies containerd)."""
+        if kubernetes:
+            runtime = "containerd"
         if nodes < 1 or nodes > 200:
             raise LabError("--nodes must be 1-200")
         if runtime not in RUNTIMES:
@@ -184,7 +196,7 @@ class Lab:
                            f"{self.name})")
         self.dir.mkdir(parents=True, exist_ok=True)
         st = LabState(self.name, _prefix(self.name) + "fabric", subnets=subnets, encap=encap,
-                      runtime=runtime)
+                      runtime=runtime, pool_cidr=pool_cidr, kubernetes=kubernetes)
         self.save(st)
         try:
             install_cni(self.bin_dir)
@@ -199,6 +211,8 @@ class Lab:
             if runtime == "containerd":
                 for node in st.nodes.values():
                     self._up_containerd(st, node)
+            if kubernetes:
+                self._up_kubernetes(st)
         except BaseException:
             self.progress("failed: removing what was made")
             self.down()
@@ -228,12 +242,10 @@ class Lab:
 
     def _up_etcd(self, st: LabState) -> None:
         """etcd on https, refusing clients without a certificate from the lab's CA."""
-        tls = tls_files(self.pki, server_ips=(FABRIC_IP,), client_name="etcd-client-tortie",
-                        client_cn="tortie")
+        tls = self._etcd_tls()
         st.etcd_ca, st.etcd_cert, st.etcd_key = (
             str(tls.ca_cert), str(tls.client_cert), str(tls.client_key))
-        etcd = EtcdProcess(self.dir / "etcd", name=f"lab-{self.name}", netns=st.fabric,
-                           host=FABRIC_IP, client_port=ETCD_PORT, tls=tls)
+        etcd = self._etcd_process(st)
         etcd.start()
         st.etcd_pid = etcd.detach()
         self.save(st)
@@ -241,12 +253,16 @@ class Lab:
 
     # --- faults of the datastore (tortie lab etcd ...; bench/chaos.py) -----------------------
 
+    def _etcd_tls(self) -> TlsFiles:
+        """etcd's server certificate and the control plane's client certificate (lab CA)."""
+        return tls_files(self.pki, server_ips=(FABRIC_IP,), client_name="etcd-client-tortie",
+                         client_cn="tortie")
+
     def _etcd_process(self, st: LabState) -> EtcdProcess:
-        """The lab's etcd as ``_up_etcd`` made it: same data, port and certificates."""
-        tls = tls_files(self.pki, server_ips=(FABRIC_IP,), client_name="etcd-client-tortie",
-                        client_cn="tortie") if st.etcd_ca else None
+        """The lab's etcd: its data, port and (when the state has them) certificates."""
         return EtcdProcess(self.dir / "etcd", name=f"lab-{self.name}", netns=st.fabric,
-                           host=FABRIC_IP, client_port=ETCD_PORT, tls=tls)
+                           host=FABRIC_IP, client_port=ETCD_PORT,
+                           tls=self._etcd_tls() if st.etcd_ca else None)
 
     def etcd_state(self, st: LabState | None = None) -> str:
         """``running``, ``paused`` (SIGSTOP) or ``down``."""
@@ -409,7 +425,12 @@ class Lab:
         with contextlib.suppress(LabError, json.JSONDecodeError, KeyError):
             st = self.load()
         if st is not None:
+            if st.kubernetes:  # no kubelet may start pods again while they are removed
+                self.kube(st).stop_node_daemons()
+                self.save(st)
             self._down_containerd(st)  # first: its DELs need tortie-node and etcd
+            if st.kubernetes:
+                self.kube(st).down(list(st.nodes))
             for node in st.nodes.values():
                 _kill(node.pid)
             _kill(st.etcd_pid)
@@ -596,6 +617,54 @@ class Lab:
         except cri.CRIError as e:
             raise LabError(f"removing sandbox of {pod.namespace}/{pod.name}: "
                            f"{e.details}") from None
+
+    # --- a real Kubernetes (lab/kubernetes.py) ------------------------------------------------
+
+    def kube(self, st: LabState) -> Kubernetes:
+        return Kubernetes(self.name, self.dir, st.fabric, FABRIC_IP, st.k8s_pids,
+                          progress=self.progress)
+
+    def _up_kubernetes(self, st: LabState) -> None:
+        """API server, controller-manager, scheduler, tortie-kube-controllers in the fabric;
+        images into every containerd; kubelet + kube-proxy on every node; all nodes Ready."""
+        k8s = self.kube(st)
+        try:
+            k8s.up_control_plane(st.etcd_endpoint, self.etcd_client_files(st))
+            tarballs = k8s.image_tarballs()
+            for node in st.nodes.values():
+                ctd = containerd.Containerd(self._containerd_dir(node), pid=node.containerd_pid)
+                for tar in tarballs:
+                    ctd.import_image(tar)
+            self.progress(f"kubernetes: images {', '.join(t.name for t in tarballs)} imported "
+                          f"on every node")
+            for node in st.nodes.values():
+                k8s.up_node(NodeInfo(node.name, node.netns, node.address,
+                                     containerd.socket_of(self._containerd_dir(node))),
+                            st.pool_cidr)
+            k8s.up_kube_controllers(self.etcd_env(st))
+            k8s.wait_nodes_ready(list(st.nodes))
+            self.progress(f"kubernetes: nodes {', '.join(st.nodes)} Ready")
+        except KubeError as e:
+            raise LabError(str(e)) from None
+        finally:
+            self.save(st)
+
+    def etcd_client_files(self, st: LabState, client: str | None = None
+                          ) -> dict[str, str] | None:
+        """The CA, client certificate and key for the lab's etcd (``{"ca", "cert", "key"}``
+        paths; None: plain HTTP): the control plane's, or with ``client`` a certificate of
+        its own from the lab's CA (``<dir>/pki/etcd-client-CLIENT.crt``, CN=CLIENT)."""
+        if not st.etcd_ca:
+            return None
+        if client is None:
+            return {"ca": st.etcd_ca, "cert": st.etcd_cert, "key": st.etcd_key}
+        cert = self.pki.issue(f"etcd-client-{client}", client)
+        return {"ca": st.etcd_ca, "cert": str(cert.cert), "key": str(cert.key)}
+
+    def etcd_env(self, st: LabState) -> dict[str, str]:
+        """The environment a client of the lab's etcd needs (datastore/etcd_config.py):
+        ``TORTIE_ETCD_ENDPOINTS`` and the CA, client certificate and key."""
+        return st.etcd_env()
 
     # --- exec ---------------------------------------------------------------------------------
 
