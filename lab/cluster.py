@@ -39,6 +39,8 @@ from lab.etcd import EtcdProcess, TlsFiles, tls_files
 from lab.kubernetes import KubeError, Kubernetes, NodeInfo
 from lab.pki import Pki
 from lab.procs import alive as _alive
+from lab.procs import signal_and_wait
+from lab.procs import state as process_state
 from lab.procs import stop_pid as _kill
 
 LAB_ROOT = Path(os.environ.get("TORTIE_LAB_DIR", "/run/tortie-lab"))
@@ -269,39 +271,37 @@ class Lab:
         st = st or self.load()
         if not _alive(st.etcd_pid):
             return "down"
-        return "paused" if _stopped(st.etcd_pid) else "running"
+        return "paused" if process_state(st.etcd_pid) in ("T", "t") else "running"
 
     def etcd_kill(self) -> int:
         """SIGKILL the lab's etcd (a crash); it stays down until ``etcd_restart``."""
         st = self.load()
         pid = st.etcd_pid
-        _signal_and_wait(pid, signal.SIGKILL)
+        signal_and_wait(pid, signal.SIGKILL)
         self.progress(f"etcd: killed (pid {pid})")
         return pid
 
     def etcd_pause(self) -> int:
         """SIGSTOP the lab's etcd: it holds its connections and answers nothing."""
-        st = self.load()
-        if not _alive(st.etcd_pid):
-            raise LabError(f"etcd of lab {self.name!r} is not running")
-        os.kill(st.etcd_pid, signal.SIGSTOP)
-        self.progress(f"etcd: paused (pid {st.etcd_pid})")
-        return st.etcd_pid
+        return self._signal_etcd(signal.SIGSTOP, "paused")
 
     def etcd_resume(self) -> int:
         """SIGCONT the lab's etcd."""
+        return self._signal_etcd(signal.SIGCONT, "resumed")
+
+    def _signal_etcd(self, sig: int, done: str) -> int:
         st = self.load()
         if not _alive(st.etcd_pid):
             raise LabError(f"etcd of lab {self.name!r} is not running")
-        os.kill(st.etcd_pid, signal.SIGCONT)
-        self.progress(f"etcd: resumed (pid {st.etcd_pid})")
+        os.kill(st.etcd_pid, sig)
+        self.progress(f"etcd: {done} (pid {st.etcd_pid})")
         return st.etcd_pid
 
     def etcd_restart(self, sig: int = signal.SIGTERM) -> int:
         """Stop the lab's etcd (``sig``; SIGKILL: a crash), if it runs or is paused, and
         start it again on the same data; returns once it is healthy."""
         st = self.load()
-        _signal_and_wait(st.etcd_pid, sig)
+        signal_and_wait(st.etcd_pid, sig)
         etcd = self._etcd_process(st)
         try:
             etcd.start()
@@ -379,7 +379,7 @@ class Lab:
         node = st.nodes.get(name)
         if node is None:
             raise LabError(f"no node {name!r} in lab {self.name!r}")
-        _signal_and_wait(node.pid, signal.SIGKILL)
+        signal_and_wait(node.pid, signal.SIGKILL)
         self.progress(f"node {name}: tortie-node killed (pid {node.pid})")
         return node
 
@@ -700,30 +700,6 @@ def _split_ref(ref: str) -> tuple[str, str]:
     return namespace, name
 
 
-
-
-def _stopped(pid: int) -> bool:
-    """Stopped by a signal (SIGSTOP): state T in /proc/PID/stat."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] in ("T", "t")
-
-
-def _signal_and_wait(pid: int, sig: int, timeout: float = 10.0) -> None:
-    """Stop ``pid`` with ``sig`` (a stopped one is continued so that it can act on it),
-    SIGKILL after ``timeout``; returns once it is gone."""
-    if not _alive(pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-        if sig != signal.SIGKILL:
-            os.kill(pid, signal.SIGCONT)
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    _kill(pid)
 
 
 def _tail(path: str, lines: int = 20) -> str:

@@ -265,8 +265,9 @@ class Kubernetes:
         return p.returncode == 0 and p.stdout.strip() == "ok"
 
     def up_kube_controllers(self, etcd_env: dict[str, str]) -> None:
-        """tortie-kube-controllers against this API server (its own identity, bound to the
-        ClusterRole the kind manifests give it)."""
+        """tortie-kube-controllers against this API server, with a client certificate of its
+        own (in system:masters: the ClusterRole of the kind manifests is checked separately,
+        by tests/integration/test_kubernetes_controllers.py)."""
         kc = self.kubeconfig("tortie-kube-controllers", "tortie-kube-controllers",
                              ("system:masters",))
         self._spawn("tortie-kube-controllers", [

@@ -20,16 +20,33 @@ def alive(pid: int) -> bool:
     with contextlib.suppress(ChildProcessError):  # our child and a zombie: reap it
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
-    return not _zombie(pid)
+    return state(pid) not in ("", "Z", "X")
 
 
-def _zombie(pid: int) -> bool:
-    """Exited, waiting for its parent (e.g. shims reparented to init, which reaps late)."""
+def state(pid: int) -> str:
+    """The state letter of /proc/PID/stat ("" when there is no such process): Z or X exited
+    and waiting for its parent (e.g. shims reparented to init, which reaps late), T or t
+    stopped by a signal."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+        return ""
+    return stat.rpartition(")")[2].split()[0]
+
+
+def signal_and_wait(pid: int, sig: int, timeout: float = 10.0) -> None:
+    """Stop ``pid`` with ``sig`` (a stopped one is continued so that it can act on it),
+    SIGKILL after ``timeout``; returns once it is gone."""
+    if not alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+        if sig != signal.SIGKILL:
+            os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop_pid(pid)
 
 
 def stop_pid(pid: int, timeout: float = 5.0) -> None:

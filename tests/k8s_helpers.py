@@ -20,6 +20,7 @@ import pytest
 from lab import containerd, netns
 from lab.cluster import Lab
 from lab.kubernetes import KubeError, bin_dir
+from lab.procs import alive
 
 REPO = Path(__file__).resolve().parents[1]
 MISSING = containerd.missing_binaries()
@@ -53,13 +54,6 @@ def tortie(*args: str, timeout: float = 600,
                           text=True, timeout=timeout, check=False, input=input, cwd=REPO)
 
 
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] in "ZX"
-    except OSError:
-        return True
-
-
 @contextlib.contextmanager
 def kubernetes_lab(name: str, *up_args: str,
                    before_down: Callable[[Lab], None] | None = None) -> Iterator[Lab]:
@@ -84,7 +78,7 @@ def kubernetes_lab(name: str, *up_args: str,
         assert f"/tortie-lab/{name}/" not in Path("/proc/self/mountinfo").read_text()
         if st is not None:
             for pid in st.k8s_pids.values():
-                assert not Path(f"/proc/{pid}").exists() or _zombie(pid), pid
+                assert not alive(pid), pid
         assert not list(Path("/sys/fs/cgroup").glob(f"*/tortie-{name}-*"))
 
 
