@@ -32,6 +32,11 @@ prevResult.
 Requests for one pod (or one container without a pod identity) are serialised; others run
 concurrently.
 
+ADD, DEL, CHECK and STATUS answer within ``request_timeout`` seconds: past it the answer is
+code 11 ("try again later") and the request is cancelled; a cancelled ADD rolls back in the
+background, still holding the pod's lock, so a retried ADD waits for it (what the rollback
+cannot reach in a datastore outage, GC and the IPAM leak collector release later).
+
 A verb touches only what Tortie made (DESIGN.md).  ``CNI_NETNS`` must be a network
 namespace other than the host's (this daemon's or PID 1's, compared by device and inode, not
 by path), else code 4 before anything changes.  The only link DEL and GC delete is a host
@@ -50,9 +55,9 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cni import netlink
 from cni.spec import (
@@ -107,6 +112,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 HANDLE_PREFIX = "tortie."
 ORCH_K8S = "k8s"
@@ -115,6 +121,11 @@ LABEL_NAMESPACE = "projectcalico.org/namespace"
 LABEL_ORCHESTRATOR = "projectcalico.org/orchestrator"
 LABEL_SERVICE_ACCOUNT = "projectcalico.org/serviceaccount"
 MAX_REQUEST_FIELDS = ("command", "env", "config", "plugin")
+#: Seconds a runtime waits for an ADD / DEL / CHECK / STATUS answer at most (with the
+#: plugin's own start that keeps a datastore outage's answer within 2 s).
+DEFAULT_REQUEST_TIMEOUT = 1.8
+#: Commands under the request deadline (GC may legitimately take long; VERSION is local).
+_DEADLINE_COMMANDS = frozenset({"ADD", "DEL", "CHECK", "STATUS"})
 
 #: The policy agent's hook: called with the stored endpoint before ADD returns; raising
 #: fails (and rolls back) the ADD.
@@ -204,8 +215,12 @@ class CNIHandler:
 
     def __init__(self, store: Store, node: str, *, interface_prefix: str = "cali",
                  mtu: int | None = None,
-                 on_endpoint_ready: EndpointReady | None = None) -> None:
+                 on_endpoint_ready: EndpointReady | None = None,
+                 request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT) -> None:
         self.store = store
+        self.request_timeout = request_timeout
+        #: requests past their deadline, still rolling back (awaited by :meth:`drain`)
+        self._late: set[asyncio.Task[Any]] = set()
         self.node = node
         self.interface_prefix = interface_prefix
         self.resources = Resources(store)
@@ -227,7 +242,8 @@ class CNIHandler:
         try:
             env, conf, plugin = self._parse(request, info)
             version = conf.cni_version if conf else None
-            result = await self._dispatch(env, conf, plugin, info)
+            result = await self._within_deadline(
+                self._dispatch(env, conf, plugin, info), env.command, info)
             response: dict[str, Any] = {"ok": True, "result": result}
             if info.command != "VERSION":
                 info.etcd_ok = True
@@ -258,6 +274,39 @@ class CNIHandler:
                                                   f"{type(e).__name__}: {e}"), version)
         info.duration = time.perf_counter() - start
         return response
+
+    async def _within_deadline(self, work: Coroutine[Any, Any, _T], command: str,
+                               info: RequestInfo) -> _T:
+        """``work``'s outcome, or code 11 once ``request_timeout`` has passed."""
+        timeout = self.request_timeout
+        if timeout is None or command not in _DEADLINE_COMMANDS:
+            return await work
+        task = asyncio.ensure_future(work)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if task in done:
+            return task.result()
+        # Cancelled once: an ADD rolls back (shielded) inside the task, under the pod's lock.
+        task.cancel()
+        self._late.add(task)
+        task.add_done_callback(lambda t: self._finished_late(t, info))
+        code = ERR_PLUGIN_NOT_AVAILABLE if command == "STATUS" else ERR_TRY_AGAIN_LATER
+        raise _DatastoreDown(code, f"{command} did not finish within {timeout:g} s",
+                             "the datastore (etcd) is slow or unreachable; try again")
+
+    def _finished_late(self, task: asyncio.Task[Any], info: RequestInfo) -> None:
+        self._late.discard(task)
+        error = None if task.cancelled() else task.exception()
+        log.info("request past its deadline finished", extra=_fields(
+            info, outcome="cancelled" if error is None else f"{type(error).__name__}: {error}"))
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) for requests past their deadline to roll back."""
+        if self._late:
+            await asyncio.wait(set(self._late), timeout=timeout)
 
     @staticmethod
     def _error(info: RequestInfo, e: CNIError, version: str | None) -> dict[str, Any]:
@@ -490,6 +539,7 @@ class CNIHandler:
 
         ips: list[str] = []
         veth_made = False
+        veth_setup: asyncio.Task[tuple[int, str]] | None = None
         wep_written = False
         try:
             ips = await self._allocate(env, conf, pod, handle)
@@ -500,8 +550,10 @@ class CNIHandler:
             v6 = [ip for ip in ips if ipaddress.ip_address(ip).version == 6]
             mtu = await self._mtu_for(conf)
             veth_made = True  # from here on a failure may have left a (partial) veth
-            _, mac = await asyncio.to_thread(netlink.setup_veth, host_name, env.netns,
-                                             env.ifname, v4, v6, mtu)
+            # a task, so that a cancelled ADD can wait for the thread before undoing its work
+            veth_setup = asyncio.ensure_future(asyncio.to_thread(
+                netlink.setup_veth, host_name, env.netns, env.ifname, v4, v6, mtu))
+            _, mac = await asyncio.shield(veth_setup)
             new_wep = self._build_wep(env, pod, wep_ns, wep_name, host_name, mac, ips)
             wep_written = True  # (an unknown outcome counts as written)
             try:
@@ -515,6 +567,11 @@ class CNIHandler:
                                                      endpoint=wep_name))
             return result
         except BaseException as e:
+            if veth_setup is not None:
+                if not veth_setup.done():
+                    await asyncio.wait({veth_setup})
+                if not veth_setup.cancelled():
+                    veth_setup.exception()  # retrieved: the rollback below handles it
             await asyncio.shield(self._rollback(env, handle, host_name if veth_made else None,
                                                 (wep_ns, wep_name) if wep_written else None,
                                                 info, e))

@@ -6,7 +6,7 @@
                 [--etcd-cert-file F] [--etcd-key-file F] [--etcd-username U]
                 [--etcd-password P] [--etcd-timeout S] [-c CONFIG]
                 [--socket PATH] [--metrics-port P] [--interface-prefix cali]
-                [--cni-etcd-timeout S] [--log-level info]
+                [--cni-etcd-timeout S] [--cni-request-timeout S] [--log-level info]
 
 * registers (and keeps up to date) its calico ``Node`` resource: ``spec.bgp.ipv4Address``
   is the node's first global IPv4 address/prefix, ``spec.orchRefs`` names the k8s node;
@@ -18,7 +18,8 @@
 * logs as ``key=value`` lines; survives etcd outages (requests then fail with code 11,
   STATUS with 50; the Node resource is written again when etcd is back);
 * the CNI handler has its own etcd connection whose requests time out after
-  ``--cni-etcd-timeout`` (1.5 s), below ``--etcd-timeout`` (the agents'): with etcd frozen a
+  ``--cni-etcd-timeout`` (1.5 s), below ``--etcd-timeout`` (the agents'), and every
+  ADD/DEL/CHECK/STATUS answers within ``--cni-request-timeout`` (1.8 s): with etcd frozen a
   CNI request gets its code 11 (STATUS 50) within 2 s, not after the agents' timeout;
 * SIGTERM / SIGINT: stop accepting, finish the requests in flight, remove the socket, exit 0.
 """
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from cni import netlink
-from cni.handler import CNIHandler, RequestInfo, response_summary
+from cni.handler import DEFAULT_REQUEST_TIMEOUT, CNIHandler, RequestInfo, response_summary
 from cni.spec import ERR_DECODE, error_dict
 from datastore.etcd_config import ConfigError, EtcdConfig, add_etcd_arguments, from_arguments
 from datastore.kinds import by_plural
@@ -124,6 +125,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cni-etcd-timeout", type=float, default=DEFAULT_CNI_ETCD_TIMEOUT,
                    help="seconds one etcd request of a CNI request may take (default "
                         f"{DEFAULT_CNI_ETCD_TIMEOUT:g}; at most --etcd-timeout)")
+    p.add_argument("--cni-request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT,
+                   help="seconds an ADD/DEL/CHECK/STATUS may take before its answer is code 11 "
+                        f"(default {DEFAULT_REQUEST_TIMEOUT:g}; 0: no deadline)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     for module in AGENT_MODULES:
@@ -135,6 +139,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--metrics-port must be 0-65535")
     if not 1 <= len(args.interface_prefix) <= 11:
         p.error("--interface-prefix must be 1-11 characters")
+    if not 0 <= args.cni_request_timeout <= 3600:
+        p.error("--cni-request-timeout must be 0-3600 seconds")
     if not 0 < args.cni_etcd_timeout <= 3600:
         p.error("--cni-etcd-timeout must be above 0 and at most 3600 seconds")
     return args
@@ -155,7 +161,8 @@ class NodeDaemon:
         self.cni_store = self.store if cni_timeout == config.timeout else Store(
             dataclasses.replace(config, timeout=cni_timeout))
         self.handler = CNIHandler(self.cni_store, self.node,
-                                  interface_prefix=args.interface_prefix)
+                                  interface_prefix=args.interface_prefix,
+                                  request_timeout=args.cni_request_timeout or None)
         self.metrics = Registry()
         self.m_requests = self.metrics.counter(
             "tortie_cni_requests_total", "CNI requests served, by command and result",
@@ -233,6 +240,7 @@ class NodeDaemon:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self.handler.drain(SHUTDOWN_GRACE)  # requests past their deadline roll back
         for t in background:
             t.cancel()
         await asyncio.gather(*background, return_exceptions=True)

@@ -1189,6 +1189,61 @@ asyncio.run(main())
     assert_nothing_left(node, store, aio_loop, ref)
 
 
+def test_an_add_past_its_deadline_answers_11_and_rolls_back(
+        node: NodeEnv, store: Store, aio_loop: asyncio.AbstractEventLoop) -> None:
+    """An ADD still busy at the request deadline (here: a hook that hangs after the address
+    and the veth were made) is answered with code 11 at the deadline, not when it ends; it
+    rolls back in the background holding the pod's lock, so the runtime's retry waits for the
+    rollback and then succeeds.  Runs a handler in the node's namespace."""
+    pod_ns, pod_path = node.new_pod_netns()
+    script = f"""
+import asyncio, json, time
+from cni.handler import CNIHandler
+from datastore.etcd_config import EtcdConfig
+from datastore.store import Store
+
+calls = []
+
+async def hook(wep):
+    calls.append(wep.name)
+    if len(calls) == 1:
+        await asyncio.sleep(30)  # hangs: the deadline cancels it
+
+async def main():
+    async with Store(EtcdConfig(endpoints=({ETCD_ENDPOINT!r},))) as s:
+        h = CNIHandler(s, {node.name!r}, on_endpoint_ready=hook, request_timeout=1.0)
+        req = {{"command": "ADD", "env": {{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "late1",
+               "CNI_NETNS": {pod_path!r}, "CNI_IFNAME": "eth0",
+               "CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=late"}},
+               "config": {{"cniVersion": "1.0.0", "name": "net", "type": "tortie"}}}}
+        t0 = time.monotonic()
+        first = await h.handle(req)
+        t1 = time.monotonic()
+        late = len(h._late)
+        retry = await h.handle(req)
+        delete = dict(req, command="DEL", env=dict(req["env"], CNI_COMMAND="DEL"))
+        deleted = await h.handle(delete)
+        await h.drain(10)
+        print(json.dumps({{"first": first, "seconds": t1 - t0, "late": late,
+                          "retry": retry, "deleted": deleted, "calls": len(calls)}}))
+
+asyncio.run(main())
+"""
+    p = subprocess.run(["ip", "netns", "exec", node.netns, sys.executable, "-c", script],
+                       capture_output=True, text=True, timeout=60, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["first"]["ok"] is False and out["first"]["error"]["code"] == 11, out
+    assert "did not finish within 1 s" in out["first"]["error"]["msg"], out
+    assert 1.0 <= out["seconds"] < 1.5, out
+    assert out["late"] == 1  # the rollback was still running when the answer went out
+    assert out["retry"]["ok"] is True, out  # waited for the rollback, then set up afresh
+    assert out["deleted"]["ok"] is True and out["calls"] == 2, out
+    ref = PodRef("default", "late", "late1", pod_ns, pod_path)
+    assert_nothing_left(node, store, aio_loop, ref)
+
+
 # --- a verb touches only what Tortie made (issue 15) -------------------------------------------
 
 
