@@ -748,7 +748,7 @@ async def test_the_executable_serves_health_and_metrics(store: Store, etcd_serve
             await eventually(healthy, what="/healthz 200")
             status, body = await get("/metrics")
             assert status == 200
-            assert 'tortie_kc_lists_total{resource="namespaces",reason="initial"} 1.0' in body
+            assert 'tortie_kc_lists_total{reason="initial",resource="namespaces"} 1.0' in body
             assert (await get("/nope"))[0] == 404
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 15) == 0
