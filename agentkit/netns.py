@@ -79,9 +79,17 @@ def netns_identity(path: str) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def setns(fd: int) -> None:
-    """Move the calling thread into the network namespace of ``fd`` (``OSError``)."""
-    _pyroute2_setns(fd)
+def setns(target: int | str) -> None:
+    """Move the calling thread into a network namespace: an fd of it, or its path (checked
+    as :func:`open_netns` does; never created).  ``OSError`` / :class:`NetnsError`."""
+    if isinstance(target, int):
+        _pyroute2_setns(target)
+        return
+    fd = open_netns(target)
+    try:
+        _pyroute2_setns(fd)
+    finally:
+        os.close(fd)
 
 
 def run_in_netns(path: str, fn: Callable[[], T]) -> T:
