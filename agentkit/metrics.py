@@ -10,13 +10,7 @@ Metrics are made with the library's own types, each given ``registry=``::
 from __future__ import annotations
 
 import prometheus_client
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 __all__ = ["CONTENT_TYPE", "DEFAULT_BUCKETS", "new_registry", "render", "value"]
 
@@ -24,8 +18,9 @@ __all__ = ["CONTENT_TYPE", "DEFAULT_BUCKETS", "new_registry", "render", "value"]
 # process-wide): /metrics shows only the series each metric names
 prometheus_client.disable_created_metrics()
 
-#: the text exposition format 0.0.4
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: the text exposition format 0.0.4: what ``generate_latest`` writes for names and labels of
+#: plain ASCII, as all of Tortie's are (the library's newest type, 1.0.0, only adds escaping)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: histogram buckets (seconds) of Tortie's latency metrics
 DEFAULT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                                       5.0, 10.0, 30.0, 60.0)

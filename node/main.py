@@ -47,7 +47,7 @@ from agentkit import http
 from agentkit.agent import Agent, NodeContext, supervise
 from agentkit.backoff import Backoff
 from agentkit.logs import setup_logging
-from agentkit.metrics import CONTENT_TYPE, DEFAULT_BUCKETS, new_registry, render
+from agentkit.metrics import CONTENT_TYPE, DEFAULT_BUCKETS, new_registry, render, value
 from agentkit.netns import read_sysctl
 from cni import netlink
 from cni.handler import CNIHandler, RequestInfo, response_summary
@@ -146,8 +146,6 @@ class NodeDaemon:
             "tortie_node_start_time_seconds", "Start time of tortie-node (unix time)",
             registry=m)
         self.m_start.set(time.time())
-        self.etcd_up = False
-        self.registered = False
         self._stop = asyncio.Event()
         self._conns: set[asyncio.Task[None]] = set()
         self._cni_server: asyncio.Server | None = None
@@ -320,7 +318,7 @@ class NodeDaemon:
         if info.code is not None:
             self.m_errors.labels(command=command, code=str(info.code)).inc()
         if info.etcd_ok is not None:
-            self._set_etcd_up(info.etcd_ok)
+            self.m_etcd_up.set(1 if info.etcd_ok else 0)
         fields: dict[str, Any] = {"cmd": info.command, "container": info.container[:12]}
         if info.pod:
             fields["pod"] = info.pod
@@ -341,15 +339,11 @@ class NodeDaemon:
             "status": "ok",
             "node": self.node,
             "socket": str(self.socket_path),
-            "etcd": "up" if self.etcd_up else "down",
-            "registered": self.registered,
+            "etcd": "up" if value(self.m_etcd_up) else "down",
+            "registered": bool(value(self.m_registered)),
             "agents": {a.name: a.health() for a in self.agents},
         }) + "\n"
         return 200, "application/json", body
-
-    def _set_etcd_up(self, up: bool) -> None:
-        self.etcd_up = up
-        self.m_etcd_up.set(1 if up else 0)
 
     # --- the Node resource ------------------------------------------------------------------
 
@@ -359,13 +353,12 @@ class NodeDaemon:
         while True:
             try:
                 await self.register_node()
-                self._set_etcd_up(True)
-                self.registered = True
+                self.m_etcd_up.set(1)
                 self.m_registered.set(1)
                 backoff.reset()
                 wait = RESYNC_INTERVAL
             except (DatastoreError, OSError) as e:
-                self._set_etcd_up(False)
+                self.m_etcd_up.set(0)
                 log.warning("cannot register the Node resource; retrying",
                             extra={"fields": {"node": self.node, "error": str(e),
                                               "retry_s": f"{backoff.delay:g}"}})
