@@ -53,6 +53,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agentkit.procs import stop_pid
 from datastore.store import Store
 from ipam.allocator import IPAM
 from ipam.blocks import Block
@@ -60,7 +61,6 @@ from lab import netns
 from lab.bridge_net import BridgeNet
 from lab.cluster import Lab
 from routing.bgp.api import BGPSettings, LearnedRoute, Neighbour
-from routing.bgp.bird import stop_pid
 from routing.bgp.peers import ip_key
 from routing.bgp.speaker import ExaBGPSpeaker
 from routing.kernel import PROTO, call_in_netns

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -28,28 +27,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agentkit.netns import setns
 from lab import netns
 from lab.cluster import Lab
 
 REF_DIR = Path("/usr/lib/cni")
-CLONE_NEWNET = 0x40000000
 
 
 def enter_netns(name: str) -> None:
     """Move this thread (and the processes it starts) into a network namespace."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(netns.netns_path(name), os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns failed")
-    finally:
-        os.close(fd)
+    setns(netns.netns_path(name))
 
 
 def leave_to(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns back failed")
+    setns(fd)
 
 
 def call(exe: str, command: str, container: str, pod_ns: str, conf: dict,

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import http.client
 import ipaddress
 import json
@@ -57,13 +56,13 @@ from urllib.parse import quote, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agentkit.netns import setns
 from lab import netns
 from lab.cluster import Lab, LabState
 from lab.cri import CRIError, RuntimeClient, msg
 from lab.kubernetes import PAUSE_IMAGE, Kubernetes
 
 REF_DIR = Path("/usr/lib/cni")
-CLONE_NEWNET = 0x40000000
 NAMESPACE = "pod-start"
 REF_NETWORK = "bench-bridge"
 REF_BRIDGE = "cnibench0"
@@ -79,19 +78,9 @@ SANDBOX_LOG = re.compile(
 # --- namespaces ------------------------------------------------------------------------------
 
 
-def setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns failed")
-
-
 def enter_netns(name: str) -> None:
     """Move this thread (and the threads and processes it starts) into a namespace."""
-    fd = os.open(netns.netns_path(name), os.O_RDONLY)
-    try:
-        setns(fd)
-    finally:
-        os.close(fd)
+    setns(netns.netns_path(name))
 
 
 # --- the API server --------------------------------------------------------------------------

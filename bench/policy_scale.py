@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
@@ -52,6 +51,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agentkit.netns import setns
 from datastore.resources import to_resource
 from policyagent import nft_apply
 from policyagent.calc import PolicyCalculator
@@ -63,7 +63,6 @@ V3 = "projectcalico.org/v3"
 K8S = "networking.k8s.io/v1"
 TIERS = ("frontend", "backend", "db", "cache", "worker")
 IPERF_PORT = 5201
-CLONE_NEWNET = 0x40000000
 
 
 # --- the resources --------------------------------------------------------------------------
@@ -221,27 +220,16 @@ def nsx(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[
     return sh("ip", "netns", "exec", ns, *args, check=check)
 
 
-def _setns(path: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns failed")
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def inside(netns: str) -> Iterator[None]:
     """Run this thread (and the nft processes it starts) in ``netns``, as the agent runs in
     its node: no ``ip netns exec`` in the timings."""
     back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        _setns(f"/var/run/netns/{netns}")
+        setns(f"/var/run/netns/{netns}")
         yield
     finally:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.setns(back, CLONE_NEWNET)
+        setns(back)
         os.close(back)
 
 

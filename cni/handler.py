@@ -262,7 +262,7 @@ class CNIHandler:
         except (netlink.NetnsGone, netlink.NotANetns) as e:
             response = self._error(info, CNIError(ERR_INVALID_ENV, "invalid CNI_NETNS",
                                                   str(e)), version)
-        except netlink.NetlinkFailure as e:
+        except netlink.NetnsError as e:  # NetlinkFailure too
             response = self._error(info, CNIError(ERR_INTERNAL, "network setup failed",
                                                   str(e)), version)
         except (DatastoreError, ResourceInvalid) as e:
@@ -412,7 +412,7 @@ class CNIHandler:
         except netlink.NotANetns:
             raise CNIError(ERR_INVALID_ENV, "invalid CNI_NETNS",
                            f"{where} is not a network namespace") from None
-        except netlink.NetlinkFailure:
+        except netlink.NetnsError:
             raise CNIError(ERR_INVALID_ENV, "invalid CNI_NETNS",
                            f"cannot open the network namespace {where}") from None
         if identity in self._host_netns:

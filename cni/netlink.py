@@ -22,26 +22,33 @@ thread is ever left in the wrong namespace; sysctls are written from that thread
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
-import fcntl
 import hashlib
 import ipaddress
 import os
-import stat
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from agentkit.netns import (
+    NetnsError,
+    NetnsGone,
+    NotANetns,
+    netns_identity,
+    open_netns,
+    read_sysctl,
+    run_in_netns,
+    write_sysctl,
+)
 
 __all__ = [
     "GATEWAY_V4",
     "GATEWAY_V6",
     "HOST_MAC",
     "NetlinkFailure",
+    "NetnsError",
     "NetnsGone",
     "NotANetns",
     "check_veth",
@@ -59,34 +66,21 @@ __all__ = [
     "teardown_veth",
 ]
 
-T = TypeVar("T")
-
 HOST_MAC = "ee:ee:ee:ee:ee:ee"
 GATEWAY_V4 = "169.254.1.1"
 GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"  # the EUI-64 link-local address of HOST_MAC
 DEFAULT_MTU = 1500
 IFNAME_MAX = 15
-CLONE_NEWNET = 0x40000000
 IFA_F_NODAD = 0x02
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RT_TABLE_MAIN = 254
 IFF_UP = 0x1
-NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: its CLONE_NEW* type
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-class NetlinkFailure(Exception):
-    """A netlink or sysctl operation failed; the message says which and why."""
-
-
-class NetnsGone(NetlinkFailure):
-    """The network namespace path does not exist (any more)."""
-
-
-class NotANetns(NetlinkFailure):
-    """The path exists but is not a network namespace."""
+class NetlinkFailure(NetnsError):
+    """A netlink operation failed; the message says which and why.  A
+    :class:`agentkit.netns.NetnsError`, as failures to enter a namespace or write a sysctl
+    are: ``except NetnsError`` takes them all."""
 
 
 def host_veth_name(prefix: str, namespace: str | None, pod: str | None,
@@ -109,48 +103,7 @@ def is_host_veth_name(prefix: str, name: str) -> bool:
             and all(c in "0123456789abcdef" for c in rest))
 
 
-# --- namespaces and sysctls ---------------------------------------------------------------------
-
-
-def _open_netns(path: str) -> int:
-    """An fd of the network namespace at ``path``: :class:`NetnsGone` if there is none (also
-    for the empty file an unmounted namespace leaves), :class:`NotANetns` if the path is
-    something else."""
-    try:
-        # only regular files are opened (a namespace file is one): opening a FIFO would
-        # block, opening a device may do something
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise NotANetns(f"{path} is not a network namespace")
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except (FileNotFoundError, NotADirectoryError):
-        raise NetnsGone(f"network namespace {path} does not exist") from None
-    except OSError as e:
-        raise NetlinkFailure(f"cannot open network namespace {path}: {e.strerror}") from None
-    try:
-        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
-    except OSError:
-        kind = None
-    if kind == CLONE_NEWNET:
-        return fd
-    size = os.fstat(fd).st_size
-    os.close(fd)
-    if kind is None and size == 0:
-        # the mount point of a namespace that was unmounted (ip netns del, a runtime's
-        # teardown): the namespace is gone
-        raise NetnsGone(f"network namespace {path} does not exist (an empty file, not "
-                        "mounted)")
-    raise NotANetns(f"{path} is not a network namespace")
-
-
-def netns_identity(path: str) -> tuple[int, int]:
-    """(device, inode) of the network namespace at ``path``: what tells two paths to one
-    namespace apart from two namespaces.  :class:`NetnsGone` / :class:`NotANetns`."""
-    fd = _open_netns(path)
-    try:
-        st = os.fstat(fd)
-    finally:
-        os.close(fd)
-    return st.st_dev, st.st_ino
+# --- namespaces ------------------------------------------------------------------------------
 
 
 def host_netns_identities() -> frozenset[tuple[int, int]]:
@@ -162,50 +115,6 @@ def host_netns_identities() -> frozenset[tuple[int, int]]:
             st = os.stat(path)
             found.add((st.st_dev, st.st_ino))
     return frozenset(found)
-
-
-def run_in_netns(path: str, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on a new thread that has joined the network namespace at ``path``."""
-    fd = _open_netns(path)
-    box: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise NetlinkFailure(f"cannot enter network namespace {path}: "
-                                     f"{os.strerror(err)}")
-            box["result"] = fn()
-        except BaseException as e:
-            box["error"] = e
-
-    try:
-        thread = threading.Thread(target=body, name=f"netns:{os.path.basename(path)}")
-        thread.start()
-        thread.join()
-    finally:
-        os.close(fd)
-    if "error" in box:
-        raise box["error"]
-    return box["result"]  # type: ignore[no-any-return]
-
-
-def write_sysctl(path: str, value: str) -> None:
-    """Write ``/proc/sys/<path>`` (slash-separated, interface names may contain dots)."""
-    full = "/proc/sys/" + path
-    try:
-        with open(full, "w") as f:
-            f.write(value)
-    except OSError as e:
-        raise NetlinkFailure(f"cannot set {full} to {value}: {e.strerror}") from None
-
-
-def read_sysctl(path: str) -> str | None:
-    try:
-        with open("/proc/sys/" + path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -363,7 +272,7 @@ def setup_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str]
     """
     addresses = _split([*ipv4, *ipv6])
     v6 = any(a.version == 6 for a in addresses)
-    fd = _open_netns(netns_path)
+    fd = open_netns(netns_path)
     created = False
     try:
         with _iproute() as ipr:
@@ -422,7 +331,7 @@ def teardown_veth(host_name: str, peer_netns: str | None = None) -> bool:
     fd: int | None = None
     if peer_netns is not None:
         try:
-            fd = _open_netns(peer_netns)
+            fd = open_netns(peer_netns)
         except NetnsGone:
             return False
     try:
@@ -494,7 +403,7 @@ def check_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str]
     addresses = _split([*ipv4, *ipv6])
     fd: int | None = None
     with contextlib.suppress(NetnsGone):
-        fd = _open_netns(netns_path)
+        fd = open_netns(netns_path)
     try:
         with _iproute() as ipr:
             host_idx = _lookup(ipr, host_name)

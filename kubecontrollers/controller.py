@@ -139,12 +139,12 @@ async def put_if_changed(store: Store, key: str, value: dict[str, Any], metrics:
         current = await store.get(key)
     except NotFound:
         await store.create(key, value)
-        metrics.writes.inc(controller=controller, op="create")
+        metrics.writes.labels(controller=controller, op="create").inc()
         return True
     if comparable(current.value) == comparable(value):
         return False
     await store.update(key, value, current.mod_revision)
-    metrics.writes.inc(controller=controller, op="update")
+    metrics.writes.labels(controller=controller, op="update").inc()
     return True
 
 
@@ -158,7 +158,7 @@ async def delete_if_present(store: Store, key: str, metrics: KubeMetrics, contro
         if revision is None:
             raise
         return False  # changed since we looked: the next pass decides again
-    metrics.writes.inc(controller=controller, op="delete")
+    metrics.writes.labels(controller=controller, op="delete").inc()
     return True
 
 

@@ -145,14 +145,14 @@ class AutoHostEndpointController(Controller):
             if current is not None:
                 await self.ctx.resources.delete(_HEP, name, None,
                                                 current.metadata.resourceVersion)
-                self.ctx.metrics.writes.inc(controller=self.name, op="delete")
+                self.ctx.metrics.writes.labels(controller=self.name, op="delete").inc()
                 log.info("deleted automatic host endpoint", extra={"fields": {
                     "hostendpoint": name}})
             return
         want = HostEndpoint.from_dict(desired_hep(node, calico, k8s))
         if current is None:
             await self.ctx.resources.create(_HEP, want)
-            self.ctx.metrics.writes.inc(controller=self.name, op="create")
+            self.ctx.metrics.writes.labels(controller=self.name, op="create").inc()
             log.info("created automatic host endpoint", extra={"fields": {
                 "hostendpoint": name, "expectedIPs": ",".join(want.spec.expectedIPs or [])}})
             return
@@ -161,7 +161,7 @@ class AutoHostEndpointController(Controller):
             return
         want.metadata.resourceVersion = current.metadata.resourceVersion
         await self.ctx.resources.replace(_HEP, want)
-        self.ctx.metrics.writes.inc(controller=self.name, op="update")
+        self.ctx.metrics.writes.labels(controller=self.name, op="update").inc()
 
     async def full(self) -> None:
         if not self._ready():

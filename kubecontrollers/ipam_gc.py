@@ -41,11 +41,11 @@ from datastore import keys
 from datastore.kinds import by_plural
 from datastore.store import NotFound
 from ipam.allocator import IPAM
+from ipam.keys import TUNNEL_HANDLE_PREFIXES
 from kubecontrollers.controller import Context, delete_if_present
 from kubecontrollers.datastore_cache import DatastoreCache
 from kubecontrollers.reflector import Reflector
 from kubecontrollers.settings import leak_grace
-from routing.desired import TUNNEL_HANDLE_PREFIXES
 
 log = logging.getLogger("tortie.kc.ipam")
 

@@ -22,25 +22,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from kubernetes_asyncio import client, config
 
+from agentkit import http
+from agentkit.logs import setup_logging
+from agentkit.metrics import CONTENT_TYPE, render
 from datastore.etcd_config import ConfigError, EtcdConfig, add_etcd_arguments, from_arguments
 from datastore.store import Store
 from kubecontrollers.app import KubeControllers
 from kubecontrollers.controller import Options
 from kubecontrollers.metrics import KubeMetrics
 from kubecontrollers.settings import go_duration
-from node.main import setup_logging
-from node.metrics import CONTENT_TYPE
 
 log = logging.getLogger("tortie.kc")
 
@@ -91,45 +91,6 @@ async def kube_client(kubeconfig: str | None) -> client.ApiClient:
     return await config.new_client_from_config()
 
 
-# --- /metrics and /healthz ------------------------------------------------------------------
-
-Route = Callable[[], Awaitable[tuple[int, str, str]]]
-
-
-async def serve_http(routes: dict[str, Route], reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
-    """One HTTP/1.x request (GET/HEAD) answered from ``routes`` (path -> (status, type,
-    body)), then close."""
-    reasons = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-               503: "Service Unavailable"}
-    try:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
-        if len(parts) != 3:
-            status, ctype, body, method = 400, "text/plain", "bad request\n", "GET"
-        else:
-            method, target = parts[0], parts[1].split("?", 1)[0]
-            route = routes.get(target)
-            if method not in ("GET", "HEAD"):
-                status, ctype, body = 405, "text/plain", "method not allowed\n"
-            elif route is None:
-                status, ctype, body = 404, "text/plain", "not found\n"
-            else:
-                status, ctype, body = await route()
-        data = body.encode()
-        header = (f"HTTP/1.1 {status} {reasons.get(status, '')}\r\nContent-Type: {ctype}\r\n"
-                  f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
-        writer.write(header if method == "HEAD" else header + data)
-        await writer.drain()
-    except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-            ConnectionError):
-        pass
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-
-
 async def run(args: argparse.Namespace, etcd: EtcdConfig) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -144,26 +105,25 @@ async def run(args: argparse.Namespace, etcd: EtcdConfig) -> int:
     metrics = KubeMetrics()
     app = KubeControllers(store, api, options=args.options, metrics=metrics)
 
-    async def metrics_route() -> tuple[int, str, str]:
-        return 200, CONTENT_TYPE, metrics.registry.render()
+    def metrics_route() -> http.Response:
+        return 200, CONTENT_TYPE, render(metrics.registry)
 
-    async def health_route() -> tuple[int, str, str]:
+    def health_route() -> http.Response:
         h: dict[str, Any] = app.health()
         h["status"] = "ok" if h["synced"] else "starting"
         return (200 if h["synced"] else 503), "application/json", json.dumps(h) + "\n"
 
-    routes: dict[str, Route] = {"/metrics": metrics_route, "/healthz": health_route,
-                                "/livez": health_route, "/readyz": health_route}
+    routes: dict[str, http.Route] = {"/metrics": metrics_route, "/healthz": health_route,
+                                     "/livez": health_route, "/readyz": health_route}
     try:
-        server = await asyncio.start_server(
-            lambda r, w: serve_http(routes, r, w), args.metrics_address, args.metrics_port)
+        server = await http.serve(routes, args.metrics_address, args.metrics_port)
     except OSError as e:
         log.error("cannot serve metrics", extra={"fields": {"port": args.metrics_port,
                                                             "error": str(e)}})
         await api.close()
         await store.close()
         return 1
-    port = server.sockets[0].getsockname()[1]
+    port = http.bound_port(server)
     log.info("tortie-kube-controllers started", extra={"fields": {
         "metrics": f"{args.metrics_address}:{port}", "pid": os.getpid(),
         "etcd": ",".join(etcd.endpoints), "kubernetes": api.configuration.host}})

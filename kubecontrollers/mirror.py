@@ -59,7 +59,7 @@ class MirrorController(Controller):
             value = storable(self.info, obj)
         except ResourceInvalid as e:
             self.invalid += 1
-            self.ctx.metrics.bad_objects.inc(resource=self.info.plural)
+            self.ctx.metrics.bad_objects.labels(resource=self.info.plural).inc()
             log.warning("object cannot be used; not mirrored", extra={"fields": {
                 "controller": self.name, "key": key, "error": str(e)}})
             await delete_if_present(self.ctx.store, dkey, self.ctx.metrics, self.name)

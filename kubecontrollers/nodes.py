@@ -120,7 +120,7 @@ class NodeController(Controller):
         node = Node.from_dict(want)
         node.metadata.resourceVersion = current.metadata.resourceVersion
         await self.ctx.resources.replace(_NODE, node)  # conflict -> retried by the queue
-        self.ctx.metrics.writes.inc(controller=self.name, op="update")
+        self.ctx.metrics.writes.labels(controller=self.name, op="update").inc()
         log.info("node updated from Kubernetes", extra={"fields": {"node": name}})
 
     async def _delete(self, name: str, current: Node) -> None:
@@ -128,7 +128,7 @@ class NodeController(Controller):
             await self.ctx.resources.delete(_NODE, name, None, current.metadata.resourceVersion)
         except (ResourceNotFound, NotFound):
             return
-        self.ctx.metrics.writes.inc(controller=self.name, op="delete")
+        self.ctx.metrics.writes.labels(controller=self.name, op="delete").inc()
         await delete_if_present(self.ctx.store, ipam_keys.host_key(name), self.ctx.metrics,
                                 self.name)
         log.info("deleted the Node of a deleted Kubernetes node", extra={"fields": {

@@ -105,7 +105,7 @@ class PodController(MirrorController):
         value = dict(kv.value)
         value["metadata"] = {**meta, "labels": want}
         await self.ctx.store.update(wkey, value, kv.mod_revision)  # Conflict: retried
-        self.ctx.metrics.writes.inc(controller=self.name, op="relabel-endpoint")
+        self.ctx.metrics.writes.labels(controller=self.name, op="relabel-endpoint").inc()
         log.info("workload endpoint labels updated", extra={"fields": {"endpoint": wkey}})
 
     async def _delete_endpoints(self, ns: str, name: str) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 
+from agentkit.backoff import Backoff
 from kubecontrollers.metrics import KubeMetrics
 
 log = logging.getLogger("tortie.kc.reflector")
@@ -40,7 +41,6 @@ PAGE_SIZE = 500
 WATCH_TIMEOUT = 300          # seconds the server keeps one watch open
 READ_SLACK = 60              # extra seconds before a silent watch counts as broken
 LIST_TIMEOUT = 120           # seconds a list page may take
-RETRY_MIN, RETRY_MAX = 0.2, 10.0
 
 
 class Gone(Exception):
@@ -105,22 +105,22 @@ class Reflector:
     # --- the loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        delay = RETRY_MIN
+        backoff = Backoff(0.2, 10.0)
         reason = "initial"
         while True:
             try:
                 if self.resource_version is None:
                     await self._relist(reason)
-                    delay = RETRY_MIN
+                    backoff.reset()
                 reason = "watch"
                 started = asyncio.get_running_loop().time()
                 if await self._watch():  # True: ended cleanly (timeout): watch again
-                    delay = RETRY_MIN
+                    backoff.reset()
                     if asyncio.get_running_loop().time() - started < 1.0:
-                        await asyncio.sleep(RETRY_MIN)  # never spin on a server that hangs up
+                        await asyncio.sleep(backoff.first)  # never spin on a server that hangs up
                     continue
-                delay = RETRY_MIN  # a broken stream: resume soon, from our resourceVersion
-                self.metrics.watch_errors.inc(resource=self.resource)
+                backoff.reset()  # a broken stream: resume soon, from our resourceVersion
+                self.metrics.watch_errors.labels(resource=self.resource).inc()
                 self.last_error = "watch stream broken"
                 log.info("watch broken; resuming", extra={"fields": {
                     "resource": self.resource, "resourceVersion": self.resource_version}})
@@ -136,19 +136,18 @@ class Reflector:
                     continue  # list again at once
                 # gone again right after a list: do not hammer the server
             except (APIError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
-                self.metrics.watch_errors.inc(resource=self.resource)
+                self.metrics.watch_errors.labels(resource=self.resource).inc()
                 self.last_error = str(e) or type(e).__name__
                 reason = "error"
                 log.warning("Kubernetes API request failed; retrying", extra={"fields": {
                     "resource": self.resource, "error": self.last_error,
-                    "retry_s": f"{delay:g}"}})
+                    "retry_s": f"{backoff.delay:g}"}})
             except Exception:
-                self.metrics.watch_errors.inc(resource=self.resource)
+                self.metrics.watch_errors.labels(resource=self.resource).inc()
                 reason = "error"
                 log.exception("unexpected failure following the Kubernetes API",
                               extra={"fields": {"resource": self.resource}})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
+            await asyncio.sleep(backoff.next())
 
     async def _relist(self, reason: str) -> None:
         items: dict[str, dict[str, Any]] = {}
@@ -177,12 +176,12 @@ class Reflector:
                 break
         if self.synced.is_set():
             self.relists += 1
-        self.metrics.lists.inc(resource=self.resource, reason=reason)
+        self.metrics.lists.labels(resource=self.resource, reason=reason).inc()
         self._replace(items)
         self.resource_version = rv or None
         if not self.synced.is_set():
             self.synced.set()
-            self.metrics.synced.set(1, resource=self.resource)
+            self.metrics.synced.labels(resource=self.resource).set(1)
         for cb in self.synced_listeners:
             try:
                 cb()
@@ -194,7 +193,7 @@ class Reflector:
 
     async def _watch(self) -> bool:
         """One watch request; True when the server ended it cleanly."""
-        self.metrics.watches.inc(resource=self.resource)
+        self.metrics.watches.labels(resource=self.resource).inc()
         resp = await self.list_func(
             watch=True, resource_version=self.resource_version, allow_watch_bookmarks=True,
             timeout_seconds=self.watch_timeout, _preload_content=False,
@@ -220,11 +219,11 @@ class Reflector:
             etype = ev["type"]
             obj = ev["object"]
         except (ValueError, KeyError, TypeError) as e:
-            self.metrics.bad_objects.inc(resource=self.resource)
+            self.metrics.bad_objects.labels(resource=self.resource).inc()
             log.warning("malformed watch event skipped", extra={"fields": {
                 "resource": self.resource, "error": str(e), "line": line[:200]}})
             return
-        self.metrics.events.inc(resource=self.resource, type=str(etype))
+        self.metrics.events.labels(resource=self.resource, type=str(etype)).inc()
         if etype == "ERROR":
             code = obj.get("code") if isinstance(obj, dict) else None
             msg = obj.get("message", "") if isinstance(obj, dict) else str(obj)
@@ -259,7 +258,7 @@ class Reflector:
                 obj.setdefault("apiVersion", self.api_version)
 
     def _bad(self, obj: Any, error: Exception) -> None:
-        self.metrics.bad_objects.inc(resource=self.resource)
+        self.metrics.bad_objects.labels(resource=self.resource).inc()
         log.warning("object skipped", extra={"fields": {
             "resource": self.resource, "error": str(error), "object": str(obj)[:200]}})
 

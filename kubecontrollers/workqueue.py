@@ -13,11 +13,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
+from agentkit.backoff import Backoff
 from kubecontrollers.metrics import KubeMetrics
 
 log = logging.getLogger("tortie.kc.queue")
 
-RETRY_MIN, RETRY_MAX = 0.2, 30.0
 
 
 class WorkQueue:
@@ -31,6 +31,8 @@ class WorkQueue:
         self._failures: dict[str, int] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self.errors = 0
+        #: retry n of a failing key waits 0.2 s * 2**(n-1), at most 30 s
+        self.backoff = Backoff(0.2, 30.0)
 
     def add(self, key: str) -> None:
         if key in self._pending:
@@ -68,15 +70,15 @@ class WorkQueue:
                     self.errors += 1
                     n = self._failures.get(key, 0) + 1
                     self._failures[key] = n
-                    delay = min(RETRY_MIN * 2 ** (n - 1), RETRY_MAX)
-                    self.metrics.reconciles.inc(controller=self.name, result="error")
+                    delay = self.backoff.nth(n)
+                    self.metrics.reconciles.labels(controller=self.name, result="error").inc()
                     log.warning("reconcile failed; retrying", exc_info=n == 1, extra={
                         "fields": {"controller": self.name, "key": key, "error": str(e),
                                    "retry_s": f"{delay:g}"}})
                     self.add_after(key, delay)
                 else:
                     self._failures.pop(key, None)
-                    self.metrics.reconciles.inc(controller=self.name, result="ok")
+                    self.metrics.reconciles.labels(controller=self.name, result="ok").inc()
         finally:
             for h in self._retries.values():
                 h.cancel()

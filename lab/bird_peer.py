@@ -13,34 +13,21 @@ reconfigures BIRD for the nodes the lab has now.
 
 from __future__ import annotations
 
-import contextlib
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from datastore.model_bgp import DEFAULT_AS_NUMBER
 from lab import netns
+from lab.bird_state import BirdInfo, load, save, stop_bird
 from lab.cluster import FABRIC_IP, Lab, LabState
-from routing.bgp.bird import BirdPeer, stop_pid
+from routing.bgp.bird import BirdPeer
 
 BIRD_IP = "192.0.2.2"
 OUTSIDE_ASN = 65001
 PEER_NAME = "lab-bird"
-STATE_FILE = "state.json"
 
 
 class BirdLabError(RuntimeError):
     pass
-
-
-@dataclass
-class BirdInfo:
-    netns: str
-    address: str
-    asn: int
-    route_reflector: bool
-    pid: int
-    peers: list[str]
 
 
 def _dir(lab: Lab) -> Path:
@@ -49,13 +36,6 @@ def _dir(lab: Lab) -> Path:
 
 def _netns_name(lab: Lab) -> str:
     return f"tl-{lab.name}-bird"
-
-
-def load(lab_dir: Path) -> BirdInfo | None:
-    try:
-        return BirdInfo(**json.loads((lab_dir / "bird" / STATE_FILE).read_text()))
-    except (FileNotFoundError, ValueError, TypeError):
-        return None
 
 
 def _apply(lab: Lab, st: LabState, doc: str) -> None:
@@ -103,8 +83,7 @@ def add_bird(lab: Lab, *, route_reflector: bool = False, asn: int | None = None,
             netns.ip("route", "add", "default", "via", FABRIC_IP, ns=ns)
         pid = bird.start()
     info = BirdInfo(ns, BIRD_IP, asn, route_reflector, pid, node_addrs)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / STATE_FILE).write_text(json.dumps(info.__dict__, indent=2))
+    save(lab.dir, info)
     _apply(lab, st, f"apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n"
                     f"  name: {PEER_NAME}\nspec:\n  peerIP: {BIRD_IP}\n  asNumber: {asn}\n")
     if route_reflector:
@@ -121,16 +100,6 @@ def bird_of(lab: Lab) -> BirdPeer:
                     route_reflector=info.route_reflector)
     bird.pid = info.pid
     return bird
-
-
-def stop_bird(lab_dir: Path) -> None:
-    """Stop the lab's BIRD by its PID (``lab down`` calls this); the namespace goes with
-    the lab's other namespaces."""
-    info = load(lab_dir)
-    if info is not None:
-        stop_pid(info.pid)
-        with contextlib.suppress(FileNotFoundError):
-            (lab_dir / "bird" / STATE_FILE).unlink()
 
 
 def remove_bird(lab: Lab) -> None:

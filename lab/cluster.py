@@ -35,6 +35,7 @@ from typing import Any
 from cni.launcher import install as install_cni
 from datastore.etcd_config import EtcdConfig
 from lab import containerd, cri, netns, underlay
+from lab.bird_state import stop_bird
 from lab.etcd import EtcdProcess, TlsFiles, tls_files
 from lab.kubernetes import KubeError, Kubernetes, NodeInfo
 from lab.pki import Pki
@@ -434,7 +435,6 @@ class Lab:
             for node in st.nodes.values():
                 _kill(node.pid)
             _kill(st.etcd_pid)
-        from lab.bird_peer import stop_bird  # only labs with a BIRD peer need it
         stop_bird(self.dir)
         for ns in netns.list_netns(_prefix(self.name)):
             netns.del_netns(ns)

@@ -39,10 +39,17 @@ import stat
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Counter, Gauge, Histogram
+
+from agentkit import http
+from agentkit.agent import Agent, NodeContext, supervise
+from agentkit.backoff import Backoff
+from agentkit.logs import setup_logging
+from agentkit.metrics import CONTENT_TYPE, DEFAULT_BUCKETS, new_registry, render, value
+from agentkit.netns import read_sysctl
 from cni import netlink
 from cni.handler import DEFAULT_REQUEST_TIMEOUT, CNIHandler, RequestInfo, response_summary
 from cni.spec import ERR_DECODE, error_dict
@@ -51,8 +58,6 @@ from datastore.kinds import by_plural
 from datastore.model_network import Node
 from datastore.resources import ResourceConflict, ResourceExists, Resources
 from datastore.store import DatastoreError, NotFound, Store
-from node.agents import Agent, NodeContext
-from node.metrics import CONTENT_TYPE, Registry
 from policyagent import agent as policy_agent
 from routing import agent as routing_agent
 
@@ -67,45 +72,9 @@ MAX_REQUEST = 16 * 1024 * 1024
 READ_TIMEOUT = 30.0
 SHUTDOWN_GRACE = 30.0
 RESYNC_INTERVAL = 60.0
-RETRY_MIN, RETRY_MAX = 0.5, 10.0
 _NODE = by_plural("nodes")
-#: The agents tortie-node runs beside the CNI handler (see node/agents.py), in start order.
+#: The agents tortie-node runs beside the CNI handler (see agentkit/agent.py), in start order.
 AGENT_MODULES = (policy_agent, routing_agent)
-
-
-# --- logging ------------------------------------------------------------------------------------
-
-
-def _kv_value(value: Any) -> str:
-    text = str(value)
-    if text == "" or any(c in text for c in ' "=\\\n\t'):
-        return json.dumps(text)
-    return text
-
-
-class KeyValueFormatter(logging.Formatter):
-    """``ts=... level=info logger=... msg="..." key=value ...`` (logfmt)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        ts = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-        parts = [f"ts={ts}Z", f"level={record.levelname.lower()}",
-                 f"logger={record.name}", f"msg={_kv_value(record.getMessage())}"]
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            parts += [f"{k}={_kv_value(v)}" for k, v in fields.items()]
-        if record.exc_info:
-            parts.append(f"exc={_kv_value(self.formatException(record.exc_info))}")
-        return " ".join(parts)
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for noisy in ("grpc", "asyncio", "pyroute2"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 # --- arguments ----------------------------------------------------------------------------------
@@ -163,23 +132,26 @@ class NodeDaemon:
         self.handler = CNIHandler(self.cni_store, self.node,
                                   interface_prefix=args.interface_prefix,
                                   request_timeout=args.cni_request_timeout or None)
-        self.metrics = Registry()
-        self.m_requests = self.metrics.counter(
+        self.metrics = m = new_registry()
+        self.m_requests = Counter(
             "tortie_cni_requests_total", "CNI requests served, by command and result",
-            ("command", "result"))
-        self.m_errors = self.metrics.counter(
+            ("command", "result"), registry=m)
+        self.m_errors = Counter(
             "tortie_cni_errors_total", "CNI requests that failed, by command and CNI error code",
-            ("command", "code"))
-        self.m_duration = self.metrics.histogram(
-            "tortie_cni_request_duration_seconds", "Time to serve a CNI request", ("command",))
-        self.m_inflight = self.metrics.gauge(
-            "tortie_cni_requests_in_flight", "CNI requests being served now")
-        self.m_etcd_up = self.metrics.gauge(
-            "tortie_node_etcd_up", "1 if the last datastore operation of the node succeeded")
-        self.m_registered = self.metrics.gauge(
-            "tortie_node_registered", "1 once the Node resource has been written")
-        self.m_start = self.metrics.gauge(
-            "tortie_node_start_time_seconds", "Start time of tortie-node (unix time)")
+            ("command", "code"), registry=m)
+        self.m_duration = Histogram(
+            "tortie_cni_request_duration_seconds", "Time to serve a CNI request", ("command",),
+            buckets=DEFAULT_BUCKETS, registry=m)
+        self.m_inflight = Gauge(
+            "tortie_cni_requests_in_flight", "CNI requests being served now", registry=m)
+        self.m_etcd_up = Gauge(
+            "tortie_node_etcd_up", "1 if the last datastore operation of the node succeeded",
+            registry=m)
+        self.m_registered = Gauge(
+            "tortie_node_registered", "1 once the Node resource has been written", registry=m)
+        self.m_start = Gauge(
+            "tortie_node_start_time_seconds", "Start time of tortie-node (unix time)",
+            registry=m)
         self.m_start.set(time.time())
         self._stop = asyncio.Event()
         self._conns: set[asyncio.Task[None]] = set()
@@ -210,21 +182,22 @@ class NodeDaemon:
                       extra={"fields": {"socket": str(self.socket_path), "error": str(e)}})
             await self._close_stores()
             return 1
+        routes: dict[str, http.Route] = {"/metrics": self._metrics_route}
+        routes.update(dict.fromkeys(("/healthz", "/health", "/livez"), self._health_route))
         try:
-            self._http_server = await asyncio.start_server(
-                self._serve_http, "127.0.0.1", self.args.metrics_port)
+            self._http_server = await http.serve(routes, "127.0.0.1", self.args.metrics_port)
         except OSError as e:
             log.error("cannot serve metrics", extra={"fields": {
                 "port": self.args.metrics_port, "error": str(e)}})
             await self._shutdown([])
             return 1
-        self.metrics_port = int(self._http_server.sockets[0].getsockname()[1])
+        self.metrics_port = http.bound_port(self._http_server)
         log.info("tortie-node started", extra={"fields": {
             "node": self.node, "socket": str(self.socket_path),
             "metrics": f"127.0.0.1:{self.metrics_port}", "pid": os.getpid(),
             "etcd": ",".join(self.store.config.endpoints)}})
         background = [asyncio.create_task(self._registrar(), name="registrar")]
-        background += [asyncio.create_task(self._run_agent(a), name=a.name)
+        background += [asyncio.create_task(supervise(a), name=a.name)
                        for a in self.agents]
         await self._stop.wait()
         log.info("shutting down", extra={"fields": {"in_flight": len(self._conns)}})
@@ -261,23 +234,8 @@ class NodeDaemon:
             await self.cni_store.close()
         await self.store.close()
 
-    async def _run_agent(self, agent: Agent) -> None:
-        """Run an agent; if it ever ends with an error, log it and start it again."""
-        delay = RETRY_MIN
-        while True:
-            try:
-                await agent.run()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("agent failed; restarting it", extra={"fields": {
-                    "agent": agent.name, "retry_s": f"{delay:g}"}})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
-
     def _check_forwarding(self) -> None:
-        if netlink.read_sysctl("net/ipv4/ip_forward") == "0":
+        if read_sysctl("net/ipv4/ip_forward") == "0":
             log.warning("net.ipv4.ip_forward is 0 in this namespace: pods will reach this "
                         "host but not each other or anything beyond it")
 
@@ -363,10 +321,10 @@ class NodeDaemon:
     def _account(self, info: RequestInfo, response: dict[str, Any]) -> None:
         command = info.command if info.command in (
             "ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION") else "invalid"
-        self.m_requests.inc(command=command, result=info.result)
-        self.m_duration.observe(info.duration, command=command)
+        self.m_requests.labels(command=command, result=info.result).inc()
+        self.m_duration.labels(command=command).observe(info.duration)
         if info.code is not None:
-            self.m_errors.inc(command=command, code=str(info.code))
+            self.m_errors.labels(command=command, code=str(info.code)).inc()
         if info.etcd_ok is not None:
             self.m_etcd_up.set(1 if info.etcd_ok else 0)
         fields: dict[str, Any] = {"cmd": info.command, "container": info.container[:12]}
@@ -381,80 +339,41 @@ class NodeDaemon:
 
     # --- HTTP: /metrics, /healthz -----------------------------------------------------------
 
-    async def _serve_http(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-            parts = request_line.split()
-            if len(parts) != 3:
-                await self._respond(writer, 400, "text/plain", "bad request\n")
-                return
-            method, target = parts[0], parts[1].split("?", 1)[0]
-            if method not in ("GET", "HEAD"):
-                await self._respond(writer, 405, "text/plain", "method not allowed\n",
-                                    head_only=False)
-                return
-            head_only = method == "HEAD"
-            if target == "/metrics":
-                await self._respond(writer, 200, CONTENT_TYPE, self.metrics.render(),
-                                    head_only=head_only)
-            elif target in ("/healthz", "/health", "/livez"):
-                body = json.dumps({
-                    "status": "ok",
-                    "node": self.node,
-                    "socket": str(self.socket_path),
-                    "etcd": "up" if self.m_etcd_up.get() else "down",
-                    "registered": bool(self.m_registered.get()),
-                    "agents": {a.name: a.health() for a in self.agents},
-                }) + "\n"
-                await self._respond(writer, 200, "application/json", body, head_only=head_only)
-            else:
-                await self._respond(writer, 404, "text/plain", "not found\n",
-                                    head_only=head_only)
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+    def _metrics_route(self) -> http.Response:
+        return 200, CONTENT_TYPE, render(self.metrics)
 
-    @staticmethod
-    async def _respond(writer: asyncio.StreamWriter, status: int, ctype: str, body: str,
-                       head_only: bool = False) -> None:
-        reasons = {200: "OK", 400: "Bad Request", 404: "Not Found",
-                   405: "Method Not Allowed"}
-        data = body.encode()
-        header = (f"HTTP/1.1 {status} {reasons.get(status, '')}\r\n"
-                  f"Content-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
-                  "Connection: close\r\n\r\n").encode()
-        writer.write(header if head_only else header + data)
-        await writer.drain()
+    def _health_route(self) -> http.Response:
+        body = json.dumps({
+            "status": "ok",
+            "node": self.node,
+            "socket": str(self.socket_path),
+            "etcd": "up" if value(self.m_etcd_up) else "down",
+            "registered": bool(value(self.m_registered)),
+            "agents": {a.name: a.health() for a in self.agents},
+        }) + "\n"
+        return 200, "application/json", body
 
     # --- the Node resource ------------------------------------------------------------------
 
     async def _registrar(self) -> None:
         """Write the Node resource; again every RESYNC_INTERVAL and after etcd errors."""
-        delay = RETRY_MIN
+        backoff = Backoff()
         while True:
             try:
                 await self.register_node()
                 self.m_etcd_up.set(1)
                 self.m_registered.set(1)
-                delay = RETRY_MIN
+                backoff.reset()
                 wait = RESYNC_INTERVAL
             except (DatastoreError, OSError) as e:
                 self.m_etcd_up.set(0)
                 log.warning("cannot register the Node resource; retrying",
                             extra={"fields": {"node": self.node, "error": str(e),
-                                              "retry_s": f"{delay:g}"}})
-                wait = delay
-                delay = min(delay * 2, RETRY_MAX)
+                                              "retry_s": f"{backoff.delay:g}"}})
+                wait = backoff.next()
             except Exception:
                 log.exception("unexpected failure registering the Node resource")
-                wait = delay
-                delay = min(delay * 2, RETRY_MAX)
+                wait = backoff.next()
             self._resync.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._resync.wait(), wait)

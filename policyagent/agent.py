@@ -32,18 +32,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
+from agentkit.agent import Agent, NodeContext
+from agentkit.backoff import Backoff
+from agentkit.metrics import DEFAULT_BUCKETS
 from datastore.keys import parse_resource_key, resource_key, resource_prefix
 from datastore.kinds import by_plural
 from datastore.model_config import FelixConfiguration
 from datastore.model_endpoints import WorkloadEndpoint
 from datastore.syncer import Syncer, cancel_and_wait
-from node.agents import Agent, NodeContext
-from node.metrics import _Metric
 from policyagent import nft_apply, nft_render
 from policyagent.calc import PolicyCalculator
 from policyagent.hep_resolve import read_interfaces, resolve
@@ -61,7 +65,6 @@ PLURALS = ("workloadendpoints", "hostendpoints", "profiles", "networkpolicies",
            "namespaces", "pods", "felixconfigurations", "ippools", "nodes")
 PREFIXES = tuple(resource_prefix(p) for p in PLURALS)
 READY_TIMEOUT = 30.0        # endpoint_ready: longest wait for sync + programming
-RETRY_MIN, RETRY_MAX = 0.5, 10.0
 COUNTERS_MIN_INTERVAL = 5.0  # per-rule counters are read from nft at most this often
 INTERFACES_POLL = 2.0  # host interfaces/addresses (host endpoint resolution) re-read this often
 _WEP_PLURAL = "workloadendpoints"
@@ -132,36 +135,34 @@ class PolicyAgent:
         self._counters: dict[str, tuple[int, int]] = {}
         self._counter_task: asyncio.Task[None] | None = None
         m = ctx.metrics
-        self.m_programs = m.counter(
+        self.m_programs = Counter(
             "tortie_policy_programs_total", "nftables programmings, by kind (full, sets, "
-            "chain, endpoints)", ("kind",))
-        self.m_duration = m.histogram(
+            "chain, endpoints)", ("kind",), registry=m)
+        self.m_duration = Histogram(
             "tortie_policy_program_duration_seconds",
-            "Time to compute, render and apply one programming, by kind", ("kind",))
-        self.m_errors = m.counter(
-            "tortie_policy_program_errors_total", "Programmings nft refused, by kind", ("kind",))
-        self.m_skipped = m.counter(
+            "Time to compute, render and apply one programming, by kind", ("kind",),
+            buckets=DEFAULT_BUCKETS, registry=m)
+        self.m_errors = Counter(
+            "tortie_policy_program_errors_total", "Programmings nft refused, by kind", ("kind",),
+            registry=m)
+        self.m_skipped = Counter(
             "tortie_policy_skipped_resources_total",
             "Resources skipped because they do not parse or the calculation refused them",
-            ("kind",))
-        self.m_endpoints = m.gauge(
-            "tortie_policy_endpoints", "Local endpoints programmed, by kind", ("kind",))
-        self.m_policies = m.gauge(
+            ("kind",), registry=m)
+        self.m_endpoints = Gauge(
+            "tortie_policy_endpoints", "Local endpoints programmed, by kind", ("kind",),
+            registry=m)
+        self.m_policies = Gauge(
             "tortie_policy_policies", "Policy and profile programs in the table (per direction)",
-            ("kind",))
-        self.m_ipsets = m.gauge("tortie_policy_ipsets", "IP sets in the table")
-        self.m_ready_wait = m.histogram(
+            ("kind",), registry=m)
+        self.m_ipsets = Gauge("tortie_policy_ipsets", "IP sets in the table", registry=m)
+        self.m_ready_wait = Histogram(
             "tortie_policy_endpoint_ready_seconds",
-            "From a CNI ADD's endpoint to its policy in the kernel")
-        self.m_synced = m.gauge("tortie_policy_synced", "1 once the first full sync is in")
-        self.m_rule_packets = _NftRuleCounter(
-            "tortie_policy_rule_packets", "Packets matched per policy rule (nft counters)",
-            self._rule_counter_values, 0)
-        self.m_rule_bytes = _NftRuleCounter(
-            "tortie_policy_rule_bytes", "Bytes matched per policy rule (nft counters)",
-            self._rule_counter_values, 1)
-        m.register(self.m_rule_packets)
-        m.register(self.m_rule_bytes)
+            "From a CNI ADD's endpoint to its policy in the kernel", buckets=DEFAULT_BUCKETS,
+            registry=m)
+        self.m_synced = Gauge("tortie_policy_synced", "1 once the first full sync is in",
+                              registry=m)
+        m.register(_NftRuleCounters(self._rule_counter_values))
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -231,7 +232,7 @@ class PolicyAgent:
         try:
             plural, _, _ = parse_resource_key(key)
         except ValueError:
-            self.m_skipped.inc(kind="unknown")
+            self.m_skipped.labels(kind="unknown").inc()
             return
         if value is None:
             if plural == "felixconfigurations":
@@ -244,7 +245,7 @@ class PolicyAgent:
         try:
             resource = by_plural(plural).model.model_validate(value)
         except (ValidationError, ValueError, TypeError, KeyError) as e:
-            self.m_skipped.inc(kind=plural)
+            self.m_skipped.labels(kind=plural).inc()
             log.warning("skipping a resource that does not parse", extra={"fields": {
                 "key": key, "error": str(e).replace("\n", "; ")[:500]}})
             return
@@ -271,7 +272,7 @@ class PolicyAgent:
         try:
             self.calc.update(plural, key, resource)
         except Exception as e:
-            self.m_skipped.inc(kind=plural)
+            self.m_skipped.labels(kind=plural).inc()
             log.warning("the policy calculation refused a resource; skipped", extra={
                 "fields": {"key": key, "error": f"{type(e).__name__}: {e}"}})
             return
@@ -339,7 +340,7 @@ class PolicyAgent:
     # --- programming ----------------------------------------------------------------------
 
     async def _program_loop(self) -> None:
-        delay = RETRY_MIN
+        backoff = Backoff()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -357,16 +358,15 @@ class PolicyAgent:
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.error("programming nftables failed; a full programming follows",
                           extra={"fields": {"error": self.last_error[:2000],
-                                            "retry_s": f"{delay:g}"}})
+                                            "retry_s": f"{backoff.delay:g}"}})
                 self._need_full = True
                 for fut in waiters:
                     if not fut.done():
                         fut.set_exception(RuntimeError(f"policy programming failed: {e}"))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                await asyncio.sleep(backoff.next())
                 self._wake.set()
                 continue
-            delay = RETRY_MIN
+            backoff.reset()
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
@@ -392,7 +392,7 @@ class PolicyAgent:
         try:
             await asyncio.to_thread(nft_apply.apply, script, self.netns)
         except nft_apply.NftError:
-            self.m_errors.inc(kind=kind)
+            self.m_errors.labels(kind=kind).inc()
             if kind == "full":
                 raise
             log.warning("incremental programming refused; programming the whole table",
@@ -403,7 +403,7 @@ class PolicyAgent:
                     nft_apply.apply, render(model, self.table, endpoint_to_host=self._e2h),
                     self.netns)
             except nft_apply.NftError:
-                self.m_errors.inc(kind=kind)
+                self.m_errors.labels(kind=kind).inc()
                 raise
         self._applied = model
         took = time.monotonic() - start
@@ -411,12 +411,12 @@ class PolicyAgent:
         self.last_program = time.time()
         self.last_program_kind = kind
         self.last_error = ""
-        self.m_programs.inc(kind=kind)
-        self.m_duration.observe(took, kind=kind)
-        self.m_endpoints.set(len(model.endpoints), kind="workload")
-        self.m_endpoints.set(len(model.host_endpoints), kind="host")
-        self.m_policies.set(len(model.policies), kind="policy")
-        self.m_policies.set(len(model.profiles), kind="profile")
+        self.m_programs.labels(kind=kind).inc()
+        self.m_duration.labels(kind=kind).observe(took)
+        self.m_endpoints.labels(kind="workload").set(len(model.endpoints))
+        self.m_endpoints.labels(kind="host").set(len(model.host_endpoints))
+        self.m_policies.labels(kind="policy").set(len(model.policies))
+        self.m_policies.labels(kind="profile").set(len(model.profiles))
         self.m_ipsets.set(len(model.ipsets))
         log.log(logging.INFO if kind == "full" else logging.DEBUG, "policy programmed",
                 extra={"fields": {"kind": kind, "ms": f"{took * 1000:.1f}",
@@ -483,23 +483,31 @@ class PolicyAgent:
             self._counter_task = None
 
 
-class _NftRuleCounter(_Metric):
-    """A counter whose samples are read on scrape (the nft per-rule counters)."""
+class _NftRuleCounters(Collector):
+    """The nft per-rule counters, read on scrape: ``tortie_policy_rule_packets_total`` and
+    ``tortie_policy_rule_bytes_total`` by ``rule_id``."""
 
-    TYPE = "counter"
-
-    def __init__(self, name: str, help_text: str,
-                 values: Callable[[], dict[str, tuple[int, int]]], index: int) -> None:
-        super().__init__(name, help_text, ("rule_id",))
+    def __init__(self, values: Callable[[], dict[str, tuple[int, int]]]) -> None:
         self.values = values
-        self.index = index
 
-    def render(self) -> list[str]:
-        out = self.header()
-        for rule_id, pair in sorted(self.values().items()):
-            label = rule_id.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-            out.append(f'{self.name}{{rule_id="{label}"}} {pair[self.index]}')
-        return out
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(self._families({}))
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        return iter(self._families(self.values()))
+
+    @staticmethod
+    def _families(values: dict[str, tuple[int, int]]) -> list[CounterMetricFamily]:
+        packets = CounterMetricFamily("tortie_policy_rule_packets",
+                                      "Packets matched per policy rule (nft counters)",
+                                      labels=("rule_id",))
+        octets = CounterMetricFamily("tortie_policy_rule_bytes",
+                                     "Bytes matched per policy rule (nft counters)",
+                                     labels=("rule_id",))
+        for rule_id, (n_packets, n_bytes) in sorted(values.items()):
+            packets.add_metric((rule_id,), n_packets)
+            octets.add_metric((rule_id,), n_bytes)
+        return [packets, octets]
 
 
 def _same_endpoint(a: WorkloadEndpoint, b: WorkloadEndpoint) -> bool:

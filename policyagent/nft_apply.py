@@ -1,6 +1,7 @@
 """Apply rendered nftables scripts, optionally inside a netns.
 
-In-process through libnftables (the library ``nft`` itself is built on, loaded with ctypes)
+In-process through libnftables (the library ``nft`` itself is built on) by way of the
+nftables project's own Python binding (Debian ``python3-nftables``, module ``nftables``)
 when it loads, else one ``nft -f -`` process per transaction. Either way a script is one
 atomic transaction, exactly as ``nft -f`` makes it; errors carry nft's message and the
 offending script lines.
@@ -17,7 +18,6 @@ and freed after the call (a kept socket would keep a deleted namespace alive).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -25,6 +25,7 @@ import subprocess
 import threading
 from typing import Any
 
+from agentkit.netns import run_in_netns
 from policyagent.nft_render import render_table_delete
 
 __all__ = ["NftError", "apply", "backend", "check", "delete_table", "list_table",
@@ -33,7 +34,6 @@ __all__ = ["NftError", "apply", "backend", "check", "delete_table", "list_table"
 NFT = "nft"
 LIBRARY = "libnftables.so.1"
 _LOCATION = re.compile(r"^(?:[^:\n]*):(\d+):(\d+)(?:-(\d+))?: Error", re.MULTILINE)
-_OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON
 
 
 class NftError(RuntimeError):
@@ -59,30 +59,21 @@ def _error(stderr: str, script: str | None) -> NftError:
 
 # --- libnftables -----------------------------------------------------------------------------
 
-def _load() -> ctypes.CDLL | None:
+def _binding() -> type[Any] | None:
+    """The binding's ``Nftables`` class, ``None`` when it or libnftables is missing."""
     if os.environ.get("TORTIE_NFT") == "cli":
         return None
     try:
-        lib = ctypes.CDLL(LIBRARY, use_errno=True)
-    except OSError:
+        from nftables import Nftables
+
+        Nftables(LIBRARY)  # loads libnftables: fails here, not on first use
+    except (ImportError, OSError, AttributeError):
         return None
-    vp, cp, u32, i = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_int
-    for name, res, args in (
-            ("nft_ctx_new", vp, [u32]), ("nft_ctx_free", None, [vp]),
-            ("nft_ctx_buffer_output", i, [vp]), ("nft_ctx_buffer_error", i, [vp]),
-            ("nft_ctx_get_output_buffer", cp, [vp]), ("nft_ctx_get_error_buffer", cp, [vp]),
-            ("nft_ctx_output_get_flags", u32, [vp]), ("nft_ctx_output_set_flags", None, [vp, u32]),
-            ("nft_ctx_set_dry_run", None, [vp, ctypes.c_bool]),
-            ("nft_run_cmd_from_buffer", i, [vp, cp]),
-            ("nft_run_cmd_from_filename", i, [vp, cp])):
-        fn = getattr(lib, name, None)
-        if fn is None:
-            return None
-        fn.restype, fn.argtypes = res, args
-    return lib
+    nftables_class: type[Any] = Nftables
+    return nftables_class
 
 
-_LIB = _load()
+_NFTABLES = _binding()
 
 
 class _Released(Exception):
@@ -92,28 +83,21 @@ class _Released(Exception):
 class _Context:
     """One libnftables context (not thread-safe itself: calls are serialised)."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self.lib = lib
-        self.ptr = lib.nft_ctx_new(0)
-        if not self.ptr:
-            raise OSError("nft_ctx_new failed")
-        lib.nft_ctx_buffer_output(self.ptr)
-        lib.nft_ctx_buffer_error(self.ptr)
-        self.flags = lib.nft_ctx_output_get_flags(self.ptr)
+    def __init__(self, nftables_class: type[Any]) -> None:
+        self.nft: Any = nftables_class(LIBRARY)
         self.lock = threading.Lock()
 
     def run(self, args: list[str], stdin: str | None) -> str:
         """What ``nft <args>`` does (``-j``, ``-c``, ``-f -`` with ``stdin``, a command)."""
-        lib = self.lib
         as_json = "-j" in args
         dry = "-c" in args
         rest = [a for a in args if a not in ("-j", "-c")]
         with self.lock:
-            ptr = self.ptr
-            if not ptr:
+            nft = self.nft
+            if nft is None:
                 raise _Released
-            lib.nft_ctx_output_set_flags(ptr, self.flags | (_OUTPUT_JSON if as_json else 0))
-            lib.nft_ctx_set_dry_run(ptr, dry)
+            nft.set_json_output(as_json)
+            nft.set_dry_run(dry)
             try:
                 if rest == ["-f", "-"]:
                     # from a file, so that errors carry line numbers as nft -f reports them
@@ -122,24 +106,22 @@ class _Context:
                         data = memoryview((stdin or "").encode())
                         while data:
                             data = data[os.write(fd, data):]
-                        rc = lib.nft_run_cmd_from_filename(ptr, f"/proc/self/fd/{fd}".encode())
+                        rc, out, err = nft.cmd_from_file(f"/proc/self/fd/{fd}")
                     finally:
                         os.close(fd)
                 else:
-                    rc = lib.nft_run_cmd_from_buffer(ptr, " ".join(rest).encode())
-                out = (lib.nft_ctx_get_output_buffer(ptr) or b"").decode()
-                err = (lib.nft_ctx_get_error_buffer(ptr) or b"").decode()
+                    rc, out, err = nft.cmd(" ".join(rest))
             finally:
-                lib.nft_ctx_set_dry_run(ptr, False)
-                lib.nft_ctx_output_set_flags(ptr, self.flags)
+                nft.set_dry_run(False)
+                nft.set_json_output(False)
         if rc != 0:
             raise _error(err or f"libnftables returned {rc}", stdin)
-        return out
+        return str(out)
 
     def free(self) -> None:
-        if self.ptr:
-            self.lib.nft_ctx_free(self.ptr)
-            self.ptr = None
+        """Drop the context: the binding frees it (and its netlink socket) when collected,
+        which CPython does at once as nothing else refers to it."""
+        self.nft = None
 
 
 _KEPT: dict[tuple[int, int], _Context] = {}  # by the (dev, inode) of the thread's netns
@@ -148,7 +130,7 @@ _KEPT_LOCK = threading.Lock()
 
 def _own_context() -> _Context | None:
     """The kept context of the calling thread's network namespace."""
-    if _LIB is None:
+    if _NFTABLES is None:
         return None
     try:
         st = os.stat("/proc/thread-self/ns/net")
@@ -156,7 +138,7 @@ def _own_context() -> _Context | None:
         with _KEPT_LOCK:
             ctx = _KEPT.get(key)
             if ctx is None:
-                ctx = _KEPT[key] = _Context(_LIB)
+                ctx = _KEPT[key] = _Context(_NFTABLES)
     except OSError:
         return None  # the nft process then
     return ctx
@@ -174,19 +156,17 @@ def release() -> None:
 def _netns_context(netns: str) -> _Context | None:
     """A fresh context opened in the named namespace (the caller frees it); ``None`` when
     that fails (the nft process then reports what is wrong)."""
-    from cni.netlink import run_in_netns
-
-    assert _LIB is not None
-    lib = _LIB
+    assert _NFTABLES is not None
+    nftables_class = _NFTABLES
     try:
-        return run_in_netns(f"/var/run/netns/{netns}", lambda: _Context(lib))
+        return run_in_netns(f"/var/run/netns/{netns}", lambda: _Context(nftables_class))
     except Exception:
         return None
 
 
 def backend() -> str:
     """``libnftables`` or ``nft`` (the process): what :func:`run` uses."""
-    return "libnftables" if _LIB is not None else "nft"
+    return "libnftables" if _NFTABLES is not None else "nft"
 
 
 # --- the commands ----------------------------------------------------------------------------
@@ -213,7 +193,7 @@ def run(args: list[str], netns: str | None = None, stdin: str | None = None,
     rest = [a for a in args if a not in ("-j", "-c")]
     script = rest == ["-f", "-"] and stdin is not None
     command = stdin is None and not any(a.startswith("-") for a in rest)
-    if _LIB is not None and (script or command):
+    if _NFTABLES is not None and (script or command):
         if netns is None:
             ctx = _own_context()
             if ctx is not None:

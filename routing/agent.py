@@ -32,6 +32,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Counter, Gauge, Histogram
+
+from agentkit.agent import Agent, NodeContext
+from agentkit.backoff import Backoff
+from agentkit.metrics import DEFAULT_BUCKETS
 from datastore.keys import resource_prefix
 from datastore.kinds import by_plural
 from datastore.model_bgp import BGPConfiguration, BGPPeer
@@ -41,7 +46,6 @@ from datastore.store import DatastoreError, NotFound
 from datastore.syncer import Syncer, cancel_and_wait
 from ipam import keys as ipam_keys
 from ipam.blocks import Block, IPAMError
-from node.agents import Agent, NodeContext
 from routing import desired as dz
 from routing.bgp.api import BGPSettings, LearnedRoute, Speaker
 from routing.bgp.peers import compute_settings
@@ -54,7 +58,6 @@ log = logging.getLogger("tortie.routing")
 
 RESYNC_INTERVAL = 30.0
 DEBOUNCE = 0.01  # coalesce a burst of datastore events into one kernel sync
-RETRY_MIN, RETRY_MAX = 0.5, 10.0
 SETTLE = 1.0                 # how often to re-check the startup hold-off
 DEFAULT_STARTUP_GRACE = 30.0
 DEFAULT_HOLD_TIME = 90
@@ -148,20 +151,21 @@ class RoutingAgent:
         self.last_sync: SyncResult | None = None
         self.last_error = ""
         m = ctx.metrics
-        self.m_routes = m.gauge("tortie_routing_routes",
-                                f"Kernel routes of protocol {PROTO} the agent wants, by kind",
-                                ["kind"])
-        self.m_announced = m.gauge("tortie_routing_announced_prefixes",
-                                   "Prefixes this node announces over BGP")
-        self.m_learnt = m.gauge("tortie_routing_learnt_prefixes",
-                                "Best routes learnt from BGP peers")
-        self.m_changes = m.counter("tortie_routing_route_changes_total",
-                                   "Kernel route changes made", ["op"])
-        self.m_failures = m.counter("tortie_routing_failures_total",
-                                    "Failures (bad documents, rejected routes, errors)",
-                                    ["what"])
-        self.m_sync = m.histogram("tortie_routing_sync_seconds",
-                                  "Time to compute and program one routing sync")
+        self.m_routes = Gauge("tortie_routing_routes",
+                              f"Kernel routes of protocol {PROTO} the agent wants, by kind",
+                              ["kind"], registry=m)
+        self.m_announced = Gauge("tortie_routing_announced_prefixes",
+                                 "Prefixes this node announces over BGP", registry=m)
+        self.m_learnt = Gauge("tortie_routing_learnt_prefixes",
+                              "Best routes learnt from BGP peers", registry=m)
+        self.m_changes = Counter("tortie_routing_route_changes_total",
+                                 "Kernel route changes made", ["op"], registry=m)
+        self.m_failures = Counter("tortie_routing_failures_total",
+                                  "Failures (bad documents, rejected routes, errors)",
+                                  ["what"], registry=m)
+        self.m_sync = Histogram("tortie_routing_sync_seconds",
+                                "Time to compute and program one routing sync",
+                                buckets=DEFAULT_BUCKETS, registry=m)
         if speaker is not None:
             speaker.on_routes(self._on_routes)
 
@@ -204,7 +208,7 @@ class RoutingAgent:
                 else:
                     self.peers[name] = BGPPeer.from_dict(dict(value))
         except Exception as e:  # one bad document never stops the others
-            self.m_failures.inc(what="document")
+            self.m_failures.labels(what="document").inc()
             log.warning("ignoring a document routing cannot use",
                         extra={"fields": {"key": key, "error": str(e)}})
             return
@@ -224,7 +228,7 @@ class RoutingAgent:
         syncer = asyncio.create_task(self.syncer.run(), name="routing-syncer")
         try:
             await self.syncer.synced.wait()
-            delay = RETRY_MIN
+            backoff = Backoff()
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._dirty.wait(), RESYNC_INTERVAL)
@@ -233,16 +237,15 @@ class RoutingAgent:
                 try:
                     await self.reconcile()
                     self.last_error = ""
-                    delay = RETRY_MIN
+                    backoff.reset()
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
                     self.last_error = str(e) or type(e).__name__
-                    self.m_failures.inc(what="sync")
+                    self.m_failures.labels(what="sync").inc()
                     log.exception("routing sync failed; retrying",
-                                  extra={"fields": {"retry_s": f"{delay:g}"}})
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX)
+                                  extra={"fields": {"retry_s": f"{backoff.delay:g}"}})
+                    await asyncio.sleep(backoff.next())
                     self._dirty.set()
                 if not self._complete:  # re-check the startup hold-off soon
                     asyncio.get_running_loop().call_later(SETTLE, self._dirty.set)
@@ -275,7 +278,7 @@ class RoutingAgent:
         try:
             await self._bgp(me, d)
         except Exception as e:
-            self.m_failures.inc(what="bgp")
+            self.m_failures.labels(what="bgp").inc()
             errors.append(e)
         await self._tunnels(me, d)
         complete = self._bgp_complete()
@@ -289,14 +292,14 @@ class RoutingAgent:
                     "masquerade": ",".join(masq) or "-", "pools": ",".join(every) or "-",
                     "never_to": ",".join(keep) or "-"}})
         except NATError as e:
-            self.m_failures.inc(what="nat")
+            self.m_failures.labels(what="nat").inc()
             log.warning("cannot program outgoing NAT", extra={"fields": {"error": str(e)}})
         self.last, self.last_sync = d, res
         kinds = {"blackhole": 0, "direct": 0, "vxlan": 0, "ipip": 0}
         for r in d.routes.values():
             kinds[r.kind] += 1
         for k, v in kinds.items():
-            self.m_routes.set(v, kind=k)
+            self.m_routes.labels(kind=k).set(v)
         self.m_announced.set(len(d.announce))
         self.m_learnt.set(len(self.learnt))
         self.m_sync.observe(time.monotonic() - started)
@@ -315,11 +318,11 @@ class RoutingAgent:
         for op, items in (("add", res.added), ("replace", res.replaced),
                           ("remove", res.removed)):
             if items:
-                self.m_changes.inc(len(items), op=op)
+                self.m_changes.labels(op=op).inc(len(items))
                 for item in items:
                     log.info(f"route {op}", extra={"fields": {"route": item}})
         for dst, err in res.failed.items():
-            self.m_failures.inc(what="route")
+            self.m_failures.labels(what="route").inc()
             log.warning("kernel refused a route", extra={"fields": {"dst": dst, "error": err}})
         for dst in res.conflicts:
             log.debug("route left alone: another protocol has it",
@@ -373,7 +376,7 @@ class RoutingAgent:
             except Exception as e:
                 # a half-applied reload: start the speaker afresh with the whole settings
                 # (graceful: the peers keep our routes meanwhile)
-                self.m_failures.inc(what="bgp")
+                self.m_failures.labels(what="bgp").inc()
                 log.warning("BGP reconfiguration failed; restarting the speaker",
                             extra={"fields": {"error": str(e)}})
                 self._speaker_started = False
@@ -487,7 +490,7 @@ class RoutingAgent:
                 if changes:
                     log.info("tunl0 updated", extra={"fields": {"changes": "; ".join(changes)}})
             except IPIPUnavailable as e:
-                self.m_failures.inc(what="ipip")
+                self.m_failures.labels(what="ipip").inc()
                 if not self._ipip_warned:
                     self._ipip_warned = True
                     log.warning("a pool uses IPIP but this kernel cannot",

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from cni.netlink import run_in_netns
+from agentkit.netns import run_in_netns
 from routing.desired import Route
 
 log = logging.getLogger("tortie.routing")

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 DEBIAN_PACKAGES=(
   etcd-server etcd-client   # the datastore (tests and the lab run their own instances)
   nftables iproute2         # the dataplane
+  python3-nftables          # the nftables project's Python binding (the policy agent applies with it)
   containernetworking-plugins  # reference CNI plugins: portmap/bandwidth chains, benchmarks
   iputils-ping procps       # ping and sysctl inside the lab
   openssl                   # TLS material for the etcd TLS tests
@@ -50,6 +51,11 @@ fi
 echo ">>> installing tortie into .venv"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+# the venv does not see the system's site-packages: give it the nftables binding alone
+# (a pure-Python module over libnftables, from python3-nftables)
+SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+ln -sfn /usr/lib/python3/dist-packages/nftables "$SITE/nftables"
+.venv/bin/python -c 'import nftables' || { echo "error: the nftables binding does not import" >&2; exit 1; }
 # Kubernetes' own components for `tortie lab up --kubernetes` and the tests (a no-op when built)
 bash scripts/kubernetes.sh
 echo ">>> done: $(.venv/bin/tortie version)"

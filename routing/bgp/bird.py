@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.procs import stop_pid
+from agentkit.procs import stop_pid
 
 DEFAULT_BIRD = "/usr/sbin/bird"
 START_TIMEOUT = 10.0

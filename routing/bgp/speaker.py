@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentkit.backoff import Backoff
 from routing.bgp.api import (
     BGPSettings,
     LearnedRoute,
@@ -362,7 +363,7 @@ class ExaBGPSpeaker:
         ``want``; the caller holds ``_sync_lock``.  See the module docstring: a reload
         ExaBGP discarded is sent again once the adj-rib-out had a moment to drain."""
         deadline = time.monotonic() + RELOAD_TIMEOUT
-        pause = 0.02
+        pause = Backoff(0.02, 1.0)
         while True:
             await self._command("reload")
             # handled after the reload's loop turn: it shows whether that applied it
@@ -376,8 +377,7 @@ class ExaBGPSpeaker:
             log.info("exabgp discarded a reload, sending it again",
                      extra={"fields": {"running": ",".join(sorted(have)) or "-",
                                        "wanted": ",".join(sorted(want)) or "-"}})
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 1.0)
+            await asyncio.sleep(pause.next())
         for addr in self._exa - want:
             self._rib.pop(addr, None)  # ExaBGP forgets a removed neighbour's RIB
             self._reflected.pop(addr, None)

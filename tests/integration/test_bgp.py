@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from agentkit.procs import stop_pid
 from ctl.node import render_status
 from lab.bridge_net import BridgeNet
 from routing.bgp.api import BGPSettings, LearnedRoute, Neighbour
-from routing.bgp.bird import BirdNeighbour, BirdPeer, stop_pid
+from routing.bgp.bird import BirdNeighbour, BirdPeer
 from routing.bgp.exabgp_config import render_config
 from routing.bgp.peers import ip_key
 from routing.bgp.speaker import ExaBGPSpeaker, default_exabgp, start_guarded

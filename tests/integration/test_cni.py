@@ -1531,7 +1531,7 @@ def test_metrics_healthz_and_node_resource(node: NodeEnv, pods: Callable[..., Po
     assert status == 200
     assert 'tortie_cni_requests_total{command="ADD",result="ok"}' in body
     assert 'tortie_cni_requests_total{command="DEL",result="ok"}' in body
-    assert 'tortie_cni_errors_total{command="ADD",code="4"}' in body
+    assert 'tortie_cni_errors_total{code="4",command="ADD"}' in body  # label names sorted
     assert 'tortie_cni_request_duration_seconds_bucket{command="ADD",le="+Inf"}' in body
     assert "# TYPE tortie_cni_request_duration_seconds histogram" in body
     status, body = node.http_get("/healthz")

@@ -24,6 +24,7 @@ import pytest
 import yaml
 from kubernetes_asyncio import client
 
+from agentkit.metrics import value
 from datastore import keys
 from datastore.kinds import by_plural
 from datastore.model_config import KubeControllersConfiguration
@@ -268,7 +269,7 @@ async def test_pod_mirror_labels_and_deleted_pod_address_released(store: Store) 
             with pytest.raises(NotFound):
                 await store.get(ipam_keys.handle_key(f"tortie.{cid_b}"))
             assert app.gc.released == [f"tortie.{cid_b}"]
-            assert app.metrics.ipam_released.get() == 1
+            assert value(app.metrics.ipam_released) == 1
 
 
 async def test_gc_grace_period_and_recreated_pod(store: Store) -> None:
@@ -601,7 +602,7 @@ async def test_watch_broken_and_410_resync_miss_nothing(store: Store) -> None:
             want[names[3]] = "3"
             await eventually(lambda: mirrored(want), what="resync after 410")
             assert refl.relists >= 1
-            assert app.metrics.lists.get(resource="namespaces", reason="gone") >= 1
+            assert value(app.metrics.lists, resource="namespaces", reason="gone") >= 1
 
             # 4. the API server fails for a while: retried, nothing lost
             api.fail_requests = 3
@@ -609,7 +610,7 @@ async def test_watch_broken_and_410_resync_miss_nothing(store: Store) -> None:
             api.delete("namespaces", names[4])
             del want[names[4]]
             await eventually(lambda: mirrored(want), what="recovery after HTTP 500s")
-            assert app.metrics.watch_errors.get(resource="namespaces") >= 3
+            assert value(app.metrics.watch_errors, resource="namespaces") >= 3
 
 
 async def _true(value: bool) -> bool:
@@ -644,7 +645,7 @@ async def test_expired_continue_token_lists_again(store: Store) -> None:
         try:
             await asyncio.wait_for(refl.synced.wait(), 10)
             assert set(refl.cache) == {*names, "late"}
-            assert refl.metrics.lists.get(resource="namespaces", reason="gone") == 1
+            assert value(refl.metrics.lists, resource="namespaces", reason="gone") == 1
             assert any(r.startswith("GET /api/v1/namespaces?") and "continue=" in r
                        for r in api.requests)
             assert deletes == []
@@ -670,7 +671,7 @@ async def test_bad_objects_are_skipped_and_counted(store: Store) -> None:
                                    what="good policy")
             assert got["spec"]["policyTypes"] == ["Ingress"]
             assert await _absent(store, "k8snetworkpolicies", "bogus", ns)
-            assert app.metrics.bad_objects.get(resource="k8snetworkpolicies") >= 1
+            assert value(app.metrics.bad_objects, resource="k8snetworkpolicies") >= 1
             # a watch event that is not an object does not stop the watch
             api.put("networkpolicies", {**good, "metadata": {"name": "second", "namespace": ns}})
             await eventually(lambda: stored(store, "k8snetworkpolicies", "second", ns))
@@ -697,7 +698,7 @@ async def test_watch_timeouts_resume_without_relisting(store: Store) -> None:
                     {"v": "2"}
             await eventually(updated)
             assert app.reflectors["namespaces"].relists == 0
-            assert app.metrics.watch_errors.get(resource="namespaces") == 0
+            assert value(app.metrics.watch_errors, resource="namespaces") == 0
 
 
 # --- the executable -----------------------------------------------------------------------------
@@ -747,7 +748,7 @@ async def test_the_executable_serves_health_and_metrics(store: Store, etcd_serve
             await eventually(healthy, what="/healthz 200")
             status, body = await get("/metrics")
             assert status == 200
-            assert 'tortie_kc_lists_total{resource="namespaces",reason="initial"} 1' in body
+            assert 'tortie_kc_lists_total{reason="initial",resource="namespaces"} 1.0' in body
             assert (await get("/nope"))[0] == 404
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 15) == 0

@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
+from agentkit.agent import NodeContext
+from agentkit.metrics import new_registry, render, value
 from datastore.keys import resource_key
 from datastore.model_endpoints import WorkloadEndpoint
 from datastore.resources import Resources
 from datastore.store import Store
-from node.agents import NodeContext
-from node.metrics import Registry
 from policyagent import nft_apply
 from policyagent.agent import PolicyAgent
 from policyagent.nft_render import policy_chain
@@ -85,7 +85,7 @@ def table_text(ns: str, table: str) -> str:
 
 
 async def start(store: Store, netns: str, table: str) -> tuple[PolicyAgent, asyncio.Task[None]]:
-    ctx = NodeContext(node=NODE, store=store, resources=Resources(store), metrics=Registry(),
+    ctx = NodeContext(node=NODE, store=store, resources=Resources(store), metrics=new_registry(),
                       args=argparse.Namespace())
     agent = PolicyAgent(ctx, table=table, netns=netns, counters_interval=0.0)
     task = asyncio.create_task(agent.run())
@@ -116,36 +116,36 @@ async def test_resources_to_table_and_smallest_transactions(store: Store, netns:
         assert "caliaaaaaaaaaaa" in text
         assert policy_chain("gnp:from-b", "ingress") in text
         programs = agent.m_programs
-        assert programs.get(kind="full") == 1
+        assert value(programs, kind="full") == 1
         # a remote endpoint joins the rule's selector: only set elements change
         await put(store, "workloadendpoints", wep_doc("b", "ns1", "other", "10.1.0.2",
                                                       {"app": "b"}))
-        await until(lambda: programs.get(kind="sets") == 1)
+        await until(lambda: value(programs, kind="sets") == 1)
         assert "10.1.0.2" in table_text(netns, table)
         # the policy's rules change: only its chain is replaced
         await put(store, "globalnetworkpolicies", gnp_doc(
             "from-b", "app == 'a'", [{"action": "Allow", "protocol": "TCP",
                                       "source": {"selector": "app == 'b'"}}]))
-        await until(lambda: programs.get(kind="chain") == 1)
+        await until(lambda: value(programs, kind="chain") == 1)
         assert "tcp" in nft_apply.run(["list", "chain", "inet", table,
                                        policy_chain("gnp:from-b", "ingress")], netns)
         # per-rule counters: read from nft in a thread on scrape, shown by the next scrape
         agent.counters_interval = 0.01
-        agent.ctx.metrics.render()
-        rule = 'tortie_policy_rule_packets{rule_id="gnp:from-b/ingress/0"} 0'
-        await until(lambda: rule in agent.ctx.metrics.render().splitlines())
+        render(agent.ctx.metrics)
+        rule = 'tortie_policy_rule_packets_total{rule_id="gnp:from-b/ingress/0"} 0.0'
+        await until(lambda: rule in render(agent.ctx.metrics).splitlines())
         # a bad resource: skipped, counted, the rest goes on
         await store.put(resource_key("globalnetworkpolicies", "broken"),
                         {"metadata": {"name": "broken"}, "spec": {"order": "not a number"}})
-        await until(lambda: agent.m_skipped.get(kind="globalnetworkpolicies") == 1)
+        await until(lambda: value(agent.m_skipped, kind="globalnetworkpolicies") == 1)
         # a delete reaches the table
         await store.delete(resource_key("workloadendpoints", "a", "ns1"))
-        await until(lambda: programs.get(kind="full") + programs.get(kind="endpoints") >= 2)
+        await until(lambda: value(programs, kind="full") + value(programs, kind="endpoints") >= 2)
         assert "caliaaaaaaaaaaa" not in table_text(netns, table)
-        assert agent.m_errors.get(kind="full") == 0
+        assert value(agent.m_errors, kind="full") == 0
         h = agent.health()
         assert h["synced"] and h["last_error"] == "" and h["endpoints"] == 0
-        assert "tortie_policy_programs_total" in agent.ctx.metrics.render()
+        assert "tortie_policy_programs_total" in render(agent.ctx.metrics)
     finally:
         await stop(agent, task)
         nft_apply.delete_table(table, netns)
@@ -156,7 +156,7 @@ async def test_endpoint_ready_programs_before_returning_and_batches(store: Store
     table = _table("b")
     agent, task = await start(store, netns, table)
     try:
-        base = sum(agent.m_programs.get(kind=k) for k in ("full", "sets", "chain", "endpoints"))
+        base = sum(value(agent.m_programs, kind=k) for k in ("full", "sets", "chain", "endpoints"))
         weps = []
         for i in range(20):
             doc = wep_doc(f"p{i}", "ns2", NODE, f"10.2.0.{i + 1}",
@@ -172,7 +172,7 @@ async def test_endpoint_ready_programs_before_returning_and_batches(store: Store
         took = time.monotonic() - t0
         text = table_text(netns, table)
         assert all(f"calib{i:010d}" in text for i in range(20))
-        done = sum(agent.m_programs.get(kind=k)
+        done = sum(value(agent.m_programs, kind=k)
                    for k in ("full", "sets", "chain", "endpoints")) - base
         assert 1 <= done < 19, done
         print(f"\n19 concurrent endpoint_ready: {took * 1000:.0f} ms, {done} programmings")
@@ -207,7 +207,7 @@ async def test_the_table_never_goes_missing_across_stop_and_start(store: Store,
         await stop(agent, task)
         assert "calicccccccccc" in table_text(netns, table)  # left as it was
         agent, task = await start(store, netns, table)
-        assert agent.m_programs.get(kind="full") == 1
+        assert value(agent.m_programs, kind="full") == 1
         await stop(agent, task)
     finally:
         stop_poll.set()
@@ -222,7 +222,7 @@ def test_no_policy_flag_turns_the_agent_off() -> None:
 
     def ctx(argv: list[str]) -> NodeContext:
         return NodeContext(node="n", store=None, resources=None,  # type: ignore[arg-type]
-                           metrics=Registry(), args=parse_args(["--node-name", "n", *argv]))
+                           metrics=new_registry(), args=parse_args(["--node-name", "n", *argv]))
 
     assert make_agent(ctx(["--no-policy"])) is None
     agent = make_agent(ctx([]))
@@ -243,9 +243,9 @@ async def test_run_again_after_a_failure_catches_up_with_deletes(store: Store,
         await store.delete(key)  # missed while not running
         await put(store, "workloadendpoints", wep_doc("b", "ns4", NODE, "10.4.0.2",
                                                       iface="calieeeeeeeeee"))
-        full = agent.m_programs.get(kind="full")
+        full = value(agent.m_programs, kind="full")
         task = asyncio.create_task(agent.run())
-        await until(lambda: agent.m_programs.get(kind="full") > full)
+        await until(lambda: value(agent.m_programs, kind="full") > full)
         text = table_text(netns, table)
         assert "calieeeeeeeeee" in text and "calidddddddddd" not in text
     finally:
@@ -261,11 +261,11 @@ async def test_felix_endpoint_to_host_action(store: Store, netns: str) -> None:
             return nft_apply.run(["list", "chain", "inet", table, "input"], netns)
 
         assert 'iifname "cali*" accept' in input_chain()  # the Kubernetes manifests' default
-        full = agent.m_programs.get(kind="full")
+        full = value(agent.m_programs, kind="full")
         await put(store, "felixconfigurations", {
             "apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration",
             "metadata": {"name": "default"}, "spec": {"defaultEndpointToHostAction": "Drop"}})
-        await until(lambda: agent.m_programs.get(kind="full") > full)
+        await until(lambda: value(agent.m_programs, kind="full") > full)
         assert "workload to host" in input_chain()
     finally:
         await stop(agent, task)
@@ -303,7 +303,7 @@ async def test_a_reused_address_leaves_the_old_endpoints_labels_behind(store: St
 
 async def test_a_refused_programming_fails_the_add_and_is_retried(store: Store,
                                                                   netns: str) -> None:
-    ctx = NodeContext(node=NODE, store=store, resources=Resources(store), metrics=Registry(),
+    ctx = NodeContext(node=NODE, store=store, resources=Resources(store), metrics=new_registry(),
                       args=argparse.Namespace())
     agent = PolicyAgent(ctx, table="no such;table", netns=netns)  # nft refuses the name
     task = asyncio.create_task(agent.run())
@@ -312,9 +312,9 @@ async def test_a_refused_programming_fails_the_add_and_is_retried(store: Store,
         with pytest.raises(RuntimeError, match="policy programming failed"):
             await agent.endpoint_ready(wep)
         assert not agent.ready.is_set()
-        assert agent.m_errors.get(kind="full") >= 1
+        assert value(agent.m_errors, kind="full") >= 1
         assert "nft" in agent.health()["last_error"]
-        errors = agent.m_errors.get(kind="full")
-        await until(lambda: agent.m_errors.get(kind="full") > errors, timeout=5)  # retried
+        errors = value(agent.m_errors, kind="full")
+        await until(lambda: value(agent.m_errors, kind="full") > errors, timeout=5)  # retried
     finally:
         await stop(agent, task)

@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
+from agentkit.agent import NodeContext
+from agentkit.metrics import new_registry
 from datastore.kinds import by_plural
 from datastore.model_network import IPPool, Node
 from datastore.resources import Resources
 from datastore.store import Store
 from ipam.allocator import IPAM
 from lab import netns
-from node.agents import NodeContext
-from node.metrics import Registry
 from routing.agent import RoutingAgent
 from routing.desired import VXLAN_DEVICE
 from routing.kernel import KernelRoutes
@@ -73,7 +73,7 @@ async def test_agent_programs_blackholes_vtep_fdb_and_nat(store: Store, node_ns:
     pool = await res.create(POOLS, pool_doc(vxlanMode="Always", natOutgoing=True))
     ipam = IPAM(store, "n1")
     pod_ip = (await ipam.auto_assign("tortie.c1", {"node": "n1"}, [pool], 1))[0]
-    ctx = NodeContext("n1", store, res, Registry(), argparse.Namespace())
+    ctx = NodeContext("n1", store, res, new_registry(), argparse.Namespace())
     agent = RoutingAgent(ctx, None, netns=node_ns)
     kernel, vxlan = KernelRoutes(node_ns), VXLANDevice(node_ns)
     task = asyncio.create_task(agent.run())
