@@ -66,6 +66,13 @@ def to_address(ip: str | IPAddress) -> IPAddress:
         else ipaddress.ip_address(ip)
 
 
+def address_order(ip: str | IPAddress) -> tuple[int, int]:
+    """Sort key of addresses: IPv4 before IPv6, then by value (addresses of two families
+    do not compare)."""
+    addr = to_address(ip)
+    return addr.version, int(addr)
+
+
 def block_cidrs(pool_cidr: str | IPNetwork, block_size: int,
                 start: str | IPAddress | None = None) -> Iterator[IPNetwork]:
     """The blocks of a pool in address order, lazily (a v6 pool may have 2**60 of them).

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from datastore.model_bgp import BGPPeer
 from datastore.model_network import IPPool, Node
 from ipam.blocks import Block
+from ipam.handles import TUNNEL_HANDLE_PREFIXES
 from routing.bgp.api import LearnedRoute
 
 log = logging.getLogger("tortie.routing")
@@ -121,10 +122,6 @@ def parse_node(doc: Mapping[str, Any]) -> NodeInfo:
     return NodeInfo.from_node(Node.from_dict(dict(doc)))
 
 
-def parse_block(doc: Mapping[str, Any]) -> Block:
-    return Block.from_dict(doc)
-
-
 # --- decisions ---------------------------------------------------------------------------------
 
 
@@ -166,12 +163,6 @@ def encapsulation(pool: IPPool | None, me: NodeInfo, peer: NodeInfo | None) -> E
     if _mode_applies(pool.spec.ipipMode, me, peer):
         return "ipip"
     return "none"
-
-
-#: IPAM handles of the nodes' tunnel addresses (Calico's names): prefix + node name
-VXLAN_HANDLE_PREFIX = "vxlan-tunnel-addr-"
-IPIP_HANDLE_PREFIX = "ipip-tunnel-addr-"
-TUNNEL_HANDLE_PREFIXES = (VXLAN_HANDLE_PREFIX, IPIP_HANDLE_PREFIX)
 
 
 def block_signature(b: Block) -> tuple[Any, ...]:

@@ -24,7 +24,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from routing.desired import VXLAN_DEVICE, VXLAN_HANDLE_PREFIX, VXLANPeer
+from ipam.handles import VXLAN_HANDLE_PREFIX
+from routing.desired import VXLAN_DEVICE, VXLANPeer
 from routing.kernel import call_in_netns
 
 log = logging.getLogger("tortie.routing")
