@@ -140,8 +140,17 @@ KINDS: tuple[KindInfo, ...] = (
              (_NAME, ("NODE", lambda r: r.spec.nodeName or ""))),
     KindInfo("Node", "v1", K8sNode, "k8snodes", ("k8snode", "k8snodes")),
     KindInfo("NetworkPolicy", "networking.k8s.io/v1", K8sNetworkPolicy, "k8snetworkpolicies",
-             ("k8snetworkpolicy", "k8snetworkpolicies", "knp", "knps")),
+             ("k8snetworkpolicy", "k8snetworkpolicies", "knp", "knps",
+              "kubernetesnetworkpolicy")),
 )
+
+#: Kinds Tortie knows by name but does not store (no model, no key): Calico's Tier and
+#: Kubernetes' ServiceAccount (a policy calculation may be given them directly).
+#: plural -> the names they go by (lower-case).
+NAME_ONLY_KINDS: dict[str, tuple[str, ...]] = {
+    "tiers": ("tier", "tiers"),
+    "serviceaccounts": ("serviceaccount", "serviceaccounts"),
+}
 
 
 def _fmt_order(order: float | None) -> str:
@@ -206,3 +215,23 @@ def _type_name(value: Any) -> str:
 
 def by_plural(plural: str) -> KindInfo:
     return _BY_PLURAL[plural]
+
+
+def plural_of(name: str) -> str:
+    """The plural (key segment) of the kind ``name`` means, in any spelling the registry
+    knows, case-insensitively: a CLI name (``gnp``, ``WorkloadEndpoint``, ``hostendpoints``)
+    or a name-only kind (``Tier``, ``ServiceAccount``).  :class:`UnknownKind` otherwise."""
+    lowered = name.lower()
+    info = _BY_NAME.get(lowered)
+    if info is not None:
+        return info.plural
+    for plural, names in NAME_ONLY_KINDS.items():
+        if lowered in names:
+            return plural
+    raise UnknownKind(f"kind {name!r} is not known")
+
+
+def plurals(where: Callable[[str], bool] | None = None) -> tuple[str, ...]:
+    """The plurals of the stored kinds, in registry order; with ``where``, those it accepts
+    (e.g. the kinds a consumer takes)."""
+    return tuple(k.plural for k in KINDS if where is None or where(k.plural))

@@ -38,7 +38,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from datastore.keys import parse_resource_key, resource_key, resource_prefix
-from datastore.kinds import by_plural
+from datastore.kinds import by_plural, plurals
 from datastore.model_config import FelixConfiguration
 from datastore.model_endpoints import WorkloadEndpoint
 from datastore.syncer import Syncer, cancel_and_wait
@@ -56,9 +56,7 @@ TABLE = "tortie"
 #: The datastore kinds (plurals) the calculation consumes. (Tortie stores no Tier or
 #: ServiceAccount kind: every policy is in the default tier, ``ksa.`` profiles have only the
 #: service account's name as label.)
-PLURALS = ("workloadendpoints", "hostendpoints", "profiles", "networkpolicies",
-           "globalnetworkpolicies", "k8snetworkpolicies", "networksets", "globalnetworksets",
-           "namespaces", "pods", "felixconfigurations", "ippools", "nodes")
+PLURALS = plurals(PolicyCalculator.handles)
 PREFIXES = tuple(resource_prefix(p) for p in PLURALS)
 READY_TIMEOUT = 30.0        # endpoint_ready: longest wait for sync + programming
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
