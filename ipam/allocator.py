@@ -316,24 +316,24 @@ class IPAM:
         """Allocate up to ``count`` addresses in one block (CAS, re-read on conflict)."""
         cidr = block.cidr
         key = keys.block_key(cidr)
-        rs = reserved_in(block.network, reserved) if reserved else set()
+        reserved_here = reserved_in(block.network, reserved) if reserved else set()
         await self._adjust_handle(handle, cidr, count)  # handle first, as in Calico
         got: list[str] = []
         try:
-            cur: Block | None = block
+            current: Block | None = block
             for attempt in range(MAX_ATTEMPTS):
-                if cur is None or (affine_only and cur.affinity != self.affinity) or (
-                        cur.strict_affinity and cur.affinity != self.affinity):
+                if current is None or (affine_only and current.affinity != self.affinity) or (
+                        current.strict_affinity and current.affinity != self.affinity):
                     return got  # gone, or no longer ours to use
-                new = cur.copy()
-                ips = new.assign(count, attrs, rs)
+                new = current.copy()
+                ips = new.assign(count, attrs, reserved_here)
                 if not ips:
                     return got  # full
                 try:
-                    kv = await self.store.update(key, new.to_dict(), cur.revision)
+                    kv = await self.store.update(key, new.to_dict(), current.revision)
                 except Conflict:
                     await _backoff(attempt)
-                    cur = await self._get_block(cidr)
+                    current = await self._get_block(cidr)
                     continue
                 except NotFound:
                     self._affine.pop(cidr, None)

@@ -149,21 +149,21 @@ class RoutingAgent:
         self.last: desired.Desired | None = None
         self.last_sync: SyncResult | None = None
         self.last_error = ""
-        m = ctx.metrics
-        self.m_routes = m.gauge("tortie_routing_routes",
-                                f"Kernel routes of protocol {PROTO} the agent wants, by kind",
-                                ["kind"])
-        self.m_announced = m.gauge("tortie_routing_announced_prefixes",
-                                   "Prefixes this node announces over BGP")
-        self.m_learnt = m.gauge("tortie_routing_learnt_prefixes",
-                                "Best routes learnt from BGP peers")
-        self.m_changes = m.counter("tortie_routing_route_changes_total",
-                                   "Kernel route changes made", ["op"])
-        self.m_failures = m.counter("tortie_routing_failures_total",
-                                    "Failures (bad documents, rejected routes, errors)",
-                                    ["what"])
-        self.m_sync = m.histogram("tortie_routing_sync_seconds",
-                                  "Time to compute and program one routing sync")
+        metrics = ctx.metrics
+        self.m_routes = metrics.gauge(
+            "tortie_routing_routes",
+            f"Kernel routes of protocol {PROTO} the agent wants, by kind", ["kind"])
+        self.m_announced = metrics.gauge("tortie_routing_announced_prefixes",
+                                         "Prefixes this node announces over BGP")
+        self.m_learnt = metrics.gauge("tortie_routing_learnt_prefixes",
+                                      "Best routes learnt from BGP peers")
+        self.m_changes = metrics.counter("tortie_routing_route_changes_total",
+                                         "Kernel route changes made", ["op"])
+        self.m_failures = metrics.counter("tortie_routing_failures_total",
+                                          "Failures (bad documents, rejected routes, errors)",
+                                          ["what"])
+        self.m_sync = metrics.histogram("tortie_routing_sync_seconds",
+                                        "Time to compute and program one routing sync")
         if speaker is not None:
             speaker.on_routes(self._on_routes)
 
@@ -399,14 +399,15 @@ class RoutingAgent:
         recorded in its Node resource (``spec.ipv4VXLANTunnelAddr`` /
         ``spec.vxlanTunnelMACAddr``, ``spec.bgp.ipv4IPIPTunnelAddr``), as Calico does."""
         usable = [p for p in pools if not p.spec.disabled and p.network.version == 4]
-        vx_pools = [p for p in usable if p.spec.vxlanMode != "Never"]
-        ip_pools = [p for p in usable if p.spec.ipipMode != "Never"]
-        vx = await self._tunnel_address(vtep_handle(self.node), me.vxlan_address, vx_pools)
-        ipip = await self._tunnel_address(ipip_handle(self.node), me.ipip_address, ip_pools)
-        mac = (me.vxlan_mac or desired.vtep_mac(self.node)) if vx else None
-        if (vx, mac, ipip) != (me.vxlan_address, me.vxlan_mac, me.ipip_address):
-            await self._record_tunnels(vx, mac, ipip)
-        return dataclasses.replace(me, vxlan_address=vx, vxlan_mac=mac, ipip_address=ipip)
+        vxlan_pools = [p for p in usable if p.spec.vxlanMode != "Never"]
+        ipip_pools = [p for p in usable if p.spec.ipipMode != "Never"]
+        vxlan = await self._tunnel_address(vtep_handle(self.node), me.vxlan_address,
+                                           vxlan_pools)
+        ipip = await self._tunnel_address(ipip_handle(self.node), me.ipip_address, ipip_pools)
+        mac = (me.vxlan_mac or desired.vtep_mac(self.node)) if vxlan else None
+        if (vxlan, mac, ipip) != (me.vxlan_address, me.vxlan_mac, me.ipip_address):
+            await self._record_tunnels(vxlan, mac, ipip)
+        return dataclasses.replace(me, vxlan_address=vxlan, vxlan_mac=mac, ipip_address=ipip)
 
     async def _tunnel_address(self, handle: str, recorded: str | None,
                               pools: list[IPPool]) -> str | None:
