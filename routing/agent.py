@@ -149,21 +149,21 @@ class RoutingAgent:
         self.last: desired.Desired | None = None
         self.last_sync: SyncResult | None = None
         self.last_error = ""
-        metrics = ctx.metrics
-        self.m_routes = metrics.gauge(
-            "tortie_routing_routes",
-            f"Kernel routes of protocol {PROTO} the agent wants, by kind", ["kind"])
-        self.m_announced = metrics.gauge("tortie_routing_announced_prefixes",
-                                         "Prefixes this node announces over BGP")
-        self.m_learnt = metrics.gauge("tortie_routing_learnt_prefixes",
-                                      "Best routes learnt from BGP peers")
-        self.m_changes = metrics.counter("tortie_routing_route_changes_total",
-                                         "Kernel route changes made", ["op"])
-        self.m_failures = metrics.counter("tortie_routing_failures_total",
-                                          "Failures (bad documents, rejected routes, errors)",
-                                          ["what"])
-        self.m_sync = metrics.histogram("tortie_routing_sync_seconds",
-                                        "Time to compute and program one routing sync")
+        m = ctx.metrics
+        self.m_routes = m.gauge("tortie_routing_routes",
+                                f"Kernel routes of protocol {PROTO} the agent wants, by kind",
+                                ["kind"])
+        self.m_announced = m.gauge("tortie_routing_announced_prefixes",
+                                   "Prefixes this node announces over BGP")
+        self.m_learnt = m.gauge("tortie_routing_learnt_prefixes",
+                                "Best routes learnt from BGP peers")
+        self.m_changes = m.counter("tortie_routing_route_changes_total",
+                                   "Kernel route changes made", ["op"])
+        self.m_failures = m.counter("tortie_routing_failures_total",
+                                    "Failures (bad documents, rejected routes, errors)",
+                                    ["what"])
+        self.m_sync = m.histogram("tortie_routing_sync_seconds",
+                                  "Time to compute and program one routing sync")
         if speaker is not None:
             speaker.on_routes(self._on_routes)
 
