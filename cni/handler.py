@@ -91,9 +91,9 @@ from datastore.model_k8s import Namespace, Pod
 from datastore.model_network import IPPool, Node
 from datastore.resources import ResourceExists, Resources
 from datastore.store import DatastoreError, NotFound, Store, Unavailable
-from ipam import keys as ipam_keys
 from ipam.allocator import IPAM
-from ipam.blocks import Block, IPAMError
+from ipam.blocks import IPAMError
+from ipam.handles import WORKLOAD_HANDLE_PREFIX as HANDLE_PREFIX
 from ipam.pools import (
     CNI_POOL_KEYS,
     auto_pools,
@@ -114,7 +114,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-HANDLE_PREFIX = "tortie."
 ORCH_K8S = "k8s"
 ORCH_CNI = "cni"
 LABEL_NAMESPACE = "projectcalico.org/namespace"
@@ -471,21 +470,6 @@ class CNIHandler:
             self._mtu = await asyncio.to_thread(netlink.default_mtu)
         return self._mtu
 
-    async def _handle_ips(self, handle: str) -> list[str]:
-        """The addresses the IPAM holds for ``handle`` (from the handle's blocks)."""
-        try:
-            kv = await self.store.get(ipam_keys.handle_key(handle))
-        except NotFound:
-            return []
-        ips: list[str] = []
-        for cidr in sorted(kv.value.get("blocks") or {}):
-            try:
-                bkv = await self.store.get(ipam_keys.block_key(cidr))
-            except NotFound:
-                continue
-            ips += Block.from_dict(bkv.value, bkv.mod_revision).ips_for_handle(handle)
-        return sorted(ips, key=_ip_key)
-
     async def _pod_info(self, env: CNIEnv) -> _PodInfo:
         """Pod, Namespace, this Node and the pools, read concurrently."""
         namespace = env.pod_namespace or "default"
@@ -512,7 +496,7 @@ class CNIHandler:
 
         if ipam_only:
             pod = await self._pod_info(env)
-            held = await self._handle_ips(handle)
+            held = await self.ipam.ips_by_handle(handle)
             if held:  # ADD again: the same addresses
                 info.ips = held
                 return Result(ips=[IPConfig(_host_cidr(ip)) for ip in held], dns=dict(conf.dns))
@@ -605,7 +589,7 @@ class CNIHandler:
                           wep: WorkloadEndpoint) -> Result | None:
         """The result again if this container is fully set up already, else None."""
         ips = [ipaddress.ip_interface(n).ip for n in wep.spec.ipNetworks or []]
-        held = await self._handle_ips(handle_id(env.container_id))
+        held = await self.ipam.ips_by_handle(handle_id(env.container_id))
         if not ips or sorted(map(str, ips)) != sorted(held):
             return None
         mtu = await self._mtu_for(conf)
@@ -766,7 +750,7 @@ class CNIHandler:
         prev_ips = sorted((ip.ip for ip in prev.ips
                            if idx is None or ip.interface in (None, idx)),
                           key=_ip_key)
-        held = await self._handle_ips(handle_id(env.container_id))
+        held = await self.ipam.ips_by_handle(handle_id(env.container_id))
         if held != prev_ips:
             problems.append(f"IPAM holds {held or 'nothing'} for {handle_id(env.container_id)}, "
                             f"prevResult has {prev_ips or 'nothing'}")
@@ -843,16 +827,9 @@ class CNIHandler:
         """Containers whose handle document points only at this node's blocks: includes
         what a crash between "handle written" and "block written" leaves (a handle that
         no block holds, which the block scan of ``handles_on_node`` cannot see)."""
-        affine = {str(b.cidr) for b in await self.ipam.list_blocks()
-                  if b.affinity_node == self.node}
-        kvs, _ = await self.store.list(ipam_keys.HANDLES)
-        found: set[str] = set()
-        for kv in kvs:
-            handle = str(kv.value.get("handle") or "")
-            blocks = set(kv.value.get("blocks") or {})
-            if handle.startswith(HANDLE_PREFIX) and blocks and blocks <= affine:
-                found.add(handle[len(HANDLE_PREFIX):])
-        return found
+        return {handle[len(HANDLE_PREFIX):]
+                for handle in await self.ipam.handles_recorded_only_in_blocks_of(self.node)
+                if handle.startswith(HANDLE_PREFIX)}
 
     async def _gc_stray_links(self) -> None:
         """Remove host veths no endpoint of this node owns: what an ADD interrupted by a

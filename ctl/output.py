@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from ctl.columns import columns_for
 from datastore.kinds import KindInfo
 
 FORMATS = ("ps", "wide", "yaml", "json", "name")
@@ -43,9 +44,7 @@ def render(info: KindInfo, items: list[Any], fmt: str, *, single: bool,
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
     if fmt == "name":
         return "".join(f"{info.names[0]}/{i.name}\n" for i in items)
-    columns = list(info.wide_columns or info.columns) if fmt == "wide" else list(info.columns)
-    if info.namespaced and all_namespaces:
-        columns.insert(0, ("NAMESPACE", lambda r: r.namespace or ""))
+    columns = columns_for(info, wide=fmt == "wide", all_namespaces=all_namespaces)
     return table([h for h, _ in columns], [[str(f(i)) for _, f in columns] for i in items])
 
 

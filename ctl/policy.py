@@ -20,12 +20,11 @@ import click
 from ctl.common import CLIError, run
 from ctl.output import table
 from datastore import keys
-from datastore.kinds import KindInfo, by_plural
+from datastore.kinds import KindInfo, by_plural, plurals
 from datastore.model_base import ResourceInvalid
 from datastore.resources import Resources
 from datastore.store import KV
 from policyagent import nft_apply
-from policyagent.agent import PLURALS  # what the agent watches: the CLI reads the same
 from policyagent.calc import PolicyCalculator
 from policyagent.k8s_translate import calico_name
 from policyagent.model import (
@@ -43,6 +42,8 @@ log = logging.getLogger(__name__)
 __all__ = ["PolicyView", "load_view", "policy", "rule_summary", "show_endpoint"]
 
 _FORMATS = ("text", "json")
+#: The kinds the policy agent watches (those its calculation takes): the CLI reads the same.
+PLURALS = plurals(PolicyCalculator.handles)
 
 
 # --- reading the datastore ----------------------------------------------------------------------

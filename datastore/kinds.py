@@ -1,4 +1,4 @@
-"""The registry of kinds Tortie stores: model, key prefix, CLI names, table columns.
+"""The registry of kinds Tortie stores: model, key prefix, CLI names.
 
 One entry per kind; everything that maps a name the user typed, or a document's
 apiVersion/kind, to a model and a key goes through here.
@@ -24,19 +24,6 @@ from datastore.model_policy import (
     Profile,
 )
 
-Column = tuple[str, Callable[[Any], str]]
-
-
-def _join(values: list[Any] | None) -> str:
-    return ",".join(str(v) for v in values or [])
-
-
-def _node_asn(n: Node) -> str:
-    bgp = n.spec.bgp
-    if bgp and bgp.asNumber is not None:
-        return str(bgp.asNumber)
-    return "(64512)"  # inherited from the global default, shown as calicoctl does
-
 
 @dataclass(frozen=True)
 class KindInfo:
@@ -45,8 +32,6 @@ class KindInfo:
     model: type
     plural: str                       # key segment, see datastore.keys
     names: tuple[str, ...]            # what the CLI accepts (lower-case)
-    columns: tuple[Column, ...] = (("NAME", lambda r: r.name),)
-    wide_columns: tuple[Column, ...] = ()
     # singletons that exist with Calico's defaults even before anyone wrote them
     implicit_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -55,78 +40,35 @@ class KindInfo:
         return bool(self.model.NAMESPACED)
 
 
-_NAME: Column = ("NAME", lambda r: r.name)
-
 KINDS: tuple[KindInfo, ...] = (
     KindInfo("IPPool", CALICO_API_VERSION, IPPool, "ippools",
-             ("ippool", "ippools", "ipp", "ipps", "pool", "pools"),
-             (_NAME, ("CIDR", lambda r: r.spec.cidr), ("SELECTOR", lambda r: r.spec.nodeSelector)),
-             (_NAME, ("CIDR", lambda r: r.spec.cidr),
-              ("NAT", lambda r: str(r.spec.natOutgoing).lower()),
-              ("IPIPMODE", lambda r: r.spec.ipipMode), ("VXLANMODE", lambda r: r.spec.vxlanMode),
-              ("DISABLED", lambda r: str(bool(r.spec.disabled)).lower()),
-              ("DISABLEBGPEXPORT", lambda r: str(bool(r.spec.disableBGPExport)).lower()),
-              ("SELECTOR", lambda r: r.spec.nodeSelector))),
+             ("ippool", "ippools", "ipp", "ipps", "pool", "pools")),
     KindInfo("IPReservation", CALICO_API_VERSION, IPReservation, "ipreservations",
-             ("ipreservation", "ipreservations", "ipr", "iprs"),
-             (_NAME, ("CIDRS", lambda r: _join(r.spec.reservedCIDRs)))),
+             ("ipreservation", "ipreservations", "ipr", "iprs")),
     KindInfo("IPAMConfiguration", CALICO_API_VERSION, IPAMConfiguration, "ipamconfigurations",
              ("ipamconfiguration", "ipamconfigurations", "ipamconfig", "ipamconfigs"),
-             (_NAME, ("STRICTAFFINITY", lambda r: str(r.spec.strictAffinity).lower()),
-              ("MAXBLOCKSPERHOST", lambda r: str(r.spec.maxBlocksPerHost))),
              implicit_defaults={"default": {"metadata": {"name": "default"}, "spec": {}}}),
-    KindInfo("Node", CALICO_API_VERSION, Node, "nodes", ("node", "nodes", "no", "nos"),
-             (_NAME,),
-             (_NAME, ("ASN", _node_asn), ("IPV4", lambda r: r.ipv4_address() or ""),
-              ("IPV6", lambda r: r.ipv6_address() or ""))),
+    KindInfo("Node", CALICO_API_VERSION, Node, "nodes", ("node", "nodes", "no", "nos")),
     KindInfo("WorkloadEndpoint", CALICO_API_VERSION, WorkloadEndpoint, "workloadendpoints",
-             ("workloadendpoint", "workloadendpoints", "wep", "weps"),
-             (("WORKLOAD", lambda r: r.spec.pod or r.spec.workload or ""),
-              ("NODE", lambda r: r.spec.node or ""),
-              ("NETWORKS", lambda r: _join(r.spec.ipNetworks)),
-              ("INTERFACE", lambda r: r.spec.interfaceName or "")),
-             (_NAME, ("WORKLOAD", lambda r: r.spec.pod or r.spec.workload or ""),
-              ("NODE", lambda r: r.spec.node or ""),
-              ("NETWORKS", lambda r: _join(r.spec.ipNetworks)),
-              ("INTERFACE", lambda r: r.spec.interfaceName or ""),
-              ("PROFILES", lambda r: _join(r.spec.profiles)))),
+             ("workloadendpoint", "workloadendpoints", "wep", "weps")),
     KindInfo("HostEndpoint", CALICO_API_VERSION, HostEndpoint, "hostendpoints",
-             ("hostendpoint", "hostendpoints", "hep", "heps"),
-             (_NAME, ("NODE", lambda r: r.spec.node or "")),
-             (_NAME, ("NODE", lambda r: r.spec.node or ""),
-              ("INTERFACE", lambda r: r.spec.interfaceName or ""),
-              ("IPS", lambda r: _join(r.spec.expectedIPs)),
-              ("PROFILES", lambda r: _join(r.spec.profiles)))),
+             ("hostendpoint", "hostendpoints", "hep", "heps")),
     KindInfo("NetworkPolicy", CALICO_API_VERSION, NetworkPolicy, "networkpolicies",
              ("networkpolicy", "networkpolicies", "policy", "policies", "np", "nps",
-              "pol", "pols"),
-             (_NAME,),
-             (_NAME, ("ORDER", lambda r: _fmt_order(r.spec.order)),
-              ("SELECTOR", lambda r: r.spec.selector or "all()"))),
+              "pol", "pols")),
     KindInfo("GlobalNetworkPolicy", CALICO_API_VERSION, GlobalNetworkPolicy,
              "globalnetworkpolicies",
-             ("globalnetworkpolicy", "globalnetworkpolicies", "gnp", "gnps"),
-             (_NAME,),
-             (_NAME, ("ORDER", lambda r: _fmt_order(r.spec.order)),
-              ("SELECTOR", lambda r: r.spec.selector or "all()"))),
+             ("globalnetworkpolicy", "globalnetworkpolicies", "gnp", "gnps")),
     KindInfo("Profile", CALICO_API_VERSION, Profile, "profiles",
              ("profile", "profiles", "pro", "pros")),
     KindInfo("NetworkSet", CALICO_API_VERSION, NetworkSet, "networksets",
-             ("networkset", "networksets", "netset", "netsets"),
-             (_NAME,), (_NAME, ("NETS", lambda r: _join(r.spec.nets)))),
+             ("networkset", "networksets", "netset", "netsets")),
     KindInfo("GlobalNetworkSet", CALICO_API_VERSION, GlobalNetworkSet, "globalnetworksets",
-             ("globalnetworkset", "globalnetworksets", "gns", "globalnetsets"),
-             (_NAME,), (_NAME, ("NETS", lambda r: _join(r.spec.nets)))),
+             ("globalnetworkset", "globalnetworksets", "gns", "globalnetsets")),
     KindInfo("BGPConfiguration", CALICO_API_VERSION, BGPConfiguration, "bgpconfigurations",
-             ("bgpconfiguration", "bgpconfigurations", "bgpconfig", "bgpconfigs"),
-             (_NAME, ("LOGSEVERITY", lambda r: r.spec.logSeverityScreen or ""),
-              ("MESHENABLED", lambda r: _opt_bool(r.spec.nodeToNodeMeshEnabled)),
-              ("ASNUMBER", lambda r: _opt(r.spec.asNumber)))),
+             ("bgpconfiguration", "bgpconfigurations", "bgpconfig", "bgpconfigs")),
     KindInfo("BGPPeer", CALICO_API_VERSION, BGPPeer, "bgppeers",
-             ("bgppeer", "bgppeers", "bgpp", "bgpps", "bp", "bps"),
-             (_NAME, ("PEERIP", lambda r: r.spec.peerIP or ""),
-              ("NODE", lambda r: r.spec.node or r.spec.nodeSelector or "(global)"),
-              ("ASN", lambda r: _opt(r.spec.asNumber)))),
+             ("bgppeer", "bgppeers", "bgpp", "bgpps", "bp", "bps")),
     KindInfo("FelixConfiguration", CALICO_API_VERSION, FelixConfiguration,
              "felixconfigurations",
              ("felixconfiguration", "felixconfigurations", "felixconfig", "felixconfigs")),
@@ -136,26 +78,20 @@ KINDS: tuple[KindInfo, ...] = (
              implicit_defaults={"default": {"metadata": {"name": "default"}, "spec": {}}}),
     # Kubernetes kinds, mirrored into the datastore for the agents.
     KindInfo("Namespace", "v1", Namespace, "namespaces", ("namespace", "namespaces", "ns")),
-    KindInfo("Pod", "v1", Pod, "pods", ("pod", "pods", "po"),
-             (_NAME, ("NODE", lambda r: r.spec.nodeName or ""))),
+    KindInfo("Pod", "v1", Pod, "pods", ("pod", "pods", "po")),
     KindInfo("Node", "v1", K8sNode, "k8snodes", ("k8snode", "k8snodes")),
     KindInfo("NetworkPolicy", "networking.k8s.io/v1", K8sNetworkPolicy, "k8snetworkpolicies",
-             ("k8snetworkpolicy", "k8snetworkpolicies", "knp", "knps")),
+             ("k8snetworkpolicy", "k8snetworkpolicies", "knp", "knps",
+              "kubernetesnetworkpolicy")),
 )
 
-
-def _fmt_order(order: float | None) -> str:
-    if order is None:
-        return ""
-    return str(int(order)) if float(order).is_integer() else str(order)
-
-
-def _opt(v: Any) -> str:
-    return "" if v is None else str(v)
-
-
-def _opt_bool(v: bool | None) -> str:
-    return "" if v is None else str(v).lower()
+#: Kinds Tortie knows by name but does not store (no model, no key): Calico's Tier and
+#: Kubernetes' ServiceAccount (a policy calculation may be given them directly).
+#: plural -> the names they go by (lower-case).
+NAME_ONLY_KINDS: dict[str, tuple[str, ...]] = {
+    "tiers": ("tier", "tiers"),
+    "serviceaccounts": ("serviceaccount", "serviceaccounts"),
+}
 
 
 _BY_NAME: dict[str, KindInfo] = {n: k for k in KINDS for n in k.names}
@@ -206,3 +142,23 @@ def _type_name(value: Any) -> str:
 
 def by_plural(plural: str) -> KindInfo:
     return _BY_PLURAL[plural]
+
+
+def plural_of(name: str) -> str:
+    """The plural (key segment) of the kind ``name`` means, in any spelling the registry
+    knows, case-insensitively: a CLI name (``gnp``, ``WorkloadEndpoint``, ``hostendpoints``)
+    or a name-only kind (``Tier``, ``ServiceAccount``).  :class:`UnknownKind` otherwise."""
+    lowered = name.lower()
+    info = _BY_NAME.get(lowered)
+    if info is not None:
+        return info.plural
+    for plural, names in NAME_ONLY_KINDS.items():
+        if lowered in names:
+            return plural
+    raise UnknownKind(f"kind {name!r} is not known")
+
+
+def plurals(where: Callable[[str], bool] | None = None) -> tuple[str, ...]:
+    """The plurals of the stored kinds, in registry order; with ``where``, those it accepts
+    (e.g. the kinds a consumer takes)."""
+    return tuple(k.plural for k in KINDS if where is None or where(k.plural))

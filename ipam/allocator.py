@@ -47,6 +47,7 @@ from ipam.blocks import (
     IPAddress,
     IPAMError,
     IPNetwork,
+    address_order,
     affinity_for,
     block_cidrs,
     block_for,
@@ -315,24 +316,24 @@ class IPAM:
         """Allocate up to ``count`` addresses in one block (CAS, re-read on conflict)."""
         cidr = block.cidr
         key = keys.block_key(cidr)
-        rs = reserved_in(block.network, reserved) if reserved else set()
+        reserved_here = reserved_in(block.network, reserved) if reserved else set()
         await self._adjust_handle(handle, cidr, count)  # handle first, as in Calico
         got: list[str] = []
         try:
-            cur: Block | None = block
+            current: Block | None = block
             for attempt in range(MAX_ATTEMPTS):
-                if cur is None or (affine_only and cur.affinity != self.affinity) or (
-                        cur.strict_affinity and cur.affinity != self.affinity):
+                if current is None or (affine_only and current.affinity != self.affinity) or (
+                        current.strict_affinity and current.affinity != self.affinity):
                     return got  # gone, or no longer ours to use
-                new = cur.copy()
-                ips = new.assign(count, attrs, rs)
+                new = current.copy()
+                ips = new.assign(count, attrs, reserved_here)
                 if not ips:
                     return got  # full
                 try:
-                    kv = await self.store.update(key, new.to_dict(), cur.revision)
+                    kv = await self.store.update(key, new.to_dict(), current.revision)
                 except Conflict:
                     await _backoff(attempt)
-                    cur = await self._get_block(cidr)
+                    current = await self._get_block(cidr)
                     continue
                 except NotFound:
                     self._affine.pop(cidr, None)
@@ -676,6 +677,50 @@ class IPAM:
                 await self.store.delete(keys.host_key(node))
         return released, busy
 
+    # --- queries --------------------------------------------------------------------------
+
+    async def ips_by_handle(self, handle: str) -> list[str]:
+        """The addresses ``handle`` holds, in address order (empty when it holds none): read
+        from the blocks its handle document names."""
+        try:
+            kv = await self.store.get(keys.handle_key(handle))
+        except NotFound:
+            return []
+        ips: list[str] = []
+        for cidr in sorted(kv.value.get("blocks") or {}):
+            block = await self._get_block(cidr)
+            if block is not None:
+                ips += block.ips_for_handle(handle)
+        return sorted(ips, key=address_order)
+
+    async def blocks_affine_to(self, node: str) -> list[Block]:
+        """The blocks affine to ``node`` (with their ``revision``), in address order."""
+        affinity = affinity_for(node)
+        return [b for b in await self.list_blocks() if b.affinity == affinity]
+
+    async def handles_recorded_only_in_blocks_of(self, node: str) -> set[str]:
+        """The handles whose handle document records addresses only in blocks affine to
+        ``node``.  Unlike a scan of the blocks this also finds what a crash between "handle
+        written" and "block written" leaves: a handle that no block holds."""
+        affine = {b.cidr for b in await self.blocks_affine_to(node)}
+        kvs, _ = await self.store.list(keys.HANDLES)
+        found: set[str] = set()
+        for kv in kvs:
+            handle = str(kv.value.get("handle") or kv.key[len(keys.HANDLES):])
+            blocks = set(kv.value.get("blocks") or {})
+            if blocks and blocks <= affine:
+                found.add(handle)
+        return found
+
+    async def delete_host(self, node: str) -> bool:
+        """Forget ``node``'s host document (its last block claim), e.g. when the node left
+        the cluster; its blocks stay.  Returns whether there was one."""
+        try:
+            await self.store.delete(keys.host_key(node))
+        except NotFound:
+            return False
+        return True
+
     # --- reports --------------------------------------------------------------------------
 
     async def handles_on_node(self, node: str) -> dict[str, list[str]]:
@@ -718,10 +763,10 @@ class IPAM:
                 allocated[ip] = a["handle"]
         report.allocated = len(allocated)
         report.leaked = [(ip, h) for ip, h in sorted(allocated.items(),
-                                                     key=lambda x: to_address(x[0]))
+                                                     key=lambda x: address_order(x[0]))
                          if ip not in wanted]
         report.missing = [(ip, ep) for ip, ep in sorted(wanted.items(),
-                                                        key=lambda x: to_address(x[0]))
+                                                        key=lambda x: address_order(x[0]))
                           if ip not in allocated]
         if nodes is not None:
             known = set(nodes)

@@ -66,6 +66,13 @@ def to_address(ip: str | IPAddress) -> IPAddress:
         else ipaddress.ip_address(ip)
 
 
+def address_order(ip: str | IPAddress) -> tuple[int, int]:
+    """Sort key of addresses: IPv4 before IPv6, then by value (addresses of two families
+    do not compare)."""
+    addr = to_address(ip)
+    return addr.version, int(addr)
+
+
 def block_cidrs(pool_cidr: str | IPNetwork, block_size: int,
                 start: str | IPAddress | None = None) -> Iterator[IPNetwork]:
     """The blocks of a pool in address order, lazily (a v6 pool may have 2**60 of them).
@@ -81,9 +88,9 @@ def block_cidrs(pool_cidr: str | IPNetwork, block_size: int,
     first = int(pool.network_address)
     end = first + pool.num_addresses
     if start is not None:
-        s = int(to_address(start))
-        if s > first:
-            first += (s - first) // step * step
+        start_at = int(to_address(start))
+        if start_at > first:
+            first += (start_at - first) // step * step
     cls = type(pool)
     for base in range(first, end, step):
         yield cls((base, block_size))
@@ -113,10 +120,11 @@ def reserved_in(block: str | IPNetwork, reserved: Iterable[str | IPNetwork]) -> 
     net = to_network(block)
     out: set[IPAddress] = set()
     for r in reserved:
-        rnet = to_network(r) if not isinstance(r, str) else ipaddress.ip_network(r, strict=False)
-        if rnet.version != net.version or not rnet.overlaps(net):
+        reserved_net = (to_network(r) if not isinstance(r, str)
+                        else ipaddress.ip_network(r, strict=False))
+        if reserved_net.version != net.version or not reserved_net.overlaps(net):
             continue
-        inner = net if net.subnet_of(rnet) else rnet  # type: ignore[arg-type]
+        inner = net if net.subnet_of(reserved_net) else reserved_net  # type: ignore[arg-type]
         out.update(inner)
         if inner is net:
             break
@@ -261,8 +269,8 @@ class Block:
         """How many addresses :meth:`assign` could still hand out."""
         if not reserved:
             return len(self.unallocated)
-        rs = self._reserved_ordinals(reserved)
-        return sum(1 for o in self.unallocated if o not in rs)
+        skip = self._reserved_ordinals(reserved)
+        return sum(1 for o in self.unallocated if o not in skip)
 
     def attributes_of(self, ip: str | IPAddress) -> dict[str, str] | None:
         idx = self.allocations[self.ordinal(ip)]
@@ -305,10 +313,10 @@ class Block:
             raise ValueError(f"count must not be negative, got {count}")
         if count == 0 or not self.unallocated:
             return []
-        rs = self._reserved_ordinals(reserved) if reserved else set()
+        skip = self._reserved_ordinals(reserved) if reserved else set()
         picked: list[int] = []
         for o in self.unallocated:
-            if o not in rs:
+            if o not in skip:
                 picked.append(o)
                 if len(picked) == count:
                     break

@@ -27,11 +27,6 @@ IP_POOLS = resource_prefix("ippools")
 IP_RESERVATIONS = resource_prefix("ipreservations")
 NODES = resource_prefix("nodes")
 
-#: IPAM handles of the nodes' tunnel addresses (Calico's names): prefix + node name
-VXLAN_HANDLE_PREFIX = "vxlan-tunnel-addr-"
-IPIP_HANDLE_PREFIX = "ipip-tunnel-addr-"
-TUNNEL_HANDLE_PREFIXES = (VXLAN_HANDLE_PREFIX, IPIP_HANDLE_PREFIX)
-
 
 def block_key(cidr: str) -> str:
     """Key of the block document of ``cidr`` (normalised: ``10.0.0.64/26``)."""

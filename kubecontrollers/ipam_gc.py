@@ -41,7 +41,7 @@ from datastore import keys
 from datastore.kinds import by_plural
 from datastore.store import NotFound
 from ipam.allocator import IPAM
-from ipam.keys import TUNNEL_HANDLE_PREFIXES
+from ipam.handles import TUNNEL_HANDLE_PREFIXES, WORKLOAD_HANDLE_PREFIX
 from kubecontrollers.controller import Context, delete_if_present
 from kubecontrollers.datastore_cache import DatastoreCache
 from kubecontrollers.reflector import Reflector
@@ -49,7 +49,6 @@ from kubecontrollers.settings import leak_grace
 
 log = logging.getLogger("tortie.kc.ipam")
 
-HANDLE_PREFIX = "tortie."   # cni.handler.HANDLE_PREFIX
 GC_NODE = "tortie-kube-controllers"  # the IPAM "node" the releases are made as
 _WEP = by_plural("workloadendpoints")
 _NODE = by_plural("nodes")
@@ -72,6 +71,11 @@ def _pod_ips(pod: dict[str, Any]) -> set[str]:
     if status.get("podIP"):
         out.add(status["podIP"])
     return {ip for ip in out if ip}
+
+
+def _container(handle: str, attrs: dict[str, str]) -> str:
+    """The container of a workload allocation: its attribute, else from its handle."""
+    return attrs.get("container") or handle[len(WORKLOAD_HANDLE_PREFIX):]
 
 
 def leaked(pod: dict[str, Any] | None, ip: str, node: str) -> bool:
@@ -145,7 +149,7 @@ class IPAMGarbageCollector:
                 if node in gone and handle.startswith(TUNNEL_HANDLE_PREFIXES):
                     tunnels.setdefault(node, set()).add(handle)
                     continue
-                if not handle.startswith(HANDLE_PREFIX) or not ns or not pod:
+                if not handle.startswith(WORKLOAD_HANDLE_PREFIX) or not ns or not pod:
                     if node in gone:
                         busy.add(node)  # an address of an unknown kind: left alone
                     continue
@@ -155,8 +159,7 @@ class IPAMGarbageCollector:
                     continue
                 if node in gone:  # its pod and its node are gone: a leak for certain
                     c = confirmed.get(handle) or Candidate(
-                        handle, ns, pod, attrs.get("container") or handle[len(HANDLE_PREFIX):],
-                        node, [], now)
+                        handle, ns, pod, _container(handle, attrs), node, [], now)
                     c.ips.append(ip)
                     confirmed[handle] = c
                     continue
@@ -164,8 +167,8 @@ class IPAMGarbageCollector:
                     continue
                 old = self.candidates.get(handle)
                 c = seen.get(handle) or Candidate(
-                    handle, ns, pod, attrs.get("container") or handle[len(HANDLE_PREFIX):],
-                    node, [], old.since if old else now)
+                    handle, ns, pod, _container(handle, attrs), node, [],
+                    old.since if old else now)
                 c.ips.append(ip)
                 seen[handle] = c
         for h in seen.keys() - self.candidates.keys():

@@ -28,9 +28,10 @@ from datastore.kinds import by_plural
 from datastore.model_network import Node
 from datastore.resources import ResourceNotFound
 from datastore.store import NotFound
-from ipam import keys as ipam_keys
-from kubecontrollers.controller import FULL, Context, Controller, delete_if_present
+from ipam.allocator import IPAM
+from kubecontrollers.controller import FULL, Context, Controller
 from kubecontrollers.datastore_cache import DatastoreCache
+from kubecontrollers.ipam_gc import GC_NODE
 from kubecontrollers.reflector import Reflector
 
 log = logging.getLogger("tortie.kc.nodes")
@@ -129,8 +130,8 @@ class NodeController(Controller):
         except (ResourceNotFound, NotFound):
             return
         self.ctx.metrics.writes.labels(controller=self.name, op="delete").inc()
-        await delete_if_present(self.ctx.store, ipam_keys.host_key(name), self.ctx.metrics,
-                                self.name)
+        if await IPAM(self.ctx.store, GC_NODE).delete_host(name):
+            self.ctx.metrics.writes.labels(controller=self.name, op="delete").inc()
         log.info("deleted the Node of a deleted Kubernetes node", extra={"fields": {
             "node": name}})
 

@@ -44,7 +44,7 @@ from agentkit.agent import Agent, NodeContext
 from agentkit.backoff import Backoff
 from agentkit.metrics import DEFAULT_BUCKETS
 from datastore.keys import parse_resource_key, resource_key, resource_prefix
-from datastore.kinds import by_plural
+from datastore.kinds import by_plural, plurals
 from datastore.model_config import FelixConfiguration
 from datastore.model_endpoints import WorkloadEndpoint
 from datastore.syncer import Syncer, cancel_and_wait
@@ -60,9 +60,7 @@ TABLE = "tortie"
 #: The datastore kinds (plurals) the calculation consumes. (Tortie stores no Tier or
 #: ServiceAccount kind: every policy is in the default tier, ``ksa.`` profiles have only the
 #: service account's name as label.)
-PLURALS = ("workloadendpoints", "hostendpoints", "profiles", "networkpolicies",
-           "globalnetworkpolicies", "k8snetworkpolicies", "networksets", "globalnetworksets",
-           "namespaces", "pods", "felixconfigurations", "ippools", "nodes")
+PLURALS = plurals(PolicyCalculator.handles)
 PREFIXES = tuple(resource_prefix(p) for p in PLURALS)
 READY_TIMEOUT = 30.0        # endpoint_ready: longest wait for sync + programming
 COUNTERS_MIN_INTERVAL = 5.0  # per-rule counters are read from nft at most this often

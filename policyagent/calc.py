@@ -66,6 +66,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from datastore.kinds import UnknownKind, plural_of
 from datastore.model_config import (
     DEFAULT_FAILSAFE_INBOUND,
     DEFAULT_FAILSAFE_OUTBOUND,
@@ -127,25 +128,22 @@ DEFAULT_TIER = "default"
 DEFAULT_TIER_ORDER = 1_000_000.0
 _INF = float("inf")
 
-# update() kinds (case-insensitive, singular, plural or the datastore's plural) -> internal kind
+# update() kinds (any spelling datastore.kinds.plural_of knows) by plural -> internal kind
 KINDS: Mapping[str, str] = {
-    **{k: "wep" for k in ("workloadendpoint", "workloadendpoints", "wep")},
-    **{k: "hep" for k in ("hostendpoint", "hostendpoints", "hep")},
-    **{k: "np" for k in ("networkpolicy", "networkpolicies", "np")},
-    **{k: "gnp" for k in ("globalnetworkpolicy", "globalnetworkpolicies", "gnp")},
-    **{k: "knp" for k in ("k8snetworkpolicy", "k8snetworkpolicies", "knp",
-                          "kubernetesnetworkpolicy")},
-    **{k: "profile" for k in ("profile", "profiles")},
-    **{k: "netset" for k in ("networkset", "networksets")},
-    **{k: "gnetset" for k in ("globalnetworkset", "globalnetworksets")},
-    **{k: "namespace" for k in ("namespace", "namespaces")},
-    **{k: "pod" for k in ("pod", "pods")},
-    **{k: "sa" for k in ("serviceaccount", "serviceaccounts")},
-    **{k: "felix" for k in ("felixconfiguration", "felixconfigurations")},
-    **{k: "tier" for k in ("tier", "tiers")},
-    **{k: "pool" for k in ("ippool", "ippools")},
-    **{k: "node" for k in ("node", "nodes")},
+    "workloadendpoints": "wep", "hostendpoints": "hep", "networkpolicies": "np",
+    "globalnetworkpolicies": "gnp", "k8snetworkpolicies": "knp", "profiles": "profile",
+    "networksets": "netset", "globalnetworksets": "gnetset", "namespaces": "namespace",
+    "pods": "pod", "serviceaccounts": "sa", "felixconfigurations": "felix", "tiers": "tier",
+    "ippools": "pool", "nodes": "node",
 }
+
+
+def _kind_code(kind: str) -> str | None:
+    try:
+        return KINDS.get(plural_of(kind))
+    except UnknownKind:
+        return None
+
 
 _ENDPOINT_KINDS = ("workload", "host")
 _SCOPE_KEYS = frozenset({LABEL_NAMESPACE, LABEL_ORCHESTRATOR})
@@ -286,8 +284,8 @@ class PolicyCalculator:
     """Current resources -> the dataplane model of one node. Pure: no I/O.
 
     Feed it with :meth:`update` (``resource=None`` deletes), read it with :meth:`model`.
-    ``kind`` is a kind name as in :data:`KINDS` (``WorkloadEndpoint``, ``hostendpoints``,
-    ``NetworkPolicy`` -- a Kubernetes one is recognised by its model class --,
+    ``kind`` is a kind name as :func:`datastore.kinds.plural_of` reads it (``hostendpoints``,
+    ``WorkloadEndpoint``, ``NetworkPolicy`` -- a Kubernetes one is recognised by its model class --,
     ``K8sNetworkPolicy``, ``Profile``, ``Namespace``, ``Pod``, ``ServiceAccount``,
     ``FelixConfiguration``, ``Tier``, ``IPPool``, ``Node``, ...); ``key`` identifies the
     resource within its kind (the datastore key, or ``namespace/name``): a delete needs only
@@ -342,11 +340,11 @@ class PolicyCalculator:
     @staticmethod
     def handles(kind: str) -> bool:
         """Whether :meth:`update` takes this kind."""
-        return kind.lower() in KINDS
+        return _kind_code(kind) is not None
 
     def update(self, kind: str, key: str, resource: Any | None) -> None:
         """Add, change (``resource``) or delete (``None``) one resource."""
-        k = KINDS.get(kind.lower())
+        k = _kind_code(kind)
         if k is None:
             raise ValueError(f"the policy calculation does not use {kind!r} resources")
         if k == "np" and (isinstance(resource, K8sNetworkPolicy)

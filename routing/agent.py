@@ -44,9 +44,10 @@ from datastore.model_network import IPPool, Node
 from datastore.resources import ResourceConflict
 from datastore.store import DatastoreError, NotFound
 from datastore.syncer import Syncer, cancel_and_wait
-from ipam import keys as ipam_keys
+from ipam.allocator import IPAM
 from ipam.blocks import Block, IPAMError
-from routing import desired as dz
+from ipam.watch import block_watch_prefix, parse_watched_block
+from routing import desired
 from routing.bgp.api import BGPSettings, LearnedRoute, Speaker
 from routing.bgp.peers import compute_settings
 from routing.ipip import IPIPDevice, IPIPUnavailable, ipip_handle
@@ -67,7 +68,7 @@ POOLS = resource_prefix("ippools")
 NODES = resource_prefix("nodes")
 BGP_CONFIGS = resource_prefix("bgpconfigurations")
 BGP_PEERS = resource_prefix("bgppeers")
-BLOCKS = ipam_keys.BLOCKS
+BLOCKS = block_watch_prefix()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,8 +131,9 @@ class RoutingAgent:
         self.vxlan = VXLANDevice(netns)
         self.ipip = IPIPDevice(netns)
         self.nat = OutgoingNAT(netns)
+        self.ipam = IPAM(ctx.store, self.node)
         self.pools: dict[str, IPPool] = {}
-        self.nodes: dict[str, dz.NodeInfo] = {}
+        self.nodes: dict[str, desired.NodeInfo] = {}
         self.node_models: dict[str, Node] = {}
         self.blocks: dict[str, Block] = {}
         self.configs: dict[str, BGPConfiguration] = {}
@@ -147,7 +149,7 @@ class RoutingAgent:
         self._announced: dict[str, str] | None = None
         self._complete = False
         self._ipip_warned = False
-        self.last: dz.Desired | None = None
+        self.last: desired.Desired | None = None
         self.last_sync: SyncResult | None = None
         self.last_error = ""
         m = ctx.metrics
@@ -179,23 +181,23 @@ class RoutingAgent:
                 if value is None:
                     self.blocks.pop(key, None)
                 else:
-                    self.blocks[key] = dz.parse_block(value)
+                    self.blocks[key] = parse_watched_block(key, value)
                 new = self.blocks.get(key)
                 if (old is not None and new is not None
-                        and dz.block_signature(old) == dz.block_signature(new)):
+                        and desired.block_signature(old) == desired.block_signature(new)):
                     return  # a pod came or went inside its node's block: no route changes
             elif key.startswith(POOLS):
                 if value is None:
                     self.pools.pop(name, None)
                 else:
-                    self.pools[name] = dz.parse_pool(value)
+                    self.pools[name] = desired.parse_pool(value)
             elif key.startswith(NODES):
                 if value is None:
                     self.nodes.pop(name, None)
                     self.node_models.pop(name, None)
                 else:
                     model = Node.from_dict(dict(value))
-                    self.nodes[name] = dz.NodeInfo.from_node(model)
+                    self.nodes[name] = desired.NodeInfo.from_node(model)
                     self.node_models[name] = model
             elif key.startswith(BGP_CONFIGS):
                 if value is None:
@@ -252,7 +254,7 @@ class RoutingAgent:
         finally:
             await cancel_and_wait(syncer)
 
-    def _me(self) -> dz.NodeInfo | None:
+    def _me(self) -> desired.NodeInfo | None:
         me = self.nodes.get(self.node)
         return me if me is not None and me.address else None
 
@@ -272,20 +274,20 @@ class RoutingAgent:
             me = await self._tunnel_addresses(me, pools)
         except (DatastoreError, IPAMError) as e:
             errors.append(e)
-        d = dz.compute(me, self.nodes, pools, self._blocks(), self.learnt)
-        for why in d.skipped:
+        wanted = desired.compute(me, self.nodes, pools, self._blocks(), self.learnt)
+        for why in wanted.skipped:
             log.debug("route skipped", extra={"fields": {"why": why}})
         try:
-            await self._bgp(me, d)
+            await self._bgp(me, wanted)
         except Exception as e:
             self.m_failures.labels(what="bgp").inc()
             errors.append(e)
-        await self._tunnels(me, d)
+        await self._tunnels(me, wanted)
         complete = self._bgp_complete()
-        res = await asyncio.to_thread(self.kernel.sync, d.routes, remove=complete)
+        res = await asyncio.to_thread(self.kernel.sync, wanted.routes, remove=complete)
         self._account(res)
-        masq, every = dz.masquerade_sets(pools)
-        keep = dz.never_masqueraded(self.node_models.values(), self.peers.values())
+        masq, every = desired.masquerade_sets(pools)
+        keep = desired.never_masqueraded(self.node_models.values(), self.peers.values())
         try:
             if await self.nat.sync(masq, every, keep):
                 log.info("outgoing NAT updated", extra={"fields": {
@@ -294,13 +296,13 @@ class RoutingAgent:
         except NATError as e:
             self.m_failures.labels(what="nat").inc()
             log.warning("cannot program outgoing NAT", extra={"fields": {"error": str(e)}})
-        self.last, self.last_sync = d, res
+        self.last, self.last_sync = wanted, res
         kinds = {"blackhole": 0, "direct": 0, "vxlan": 0, "ipip": 0}
-        for r in d.routes.values():
+        for r in wanted.routes.values():
             kinds[r.kind] += 1
         for k, v in kinds.items():
             self.m_routes.labels(kind=k).set(v)
-        self.m_announced.set(len(d.announce))
+        self.m_announced.set(len(wanted.announce))
         self.m_learnt.set(len(self.learnt))
         self.m_sync.observe(time.monotonic() - started)
         if complete and not self._complete:
@@ -310,7 +312,7 @@ class RoutingAgent:
         if not self.ready.is_set():
             self.ready.set()
             log.info("routing programmed", extra={"fields": {
-                "routes": len(d.routes), "announced": len(d.announce)}})
+                "routes": len(wanted.routes), "announced": len(wanted.announce)}})
         if errors:  # the loop retries with back-off
             raise errors[0]
 
@@ -357,7 +359,7 @@ class RoutingAgent:
             settings = dataclasses.replace(settings, graceful_restart=self.graceful_restart)
         return settings
 
-    async def _bgp(self, me: dz.NodeInfo, d: dz.Desired) -> None:
+    async def _bgp(self, me: desired.NodeInfo, wanted: desired.Desired) -> None:
         if self.speaker is None:
             return
         settings = self.bgp_settings()
@@ -387,63 +389,48 @@ class RoutingAgent:
             self._settings = settings
             log.info("BGP settings changed", extra={"fields": {
                 "neighbours": ",".join(n.address for n in settings.neighbours) or "-"}})
-        if d.announce != self._announced:
-            await self.speaker.announce(dict(d.announce))
-            self._announced = dict(d.announce)
+        if wanted.announce != self._announced:
+            await self.speaker.announce(dict(wanted.announce))
+            self._announced = dict(wanted.announce)
 
     # --- tunnels --------------------------------------------------------------------------
 
-    async def _tunnel_addresses(self, me: dz.NodeInfo, pools: list[IPPool]) -> dz.NodeInfo:
+    async def _tunnel_addresses(self, me: desired.NodeInfo,
+                                pools: list[IPPool]) -> desired.NodeInfo:
         """This node's VXLAN (address + MAC) and IPIP tunnel addresses: allocated from its
         IPAM block while a pool uses that encapsulation, released when none does, and
         recorded in its Node resource (``spec.ipv4VXLANTunnelAddr`` /
         ``spec.vxlanTunnelMACAddr``, ``spec.bgp.ipv4IPIPTunnelAddr``), as Calico does."""
         usable = [p for p in pools if not p.spec.disabled and p.network.version == 4]
-        vx_pools = [p for p in usable if p.spec.vxlanMode != "Never"]
-        ip_pools = [p for p in usable if p.spec.ipipMode != "Never"]
-        vx = await self._tunnel_address(vtep_handle(self.node), me.vxlan_address, vx_pools)
-        ipip = await self._tunnel_address(ipip_handle(self.node), me.ipip_address, ip_pools)
-        mac = (me.vxlan_mac or dz.vtep_mac(self.node)) if vx else None
-        if (vx, mac, ipip) != (me.vxlan_address, me.vxlan_mac, me.ipip_address):
-            await self._record_tunnels(vx, mac, ipip)
-        return dataclasses.replace(me, vxlan_address=vx, vxlan_mac=mac, ipip_address=ipip)
+        vxlan_pools = [p for p in usable if p.spec.vxlanMode != "Never"]
+        ipip_pools = [p for p in usable if p.spec.ipipMode != "Never"]
+        vxlan = await self._tunnel_address(vtep_handle(self.node), me.vxlan_address,
+                                           vxlan_pools)
+        ipip = await self._tunnel_address(ipip_handle(self.node), me.ipip_address, ipip_pools)
+        mac = (me.vxlan_mac or desired.vtep_mac(self.node)) if vxlan else None
+        if (vxlan, mac, ipip) != (me.vxlan_address, me.vxlan_mac, me.ipip_address):
+            await self._record_tunnels(vxlan, mac, ipip)
+        return dataclasses.replace(me, vxlan_address=vxlan, vxlan_mac=mac, ipip_address=ipip)
 
     async def _tunnel_address(self, handle: str, recorded: str | None,
                               pools: list[IPPool]) -> str | None:
         held = [ip for b in self._blocks() for ip in b.ips_for_handle(handle)]
-        from ipam.allocator import IPAM
-
-        ipam = IPAM(self.ctx.store, self.node)
         if not pools:
             if held:
-                await ipam.release_by_handle(handle)
+                await self.ipam.release_by_handle(handle)
                 log.info("released a tunnel address: no pool needs it",
                          extra={"fields": {"handle": handle, "address": ",".join(held)}})
             return None
         if not held:  # the cache may lag behind our own allocation: ask etcd itself
-            held = await self._held_in_store(handle)
+            held = await self.ipam.ips_by_handle(handle)
         if recorded in held:
             return recorded
         if held:
             return held[0]
-        got = await ipam.auto_assign(handle, {"node": self.node}, pools, 1)
+        got = await self.ipam.auto_assign(handle, {"node": self.node}, pools, 1)
         log.info("allocated a tunnel address",
                  extra={"fields": {"address": got[0], "handle": handle}})
         return got[0]
-
-    async def _held_in_store(self, handle: str) -> list[str]:
-        try:
-            kv = await self.ctx.store.get(ipam_keys.handle_key(handle))
-        except NotFound:
-            return []
-        out: list[str] = []
-        for cidr in sorted(kv.value.get("blocks") or {}):
-            try:
-                bkv = await self.ctx.store.get(ipam_keys.block_key(cidr))
-            except NotFound:
-                continue
-            out += Block.from_dict(bkv.value).ips_for_handle(handle)
-        return out
 
     async def _record_tunnels(self, vxlan: str | None, mac: str | None,
                               ipip: str | None) -> None:
@@ -473,18 +460,18 @@ class RoutingAgent:
             return
         raise DatastoreError(f"Node {self.node} is being modified concurrently")
 
-    async def _tunnels(self, me: dz.NodeInfo, d: dz.Desired) -> None:
-        if d.vxlan_needed and me.vxlan_address and me.vxlan_mac and me.address:
+    async def _tunnels(self, me: desired.NodeInfo, wanted: desired.Desired) -> None:
+        if wanted.vxlan_needed and me.vxlan_address and me.vxlan_mac and me.address:
             cfg = VXLANConfig(local=me.address, address=me.vxlan_address, mac=me.vxlan_mac)
             changes = await asyncio.to_thread(self.vxlan.ensure, cfg)
-            changes += await asyncio.to_thread(self.vxlan.sync_peers, d.vxlan_peers)
+            changes += await asyncio.to_thread(self.vxlan.sync_peers, wanted.vxlan_peers)
             if changes:
                 log.info("vxlan device updated", extra={"fields": {
-                    "device": dz.VXLAN_DEVICE, "changes": "; ".join(changes)}})
-        elif not d.vxlan_needed and await asyncio.to_thread(self.vxlan.exists):
+                    "device": desired.VXLAN_DEVICE, "changes": "; ".join(changes)}})
+        elif not wanted.vxlan_needed and await asyncio.to_thread(self.vxlan.exists):
             await asyncio.to_thread(self.vxlan.remove)
             log.info("vxlan device removed: no pool uses VXLAN")
-        if d.ipip_needed:
+        if wanted.ipip_needed:
             try:
                 changes = await asyncio.to_thread(self.ipip.ensure, me.ipip_address)
                 if changes:
@@ -505,15 +492,15 @@ class RoutingAgent:
             self._speaker_started = False
 
     def health(self) -> dict[str, Any]:
-        d, res = self.last, self.last_sync
+        wanted, res = self.last, self.last_sync
         out: dict[str, Any] = {
             "ready": self.ready.is_set(),
             "complete": self._complete,
             "protocol": PROTO,
-            "announced": len(d.announce) if d else 0,
+            "announced": len(wanted.announce) if wanted else 0,
             "learnt": len(self.learnt),
-            "routes": ({k: sum(1 for r in d.routes.values() if r.kind == k)
-                        for k in ("blackhole", "direct", "vxlan", "ipip")} if d else {}),
+            "routes": ({k: sum(1 for r in wanted.routes.values() if r.kind == k)
+                        for k in ("blackhole", "direct", "vxlan", "ipip")} if wanted else {}),
             "route_failures": dict(res.failed) if res else {},
             "error": self.last_error,
         }

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from datastore.model_bgp import BGPPeer
 from datastore.model_network import IPPool, Node
 from ipam.blocks import Block
-from ipam.keys import TUNNEL_HANDLE_PREFIXES
+from ipam.handles import TUNNEL_HANDLE_PREFIXES
 from routing.bgp.api import LearnedRoute
 
 log = logging.getLogger("tortie.routing")
@@ -122,10 +122,6 @@ def parse_node(doc: Mapping[str, Any]) -> NodeInfo:
     return NodeInfo.from_node(Node.from_dict(dict(doc)))
 
 
-def parse_block(doc: Mapping[str, Any]) -> Block:
-    return Block.from_dict(doc)
-
-
 # --- decisions ---------------------------------------------------------------------------------
 
 
@@ -134,9 +130,9 @@ def pool_of(prefix: str, pools: Iterable[IPPool]) -> IPPool | None:
     net = ipaddress.ip_network(prefix, strict=False)
     best: IPPool | None = None
     for p in pools:
-        pnet = p.network
-        if (pnet.version == net.version and net.subnet_of(pnet)  # type: ignore[arg-type]
-                and (best is None or pnet.prefixlen > best.network.prefixlen)):
+        pool_net = p.network
+        if (pool_net.version == net.version and net.subnet_of(pool_net)  # type: ignore[arg-type]
+                and (best is None or pool_net.prefixlen > best.network.prefixlen)):
             best = p
     return best
 
@@ -225,7 +221,7 @@ def compute(me: NodeInfo, nodes: Mapping[str, NodeInfo], pools: Iterable[IPPool]
     """Everything the agent wants for node ``me`` (see the module docstring)."""
     pools = [p for p in pools]
     blocks = list(blocks)
-    d = Desired(announce=announcements(me, pools, blocks))
+    wanted = Desired(announce=announcements(me, pools, blocks))
     by_address = {n.address: n for n in nodes.values() if n.address and n.name != me.name}
     mine = owned_blocks(me.name, blocks)
     own_prefixes = set()
@@ -233,46 +229,46 @@ def compute(me: NodeInfo, nodes: Mapping[str, NodeInfo], pools: Iterable[IPPool]
         if b.network.version != 4:
             continue
         own_prefixes.add(str(b.network))
-        d.routes[str(b.network)] = Route(str(b.network), "blackhole")
-    d.vxlan_needed = any(p.spec.vxlanMode != "Never" and not p.spec.disabled for p in pools)
-    d.ipip_needed = any(p.spec.ipipMode != "Never" and not p.spec.disabled for p in pools)
-    if d.vxlan_needed:
+        wanted.routes[str(b.network)] = Route(str(b.network), "blackhole")
+    wanted.vxlan_needed = any(p.spec.vxlanMode != "Never" and not p.spec.disabled for p in pools)
+    wanted.ipip_needed = any(p.spec.ipipMode != "Never" and not p.spec.disabled for p in pools)
+    if wanted.vxlan_needed:
         for n in nodes.values():
             if n.name == me.name or not (n.vxlan_address and n.vxlan_mac and n.address):
                 continue
-            d.vxlan_peers[n.name] = VXLANPeer(n.name, n.vxlan_address, n.vxlan_mac, n.address)
+            wanted.vxlan_peers[n.name] = VXLANPeer(n.name, n.vxlan_address, n.vxlan_mac, n.address)
     for prefix in sorted(learnt):
         r = learnt[prefix]
         try:
             net = ipaddress.ip_network(prefix, strict=False)
         except ValueError:
-            d.skipped.append(f"{prefix}: not a prefix")
+            wanted.skipped.append(f"{prefix}: not a prefix")
             continue
         dst = str(net)
         if net.version != 4:
             continue
-        if dst in own_prefixes or dst in d.announce:
+        if dst in own_prefixes or dst in wanted.announce:
             continue  # ours: a stale announcement of a previous owner never wins
         if r.next_hop == me.address:
             continue
         peer = by_address.get(r.next_hop)
         pool = pool_of(dst, pools)
-        enc = encapsulation(pool, me, peer)
-        if enc == "vxlan":
+        encap = encapsulation(pool, me, peer)
+        if encap == "vxlan":
             assert peer is not None
-            if peer.name not in d.vxlan_peers:
-                d.skipped.append(f"{dst}: node {peer.name} has no VXLAN tunnel address/MAC "
-                                 "yet; routing it directly")
-                enc = "none"
+            if peer.name not in wanted.vxlan_peers:
+                wanted.skipped.append(f"{dst}: node {peer.name} has no VXLAN tunnel "
+                                      "address/MAC yet; routing it directly")
+                encap = "none"
             else:
-                d.routes[dst] = Route(dst, "vxlan", peer.vxlan_address, VXLAN_DEVICE)
+                wanted.routes[dst] = Route(dst, "vxlan", peer.vxlan_address, VXLAN_DEVICE)
                 continue
-        if enc == "ipip":
+        if encap == "ipip":
             assert peer is not None
-            d.routes[dst] = Route(dst, "ipip", peer.address, IPIP_DEVICE)
+            wanted.routes[dst] = Route(dst, "ipip", peer.address, IPIP_DEVICE)
             continue
-        d.routes[dst] = Route(dst, "direct", r.next_hop)
-    return d
+        wanted.routes[dst] = Route(dst, "direct", r.next_hop)
+    return wanted
 
 
 def vtep_mac(node: str) -> str:

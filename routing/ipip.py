@@ -15,7 +15,7 @@ import logging
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ipam.keys import IPIP_HANDLE_PREFIX
+from ipam.handles import IPIP_HANDLE_PREFIX
 from routing.desired import IPIP_DEVICE
 from routing.kernel import call_in_netns
 

@@ -24,7 +24,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ipam.keys import VXLAN_HANDLE_PREFIX
+from ipam.handles import VXLAN_HANDLE_PREFIX
 from routing.desired import VXLAN_DEVICE, VXLANPeer
 from routing.kernel import call_in_netns
 

@@ -491,6 +491,86 @@ async def test_release_host_affinities_of_a_removed_node(store: Store) -> None:
     assert (await other.check({kept: "wep"}, nodes={"node-1"})).clean
 
 
+# --- queries for other packages ------------------------------------------------------------------
+
+
+async def test_ips_by_handle(store: Store) -> None:
+    """A handle's addresses in address order (v4 first), across blocks and families."""
+    v4 = await add_pool(store, "v4", "10.10.0.0/24", blockSize=30)
+    v6 = await add_pool(store, "v6", "fd00:10::/120", blockSize=126)
+    ipam = IPAM(store, "node-1")
+    assert await ipam.ips_by_handle("nobody") == []
+    got = await ipam.auto_assign("h", ATTRS, [v6], num=5)
+    got += await ipam.auto_assign("h", ATTRS, [v4], num=5)   # two blocks of each family
+    await ipam.auto_assign("other", ATTRS, [v4])
+    assert len(await ipam.list_blocks()) == 4
+    assert await IPAM(store, "node-2").ips_by_handle("h") == [
+        "10.10.0.0", "10.10.0.1", "10.10.0.2", "10.10.0.3", "10.10.0.4",
+        "fd00:10::", "fd00:10::1", "fd00:10::2", "fd00:10::3", "fd00:10::4"]
+    assert await ipam.ips_by_handle("other") == ["10.10.0.5"]
+    await ipam.release_ips(["10.10.0.1", "fd00:10::4"])
+    assert "10.10.0.1" not in await ipam.ips_by_handle("h")
+    assert len(await ipam.ips_by_handle("h")) == 8
+    await ipam.release_by_handle("h")
+    assert await ipam.ips_by_handle("h") == []
+    assert (await ipam.check({"10.10.0.5": "wep"})).clean
+
+
+async def test_blocks_affine_to(store: Store) -> None:
+    pool = await add_pool(store, "p", "10.10.0.0/24", blockSize=30)
+    one, two = IPAM(store, "node-1"), IPAM(store, "node-2")
+    await one.auto_assign("a", ATTRS, [pool], num=5)
+    await two.auto_assign("b", ATTRS, [pool])
+    assert [b.cidr for b in await two.blocks_affine_to("node-1")] == ["10.10.0.0/30",
+                                                                      "10.10.0.4/30"]
+    assert [b.cidr for b in await one.blocks_affine_to("node-2")] == ["10.10.0.8/30"]
+    assert all(b.revision > 0 for b in await one.blocks_affine_to("node-1"))
+    assert await one.blocks_affine_to("node-3") == []
+
+
+async def test_handles_recorded_only_in_blocks_of(store: Store) -> None:
+    """Handles whose document names only a node's blocks, even one no block holds (what a
+    crash between the handle write and the block write leaves)."""
+    pool = await add_pool(store, "p", "10.10.0.0/24", blockSize=30)
+    one, two = IPAM(store, "node-1"), IPAM(store, "node-2")
+    await one.auto_assign("tortie.a", ATTRS, [pool])
+    await two.auto_assign("tortie.b", ATTRS, [pool])
+    await two.auto_assign("tortie.spread", ATTRS, [pool])
+    await one.assign_ip("10.10.0.1", "tortie.spread", ATTRS)  # in both nodes' blocks
+    await store.put(keys.handle_key("tortie.crashed"), {"handle": "tortie.crashed",
+                                                        "blocks": {"10.10.0.0/30": 1}})
+    await store.put(keys.handle_key("tortie.empty"), {"handle": "tortie.empty", "blocks": {}})
+    assert await two.handles_recorded_only_in_blocks_of("node-1") == {"tortie.a",
+                                                                      "tortie.crashed"}
+    assert await one.handles_recorded_only_in_blocks_of("node-2") == {"tortie.b"}
+    assert await one.handles_recorded_only_in_blocks_of("node-3") == set()
+
+
+async def test_delete_host(store: Store) -> None:
+    pool = await add_pool(store, "p", "10.10.0.0/24")
+    await IPAM(store, "node-1").auto_assign("a", ATTRS, [pool])
+    await store.get(keys.host_key("node-1"))
+    gc = IPAM(store, "gc")
+    assert await gc.delete_host("node-1") is True
+    with pytest.raises(NotFound):
+        await store.get(keys.host_key("node-1"))
+    assert await gc.delete_host("node-1") is False
+    assert [b.affinity_node for b in await gc.list_blocks()] == ["node-1"]  # blocks stay
+    with pytest.raises(ValueError, match="invalid node name"):
+        await gc.delete_host("a/b")
+
+
+async def test_check_sorts_both_families(store: Store) -> None:
+    v4 = await add_pool(store, "v4", "10.10.0.0/24")
+    v6 = await add_pool(store, "v6", "fd00:10::/120", blockSize=122)
+    ipam = IPAM(store, "node-1")
+    await ipam.auto_assign("a", ATTRS, [v6])
+    await ipam.auto_assign("a", ATTRS, [v4])
+    report = await ipam.check({"10.10.9.9": "wep-x", "fd00:10::99": "wep-y"})
+    assert report.leaked == [("10.10.0.0", "a"), ("fd00:10::", "a")]
+    assert report.missing == [("10.10.9.9", "wep-x"), ("fd00:10::99", "wep-y")]
+
+
 def test_check_counts_node_tunnel_addresses_as_in_use(etcd_endpoint: str) -> None:
     """``tortie ipam check``: a tunnel address a Node records is in use, not leaked; the
     tunnel address of a node that is gone is."""

@@ -14,12 +14,20 @@ from ipam import keys
 from ipam.blocks import (
     AddressInUse,
     Block,
+    address_order,
     block_cidrs,
     block_count,
     block_for,
     block_network,
     reserved_in,
 )
+from ipam.handles import (
+    IPIP_HANDLE_PREFIX,
+    TUNNEL_HANDLE_PREFIXES,
+    VXLAN_HANDLE_PREFIX,
+    WORKLOAD_HANDLE_PREFIX,
+)
+from ipam.watch import block_watch_prefix, parse_watched_block
 
 
 def pool(cidr: str, block_size: int | None = None, name: str = "p") -> IPPool:
@@ -247,3 +255,46 @@ def test_copy_is_independent() -> None:
     c = b.copy()
     c.assign(1, A)
     assert b.is_empty and not c.is_empty
+
+
+def test_address_order_puts_v4_before_v6() -> None:
+    ips = ["fd00::2", "10.0.0.10", "fd00::1", "10.0.0.9"]
+    assert sorted(ips, key=address_order) == ["10.0.0.9", "10.0.0.10", "fd00::1", "fd00::2"]
+
+
+def test_handle_prefixes() -> None:
+    assert TUNNEL_HANDLE_PREFIXES == ("vxlan-tunnel-addr-", "ipip-tunnel-addr-")
+    assert (VXLAN_HANDLE_PREFIX + "n1").startswith(TUNNEL_HANDLE_PREFIXES)
+    assert (IPIP_HANDLE_PREFIX + "n1").startswith(TUNNEL_HANDLE_PREFIXES)
+    assert not (WORKLOAD_HANDLE_PREFIX + "c1").startswith(TUNNEL_HANDLE_PREFIXES)
+
+
+# --- watching blocks (ipam/watch.py) -------------------------------------------------------------
+
+
+def test_watched_block_keys_are_under_the_watch_prefix() -> None:
+    for cidr in ("10.0.0.64/26", "fd00::40/122"):
+        assert keys.block_key(cidr).startswith(block_watch_prefix())
+    assert not keys.handle_key("h").startswith(block_watch_prefix())
+    assert not keys.host_key("n1").startswith(block_watch_prefix())
+
+
+def test_parse_watched_block() -> None:
+    block = Block.new("10.0.0.64/26", "host:n1")
+    block.assign(2, A)
+    got = parse_watched_block(keys.block_key("10.0.0.64/26"), block.to_dict(), 7)
+    assert got == Block.from_dict(block.to_dict(), 7) and got.revision == 7
+    assert got.affinity_node == "n1" and got.ips_for_handle("h1") == ["10.0.0.64", "10.0.0.65"]
+    v6 = Block.new("fd00::40/122")
+    assert parse_watched_block(keys.block_key("fd00::40/122"), v6.to_dict()).cidr == \
+        "fd00::40/122"
+
+
+def test_parse_watched_block_rejects_bad_input() -> None:
+    doc = Block.new("10.0.0.64/26").to_dict()
+    with pytest.raises(ValueError, match="not a block key"):
+        parse_watched_block(keys.handle_key("h1"), doc)
+    with pytest.raises(ValueError, match=r"is for block 10\.0\.0\.64/26, not 10\.0\.0\.128/26"):
+        parse_watched_block(keys.block_key("10.0.0.128/26"), doc)
+    with pytest.raises(ValueError, match="allocations must list 64 entries"):
+        parse_watched_block(keys.block_key("10.0.0.64/26"), {**doc, "allocations": []})
