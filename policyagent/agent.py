@@ -47,8 +47,8 @@ from node.metrics import _Metric
 from policyagent import nft_apply, nft_render
 from policyagent.calc import PolicyCalculator
 from policyagent.hep_resolve import read_interfaces, resolve
-from policyagent.model import DataplaneModel, KeyDiff, ModelDiff
-from policyagent.nft_render import render, render_chain_replace, render_set_update
+from policyagent.model import DataplaneModel
+from policyagent.nft_render import render
 
 log = logging.getLogger("tortie.policy")
 
@@ -435,24 +435,8 @@ class PolicyAgent:
                           or diff.policies.added or diff.policies.removed
                           or diff.profiles.added or diff.profiles.removed)
         kind = "endpoints" if structural else "sets" if diff.members_only else "chain"
-        incremental = getattr(nft_render, "render_incremental", None)
-        if incremental is not None:  # the renderer's own: set blocks, no nft element cache
-            script = incremental(old, model, self.table)
-            return ("full", "") if script is None else (kind, script)
-        if structural:
-            return "full", ""
-        script = ""
-        if diff.ipsets.changed:
-            members_only = ModelDiff(ipsets=KeyDiff(changed=diff.ipsets.changed),
-                                     ipset_members=diff.ipset_members)
-            script += render_set_update(members_only, self.table, model)
-        if not (diff.policies.changed or diff.profiles.changed):
-            return "sets", script
-        for pkey in sorted(diff.policies.changed):
-            script += render_chain_replace(model.policies[pkey], self.table)
-        for pkey in sorted(diff.profiles.changed):
-            script += render_chain_replace(model.profiles[pkey], self.table, profile=True)
-        return "chain", script
+        script = nft_render.render_incremental(old, model, self.table)
+        return ("full", "") if script is None else (kind, script)
 
     # --- counters -------------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 
 The output of :func:`render` is a complete ``nft -f`` script that replaces the whole table in
 one atomic transaction (``table X {}`` + ``delete table X`` + the full definition); other
-tables are never touched. :func:`render_set_update` and :func:`render_chain_replace` produce the
-small incremental transactions (set members only; one policy chain).
+tables are never touched. :func:`render_incremental` produces the smallest transaction from a
+table rendered from one model to what :func:`render` makes of the next.
 
 Layout (``cali*`` are workload interfaces; ``F`` is the mark mask below)
 ------------------------------------------------------------------------
@@ -84,9 +84,7 @@ __all__ = [
     "comment_for",
     "policy_chain",
     "render",
-    "render_chain_replace",
     "render_incremental",
-    "render_set_update",
     "render_table_delete",
 ]
 
@@ -672,52 +670,6 @@ def render(model: DataplaneModel, table: str = "tortie", *,
 def render_table_delete(table: str = "tortie") -> str:
     """Delete the table if it exists (never an error when it does not)."""
     return f"table inet {table} {{}}\ndelete table inet {table}\n"
-
-
-def render_set_update(diff: ModelDiff, table: str = "tortie",
-                      model: DataplaneModel | None = None) -> str:
-    """Only ``add element`` / ``delete element`` statements for a members-only ``diff``.
-
-    Deletions come first, so a member moving between overlapping prefixes cannot conflict.
-    When ``model`` (the *new* model) is given, a net set whose new members overlap (one
-    inside another, which nft's interval sets refuse) is re-filled instead: ``flush set`` and
-    the new members, still within the one transaction."""
-    if not diff.members_only:
-        raise ValueError("render_set_update needs a diff where only IP set members changed")
-    dels: list[str] = []
-    adds: list[str] = []
-    for set_id in sorted(diff.ipset_members):
-        delta = diff.ipset_members[set_id]
-        kind = "ip_port" if set_id.startswith("n") else "net"
-        if model is not None and kind == "net" and set_id in model.ipsets:
-            members = model.ipsets[set_id].members
-            if len(_drop_subsumed(members)) != len(members):
-                adds.append(f"flush set inet {table} {set_id}")
-                if members:
-                    adds.append(f"add element inet {table} {set_id} "
-                                f"{{ {', '.join(_drop_subsumed(members))} }}")
-                continue
-        if delta.removed:
-            items = ", ".join(sorted(_set_member(kind, m) for m in delta.removed))
-            dels.append(f"delete element inet {table} {set_id} {{ {items} }}")
-        if delta.added:
-            items = ", ".join(sorted(_set_member(kind, m) for m in delta.added))
-            adds.append(f"add element inet {table} {set_id} {{ {items} }}")
-    return "".join(line + "\n" for line in dels + adds)
-
-
-def render_chain_replace(policy: PolicyProgram, table: str = "tortie", *,
-                         profile: bool = False) -> str:
-    """Flush one policy (or profile) chain and re-add its rules, in one transaction.
-
-    The chain is declared first, so this also works for a chain that does not exist yet."""
-    name = policy_chain(policy.id, policy.direction, profile=profile)
-    kind = "profile" if profile else "policy"
-    chain = _Chain(name, f"{kind} {policy.id} {policy.direction}",
-                   _policy_chain_body(policy, profile))
-    return (f"table inet {table} {{\n\tchain {name} {{\n\t}}\n}}\n"
-            f"flush chain inet {table} {name}\n"
-            f"table inet {table} {{\n{chain.text()}\n}}\n")
 
 
 # --- incremental updates --------------------------------------------------------------------
