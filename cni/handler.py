@@ -692,7 +692,7 @@ class CNIHandler:
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
-            released = outcomes[2]  # type: ignore[assignment]
+            released = outcomes[2]
         info.ips = list(released)
         log.info("pod network removed", extra=_fields(info, ip=",".join(released)))
 

@@ -135,7 +135,7 @@ class _ResourceBehaviour:
         if problems:
             raise ResourceInvalid(cls.KIND, name_of(data), problems)
         try:
-            obj = cls.model_validate(data)  # type: ignore[attr-defined]
+            obj = cls.model_validate(data)
         except ValidationError as e:
             raise ResourceInvalid(cls.KIND, name_of(data), format_errors(e)) from None
         obj.apply_defaults()

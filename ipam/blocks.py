@@ -116,7 +116,7 @@ def reserved_in(block: str | IPNetwork, reserved: Iterable[str | IPNetwork]) -> 
         rnet = to_network(r) if not isinstance(r, str) else ipaddress.ip_network(r, strict=False)
         if rnet.version != net.version or not rnet.overlaps(net):
             continue
-        inner = net if net.subnet_of(rnet) else rnet  # type: ignore[arg-type]
+        inner = net if net.subnet_of(rnet) else rnet
         out.update(inner)
         if inner is net:
             break

@@ -91,6 +91,7 @@ from policyagent.k8s_translate import calico_name, translate
 from policyagent.model import (
     PROTOCOL_NAMES,
     PROTOCOL_NUMBERS,
+    Action,
     DataplaneModel,
     Direction,
     EndpointProgram,
@@ -150,6 +151,9 @@ KINDS: Mapping[str, str] = {
 _ENDPOINT_KINDS = ("workload", "host")
 _SCOPE_KEYS = frozenset({LABEL_NAMESPACE, LABEL_ORCHESTRATOR})
 _PORT_PROTOCOLS = (6, 17, 132)
+_DIRECTIONS: tuple[Direction, ...] = ("ingress", "egress")
+#: A rule's action (one of the datastore model's, any case) -> the dataplane's
+_ACTIONS: Mapping[str, Action] = {"allow": "allow", "deny": "deny", "log": "log", "pass": "pass"}
 
 
 def _proto_num(p: str | int | None) -> int | None:
@@ -794,7 +798,7 @@ class PolicyCalculator:
 
     def _rule(self, rule_id: str, rule: Rule, ns: str | None,
               set_keys: list[tuple[Any, ...]]) -> RuleSpec:
-        action = rule.action.lower()
+        action = _ACTIONS[rule.action.lower()]
         if rule.http is not None or rule.source.services or rule.destination.services:
             action = "none"
         proto = _proto_num(rule.protocol)
@@ -837,7 +841,7 @@ class PolicyCalculator:
                 kwargs[f"{side}_{neg}named_port_ipsets"] = tuple(named)
         icmp, not_icmp = rule.icmp, rule.notICMP
         return RuleSpec(
-            rule_id=rule_id, action=action,  # type: ignore[arg-type]
+            rule_id=rule_id, action=action,
             ip_version=fams[0] if len(families) == 1 else None,
             protocol=proto, not_protocol=_proto_num(rule.notProtocol),
             icmp_type=icmp.type if icmp else None, icmp_code=icmp.code if icmp else None,
@@ -909,14 +913,14 @@ class PolicyCalculator:
         if programs is None:
             pid = f"pro:{name}"
             if name.startswith("kns.") or name == DEFAULT_ALLOW_PROFILE:
-                actions: tuple[str, ...] = ("allow",)
+                actions: tuple[Action, ...] = ("allow",)
             elif name.startswith("ksa."):
                 actions = ()
             else:
                 actions = ("deny",)  # missing profile: Felix's deny-all stand-in
-            programs = {d: PolicyProgram(pid, d, tuple(RuleSpec(f"{pid}/{d}/{i}", a)  # type: ignore[arg-type]
+            programs = {d: PolicyProgram(pid, d, tuple(RuleSpec(f"{pid}/{d}/{i}", a)
                                                        for i, a in enumerate(actions)))
-                        for d in ("ingress", "egress")}
+                        for d in _DIRECTIONS}
             self._builtin_profiles[name] = programs
         return programs
 

@@ -698,9 +698,9 @@ def _endpoint_uses(ep: EndpointProgram) -> list[str]:
 def _shared_uses(model: DataplaneModel) -> Counter[str]:
     """How many endpoint hooks use each shared chain :func:`render` makes (cached for the last
     few models)."""
-    for cached, uses in _USES_CACHE:
+    for cached, cached_uses in _USES_CACHE:
         if cached is model:
-            return uses
+            return cached_uses
     uses: Counter[str] = Counter()
     for ep in model.endpoints.values():
         uses.update(_endpoint_uses(ep))

@@ -134,7 +134,7 @@ def pool_of(prefix: str, pools: Iterable[IPPool]) -> IPPool | None:
     best: IPPool | None = None
     for p in pools:
         pnet = p.network
-        if (pnet.version == net.version and net.subnet_of(pnet)  # type: ignore[arg-type]
+        if (pnet.version == net.version and net.subnet_of(pnet)
                 and (best is None or pnet.prefixlen > best.network.prefixlen)):
             best = p
     return best

@@ -17,7 +17,7 @@ from tests.unit.test_policy_calc import Cluster, _kind_of, _random_resources, gn
 def _naive(members: list[str]) -> list[str]:
     nets = {ipaddress.ip_network(m, strict=False) for m in members}
     kept = [n for n in nets if not any(o != n and o.version == n.version
-                                       and n.subnet_of(o) for o in nets)]  # type: ignore[arg-type]
+                                       and n.subnet_of(o) for o in nets)]
     return sorted(str(n) for n in kept)
 
 
