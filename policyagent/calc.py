@@ -161,7 +161,7 @@ class PolicyCalculator:
         self._profile_labels_applied: dict[str, dict[str, str]] = {}  # Profile resources'
         self._namespaces: dict[str, dict[str, str]] = {}  # name -> labels
         self._service_accounts: dict[tuple[str, str], dict[str, str]] = {}  # -> labels
-        self._keys: dict[tuple[Kind, str], str] = {}  # (kind, key) -> internal id
+        self._ids: dict[tuple[Kind, str], str] = {}  # (kind, key) -> internal id
         #: kind -> what applies a resource of that kind (``None``: deletes it), by internal id
         self._handlers: dict[Kind, Callable[[str, Any | None], None]] = {
             Kind.WORKLOAD_ENDPOINT: self.index.set_workload,
@@ -190,25 +190,25 @@ class PolicyCalculator:
 
     def update(self, kind: str, key: str, resource: Any | None) -> None:
         """Add, change (``resource``) or delete (``None``) one resource."""
-        k = KINDS.get(kind.lower())
-        if k is None:
+        what = KINDS.get(kind.lower())
+        if what is None:
             raise ValueError(f"the policy calculation does not use {kind!r} resources")
-        if k is Kind.NETWORK_POLICY and (
+        if what is Kind.NETWORK_POLICY and (
                 isinstance(resource, K8sNetworkPolicy)
-                or (resource is None and (Kind.K8S_NETWORK_POLICY, key) in self._keys)):
-            k = Kind.K8S_NETWORK_POLICY
+                or (resource is None and (Kind.K8S_NETWORK_POLICY, key) in self._ids)):
+            what = Kind.K8S_NETWORK_POLICY
         programs = self.programs
         model, protected = programs.cached, programs.protected
         programs.cached = None
-        old_id = self._keys.pop((k, key), None)
-        new_id = None if resource is None else _internal_id(k, key, resource)
-        handler = self._handlers[k]
+        old_id = self._ids.pop((what, key), None)
+        new_id = None if resource is None else _internal_id(what, key, resource)
+        handler = self._handlers[what]
         if old_id is not None and old_id != new_id:
             handler(old_id, None)
         if resource is not None and new_id is not None:
-            self._keys[(k, key)] = new_id
+            self._ids[(what, key)] = new_id
             handler(new_id, resource)
-        if k in (Kind.NODE, Kind.IP_POOL) and programs.protected == protected:
+        if what in (Kind.NODE, Kind.IP_POOL) and programs.protected == protected:
             programs.cached = model  # e.g. a Node's labels or status: nothing the model holds
 
     def model(self) -> DataplaneModel:
@@ -217,8 +217,8 @@ class PolicyCalculator:
 
     # --- handlers of what only the calculator keeps ------------------------------------------
 
-    def _set_k8s_policy(self, iid: str, knp: K8sNetworkPolicy | None) -> None:
-        self.programs.set_policy(iid, None if knp is None else translate(knp))
+    def _set_k8s_policy(self, item_id: str, knp: K8sNetworkPolicy | None) -> None:
+        self.programs.set_policy(item_id, None if knp is None else translate(knp))
 
     def _set_profile(self, name: str, prof: Profile | None) -> None:
         old_labels = self._profile_labels(name)

@@ -145,7 +145,7 @@ def comment_for(text: str) -> str:
     return clean
 
 
-def _q(text: str) -> str:
+def _quote(text: str) -> str:
     return f'"{comment_for(text)}"'
 
 
@@ -269,7 +269,7 @@ def _family_free(rule: RuleSpec) -> bool:
 
 
 def _action(rule: RuleSpec, egress: bool) -> str:
-    cmt = f"comment {_q(rule.rule_id)}"
+    cmt = f"comment {_quote(rule.rule_id)}"
     if rule.action == "allow":
         bits = MARK_ACCEPT
         if egress and (rule.dst_ports or rule.dst_named_port_ipsets):
@@ -347,7 +347,7 @@ class _Chain:
     base: str | None = None  # "type filter hook input priority 0; policy accept;"
 
     def text(self) -> str:
-        out = [f"\tchain {self.name} {{", f"\t\tcomment {_q(self.comment)}"]
+        out = [f"\tchain {self.name} {{", f"\t\tcomment {_quote(self.comment)}"]
         if self.base:
             out.append(f"\t\t{self.base}")
         out.extend(f"\t\t{r}" for r in self.rules)
@@ -363,7 +363,7 @@ def _set_text(spec: IPSetSpec) -> str:
     else:
         head = f"type {addr} . inet_proto . inet_service;"
         members = sorted(_port_member(m) for m in spec.members)
-    body = f"\t\t{head}\n\t\tcomment {_q(spec.selector + ' ' + spec.named_port)}\n"
+    body = f"\t\t{head}\n\t\tcomment {_quote(spec.selector + ' ' + spec.named_port)}\n"
     if members:
         body += "\t\telements = { " + ",\n\t\t\t".join(members) + " }\n"
     return f"\tset {spec.id} {{\n{body}\t}}"
@@ -401,7 +401,7 @@ class _Builder:
                                    for pid in tier.policies)]
         if tier.default_action == "deny" and default_drop:
             rules.append(_DECIDED)
-            rules.append(f"counter drop comment {_q(f'end of tier {tier.tier} {direction}')}")
+            rules.append(f"counter drop comment {_quote(f'end of tier {tier.tier} {direction}')}")
         return self.add(_Chain(_tier_chain_name(tier, direction, default_drop),
                                f"tier {tier.tier} {direction}: {' '.join(tier.policies)}", rules))
 
@@ -428,7 +428,7 @@ class _Builder:
                 self.add(_Chain(program, f"workload {direction} program: {what}", list(steps)))
                 rules.append(f"jump {program}")
                 rules.append(f"{_ACCEPTED} return")
-            rules.append(f"counter drop comment {_q(f'{ep.name} {direction} default drop')}")
+            rules.append(f"counter drop comment {_quote(f'{ep.name} {direction} default drop')}")
             name = self.add(_Chain(chain_name("w" + _dir(direction), ep.name),
                                    f"workload {ep.name} {direction}", rules))
             self.maps["wl_to" if direction == "ingress" else "wl_from"][ep.interface] = \
@@ -456,7 +456,7 @@ class _Builder:
                 rules.append(f"meta mark & {MARK_PREDNAT:#x} != 0 return")
             rules.extend(_failsafe_rules(failsafe, direction, "return"))
             rules.extend(self.policy_steps(tiers, hep.profiles, direction, "return", True))
-            rules.append(f"counter drop comment {_q(f'host {key} {direction} default drop')}")
+            rules.append(f"counter drop comment {_quote(f'host {key} {direction} default drop')}")
             register("hep_in" if direction == "ingress" else "hep_out",
                      self.add(_Chain(chain_name("h" + d, key), f"host {key} {direction}",
                                      rules)))
@@ -467,7 +467,7 @@ class _Builder:
                 rules = [f"meta mark & {MARK_PREDNAT:#x} != 0 return"] \
                     if direction == "ingress" else []
                 rules += self.policy_steps(ftiers, (), direction, "return", True)
-                rules.append(f"counter drop comment {_q(f'host {key} forward {direction}')}")
+                rules.append(f"counter drop comment {_quote(f'host {key} forward {direction}')}")
                 register("hep_fwd_in" if direction == "ingress" else "hep_fwd_out",
                          self.add(_Chain(chain_name("hf" + d, key),
                                          f"host {key} forward {direction}", rules)))
@@ -511,8 +511,8 @@ class _Builder:
         ct = ["ct state invalid counter drop comment \"ct invalid\"",
               "ct state established,related accept"]
         untracked_ok = f"meta mark & {MARK_UNTRACKED:#x} != 0 accept"
-        e2h = {"drop": "counter drop comment \"workload to host\"",
-               "accept": "accept", "return": "return"}[self.endpoint_to_host]
+        workload_to_host = {"drop": "counter drop comment \"workload to host\"",
+                            "accept": "accept", "return": "return"}[self.endpoint_to_host]
         hep_maps = {k: self.dispatch(k, "oifname" if k in ("hep_out", "hep_fwd_out",
                                                            "hep_raw_out") else "iifname",
                                      f"host endpoint dispatch {k}")
@@ -543,7 +543,7 @@ class _Builder:
                 f"iifname {wl} icmpv6 type {nd} accept",
                 f"iifname {wl} jump from_wl",
                 f"iifname {wl} jump protect_host",
-                f"iifname {wl} {e2h}",
+                f"iifname {wl} {workload_to_host}",
                 "jump hep_in_dispatch"],
                 "type filter hook input priority filter; policy accept;"),
             _Chain("forward", "forwarded", [
@@ -568,7 +568,7 @@ def _anti_spoof(ep: EndpointProgram) -> list[str]:
     allowed = list(ep.addresses) + list(ep.allow_spoofed_prefixes)
     for family in (4, 6):
         mine = _of_family(allowed, family)
-        cmt = f"comment {_q(f'{ep.name} anti-spoof v{family}')}"
+        cmt = f"comment {_quote(f'{ep.name} anti-spoof v{family}')}"
         if mine:
             out.append(f"{_FAMILY_KW[family]} saddr != {_net_expr(mine)} counter drop {cmt}")
         else:
@@ -588,7 +588,7 @@ def _failsafe_rules(entries: tuple[FailsafeSpec, ...], direction: str, verdict: 
         proto = PROTOCOL_NAMES.get(f.protocol, str(f.protocol))
         match.append(f"meta l4proto {proto} th dport {f.port}")
         out.append(" ".join([*match, f"counter {verdict}",
-                             f"comment {_q(f'failsafe {direction} {proto}:{f.port}')}"]))
+                             f"comment {_quote(f'failsafe {direction} {proto}:{f.port}')}"]))
     return out
 
 
@@ -606,26 +606,26 @@ def _protected_chains(p: ProtectedPorts) -> list[_Chain]:
         what = f"protected host port {proto}:{','.join(map(str, sorted(set(ports))))}"
         if net is not None:
             daddr = f"{_FAMILY_KW[_parse_net(net).version]} daddr {_parse_net(net)}"
-            host.append(f"{daddr} {port} counter drop comment {_q(what)}")
-            fwd.append(f"{daddr} {port} counter drop comment {_q(f'{what} to {net}')}")
+            host.append(f"{daddr} {port} counter drop comment {_quote(what)}")
+            fwd.append(f"{daddr} {port} counter drop comment {_quote(f'{what} to {net}')}")
             continue
-        host.append(f"{port} counter drop comment {_q(f'{what} on this host')}")
+        host.append(f"{port} counter drop comment {_quote(f'{what} on this host')}")
         for family in (4, 6):
             kw = _FAMILY_KW[family]
             pools = _of_family(p.workload_nets, family)
             if pools:
                 fwd.append(f"{kw} daddr != {_net_expr(pools)} {port} counter drop "
-                           f"comment {_q(f'{what} outside the pools v{family}')}")
+                           f"comment {_quote(f'{what} outside the pools v{family}')}")
                 # node addresses taken from a pool (tunnel addresses); the others are
                 # outside the pools already
                 nodes = [a for a in _of_family(p.host_addresses, family)
                          if any(_parse_net(a).overlaps(_parse_net(n)) for n in pools)]
                 if nodes:
                     fwd.append(f"{kw} daddr {_net_expr(nodes)} {port} counter drop "
-                               f"comment {_q(f'{what} on the nodes v{family}')}")
+                               f"comment {_quote(f'{what} on the nodes v{family}')}")
             else:
                 fwd.append(f"meta nfproto {_NFPROTO[family]} {port} counter drop "
-                           f"comment {_q(f'{what} anywhere v{family}')}")
+                           f"comment {_quote(f'{what} anywhere v{family}')}")
     skip = f"meta mark & {MARK_EXPLICIT_PORT:#x} != 0 return"
     return [_Chain("protect_host", "protected host ports: workloads to this host",
                    [skip, *host] if host else []),

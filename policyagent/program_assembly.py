@@ -114,7 +114,7 @@ class ProgramAssembly:
         self.protected = ProtectedPorts()
         self._update_failsafe()
         self._programs: dict[str, EndpointProgram] = {}
-        self._program_pids: dict[str, frozenset[str]] = {}  # iid -> policy_ids() of its program
+        self._program_pids: dict[str, frozenset[str]] = {}  # item_id -> policy_ids() of its program
         #: the last model, while nothing changed since (None: to be assembled)
         self.cached: DataplaneModel | None = None
 
@@ -357,26 +357,26 @@ class ProgramAssembly:
         dirty = index.dirty
         if self.cached is not None and not dirty:
             return self.cached
-        for iid in dirty:
-            item = index.items.get(iid)
+        for item_id in dirty:
+            item = index.items.get(item_id)
             if item is None or not item.local_endpoint:
-                self._programs.pop(iid, None)
-                self._program_pids.pop(iid, None)
+                self._programs.pop(item_id, None)
+                self._program_pids.pop(item_id, None)
             else:
-                program = self._programs[iid] = self._build_program(item)
-                self._program_pids[iid] = program.policy_ids()
+                program = self._programs[item_id] = self._build_program(item)
+                self._program_pids[item_id] = program.policy_ids()
         dirty.clear()
         endpoints: dict[str, EndpointProgram] = {}
         hosts: dict[str, HostEndpointProgram] = {}
         pids: set[str] = set()
         profile_names: set[str] = set()
         program_pids = self._program_pids
-        for iid, ep in self._programs.items():
+        for item_id, ep in self._programs.items():
             if isinstance(ep, HostEndpointProgram):
                 hosts[ep.name] = ep
             else:
                 endpoints[ep.name] = ep
-            pids |= program_pids[iid]
+            pids |= program_pids[item_id]
             profile_names.update(p[4:] for p in ep.profiles)
         policies: dict[tuple[str, str], PolicyProgram] = {}
         set_ids: set[str] = set()

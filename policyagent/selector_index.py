@@ -193,9 +193,9 @@ class SelectorIndex:
 
     # --- items from resources ----------------------------------------------------------------
 
-    def set_workload(self, iid: str, wep: WorkloadEndpoint | None) -> None:
+    def set_workload(self, item_id: str, wep: WorkloadEndpoint | None) -> None:
         if wep is None:
-            self.remove_item(iid)
+            self.remove_item(item_id)
             return
         spec = wep.spec
         ns = wep.namespace or "default"
@@ -206,25 +206,25 @@ class SelectorIndex:
         if spec.serviceAccountName:
             own[LABEL_SERVICE_ACCOUNT] = spec.serviceAccountName
         pod = (ns, spec.pod) if spec.pod else None
-        self._upsert_item(iid, "workload", wep, own=own, parents=tuple(spec.profiles or ()),
+        self._upsert_item(item_id, "workload", wep, own=own, parents=tuple(spec.profiles or ()),
                           addrs=tuple(cidr(n) for n in spec.ipNetworks or ()),
                           ports=_endpoint_ports(spec.ports), pod=pod,
                           local=bool(spec.node) and spec.node == self.node_name)
 
-    def set_host(self, iid: str, hep: HostEndpoint | None) -> None:
+    def set_host(self, item_id: str, hep: HostEndpoint | None) -> None:
         if hep is None:
-            self.remove_item(iid)
+            self.remove_item(item_id)
             return
         spec = hep.spec
-        self._upsert_item(iid, "host", hep, own=dict(hep.metadata.labels or {}),
+        self._upsert_item(item_id, "host", hep, own=dict(hep.metadata.labels or {}),
                           parents=tuple(spec.profiles or ()),
                           addrs=tuple(host_cidr(ip) for ip in spec.expectedIPs or ()),
                           ports=_endpoint_ports(spec.ports), pod=None,
                           local=spec.node == self.node_name)
 
-    def set_network_set(self, iid: str, net_set: NetworkSet | GlobalNetworkSet | None) -> None:
+    def set_network_set(self, item_id: str, net_set: NetworkSet | GlobalNetworkSet | None) -> None:
         if net_set is None:
-            self.remove_item(iid)
+            self.remove_item(item_id)
             return
         own = dict(net_set.metadata.labels or {})
         parents: tuple[str, ...] = ()
@@ -232,7 +232,7 @@ class SelectorIndex:
             ns = net_set.namespace or "default"
             own[LABEL_NAMESPACE] = ns
             parents = (f"kns.{ns}",)
-        self._upsert_item(iid, "network_set", net_set, own=own, parents=parents,
+        self._upsert_item(item_id, "network_set", net_set, own=own, parents=parents,
                           addrs=tuple(dict.fromkeys(cidr(n) for n in net_set.spec.nets or ())),
                           ports=None, pod=None, local=False)
 
@@ -244,34 +244,34 @@ class SelectorIndex:
             ports = {}
         else:
             self._pod_ports[pod] = ports
-        for iid in self._pod_users.get(pod, ()):
-            item = self.items[iid]
+        for item_id in self._pod_users.get(pod, ()):
+            item = self.items[item_id]
             if item.kind == "workload" and not item.resource.spec.ports and item.ports != ports:
                 item.ports = ports
                 self._recontribute_item(item)
 
-    def _upsert_item(self, iid: str, kind: ItemKind, resource: Any, *, own: dict[str, str],
+    def _upsert_item(self, item_id: str, kind: ItemKind, resource: Any, *, own: dict[str, str],
                      parents: tuple[str, ...], addrs: tuple[str, ...],
                      ports: NamedPorts | None, pod: PodKey | None, local: bool) -> None:
-        item = self.items.get(iid)
+        item = self.items.get(item_id)
         if item is not None and item.kind != kind:
-            self.remove_item(iid)
+            self.remove_item(item_id)
             item = None
         new = item is None
         if item is None:
-            item = IndexedItem(iid, kind)
-            self.items[iid] = item
+            item = IndexedItem(item_id, kind)
+            self.items[item_id] = item
         if item.parents != parents:
             for p in item.parents:
-                self._profile_users.get(p, set()).discard(iid)
+                self._profile_users.get(p, set()).discard(item_id)
             for p in parents:
-                self._profile_users.setdefault(p, set()).add(iid)
+                self._profile_users.setdefault(p, set()).add(item_id)
             item.parents = parents
         if item.pod != pod:
             if item.pod is not None:
-                self._pod_users.get(item.pod, set()).discard(iid)
+                self._pod_users.get(item.pod, set()).discard(item_id)
             if pod is not None:
-                self._pod_users.setdefault(pod, set()).add(iid)
+                self._pod_users.setdefault(pod, set()).add(item_id)
             item.pod = pod
         if ports is None and pod is not None:
             ports = self._pod_ports.get(pod)
@@ -281,7 +281,7 @@ class SelectorIndex:
         labels = self._effective_labels(item)
         if new:
             item.labels, item.addrs, item.ports = labels, addrs, ports
-            self._index_labels(iid, {}, labels)
+            self._index_labels(item_id, {}, labels)
             for sel in self._candidates(labels):
                 if sel.match(labels):
                     self._join(item, sel)
@@ -292,45 +292,45 @@ class SelectorIndex:
                 item.addrs, item.ports = addrs, ports
                 self._recontribute_item(item)
         if item.local_endpoint or was_local_ep:
-            self.dirty.add(iid)
+            self.dirty.add(item_id)
 
-    def remove_item(self, iid: str) -> None:
-        item = self.items.pop(iid, None)
+    def remove_item(self, item_id: str) -> None:
+        item = self.items.pop(item_id, None)
         if item is None:
             return
-        self._index_labels(iid, item.labels, {})
+        self._index_labels(item_id, item.labels, {})
         for canon in list(item.matched):
             self._leave(item, self.selectors[canon])
         for p in item.parents:
-            self._profile_users.get(p, set()).discard(iid)
+            self._profile_users.get(p, set()).discard(item_id)
         if item.pod is not None:
-            self._pod_users.get(item.pod, set()).discard(iid)
+            self._pod_users.get(item.pod, set()).discard(item_id)
         if item.local_endpoint:
-            self.dirty.add(iid)
+            self.dirty.add(item_id)
 
     # --- labels ------------------------------------------------------------------------------
 
     def relabel_profile_users(self, profile: str) -> None:
         """The labels ``profile`` applies may have changed: re-label the items using it."""
-        for iid in list(self._profile_users.get(profile, ())):
-            item = self.items[iid]
+        for item_id in list(self._profile_users.get(profile, ())):
+            item = self.items[item_id]
             labels = self._effective_labels(item)
             if labels != item.labels:
                 self._relabel(item, labels)
 
-    def _index_labels(self, iid: str, old: dict[str, str], new: dict[str, str]) -> None:
+    def _index_labels(self, item_id: str, old: dict[str, str], new: dict[str, str]) -> None:
         """Keep ``items_by_label`` (``(key, value)`` -> item ids) up to date."""
         index = self.items_by_label
         for kv in old.items():
             if new.get(kv[0]) != kv[1]:
                 ids = index.get(kv)
                 if ids is not None:
-                    ids.discard(iid)
+                    ids.discard(item_id)
                     if not ids:
                         del index[kv]
         for kv in new.items():
             if old.get(kv[0]) != kv[1]:
-                index.setdefault(kv, set()).add(iid)
+                index.setdefault(kv, set()).add(item_id)
 
     def _effective_labels(self, item: IndexedItem) -> dict[str, str]:
         """Own labels over the labels the profiles apply (the first profile wins)."""
@@ -378,16 +378,16 @@ class SelectorIndex:
     def _join(self, item: IndexedItem, sel: TrackedSelector) -> None:
         sel.members.add(item.id)
         item.matched.add(sel.canon)
-        for st in sel.sets:
-            self._recontribute(st, item)
+        for ip_set in sel.sets:
+            self._recontribute(ip_set, item)
         if sel.policies and item.local_endpoint:
             self.dirty.add(item.id)
 
     def _leave(self, item: IndexedItem, sel: TrackedSelector) -> None:
         sel.members.discard(item.id)
         item.matched.discard(sel.canon)
-        for st in sel.sets:
-            self._recontribute(st, item, gone=True)
+        for ip_set in sel.sets:
+            self._recontribute(ip_set, item, gone=True)
         if sel.policies and item.local_endpoint:
             self.dirty.add(item.id)
 
@@ -395,42 +395,42 @@ class SelectorIndex:
 
     def _recontribute_item(self, item: IndexedItem) -> None:
         for canon in item.matched:
-            for st in self.selectors[canon].sets:
-                self._recontribute(st, item)
+            for ip_set in self.selectors[canon].sets:
+                self._recontribute(ip_set, item)
 
-    def _recontribute(self, st: TrackedIPSet, item: IndexedItem, gone: bool = False) -> None:
+    def _recontribute(self, ip_set: TrackedIPSet, item: IndexedItem, gone: bool = False) -> None:
         """Bring an item's members of one IP set up to date."""
         new: tuple[str, ...] = ()
-        if not gone and st.sel.canon in item.matched:
-            if st.port_name is None:
+        if not gone and ip_set.sel.canon in item.matched:
+            if ip_set.port_name is None:
                 new = item.addrs
             else:
-                port = item.ports.get((st.port_name, st.proto or 0))
+                port = item.ports.get((ip_set.port_name, ip_set.proto or 0))
                 if port is not None:
-                    proto = PROTOCOL_NAMES[st.proto or 0]
+                    proto = PROTOCOL_NAMES[ip_set.proto or 0]
                     new = tuple(f"{ipaddress.ip_interface(a).ip},{proto}:{port}"
                                 for a in item.addrs)
-        old = st.contrib.get(item.id, ())
+        old = ip_set.contrib.get(item.id, ())
         if old == new:
             return
         for m in old:
-            counts = st.counts[_family(m)]
+            counts = ip_set.counts[_family(m)]
             if counts[m] == 1:
                 del counts[m]
-                st.dirty.add(_family(m))
+                ip_set.dirty.add(_family(m))
             else:
                 counts[m] -= 1
         for m in new:
-            counts = st.counts[_family(m)]
+            counts = ip_set.counts[_family(m)]
             if m in counts:
                 counts[m] += 1
             else:
                 counts[m] = 1
-                st.dirty.add(_family(m))
+                ip_set.dirty.add(_family(m))
         if new:
-            st.contrib[item.id] = new
+            ip_set.contrib[item.id] = new
         else:
-            st.contrib.pop(item.id, None)
+            ip_set.contrib.pop(item.id, None)
 
     # --- selectors and sets ------------------------------------------------------------------
 
@@ -457,7 +457,7 @@ class SelectorIndex:
             match = sel.match
             items = self.items
             candidates: Iterable[IndexedItem] = items.values() if sel.index is None else [
-                items[iid] for iid in self.items_by_label.get(sel.index, ())]
+                items[item_id] for item_id in self.items_by_label.get(sel.index, ())]
             for item in candidates:
                 if match(item.labels):
                     sel.members.add(item.id)
@@ -478,38 +478,38 @@ class SelectorIndex:
             indexed.discard(sel)
             if not indexed:
                 del self.selectors_by_label[sel.index]
-        for iid in sel.members:
-            self.items[iid].matched.discard(sel.canon)
+        for item_id in sel.members:
+            self.items[item_id].matched.discard(sel.canon)
 
     def ref_set(self, key: IPSetKey) -> None:
         """One more user of an IP set: its members are kept from the first."""
-        st = self._sets.get(key)
-        if st is None:
+        ip_set = self._sets.get(key)
+        if ip_set is None:
             ids = dict(zip((4, 6), ip_set_ids(key, (4, 6)), strict=True))
             if key[0] == "net":
-                st = TrackedIPSet(key, self.ref_selector(key[1]), ids)
+                ip_set = TrackedIPSet(key, self.ref_selector(key[1]), ids)
             else:
                 _, canon, proto, name = key
-                st = TrackedIPSet(key, self.ref_selector(canon), ids, proto=proto,
+                ip_set = TrackedIPSet(key, self.ref_selector(canon), ids, proto=proto,
                                   port_name=name)
-            self._sets[key] = st
-            for set_id in st.ids.values():
-                self._set_by_id[set_id] = st
-            st.sel.sets.append(st)
-            for iid in st.sel.members:
-                self._recontribute(st, self.items[iid])
-        st.refs += 1
+            self._sets[key] = ip_set
+            for set_id in ip_set.ids.values():
+                self._set_by_id[set_id] = ip_set
+            ip_set.sel.sets.append(ip_set)
+            for item_id in ip_set.sel.members:
+                self._recontribute(ip_set, self.items[item_id])
+        ip_set.refs += 1
 
     def unref_set(self, key: IPSetKey) -> None:
-        st = self._sets[key]
-        st.refs -= 1
-        if st.refs > 0:
+        ip_set = self._sets[key]
+        ip_set.refs -= 1
+        if ip_set.refs > 0:
             return
         del self._sets[key]
-        for set_id in st.ids.values():
+        for set_id in ip_set.ids.values():
             del self._set_by_id[set_id]
-        st.sel.sets.remove(st)
-        self.unref_selector(st.sel)
+        ip_set.sel.sets.remove(ip_set)
+        self.unref_selector(ip_set.sel)
 
     def ipset_spec(self, set_id: str, family: int) -> IPSetSpec:
         """The current members of an IP set in use."""
@@ -520,10 +520,10 @@ class SelectorIndex:
     def mark_members(self, sel: TrackedSelector) -> None:
         """The policies of ``sel`` changed: the local endpoints it matches need new programs."""
         items = self.items
-        for iid in sel.members:
-            if items[iid].local_endpoint:
-                self.dirty.add(iid)
+        for item_id in sel.members:
+            if items[item_id].local_endpoint:
+                self.dirty.add(item_id)
 
     def mark_local_endpoints(self) -> None:
         """Every local endpoint needs a new program."""
-        self.dirty.update(iid for iid, it in self.items.items() if it.local_endpoint)
+        self.dirty.update(item_id for item_id, it in self.items.items() if it.local_endpoint)
