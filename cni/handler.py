@@ -114,7 +114,6 @@ ORCH_CNI = "cni"
 LABEL_NAMESPACE = "projectcalico.org/namespace"
 LABEL_ORCHESTRATOR = "projectcalico.org/orchestrator"
 LABEL_SERVICE_ACCOUNT = "projectcalico.org/serviceaccount"
-MAX_REQUEST_FIELDS = ("command", "env", "config", "plugin")
 
 #: The policy agent's hook: called with the stored endpoint before ADD returns; raising
 #: fails (and rolls back) the ADD.

@@ -16,7 +16,6 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    Field,
     ValidationError,
     field_validator,
 )
@@ -361,4 +360,3 @@ SelectorText = Annotated[str, AfterValidator(check_selector)]
 CIDR = Annotated[str, AfterValidator(check_cidr)]
 IPAddr = Annotated[str, AfterValidator(check_ip)]
 ResourceName = Annotated[str, AfterValidator(check_name)]
-NON_EMPTY = Field(min_length=1)
