@@ -225,7 +225,8 @@ DEFAULT_FAILSAFE_OUTBOUND: Final[tuple[ProtoPort, ...]] = (
 # Tortie's own (not Calico's): the control-plane ports a workload never reaches on a host (any
 # address outside the IP pools, every node address, the local host) unless an allow rule that
 # names the destination port accepts it -- BGP and etcd's client and peer ports.  tortie-node
-# adds the ports of its own etcd endpoints (policyagent.program_assembly).  ``[]`` / ``none`` disables.
+# adds the ports of its own etcd endpoints (policyagent.program_assembly).  ``[]`` / ``none``
+# disables.
 DEFAULT_WORKLOAD_PROTECTED_HOST_PORTS: Final[tuple[ProtoPort, ...]] = (
     _pp("TCP", 179), _pp("TCP", 2379), _pp("TCP", 2380),
 )

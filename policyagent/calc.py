@@ -120,6 +120,12 @@ KINDS: Mapping[str, Kind] = {
     **{k: Kind.NODE for k in ("node", "nodes")},
 }
 
+
+def _kind_of(name: str) -> Kind | None:
+    """What a resource of kind ``name`` is to the calculation (None: not used)."""
+    return KINDS.get(name.lower())
+
+
 #: A resource's id inside the calculation, from its namespace and name (the ids of policies
 #: are also their ids in the model); a kind not here is known by its name
 _INTERNAL_IDS: Mapping[Kind, Callable[[str, str], str]] = {
@@ -186,11 +192,11 @@ class PolicyCalculator:
     @staticmethod
     def handles(kind: str) -> bool:
         """Whether :meth:`update` takes this kind."""
-        return kind.lower() in KINDS
+        return _kind_of(kind) is not None
 
     def update(self, kind: str, key: str, resource: Any | None) -> None:
         """Add, change (``resource``) or delete (``None``) one resource."""
-        what = KINDS.get(kind.lower())
+        what = _kind_of(kind)
         if what is None:
             raise ValueError(f"the policy calculation does not use {kind!r} resources")
         if what is Kind.NETWORK_POLICY and (
