@@ -123,7 +123,7 @@ class PolicyAgent:
         self._ip_owner: dict[str, str] = {}  # ipNetwork -> the endpoint key holding it
         self._interfaces: dict[str, list[str]] | None = None  # host interfaces -> addresses
         self._felix: dict[str, FelixConfiguration] = {}
-        self._endpoint_to_host = DEFAULT_ENDPOINT_TO_HOST
+        self._e2h = DEFAULT_ENDPOINT_TO_HOST
         self.last_program: float | None = None
         self.last_program_kind = ""
         self.last_error = ""
@@ -236,7 +236,7 @@ class PolicyAgent:
         if value is None:
             if plural == "felixconfigurations":
                 self._felix.pop(key, None)
-                self._update_endpoint_to_host()
+                self._update_e2h()
             elif plural == _WEP_PLURAL:
                 self._index_wep(key, None)
             self._feed(plural, key, None)
@@ -250,7 +250,7 @@ class PolicyAgent:
             return
         if plural == "felixconfigurations":
             self._felix[key] = resource
-            self._update_endpoint_to_host()
+            self._update_e2h()
         elif plural == _WEP_PLURAL:
             if injected is not None and _same_endpoint(injected, resource):
                 return  # the CNI ADD's own write, programmed already by endpoint_ready
@@ -292,16 +292,16 @@ class PolicyAgent:
         self.m_synced.set(1)
         self._wake.set()
 
-    def _update_endpoint_to_host(self) -> None:
+    def _update_e2h(self) -> None:
         action = None
         for name in (f"node.{self.node}", "default"):
             cfg = self._felix.get(resource_key("felixconfigurations", name))
             if cfg is not None and cfg.spec.defaultEndpointToHostAction:
                 action = cfg.spec.defaultEndpointToHostAction
                 break
-        action_to_host = (action or DEFAULT_ENDPOINT_TO_HOST).lower()
-        if action_to_host != self._endpoint_to_host:
-            self._endpoint_to_host = action_to_host
+        e2h = (action or DEFAULT_ENDPOINT_TO_HOST).lower()
+        if e2h != self._e2h:
+            self._e2h = e2h
             self._need_full = True  # the base chains change
             self._wake.set()
 
@@ -388,7 +388,7 @@ class PolicyAgent:
                 log.exception("incremental rendering failed; programming the whole table")
                 kind = "full"
         if kind == "full":
-            script = render(model, self.table, endpoint_to_host=self._endpoint_to_host)
+            script = render(model, self.table, endpoint_to_host=self._e2h)
         try:
             await asyncio.to_thread(nft_apply.apply, script, self.netns)
         except nft_apply.NftError:
@@ -400,8 +400,7 @@ class PolicyAgent:
             kind = "full"
             try:
                 await asyncio.to_thread(
-                    nft_apply.apply,
-                    render(model, self.table, endpoint_to_host=self._endpoint_to_host),
+                    nft_apply.apply, render(model, self.table, endpoint_to_host=self._e2h),
                     self.netns)
             except nft_apply.NftError:
                 self.m_errors.inc(kind=kind)
