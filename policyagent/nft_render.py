@@ -381,8 +381,10 @@ def _set_member(spec_kind: str, member: str) -> str:
 
 
 class _Builder:
+    """The chains, maps and dispatch of one table, built endpoint by endpoint."""
+
     def __init__(self, model: DataplaneModel, endpoint_to_host: str) -> None:
-        self.m = model
+        self.model = model
         self.endpoint_to_host = endpoint_to_host
         self.chains: dict[str, _Chain] = {}
         self.maps: dict[str, dict[str, str]] = {
@@ -448,7 +450,7 @@ class _Builder:
 
         for direction in ("ingress", "egress"):
             d = _dir(direction)
-            failsafe = self.m.failsafe_in if direction == "ingress" else self.m.failsafe_out
+            failsafe = self.model.failsafe_in if direction == "ingress" else self.model.failsafe_out
             # normal policy: traffic to / from the host itself
             tiers = hep.ingress_policies if direction == "ingress" else hep.egress_policies
             rules: list[str] = []
@@ -482,7 +484,7 @@ class _Builder:
                          self.add(_Chain(chain_name("hu" + d, key),
                                          f"host {key} untracked {direction}", rules)))
         if hep.pre_dnat_ingress:
-            rules = _failsafe_rules(self.m.failsafe_in, "ingress",
+            rules = _failsafe_rules(self.model.failsafe_in, "ingress",
                                     f"meta mark set meta mark | {MARK_PREDNAT:#x} return")
             rules.extend(self.policy_steps(
                 hep.pre_dnat_ingress, (), "ingress",
@@ -491,10 +493,10 @@ class _Builder:
                                                 f"host {key} preDNAT ingress", rules)))
 
     def policies(self) -> None:
-        for (pid, direction), prog in sorted(self.m.policies.items()):
+        for (pid, direction), prog in sorted(self.model.policies.items()):
             self.add(_Chain(policy_chain(pid, direction), f"policy {pid} {direction}",
                             _policy_chain_body(prog)))
-        for (pid, direction), prog in sorted(self.m.profiles.items()):
+        for (pid, direction), prog in sorted(self.model.profiles.items()):
             self.add(_Chain(policy_chain(pid, direction, profile=True),
                             f"profile {pid} {direction}", _policy_chain_body(prog, True)))
 
@@ -521,7 +523,7 @@ class _Builder:
         out.append(_Chain("from_wl", "traffic from workloads",
                           [_CLEAR_WORKLOAD, "iifname vmap @wl_from",
                            "counter drop comment \"unknown workload interface\""]))
-        out += _protected_chains(self.m.protected)
+        out += _protected_chains(self.model.protected)
         out.append(_Chain("to_wl", "traffic to workloads",
                           ["oifname vmap @wl_to",
                            "counter drop comment \"unknown workload interface\""]))
@@ -650,19 +652,19 @@ def render(model: DataplaneModel, table: str = "tortie", *,
     ``DefaultEndpointToHostAction``), ``accept``, or ``return`` (on to host endpoint policy)."""
     if endpoint_to_host not in ("drop", "accept", "return"):
         raise ValueError(f"endpoint_to_host must be drop, accept or return: {endpoint_to_host}")
-    b = _Builder(model, endpoint_to_host)
+    builder = _Builder(model, endpoint_to_host)
     for ep in model.endpoints.values():
-        b.workload(ep)
+        builder.workload(ep)
     for hep in model.host_endpoints.values():
-        b.host(hep)
-    b.policies()
-    base = b.base_chains()
+        builder.host(hep)
+    builder.policies()
+    base = builder.base_chains()
     parts = [f"table inet {table} {{}}", f"delete table inet {table}",
              f"table inet {table} {{"]
     parts += [_set_text(spec) for _, spec in sorted(model.ipsets.items())]
-    parts += [_map_text(name, elements) for name, elements in sorted(b.maps.items())]
+    parts += [_map_text(name, elements) for name, elements in sorted(builder.maps.items())]
     parts += [c.text() for c in base]
-    parts += [b.chains[n].text() for n in sorted(b.chains)]
+    parts += [builder.chains[n].text() for n in sorted(builder.chains)]
     parts.append("}")
     return "\n".join(parts) + "\n"
 
@@ -770,11 +772,11 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = "t
             kind = "profile" if profile else "policy"
             define(name, _Chain(name, f"{kind} {prog.id} {prog.direction}",
                                 _policy_chain_body(prog, profile)), key in keys.changed)
-    b = _Builder(new, "drop")
+    builder = _Builder(new, "drop")
     touched = sorted(diff.endpoints.added | diff.endpoints.changed)
     had_chains: set[str] = set()  # endpoint chains the old table has (refilled, not created)
     for name in touched:
-        b.workload(new.endpoints[name])
+        builder.workload(new.endpoints[name])
         before = old.endpoints.get(name)
         if before is not None and before.interface is not None:
             had_chains.update(chain_name(k, name) for k in ("wi", "we"))
@@ -789,7 +791,7 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = "t
     _remember(new, new_uses)
     gone_shared = old_uses.keys() - new_uses.keys()
     fresh_shared = new_uses.keys() - old_uses.keys()
-    for chain_id, chain in sorted(b.chains.items()):
+    for chain_id, chain in sorted(builder.chains.items()):
         if not _shared(chain_id):
             define(chain_id, chain, chain_id in had_chains)
         elif chain_id in fresh_shared:

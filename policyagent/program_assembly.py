@@ -64,7 +64,7 @@ _INF = float("inf")
 _DIRECTIONS: tuple[Direction, ...] = ("ingress", "egress")
 
 
-def failsafe_specs(ports: Iterable[ProtoPort]) -> tuple[FailsafeSpec, ...]:
+def _failsafe_specs(ports: Iterable[ProtoPort]) -> tuple[FailsafeSpec, ...]:
     return tuple(FailsafeSpec(PROTOCOL_NUMBERS[p.protocol], int(p.port),
                               cidr(p.net) if p.net else None) for p in ports)
 
@@ -109,7 +109,7 @@ class ProgramAssembly:
         self._pools: dict[str, str] = {}  # pool name -> CIDR
         self._node_addrs: dict[str, tuple[str, ...]] = {}  # node name -> its addresses (CIDRs)
         self._failsafe: tuple[tuple[FailsafeSpec, ...], tuple[FailsafeSpec, ...]] = (
-            failsafe_specs(DEFAULT_FAILSAFE_INBOUND), failsafe_specs(DEFAULT_FAILSAFE_OUTBOUND))
+            _failsafe_specs(DEFAULT_FAILSAFE_INBOUND), _failsafe_specs(DEFAULT_FAILSAFE_OUTBOUND))
         self._protected_ports: tuple[FailsafeSpec, ...] = ()
         self.protected = ProtectedPorts()
         self._update_failsafe()
@@ -220,8 +220,8 @@ class ProgramAssembly:
             for cfg in (node, default):
                 value = getattr(cfg.spec, attr) if cfg is not None else None
                 if value is not None:
-                    return failsafe_specs(value)
-            return failsafe_specs(fallback)
+                    return _failsafe_specs(value)
+            return _failsafe_specs(fallback)
 
         self._failsafe = (pick("failsafeInboundHostPorts", DEFAULT_FAILSAFE_INBOUND),
                           pick("failsafeOutboundHostPorts", DEFAULT_FAILSAFE_OUTBOUND))

@@ -33,8 +33,8 @@ from policyagent.selectors import (
     LABEL_SERVICE_ACCOUNT,
 )
 
-__all__ = ["IPSetKey", "IndexedItem", "SelectorIndex", "TrackedIPSet", "TrackedSelector",
-           "cidr", "host_cidr", "ip_set_ids", "protocol_number"]
+__all__ = ["IPSetKey", "IndexedItem", "NamedPorts", "SelectorIndex", "TrackedIPSet",
+           "TrackedSelector", "cidr", "host_cidr", "ip_set_ids", "protocol_number"]
 
 ItemKind = Literal["workload", "host", "network_set"]
 #: An IP set: ``("net", selector)`` (the addresses of the matching items) or ``("port",
