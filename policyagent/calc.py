@@ -164,9 +164,10 @@ class PolicyCalculator:
         self.node_name = node_name
         self.index = SelectorIndex(node_name, self._profile_labels)
         self.programs = ProgramAssembly(node_name, self.index, datastore_ports=datastore_ports)
-        self._profile_labels_applied: dict[str, dict[str, str]] = {}  # Profile resources'
+        # profile name -> the labelsToApply of its Profile resource
+        self._profile_labels_applied: dict[str, dict[str, str]] = {}
         self._namespaces: dict[str, dict[str, str]] = {}  # name -> labels
-        self._service_accounts: dict[tuple[str, str], dict[str, str]] = {}  # -> labels
+        self._service_accounts: dict[tuple[str, str], dict[str, str]] = {}  # (ns, name) -> labels
         self._ids: dict[tuple[Kind, str], str] = {}  # (kind, key) -> internal id
         #: kind -> what applies a resource of that kind (``None``: deletes it), by internal id
         self._handlers: dict[Kind, Callable[[str, Any | None], None]] = {
