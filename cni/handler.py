@@ -119,7 +119,6 @@ ORCH_CNI = "cni"
 LABEL_NAMESPACE = "projectcalico.org/namespace"
 LABEL_ORCHESTRATOR = "projectcalico.org/orchestrator"
 LABEL_SERVICE_ACCOUNT = "projectcalico.org/serviceaccount"
-MAX_REQUEST_FIELDS = ("command", "env", "config", "plugin")
 #: Seconds a runtime waits for an ADD / DEL / CHECK / STATUS answer at most (with the
 #: plugin's own start that keeps a datastore outage's answer within 2 s).
 DEFAULT_REQUEST_TIMEOUT = 1.8
@@ -733,7 +732,7 @@ class CNIHandler:
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
-            released = outcomes[2]  # type: ignore[assignment]
+            released = outcomes[2]
         info.ips = list(released)
         log.info("pod network removed", extra=_fields(info, ip=",".join(released)))
 

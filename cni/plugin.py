@@ -36,8 +36,8 @@ try:  # the C parts of json and socket: importing json and socket costs ~15 ms (
     import _json
     import _socket
 except ImportError:  # an interpreter without them: the plain modules
-    _json = None  # type: ignore[assignment]
-    import socket as _socket  # type: ignore[no-redef]
+    _json = None
+    import socket as _socket
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = "1.1.0"
@@ -96,7 +96,7 @@ def json_loads(text: str | bytes) -> object:
     try:
         if _json is not None:
             try:
-                obj, end = _json.make_scanner(_DecodeContext)(s, 0)  # type: ignore[arg-type]
+                obj, end = _json.make_scanner(_DecodeContext)(s, 0)
                 if end == len(s):
                     return obj
             except ValueError:
@@ -152,7 +152,7 @@ def _version_of(config: object) -> str:
     if isinstance(config, dict):
         v = config.get("cniVersion")
         if v in SUPPORTED_VERSIONS:
-            return v  # type: ignore[no-any-return]
+            return v
     return LATEST_VERSION
 
 

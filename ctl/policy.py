@@ -32,7 +32,6 @@ from policyagent.model import (
     DataplaneModel,
     EndpointProgram,
     HostEndpointProgram,
-    PolicyProgram,
     RuleSpec,
     TierPolicies,
 )
@@ -213,11 +212,11 @@ def _policy_entry(model: DataplaneModel, pid: str, direction: str, names: dict[s
     order = res.spec.order if res is not None and hasattr(res.spec, "order") else None
     if res is not None and title.startswith("Kubernetes"):
         order = 1000.0  # what the translation gives every Kubernetes policy
-    prog = model.policies.get((pid, direction)) or PolicyProgram(pid, direction)  # type: ignore[arg-type]
+    prog = model.policies.get((pid, direction))
     return {"id": pid, "policy": title,
             "order": None if order is None else (int(order) if float(order).is_integer()
                                                  else order),
-            "rules": [rule_summary(model, r) for r in prog.rules]}
+            "rules": [rule_summary(model, r) for r in (prog.rules if prog else ())]}
 
 
 def _tiers(model: DataplaneModel, tiers: tuple[TierPolicies, ...], direction: str,
@@ -233,9 +232,9 @@ def _profiles(model: DataplaneModel, profiles: tuple[str, ...], direction: str
               ) -> list[dict[str, Any]]:
     out = []
     for pid in profiles:
-        prog = model.profiles.get((pid, direction)) or PolicyProgram(pid, direction)  # type: ignore[arg-type]
+        prog = model.profiles.get((pid, direction))
         out.append({"id": pid, "profile": pid.removeprefix("pro:"),
-                    "rules": [rule_summary(model, r) for r in prog.rules]})
+                    "rules": [rule_summary(model, r) for r in (prog.rules if prog else ())]})
     return out
 
 

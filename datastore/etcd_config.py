@@ -190,11 +190,6 @@ class EtcdConfig:
         )
 
     @property
-    def uses_tls(self) -> bool:
-        """True if any endpoint is https."""
-        return any(e.startswith("https://") for e in self.endpoints)
-
-    @property
     def ports(self) -> tuple[int, ...]:
         """The TCP ports of the endpoints (sorted, no duplicates)."""
         return tuple(sorted({p for e in self.endpoints if (p := urlsplit(e).port)}))

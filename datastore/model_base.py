@@ -16,7 +16,6 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    Field,
     ValidationError,
     field_validator,
 )
@@ -135,7 +134,7 @@ class _ResourceBehaviour:
         if problems:
             raise ResourceInvalid(cls.KIND, name_of(data), problems)
         try:
-            obj = cls.model_validate(data)  # type: ignore[attr-defined]
+            obj = cls.model_validate(data)
         except ValidationError as e:
             raise ResourceInvalid(cls.KIND, name_of(data), format_errors(e)) from None
         obj.apply_defaults()
@@ -361,4 +360,3 @@ SelectorText = Annotated[str, AfterValidator(check_selector)]
 CIDR = Annotated[str, AfterValidator(check_cidr)]
 IPAddr = Annotated[str, AfterValidator(check_ip)]
 ResourceName = Annotated[str, AfterValidator(check_name)]
-NON_EMPTY = Field(min_length=1)

@@ -225,19 +225,11 @@ DEFAULT_FAILSAFE_OUTBOUND: Final[tuple[ProtoPort, ...]] = (
 # Tortie's own (not Calico's): the control-plane ports a workload never reaches on a host (any
 # address outside the IP pools, every node address, the local host) unless an allow rule that
 # names the destination port accepts it -- BGP and etcd's client and peer ports.  tortie-node
-# adds the ports of its own etcd endpoints (policyagent.calc).  ``[]`` / ``none`` disables.
+# adds the ports of its own etcd endpoints (policyagent.program_assembly).  ``[]`` / ``none``
+# disables.
 DEFAULT_WORKLOAD_PROTECTED_HOST_PORTS: Final[tuple[ProtoPort, ...]] = (
     _pp("TCP", 179), _pp("TCP", 2379), _pp("TCP", 2380),
 )
-
-# Other Felix defaults Tortie relies on (same sources).
-DEFAULT_INTERFACE_PREFIX: Final = "cali"
-DEFAULT_VXLAN_PORT: Final = 4789
-DEFAULT_VXLAN_VNI: Final = 4096
-DEFAULT_HEALTH_PORT: Final = 9099
-DEFAULT_PROMETHEUS_METRICS_PORT: Final = 9091
-DEFAULT_ROUTE_REFRESH_INTERVAL: Final = "90s"
-DEFAULT_ENDPOINT_TO_HOST_ACTION: Final = "Drop"
 
 
 class HealthTimeoutOverride(Strict):
@@ -592,7 +584,6 @@ DEFAULT_KUBE_CONTROLLERS_SPEC: Final[dict[str, Any]] = {
     },
 }
 KUBE_CONTROLLERS_CONFIG_NAME: Final = "default"
-DEFAULT_KUBE_CONTROLLERS_PROMETHEUS_PORT: Final = 9094
 
 
 class KubeControllersConfiguration(Resource):

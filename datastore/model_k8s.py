@@ -138,7 +138,7 @@ class IPBlock(Strict):
                 sub = ipaddress.ip_network(e, strict=False)
             except ValueError:
                 raise ValueError(f"except[{i}]: {e!r} is not a valid CIDR") from None
-            if sub.version != net.version or not sub.subnet_of(net):  # type: ignore[arg-type]
+            if sub.version != net.version or not sub.subnet_of(net):
                 raise ValueError(f"except[{i}]: {e} must be a strict subset of {self.cidr}")
             if sub.prefixlen <= net.prefixlen:
                 raise ValueError(f"except[{i}]: {e} must be a strict subset of {self.cidr}")

@@ -208,14 +208,14 @@ class GlobalNetworkPolicySpec(NetworkPolicySpec):
 class _Policy(Resource):
     def apply_defaults(self) -> None:
         super().apply_defaults()
-        spec = self.spec  # type: ignore[attr-defined]
+        spec = self.spec
         if spec.tier is None:
             spec.tier = "default"
         _check_types(self.KIND, self.name, spec)
 
     def sort_key(self) -> tuple[float, str]:
         """Calico's order: by ``order`` (unset last), then name."""
-        order = self.spec.order  # type: ignore[attr-defined]
+        order = self.spec.order
         return (float("inf") if order is None else order, self.name)
 
 

@@ -267,7 +267,7 @@ class _And(_Node):
     def __init__(self, operands: Sequence[_Node]) -> None:
         flat: list[_Node] = []
         for op in operands:  # '&&' and '||' are associative: one canonical shape
-            flat.extend(op.operands if type(op) is type(self) else (op,))  # type: ignore[attr-defined]
+            flat.extend(op.operands if type(op) is type(self) else (op,))
         self.operands = tuple(flat)
 
     @classmethod

@@ -173,7 +173,7 @@ def _sort_key(b: Block) -> tuple[int, int, int]:
 
 
 def _in_pools(net: IPNetwork, pools: Sequence[IPNetwork]) -> bool:
-    return any(p.version == net.version and net.subnet_of(p)  # type: ignore[arg-type]
+    return any(p.version == net.version and net.subnet_of(p)
                for p in pools)
 
 
@@ -182,7 +182,7 @@ def _overlap(a: IPNetwork, b: IPNetwork) -> bool:
 
 
 def _wholly_reserved(net: IPNetwork, reserved: Sequence[IPNetwork]) -> bool:
-    return any(r.version == net.version and net.subnet_of(r)  # type: ignore[arg-type]
+    return any(r.version == net.version and net.subnet_of(r)
                for r in reserved)
 
 
@@ -202,7 +202,7 @@ def _first_free_block(pool: IPPool, blocks: Iterable[Block],
             if str(net) in taken or any(_overlap(net, o) for o in odd):
                 continue
             covering = [r for r in reserved
-                        if r.version == net.version and net.subnet_of(r)]  # type: ignore[arg-type]
+                        if r.version == net.version and net.subnet_of(r)]
             if covering:
                 end = max(int(r.broadcast_address) for r in covering) + 1
                 if end > last:

@@ -124,7 +124,7 @@ def reserved_in(block: str | IPNetwork, reserved: Iterable[str | IPNetwork]) -> 
                         else ipaddress.ip_network(r, strict=False))
         if reserved_net.version != net.version or not reserved_net.overlaps(net):
             continue
-        inner = net if net.subnet_of(reserved_net) else reserved_net  # type: ignore[arg-type]
+        inner = net if net.subnet_of(reserved_net) else reserved_net
         out.update(inner)
         if inner is net:
             break

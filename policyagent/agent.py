@@ -1,4 +1,4 @@
-"""The policy agent (issue 5): datastore -> :class:`PolicyCalculator` -> nftables.
+"""The policy agent: datastore -> :class:`PolicyCalculator` -> nftables.
 
 ::
 
@@ -51,8 +51,8 @@ from datastore.syncer import Syncer, cancel_and_wait
 from policyagent import nft_apply, nft_render
 from policyagent.calc import PolicyCalculator
 from policyagent.hep_resolve import read_interfaces, resolve
-from policyagent.model import DataplaneModel, KeyDiff, ModelDiff
-from policyagent.nft_render import render, render_chain_replace, render_set_update
+from policyagent.model import DataplaneModel
+from policyagent.nft_render import render
 
 log = logging.getLogger("tortie.policy")
 
@@ -124,7 +124,7 @@ class PolicyAgent:
         self._ip_owner: dict[str, str] = {}  # ipNetwork -> the endpoint key holding it
         self._interfaces: dict[str, list[str]] | None = None  # host interfaces -> addresses
         self._felix: dict[str, FelixConfiguration] = {}
-        self._e2h = DEFAULT_ENDPOINT_TO_HOST
+        self._endpoint_to_host = DEFAULT_ENDPOINT_TO_HOST
         self.last_program: float | None = None
         self.last_program_kind = ""
         self.last_error = ""
@@ -235,7 +235,7 @@ class PolicyAgent:
         if value is None:
             if plural == "felixconfigurations":
                 self._felix.pop(key, None)
-                self._update_e2h()
+                self._update_endpoint_to_host()
             elif plural == _WEP_PLURAL:
                 self._index_wep(key, None)
             self._feed(plural, key, None)
@@ -249,7 +249,7 @@ class PolicyAgent:
             return
         if plural == "felixconfigurations":
             self._felix[key] = resource
-            self._update_e2h()
+            self._update_endpoint_to_host()
         elif plural == _WEP_PLURAL:
             if injected is not None and _same_endpoint(injected, resource):
                 return  # the CNI ADD's own write, programmed already by endpoint_ready
@@ -291,16 +291,16 @@ class PolicyAgent:
         self.m_synced.set(1)
         self._wake.set()
 
-    def _update_e2h(self) -> None:
+    def _update_endpoint_to_host(self) -> None:
         action = None
         for name in (f"node.{self.node}", "default"):
             cfg = self._felix.get(resource_key("felixconfigurations", name))
             if cfg is not None and cfg.spec.defaultEndpointToHostAction:
                 action = cfg.spec.defaultEndpointToHostAction
                 break
-        e2h = (action or DEFAULT_ENDPOINT_TO_HOST).lower()
-        if e2h != self._e2h:
-            self._e2h = e2h
+        action_to_host = (action or DEFAULT_ENDPOINT_TO_HOST).lower()
+        if action_to_host != self._endpoint_to_host:
+            self._endpoint_to_host = action_to_host
             self._need_full = True  # the base chains change
             self._wake.set()
 
@@ -386,7 +386,7 @@ class PolicyAgent:
                 log.exception("incremental rendering failed; programming the whole table")
                 kind = "full"
         if kind == "full":
-            script = render(model, self.table, endpoint_to_host=self._e2h)
+            script = render(model, self.table, endpoint_to_host=self._endpoint_to_host)
         try:
             await asyncio.to_thread(nft_apply.apply, script, self.netns)
         except nft_apply.NftError:
@@ -397,9 +397,8 @@ class PolicyAgent:
                         extra={"fields": {"kind": kind}})
             kind = "full"
             try:
-                await asyncio.to_thread(
-                    nft_apply.apply, render(model, self.table, endpoint_to_host=self._e2h),
-                    self.netns)
+                script = render(model, self.table, endpoint_to_host=self._endpoint_to_host)
+                await asyncio.to_thread(nft_apply.apply, script, self.netns)
             except nft_apply.NftError:
                 self.m_errors.labels(kind=kind).inc()
                 raise
@@ -433,24 +432,8 @@ class PolicyAgent:
                           or diff.policies.added or diff.policies.removed
                           or diff.profiles.added or diff.profiles.removed)
         kind = "endpoints" if structural else "sets" if diff.members_only else "chain"
-        incremental = getattr(nft_render, "render_incremental", None)
-        if incremental is not None:  # the renderer's own: set blocks, no nft element cache
-            script = incremental(old, model, self.table)
-            return ("full", "") if script is None else (kind, script)
-        if structural:
-            return "full", ""
-        script = ""
-        if diff.ipsets.changed:
-            members_only = ModelDiff(ipsets=KeyDiff(changed=diff.ipsets.changed),
-                                     ipset_members=diff.ipset_members)
-            script += render_set_update(members_only, self.table, model)
-        if not (diff.policies.changed or diff.profiles.changed):
-            return "sets", script
-        for pkey in sorted(diff.policies.changed):
-            script += render_chain_replace(model.policies[pkey], self.table)
-        for pkey in sorted(diff.profiles.changed):
-            script += render_chain_replace(model.profiles[pkey], self.table, profile=True)
-        return "chain", script
+        script = nft_render.render_incremental(old, model, self.table)
+        return ("full", "") if script is None else (kind, script)
 
     # --- counters -------------------------------------------------------------------------
 

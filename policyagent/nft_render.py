@@ -2,8 +2,8 @@
 
 The output of :func:`render` is a complete ``nft -f`` script that replaces the whole table in
 one atomic transaction (``table X {}`` + ``delete table X`` + the full definition); other
-tables are never touched. :func:`render_set_update` and :func:`render_chain_replace` produce the
-small incremental transactions (set members only; one policy chain).
+tables are never touched. :func:`render_incremental` produces the smallest transaction from a
+table rendered from one model to what :func:`render` makes of the next.
 
 Layout (``cali*`` are workload interfaces; ``F`` is the mark mask below)
 ------------------------------------------------------------------------
@@ -84,9 +84,7 @@ __all__ = [
     "comment_for",
     "policy_chain",
     "render",
-    "render_chain_replace",
     "render_incremental",
-    "render_set_update",
     "render_table_delete",
 ]
 
@@ -147,7 +145,7 @@ def comment_for(text: str) -> str:
     return clean
 
 
-def _q(text: str) -> str:
+def _quote(text: str) -> str:
     return f'"{comment_for(text)}"'
 
 
@@ -271,7 +269,7 @@ def _family_free(rule: RuleSpec) -> bool:
 
 
 def _action(rule: RuleSpec, egress: bool) -> str:
-    cmt = f"comment {_q(rule.rule_id)}"
+    cmt = f"comment {_quote(rule.rule_id)}"
     if rule.action == "allow":
         bits = MARK_ACCEPT
         if egress and (rule.dst_ports or rule.dst_named_port_ipsets):
@@ -349,7 +347,7 @@ class _Chain:
     base: str | None = None  # "type filter hook input priority 0; policy accept;"
 
     def text(self) -> str:
-        out = [f"\tchain {self.name} {{", f"\t\tcomment {_q(self.comment)}"]
+        out = [f"\tchain {self.name} {{", f"\t\tcomment {_quote(self.comment)}"]
         if self.base:
             out.append(f"\t\t{self.base}")
         out.extend(f"\t\t{r}" for r in self.rules)
@@ -365,7 +363,7 @@ def _set_text(spec: IPSetSpec) -> str:
     else:
         head = f"type {addr} . inet_proto . inet_service;"
         members = sorted(_port_member(m) for m in spec.members)
-    body = f"\t\t{head}\n\t\tcomment {_q(spec.selector + ' ' + spec.named_port)}\n"
+    body = f"\t\t{head}\n\t\tcomment {_quote(spec.selector + ' ' + spec.named_port)}\n"
     if members:
         body += "\t\telements = { " + ",\n\t\t\t".join(members) + " }\n"
     return f"\tset {spec.id} {{\n{body}\t}}"
@@ -383,8 +381,10 @@ def _set_member(spec_kind: str, member: str) -> str:
 
 
 class _Builder:
+    """The chains, maps and dispatch of one table, built endpoint by endpoint."""
+
     def __init__(self, model: DataplaneModel, endpoint_to_host: str) -> None:
-        self.m = model
+        self.model = model
         self.endpoint_to_host = endpoint_to_host
         self.chains: dict[str, _Chain] = {}
         self.maps: dict[str, dict[str, str]] = {
@@ -403,7 +403,7 @@ class _Builder:
                                    for pid in tier.policies)]
         if tier.default_action == "deny" and default_drop:
             rules.append(_DECIDED)
-            rules.append(f"counter drop comment {_q(f'end of tier {tier.tier} {direction}')}")
+            rules.append(f"counter drop comment {_quote(f'end of tier {tier.tier} {direction}')}")
         return self.add(_Chain(_tier_chain_name(tier, direction, default_drop),
                                f"tier {tier.tier} {direction}: {' '.join(tier.policies)}", rules))
 
@@ -430,7 +430,7 @@ class _Builder:
                 self.add(_Chain(program, f"workload {direction} program: {what}", list(steps)))
                 rules.append(f"jump {program}")
                 rules.append(f"{_ACCEPTED} return")
-            rules.append(f"counter drop comment {_q(f'{ep.name} {direction} default drop')}")
+            rules.append(f"counter drop comment {_quote(f'{ep.name} {direction} default drop')}")
             name = self.add(_Chain(chain_name("w" + _dir(direction), ep.name),
                                    f"workload {ep.name} {direction}", rules))
             self.maps["wl_to" if direction == "ingress" else "wl_from"][ep.interface] = \
@@ -450,7 +450,7 @@ class _Builder:
 
         for direction in ("ingress", "egress"):
             d = _dir(direction)
-            failsafe = self.m.failsafe_in if direction == "ingress" else self.m.failsafe_out
+            failsafe = self.model.failsafe_in if direction == "ingress" else self.model.failsafe_out
             # normal policy: traffic to / from the host itself
             tiers = hep.ingress_policies if direction == "ingress" else hep.egress_policies
             rules: list[str] = []
@@ -458,7 +458,7 @@ class _Builder:
                 rules.append(f"meta mark & {MARK_PREDNAT:#x} != 0 return")
             rules.extend(_failsafe_rules(failsafe, direction, "return"))
             rules.extend(self.policy_steps(tiers, hep.profiles, direction, "return", True))
-            rules.append(f"counter drop comment {_q(f'host {key} {direction} default drop')}")
+            rules.append(f"counter drop comment {_quote(f'host {key} {direction} default drop')}")
             register("hep_in" if direction == "ingress" else "hep_out",
                      self.add(_Chain(chain_name("h" + d, key), f"host {key} {direction}",
                                      rules)))
@@ -469,7 +469,7 @@ class _Builder:
                 rules = [f"meta mark & {MARK_PREDNAT:#x} != 0 return"] \
                     if direction == "ingress" else []
                 rules += self.policy_steps(ftiers, (), direction, "return", True)
-                rules.append(f"counter drop comment {_q(f'host {key} forward {direction}')}")
+                rules.append(f"counter drop comment {_quote(f'host {key} forward {direction}')}")
                 register("hep_fwd_in" if direction == "ingress" else "hep_fwd_out",
                          self.add(_Chain(chain_name("hf" + d, key),
                                          f"host {key} forward {direction}", rules)))
@@ -484,7 +484,7 @@ class _Builder:
                          self.add(_Chain(chain_name("hu" + d, key),
                                          f"host {key} untracked {direction}", rules)))
         if hep.pre_dnat_ingress:
-            rules = _failsafe_rules(self.m.failsafe_in, "ingress",
+            rules = _failsafe_rules(self.model.failsafe_in, "ingress",
                                     f"meta mark set meta mark | {MARK_PREDNAT:#x} return")
             rules.extend(self.policy_steps(
                 hep.pre_dnat_ingress, (), "ingress",
@@ -493,10 +493,10 @@ class _Builder:
                                                 f"host {key} preDNAT ingress", rules)))
 
     def policies(self) -> None:
-        for (pid, direction), prog in sorted(self.m.policies.items()):
+        for (pid, direction), prog in sorted(self.model.policies.items()):
             self.add(_Chain(policy_chain(pid, direction), f"policy {pid} {direction}",
                             _policy_chain_body(prog)))
-        for (pid, direction), prog in sorted(self.m.profiles.items()):
+        for (pid, direction), prog in sorted(self.model.profiles.items()):
             self.add(_Chain(policy_chain(pid, direction, profile=True),
                             f"profile {pid} {direction}", _policy_chain_body(prog, True)))
 
@@ -513,8 +513,8 @@ class _Builder:
         ct = ["ct state invalid counter drop comment \"ct invalid\"",
               "ct state established,related accept"]
         untracked_ok = f"meta mark & {MARK_UNTRACKED:#x} != 0 accept"
-        e2h = {"drop": "counter drop comment \"workload to host\"",
-               "accept": "accept", "return": "return"}[self.endpoint_to_host]
+        workload_to_host = {"drop": "counter drop comment \"workload to host\"",
+                            "accept": "accept", "return": "return"}[self.endpoint_to_host]
         hep_maps = {k: self.dispatch(k, "oifname" if k in ("hep_out", "hep_fwd_out",
                                                            "hep_raw_out") else "iifname",
                                      f"host endpoint dispatch {k}")
@@ -523,7 +523,7 @@ class _Builder:
         out.append(_Chain("from_wl", "traffic from workloads",
                           [_CLEAR_WORKLOAD, "iifname vmap @wl_from",
                            "counter drop comment \"unknown workload interface\""]))
-        out += _protected_chains(self.m.protected)
+        out += _protected_chains(self.model.protected)
         out.append(_Chain("to_wl", "traffic to workloads",
                           ["oifname vmap @wl_to",
                            "counter drop comment \"unknown workload interface\""]))
@@ -545,7 +545,7 @@ class _Builder:
                 f"iifname {wl} icmpv6 type {nd} accept",
                 f"iifname {wl} jump from_wl",
                 f"iifname {wl} jump protect_host",
-                f"iifname {wl} {e2h}",
+                f"iifname {wl} {workload_to_host}",
                 "jump hep_in_dispatch"],
                 "type filter hook input priority filter; policy accept;"),
             _Chain("forward", "forwarded", [
@@ -570,7 +570,7 @@ def _anti_spoof(ep: EndpointProgram) -> list[str]:
     allowed = list(ep.addresses) + list(ep.allow_spoofed_prefixes)
     for family in (4, 6):
         mine = _of_family(allowed, family)
-        cmt = f"comment {_q(f'{ep.name} anti-spoof v{family}')}"
+        cmt = f"comment {_quote(f'{ep.name} anti-spoof v{family}')}"
         if mine:
             out.append(f"{_FAMILY_KW[family]} saddr != {_net_expr(mine)} counter drop {cmt}")
         else:
@@ -590,7 +590,7 @@ def _failsafe_rules(entries: tuple[FailsafeSpec, ...], direction: str, verdict: 
         proto = PROTOCOL_NAMES.get(f.protocol, str(f.protocol))
         match.append(f"meta l4proto {proto} th dport {f.port}")
         out.append(" ".join([*match, f"counter {verdict}",
-                             f"comment {_q(f'failsafe {direction} {proto}:{f.port}')}"]))
+                             f"comment {_quote(f'failsafe {direction} {proto}:{f.port}')}"]))
     return out
 
 
@@ -608,26 +608,26 @@ def _protected_chains(p: ProtectedPorts) -> list[_Chain]:
         what = f"protected host port {proto}:{','.join(map(str, sorted(set(ports))))}"
         if net is not None:
             daddr = f"{_FAMILY_KW[_parse_net(net).version]} daddr {_parse_net(net)}"
-            host.append(f"{daddr} {port} counter drop comment {_q(what)}")
-            fwd.append(f"{daddr} {port} counter drop comment {_q(f'{what} to {net}')}")
+            host.append(f"{daddr} {port} counter drop comment {_quote(what)}")
+            fwd.append(f"{daddr} {port} counter drop comment {_quote(f'{what} to {net}')}")
             continue
-        host.append(f"{port} counter drop comment {_q(f'{what} on this host')}")
+        host.append(f"{port} counter drop comment {_quote(f'{what} on this host')}")
         for family in (4, 6):
             kw = _FAMILY_KW[family]
             pools = _of_family(p.workload_nets, family)
             if pools:
                 fwd.append(f"{kw} daddr != {_net_expr(pools)} {port} counter drop "
-                           f"comment {_q(f'{what} outside the pools v{family}')}")
+                           f"comment {_quote(f'{what} outside the pools v{family}')}")
                 # node addresses taken from a pool (tunnel addresses); the others are
                 # outside the pools already
                 nodes = [a for a in _of_family(p.host_addresses, family)
                          if any(_parse_net(a).overlaps(_parse_net(n)) for n in pools)]
                 if nodes:
                     fwd.append(f"{kw} daddr {_net_expr(nodes)} {port} counter drop "
-                               f"comment {_q(f'{what} on the nodes v{family}')}")
+                               f"comment {_quote(f'{what} on the nodes v{family}')}")
             else:
                 fwd.append(f"meta nfproto {_NFPROTO[family]} {port} counter drop "
-                           f"comment {_q(f'{what} anywhere v{family}')}")
+                           f"comment {_quote(f'{what} anywhere v{family}')}")
     skip = f"meta mark & {MARK_EXPLICIT_PORT:#x} != 0 return"
     return [_Chain("protect_host", "protected host ports: workloads to this host",
                    [skip, *host] if host else []),
@@ -652,19 +652,19 @@ def render(model: DataplaneModel, table: str = "tortie", *,
     ``DefaultEndpointToHostAction``), ``accept``, or ``return`` (on to host endpoint policy)."""
     if endpoint_to_host not in ("drop", "accept", "return"):
         raise ValueError(f"endpoint_to_host must be drop, accept or return: {endpoint_to_host}")
-    b = _Builder(model, endpoint_to_host)
+    builder = _Builder(model, endpoint_to_host)
     for ep in model.endpoints.values():
-        b.workload(ep)
+        builder.workload(ep)
     for hep in model.host_endpoints.values():
-        b.host(hep)
-    b.policies()
-    base = b.base_chains()
+        builder.host(hep)
+    builder.policies()
+    base = builder.base_chains()
     parts = [f"table inet {table} {{}}", f"delete table inet {table}",
              f"table inet {table} {{"]
     parts += [_set_text(spec) for _, spec in sorted(model.ipsets.items())]
-    parts += [_map_text(name, elements) for name, elements in sorted(b.maps.items())]
+    parts += [_map_text(name, elements) for name, elements in sorted(builder.maps.items())]
     parts += [c.text() for c in base]
-    parts += [b.chains[n].text() for n in sorted(b.chains)]
+    parts += [builder.chains[n].text() for n in sorted(builder.chains)]
     parts.append("}")
     return "\n".join(parts) + "\n"
 
@@ -672,52 +672,6 @@ def render(model: DataplaneModel, table: str = "tortie", *,
 def render_table_delete(table: str = "tortie") -> str:
     """Delete the table if it exists (never an error when it does not)."""
     return f"table inet {table} {{}}\ndelete table inet {table}\n"
-
-
-def render_set_update(diff: ModelDiff, table: str = "tortie",
-                      model: DataplaneModel | None = None) -> str:
-    """Only ``add element`` / ``delete element`` statements for a members-only ``diff``.
-
-    Deletions come first, so a member moving between overlapping prefixes cannot conflict.
-    When ``model`` (the *new* model) is given, a net set whose new members overlap (one
-    inside another, which nft's interval sets refuse) is re-filled instead: ``flush set`` and
-    the new members, still within the one transaction."""
-    if not diff.members_only:
-        raise ValueError("render_set_update needs a diff where only IP set members changed")
-    dels: list[str] = []
-    adds: list[str] = []
-    for set_id in sorted(diff.ipset_members):
-        delta = diff.ipset_members[set_id]
-        kind = "ip_port" if set_id.startswith("n") else "net"
-        if model is not None and kind == "net" and set_id in model.ipsets:
-            members = model.ipsets[set_id].members
-            if len(_drop_subsumed(members)) != len(members):
-                adds.append(f"flush set inet {table} {set_id}")
-                if members:
-                    adds.append(f"add element inet {table} {set_id} "
-                                f"{{ {', '.join(_drop_subsumed(members))} }}")
-                continue
-        if delta.removed:
-            items = ", ".join(sorted(_set_member(kind, m) for m in delta.removed))
-            dels.append(f"delete element inet {table} {set_id} {{ {items} }}")
-        if delta.added:
-            items = ", ".join(sorted(_set_member(kind, m) for m in delta.added))
-            adds.append(f"add element inet {table} {set_id} {{ {items} }}")
-    return "".join(line + "\n" for line in dels + adds)
-
-
-def render_chain_replace(policy: PolicyProgram, table: str = "tortie", *,
-                         profile: bool = False) -> str:
-    """Flush one policy (or profile) chain and re-add its rules, in one transaction.
-
-    The chain is declared first, so this also works for a chain that does not exist yet."""
-    name = policy_chain(policy.id, policy.direction, profile=profile)
-    kind = "profile" if profile else "policy"
-    chain = _Chain(name, f"{kind} {policy.id} {policy.direction}",
-                   _policy_chain_body(policy, profile))
-    return (f"table inet {table} {{\n\tchain {name} {{\n\t}}\n}}\n"
-            f"flush chain inet {table} {name}\n"
-            f"table inet {table} {{\n{chain.text()}\n}}\n")
 
 
 # --- incremental updates --------------------------------------------------------------------
@@ -746,9 +700,9 @@ def _endpoint_uses(ep: EndpointProgram) -> list[str]:
 def _shared_uses(model: DataplaneModel) -> Counter[str]:
     """How many endpoint hooks use each shared chain :func:`render` makes (cached for the last
     few models)."""
-    for cached, uses in _USES_CACHE:
+    for cached, cached_uses in _USES_CACHE:
         if cached is model:
-            return uses
+            return cached_uses
     uses: Counter[str] = Counter()
     for ep in model.endpoints.values():
         uses.update(_endpoint_uses(ep))
@@ -818,11 +772,11 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = "t
             kind = "profile" if profile else "policy"
             define(name, _Chain(name, f"{kind} {prog.id} {prog.direction}",
                                 _policy_chain_body(prog, profile)), key in keys.changed)
-    b = _Builder(new, "drop")
+    builder = _Builder(new, "drop")
     touched = sorted(diff.endpoints.added | diff.endpoints.changed)
     had_chains: set[str] = set()  # endpoint chains the old table has (refilled, not created)
     for name in touched:
-        b.workload(new.endpoints[name])
+        builder.workload(new.endpoints[name])
         before = old.endpoints.get(name)
         if before is not None and before.interface is not None:
             had_chains.update(chain_name(k, name) for k in ("wi", "we"))
@@ -837,7 +791,7 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = "t
     _remember(new, new_uses)
     gone_shared = old_uses.keys() - new_uses.keys()
     fresh_shared = new_uses.keys() - old_uses.keys()
-    for chain_id, chain in sorted(b.chains.items()):
+    for chain_id, chain in sorted(builder.chains.items()):
         if not _shared(chain_id):
             define(chain_id, chain, chain_id in had_chains)
         elif chain_id in fresh_shared:

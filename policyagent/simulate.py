@@ -15,6 +15,7 @@ from typing import Literal
 from policyagent.model import (
     PROTOCOL_NAMES,
     PROTOCOL_NUMBERS,
+    Action,
     DataplaneModel,
     FailsafeSpec,
     HostEndpointProgram,
@@ -108,7 +109,7 @@ def rule_matches(model: DataplaneModel, rule: RuleSpec, pkt: Packet) -> bool:
                 and (rule.not_icmp_code is None or pkt.icmp_code == rule.not_icmp_code))
 
 
-def _run(model: DataplaneModel, program: PolicyProgram, pkt: Packet) -> str | None:
+def _run(model: DataplaneModel, program: PolicyProgram, pkt: Packet) -> Action | None:
     """allow / deny / pass, or None when no rule gave a verdict."""
     for rule in program.rules:
         if rule.action in ("log", "none") or not rule_matches(model, rule, pkt):
@@ -122,20 +123,20 @@ def evaluate(model: DataplaneModel, tiers: tuple[TierPolicies, ...], profiles: t
              use_profiles: bool = True) -> Verdict | None:
     """Tiers, then profiles, then ``default`` (``None``: no verdict)."""
     for tier in tiers:
-        verdict: str | None = None
+        verdict: Action | None = None
         for pid in tier.policies:
             verdict = _run(model, model.policies[(pid, direction)], pkt)
             if verdict is not None:
                 break
         if verdict in ("allow", "deny"):
-            return verdict  # type: ignore[return-value]
+            return verdict
         if verdict is None and tier.default_action == "deny" and default is not None:
             return "deny"  # end of tier (hooks without a default drop go on)
     if use_profiles:
         for prof in profiles:
             verdict = _run(model, model.profiles[(prof, direction)], pkt)
             if verdict in ("allow", "deny"):
-                return verdict  # type: ignore[return-value]
+                return verdict
     return default
 
 

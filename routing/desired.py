@@ -131,7 +131,7 @@ def pool_of(prefix: str, pools: Iterable[IPPool]) -> IPPool | None:
     best: IPPool | None = None
     for p in pools:
         pool_net = p.network
-        if (pool_net.version == net.version and net.subnet_of(pool_net)  # type: ignore[arg-type]
+        if (pool_net.version == net.version and net.subnet_of(pool_net)
                 and (best is None or pool_net.prefixlen > best.network.prefixlen)):
             best = p
     return best

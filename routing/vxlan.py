@@ -15,7 +15,6 @@ Everything here touches only the ``vxlan.tortie`` device.  Blocking: use worker 
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -206,12 +205,3 @@ def _ignore_gone(call: Any, *args: Any, **kwargs: Any) -> None:
 def vtep_handle(node: str) -> str:
     """The IPAM handle of a node's VTEP address (Calico's name for it)."""
     return VXLAN_HANDLE_PREFIX + node
-
-
-def is_ipv4(address: str | None) -> bool:
-    if not address:
-        return False
-    try:
-        return ipaddress.ip_address(address).version == 4
-    except ValueError:
-        return False

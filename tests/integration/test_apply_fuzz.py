@@ -149,7 +149,7 @@ def test_partial_write_says_exactly_what_was_written(etcd_server: EtcdProcess,
                 raise error("simulated failure")
             return await real(writes)
 
-        store.commit = failing  # type: ignore[method-assign]
+        store.commit = failing
         # the only transaction fails: the error as it is, or that its outcome is unknown
         with pytest.raises(DatastoreError) as first:
             await Resources(store).write_all("apply", items[:2])
@@ -196,7 +196,7 @@ def test_concurrent_change_is_planned_again(etcd_server: EtcdProcess,
                     await Resources(other).apply(*_items(netset("b", "192.168.0.0/16"))[0])
             return found
 
-        store.get_many = racing  # type: ignore[method-assign]
+        store.get_many = racing
         result = await Resources(store).write_all("apply", items)
         b = await Resources(store).get(by_cli_name("gns"), "b")
         return reads, b.spec.nets[0], len(result.written)

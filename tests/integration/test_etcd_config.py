@@ -284,12 +284,12 @@ def test_direct_construction_is_validated() -> None:
     with pytest.raises(ConfigError, match=r"EtcdConfig\.endpoints: invalid etcd endpoint"):
         EtcdConfig(endpoints=("localhost:2379",))
     with pytest.raises(ConfigError, match="must be a tuple"):
-        EtcdConfig(endpoints="http://127.0.0.1:2379")  # type: ignore[arg-type]
+        EtcdConfig(endpoints="http://127.0.0.1:2379")
     with pytest.raises(ConfigError, match=r"EtcdConfig\.timeout"):
         EtcdConfig(timeout=0)
     with pytest.raises(ConfigError, match=r"EtcdConfig\.cert_file: client certificate"):
         EtcdConfig(cert_file="/x")
-    assert EtcdConfig(endpoints=["http://a:1/"]).endpoints == ("http://a:1",)  # type: ignore[arg-type]
+    assert EtcdConfig(endpoints=["http://a:1/"]).endpoints == ("http://a:1",)
 
 
 # -- connecting (real etcd) -------------------------------------------------------------------
@@ -379,7 +379,7 @@ async def test_tls_with_client_certificates(scratch_dir: Path) -> None:
             kv = await s.create(P + "tls", {"secure": True})
             assert await s.get(P + "tls") == kv
             event = await asyncio.wait_for(anext(watch), 5)
-            assert event.key == P + "tls"  # type: ignore[union-attr]
+            assert event.key == P + "tls"
             await watch.aclose()
 
         # Without a client certificate the server refuses us.

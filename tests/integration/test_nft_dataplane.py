@@ -16,7 +16,7 @@ import pytest
 
 from policyagent import nft_apply
 from policyagent.model import DataplaneModel
-from policyagent.nft_render import render, render_set_update
+from policyagent.nft_render import render, render_incremental
 from policyagent.simulate import Packet, workload_verdict
 from tests.unit import test_nft_render as cases
 from tests.unit.test_policy_calc import Cluster, gnp, hep, wep
@@ -195,12 +195,14 @@ def test_real_packets_follow_the_model(lab: Lab) -> None:
     new = cluster.model()
     diff = model.diff(new)
     assert diff.members_only
-    update = render_set_update(diff, model=new)
-    assert update.startswith("delete element inet tortie s4_")
+    update = render_incremental(model, new)
+    assert update is not None and update.startswith("flush set inet tortie s4_")
     nft_apply.apply(update, lab.node)
     assert not lab.tcp(8080)
     cluster.add(wep("a", A_IP, {"app": "a"}))
-    nft_apply.apply(render_set_update(new.diff(cluster.model())), lab.node)
+    script = render_incremental(new, cluster.model())
+    assert script is not None
+    nft_apply.apply(script, lab.node)
     assert lab.tcp(8080)
 
     # atomic replace: one tortie table, the foreign table untouched

@@ -156,7 +156,7 @@ async def test_values_must_be_dicts_and_bad_json_is_reported(
     store: Store, etcd_server: EtcdProcess
 ) -> None:
     with pytest.raises(TypeError):
-        await store.put(P + "a", ["not", "a", "dict"])  # type: ignore[arg-type]
+        await store.put(P + "a", ["not", "a", "dict"])
     etcd_server.etcdctl("put", P + "raw", "not json")
     with pytest.raises(DatastoreError, match="not valid JSON"):
         await store.get(P + "raw")

@@ -101,7 +101,7 @@ async def _eventually(cond: object, what: str, timeout: float = 10.0) -> None:
 
 
 def _run(coro: object) -> None:
-    asyncio.run(asyncio.wait_for(coro, 60))  # type: ignore[arg-type]
+    asyncio.run(asyncio.wait_for(coro, 60))
 
 
 def test_show_neighbor_configuration_is_parsed() -> None:

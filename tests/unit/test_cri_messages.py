@@ -57,7 +57,7 @@ def test_pause_image_is_a_consistent_oci_layout(tmp_path: Path) -> None:
     busybox.write_bytes(b"\x7fELF pretend")
     path = containerd.build_pause_image(tmp_path / "pause.tar", "x.local/pause:1", str(busybox))
     with tarfile.open(path) as tar:
-        files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore
+        files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
     index = json.loads(files["index.json"])
     (entry,) = index["manifests"]
     assert entry["annotations"]["io.containerd.image.name"] == "x.local/pause:1"
@@ -74,7 +74,7 @@ def test_pause_image_is_a_consistent_oci_layout(tmp_path: Path) -> None:
     assert config["config"]["Entrypoint"][0] == "/bin/busybox"
     with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
         member = tar.getmember("bin/busybox")
-        assert member.mode & 0o111 and tar.extractfile(member).read() == busybox.read_bytes()  # type: ignore
+        assert member.mode & 0o111 and tar.extractfile(member).read() == busybox.read_bytes()
     # reproducible: the same input gives the same image
     again = containerd.build_pause_image(tmp_path / "again.tar", "x.local/pause:1", str(busybox))
     assert again.read_bytes() == path.read_bytes()

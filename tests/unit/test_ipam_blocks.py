@@ -245,7 +245,7 @@ def test_from_dict_rejects_bad_documents(mutate: object, message: str) -> None:
     b = Block.new("10.0.0.0/26")
     b.assign(1, A)
     doc = b.to_dict()
-    mutate(doc)  # type: ignore[operator]
+    mutate(doc)
     with pytest.raises(ValueError, match=message):
         Block.from_dict(doc)
 

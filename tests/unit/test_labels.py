@@ -165,8 +165,8 @@ def test_validate_labels_custom_field_and_both_errors() -> None:
 
 
 def test_validate_labels_rejects_non_strings() -> None:
-    errors = validate_labels({"port": 80})  # type: ignore[dict-item]
+    errors = validate_labels({"port": 80})
     assert errors == ['metadata.labels: invalid value 80 for key "port": must be a string']
-    assert validate_labels(["a"]) == [  # type: ignore[arg-type]
+    assert validate_labels(["a"]) == [
         "metadata.labels: must be a mapping of label keys to string values"
     ]

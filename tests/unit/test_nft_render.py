@@ -6,12 +6,10 @@ import re
 from typing import Any
 
 from policyagent.model import (
+    Action,
     DataplaneModel,
     FrozenMap,
     IPSetSpec,
-    KeyDiff,
-    MemberDelta,
-    ModelDiff,
     PolicyProgram,
     RuleSpec,
 )
@@ -19,9 +17,8 @@ from policyagent.nft_render import (
     chain_name,
     policy_chain,
     render,
-    render_chain_replace,
+    render_incremental,
     render_rule,
-    render_set_update,
 )
 from tests.unit.test_policy_calc import Cluster, gnp, hep, np_, wep
 
@@ -248,29 +245,29 @@ def test_log_and_rule_details() -> None:
     assert render_rule(none) == ['counter comment "r/egress/4"']
 
 
-def test_set_update_and_chain_replace() -> None:
-    old = two_pods().model()
-    new = two_pods(wep("c", "10.65.0.3", {"app": "a"})).model()
-    # adding a pod changes endpoints too: build a members-only diff by hand from it
+def test_incremental_set_members_and_chain_refill() -> None:
+    # pod a loses its label, pod c gains it: only the members of the source set change
+    def pods(a: str, c: str) -> DataplaneModel:
+        return two_pods(wep("c", "10.65.0.3", {"app": c})).add(
+            wep("a", "10.65.0.1", {"app": a})).model()
+    old, new = pods("a", "x"), pods("x", "a")
+    assert old.diff(new).members_only
     (sid,) = [s for s, d in old.diff(new).ipset_members.items() if d.added]
-    diff = ModelDiff(ipsets=KeyDiff(changed=frozenset({sid})), ipset_members=FrozenMap(
-        {sid: MemberDelta(frozenset({"10.65.0.3/32"}), frozenset({"10.65.0.1/32"}))}))
-    assert not old.diff(new).members_only
-    try:
-        render_set_update(old.diff(new))
-        raise AssertionError("not a members-only diff")
-    except ValueError:
-        pass
-    script = render_set_update(diff)
-    assert script == (f"delete element inet tortie {sid} {{ 10.65.0.1/32 }}\n"
-                      f"add element inet tortie {sid} {{ 10.65.0.3/32 }}\n")
+    assert render_incremental(old, new) == (
+        f"flush set inet tortie {sid}\ntable inet tortie {{\n\tset {sid} {{\n"
+        f"\t\ttype ipv4_addr; flags interval;\n\t\telements = {{ 10.65.0.3/32 }}\n\t}}\n}}\n")
     # overlapping members: refill the set in the same transaction
-    spec = IPSetSpec(sid, 4, frozenset({"10.0.0.0/8", "10.65.0.3/32"}))
-    over = DataplaneModel(ipsets=FrozenMap({sid: spec}))
-    assert render_set_update(diff, model=over) == (
-        f"flush set inet tortie {sid}\nadd element inet tortie {sid} {{ 10.0.0.0/8 }}\n")
-    prog = PolicyProgram("gnp:x", "ingress", (RuleSpec("gnp:x/ingress/0", "deny", protocol=17),))
-    rep = render_chain_replace(prog)
+    def with_set(*members: str) -> DataplaneModel:
+        return DataplaneModel(ipsets=FrozenMap({sid: IPSetSpec(sid, 4, frozenset(members))}))
+    script = render_incremental(with_set("10.65.0.3/32"), with_set("10.0.0.0/8", "10.65.0.3/32"))
+    assert script is not None and script.startswith(f"flush set inet tortie {sid}\n")
+    assert "elements = { 10.0.0.0/8 }" in script and "10.65.0.3" not in script
+    # a changed policy: its chain is flushed and refilled
+    def with_policy(action: Action) -> DataplaneModel:
+        prog = PolicyProgram("gnp:x", "ingress",
+                             (RuleSpec("gnp:x/ingress/0", action, protocol=17),))
+        return DataplaneModel(policies=FrozenMap({("gnp:x", "ingress"): prog}))
+    rep = render_incremental(with_policy("allow"), with_policy("deny"))
     name = policy_chain("gnp:x", "ingress")
-    assert f"flush chain inet tortie {name}\n" in rep
+    assert rep is not None and f"flush chain inet tortie {name}\n" in rep
     assert rep.endswith('\t\tmeta l4proto 17 counter drop comment "gnp:x/ingress/0"\n\t}\n}\n')

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from datastore.resources import to_resource
-from policyagent.calc import PolicyCalculator
+from policyagent.calc import KINDS, Kind, PolicyCalculator
 from policyagent.model import (
     DataplaneModel,
     FailsafeSpec,
@@ -882,6 +882,11 @@ def test_update_rejects_unknown_kinds() -> None:
     assert not calc.handles("BGPPeer")
     with pytest.raises(ValueError, match="BGPPeer"):
         calc.update("BGPPeer", "x", None)
+
+
+def test_every_kind_has_a_handler() -> None:
+    # the dispatch table covers every kind the KINDS table names
+    assert set(PolicyCalculator(NODE)._handlers) == set(KINDS.values()) == set(Kind)
 
 
 # --- performance -------------------------------------------------------------------------------

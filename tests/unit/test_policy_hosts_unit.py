@@ -99,7 +99,7 @@ def test_host_endpoint_hooks_per_policy_kind() -> None:
     star, eth0 = m.host_endpoints["star"], m.host_endpoints["eth0"]
     assert star.all_interfaces and star.interface is None and eth0.interface == "eth0"
 
-    def ids(tiers: tuple) -> list[str]:  # type: ignore[type-arg]
+    def ids(tiers: tuple) -> list[str]:
         return [p for t in tiers for p in t.policies]
 
     assert ids(eth0.pre_dnat_ingress) == ["gnp:pre"]
@@ -111,7 +111,7 @@ def test_host_endpoint_hooks_per_policy_kind() -> None:
 
 
 def test_failsafe_defaults_are_calicos_and_felixconfiguration_overrides_them() -> None:
-    def pp(ports: tuple) -> set[tuple[str, int]]:  # type: ignore[type-arg]
+    def pp(ports: tuple) -> set[tuple[str, int]]:
         return {(p.protocol, int(p.port)) for p in ports}
 
     # Calico's documented defaults (reference/host-endpoints/failsafe)

@@ -17,7 +17,7 @@ from tests.unit.test_policy_calc import Cluster, _kind_of, _random_resources, gn
 def _naive(members: list[str]) -> list[str]:
     nets = {ipaddress.ip_network(m, strict=False) for m in members}
     kept = [n for n in nets if not any(o != n and o.version == n.version
-                                       and n.subnet_of(o) for o in nets)]  # type: ignore[arg-type]
+                                       and n.subnet_of(o) for o in nets)]
     return sorted(str(n) for n in kept)
 
 
@@ -95,13 +95,13 @@ def test_selector_index_finds_exactly_what_a_full_scan_finds(seed: int) -> None:
         else:
             c.calc.update(*key, r)
             live.add(key)
-    calc = c.calc
-    assert calc._sel_index and calc._items
-    for item in calc._items.values():
-        expected = {canon for canon, sel in calc._sels.items() if sel.match(item.labels)}
+    index = c.calc.index
+    assert index.selectors_by_label and index.items
+    for item in index.items.values():
+        expected = {canon for canon, sel in index.selectors.items() if sel.match(item.labels)}
         assert item.matched == expected, item.id
     by_label: dict[tuple[str, str], set[str]] = {}
-    for item in calc._items.values():
+    for item in index.items.values():
         for kv in item.labels.items():
             by_label.setdefault(kv, set()).add(item.id)
-    assert calc._items_by_label == by_label
+    assert index.items_by_label == by_label

@@ -341,17 +341,17 @@ def test_parse_is_cached_and_selector_is_immutable() -> None:
     assert parse('a == "cached"') is sel
     assert Selector('a == "cached"') == sel
     with pytest.raises(AttributeError):
-        sel.source = "x"  # type: ignore[misc]
+        sel.source = "x"
     with pytest.raises(AttributeError):
-        del sel.source  # type: ignore[misc]
+        del sel.source
     with pytest.raises(AttributeError):
-        sel.extra = 1  # type: ignore[attr-defined]
+        sel.extra = 1
     assert pickle.loads(pickle.dumps(sel)) == sel
 
 
 def test_non_string_is_rejected() -> None:
     with pytest.raises(TypeError):
-        Selector(None)  # type: ignore[arg-type]
+        Selector(None)
 
 
 @pytest.mark.parametrize(
