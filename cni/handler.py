@@ -78,6 +78,7 @@ from cni.spec import (
     version_at_least,
     version_info,
 )
+from datastore.backend import DatastoreError, KVStore, NotFound, Unavailable
 from datastore.kinds import by_plural
 from datastore.labels import validate_dns1123_subdomain
 from datastore.model_base import ResourceInvalid
@@ -85,7 +86,6 @@ from datastore.model_endpoints import EndpointPort, WorkloadEndpoint, WorkloadEn
 from datastore.model_k8s import Namespace, Pod
 from datastore.model_network import IPPool, Node
 from datastore.resources import ResourceExists, Resources
-from datastore.store import DatastoreError, NotFound, Store, Unavailable
 from ipam import keys as ipam_keys
 from ipam.allocator import IPAM
 from ipam.blocks import Block, IPAMError
@@ -202,7 +202,7 @@ class _KeyedLocks:
 class CNIHandler:
     """Serves CNI requests for one node."""
 
-    def __init__(self, store: Store, node: str, *, interface_prefix: str = "cali",
+    def __init__(self, store: KVStore, node: str, *, interface_prefix: str = "cali",
                  mtu: int | None = None,
                  on_endpoint_ready: EndpointReady | None = None) -> None:
         self.store = store

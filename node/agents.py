@@ -19,15 +19,15 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from datastore.backend import KVStore
 from datastore.resources import Resources
-from datastore.store import Store
 from node.metrics import Registry
 
 
 @dataclass
 class NodeContext:
     node: str
-    store: Store
+    store: KVStore
     resources: Resources
     metrics: Registry
     args: argparse.Namespace
