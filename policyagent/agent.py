@@ -45,6 +45,7 @@ from datastore.syncer import Syncer, cancel_and_wait
 from node.agents import Agent, NodeContext
 from node.metrics import _Metric
 from policyagent import nft_apply, nft_render
+from policyagent.applier import Applier, NftApplier
 from policyagent.calc import PolicyCalculator
 from policyagent.hep_resolve import read_interfaces, resolve
 from policyagent.model import DataplaneModel, KeyDiff, ModelDiff
@@ -101,12 +102,15 @@ class PolicyAgent:
     name = "policy"
 
     def __init__(self, ctx: NodeContext, *, table: str = TABLE, netns: str | None = None,
-                 counters_interval: float = COUNTERS_MIN_INTERVAL) -> None:
+                 counters_interval: float = COUNTERS_MIN_INTERVAL,
+                 applier: Applier | None = None) -> None:
         self.ctx = ctx
         self.node = ctx.node
         self.table = table
         self.netns = netns
         self.counters_interval = counters_interval
+        #: where the rendered table goes (nft in ``netns`` unless a test gives another)
+        self.applier: Applier = applier or NftApplier(table, netns)
         self.ready = asyncio.Event()
         # the etcd this node uses is protected from its workloads whatever its port
         config = getattr(ctx.store, "config", None)  # no store: a test of the flags only
@@ -390,7 +394,8 @@ class PolicyAgent:
         if kind == "full":
             script = render(model, self.table, endpoint_to_host=self._e2h)
         try:
-            await asyncio.to_thread(nft_apply.apply, script, self.netns)
+            await asyncio.to_thread(self.applier.apply_full if kind == "full"
+                                    else self.applier.apply_incremental, script)
         except nft_apply.NftError:
             self.m_errors.inc(kind=kind)
             if kind == "full":
@@ -400,8 +405,8 @@ class PolicyAgent:
             kind = "full"
             try:
                 await asyncio.to_thread(
-                    nft_apply.apply, render(model, self.table, endpoint_to_host=self._e2h),
-                    self.netns)
+                    self.applier.apply_full,
+                    render(model, self.table, endpoint_to_host=self._e2h))
             except nft_apply.NftError:
                 self.m_errors.inc(kind=kind)
                 raise
@@ -470,13 +475,12 @@ class PolicyAgent:
                     self._read_counters())
             except RuntimeError:  # no loop running here: read now
                 with contextlib.suppress(nft_apply.NftError, OSError, ValueError):
-                    self._counters = nft_apply.read_counters(self.table, self.netns)
+                    self._counters = self.applier.read_counters()
         return self._counters
 
     async def _read_counters(self) -> None:
         try:
-            self._counters = await asyncio.to_thread(nft_apply.read_counters, self.table,
-                                                     self.netns)
+            self._counters = await asyncio.to_thread(self.applier.read_counters)
         except (nft_apply.NftError, OSError, ValueError) as e:
             log.debug("cannot read rule counters", extra={"fields": {"error": str(e)}})
         finally:
