@@ -9,7 +9,9 @@ store).  tests/contract/test_store_contract.py holds it to the etcd :class:`Stor
 
 Every operation is atomic and yields to the event loop once before it runs, so concurrent
 tasks interleave between operations as they would against etcd.  It is not tied to one
-event loop.  :attr:`MemoryStore.failure` makes every call raise (an etcd that is down).
+event loop.  :attr:`MemoryStore.failure` makes every call raise (an etcd that is down);
+:attr:`MemoryStore.watches_interrupted` holds every watch back (a watch whose connection
+broke), which resumes from its last delivered revision when it is cleared.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class MemoryStore:
         self._closed = False
         #: When set, every call raises it (e.g. ``Unavailable(...)``: etcd is down).
         self.failure: DatastoreError | None = None
+        self._watches_interrupted = False
 
     async def __aenter__(self) -> Self:
         return self
@@ -66,6 +69,18 @@ class MemoryStore:
 
     async def close(self) -> None:
         self._closed = True
+        self._wake()
+
+    @property
+    def watches_interrupted(self) -> bool:
+        """While True, watches deliver nothing (as the etcd Store's watch while it
+        reconnects); set False, they resume after their last delivered revision, with a
+        :class:`Resync` when that history was compacted meanwhile."""
+        return self._watches_interrupted
+
+    @watches_interrupted.setter
+    def watches_interrupted(self, value: bool) -> None:
+        self._watches_interrupted = value
         self._wake()
 
     # -- internals -------------------------------------------------------------------------
@@ -235,6 +250,9 @@ class MemoryStore:
                 wakeup.clear()
                 if self._closed:
                     raise DatastoreError(f"the store is closed (watch on {prefix} ended)")
+                if self._watches_interrupted:
+                    await wakeup.wait()
+                    continue
                 if next_rev < self._compacted:
                     keys = self._under(prefix)
                     items = [self._kv(k, self._data[k]) for k in keys]

@@ -497,3 +497,29 @@ async def test_memory_store_failure_makes_every_call_raise() -> None:
         await store.put(P + "a", {"v": 2})
     store.failure = None
     assert (await store.get(P + "a")).value == {"v": 1}
+
+
+async def test_memory_store_interrupted_watches_resume_or_resync() -> None:
+    store = MemoryStore()
+    watch = store.watch(P, await store.revision())
+    try:
+        first = await store.put(P + "a", {"v": 1})
+        assert await take(watch, 1) == [put_event(first)]
+        store.watches_interrupted = True
+        second = await store.put(P + "b", {"v": 1})
+        pending = asyncio.ensure_future(anext(watch))
+        await asyncio.sleep(0.05)
+        assert not pending.done()
+        store.watches_interrupted = False
+        assert await asyncio.wait_for(pending, 5) == put_event(second)  # nothing lost
+        # compacted while interrupted: a Resync, then the changes after it
+        store.watches_interrupted = True
+        await store.delete(P + "a")
+        await store.compact(await store.revision())
+        store.watches_interrupted = False
+        [resync] = await take(watch, 1)
+        assert resync == Resync([await store.get(P + "b")], await store.revision())
+        third = await store.put(P + "c", {"v": 1})
+        assert await take(watch, 1) == [put_event(third)]
+    finally:
+        await watch.aclose()
