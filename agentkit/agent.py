@@ -24,8 +24,8 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from agentkit.backoff import Backoff
+from datastore.backend import KVStore
 from datastore.resources import Resources
-from datastore.store import Store
 
 log = logging.getLogger("tortie.agent")
 
@@ -33,7 +33,7 @@ log = logging.getLogger("tortie.agent")
 @dataclass
 class NodeContext:
     node: str
-    store: Store
+    store: KVStore
     resources: Resources
     metrics: CollectorRegistry
     args: argparse.Namespace

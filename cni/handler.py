@@ -9,7 +9,7 @@ ADD
     -> choose pools (:func:`ipam.pools.select_pools`: pod annotation > namespace annotation
     > ``ipam.ipv4_pools`` > pools selecting the node) or the requested addresses
     (``cni.projectcalico.org/ipAddrs`` / ``CNI_ARGS IP=``) -> allocate with handle
-    ``tortie.<containerID>`` -> veth (:mod:`cni.netlink`) -> WorkloadEndpoint
+    ``tortie.<containerID>`` -> veth (:class:`cni.dataplane.Dataplane`) -> WorkloadEndpoint
     ``<node>-k8s-<pod>-<ifname>`` -> ``on_endpoint_ready`` (the policy agent's hook) ->
     result.  Any failure after allocation rolls everything back.  An ADD repeated for a
     container that is fully set up returns the same result again.
@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from cni import netlink
+from cni.dataplane import Dataplane, NetlinkDataplane
 from cni.spec import (
     ERR_INCOMPATIBLE_VERSION,
     ERR_INTERNAL,
@@ -83,6 +84,7 @@ from cni.spec import (
     version_at_least,
     version_info,
 )
+from datastore.backend import DatastoreError, KVStore, NotFound, Unavailable
 from datastore.kinds import by_plural
 from datastore.labels import validate_dns1123_subdomain
 from datastore.model_base import ResourceInvalid
@@ -90,7 +92,6 @@ from datastore.model_endpoints import EndpointPort, WorkloadEndpoint, WorkloadEn
 from datastore.model_k8s import Namespace, Pod
 from datastore.model_network import IPPool, Node
 from datastore.resources import ResourceExists, Resources
-from datastore.store import DatastoreError, NotFound, Store, Unavailable
 from ipam.allocator import IPAM
 from ipam.blocks import IPAMError
 from ipam.handles import WORKLOAD_HANDLE_PREFIX as HANDLE_PREFIX
@@ -211,10 +212,11 @@ class _KeyedLocks:
 class CNIHandler:
     """Serves CNI requests for one node."""
 
-    def __init__(self, store: Store, node: str, *, interface_prefix: str = "cali",
+    def __init__(self, store: KVStore, node: str, *, interface_prefix: str = "cali",
                  mtu: int | None = None,
                  on_endpoint_ready: EndpointReady | None = None,
-                 request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT) -> None:
+                 request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+                 dataplane: Dataplane | None = None) -> None:
         self.store = store
         self.request_timeout = request_timeout
         #: requests past their deadline, still rolling back (awaited by :meth:`drain`)
@@ -227,8 +229,10 @@ class CNIHandler:
         self._mtu = mtu
         self._locks = _KeyedLocks()
         self._inflight: dict[str, int] = {}
-        #: the namespaces no pod lives in (netlink.netns_identity values)
-        self._host_netns = netlink.host_netns_identities()
+        #: the kernel: namespaces, veths (netlink unless a test gives another)
+        self.dataplane: Dataplane = dataplane or NetlinkDataplane()
+        #: the namespaces no pod lives in (Dataplane.netns_identity values)
+        self._host_netns = self.dataplane.host_netns_identities()
 
     # --- entry point ------------------------------------------------------------------------
 
@@ -401,7 +405,7 @@ class CNIHandler:
             return None
         where = quote(env.netns)
         try:
-            identity = await asyncio.to_thread(netlink.netns_identity, env.netns)
+            identity = await asyncio.to_thread(self.dataplane.netns_identity, env.netns)
         except netlink.NetnsGone:
             if may_be_gone:
                 return None
@@ -466,7 +470,7 @@ class CNIHandler:
         if conf.mtu:
             return conf.mtu
         if self._mtu is None:
-            self._mtu = await asyncio.to_thread(netlink.default_mtu)
+            self._mtu = await asyncio.to_thread(self.dataplane.default_mtu)
         return self._mtu
 
     async def _pod_info(self, env: CNIEnv) -> _PodInfo:
@@ -502,7 +506,7 @@ class CNIHandler:
         else:
             wep, link_exists, pod = await asyncio.gather(
                 self._get_wep(wep_ns, wep_name),
-                asyncio.to_thread(netlink.netns_link_exists, env.netns, env.ifname),
+                asyncio.to_thread(self.dataplane.netns_link_exists, env.netns, env.ifname),
                 self._pod_info(env))
             if wep is not None and wep.spec.containerID == env.container_id:
                 again = await self._repeat_add(env, conf, host_name, wep)
@@ -535,7 +539,7 @@ class CNIHandler:
             veth_made = True  # from here on a failure may have left a (partial) veth
             # a task, so that a cancelled ADD can wait for the thread before undoing its work
             veth_setup = asyncio.ensure_future(asyncio.to_thread(
-                netlink.setup_veth, host_name, env.netns, env.ifname, v4, v6, mtu))
+                self.dataplane.setup_veth, host_name, env.netns, env.ifname, v4, v6, mtu))
             _, mac = await asyncio.shield(veth_setup)
             new_wep = self._build_wep(env, pod, wep_ns, wep_name, host_name, mac, ips)
             wep_written = True  # (an unknown outcome counts as written)
@@ -574,7 +578,7 @@ class CNIHandler:
                           extra=_fields(info, endpoint=wep[1], error=str(e)))
         if host_name is not None:
             try:  # only the pair this ADD made: its peer is in the pod's namespace
-                await asyncio.to_thread(netlink.teardown_veth, host_name, env.netns)
+                await asyncio.to_thread(self.dataplane.teardown_veth, host_name, env.netns)
             except Exception as e:
                 log.error("rollback: could not delete the veth",
                           extra=_fields(info, host=host_name, error=str(e)))
@@ -594,7 +598,7 @@ class CNIHandler:
         mtu = await self._mtu_for(conf)
         v4 = [str(ip) for ip in ips if ip.version == 4]
         v6 = [str(ip) for ip in ips if ip.version == 6]
-        problems = await asyncio.to_thread(netlink.check_veth, host_name, env.netns,
+        problems = await asyncio.to_thread(self.dataplane.check_veth, host_name, env.netns,
                                            env.ifname, v4, v6, mtu, wep.spec.mac)
         if problems:
             return None
@@ -713,9 +717,9 @@ class CNIHandler:
                 if not ours:
                     return
                 if recorded is not None:  # the endpoint records it: this container's
-                    await asyncio.to_thread(netlink.teardown_veth, recorded)
+                    await asyncio.to_thread(self.dataplane.teardown_veth, recorded)
                 elif netns is not None:  # the veth named for it, if its peer is in netns
-                    await asyncio.to_thread(netlink.teardown_veth, self._host_name(env),
+                    await asyncio.to_thread(self.dataplane.teardown_veth, self._host_name(env),
                                             netns)
                 # else nothing proves a link is this container's (GC removes strays)
 
@@ -782,7 +786,7 @@ class CNIHandler:
             v4 = [ip for ip in prev_ips if ipaddress.ip_address(ip).version == 4]
             v6 = [ip for ip in prev_ips if ipaddress.ip_address(ip).version == 6]
             mtu = conf.mtu or None
-            problems += await asyncio.to_thread(netlink.check_veth, host_name, env.netns,
+            problems += await asyncio.to_thread(self.dataplane.check_veth, host_name, env.netns,
                                                 env.ifname, v4, v6, mtu, mac)
         if problems:
             raise CNIError(ERR_INTERNAL, f"CHECK failed for container {env.container_id}",
@@ -815,7 +819,7 @@ class CNIHandler:
                         str(w.metadata.namespace), w.name, cid)
                     host_name = self._recorded_host_name(w) if deleted else None
                     if host_name is not None:
-                        await asyncio.to_thread(netlink.teardown_veth, host_name)
+                        await asyncio.to_thread(self.dataplane.teardown_veth, host_name)
                 released = await self.ipam.release_by_handle(handle_id(cid))
                 log.info("GC released a stale attachment",
                          extra={"fields": {"container": cid, "ip": ",".join(released)}})
@@ -837,10 +841,10 @@ class CNIHandler:
             return  # an ADD may own a link it has not recorded yet: the next GC will do
         owned = {w.spec.interfaceName for w in await self.resources.list(_WEP)
                  if w.spec.node == self.node and w.spec.interfaceName}
-        for name in await asyncio.to_thread(netlink.host_veths, self.interface_prefix):
+        for name in await asyncio.to_thread(self.dataplane.host_veths, self.interface_prefix):
             if name in owned or self._inflight:
                 continue
-            if await asyncio.to_thread(netlink.teardown_veth, name):
+            if await asyncio.to_thread(self.dataplane.teardown_veth, name):
                 log.info("GC removed a stray host veth", extra={"fields": {"link": name}})
 
     # --- STATUS -----------------------------------------------------------------------------

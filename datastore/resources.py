@@ -19,22 +19,22 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from datastore import keys
-from datastore.kinds import KindInfo, by_document
-from datastore.model_base import SERVER_FIELDS, ResourceInvalid, name_of
-from datastore.model_network import IPPool
-from datastore.store import (
+from datastore.backend import (
     KV,
     TXN_MAX_BYTES,
     TXN_MAX_OPS,
     AlreadyExists,
     Conflict,
     DatastoreError,
+    KVStore,
     NotFound,
-    Store,
     Unavailable,
     Write,
     encode_value,
 )
+from datastore.kinds import KindInfo, by_document
+from datastore.model_base import SERVER_FIELDS, ResourceInvalid, name_of
+from datastore.model_network import IPPool
 from datastore.v1compat import convert, is_v1
 
 # Read-modify-write operations (apply, patch, label) retry when another writer got in
@@ -132,9 +132,9 @@ def _now() -> str:
 
 
 class Resources:
-    """Resource-level API over a connected ``Store``."""
+    """Resource-level API over a connected :class:`~datastore.backend.KVStore`."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: KVStore) -> None:
         self.store = store
 
     # --- keys and (de)serialisation -----------------------------------------------------------

@@ -18,22 +18,40 @@ The layer talks to etcd with the gRPC stubs and messages that ``aetcd`` ships
   here each watch owns its stream, resumes after errors from the last delivered revision
   and turns compaction into a :class:`Resync`.
 
-A :class:`Store` belongs to the event loop it is first used on.
+A :class:`Store` belongs to the event loop it is first used on.  It implements
+:class:`datastore.backend.KVStore`, whose values and errors it re-exports.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
+from datastore.backend import (
+    KV,
+    TXN_MAX_BYTES,
+    TXN_MAX_OPS,
+    AlreadyExists,
+    Conflict,
+    DatastoreError,
+    NotFound,
+    Resync,
+    Unavailable,
+    WatchEvent,
+    Write,
+    check_prefix,
+    check_revision,
+    check_writes,
+    decode_value,
+    encode_value,
+)
 from datastore.etcd_config import EtcdConfig
 
 __all__ = [
@@ -64,109 +82,6 @@ WATCH_BACKOFF_MIN = 0.05
 WATCH_BACKOFF_MAX = 2.0
 
 _MiB = 1024 * 1024
-
-#: What one transaction may hold, below etcd's defaults (--max-txn-ops 128 operations,
-#: --max-request-bytes 1.5 MiB, of which this leaves room for keys and framing).
-TXN_MAX_OPS = 128
-TXN_MAX_BYTES = 1 * _MiB
-
-
-class DatastoreError(Exception):
-    """Base class of all datastore errors."""
-
-
-class Unavailable(DatastoreError):
-    """etcd could not be reached, or did not answer, within the configured timeout.
-
-    For a write this means the outcome is unknown: it may or may not have been applied.
-    """
-
-
-class NotFound(DatastoreError):
-    """The key does not exist."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(f"{key} not found")
-        self.key = key
-
-
-class AlreadyExists(DatastoreError):
-    """The key exists already."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(f"{key} already exists")
-        self.key = key
-
-
-class Conflict(DatastoreError):
-    """The key's revision is not the expected one: somebody else changed it meanwhile."""
-
-    def __init__(self, key: str, expected: int, actual: int) -> None:
-        super().__init__(
-            f"{key} was modified concurrently: expected revision {expected}, "
-            f"current revision is {actual}; re-read it and try again"
-        )
-        self.key = key
-        self.expected = expected
-        self.actual = actual
-
-
-@dataclass(frozen=True)
-class KV:
-    """A key with its value and etcd revisions."""
-
-    key: str
-    value: dict[str, Any]
-    mod_revision: int
-    create_revision: int
-
-
-@dataclass(frozen=True)
-class Write:
-    """One change of :meth:`Store.commit`: put ``value`` (delete the key when None) if the
-    key's mod revision is still ``revision``; ``revision=0``: if the key does not exist."""
-
-    key: str
-    value: dict[str, Any] | None
-    revision: int
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    """One change of one key; ``revision`` is the etcd revision of the change."""
-
-    type: Literal["put", "delete"]
-    key: str
-    value: dict[str, Any] | None
-    revision: int
-    prev_value: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class Resync:
-    """The watched history was compacted: here is the full state of the prefix at
-    ``revision``; replace whatever you had.  Events after ``revision`` follow."""
-
-    items: list[KV]
-    revision: int
-
-
-def encode_value(value: dict[str, Any]) -> bytes:
-    """The stored form of a value: compact JSON with sorted keys."""
-    if not isinstance(value, dict):
-        raise TypeError(f"values must be dicts, got {type(value).__name__}")
-    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
-
-
-def decode_value(raw: bytes, key: str) -> dict[str, Any]:
-    """Parse a stored value; raises :class:`DatastoreError` if it is not a JSON object."""
-    try:
-        value = json.loads(raw)
-    except ValueError as e:
-        raise DatastoreError(f"value of {key} is not valid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise DatastoreError(f"value of {key} is not a JSON object")
-    return value
 
 
 def _kv(kv: Any) -> KV:
@@ -202,12 +117,6 @@ def _delete_op(key: bytes) -> Any:
 
 def _get_op(key: bytes) -> Any:
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
-
-
-def _check_prefix(prefix: str) -> bytes:
-    if not prefix:
-        raise ValueError("prefix must not be empty")
-    return prefix.encode()
 
 
 @dataclass
@@ -519,7 +428,7 @@ class Store:
         Watching from the returned revision misses nothing and repeats nothing.  Large
         prefixes are read in pages, all at the revision of the first page.
         """
-        start = _check_prefix(prefix)
+        start = check_prefix(prefix)
         range_end = prefix_range_end(start)
         for _ in range(5):
             items: list[KV] = []
@@ -559,8 +468,7 @@ class Store:
         :class:`Conflict` if it is not, :class:`NotFound` if the key does not exist.
         With ``revision=None`` the key only has to exist.
         """
-        if revision is not None and revision <= 0:
-            raise ValueError(f"revision must be positive, got {revision}")
+        check_revision(revision)
         raw = encode_value(value)
         k = key.encode()
         compare = _exists(k) if revision is None else _mod_equals(k, revision)
@@ -590,8 +498,7 @@ class Store:
 
         :class:`NotFound` if absent, :class:`Conflict` if the revision differs.
         """
-        if revision is not None and revision <= 0:
-            raise ValueError(f"revision must be positive, got {revision}")
+        check_revision(revision)
         k = key.encode()
         compare = _exists(k) if revision is None else _mod_equals(k, revision)
         resp = await self._txn(f"delete {key}", [compare], [_delete_op(k)], [_get_op(k)])
@@ -604,7 +511,7 @@ class Store:
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every key under ``prefix``; returns how many were deleted."""
-        start = _check_prefix(prefix)
+        start = check_prefix(prefix)
         request = rpc.DeleteRangeRequest(key=start, range_end=prefix_range_end(start))
         resp = await self._call(
             f"delete prefix {prefix}",
@@ -648,17 +555,9 @@ class Store:
         expected to have; returns the transaction's revision, or None when one of them
         changed (then nothing was written).  At most :data:`TXN_MAX_OPS` writes, each key
         once."""
-        if not writes:
-            raise ValueError("nothing to commit")
-        if len(writes) > TXN_MAX_OPS:
-            raise ValueError(f"{len(writes)} writes: one transaction holds at most "
-                             f"{TXN_MAX_OPS}")
-        if len({w.key for w in writes}) != len(writes):
-            raise ValueError("a key is written twice in one transaction")
+        check_writes(writes)
         compare, ops = [], []
         for w in writes:
-            if w.revision < 0:
-                raise ValueError(f"revision must not be negative, got {w.revision}")
             k = w.key.encode()
             compare.append(_create_equals(k, 0) if w.revision == 0 else _mod_equals(k, w.revision))
             ops.append(_delete_op(k) if w.value is None else _put_op(k, encode_value(w.value)))
@@ -705,7 +604,7 @@ class Store:
         cancels the etcd watch.  Ends with :class:`DatastoreError` when the store is closed
         or etcd refuses the watch.
         """
-        key = _check_prefix(prefix)
+        key = check_prefix(prefix)
         if revision < 0:
             raise ValueError(f"revision must not be negative, got {revision}")
         return self._watch(prefix, key, revision)

@@ -4,7 +4,7 @@
 each change: ``on_update(key, value)`` (``value`` ``None`` for a delete), and
 ``on_synced()`` once every prefix has been listed (and again after every resync).  It lists
 each prefix, then watches from the listed revision.  When the watch reports a compaction
-(:class:`datastore.store.Resync`) or fails (etcd gone, the store closed under it), it lists
+(:class:`datastore.backend.Resync`) or fails (etcd gone, the store closed under it), it lists
 again and reports only the differences against what it had delivered, so a consumer never
 sees a key twice with the same value and never misses a delete.
 
@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from datastore.store import DatastoreError, Resync, Store, WatchEvent
+from datastore.backend import DatastoreError, KVStore, Resync, WatchEvent
 
 log = logging.getLogger("tortie.syncer")
 
@@ -32,7 +32,7 @@ Update = Callable[[str, dict[str, Any] | None], None]
 class Syncer:
     """Keeps ``prefixes`` of ``store`` mirrored into ``on_update``."""
 
-    def __init__(self, store: Store, prefixes: Iterable[str], on_update: Update,
+    def __init__(self, store: KVStore, prefixes: Iterable[str], on_update: Update,
                  on_synced: Callable[[], None] | None = None, *, name: str = "syncer") -> None:
         self.store = store
         self.prefixes = tuple(prefixes)

@@ -36,10 +36,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from datastore.backend import KV, AlreadyExists, Conflict, KVStore, NotFound
 from datastore.kinds import by_plural
 from datastore.model_network import IPPool
 from datastore.resources import Resources
-from datastore.store import KV, AlreadyExists, Conflict, NotFound, Store
 from ipam import keys
 from ipam.blocks import (
     AddressInUse,
@@ -215,9 +215,9 @@ def _first_free_block(pool: IPPool, blocks: Iterable[Block],
 
 
 class IPAM:
-    """Block IPAM for one node (``node``), over a connected :class:`Store`."""
+    """Block IPAM for one node (``node``), over a connected :class:`~datastore.backend.KVStore`."""
 
-    def __init__(self, store: Store, node: str) -> None:
+    def __init__(self, store: KVStore, node: str) -> None:
         keys.host_key(node)  # validates the name
         self.store = store
         self.node = node

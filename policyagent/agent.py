@@ -41,7 +41,7 @@ from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
 from agentkit.agent import Agent, NodeContext
-from agentkit.backoff import Backoff
+from agentkit.backoff import RETRY_MIN, Backoff
 from agentkit.metrics import DEFAULT_BUCKETS
 from datastore.keys import parse_resource_key, resource_key, resource_prefix
 from datastore.kinds import by_plural, plurals
@@ -49,6 +49,7 @@ from datastore.model_config import FelixConfiguration
 from datastore.model_endpoints import WorkloadEndpoint
 from datastore.syncer import Syncer, cancel_and_wait
 from policyagent import nft_apply, nft_render
+from policyagent.applier import Applier, NftApplier
 from policyagent.calc import PolicyCalculator
 from policyagent.hep_resolve import read_interfaces, resolve
 from policyagent.model import DataplaneModel
@@ -102,12 +103,17 @@ class PolicyAgent:
     name = "policy"
 
     def __init__(self, ctx: NodeContext, *, table: str = TABLE, netns: str | None = None,
-                 counters_interval: float = COUNTERS_MIN_INTERVAL) -> None:
+                 counters_interval: float = COUNTERS_MIN_INTERVAL,
+                 applier: Applier | None = None) -> None:
         self.ctx = ctx
         self.node = ctx.node
         self.table = table
         self.netns = netns
         self.counters_interval = counters_interval
+        #: first delay of the retries after a failed programming (doubling, at most 10 s)
+        self.retry_first = RETRY_MIN
+        #: where the rendered table goes (nft in ``netns`` unless a test gives another)
+        self.applier: Applier = applier or NftApplier(table, netns)
         self.ready = asyncio.Event()
         # the etcd this node uses is protected from its workloads whatever its port
         config = getattr(ctx.store, "config", None)  # no store: a test of the flags only
@@ -338,7 +344,7 @@ class PolicyAgent:
     # --- programming ----------------------------------------------------------------------
 
     async def _program_loop(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(self.retry_first)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -388,7 +394,8 @@ class PolicyAgent:
         if kind == "full":
             script = render(model, self.table, endpoint_to_host=self._endpoint_to_host)
         try:
-            await asyncio.to_thread(nft_apply.apply, script, self.netns)
+            await asyncio.to_thread(self.applier.apply_full if kind == "full"
+                                    else self.applier.apply_incremental, script)
         except nft_apply.NftError:
             self.m_errors.labels(kind=kind).inc()
             if kind == "full":
@@ -398,7 +405,7 @@ class PolicyAgent:
             kind = "full"
             try:
                 script = render(model, self.table, endpoint_to_host=self._endpoint_to_host)
-                await asyncio.to_thread(nft_apply.apply, script, self.netns)
+                await asyncio.to_thread(self.applier.apply_full, script)
             except nft_apply.NftError:
                 self.m_errors.labels(kind=kind).inc()
                 raise
@@ -451,13 +458,12 @@ class PolicyAgent:
                     self._read_counters())
             except RuntimeError:  # no loop running here: read now
                 with contextlib.suppress(nft_apply.NftError, OSError, ValueError):
-                    self._counters = nft_apply.read_counters(self.table, self.netns)
+                    self._counters = self.applier.read_counters()
         return self._counters
 
     async def _read_counters(self) -> None:
         try:
-            self._counters = await asyncio.to_thread(nft_apply.read_counters, self.table,
-                                                     self.netns)
+            self._counters = await asyncio.to_thread(self.applier.read_counters)
         except (nft_apply.NftError, OSError, ValueError) as e:
             log.debug("cannot read rule counters", extra={"fields": {"error": str(e)}})
         finally:

@@ -2,7 +2,9 @@
 
 The wiring: resources in the datastore -> the table in the kernel; bad resources skipped and
 counted; the smallest transaction chosen; endpoint_ready returning once the kernel has the
-endpoint, batching concurrent calls; the table never missing across a stop and start.
+endpoint, batching concurrent calls; the table never missing across a stop and start.  The
+agent's choices alone (which programming, fall-backs, retries) are tested on the in-memory
+store and a recording applier in tests/unit/test_policy_agent_logic.py.
 """
 
 from __future__ import annotations
@@ -214,20 +216,6 @@ async def test_the_table_never_goes_missing_across_stop_and_start(store: Store,
         await asyncio.to_thread(poller.join, 10)
         nft_apply.delete_table(table, netns)
     assert polls[0] > 0 and not missing
-
-
-def test_no_policy_flag_turns_the_agent_off() -> None:
-    from node.main import parse_args
-    from policyagent.agent import make_agent
-
-    def ctx(argv: list[str]) -> NodeContext:
-        return NodeContext(node="n", store=None, resources=None,
-                           metrics=new_registry(), args=parse_args(["--node-name", "n", *argv]))
-
-    assert make_agent(ctx(["--no-policy"])) is None
-    agent = make_agent(ctx([]))
-    assert isinstance(agent, PolicyAgent) and agent.table == "tortie"
-    assert agent.health()["synced"] is False
 
 
 async def test_run_again_after_a_failure_catches_up_with_deletes(store: Store,

@@ -1,10 +1,12 @@
-"""Store CRUD, optimistic concurrency and compare-and-swap against a real etcd."""
+"""What only the etcd Store has: the stored bytes, paged lists, several connections racing,
+connecting on demand.  The KVStore contract itself (CRUD, optimistic concurrency,
+compare-and-swap, revisions, compaction) is tests/contract/test_store_contract.py, run
+against this Store too."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
 
 import pytest
 
@@ -14,7 +16,6 @@ from datastore.store import (
     AlreadyExists,
     Conflict,
     DatastoreError,
-    NotFound,
     Store,
 )
 from lab.etcd import EtcdProcess
@@ -24,122 +25,13 @@ pytestmark = pytest.mark.integration
 P = "/tortie/v3/test/"
 
 
-async def test_create_and_get_carry_real_revisions(store: Store, etcd_server: EtcdProcess) -> None:
-    before = await store.revision()
+async def test_values_are_stored_in_etcd_as_compact_sorted_json(
+    store: Store, etcd_server: EtcdProcess
+) -> None:
     kv = await store.create(P + "a", {"b": [1, 2], "a": "x"})
-    assert kv.key == P + "a"
-    assert kv.value == {"a": "x", "b": [1, 2]}
-    assert kv.mod_revision == kv.create_revision == before + 1
-    assert await store.revision() == kv.mod_revision
     assert await store.get(P + "a") == kv
-    # Stored as compact JSON with sorted keys.
     raw = etcd_server.etcdctl("get", P + "a", "--print-value-only").strip()
     assert raw == '{"a":"x","b":[1,2]}'
-
-
-async def test_create_existing_raises_already_exists(store: Store) -> None:
-    first = await store.create(P + "a", {"v": 1})
-    with pytest.raises(AlreadyExists) as exc:
-        await store.create(P + "a", {"v": 2})
-    assert exc.value.key == P + "a"
-    assert "already exists" in str(exc.value)
-    assert await store.get(P + "a") == first
-
-
-async def test_get_missing_raises_not_found(store: Store) -> None:
-    with pytest.raises(NotFound) as exc:
-        await store.get(P + "missing")
-    assert exc.value.key == P + "missing"
-    assert P + "missing" in str(exc.value)
-
-
-async def test_update_with_revision(store: Store) -> None:
-    created = await store.create(P + "a", {"v": 1})
-    updated = await store.update(P + "a", {"v": 2}, created.mod_revision)
-    assert updated.value == {"v": 2}
-    assert updated.mod_revision > created.mod_revision
-    assert updated.create_revision == created.create_revision
-    assert await store.get(P + "a") == updated
-
-    # A stale revision is a conflict and changes nothing.
-    with pytest.raises(Conflict) as exc:
-        await store.update(P + "a", {"v": 3}, created.mod_revision)
-    assert exc.value.key == P + "a"
-    assert exc.value.expected == created.mod_revision
-    assert exc.value.actual == updated.mod_revision
-    assert "modified concurrently" in str(exc.value)
-    assert await store.get(P + "a") == updated
-
-    # Without a revision the key only has to exist.
-    again = await store.update(P + "a", {"v": 4})
-    assert again.mod_revision > updated.mod_revision
-    assert again.create_revision == created.create_revision
-
-
-async def test_update_missing_raises_not_found(store: Store) -> None:
-    with pytest.raises(NotFound):
-        await store.update(P + "missing", {"v": 1})
-    with pytest.raises(NotFound):
-        await store.update(P + "missing", {"v": 1}, 5)
-    with pytest.raises(ValueError):
-        await store.update(P + "missing", {"v": 1}, 0)
-
-
-async def test_put_creates_or_replaces(store: Store) -> None:
-    first = await store.put(P + "a", {"v": 1})
-    assert first.create_revision == first.mod_revision
-    second = await store.put(P + "a", {"v": 2})
-    assert second.create_revision == first.create_revision
-    assert second.mod_revision > first.mod_revision
-    assert await store.get(P + "a") == second
-
-
-async def test_delete(store: Store) -> None:
-    kv = await store.create(P + "a", {"v": 1})
-    updated = await store.update(P + "a", {"v": 2})
-    with pytest.raises(Conflict) as exc:
-        await store.delete(P + "a", kv.mod_revision)
-    assert exc.value.actual == updated.mod_revision
-    deleted = await store.delete(P + "a", updated.mod_revision)
-    assert deleted == updated
-    with pytest.raises(NotFound):
-        await store.get(P + "a")
-    with pytest.raises(NotFound):
-        await store.delete(P + "a")
-    with pytest.raises(NotFound):
-        await store.delete(P + "a", updated.mod_revision)
-
-    await store.create(P + "b", {"v": 1})
-    assert (await store.delete(P + "b")).value == {"v": 1}
-
-
-async def test_delete_prefix_stays_inside_the_prefix(store: Store) -> None:
-    for key in ("a/1", "a/2", "a/3/x", "ab", "b"):
-        await store.put(P + key, {"k": key})
-    assert await store.delete_prefix(P + "a/") == 3
-    keys = [kv.key for kv in (await store.list(P))[0]]
-    assert keys == [P + "ab", P + "b"]
-    assert await store.delete_prefix(P + "nothing/") == 0
-    with pytest.raises(ValueError):
-        await store.delete_prefix("")
-
-
-async def test_list_is_sorted_with_revision_of_the_read(store: Store) -> None:
-    names = [f"k{i:02d}" for i in range(15)]
-    for name in random.sample(names, len(names)):
-        await store.put(P + "items/" + name, {"n": name})
-    await store.put(P + "itemsX", {"outside": True})
-    items, revision = await store.list(P + "items/")
-    assert [kv.key for kv in items] == [P + "items/" + n for n in names]
-    assert all(kv.value == {"n": kv.key.rsplit("/", 1)[1]} for kv in items)
-    assert revision == await store.revision()
-    assert all(kv.mod_revision <= revision for kv in items)
-
-    later = await store.put(P + "items/zz", {"n": "zz"})
-    assert later.mod_revision > revision
-    empty, empty_rev = await store.list(P + "none/")
-    assert empty == []
-    assert empty_rev == later.mod_revision
 
 
 async def test_list_pages_are_read_at_one_revision(
@@ -176,21 +68,6 @@ async def _race_updates(
     )
 
 
-async def test_two_concurrent_updates_same_revision_one_wins(store: Store) -> None:
-    kv = await store.create(P + "a", {"v": 0})
-    results = await asyncio.gather(
-        store.update(P + "a", {"v": "left"}, kv.mod_revision),
-        store.update(P + "a", {"v": "right"}, kv.mod_revision),
-        return_exceptions=True,
-    )
-    wins = [r for r in results if isinstance(r, KV)]
-    conflicts = [r for r in results if isinstance(r, Conflict)]
-    assert len(wins) == 1 and len(conflicts) == 1, results
-    assert conflicts[0].expected == kv.mod_revision
-    assert conflicts[0].actual == wins[0].mod_revision
-    assert await store.get(P + "a") == wins[0]
-
-
 async def test_two_connections_race_one_wins(store: Store, etcd_server: EtcdProcess) -> None:
     kv = await store.create(P + "a", {"v": 0})
     async with Store(etcd_server.config) as one, Store(etcd_server.config) as two:
@@ -223,22 +100,6 @@ async def test_twenty_way_race(store: Store, etcd_server: EtcdProcess) -> None:
     assert sum(isinstance(r, AlreadyExists) for r in created) == 19
 
 
-async def test_compare_and_swap(store: Store) -> None:
-    key = P + "block"
-    assert await store.compare_and_swap(key, {"n": 1}, 0) is True
-    assert await store.compare_and_swap(key, {"n": 99}, 0) is False
-    kv = await store.get(key)
-    assert kv.value == {"n": 1}
-    assert await store.compare_and_swap(key, {"n": 2}, kv.mod_revision + 1000) is False
-    assert await store.compare_and_swap(key, {"n": 2}, kv.mod_revision) is True
-    kv2 = await store.get(key)
-    assert kv2.value == {"n": 2} and kv2.create_revision == kv.create_revision
-    assert await store.compare_and_swap(key, None, kv.mod_revision) is False
-    assert await store.compare_and_swap(key, None, kv2.mod_revision) is True
-    with pytest.raises(NotFound):
-        await store.get(key)
-
-
 async def test_compare_and_swap_counter_under_contention(
     store: Store, etcd_server: EtcdProcess
 ) -> None:
@@ -258,16 +119,6 @@ async def test_compare_and_swap_counter_under_contention(
         retries = await asyncio.gather(*(increment((store, other)[i % 2]) for i in range(20)))
     assert (await store.get(key)).value == {"n": 20}
     assert sum(retries) > 0  # there was contention
-
-
-async def test_revision_and_compact(store: Store) -> None:
-    r1 = await store.revision()
-    kv = await store.put(P + "a", {"v": 1})
-    assert kv.mod_revision == r1 + 1 == await store.revision()
-    await store.compact(kv.mod_revision)
-    await store.compact(kv.mod_revision)  # already compacted there: no error
-    with pytest.raises(DatastoreError, match="future revision"):
-        await store.compact(kv.mod_revision + 1000)
 
 
 async def test_closed_store_refuses_calls(etcd_server: EtcdProcess) -> None:

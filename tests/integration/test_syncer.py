@@ -1,10 +1,11 @@
-"""datastore.syncer.Syncer against a real etcd: initial list, changes, compaction, restarts."""
+"""datastore.syncer.Syncer against a real etcd: compaction while etcd restarts.  The syncer's
+logic (list, follow, resync without repeats, failing callbacks) runs on the in-memory store
+in tests/unit/test_syncer_logic.py."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,31 +54,6 @@ async def etcd_state(store: Store, *prefixes: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-async def test_lists_then_follows_changes_of_several_prefixes(store: Store) -> None:
-    base = f"/tortie/test-syncer-{uuid.uuid4().hex[:8]}/"
-    a, b, other = base + "a/", base + "b/", base + "c/"
-    await store.put(a + "1", {"v": 1})
-    await store.put(b + "1", {"v": 1})
-    await store.put(other + "1", {"v": 1})
-    mirror = Mirror()
-    syncer = Syncer(store, [a, b], mirror.update, mirror.on_synced, name="t")
-    task = asyncio.create_task(syncer.run())
-    try:
-        await asyncio.wait_for(syncer.synced.wait(), 10)
-        assert mirror.state == {a + "1": {"v": 1}, b + "1": {"v": 1}}
-        assert mirror.synced == 1
-        await store.put(a + "2", {"v": 2})
-        await store.put(a + "1", {"v": 3})
-        await store.delete(b + "1")
-        await store.put(other + "2", {"v": 1})  # not watched
-        await until(lambda: mirror.state == {a + "1": {"v": 3}, a + "2": {"v": 2}})
-        await asyncio.sleep(0.2)
-        assert other + "2" not in mirror.state
-        assert mirror.state == await etcd_state(store, a, b)
-    finally:
-        await cancel_and_wait(task)
-
-
 async def test_compaction_while_down_resyncs_with_deletes_and_no_repeats(
         scratch_dir: Path) -> None:
     p = "/tortie/test-syncer/"
@@ -106,25 +82,3 @@ async def test_compaction_while_down_resyncs_with_deletes_and_no_repeats(
                     await until(lambda: p + "after" in mirror.state, 30)
             finally:
                 await cancel_and_wait(task)
-
-
-async def test_a_failing_callback_is_counted_and_does_not_stop_the_sync(store: Store) -> None:
-    p = f"/tortie/test-syncer-{uuid.uuid4().hex[:8]}/"
-    seen: list[str] = []
-
-    def update(key: str, value: dict[str, Any] | None) -> None:
-        seen.append(key)
-        if key.endswith("bad"):
-            raise ValueError("a bad resource")
-
-    syncer = Syncer(store, [p], update, name="t")
-    task = asyncio.create_task(syncer.run())
-    try:
-        await asyncio.wait_for(syncer.synced.wait(), 10)
-        await store.put(p + "bad", {"v": 1})
-        await store.put(p + "good", {"v": 1})
-        await until(lambda: p + "good" in seen)
-        assert syncer.callback_errors == 1
-        assert not task.done()
-    finally:
-        await cancel_and_wait(task)

@@ -1,4 +1,6 @@
-"""Store.watch against a real etcd: ordering, replay, compaction, restarts, cancellation."""
+"""Store.watch against a real etcd: restarts, compaction while disconnected, the server's
+watchers.  Ordering, replay, compaction and closing are the KVStore contract
+(tests/contract/test_store_contract.py, run against this Store too)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import TypeVar
 
 import pytest
 
-from datastore.store import KV, DatastoreError, Resync, Store, Unavailable, WatchEvent
+from datastore.store import KV, Resync, Store, Unavailable, WatchEvent
 from lab.etcd import EtcdProcess, run_etcd
 
 pytestmark = pytest.mark.integration
@@ -70,86 +72,6 @@ async def retry(fn: Callable[[], Awaitable[T]], timeout: float = 10.0) -> T:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
-
-
-async def test_changes_after_revision_arrive_once_in_order(store: Store) -> None:
-    await store.put(P + "before", {"v": 0})  # before the start revision: not delivered
-    start = await store.revision()
-    watch = store.watch(P, start)
-    try:
-        a1 = await store.create(P + "a", {"v": 1})
-        b1 = await store.create(P + "b", {"v": 1})
-        await store.put("/tortie/v3/elsewhere/x", {"v": 1})  # outside the prefix
-        a2 = await store.update(P + "a", {"v": 2}, a1.mod_revision)
-        deleted_b = await store.delete(P + "b")
-        b_rev = await store.revision()
-        c1 = await store.create(P + "c", {"v": 1})
-        # One transaction deleting three keys: three events at one revision.
-        assert await store.delete_prefix(P) == 3
-        multi_rev = await store.revision()
-
-        items = await take(watch, 8)
-        assert items == [
-            put_event(a1),
-            put_event(b1),
-            put_event(a2, {"v": 1}),
-            WatchEvent("delete", P + "b", None, b_rev, deleted_b.value),
-            put_event(c1),
-            WatchEvent("delete", P + "a", None, multi_rev, {"v": 2}),
-            WatchEvent("delete", P + "before", None, multi_rev, {"v": 0}),
-            WatchEvent("delete", P + "c", None, multi_rev, {"v": 1}),
-        ]
-        # The next item is the next change: nothing extra was delivered in between.
-        d1 = await store.put(P + "d", {"v": 1})
-        assert await take(watch, 1) == [put_event(d1)]
-    finally:
-        await watch.aclose()
-
-
-async def test_watch_from_old_revision_replays_history(store: Store) -> None:
-    start = await store.revision()
-    history = [await store.put(P + f"k{i}", {"i": i}) for i in range(5)]
-    history.append(await store.update(P + "k0", {"i": 100}))
-    # Started now, from a revision in the past (not compacted): replays everything after.
-    watch = store.watch(P, start)
-    try:
-        items = await take(watch, 6)
-        assert items[:5] == [put_event(kv) for kv in history[:5]]
-        assert items[5] == put_event(history[5], {"i": 0})
-        # ...and from the middle of the history.
-        mid = store.watch(P, history[2].mod_revision)
-        try:
-            assert await take(mid, 3) == items[3:]
-        finally:
-            await mid.aclose()
-    finally:
-        await watch.aclose()
-
-
-async def test_compacted_start_revision_gives_resync_then_events(store: Store) -> None:
-    old = await store.put(P + "old", {"v": 1})
-    start = old.mod_revision
-    await store.update(P + "old", {"v": 2})
-    kept = await store.put(P + "kept", {"v": 1})
-    gone = await store.put(P + "gone", {"v": 1})
-    await store.delete(P + "gone")
-    await store.put("/tortie/v3/other/x", {"v": 1})
-    await store.compact(await store.revision())
-
-    watch = store.watch(P, start)
-    try:
-        [resync] = await take(watch, 1)
-        assert isinstance(resync, Resync)
-        items, revision = await store.list(P)
-        assert resync.revision == revision
-        assert resync.items == items
-        assert [kv.key for kv in resync.items] == [P + "kept", P + "old"]
-        assert kept in resync.items and gone.key not in {kv.key for kv in resync.items}
-
-        after = await store.put(P + "new", {"v": 1})
-        assert await take(watch, 1) == [put_event(after)]
-    finally:
-        await watch.aclose()
 
 
 async def test_watch_resumes_after_etcd_restart(scratch_dir: Path) -> None:
@@ -270,19 +192,3 @@ async def test_closing_or_cancelling_a_watch_cancels_it_in_etcd(scratch_dir: Pat
             assert (await store.get(P + "b")) == kv2
 
 
-async def test_closing_the_store_ends_the_watch(etcd_server: EtcdProcess) -> None:
-    s = Store(etcd_server.config)
-    watch = s.watch(P, await s.revision())
-    pending = asyncio.ensure_future(anext(watch))
-    await asyncio.sleep(0.2)
-    await s.close()
-    with pytest.raises(DatastoreError, match="closed"):
-        await asyncio.wait_for(pending, 5)
-
-
-def test_watch_arguments_are_checked(etcd_server: EtcdProcess) -> None:
-    s = Store(etcd_server.config)
-    with pytest.raises(ValueError):
-        s.watch("", 0)
-    with pytest.raises(ValueError):
-        s.watch(P, -1)
