@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from lab.etcd import free_port, run_etcd
-from tests.cli_helpers import tortie
+from tests.support.cli import tortie
 
 pytestmark = pytest.mark.integration
 

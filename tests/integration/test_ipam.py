@@ -29,7 +29,7 @@ from ipam.allocator import (
 )
 from ipam.blocks import Block
 from lab.etcd import EtcdProcess
-from tests.cli_helpers import tortie
+from tests.support.cli import tortie
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""tortie-kube-controllers against an in-process Kubernetes API (tests/k8s_fake_api.py, the
+"""tortie-kube-controllers against an in-process Kubernetes API (tests/support/fake_kube_api.py, the
 real list/watch protocol) and the real etcd.
 
 This checks the list/watch/resync logic and the datastore mapping; the kind run
@@ -41,7 +41,7 @@ from kubecontrollers.ipam_gc import IPAMGarbageCollector
 from kubecontrollers.metrics import KubeMetrics
 from kubecontrollers.reflector import Reflector
 from policyagent.calc import PolicyCalculator
-from tests.k8s_fake_api import FakeKubeAPI
+from tests.support.fake_kube_api import FakeKubeAPI
 
 pytestmark = pytest.mark.integration
 

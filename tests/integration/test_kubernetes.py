@@ -16,7 +16,7 @@ import pytest
 
 from lab.cluster import Lab
 from lab.kubernetes import AGNHOST_IMAGE
-from tests.k8s_helpers import (
+from tests.support.kubernetes import (
     K8S_MARKS,
     REPO,
     cali_links,

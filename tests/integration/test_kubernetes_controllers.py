@@ -31,7 +31,7 @@ from lab import netns
 from lab.cluster import Lab
 from lab.kubernetes import AGNHOST_IMAGE
 from lab.procs import alive, stop_pid
-from tests.k8s_helpers import (
+from tests.support.kubernetes import (
     K8S_MARKS,
     REPO,
     cli,

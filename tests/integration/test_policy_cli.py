@@ -22,8 +22,8 @@ from datastore.store import Store
 from lab.etcd import EtcdProcess
 from policyagent import nft_apply
 from policyagent.nft_render import render
-from tests.cli_helpers import tortie
-from tests.integration.test_nft_dataplane import A_IP, B_IP, Lab
+from tests.support.cli import tortie
+from tests.support.nft import A_IP, B_IP, Lab
 
 pytestmark = [
     pytest.mark.integration,

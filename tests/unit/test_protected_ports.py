@@ -25,8 +25,8 @@ from policyagent.nft_render import (
     render,
     render_incremental,
 )
-from tests.unit.test_nft_render import chain_body
-from tests.unit.test_policy_calc import NODE, V3, Cluster, gnp, res, wep
+from tests.support.nft import chain_body
+from tests.support.policy import NODE, V3, Cluster, gnp, res, wep
 
 TCP = 6
 DEFAULT = (FailsafeSpec(TCP, 179), FailsafeSpec(TCP, 2379), FailsafeSpec(TCP, 2380))
