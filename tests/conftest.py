@@ -132,6 +132,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "ones skip it, or fail it under CI=true")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for mark in item.iter_markers("tools"):
         require_tools(*mark.args)

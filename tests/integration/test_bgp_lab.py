@@ -5,18 +5,19 @@ other; restarting a node's tortie-node keeps the routes on its peer."""
 from __future__ import annotations
 
 import ipaddress
-import shutil
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from lab import bird_peer, netns
 from lab.cluster import Lab
+from tests.support.tools import require_tools
+from tests.support.wait import until_sync
 
 pytestmark = pytest.mark.integration
 
@@ -26,18 +27,9 @@ def tortie(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
                           text=True, timeout=timeout, check=False)
 
 
-def wait(cond: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out: {what}")
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def lab_name() -> Iterator[str]:
-    if not shutil.which("bird") and not shutil.which("/usr/sbin/bird"):
-        pytest.skip("bird2 not installed")
+    require_tools("bird")
     name = f"b{uuid.uuid4().hex[:8]}"
     try:
         yield name
@@ -75,7 +67,7 @@ def test_bird_outside_then_route_reflector_then_restart(lab_name: str) -> None:
     def blocks() -> dict[str, str]:
         return bird.routes()
 
-    wait(lambda: len(blocks()) == 2, what="BIRD learns both blocks")
+    until_sync(lambda: len(blocks()) == 2, what="BIRD learns both blocks", timeout=20, interval=0.1)
     got = blocks()
     by_hop = {nh: p for p, nh in got.items()}
     assert set(by_hop) == {n1.address, n2.address}
@@ -92,9 +84,9 @@ def test_bird_outside_then_route_reflector_then_restart(lab_name: str) -> None:
     def only_rr() -> bool:
         text = node_status(lab_name, "node1")
         return "node-to-node mesh" not in text and "| up " in text
-    wait(only_rr, what="node1 peers only with the reflector")
-    wait(lambda: n2.address in kernel_route(n1.netns, by_hop[n2.address]),
-         what="node1 routes node2's block via node2")
+    until_sync(only_rr, what="node1 peers only with the reflector", timeout=20, interval=0.1)
+    until_sync(lambda: n2.address in kernel_route(n1.netns, by_hop[n2.address]),
+               what="node1 routes node2's block via node2", timeout=20, interval=0.1)
     r = tortie("lab", "exec", "--name", lab_name, "shop/a", "--", "ping", "-c", "2", "-W", "2",
                ip_b.split("/")[0])
     assert r.returncode == 0, r.stdout + r.stderr

@@ -8,7 +8,6 @@ CNI failure other than code 11 ("try again later": the node daemon or etcd unava
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -19,9 +18,9 @@ import pytest
 
 from lab import netns
 from lab.cluster import Lab
+from tests.support.tools import tools
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")]
+pytestmark = [pytest.mark.integration, tools("root")]  # namespaces
 
 REPO = Path(__file__).resolve().parents[2]
 BUDGET = 60  # seconds of experiments (issue 15: a short form in the suite)

@@ -15,7 +15,6 @@ node (its address, port 179). From a pod:
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -25,13 +24,13 @@ import pytest
 from lab import hosts, netns
 from lab import workloads as wl
 from lab.cluster import ETCD_PORT, FABRIC_IP, Lab, LabState, PodState
-from lab.etcd import etcd_available, etcdctl_flags
+from lab.etcd import etcdctl_flags
 from policyagent import nft_apply
+from tests.support.tools import tools
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("nft") is None or shutil.which("etcdctl") is None
-                       or not etcd_available(), reason="needs nft, etcd and etcdctl"),
+    tools("nft", "etcd", "etcdctl"),
 ]
 
 BGP = 179

@@ -23,12 +23,11 @@ from lab import containerd, netns
 from lab.cluster import Lab, LabState
 from lab.cri import SANDBOX_READY, RuntimeClient
 from lab.etcd import etcdctl_flags
+from tests.support.tools import tools
 
-MISSING = containerd.missing_binaries()
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(bool(MISSING), reason=f"the runtime mode needs {', '.join(MISSING)} "
-                       f"(Debian: containerd runc busybox-static util-linux)"),
+    tools("containerd"),  # the runtime mode
 ]
 
 DMZ_DOCS = """

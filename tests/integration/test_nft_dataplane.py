@@ -5,7 +5,6 @@ Every test works in network namespaces of its own (unique names, removed even on
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -18,11 +17,11 @@ from policyagent.nft_render import render, render_set_update
 from policyagent.simulate import Packet, workload_verdict
 from tests.support.nft import A_IP, B_IP, Lab, nsx, sh, unique
 from tests.support.policy import Cluster, gnp, hep, two_pods, wep
+from tests.support.tools import tools
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("nft") is None or shutil.which("ip") is None,
-                       reason="needs nft and ip"),
+    tools("nft", "ip"),
 ]
 
 @pytest.fixture

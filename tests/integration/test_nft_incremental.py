@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -25,11 +24,11 @@ from tests.support.policy import (
     random_resources,
     wep,
 )
+from tests.support.tools import tools
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("nft") is None or shutil.which("ip") is None,
-                       reason="needs nft and ip"),
+    tools("nft", "ip"),
 ]
 
 

@@ -50,7 +50,7 @@ async def until(check: Callable[[], Any], timeout: float = TIMEOUT, what: str = 
     poll = _Poll(timeout, what)
     while True:
         try:
-            if in_thread:
+            if in_thread and not inspect.iscoroutinefunction(check):
                 value = await asyncio.to_thread(check)
             else:
                 value = check()
