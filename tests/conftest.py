@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from datastore import etcd_config
 from datastore.store import Store
 from lab.etcd import EtcdProcess, run_etcd
 from tests.support.tools import require_tools
@@ -34,6 +35,12 @@ def etcd_server() -> Iterator[EtcdProcess]:
     require_tools("etcd")
     with run_etcd() as etcd:
         yield etcd
+
+
+@pytest.fixture
+def no_default_config_file(monkeypatch: pytest.MonkeyPatch, scratch_dir: Path) -> None:
+    """The test never reads the machine's /etc/tortie/tortie.yaml."""
+    monkeypatch.setattr(etcd_config, "DEFAULT_CONFIG_FILE", str(scratch_dir / "absent.yaml"))
 
 
 @pytest.fixture

@@ -179,11 +179,6 @@ def test_unreachable_etcd_is_a_bounded_error() -> None:
     assert time.monotonic() - start < 10
 
 
-def test_bad_configuration_names_its_source() -> None:
-    r = tortie("ftp://127.0.0.1:1", "get", "ippools")
-    assert r.code == 1 and "TORTIE_ETCD_ENDPOINTS" in r.err
-
-
 def test_namespace_flag_leaves_global_kinds_alone(etcd_endpoint: str) -> None:
     gnp = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: g\n"
     r = tortie(etcd_endpoint, "apply", "-n", "shop", "-f", "-",

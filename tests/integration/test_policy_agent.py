@@ -210,20 +210,6 @@ async def test_the_table_never_goes_missing_across_stop_and_start(store: Store,
     assert polls[0] > 0 and not missing
 
 
-def test_no_policy_flag_turns_the_agent_off() -> None:
-    from node.main import parse_args
-    from policyagent.agent import make_agent
-
-    def ctx(argv: list[str]) -> NodeContext:
-        return NodeContext(node="n", store=None, resources=None,  # type: ignore[arg-type]
-                           metrics=Registry(), args=parse_args(["--node-name", "n", *argv]))
-
-    assert make_agent(ctx(["--no-policy"])) is None
-    agent = make_agent(ctx([]))
-    assert isinstance(agent, PolicyAgent) and agent.table == "tortie"
-    assert agent.health()["synced"] is False
-
-
 async def test_run_again_after_a_failure_catches_up_with_deletes(store: Store,
                                                                  netns: str) -> None:
     table = _table("d")
