@@ -201,17 +201,20 @@ class UplinkEtcd:
                                          stderr=log, env=env, start_new_session=True)
 
     def wait_healthy(self, url: str, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
+        proc = self.proc
+        assert proc is not None
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
                 raise RuntimeError(f"etcd exited: {self.log.read_text()[-2000:]}")
             with contextlib.suppress(OSError, ValueError), \
                     urllib.request.urlopen(url + "/health", timeout=1) as r:
-                if json.loads(r.read()).get("health") == "true":
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"etcd not healthy: {self.log.read_text()[-2000:]}")
+                return bool(json.loads(r.read()).get("health") == "true")
+            return False
+        try:
+            until_sync(healthy, timeout, "etcd healthy", interval=0.1)
+        except AssertionError as e:
+            raise RuntimeError(f"etcd not healthy: {self.log.read_text()[-2000:]}") from e
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -266,16 +269,18 @@ class NodeEnv:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          env=env, cwd=REPO, start_new_session=True)
-        deadline = time.monotonic() + DAEMON_START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tortie-node exited ({self.proc.returncode}):\n"
+        proc = self.proc
+
+        def started() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"tortie-node exited ({proc.returncode}):\n"
                                    f"{self.log_tail()}")
-            if os.path.exists(self.socket) and "tortie-node started" in self.new_log():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"tortie-node not ready within {DAEMON_START_TIMEOUT}s:\n"
-                           f"{self.log_tail()}")
+            return os.path.exists(self.socket) and "tortie-node started" in self.new_log()
+        try:
+            until_sync(started, DAEMON_START_TIMEOUT, "tortie-node started")
+        except AssertionError as e:
+            raise RuntimeError(f"tortie-node not ready within {DAEMON_START_TIMEOUT}s:\n"
+                               f"{self.log_tail()}") from e
 
     def stop_daemon(self, sig: int = signal.SIGTERM) -> int | None:
         proc, self.proc = self.proc, None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -27,6 +27,7 @@ from lab.cluster import ETCD_PORT, FABRIC_IP, Lab, LabState, PodState
 from lab.etcd import etcdctl_flags
 from policyagent import nft_apply
 from tests.support.tools import tools
+from tests.support.wait import until_sync
 
 pytestmark = [
     pytest.mark.integration,
@@ -69,9 +70,11 @@ def tcp(pod: PodState, dst: str, port: int) -> bool:
     return wl.tcp_connect(pod, dst, port, timeout=1.0)
 
 
-def becomes(check: object, want: bool) -> bool:
-    assert callable(check)
-    return wl.eventually(check, want, WAIT, interval=0.3)
+def becomes(check: Callable[[], object], want: bool) -> bool:
+    """Whether ``check()`` gives ``want`` within WAIT (else AssertionError)."""
+    until_sync(lambda: bool(check()) == want, WAIT, f"the connect to become {want}",
+               interval=0.3)
+    return True
 
 
 def counter(st: LabState, node: str, comment: str) -> int:

@@ -4,7 +4,8 @@
 * :mod:`tests.support.tools` - ``require_tool`` and the ``tools`` mark: a missing tool skips a
   test locally and fails it under ``CI=true``; ``skip_kernel`` for missing kernel features.
 * :mod:`tests.support.policy` - resource builders (``wep``, ``hep``, ``gnp``...) and ``Cluster``.
-* :mod:`tests.support.nft_lab` - namespaces with two pods behind a node for nftables tests.
+* :mod:`tests.support.nft` - commands in namespaces, a node with two pods (``Lab``) and
+  ``chain_body`` for nftables tests.
 * :mod:`tests.support.cli` - the real ``tortie`` command line against a test etcd.
 * :mod:`tests.support.kubernetes` - the real-Kubernetes lab tests' helpers.
 * :mod:`tests.support.fake_kube_api` - an in-process Kubernetes API server.
