@@ -156,7 +156,7 @@ def _layer(nodeid: str) -> str:
     return parts[0] if len(parts) > 1 else "."
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """``layer unit: N passed, M skipped, K failed (T s)``: one line per directory of tests/."""
     counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(OUTCOMES, 0))
     seconds: dict[str, float] = defaultdict(float)
