@@ -20,7 +20,6 @@ from tests.support.kubernetes import (
     K8S_MARKS,
     REPO,
     cali_links,
-    cli,
     eventually,
     exec_in_pod,
     kjson,
@@ -28,8 +27,8 @@ from tests.support.kubernetes import (
     kubernetes_lab,
     ok,
     running_pods,
-    weps,
 )
+from tests.support.lab_cli import cli, weps
 
 pytestmark = K8S_MARKS
 

@@ -34,15 +34,14 @@ from lab.procs import alive, stop_pid
 from tests.support.kubernetes import (
     K8S_MARKS,
     REPO,
-    cli,
     eventually,
     exec_in_pod,
     kjson,
     kubectl,
     kubernetes_lab,
     ok,
-    weps,
 )
+from tests.support.lab_cli import cli, weps
 
 pytestmark = K8S_MARKS
 

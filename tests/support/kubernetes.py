@@ -8,7 +8,6 @@ import contextlib
 import json
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from lab import netns
 from lab.cluster import Lab
 from lab.procs import alive
+from tests.support.lab_cli import run_tortie
 from tests.support.tools import tools
 from tests.support.wait import until_sync
 
@@ -32,13 +32,6 @@ K8S_MARKS = [
 ]
 
 
-def tortie(*args: str, timeout: float = 600,
-           input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The ``tortie`` command line as a user runs it (``lab up``, ``lab down``...)."""
-    return subprocess.run([sys.executable, "-m", "ctl.main", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False, input=input, cwd=REPO)
-
-
 @contextlib.contextmanager
 def kubernetes_lab(name: str, *up_args: str,
                    before_down: Callable[[Lab], None] | None = None) -> Iterator[Lab]:
@@ -48,7 +41,8 @@ def kubernetes_lab(name: str, *up_args: str,
     lab = Lab(name)
     try:
         start = time.monotonic()
-        r = tortie("lab", "up", "--name", name, "--nodes", "3", "--kubernetes", *up_args)
+        r = run_tortie("lab", "up", "--name", name, "--nodes", "3", "--kubernetes", *up_args,
+                        timeout=600)
         assert r.returncode == 0, r.stderr[-4000:]
         print(f"\nlab up with Kubernetes: {time.monotonic() - start:.1f}s")
         yield lab
@@ -86,17 +80,6 @@ def ok(p: subprocess.CompletedProcess[str]) -> str:
 def eventually(check: Callable[[], Any], timeout: float = 120, what: str = "") -> Any:
     """The first truthy ``check()`` within ``timeout`` (polled each second)."""
     return until_sync(check, timeout, what, interval=1)
-
-
-def cli(lab: Lab, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The tortie CLI against the lab's etcd."""
-    return lab.tortie(lab.load(), list(args), input=stdin)
-
-
-def weps(lab: Lab, namespace: str) -> list[dict[str, Any]]:
-    r = cli(lab, "get", "workloadendpoints", "-n", namespace, "-o", "json")
-    assert r.returncode == 0, r.stderr
-    return list(json.loads(r.stdout)["items"])
 
 
 def cali_links(lab: Lab) -> dict[str, set[str]]:
