@@ -7,6 +7,7 @@
 * :mod:`tests.support.nft` - commands in namespaces, a node with two pods (``Lab``) and
   ``chain_body`` for nftables tests.
 * :mod:`tests.support.cli` - the real ``tortie`` command line against a test etcd.
+* :mod:`tests.support.lab_cli` - ``run_tortie`` (lab verbs), ``cli``/``weps`` against a lab.
 * :mod:`tests.support.kubernetes` - the real-Kubernetes lab tests' helpers.
 * :mod:`tests.support.fake_kube_api` - an in-process Kubernetes API server.
 * :mod:`tests.support.fuzz_corpus` - the ``apply`` fuzz corpus and its mutations.
