@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Run Tortie's checks: ruff, then the whole test suite (unit and integration; as root).
+# The run ends with one "layer <dir>: N passed, M skipped, K failed" line per tests/ directory.
+# With CI=true a missing tool fails its tests instead of skipping them (tests/support/tools.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/pytest ]; then

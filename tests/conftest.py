@@ -1,7 +1,9 @@
 """Shared fixtures: a session etcd, a Store on it, and running ``async def`` tests.
 
 ``async def`` tests run on an event loop of their own; when they use the ``store`` fixture
-they run on the loop that fixture's Store was created on (``aio_loop``).
+they run on the loop that fixture's Store was created on (``aio_loop``).  The ``tools`` mark
+(tests/support/tools.py) is checked before each test; the run ends with a count per layer
+(each directory under tests/).
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ import asyncio
 import inspect
 import shutil
 import tempfile
+from collections import defaultdict
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from datastore import etcd_config
 from datastore.store import Store
-from lab.etcd import EtcdProcess, etcd_available, run_etcd
+from lab.etcd import EtcdProcess, run_etcd
+from tests.support.tools import require_tools
 
 #: Upper bound for one async test body (pytest-timeout's limit is the backstop).
 ASYNC_TEST_TIMEOUT = 60.0
@@ -27,10 +32,15 @@ WIPE_PREFIX = "/tortie/"
 @pytest.fixture(scope="session")
 def etcd_server() -> Iterator[EtcdProcess]:
     """One etcd for the whole session (``.endpoint``, ``.config``, ``.pid``)."""
-    if not etcd_available():
-        pytest.skip("etcd binary not installed")
+    require_tools("etcd")
     with run_etcd() as etcd:
         yield etcd
+
+
+@pytest.fixture
+def no_default_config_file(monkeypatch: pytest.MonkeyPatch, scratch_dir: Path) -> None:
+    """The test never reads the machine's /etc/tortie/tortie.yaml."""
+    monkeypatch.setattr(etcd_config, "DEFAULT_CONFIG_FILE", str(scratch_dir / "absent.yaml"))
 
 
 @pytest.fixture
@@ -121,3 +131,49 @@ def etcd_endpoint(etcd_server: EtcdProcess) -> Iterator[str]:
         yield etcd_server.endpoint
     finally:
         asyncio.run(wipe())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "tools(*names): tools the test needs (tests/support/tools.py); missing "
+        "ones skip it, or fail it under CI=true")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("tools"):
+        require_tools(*mark.args)
+
+
+#: The outcomes counted per layer, in the order printed.
+OUTCOMES = ("passed", "skipped", "failed", "error", "xfailed", "xpassed")
+
+
+def _layer(nodeid: str) -> str:
+    parts = nodeid.split("::")[0].split("/")
+    if parts[0] == "tests" and len(parts) > 2:
+        return parts[1]
+    return parts[0] if len(parts) > 1 else "."
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """``layer unit: N passed, M skipped, K failed (T s)``: one line per directory of tests/."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(OUTCOMES, 0))
+    seconds: dict[str, float] = defaultdict(float)
+    for outcome, reports in terminalreporter.stats.items():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                seconds[_layer(report.nodeid)] += report.duration
+            elif not (isinstance(report, pytest.CollectReport) and report.nodeid):
+                continue  # warnings and the like
+            if outcome in OUTCOMES:
+                counts[_layer(report.nodeid)][outcome] += 1
+    if not counts:
+        return
+    terminalreporter.write_line("")
+    for layer in sorted(counts):
+        c = counts[layer]
+        shown = [f"{c[o]} {o}" for o in OUTCOMES[:3]] + \
+            [f"{c[o]} {o}" for o in OUTCOMES[3:] if c[o]]
+        terminalreporter.write_line(
+            f"layer {layer}: {', '.join(shown)} ({seconds[layer]:.1f} s)")

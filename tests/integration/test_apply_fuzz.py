@@ -20,8 +20,8 @@ from datastore.kinds import by_cli_name
 from datastore.resources import PartialWrite, Resources, to_resource
 from datastore.store import TXN_MAX_OPS, DatastoreError, Store, Unavailable, Write
 from lab.etcd import EtcdProcess
-from tests.cli_helpers import tortie
-from tests.fuzz_corpus import CORPUS_DATA, FUZZ, mutated_data, render
+from tests.support.cli import tortie
+from tests.support.fuzz_corpus import CORPUS_DATA, FUZZ, mutated_data, render
 
 pytestmark = pytest.mark.integration
 

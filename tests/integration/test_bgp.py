@@ -25,8 +25,10 @@ from routing.bgp.bird import BirdNeighbour, BirdPeer
 from routing.bgp.exabgp_config import render_config
 from routing.bgp.peers import ip_key
 from routing.bgp.speaker import ExaBGPSpeaker, default_exabgp, start_guarded
+from tests.support.tools import require_tools, tools
+from tests.support.wait import until, until_sync
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
+pytestmark = tools("root")  # namespaces
 
 ASN = 64512
 REPO = Path(__file__).resolve().parents[2]
@@ -34,18 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def bed(scratch_dir: Path) -> Iterator[BridgeNet]:
-    if not Path(default_exabgp()).exists():
-        pytest.skip("exabgp not installed")
+    require_tools("exabgp")
     with BridgeNet(f"tb{secrets.token_hex(3)}-") as net:
         yield net
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await asyncio.sleep(0.05)
 
 
 def settings(me: str, peers: list[str], *, asn: int = ASN, gr: int = 120,
@@ -94,9 +87,8 @@ def nodes(bed: BridgeNet, scratch_dir: Path,
 
 def test_every_rendered_option_is_valid_exabgp(scratch_dir: Path) -> None:
     """ExaBGP itself accepts a configuration using every option the renderer writes."""
+    require_tools("exabgp")
     exabgp = default_exabgp()
-    if not Path(exabgp).exists():
-        pytest.skip("exabgp not installed")
     s = BGPSettings("192.0.2.11", "192.0.2.11", ASN, hold_time=30, graceful_restart=60,
                     cluster_id="244.0.0.1", neighbours=(
                         Neighbour("192.0.2.12", ASN, "mesh", "n2", passive=True),
@@ -120,14 +112,14 @@ async def test_announce_learn_withdraw(nodes) -> None:
     await a.speaker.start(settings(a.address, [b.address]))
     await b.speaker.start(settings(b.address, [a.address]))
     await a.speaker.announce({"10.65.1.0/26": a.address})
-    await wait_for(lambda: "10.65.1.0/26" in b.routes, what="b learns a's block")
+    await until(lambda: "10.65.1.0/26" in b.routes, what="b learns a's block", timeout=15)
     r = b.routes["10.65.1.0/26"]
     assert (r.next_hop, r.peer) == (a.address, a.address)
     assert a.state(b.address) == "Established"
     await a.speaker.announce({"10.65.1.0/26": a.address, "10.65.1.64/26": a.address})
-    await wait_for(lambda: "10.65.1.64/26" in b.routes, what="second block")
+    await until(lambda: "10.65.1.64/26" in b.routes, what="second block", timeout=15)
     await a.speaker.announce({"10.65.1.64/26": a.address})
-    await wait_for(lambda: "10.65.1.0/26" not in b.routes, what="withdrawal")
+    await until(lambda: "10.65.1.0/26" not in b.routes, what="withdrawal", timeout=15)
     assert set(b.routes) == {"10.65.1.64/26"}
     sb = {p.address: p for p in b.speaker.status()}[a.address]
     sa = {p.address: p for p in a.speaker.status()}[b.address]
@@ -147,18 +139,18 @@ async def test_neighbour_added_without_dropping_sessions(nodes) -> None:
     await c.speaker.start(settings(c.address, [b.address]))
     await a.speaker.announce({"10.65.1.0/26": a.address})
     await c.speaker.announce({"10.65.3.0/26": c.address})
-    await wait_for(lambda: a.state(b.address) == "Established", what="a-b up")
+    await until(lambda: a.state(b.address) == "Established", what="a-b up", timeout=15)
     since = {p.address: p.since for p in a.speaker.status()}[b.address]
     await a.speaker.configure(settings(a.address, [b.address, c.address]))
     await c.speaker.configure(settings(c.address, [b.address, a.address]))
-    await wait_for(lambda: "10.65.3.0/26" in a.routes, what="a learns c's block")
-    await wait_for(lambda: "10.65.1.0/26" in c.routes, what="c learns a's block")
+    await until(lambda: "10.65.3.0/26" in a.routes, what="a learns c's block", timeout=15)
+    await until(lambda: "10.65.1.0/26" in c.routes, what="c learns a's block", timeout=15)
     assert a.routes["10.65.3.0/26"].next_hop == c.address
     st = {p.address: p for p in a.speaker.status()}[b.address]
     assert st.state == "Established" and st.since == since  # a-b session never dropped
     # and removing c again drops only that session and c's routes
     await a.speaker.configure(settings(a.address, [b.address]))
-    await wait_for(lambda: "10.65.3.0/26" not in a.routes, what="c's routes gone")
+    await until(lambda: "10.65.3.0/26" not in a.routes, what="c's routes gone", timeout=15)
     assert {p.address: p.since for p in a.speaker.status()}[b.address] == since
 
 
@@ -177,8 +169,8 @@ async def test_md5_password(nodes, bed: BridgeNet, scratch_dir: Path, bird_bin: 
             Neighbour(addr, 65001, "global", "bird", password="wrong"),)))
         await a.speaker.announce({"10.65.1.0/26": a.address})
         await b.speaker.announce({"10.65.2.0/26": b.address})
-        await wait_for(lambda: bird.routes() == {"10.65.1.0/26": a.address},
-                       what="the right secret peers")
+        await until(lambda: bird.routes() == {"10.65.1.0/26": a.address},
+                    what="the right secret peers", timeout=15)
         await asyncio.sleep(2)
         assert b.state(addr) != "Established"
         assert bird.routes() == {"10.65.1.0/26": a.address}
@@ -188,10 +180,8 @@ async def test_md5_password(nodes, bed: BridgeNet, scratch_dir: Path, bird_bin: 
 
 @pytest.fixture
 def bird_bin() -> str:
-    path = shutil.which("bird") or "/usr/sbin/bird"
-    if not Path(path).exists():
-        pytest.skip("bird2 not installed")
-    return path
+    require_tools("bird")
+    return shutil.which("bird") or "/usr/sbin/bird"
 
 
 async def test_bird_outside_peer_learns_blocks(nodes, bed: BridgeNet, scratch_dir: Path,
@@ -209,7 +199,7 @@ async def test_bird_outside_peer_learns_blocks(nodes, bed: BridgeNet, scratch_di
         await b.speaker.announce({"10.65.2.0/26": b.address, "10.65.2.64/26": b.address})
         want = {"10.65.1.0/26": a.address, "10.65.2.0/26": b.address,
                 "10.65.2.64/26": b.address}
-        await wait_for(lambda: bird.routes() == want, what=f"bird learns {want}")
+        await until(lambda: bird.routes() == want, what=f"bird learns {want}", timeout=15)
         # the kernel of BIRD's namespace got them with the same next hops
         kernel = bird.kernel_routes()
         assert all(kernel.get(p) == nh for p, nh in want.items()), kernel
@@ -233,8 +223,8 @@ async def test_bird_route_reflector(nodes, bed: BridgeNet, scratch_dir: Path,
         await b.speaker.start(settings(b.address, [], extra=rr))
         await a.speaker.announce({"10.65.1.0/26": a.address})
         await b.speaker.announce({"10.65.2.0/26": b.address})
-        await wait_for(lambda: "10.65.1.0/26" in b.routes and "10.65.2.0/26" in a.routes,
-                       what="routes reflected")
+        await until(lambda: "10.65.1.0/26" in b.routes and "10.65.2.0/26" in a.routes,
+                    what="routes reflected", timeout=15)
         assert set(b.routes) == {"10.65.1.0/26"}   # only BGP routes are reflected
         assert b.routes["10.65.1.0/26"].next_hop == a.address
         assert b.routes["10.65.1.0/26"].peer == addr
@@ -256,18 +246,18 @@ async def test_tortie_node_as_route_reflector(nodes) -> None:
     await c1.speaker.announce({"10.65.2.0/26": c1.address})
     await c2.speaker.announce({"10.65.3.0/26": c2.address})
     await rr.speaker.announce({"10.65.1.0/26": rr.address})
-    await wait_for(lambda: set(c2.routes) == {"10.65.1.0/26", "10.65.2.0/26"},
-                   what="c2 gets rr's and c1's blocks")
-    await wait_for(lambda: set(c1.routes) == {"10.65.1.0/26", "10.65.3.0/26"},
-                   what="c1 gets rr's and c2's blocks")
+    await until(lambda: set(c2.routes) == {"10.65.1.0/26", "10.65.2.0/26"},
+                what="c2 gets rr's and c1's blocks", timeout=15)
+    await until(lambda: set(c1.routes) == {"10.65.1.0/26", "10.65.3.0/26"},
+                what="c1 gets rr's and c2's blocks", timeout=15)
     assert c2.routes["10.65.2.0/26"].next_hop == c1.address   # next hop unchanged
     assert c2.routes["10.65.2.0/26"].peer == rr.address
-    await wait_for(lambda: {p.address: p.sent for p in rr.speaker.status()} == {
-        c1.address: 2, c2.address: 2}, what="rr counts what it sends each client")
-    await wait_for(lambda: all(p.synced for p in c1.speaker.status()), what="End-of-RIB")
+    await until(lambda: {p.address: p.sent for p in rr.speaker.status()} == {
+        c1.address: 2, c2.address: 2}, what="rr counts what it sends each client", timeout=15)
+    await until(lambda: all(p.synced for p in c1.speaker.status()), what="End-of-RIB", timeout=15)
     # c1 withdraws: the reflection goes too
     await c1.speaker.announce({})
-    await wait_for(lambda: "10.65.2.0/26" not in c2.routes, what="reflected withdrawal")
+    await until(lambda: "10.65.2.0/26" not in c2.routes, what="reflected withdrawal", timeout=15)
 
 
 async def test_graceful_restart_keeps_routes_stale(nodes) -> None:
@@ -275,7 +265,7 @@ async def test_graceful_restart_keeps_routes_stale(nodes) -> None:
     await a.speaker.start(settings(a.address, [b.address], gr=3))
     await b.speaker.start(settings(b.address, [a.address], gr=3))
     await a.speaker.announce({"10.65.1.0/26": a.address, "10.65.1.64/26": a.address})
-    await wait_for(lambda: len(b.routes) == 2, what="b learns both blocks")
+    await until(lambda: len(b.routes) == 2, what="b learns both blocks", timeout=15)
     changes: list[dict[str, LearnedRoute]] = []
     b.speaker.on_routes(changes.append)
 
@@ -283,7 +273,7 @@ async def test_graceful_restart_keeps_routes_stale(nodes) -> None:
     pid = a.speaker.pid
     assert pid
     await a.speaker.close(graceful=True)
-    await wait_for(lambda: b.state(a.address) != "Established", what="b sees a down")
+    await until(lambda: b.state(a.address) != "Established", what="b sees a down", timeout=15)
     assert len(b.routes) == 2
     st = {p.address: p for p in b.speaker.status()}[a.address]
     assert st.received == 2 and "stale" in st.info
@@ -293,13 +283,13 @@ async def test_graceful_restart_keeps_routes_stale(nodes) -> None:
     a.speaker = a2
     await a2.start(settings(a.address, [b.address], gr=3))
     await a2.announce({"10.65.1.64/26": a.address})
-    await wait_for(lambda: set(b.routes) == {"10.65.1.64/26"}, what="stale route flushed")
+    await until(lambda: set(b.routes) == {"10.65.1.64/26"}, what="stale route flushed", timeout=15)
     assert all(len(c) >= 1 for c in changes)  # never an empty table in between
 
     # a dies for longer than its restart time: the routes go when it expires
     await a2.close(graceful=True)
     t0 = time.monotonic()
-    await wait_for(lambda: b.routes == {}, timeout=10, what="restart time expiry")
+    await until(lambda: b.routes == {}, timeout=10, what="restart time expiry")
     assert time.monotonic() - t0 >= 2.0
 
 
@@ -318,9 +308,9 @@ async def test_bird_keeps_our_routes_while_we_restart(nodes, bed: BridgeNet,
         await a.speaker.start(s)
         await a.speaker.announce({"10.65.1.0/26": a.address, "10.65.1.64/26": a.address})
         want = {"10.65.1.0/26": a.address, "10.65.1.64/26": a.address}
-        await wait_for(lambda: bird.routes() == want, what="BIRD learns both")
+        await until(lambda: bird.routes() == want, what="BIRD learns both", timeout=15)
         await a.speaker.close(graceful=True)
-        await wait_for(lambda: bird.protocols()[a.address] != "Established", what="down")
+        await until(lambda: bird.protocols()[a.address] != "Established", what="down", timeout=15)
         for _ in range(10):  # stale, but kept (and still in BIRD's kernel table)
             assert bird.routes() == want
             await asyncio.sleep(0.1)
@@ -328,11 +318,11 @@ async def test_bird_keeps_our_routes_while_we_restart(nodes, bed: BridgeNet,
         a2 = ExaBGPSpeaker(a.speaker.run_dir, netns=a.ns, eor_timeout=20.0)
         a.speaker = a2
         await a2.start(s)
-        await wait_for(lambda: bird.protocols()[a.address] == "Established", what="back")
+        await until(lambda: bird.protocols()[a.address] == "Established", what="back", timeout=15)
         assert bird.routes() == want  # no End-of-RIB yet: nothing flushed
         await a2.announce({"10.65.1.64/26": a.address})
-        await wait_for(lambda: bird.routes() == {"10.65.1.64/26": a.address},
-                       what="End-of-RIB flushes what was not re-announced")
+        await until(lambda: bird.routes() == {"10.65.1.64/26": a.address},
+                    what="End-of-RIB flushes what was not re-announced", timeout=15)
     finally:
         bird.stop()
 
@@ -342,12 +332,12 @@ async def test_exabgp_crash_is_restarted(nodes) -> None:
     await a.speaker.start(settings(a.address, [b.address]))
     await b.speaker.start(settings(b.address, [a.address]))
     await a.speaker.announce({"10.65.1.0/26": a.address})
-    await wait_for(lambda: "10.65.1.0/26" in b.routes, what="learnt")
+    await until(lambda: "10.65.1.0/26" in b.routes, what="learnt", timeout=15)
     pid = a.speaker.pid
     assert pid
     os.kill(pid, signal.SIGKILL)
-    await wait_for(lambda: a.speaker.restarts == 1 and a.state(b.address) == "Established",
-                   what="restarted and re-established")
+    await until(lambda: a.speaker.restarts == 1 and a.state(b.address) == "Established",
+                what="restarted and re-established", timeout=15)
     assert a.speaker.pid != pid
     assert "10.65.1.0/26" in b.routes
 
@@ -366,14 +356,14 @@ async def test_announce_before_any_neighbour(nodes) -> None:
     await a.speaker.announce({"10.65.1.0/26": a.address, "10.65.1.64/26": a.address})
     await b.speaker.start(settings(b.address, [a.address]))
     await a.speaker.configure(settings(a.address, [b.address]))
-    await wait_for(lambda: set(b.routes) == {"10.65.1.0/26", "10.65.1.64/26"},
-                   what="b learns what a announced before it had neighbours")
+    await until(lambda: set(b.routes) == {"10.65.1.0/26", "10.65.1.64/26"},
+                what="b learns what a announced before it had neighbours", timeout=15)
     # the last neighbour goes, a block goes meanwhile, the neighbour comes back
     await a.speaker.configure(settings(a.address, []))
     await a.speaker.announce({"10.65.1.64/26": a.address})
     await a.speaker.configure(settings(a.address, [b.address]))
-    await wait_for(lambda: set(b.routes) == {"10.65.1.64/26"},
-                   what="b has only the block a still announces")
+    await until(lambda: set(b.routes) == {"10.65.1.64/26"},
+                what="b has only the block a still announces", timeout=15)
 
 
 async def test_reload_while_routes_are_pending(nodes, bed: BridgeNet) -> None:
@@ -391,7 +381,7 @@ async def test_reload_while_routes_are_pending(nodes, bed: BridgeNet) -> None:
         await b.speaker.announce({f"10.65.2.{64 * i}/26": b.address})
         await b.speaker.configure(settings(b.address, [down, c.address] if i % 2 == 0
                                            else [down]))
-    await wait_for(lambda: set(c.routes) == {"10.65.2.128/26"}, what="c learns b's block")
+    await until(lambda: set(c.routes) == {"10.65.2.128/26"}, what="c learns b's block", timeout=15)
     assert b.speaker.restarts == 0 and b.state(c.address) == "Established"
 
 
@@ -437,19 +427,17 @@ def test_exabgp_dies_with_its_parent(scratch_dir: Path) -> None:
          "asyncio.run(main())\n"],
         start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while not (pidfile.exists() and pidfile.read_text()):
-            assert time.monotonic() < deadline and parent.poll() is None, "no child started"
-            time.sleep(0.05)
+        def started() -> bool:
+            assert parent.poll() is None, "no child started"
+            return pidfile.exists() and bool(pidfile.read_text())
+        until_sync(started, 30, "the child started")
         child = int(pidfile.read_text())
         os.kill(child, 0)
     finally:
         parent.kill()
         parent.wait()
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{child}").exists() and "zombie" not in _proc_state(child):
-        assert time.monotonic() < deadline, "the child outlived its parent"
-        time.sleep(0.05)
+    until_sync(lambda: not Path(f"/proc/{child}").exists() or "zombie" in _proc_state(child),
+               10, "the child does not outlive its parent")
 
 
 def _proc_state(pid: int) -> str:

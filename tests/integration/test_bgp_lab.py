@@ -5,39 +5,26 @@ other; restarting a node's tortie-node keeps the routes on its peer."""
 from __future__ import annotations
 
 import ipaddress
-import shutil
-import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from lab import bird_peer, netns
 from lab.cluster import Lab
+from tests.support.lab_cli import run_tortie
+from tests.support.tools import require_tools
+from tests.support.wait import until_sync
 
 pytestmark = pytest.mark.integration
 
 
-def tortie(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ctl.main", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
-
-
-def wait(cond: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out: {what}")
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def lab_name() -> Iterator[str]:
-    if not shutil.which("bird") and not shutil.which("/usr/sbin/bird"):
-        pytest.skip("bird2 not installed")
+    require_tools("bird")
     name = f"b{uuid.uuid4().hex[:8]}"
     try:
         yield name
@@ -47,7 +34,7 @@ def lab_name() -> Iterator[str]:
 
 
 def node_status(lab: str, node: str) -> str:
-    r = tortie("lab", "exec", "--name", lab, "--node", node, "--", sys.executable, "-m",
+    r = run_tortie("lab", "exec", "--name", lab, "--node", node, "--", sys.executable, "-m",
                "ctl.main", "node", "status")
     assert r.returncode == 0, r.stderr
     return r.stdout
@@ -58,9 +45,9 @@ def kernel_route(ns: str, prefix: str) -> str:
 
 
 def test_bird_outside_then_route_reflector_then_restart(lab_name: str) -> None:
-    assert tortie("lab", "up", "--name", lab_name, "--nodes", "2").returncode == 0
+    assert run_tortie("lab", "up", "--name", lab_name, "--nodes", "2").returncode == 0
     for node, ref in (("node1", "shop/a"), ("node2", "shop/b")):
-        r = tortie("lab", "pod", "add", "--name", lab_name, node, ref)
+        r = run_tortie("lab", "pod", "add", "--name", lab_name, node, ref)
         assert r.returncode == 0, r.stderr
     lab = Lab(lab_name)
     st = lab.load()
@@ -68,14 +55,14 @@ def test_bird_outside_then_route_reflector_then_restart(lab_name: str) -> None:
     ip_a, ip_b = st.pods["shop/a"].ips[0], st.pods["shop/b"].ips[0]
 
     # 1. BIRD outside the cluster learns each node's block via that node
-    r = tortie("lab", "peer", "bird", "--name", lab_name)
+    r = run_tortie("lab", "peer", "bird", "--name", lab_name)
     assert r.returncode == 0, r.stderr
     bird = bird_peer.bird_of(lab)
 
     def blocks() -> dict[str, str]:
         return bird.routes()
 
-    wait(lambda: len(blocks()) == 2, what="BIRD learns both blocks")
+    until_sync(lambda: len(blocks()) == 2, what="BIRD learns both blocks", timeout=20, interval=0.1)
     got = blocks()
     by_hop = {nh: p for p, nh in got.items()}
     assert set(by_hop) == {n1.address, n2.address}
@@ -85,17 +72,17 @@ def test_bird_outside_then_route_reflector_then_restart(lab_name: str) -> None:
     assert "192.0.2.2" in text and "global" in text and "node-to-node mesh" in text
 
     # 2. mesh off, BIRD reflects: pods on different nodes still reach each other
-    assert tortie("lab", "peer", "bird", "--name", lab_name, "--remove").returncode == 0
-    r = tortie("lab", "peer", "bird", "--name", lab_name, "--route-reflector")
+    assert run_tortie("lab", "peer", "bird", "--name", lab_name, "--remove").returncode == 0
+    r = run_tortie("lab", "peer", "bird", "--name", lab_name, "--route-reflector")
     assert r.returncode == 0, r.stderr
 
     def only_rr() -> bool:
         text = node_status(lab_name, "node1")
         return "node-to-node mesh" not in text and "| up " in text
-    wait(only_rr, what="node1 peers only with the reflector")
-    wait(lambda: n2.address in kernel_route(n1.netns, by_hop[n2.address]),
-         what="node1 routes node2's block via node2")
-    r = tortie("lab", "exec", "--name", lab_name, "shop/a", "--", "ping", "-c", "2", "-W", "2",
+    until_sync(only_rr, what="node1 peers only with the reflector", timeout=20, interval=0.1)
+    until_sync(lambda: n2.address in kernel_route(n1.netns, by_hop[n2.address]),
+               what="node1 routes node2's block via node2", timeout=20, interval=0.1)
+    r = run_tortie("lab", "exec", "--name", lab_name, "shop/a", "--", "ping", "-c", "2", "-W", "2",
                ip_b.split("/")[0])
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -119,7 +106,7 @@ def test_bird_outside_then_route_reflector_then_restart(lab_name: str) -> None:
         stop.set()
         t.join()
     assert seen and all(n2.address in s for s in seen), [s for s in seen if n2.address not in s]
-    r = tortie("lab", "exec", "--name", lab_name, "shop/a", "--", "ping", "-c", "1", "-W", "2",
+    r = run_tortie("lab", "exec", "--name", lab_name, "shop/a", "--", "ping", "-c", "1", "-W", "2",
                ip_b.split("/")[0])
     assert r.returncode == 0, r.stdout + r.stderr
 

@@ -7,8 +7,8 @@ CNI failure other than code 11 ("try again later": the node daemon or etcd unava
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -19,17 +19,16 @@ import pytest
 
 from lab import netns
 from lab.cluster import Lab
+from tests.support.lab_cli import run_tortie
+from tests.support.tools import tools
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")]
+#: ``tortie`` here: the lab verbs get more time than elsewhere (a fault may slow them).
+tortie = functools.partial(run_tortie, timeout=180)
+
+pytestmark = [pytest.mark.integration, tools("root")]  # namespaces
 
 REPO = Path(__file__).resolve().parents[2]
 BUDGET = 60  # seconds of experiments (issue 15: a short form in the suite)
-
-
-def tortie(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ctl.main", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False, cwd=REPO)
 
 
 @pytest.fixture(scope="module")

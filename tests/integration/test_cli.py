@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from lab.etcd import free_port, run_etcd
-from tests.cli_helpers import tortie
+from tests.support.cli import tortie
 
 pytestmark = pytest.mark.integration
 
@@ -177,11 +177,6 @@ def test_unreachable_etcd_is_a_bounded_error() -> None:
     assert r.code == 1
     assert dead in r.err and "unreachable" in r.err
     assert time.monotonic() - start < 10
-
-
-def test_bad_configuration_names_its_source() -> None:
-    r = tortie("ftp://127.0.0.1:1", "get", "ippools")
-    assert r.code == 1 and "TORTIE_ETCD_ENDPOINTS" in r.err
 
 
 def test_namespace_flag_leaves_global_kinds_alone(etcd_endpoint: str) -> None:

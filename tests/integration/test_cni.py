@@ -52,13 +52,14 @@ from datastore.resources import Resources
 from datastore.store import NotFound, Store
 from ipam import keys as ipam_keys
 from ipam.blocks import Block
+from tests.support.tools import CNI_PLUGIN_DIRS, cni_plugin, require_tools, tools
+from tests.support.wait import until_sync
 
 T = TypeVar("T")
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
-                       reason="needs root and iproute2"),
+    tools("root", "ip"),
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +69,7 @@ NODE_ADDR = "192.0.2.10"
 UPLINK_ADDR = "192.0.2.1"
 ETCD_ENDPOINT = f"http://{UPLINK_ADDR}:2379"
 NODE_ADDR6 = "fd00:192:0:2::10"
-CNI_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
+CNI_DIRS = CNI_PLUGIN_DIRS
 DAEMON_START_TIMEOUT = 30.0
 POOL_CIDR = "10.77.0.0/24"
 
@@ -200,17 +201,20 @@ class UplinkEtcd:
                                          stderr=log, env=env, start_new_session=True)
 
     def wait_healthy(self, url: str, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
+        proc = self.proc
+        assert proc is not None
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
                 raise RuntimeError(f"etcd exited: {self.log.read_text()[-2000:]}")
             with contextlib.suppress(OSError, ValueError), \
                     urllib.request.urlopen(url + "/health", timeout=1) as r:
-                if json.loads(r.read()).get("health") == "true":
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"etcd not healthy: {self.log.read_text()[-2000:]}")
+                return bool(json.loads(r.read()).get("health") == "true")
+            return False
+        try:
+            until_sync(healthy, timeout, "etcd healthy", interval=0.1)
+        except AssertionError as e:
+            raise RuntimeError(f"etcd not healthy: {self.log.read_text()[-2000:]}") from e
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -265,16 +269,18 @@ class NodeEnv:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          env=env, cwd=REPO, start_new_session=True)
-        deadline = time.monotonic() + DAEMON_START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tortie-node exited ({self.proc.returncode}):\n"
+        proc = self.proc
+
+        def started() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"tortie-node exited ({proc.returncode}):\n"
                                    f"{self.log_tail()}")
-            if os.path.exists(self.socket) and "tortie-node started" in self.new_log():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"tortie-node not ready within {DAEMON_START_TIMEOUT}s:\n"
-                           f"{self.log_tail()}")
+            return os.path.exists(self.socket) and "tortie-node started" in self.new_log()
+        try:
+            until_sync(started, DAEMON_START_TIMEOUT, "tortie-node started")
+        except AssertionError as e:
+            raise RuntimeError(f"tortie-node not ready within {DAEMON_START_TIMEOUT}s:\n"
+                               f"{self.log_tail()}") from e
 
     def stop_daemon(self, sig: int = signal.SIGTERM) -> int | None:
         proc, self.proc = self.proc, None
@@ -314,8 +320,7 @@ class NodeEnv:
 
 @pytest.fixture(scope="module")
 def node_env() -> Iterator[NodeEnv]:
-    if shutil.which("etcd") is None:
-        pytest.skip("etcd not installed")
+    require_tools("etcd")
     work = Path(tempfile.mkdtemp(prefix="tortie-cni-test-"))
     node_ns, uplink_ns = f"{PREFIX}n", f"{PREFIX}u"
     etcd = UplinkEtcd(uplink_ns, work)
@@ -959,13 +964,8 @@ def test_status_with_etcd_down_is_code_50(node: NodeEnv, pods: Callable[..., Pod
         assert status == 200 and json.loads(body)["etcd"] == "down"
     finally:
         sh("ip", "-n", node.netns, "route", "del", "blackhole", f"{UPLINK_ADDR}/32")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        r = run_plugin(node, "STATUS", conf=netconf(node, "1.1.0"))
-        if r.rc == 0:
-            break
-        time.sleep(0.2)
-    assert r.rc == 0, r.stdout
+    until_sync(lambda: run_plugin(node, "STATUS", conf=netconf(node, "1.1.0")).rc == 0, 20,
+               "STATUS succeeds once etcd is back", interval=0.2)
     assert add(node, pod).rc == 0  # the runtime's retry works once etcd is back
 
 
@@ -1004,11 +1004,11 @@ def test_frozen_etcd_is_code_11_within_2s(node: NodeEnv, pods: Callable[..., Pod
         assert ping(running.netns, NODE_ADDR)
     finally:
         os.kill(pid, signal.SIGCONT)
-    deadline = time.monotonic() + 20
-    while (r := add(node, pod)).rc != 0 and time.monotonic() < deadline:
-        assert r.code == 11, r.stdout
-        time.sleep(0.2)
-    assert r.rc == 0, r.stdout
+    def added() -> bool:
+        r = add(node, pod)
+        assert r.rc == 0 or r.code == 11, r.stdout
+        return r.rc == 0
+    until_sync(added, 20, "ADD succeeds once etcd resumes", interval=0.2)
     assert sorted(arun(aio_loop, allocated_ips(store))) == sorted([running.ip, pod.ip])
 
 
@@ -1430,15 +1430,7 @@ def test_tortie_ipam(node: NodeEnv, store: Store, aio_loop: asyncio.AbstractEven
 # --- chaining with the reference plugins -------------------------------------------------------
 
 
-def _find(plugin: str) -> str | None:
-    for d in CNI_DIRS:
-        if os.access(f"{d}/{plugin}", os.X_OK):
-            return f"{d}/{plugin}"
-    return None
-
-
-@pytest.mark.skipif(_find("portmap") is None or _find("bandwidth") is None,
-                    reason="containernetworking-plugins not installed")
+@tools("cni-plugins")
 def test_chain_with_portmap_and_bandwidth(node: NodeEnv, pods: Callable[..., PodRef],
                                           store: Store,
                                           aio_loop: asyncio.AbstractEventLoop) -> None:
@@ -1465,7 +1457,7 @@ def test_chain_with_portmap_and_bandwidth(node: NodeEnv, pods: Callable[..., Pod
         return conf
 
     def exe(p: dict[str, Any]) -> str:
-        return str(node.bin_dir / "tortie") if p["type"] == "tortie" else str(_find(p["type"]))
+        return str(node.bin_dir / "tortie") if p["type"] == "tortie" else str(cni_plugin(p["type"]))
 
     prev = None
     for p in conflist["plugins"]:
@@ -1525,13 +1517,13 @@ def test_metrics_healthz_and_node_resource(node: NodeEnv, pods: Callable[..., Po
     # of the daemon writes it again)
     node.stop_daemon()
     node.start_daemon()
-    deadline = time.monotonic() + 10
-    found = None
-    while time.monotonic() < deadline and found is None:
-        with contextlib.suppress(NotFound):
-            found = arun(aio_loop, Resources(store).get(by_plural("nodes"), node.name))
-        time.sleep(0.1)
-    assert found is not None, node.log_tail()
+    try:
+        found = until_sync(lambda: arun(aio_loop, Resources(store).get(by_plural("nodes"),
+                                                                        node.name)),
+                           10, "the Node resource written again", interval=0.1,
+                           ignore=(NotFound,))
+    except AssertionError as e:
+        raise AssertionError(node.log_tail()) from e
     assert found.spec.bgp.ipv4Address == f"{NODE_ADDR}/24"
     assert [(r.nodeName, r.orchestrator) for r in found.spec.orchRefs] == [(node.name, "k8s")]
 

@@ -15,23 +15,23 @@ node (its address, port 179). From a pod:
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from lab import hosts, netns
 from lab import workloads as wl
 from lab.cluster import ETCD_PORT, FABRIC_IP, Lab, LabState, PodState
-from lab.etcd import etcd_available, etcdctl_flags
+from lab.etcd import etcdctl_flags
 from policyagent import nft_apply
+from tests.support.tools import tools
+from tests.support.wait import until_sync
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("nft") is None or shutil.which("etcdctl") is None
-                       or not etcd_available(), reason="needs nft, etcd and etcdctl"),
+    tools("nft", "etcd", "etcdctl"),
 ]
 
 BGP = 179
@@ -70,9 +70,11 @@ def tcp(pod: PodState, dst: str, port: int) -> bool:
     return wl.tcp_connect(pod, dst, port, timeout=1.0)
 
 
-def becomes(check: object, want: bool) -> bool:
-    assert callable(check)
-    return wl.eventually(check, want, WAIT, interval=0.3)
+def becomes(check: Callable[[], object], want: bool) -> bool:
+    """Whether ``check()`` gives ``want`` within WAIT (else AssertionError)."""
+    until_sync(lambda: bool(check()) == want, WAIT, f"the connect to become {want}",
+               interval=0.3)
+    return True
 
 
 def counter(st: LabState, node: str, comment: str) -> int:

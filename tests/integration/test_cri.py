@@ -4,11 +4,9 @@ and containerd runs Tortie from the node's conflist with kubelet's CNI_ARGS."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -23,12 +21,12 @@ from lab import containerd, netns
 from lab.cluster import Lab, LabState
 from lab.cri import SANDBOX_READY, RuntimeClient
 from lab.etcd import etcdctl_flags
+from tests.support.lab_cli import cli, run_tortie, weps
+from tests.support.tools import tools
 
-MISSING = containerd.missing_binaries()
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(bool(MISSING), reason=f"the runtime mode needs {', '.join(MISSING)} "
-                       f"(Debian: containerd runc busybox-static util-linux)"),
+    tools("containerd"),  # the runtime mode
 ]
 
 DMZ_DOCS = """
@@ -49,11 +47,6 @@ metadata:
 """
 
 
-def tortie(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ctl.main", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
-
-
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     """A one-node lab in runtime mode, brought up the way a user does it."""
@@ -61,7 +54,7 @@ def lab() -> Iterator[Lab]:
     lab = Lab(name)
     try:
         start = time.monotonic()
-        r = tortie("lab", "up", "--name", name, "--nodes", "1", "--runtime", "containerd")
+        r = run_tortie("lab", "up", "--name", name, "--nodes", "1", "--runtime", "containerd")
         assert r.returncode == 0, r.stderr
         assert "containerd ready" in r.stderr, r.stderr
         print(f"\nlab up with containerd: {time.monotonic() - start:.1f}s "
@@ -77,11 +70,6 @@ def _line(text: str, needle: str) -> str:
     return next((line.strip() for line in text.splitlines() if needle in line), "")
 
 
-def cli(lab: Lab, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The tortie CLI against the lab's etcd (the datastore)."""
-    return lab.tortie(lab.load(), list(args), input=stdin)
-
-
 def etcd_get(st: LabState, key: str) -> str:
     p = netns.exec_in(st.fabric, ["etcdctl", *etcdctl_flags(st.etcd_config()), "get", key,
                                   "--print-value-only"], capture=True, timeout=30,
@@ -93,12 +81,6 @@ def etcd_get(st: LabState, key: str) -> str:
 def cali_links(st: LabState) -> set[str]:
     out = netns.ip("-o", "link", "show", ns=st.nodes["node1"].netns)
     return {m.group(1) for m in re.finditer(r"^\d+: (cali[^:@]+)", out, re.M)}
-
-
-def weps(lab: Lab, namespace: str) -> list[dict]:
-    r = cli(lab, "get", "workloadendpoints", "-n", namespace, "-o", "json")
-    assert r.returncode == 0, r.stderr
-    return list(json.loads(r.stdout)["items"])
 
 
 def cni_requests(st: LabState, command: str, container: str) -> list[str]:
@@ -159,7 +141,7 @@ def test_two_sandboxes_on_a_node_ping_each_other(lab: Lab) -> None:
     name = lab.name
     made: list[str] = []
     try:
-        r = tortie("lab", "pod", "add", "--name", name, "node1", "shop/a")  # as a user would
+        r = run_tortie("lab", "pod", "add", "--name", name, "node1", "shop/a")  # as a user would
         assert r.returncode == 0, r.stderr
         made.append("shop/a")
         lab.pod_add("node1", "shop/b")
@@ -169,12 +151,12 @@ def test_two_sandboxes_on_a_node_ping_each_other(lab: Lab) -> None:
         assert a.netns.startswith("cni-")  # the sandbox's namespace, made by containerd
         assert {w["spec"]["containerID"] for w in weps(lab, "shop")} == {a.container_id,
                                                                          b.container_id}
-        r = tortie("lab", "exec", "--name", name, "shop/a", "--", "ping", "-c", "2", "-W", "2",
+        r = run_tortie("lab", "exec", "--name", name, "shop/a", "--", "ping", "-c", "2", "-W", "2",
                    b.ips[0])
         assert r.returncode == 0, r.stdout + r.stderr
         p = netns.exec_in(b.netns, ["ping", "-c", "1", "-W", "2", a.ips[0]], capture=True)
         assert p.returncode == 0, p.stdout + p.stderr
-        r = tortie("lab", "pod", "del", "--name", name, "shop/a")
+        r = run_tortie("lab", "pod", "del", "--name", name, "shop/a")
         assert r.returncode == 0, r.stderr
         made.remove("shop/a")
         lab.pod_del("shop/b")

@@ -25,7 +25,7 @@ from ipam import keys
 from ipam.allocator import IPAM
 from ipam.blocks import Block
 from lab.etcd import EtcdProcess
-from tests.cli_helpers import tortie
+from tests.support.cli import tortie
 
 pytestmark = pytest.mark.integration
 

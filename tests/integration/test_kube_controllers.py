@@ -1,4 +1,4 @@
-"""tortie-kube-controllers against an in-process Kubernetes API (tests/k8s_fake_api.py, the
+"""tortie-kube-controllers against an in-process Kubernetes API (tests/support/fake_kube_api.py, the
 real list/watch protocol) and the real etcd.
 
 This checks the list/watch/resync logic and the datastore mapping; the kind run
@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import ipaddress
 import os
 import re
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ from kubecontrollers.ipam_gc import IPAMGarbageCollector
 from kubecontrollers.metrics import KubeMetrics
 from kubecontrollers.reflector import Reflector
 from policyagent.calc import PolicyCalculator
-from tests.k8s_fake_api import FakeKubeAPI
+from tests.support.fake_kube_api import FakeKubeAPI
+from tests.support.tools import require_tools
+from tests.support.wait import until
 
 pytestmark = pytest.mark.integration
 
@@ -59,20 +62,9 @@ def suffix() -> str:
     return uuid.uuid4().hex[:6]
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0,
-                     what: str = "condition") -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = await check()
-            if last:
-                return last
-        except (NotFound, KeyError, AssertionError) as e:
-            last = e
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-        await asyncio.sleep(0.05)
+#: Polling here counts what is not there yet (NotFound, a missing key, a failed assertion)
+#: as "not yet".
+eventually = functools.partial(until, ignore=(NotFound, KeyError, AssertionError))
 
 
 @contextlib.asynccontextmanager
@@ -707,9 +699,8 @@ async def test_watch_timeouts_resume_without_relisting(store: Store) -> None:
 async def test_the_executable_serves_health_and_metrics(store: Store, etcd_server: Any,
                                                         scratch_dir: Any) -> None:
     ns = f"proc-{suffix()}"
+    require_tools("tortie-kube-controllers")
     exe = Path(sys.executable).with_name("tortie-kube-controllers")
-    if not exe.exists():
-        pytest.skip("tortie-kube-controllers is not installed in the venv (pip install -e .)")
     async with FakeKubeAPI() as api:
         api.put("namespaces", ns_doc(ns, {"a": "b"}))
         kubeconfig = scratch_dir / "kubeconfig"

@@ -16,11 +16,10 @@ import pytest
 
 from lab.cluster import Lab
 from lab.kubernetes import AGNHOST_IMAGE
-from tests.k8s_helpers import (
+from tests.support.kubernetes import (
     K8S_MARKS,
     REPO,
     cali_links,
-    cli,
     eventually,
     exec_in_pod,
     kjson,
@@ -28,8 +27,8 @@ from tests.k8s_helpers import (
     kubernetes_lab,
     ok,
     running_pods,
-    weps,
 )
+from tests.support.lab_cli import cli, weps
 
 pytestmark = K8S_MARKS
 

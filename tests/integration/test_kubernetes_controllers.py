@@ -31,18 +31,17 @@ from lab import netns
 from lab.cluster import Lab
 from lab.kubernetes import AGNHOST_IMAGE
 from lab.procs import alive, stop_pid
-from tests.k8s_helpers import (
+from tests.support.kubernetes import (
     K8S_MARKS,
     REPO,
-    cli,
     eventually,
     exec_in_pod,
     kjson,
     kubectl,
     kubernetes_lab,
     ok,
-    weps,
 )
+from tests.support.lab_cli import cli, weps
 
 pytestmark = K8S_MARKS
 

@@ -12,6 +12,7 @@ import pytest
 
 from cni.netlink import run_in_netns
 from policyagent import nft_apply
+from tests.support.tools import require_tools
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +35,7 @@ BAD = "table inet tortie {\n\tchain c2 {\n\t\tip saddr @nosuchset accept\n\t}\n}
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    if nft_apply.backend() != "libnftables":
-        pytest.skip("libnftables (libnftables1) cannot be loaded here")
+    require_tools("libnftables")
     name = f"tnab-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:

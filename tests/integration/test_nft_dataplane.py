@@ -5,11 +5,8 @@ Every test works in network namespaces of its own (unique names, removed even on
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -18,44 +15,18 @@ from policyagent import nft_apply
 from policyagent.model import DataplaneModel
 from policyagent.nft_render import render, render_incremental
 from policyagent.simulate import Packet, workload_verdict
-from tests.unit import test_nft_render as cases
-from tests.unit.test_policy_calc import Cluster, gnp, hep, wep
+from tests.support.nft import A_IP, B_IP, Lab, nsx, sh, unique
+from tests.support.policy import Cluster, gnp, hep, two_pods, wep
+from tests.support.tools import tools
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("nft") is None or shutil.which("ip") is None,
-                       reason="needs nft and ip"),
+    tools("nft", "ip"),
 ]
-
-A_IP, B_IP = "10.65.0.1", "10.65.0.2"
-SERVER = """
-import socket, selectors
-sel = selectors.DefaultSelector()
-for port in (8080, 8081):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(16); sel.register(s, selectors.EVENT_READ)
-print("ready", flush=True)
-while True:
-    for key, _ in sel.select():
-        conn, _ = key.fileobj.accept(); conn.close()
-"""
-
-
-def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), capture_output=True, text=True, check=check, timeout=20)
-
-
-def nsx(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return sh("ip", "netns", "exec", ns, *args, check=check)
-
-
-def _unique(tag: str) -> str:
-    return f"tnft-{tag}-{uuid.uuid4().hex[:8]}"
-
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = _unique("chk")
+    name = unique("chk")
     sh("ip", "netns", "add", name)
     try:
         yield name
@@ -64,10 +35,9 @@ def netns() -> Iterator[str]:
 
 
 def _unit_models() -> list[DataplaneModel]:
-    c = cases
     return [
-        c.two_pods().model(),
-        c.two_pods(gnp("pass-it", order=1, selector="app == 'b'",
+        two_pods().model(),
+        two_pods(gnp("pass-it", order=1, selector="app == 'b'",
                        ingress=[{"action": "Pass", "source": {"nets": ["10.10.0.0/16"]}}]),
                    ).model(),
         Cluster().add(wep("a", ["10.65.0.1", "fd00::1"],
@@ -107,56 +77,6 @@ def test_nft_check_accepts_every_rendered_script(netns: str) -> None:
     assert err.value.lines and err.value.lines[0][0] == 3 and "fwd" in str(err.value)
 
 
-# --- a node with two pods ------------------------------------------------------------------
-
-class Lab:
-    def __init__(self) -> None:
-        self.node, self.pa, self.pb = _unique("node"), _unique("pa"), _unique("pb")
-        self.server: subprocess.Popen[str] | None = None
-
-    def up(self) -> None:
-        for ns in (self.node, self.pa, self.pb):
-            sh("ip", "netns", "add", ns)
-            nsx(ns, "ip", "link", "set", "lo", "up")
-        nsx(self.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        # an uplink with a default route, as a real node has: proxy ARP answers for
-        # 169.254.1.1 only when the node has a route to it through another interface
-        nsx(self.node, "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1")
-        for link in ("up0", "up1"):
-            nsx(self.node, "ip", "link", "set", link, "up")
-        nsx(self.node, "ip", "addr", "add", "192.0.2.1/24", "dev", "up0")
-        nsx(self.node, "ip", "route", "add", "default", "via", "192.0.2.2", "dev", "up0")
-        for iface, pod, ip in (("calia", self.pa, A_IP), ("calib", self.pb, B_IP)):
-            nsx(self.node, "ip", "link", "add", iface, "type", "veth", "peer", "name", "eth0",
-                "netns", pod)
-            nsx(self.node, "sysctl", "-qw", f"net.ipv4.conf.{iface}.proxy_arp=1")
-            nsx(self.node, "sysctl", "-qw", f"net.ipv4.neigh.{iface}.proxy_delay=0")
-            nsx(self.node, "ip", "link", "set", iface, "up")
-            nsx(self.node, "ip", "route", "add", f"{ip}/32", "dev", iface)
-            nsx(pod, "ip", "addr", "add", f"{ip}/32", "dev", "eth0")
-            nsx(pod, "ip", "link", "set", "eth0", "up")
-            nsx(pod, "ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
-            nsx(pod, "ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
-        self.server = subprocess.Popen(
-            ["ip", "netns", "exec", self.pb, sys.executable, "-c", SERVER],
-            stdout=subprocess.PIPE, text=True)
-        assert self.server.stdout is not None and self.server.stdout.readline() == "ready\n"
-
-    def down(self) -> None:
-        if self.server is not None:
-            self.server.kill()
-            self.server.wait(5)
-        for ns in (self.node, self.pa, self.pb):
-            sh("ip", "netns", "del", ns, check=False)
-
-    def tcp(self, port: int) -> bool:
-        code = (f"import socket; socket.create_connection(('{B_IP}', {port}), timeout=0.7)")
-        return nsx(self.pa, sys.executable, "-I", "-S", "-c", code, check=False).returncode == 0
-
-    def ping(self) -> bool:
-        return nsx(self.pa, "ping", "-c1", "-W1", B_IP, check=False).returncode == 0
-
-
 @pytest.fixture
 def lab() -> Iterator[Lab]:
     lab = Lab()
@@ -172,7 +92,7 @@ def test_real_packets_follow_the_model(lab: Lab) -> None:
     assert lab.ping() and lab.tcp(8081)
     nft_apply.apply("table inet other {\n\tchain c {\n\t\tcounter\n\t}\n}\n", lab.node)
 
-    cluster = cases.two_pods()
+    cluster = two_pods()
     model = cluster.model()
     a_to_b = [Packet(A_IP, B_IP, "TCP", 40000, p) for p in (8080, 8081)]
     assert [workload_verdict(model, "default/b", "ingress", p) for p in a_to_b] == \

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,21 +14,21 @@ import pytest
 from policyagent import nft_apply, nft_render
 from policyagent.model import DataplaneModel
 from policyagent.nft_render import render, render_incremental
-from tests.integration.test_nft_dataplane import sh
-from tests.unit.test_policy_calc import (
+from tests.support.nft import sh
+from tests.support.policy import (
     Cluster,
-    _kind_of,
-    _random_resources,
     gnp,
     hep,
+    kind_of,
     np_,
+    random_resources,
     wep,
 )
+from tests.support.tools import tools
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("nft") is None or shutil.which("ip") is None,
-                       reason="needs nft and ip"),
+    tools("nft", "ip"),
 ]
 
 
@@ -146,14 +145,14 @@ def test_random_updates_match_a_full_render(two_netns: tuple[str, str], seed: in
     f = Follower(two_netns)
     c = Cluster()
     live: dict[tuple[str, str], Any] = {}
-    pool = [r for _ in range(4) for r in _random_resources(rng) if r.kind != "HostEndpoint"]
+    pool = [r for _ in range(4) for r in random_resources(rng) if r.kind != "HostEndpoint"]
     for r in pool:  # one interface per endpoint, as on a real node
         if r.kind == "WorkloadEndpoint":
             r.spec.interfaceName = f"cali{r.namespace}{r.name}"
     for _ in range(40):
         for _ in range(rng.choice([1, 1, 2, 5])):
             r = rng.choice(pool)
-            key = (_kind_of(r), Cluster.key(r))
+            key = (kind_of(r), Cluster.key(r))
             if key in live and rng.random() < 0.3:
                 c.delete(*key)
                 del live[key]

@@ -21,6 +21,7 @@ import pytest
 from lab import netns
 from lab.cluster import Lab, LabState, NodeState
 from lab.etcd import etcdctl_flags
+from tests.support.lab_cli import cli
 
 pytestmark = pytest.mark.integration
 
@@ -37,10 +38,6 @@ def lab() -> Iterator[Lab]:
     finally:
         lab.down()
         assert netns.list_netns(f"tl-{lab.name}-") == []
-
-
-def tortie(lab: Lab, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return lab.tortie(lab.load(), list(args), input=stdin)
 
 
 @dataclass
@@ -75,7 +72,7 @@ def new_attachment(lab: Lab, pod: str | None = None, namespace: str = "default")
 
 def allocations(lab: Lab) -> dict[str, str]:
     """ip -> handle, from the datastore (through `tortie ipam check`'s view of blocks)."""
-    out = tortie(lab, "get", "workloadendpoints", "-A", "-o", "json")
+    out = cli(lab, "get", "workloadendpoints", "-A", "-o", "json")
     assert out.returncode == 0, out.stderr
     return {w["spec"]["ipNetworks"][0].split("/")[0]: w["spec"]["containerID"]
             for w in json.loads(out.stdout)["items"]}
@@ -123,8 +120,8 @@ metadata:
 spec:
   containers: [{name: c, image: busybox}]
 """
-    assert tortie(lab, "apply", "-f", "-", stdin=docs).returncode == 0
-    r = tortie(lab, "label", "nodes", "node2", "type=dmz-node")
+    assert cli(lab, "apply", "-f", "-", stdin=docs).returncode == 0
+    r = cli(lab, "label", "nodes", "node2", "type=dmz-node")
     assert r.returncode == 0, r.stderr
     node1, node2 = st.nodes["node1"], st.nodes["node2"]
     # the namespace annotation picks dmz-pool, which only serves dmz nodes
@@ -152,13 +149,13 @@ spec:
     # someone deletes d's endpoint behind Tortie's back: check finds the leak, release fixes it
     d_ip = allocations(lab)
     (leaked_ip,) = d_ip
-    r = tortie(lab, "delete", "workloadendpoint", "-n", "default", "node1-k8s-plain-eth0")
+    r = cli(lab, "delete", "workloadendpoint", "-n", "default", "node1-k8s-plain-eth0")
     assert r.returncode == 0, r.stderr
-    r = tortie(lab, "ipam", "check")
+    r = cli(lab, "ipam", "check")
     assert r.returncode == 1 and f"leaked: {leaked_ip}" in r.stdout
-    r = tortie(lab, "ipam", "release", "--ip", leaked_ip)
+    r = cli(lab, "ipam", "release", "--ip", leaked_ip)
     assert r.returncode == 0 and f"{leaked_ip}: released" in r.stdout
-    r = tortie(lab, "ipam", "check")
+    r = cli(lab, "ipam", "check")
     assert r.returncode == 0, r.stdout
     assert "IPAM is consistent" in r.stdout
 
@@ -185,7 +182,7 @@ def test_eight_runtimes_hundred_adds_each_on_one_node(lab: Lab) -> None:
     assert errors == []
     ips = [a.ip for a in atts]
     assert len(set(ips)) == total, "an address was given twice"
-    show = tortie(lab, "ipam", "show", "--show-blocks")
+    show = cli(lab, "ipam", "show", "--show-blocks")
     blocks = [line for line in show.stdout.splitlines() if line.strip().startswith("Block")]
     assert len(blocks) == -(-total // 64), show.stdout  # the fewest /26 blocks possible
     assert len(node_veths(node)) == total
@@ -195,7 +192,7 @@ def test_eight_runtimes_hundred_adds_each_on_one_node(lab: Lab) -> None:
     assert set(dels) == {0}
     for a in atts:
         netns.del_netns(a.netns)
-    r = tortie(lab, "ipam", "check")
+    r = cli(lab, "ipam", "check")
     assert r.returncode == 0 and "checked 0 allocation(s) in 0 block(s)" in r.stdout, r.stdout
     assert node_veths(node) == set()
 
@@ -243,7 +240,7 @@ def test_node_killed_in_the_middle_of_adds_leaks_nothing(lab: Lab) -> None:
     held = allocations(lab)
     assert sorted(held) == sorted(a.ip for a in succeeded)
     assert len(node_veths(node)) == len(succeeded)
-    r = tortie(lab, "ipam", "check")
+    r = cli(lab, "ipam", "check")
     assert r.returncode == 0, r.stdout
     assert f"checked {len(succeeded)} allocation(s)" in r.stdout
     print(f"\nkilled after {len(succeeded)} of {len(atts)} ADDs; GC left exactly those")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -31,10 +30,12 @@ from datastore.store import Store
 from policyagent import nft_apply
 from policyagent.agent import PolicyAgent
 from policyagent.nft_render import policy_chain
+from tests.support.tools import tools
+from tests.support.wait import until
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft"),
+    tools("nft"),
 ]
 
 NODE = "n1"
@@ -73,13 +74,6 @@ async def put(store: Store, plural: str, doc: dict[str, Any]) -> str:
     key = resource_key(plural, meta["name"], meta.get("namespace"))
     await store.put(key, doc)
     return key
-
-
-async def until(check: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the expected state was never reached"
-        await asyncio.sleep(0.02)
 
 
 def table_text(ns: str, table: str) -> str:

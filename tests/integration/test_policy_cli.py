@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,13 +21,13 @@ from datastore.store import Store
 from lab.etcd import EtcdProcess
 from policyagent import nft_apply
 from policyagent.nft_render import render
-from tests.cli_helpers import tortie
-from tests.integration.test_nft_dataplane import A_IP, B_IP, Lab
+from tests.support.cli import tortie
+from tests.support.nft import A_IP, B_IP, Lab
+from tests.support.tools import tools
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("nft") is None or shutil.which("ip") is None,
-                       reason="needs nft and ip"),
+    tools("nft", "ip"),
 ]
 
 NODE = "n1"

@@ -20,7 +20,6 @@ is made.
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,14 +29,13 @@ import pytest
 import policyagent.agent
 from lab import hosts
 from lab.cluster import FABRIC_IP, Lab, LabState, NodeState, PodState
-from lab.etcd import etcd_available
 from lab.hosts import LINK_NET, OUTSIDE_IP, OUTSIDE_UNDERLAY_IP, NodePort, Server
 from lab.seeds import Example
+from tests.support.tools import tools
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("nft") is None or not etcd_available(),
-                       reason="needs nft and etcd"),
+    tools("nft", "etcd"),
 ]
 
 

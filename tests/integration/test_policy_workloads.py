@@ -27,6 +27,7 @@ from lab import workloads as wl
 from lab.cluster import Lab, LabState, PodState
 from lab.seeds import EXAMPLES
 from policyagent import nft_apply
+from tests.support.wait import until_sync
 
 pytestmark = pytest.mark.integration
 
@@ -75,11 +76,6 @@ def tcp(a: PodState, b: PodState, port: int, want: bool) -> bool:
     return wl.tcp_connect(a, b.ips[0], port, timeout=2.0 if want else DENY_T) == want
 
 
-def until(check: object, timeout: float = 10.0) -> None:
-    assert callable(check)
-    assert wl.eventually(check, True, timeout), "the expected state was never reached"
-
-
 def node_log(lab: Lab) -> str:
     st: LabState = lab.load()
     return open(st.nodes[NODE].log).read()
@@ -104,9 +100,9 @@ def test_first_packet_after_add_meets_its_policy(lab: Lab) -> None:
     s_deny = wl.add_pod(lab, NODE, f"{deny_ns}/sentinel")
     s_plain = wl.add_pod(lab, NODE, f"{ok_ns}/plain")
     s_web = wl.add_pod(lab, NODE, f"{ok_ns}/sweb", labels={"app": "web"})
-    until(lambda: not wl.ping(s_deny, peer.ips[0]))
-    until(lambda: not wl.ping(s_plain, peer.ips[0]))
-    until(lambda: wl.ping(s_web, peer.ips[0]))
+    until_sync(lambda: not wl.ping(s_deny, peer.ips[0]))
+    until_sync(lambda: not wl.ping(s_plain, peer.ips[0]))
+    until_sync(lambda: wl.ping(s_web, peer.ips[0]))
 
     t0 = time.monotonic()
     fresh = wl.add_pod(lab, NODE, f"{deny_ns}/fresh")
@@ -144,7 +140,7 @@ def test_seed_004_quarantine(lab: Lab) -> None:
     wl.apply(lab, seed.text())
     try:
         wl.relabel_pod(lab, b, {"quarantine": "true"})
-        until(lambda: not wl.ping(a, b.ips[0]))
+        until_sync(lambda: not wl.ping(a, b.ips[0]))
         assert not wl.ping(b, a.ips[0])
         c = counters(lab)
         for d in ("ingress", "egress"):
@@ -156,7 +152,7 @@ def test_seed_004_quarantine(lab: Lab) -> None:
         assert wl.ping(a, other.ips[0])
         # released: back to normal
         wl.relabel_pod(lab, b, {})
-        until(lambda: wl.ping(a, b.ips[0]))
+        until_sync(lambda: wl.ping(a, b.ips[0]))
     finally:
         wl.delete(lab, "globalnetworkpolicy", "security-operations.quarantine")
 
@@ -175,8 +171,8 @@ def test_default_deny_ingress_and_egress(lab: Lab) -> None:
         assert tcp(client, si, 80, True) and tcp(client, se, 80, True)
         wl.apply(lab, knp("deny-in", di, {"podSelector": {}, "policyTypes": ["Ingress"]}))
         wl.apply(lab, knp("deny-out", de, {"podSelector": {}, "policyTypes": ["Egress"]}))
-        until(lambda: tcp(client, si, 80, False))
-        until(lambda: tcp(se, client, 80, False))
+        until_sync(lambda: tcp(client, si, 80, False))
+        until_sync(lambda: tcp(se, client, 80, False))
         assert tcp(si, client, 80, True)      # ingress-only isolation: egress still open
         assert tcp(client, se, 80, True)      # egress-only isolation: ingress still open
         assert not wl.ping(client, si.ips[0])
@@ -202,7 +198,7 @@ def test_pod_and_namespace_selectors_and_vs_or(lab: Lab) -> None:
         "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": tag}}},
                               {"podSelector": {"matchLabels": {"role": "client"}}}]}]}))
     with wl.Server(s_and, tcp=[80]), wl.Server(s_or, tcp=[80]):
-        until(lambda: tcp(team_plain, s_and, 80, False))
+        until_sync(lambda: tcp(team_plain, s_and, 80, False))
         # AND within one peer: the namespace AND the pod label
         assert tcp(team_client, s_and, 80, True)
         assert tcp(other_client, s_and, 80, False)
@@ -225,7 +221,7 @@ def test_ipblock_with_except(lab: Lab) -> None:
         "ingress": [{"from": [{"ipBlock": {"cidr": "10.244.0.0/16",
                                            "except": [f"{x.ips[0]}/32"]}}]}]}))
     with wl.Server(s, tcp=[80]):
-        until(lambda: tcp(x, s, 80, False))
+        until_sync(lambda: tcp(x, s, 80, False))
         assert tcp(y, s, 80, True)
 
 
@@ -239,7 +235,7 @@ def test_named_ports_and_port_ranges(lab: Lab) -> None:
         "ingress": [{"ports": [{"port": "web", "protocol": "TCP"},
                                {"port": 9000, "endPort": 9002, "protocol": "TCP"}]}]}))
     with wl.Server(s, tcp=[8080, 8081, 8999, 9000, 9001, 9002, 9003]):
-        until(lambda: tcp(c, s, 8081, False))
+        until_sync(lambda: tcp(c, s, 8081, False))
         assert tcp(c, s, 8080, True)          # the named port
         for port in (9000, 9001, 9002):
             assert tcp(c, s, port, True), port
@@ -256,13 +252,13 @@ def test_sctp_is_not_tcp(lab: Lab) -> None:
         "ingress": [{"ports": [{"port": 7000, "protocol": "SCTP"},
                                {"port": 7001, "protocol": "TCP"}]}]}))
     with wl.Server(s, tcp=[7000, 7001], raw=[132]) as server:
-        until(lambda: tcp(c, s, 7000, False))   # SCTP 7000 allowed: TCP 7000 is not
+        until_sync(lambda: tcp(c, s, 7000, False))   # SCTP 7000 allowed: TCP 7000 is not
         assert tcp(c, s, 7001, True)
         # SCTP packets (INIT built by hand: this kernel may lack the sctp module, the raw
         # receiver sees what arrives either way): 7000 passes, 7002 does not
         wl.sctp_init(c, s.ips[0], 7002)
         wl.sctp_init(c, s.ips[0], 7000)
-        until(lambda: any(line.startswith("raw 132 ") and line.endswith(" 7000")
+        until_sync(lambda: any(line.startswith("raw 132 ") and line.endswith(" 7000")
                           for line in server.received()), timeout=3)
         assert not any(line.endswith(" 7002") for line in server.received())
 
@@ -274,11 +270,11 @@ def test_policies_add_up(lab: Lab) -> None:
     with wl.Server(s, tcp=[8080, 8081, 8082]):
         wl.apply(lab, knp("p1", ns, {"podSelector": {"matchLabels": {"app": "s"}},
                                      "ingress": [{"ports": [{"port": 8080}]}]}))
-        until(lambda: tcp(c, s, 8081, False))
+        until_sync(lambda: tcp(c, s, 8081, False))
         assert tcp(c, s, 8080, True)
         wl.apply(lab, knp("p2", ns, {"podSelector": {},
                                      "ingress": [{"ports": [{"port": 8081}]}]}))
-        until(lambda: tcp(c, s, 8081, True))
+        until_sync(lambda: tcp(c, s, 8081, True))
         assert tcp(c, s, 8080, True)
         assert tcp(c, s, 8082, False)
 
@@ -291,11 +287,11 @@ def test_label_change_applies_to_new_flows_of_running_pods(lab: Lab) -> None:
         "podSelector": {"matchLabels": {"app": "s"}},
         "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}]}]}))
     with wl.Server(s, tcp=[80]):
-        until(lambda: tcp(c, s, 80, False))
+        until_sync(lambda: tcp(c, s, 80, False))
         wl.relabel_pod(lab, c, {"role": "client"})
-        until(lambda: tcp(c, s, 80, True))
+        until_sync(lambda: tcp(c, s, 80, True))
         wl.relabel_pod(lab, c, {})
-        until(lambda: tcp(c, s, 80, False))
+        until_sync(lambda: tcp(c, s, 80, False))
 
 
 def test_seed_001_foo_bar_pair(lab: Lab) -> None:
@@ -311,7 +307,7 @@ def test_seed_001_foo_bar_pair(lab: Lab) -> None:
         seed = next(e for e in EXAMPLES if e.seed == "001" and e.first == first)
         wl.apply(lab, seed.text(), namespace=ns)
     with wl.Server(foo, tcp=[80]), wl.Server(bar, tcp=[80]), wl.Server(other, tcp=[80]):
-        until(lambda: tcp(other, foo, 80, False))
+        until_sync(lambda: tcp(other, foo, 80, False))
         assert tcp(bar, foo, 80, True)
         assert tcp(bar, other, 80, False)   # bar may only call foo
         assert tcp(other, bar, 80, True)    # bar's ingress is not restricted
@@ -329,7 +325,7 @@ def test_calico_policy_by_service_account(lab: Lab) -> None:
                  "ingress": [{"action": "Allow", "protocol": "TCP",
                               "source": {"serviceAccounts": {"names": ["robot"]}}}]}}))
     with wl.Server(s, tcp=[80]):
-        until(lambda: tcp(human, s, 80, False))
+        until_sync(lambda: tcp(human, s, 80, False))
         assert tcp(robot, s, 80, True)
 
 
@@ -342,7 +338,7 @@ def test_no_policy_and_no_allowing_profile_drops_everything(lab: Lab) -> None:
     wep["spec"]["profiles"] = []
     wep["metadata"].pop("resourceVersion", None)
     wl.apply(lab, json.dumps(wep))
-    until(lambda: not wl.ping(a, b.ips[0]))
+    until_sync(lambda: not wl.ping(a, b.ips[0]))
     assert not wl.ping(b, a.ips[0])
     wep["spec"]["profiles"] = ["no-such-profile"]  # a missing profile allows nothing either
     wl.apply(lab, json.dumps(wep))
@@ -350,7 +346,7 @@ def test_no_policy_and_no_allowing_profile_drops_everything(lab: Lab) -> None:
     assert not wl.ping(a, b.ips[0]) and not wl.ping(b, a.ips[0])
     wep["spec"]["profiles"] = [f"kns.{ns}"]
     wl.apply(lab, json.dumps(wep))
-    until(lambda: wl.ping(a, b.ips[0]))
+    until_sync(lambda: wl.ping(a, b.ips[0]))
 
 
 # --- anti-spoofing ---------------------------------------------------------------------------
@@ -368,7 +364,7 @@ def test_a_pod_cannot_send_with_a_forged_source(lab: Lab) -> None:
         before = packets(counters(lab), spoof_rule)
         wl.udp_send(a, b.ips[0], 5000, "forged", source=forged)
         wl.udp_send(a, b.ips[0], 5000, "genuine")
-        until(lambda: any("genuine" in line for line in server.received()), timeout=3)
+        until_sync(lambda: any("genuine" in line for line in server.received()), timeout=3)
         time.sleep(0.2)
         got = server.received()
         assert not any("forged" in line for line in got), got
@@ -394,7 +390,7 @@ def test_policy_stays_enforced_across_an_agent_restart(lab: Lab, sig: int) -> No
         "podSelector": {"matchLabels": {"app": "s"}},
         "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}]}]}))
     with wl.Server(s, tcp=[80]):
-        until(lambda: tcp(c, s, 80, False))
+        until_sync(lambda: tcp(c, s, 80, False))
         assert tcp(ok, s, 80, True)
         stop = threading.Event()
         denied: list[bool] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,6 +26,7 @@ from routing.agent import RoutingAgent
 from routing.desired import VXLAN_DEVICE
 from routing.kernel import KernelRoutes
 from routing.vxlan import VXLANDevice
+from tests.support.wait import until
 
 pytestmark = pytest.mark.integration
 
@@ -44,17 +45,6 @@ def node_ns() -> Iterator[str]:
         yield name
     finally:
         netns.del_netns(name)
-
-
-async def until(cond: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        if await asyncio.to_thread(cond) if not asyncio.iscoroutinefunction(cond) \
-                else await cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def node_doc(name: str, cidr: str, **spec: Any) -> Node:
@@ -98,26 +88,28 @@ async def test_agent_programs_blackholes_vtep_fdb_and_nat(store: Store, node_ns:
                                          vxlanTunnelMACAddr="02:00:00:00:00:02"))
         await until(lambda: vxlan.entries() == ({"10.244.0.16": "02:00:00:00:00:02"},
                                                 {"02:00:00:00:00:02": "192.0.2.12"}),
-                    "n2's FDB and neighbour entries")
+                    what="n2's FDB and neighbour entries", in_thread=True)
 
         # VXLAN off: the VTEP address goes back to IPAM, the device and Node fields go
         cur = await res.get(POOLS, "p")
         doc = cur.dump()
         doc["spec"]["vxlanMode"] = "Never"
         await res.replace(POOLS, IPPool.from_dict(doc))
-        await until(lambda: not vxlan.exists(), "vxlan.tortie removed")
+        await until(lambda: not vxlan.exists(), what="vxlan.tortie removed", in_thread=True)
 
         async def cleared() -> bool:
             n = await res.get(NODES, "n1")
             return n.spec.ipv4VXLANTunnelAddr is None and n.spec.vxlanTunnelMACAddr is None
-        await until(cleared, "the VTEP fields cleared from Node n1")
+        await until(cleared, what="the VTEP fields cleared from Node n1", in_thread=True)
 
         # the last pod leaves: the block is released and its blackhole goes
         await ipam.release_by_handle("tortie.c1")
-        await until(lambda: "10.244.0.0/28" not in kernel.routes(), "the blackhole removed")
+        await until(lambda: "10.244.0.0/28" not in kernel.routes(), what="the blackhole removed",
+                    in_thread=True)
         pool = await res.get(POOLS, "p")
         await ipam.auto_assign("tortie.c2", {"node": "n1"}, [pool], 1)
-        await until(lambda: "10.244.0.0/28" in kernel.routes(), "a blackhole again")
+        await until(lambda: "10.244.0.0/28" in kernel.routes(), what="a blackhole again",
+                    in_thread=True)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -27,6 +27,7 @@ from lab import netns
 from lab.cluster import LAB_BGP_HOLD_TIME, Lab, LabState
 from routing.desired import VXLAN_DEVICE
 from routing.kernel import PROTO
+from tests.support.wait import until_sync
 
 pytestmark = pytest.mark.integration
 
@@ -37,11 +38,8 @@ CONVERGE = 30.0
 def wait_until(cond: Callable[[], bool], timeout: float = CONVERGE, what: str = "") -> float:
     """Seconds it took ``cond`` to become true; fails after ``timeout``."""
     start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if cond():
-            return time.monotonic() - start
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+    until_sync(cond, timeout, what, interval=0.1)
+    return time.monotonic() - start
 
 
 def routes(ns: str) -> list[dict[str, Any]]:

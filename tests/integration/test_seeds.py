@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from lab.seeds import APPLIES, EXAMPLES, REFUSED, REJECTED, SEEDS_DIR, Example
-from tests.cli_helpers import tortie
+from tests.support.cli import tortie
 
 pytestmark = [
     pytest.mark.integration,

@@ -6,7 +6,6 @@ against this Store too."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 
@@ -129,9 +128,3 @@ async def test_closed_store_refuses_calls(etcd_server: EtcdProcess) -> None:
     await s.close()
     with pytest.raises(DatastoreError, match="closed"):
         await s.get(P + "x")
-
-
-def test_values_are_stored_as_compact_sorted_json() -> None:
-    raw = store_module.encode_value({"b": {"y": 1, "x": [1, "2"]}, "a": None})
-    assert raw == b'{"a":null,"b":{"x":[1,"2"],"y":1}}'
-    assert store_module.decode_value(raw, "k") == json.loads(raw)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from datastore.store import Store
 from datastore.syncer import Syncer, cancel_and_wait
 from lab.etcd import run_etcd
+from tests.support.wait import until
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +38,6 @@ class Mirror:
 
     def on_synced(self) -> None:
         self.synced += 1
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.01)
 
 
 async def etcd_state(store: Store, *prefixes: str) -> dict[str, dict[str, Any]]:

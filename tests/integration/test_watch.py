@@ -15,6 +15,7 @@ import pytest
 
 from datastore.store import KV, Resync, Store, Unavailable, WatchEvent
 from lab.etcd import EtcdProcess, run_etcd
+from tests.support.wait import until
 
 pytestmark = pytest.mark.integration
 
@@ -45,12 +46,12 @@ class Collector:
             self.items.append(item)
 
     async def wait_for(self, n: int, timeout: float = 10.0) -> list[WatchEvent | Resync]:
-        async with asyncio.timeout(timeout):
-            while len(self.items) < n:
-                if self.task.done():
-                    self.task.result()
-                    pytest.fail("watch ended")
-                await asyncio.sleep(0.01)
+        def arrived() -> bool:
+            if self.task.done():
+                self.task.result()
+                pytest.fail("watch ended")
+            return len(self.items) >= n
+        await until(arrived, timeout, f"{n} watch items", interval=0.01)
         return self.items
 
     async def stop(self) -> None:
@@ -148,11 +149,7 @@ async def test_history_compacted_while_disconnected_gives_resync(scratch_dir: Pa
 
 
 async def _wait_metric(etcd: EtcdProcess, name: str, value: float, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (current := etcd.metric(name)) != value:
-        if time.monotonic() > deadline:
-            pytest.fail(f"{name} is {current}, expected {value}")
-        await asyncio.sleep(0.05)
+    await until(lambda: etcd.metric(name) == value, timeout, f"{name} == {value}")
 
 
 async def test_closing_or_cancelling_a_watch_cancels_it_in_etcd(scratch_dir: Path) -> None:

@@ -40,7 +40,7 @@ from datastore.kinds import KindInfo
 from datastore.model_base import ResourceInvalid
 from datastore.resources import Resources, to_resource
 from datastore.store import decode_value, encode_value
-from tests.fuzz_corpus import (
+from tests.support.fuzz_corpus import (
     BIG_INT_TEXT,
     CORPUS,
     FUZZ,

@@ -20,6 +20,7 @@ import pytest
 
 from routing.bgp.api import BGPSettings, Neighbour
 from routing.bgp.speaker import ExaBGPSpeaker, SpeakerError, configured_neighbours
+from tests.support.wait import until
 
 FAKE_EXABGP = '''\
 import json, os, re, shlex, subprocess, sys
@@ -91,15 +92,6 @@ def commands(tmp_path: Path) -> list[str]:
     return (tmp_path / "commands.log").read_text().splitlines()
 
 
-async def _eventually(cond: object, what: str, timeout: float = 10.0) -> None:
-    assert callable(cond)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, f"timed out: {what}"
-        await asyncio.sleep(0.02)
-
-
 def _run(coro: object) -> None:
     asyncio.run(asyncio.wait_for(coro, 60))
 
@@ -119,8 +111,8 @@ def test_no_neighbour_yet_nothing_is_refused(fake: Path, tmp_path: Path) -> None
             await sp.announce({"10.65.1.0/26": ME})
             await sp.announce({"10.65.1.0/26": ME, "10.65.1.64/26": ME})
             await sp.configure(settings("192.0.2.12"))
-            await _eventually(lambda: any("neighbor 192.0.2.12 announce eor" in c
-                                          for c in commands(tmp_path)), "End-of-RIB")
+            await until(lambda: any("neighbor 192.0.2.12 announce eor" in c
+                                    for c in commands(tmp_path)), what="End-of-RIB")
         finally:
             await sp.close()
         log = commands(tmp_path)
@@ -149,9 +141,9 @@ def test_a_discarded_reload_is_sent_again(fake: Path, tmp_path: Path,
             await sp.announce({"10.65.1.0/26": ME})
             await sp.configure(settings("192.0.2.12", "192.0.2.13"))
             assert sp.reloads_resent == discarded
-            await _eventually(
+            await until(
                 lambda: "done neighbor 192.0.2.13 announce eor ipv4 unicast"
-                in commands(tmp_path), "the added neighbour gets routes and End-of-RIB")
+                in commands(tmp_path), what="the added neighbour gets routes and End-of-RIB")
             # and removing one: confirmed the same way
             await sp.configure(settings("192.0.2.13"))
             await sp.announce({"10.65.1.64/26": ME})

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from datastore.resources import to_resource
+from tests.support.tools import require_tools
 
 KIND = Path(__file__).resolve().parents[2] / "integration" / "kind"
 REPO = KIND.parents[1]
@@ -44,13 +45,15 @@ def test_there_are_manifests() -> None:
 
 @pytest.mark.parametrize("path", K8S_FILES, ids=lambda p: p.name)
 def test_manifest_validates_against_the_kubernetes_schema(path: Path) -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    require_tools("kubernetes-validate")
+    import kubernetes_validate
     for doc in docs(path):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
 def test_the_validator_rejects_a_broken_manifest() -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    require_tools("kubernetes-validate")
+    import kubernetes_validate
     doc = next(d for d in docs(KIND / "manifests" / "20-tortie-node.yaml")
                if d["kind"] == "DaemonSet")
     doc["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] = "yes"
@@ -178,9 +181,8 @@ def test_etcd_requires_tls_and_client_certificates() -> None:
 
 def test_run_sh_issues_an_etcd_server_certificate_for_the_service_address(
         tmp_path: Path) -> None:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
+    require_tools("openssl")
+    openssl = shutil.which("openssl") or "openssl"
     text = (KIND / "run.sh").read_text()
     snippet = text.split('"$ETCD_IP" <<\'EOF\'\n', 1)[1].split("\nEOF\n", 1)[0]
     ip = text.split("ETCD_IP=", 1)[1].split()[0]
@@ -217,9 +219,8 @@ def test_kube_controllers_rbac_covers_what_it_watches() -> None:
 
 @pytest.mark.parametrize("script", ["run.sh", "install-cni.sh"])
 def test_scripts_are_shellcheck_clean(script: str) -> None:
-    shellcheck = shutil.which("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck is not installed")
+    require_tools("shellcheck")
+    shellcheck = shutil.which("shellcheck") or "shellcheck"
     proc = subprocess.run([shellcheck, "--severity=style", str(KIND / script)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr

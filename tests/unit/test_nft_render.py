@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from policyagent.model import (
     Action,
@@ -20,25 +19,8 @@ from policyagent.nft_render import (
     render_incremental,
     render_rule,
 )
-from tests.unit.test_policy_calc import Cluster, gnp, hep, np_, wep
-
-ALLOW_8080 = [{"action": "Allow", "protocol": "TCP", "source": {"selector": "app == 'a'"},
-               "destination": {"ports": [8080]}}]
-
-
-def two_pods(*extra: Any) -> Cluster:
-    """Pod a (10.65.0.1) and pod b (10.65.0.2): b admits TCP 8080 from app == 'a' only."""
-    return Cluster().add(
-        wep("a", "10.65.0.1", {"app": "a"}),
-        wep("b", "10.65.0.2", {"app": "b"}),
-        np_("allow-a", selector="app == 'b'", ingress=ALLOW_8080),
-        *extra)
-
-
-def chain_body(script: str, name: str) -> list[str]:
-    m = re.search(rf"\n\tchain {re.escape(name)} {{\n(.*?)\n\t}}", script, re.S)
-    assert m, f"no chain {name}"
-    return [line.strip() for line in m.group(1).splitlines()]
+from tests.support.nft import chain_body
+from tests.support.policy import Cluster, gnp, hep, two_pods, wep
 
 
 def test_atomic_replace_header_and_determinism() -> None:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from policyagent import agent as agent_module
 from policyagent.agent import PolicyAgent
 from policyagent.applier import RecordingApplier
 from policyagent.nft_render import policy_chain, render
+from tests.support.wait import until
 
 NODE = "n1"
 KINDS = ("full", "sets", "chain", "endpoints")
@@ -61,13 +61,6 @@ async def put(store: KVStore, plural: str, doc: dict[str, Any]) -> str:
     key = resource_key(plural, meta["name"], meta.get("namespace"))
     await store.put(key, doc)
     return key
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the expected state was never reached"
-        await asyncio.sleep(0.005)
 
 
 def make_agent(store: KVStore, applier: RecordingApplier, **kw: Any) -> PolicyAgent:

@@ -9,7 +9,7 @@ from datastore.model_config import DEFAULT_FAILSAFE_INBOUND, DEFAULT_FAILSAFE_OU
 from policyagent.hep_resolve import ALL_INTERFACES, resolve, resolve_interfaces
 from policyagent.model import HostEndpointProgram
 from policyagent.nft_render import MARK_PREDNAT, chain_name, render
-from tests.unit.test_policy_calc import NODE, Cluster, gnp, hep, res
+from tests.support.policy import NODE, Cluster, gnp, hep, res
 
 IFACES = {
     "lo": ["127.0.0.1/8"],

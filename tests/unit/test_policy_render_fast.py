@@ -11,7 +11,7 @@ import pytest
 
 from policyagent.model import FrozenMap, KeyDiff
 from policyagent.nft_render import _drop_subsumed, render_incremental
-from tests.unit.test_policy_calc import Cluster, _kind_of, _random_resources, gnp, hep, wep
+from tests.support.policy import Cluster, gnp, hep, kind_of, random_resources, wep
 
 
 def _naive(members: list[str]) -> list[str]:
@@ -83,12 +83,12 @@ def test_selector_index_finds_exactly_what_a_full_scan_finds(seed: int) -> None:
     """The calculator tries a new item only on the selectors its labels can match: the result
     must be what trying every selector gives, whatever the order resources arrive in."""
     rng = random.Random(seed)
-    resources = [r for _ in range(3) for r in _random_resources(rng)]
+    resources = [r for _ in range(3) for r in random_resources(rng)]
     rng.shuffle(resources)
     c = Cluster()
     live: set[tuple[str, str]] = set()
     for r in resources:  # later variants replace earlier ones (relabels); some deletes
-        key = (_kind_of(r), Cluster.key(r))
+        key = (kind_of(r), Cluster.key(r))
         if key in live and rng.random() < 0.2:
             c.delete(*key)
             live.discard(key)

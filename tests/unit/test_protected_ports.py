@@ -25,8 +25,9 @@ from policyagent.nft_render import (
     render,
     render_incremental,
 )
-from tests.unit.test_nft_render import chain_body
-from tests.unit.test_policy_calc import NODE, V3, Cluster, gnp, res, wep
+from tests.support.nft import chain_body
+from tests.support.policy import NODE, V3, Cluster, gnp, res, wep
+from tests.support.tools import require_tools, skip_kernel
 
 TCP = 6
 DEFAULT = (FailsafeSpec(TCP, 179), FailsafeSpec(TCP, 2379), FailsafeSpec(TCP, 2380))
@@ -175,16 +176,15 @@ def test_only_an_egress_allow_naming_the_port_sets_the_explicit_bit() -> None:
 
 
 def test_the_script_is_valid_nft() -> None:
-    nft, unshare = shutil.which("nft"), shutil.which("unshare")
-    if nft is None or unshare is None:
-        pytest.skip("needs nft and unshare")
+    require_tools("nft", "unshare")
+    nft, unshare = shutil.which("nft") or "nft", shutil.which("unshare") or "unshare"
     c = cluster(felix(workloadProtectedHostPorts=[
         {"port": 179}, {"port": 6666}, {"protocol": "UDP", "port": 53, "net": "fd00::1/128"}]),
         pool("p6", "fd00:10::/64"))
     p = subprocess.run([unshare, "-n", nft, "-c", "-f", "-"], input=render(c.model()),
                        capture_output=True, text=True, timeout=60, check=False)
     if p.returncode != 0 and "Operation not permitted" in p.stderr:
-        pytest.skip("no private network namespace here")
+        skip_kernel("no private network namespace here")
     assert p.returncode == 0, p.stderr
 
 

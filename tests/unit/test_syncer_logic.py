@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from datastore.backend import KVStore
 from datastore.memory import MemoryStore
 from datastore.syncer import Syncer, cancel_and_wait
+from tests.support.wait import until
 
 
 class Mirror:
@@ -34,12 +34,6 @@ class Mirror:
 
     def on_synced(self) -> None:
         self.synced += 1
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.01)
 
 
 async def store_state(store: KVStore, *prefixes: str) -> dict[str, dict[str, Any]]:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,41 +15,21 @@ from typing import Any
 
 import pytest
 
-from lab import containerd, netns
+from lab import netns
 from lab.cluster import Lab
-from lab.kubernetes import KubeError, bin_dir
 from lab.procs import alive
+from tests.support.lab_cli import run_tortie
+from tests.support.tools import tools
+from tests.support.wait import until_sync
 
-REPO = Path(__file__).resolve().parents[1]
-MISSING = containerd.missing_binaries()
-IN_CI = os.environ.get("CI") == "true"
-
-
-def _built() -> str:
-    try:
-        bin_dir(build=False)
-    except KubeError as e:
-        return str(e)
-    return ""
-
-
-NOT_BUILT = _built()
-if IN_CI and (MISSING or NOT_BUILT):  # CI installs and builds everything: a failure there
-    raise RuntimeError(f"Kubernetes tests cannot run: {MISSING or NOT_BUILT}")
-#: The marks of every real-Kubernetes test module.
+REPO = Path(__file__).resolve().parents[2]
+#: The marks of every real-Kubernetes test module (containerd and Kubernetes' binaries:
+#: skipped when missing, a failure under CI=true).
 K8S_MARKS = [
     pytest.mark.integration,
-    pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)}"),
-    pytest.mark.skipif(bool(NOT_BUILT), reason=f"Kubernetes not built: {NOT_BUILT}"),
+    tools("containerd", "kubernetes"),
     pytest.mark.timeout(900),
 ]
-
-
-def tortie(*args: str, timeout: float = 600,
-           input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The ``tortie`` command line as a user runs it (``lab up``, ``lab down``...)."""
-    return subprocess.run([sys.executable, "-m", "ctl.main", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False, input=input, cwd=REPO)
 
 
 @contextlib.contextmanager
@@ -63,7 +41,8 @@ def kubernetes_lab(name: str, *up_args: str,
     lab = Lab(name)
     try:
         start = time.monotonic()
-        r = tortie("lab", "up", "--name", name, "--nodes", "3", "--kubernetes", *up_args)
+        r = run_tortie("lab", "up", "--name", name, "--nodes", "3", "--kubernetes", *up_args,
+                        timeout=600)
         assert r.returncode == 0, r.stderr[-4000:]
         print(f"\nlab up with Kubernetes: {time.monotonic() - start:.1f}s")
         yield lab
@@ -99,25 +78,8 @@ def ok(p: subprocess.CompletedProcess[str]) -> str:
 
 
 def eventually(check: Callable[[], Any], timeout: float = 120, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(1)
-    raise AssertionError(f"not within {timeout}s: {what} (last: {last!r})")
-
-
-def cli(lab: Lab, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The tortie CLI against the lab's etcd."""
-    return lab.tortie(lab.load(), list(args), input=stdin)
-
-
-def weps(lab: Lab, namespace: str) -> list[dict[str, Any]]:
-    r = cli(lab, "get", "workloadendpoints", "-n", namespace, "-o", "json")
-    assert r.returncode == 0, r.stderr
-    return list(json.loads(r.stdout)["items"])
+    """The first truthy ``check()`` within ``timeout`` (polled each second)."""
+    return until_sync(check, timeout, what, interval=1)
 
 
 def cali_links(lab: Lab) -> dict[str, set[str]]:
