@@ -19,13 +19,15 @@ import argparse
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
 from agentkit.backoff import Backoff
-from datastore.backend import KVStore
-from datastore.resources import Resources
+
+if TYPE_CHECKING:  # types only: agentkit imports no Tortie package (datastore uses it)
+    from datastore.backend import KVStore
+    from datastore.resources import Resources
 
 log = logging.getLogger("tortie.agent")
 

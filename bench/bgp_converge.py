@@ -27,7 +27,7 @@ its routing agent and ExaBGP) and prints, for each size,
 * release -> gone: each handle released (the emptied block is deleted from etcd), until
   the route has left the first / last other node's kernel.
 
-Targets (issue 4): median announce latency <= 200 ms, 20-node mesh up <= 10 s.
+Targets: median announce latency <= 200 ms, 20-node mesh up <= 10 s.
 """
 
 from __future__ import annotations

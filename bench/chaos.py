@@ -1,4 +1,4 @@
-"""Fault campaign (issue 15): the experiments of the issue's introduction, against a real lab,
+"""Fault campaign: the fault and bad-input experiments, against a real lab,
 bounded in time, with the figures printed.
 
     sudo .venv/bin/python bench/chaos.py [--budget 240] [--nodes 2] [--seed N]
@@ -18,7 +18,7 @@ Experiments:
 * ``etcd-kill``: ADD/DEL workers on every node while etcd is SIGKILLed, left down a moment,
   and started again (``Lab.etcd_kill`` / ``etcd_restart``).
 * ``etcd-pause``: the same with etcd frozen (SIGSTOP) for a few seconds, then SIGCONT; the
-  CNI answer during a freeze must come within the plugin's deadline (issue 15, item 6).
+  CNI answer during a freeze must come within the plugin's deadline.
 * ``node-restart``: pods on two nodes ping each other (20 packets/s both ways) while each
   node's tortie-node is restarted, SIGTERM and SIGKILL in turn.
 

@@ -20,11 +20,10 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from agentkit.backoff import Backoff
 from datastore.backend import DatastoreError, KVStore, Resync, WatchEvent
 
 log = logging.getLogger("tortie.syncer")
-
-RETRY_MIN, RETRY_MAX = 0.5, 10.0
 
 Update = Callable[[str, dict[str, Any] | None], None]
 
@@ -55,7 +54,7 @@ class Syncer:
     # --- one prefix ----------------------------------------------------------------------
 
     async def _follow(self, prefix: str) -> None:
-        delay = RETRY_MIN
+        backoff = Backoff()
         first = True
         while True:
             try:
@@ -65,7 +64,7 @@ class Syncer:
                 self._replace(prefix, {kv.key: kv.value for kv in items}, rev)
                 first = False
                 self._mark_listed(prefix)
-                delay = RETRY_MIN
+                backoff.reset()
                 async for ev in self.store.watch(prefix, rev):
                     if isinstance(ev, Resync):
                         self.resyncs += 1
@@ -80,12 +79,11 @@ class Syncer:
             except (DatastoreError, OSError) as e:
                 log.warning("datastore sync interrupted; listing again", extra={"fields": {
                     "syncer": self.name, "prefix": prefix, "error": str(e),
-                    "retry_s": f"{delay:g}"}})
+                    "retry_s": f"{backoff.delay:g}"}})
             except Exception:
                 log.exception("unexpected failure syncing; listing again",
                               extra={"fields": {"syncer": self.name, "prefix": prefix}})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
+            await asyncio.sleep(backoff.next())
 
     def _mark_listed(self, prefix: str) -> None:
         self._listed.add(prefix)

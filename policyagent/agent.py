@@ -57,7 +57,7 @@ from policyagent.nft_render import render
 
 log = logging.getLogger("tortie.policy")
 
-TABLE = "tortie"
+TABLE = nft_render.DEFAULT_TABLE
 #: The datastore kinds (plurals) the calculation consumes. (Tortie stores no Tier or
 #: ServiceAccount kind: every policy is in the default tier, ``ksa.`` profiles have only the
 #: service account's name as label.)

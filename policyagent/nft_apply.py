@@ -26,7 +26,7 @@ import threading
 from typing import Any
 
 from agentkit.netns import run_in_netns
-from policyagent.nft_render import render_table_delete
+from policyagent.nft_render import DEFAULT_TABLE, render_table_delete
 
 __all__ = ["NftError", "apply", "backend", "check", "delete_table", "list_table",
            "read_counters", "release", "run"]
@@ -221,18 +221,18 @@ def check(script: str, netns: str | None = None) -> None:
     run(["-c", "-f", "-"], netns, stdin=script)
 
 
-def delete_table(table: str = "tortie", netns: str | None = None) -> None:
+def delete_table(table: str = DEFAULT_TABLE, netns: str | None = None) -> None:
     """Delete ``table inet <table>`` (no error when it does not exist)."""
     apply(render_table_delete(table), netns)
 
 
-def list_table(table: str = "tortie", netns: str | None = None) -> dict[str, Any]:
+def list_table(table: str = DEFAULT_TABLE, netns: str | None = None) -> dict[str, Any]:
     """``nft -j list table inet <table>`` parsed."""
     result: dict[str, Any] = json.loads(run(["-j", "list", "table", "inet", table], netns))
     return result
 
 
-def read_counters(table: str = "tortie", netns: str | None = None
+def read_counters(table: str = DEFAULT_TABLE, netns: str | None = None
                   ) -> dict[str, tuple[int, int]]:
     """``{comment: (packets, bytes)}`` over every rule with a counter and a comment.
 

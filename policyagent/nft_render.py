@@ -107,6 +107,8 @@ _DECIDED = f"meta mark & {_VERDICT_BITS:#x} != 0 return"
 
 #: Host-side workload interfaces start with this (Calico's default prefix).
 WORKLOAD_PREFIX = "cali"
+#: the nftables table the policy agent owns (tortie-node --policy-table)
+DEFAULT_TABLE = "tortie"
 _FAMILY_KW = {4: "ip", 6: "ip6"}
 _NFPROTO = {4: "ipv4", 6: "ipv6"}
 _ICMP_KW = {4: "icmp", 6: "icmpv6"}
@@ -643,7 +645,7 @@ def _map_text(name: str, elements: dict[str, str]) -> str:
     return f"\tmap {name} {{\n{body}\t}}"
 
 
-def render(model: DataplaneModel, table: str = "tortie", *,
+def render(model: DataplaneModel, table: str = DEFAULT_TABLE, *,
            endpoint_to_host: str = "drop") -> str:
     """The whole table as one atomic ``nft -f`` transaction (deterministic output).
 
@@ -669,7 +671,7 @@ def render(model: DataplaneModel, table: str = "tortie", *,
     return "\n".join(parts) + "\n"
 
 
-def render_table_delete(table: str = "tortie") -> str:
+def render_table_delete(table: str = DEFAULT_TABLE) -> str:
     """Delete the table if it exists (never an error when it does not)."""
     return f"table inet {table} {{}}\ndelete table inet {table}\n"
 
@@ -725,7 +727,7 @@ def _remember(model: DataplaneModel, uses: Counter[str]) -> None:
     del _USES_CACHE[3:]
 
 
-def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = "tortie"
+def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = DEFAULT_TABLE
                        ) -> str | None:
     """One transaction taking a table rendered from ``old`` to what :func:`render` makes of
     ``new``, touching only what changed (a new pod: its two chains, perhaps a tier chain,

@@ -1,4 +1,4 @@
-"""The routing agent (issue 4): datastore + BGP -> kernel routes, tunnels, outgoing NAT.
+"""The routing agent: datastore + BGP -> kernel routes, tunnels, outgoing NAT.
 
 It mirrors IP pools, Nodes, BGPConfigurations, BGPPeers and the IPAM blocks (a block's
 affinity is in its document) with a :class:`datastore.syncer.Syncer`, and after every change

@@ -17,7 +17,7 @@ tortie``); the agent replaces that one table atomically and never touches anothe
 cali40all-ipam-pools dst -j MASQUERADE``.) Unlike Calico by default (its
 ``natOutgoingExclusions: IPPoolsAndHostIPs`` does the same), pod traffic to a node's address
 or to a BGP peer is never masqueraded: it would reach that node with another node's address,
-the address of one of its BGP peers (issue 15). Those hosts route to the pods (they learn
+the address of one of its BGP peers. Those hosts route to the pods (they learn
 their routes), so the pod's own address gets its answer.
 """
 

@@ -26,7 +26,7 @@ messages come back up.  ExaBGP dies with us (PR_SET_PDEATHSIG, armed by ``launch
 ``preexec_fn``, see :func:`start_guarded`) and exits when the relay does, so a crashed
 tortie-node never leaves an orphan holding port 179.
 
-What ExaBGP is told, and when (issue 15, item 7):
+What ExaBGP is told, and when:
 
 * Route commands name the peers they are for, and only peers whose session is up.  ExaBGP
   refuses ``announce route`` / ``withdraw route`` that match no neighbour (the first node of

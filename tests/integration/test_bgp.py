@@ -342,7 +342,7 @@ async def test_exabgp_crash_is_restarted(nodes) -> None:
     assert "10.65.1.0/26" in b.routes
 
 
-# --- issue 15, item 7: ExaBGP's first start, and commands refused while blocks churn ---------
+# --- ExaBGP's first start, and commands refused while blocks churn ---------
 
 
 async def test_announce_before_any_neighbour(nodes) -> None:

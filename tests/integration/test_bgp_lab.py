@@ -1,4 +1,4 @@
-"""Issue 4's BGP acceptance on a real lab: BIRD as an outside peer learns every block with
+"""BGP acceptance on a real lab: BIRD as an outside peer learns every block with
 the right next hop; with the mesh off and BIRD as route reflector pods still reach each
 other; restarting a node's tortie-node keeps the routes on its peer."""
 

@@ -1,4 +1,4 @@
-"""Issue 15's fault campaign, kept: the lab's fault verbs as a user types them, then a short
+"""The fault campaign, kept: the lab's fault verbs as a user types them, then a short
 run of bench/chaos.py (every experiment, a small budget) on the same lab.
 
 The campaign must find no duplicate address, no leak, no DEL left unacknowledged, and no
@@ -28,7 +28,7 @@ tortie = functools.partial(run_tortie, timeout=180)
 pytestmark = [pytest.mark.integration, tools("root")]  # namespaces
 
 REPO = Path(__file__).resolve().parents[2]
-BUDGET = 60  # seconds of experiments (issue 15: a short form in the suite)
+BUDGET = 60  # seconds of experiments (the short form in the suite)
 
 
 @pytest.fixture(scope="module")

@@ -984,7 +984,7 @@ def test_frozen_etcd_is_code_11_within_2s(node: NodeEnv, pods: Callable[..., Pod
                                           aio_loop: asyncio.AbstractEventLoop) -> None:
     """etcd stopped (SIGSTOP): ADD, DEL and CHECK answer 11, STATUS 50, within 2 s - the
     CNI path's own deadline, not the agents' etcd timeout - and the running pod keeps its
-    traffic; once etcd resumes the runtime's retry works (issue 15, item 6)."""
+    traffic; once etcd resumes the runtime's retry works."""
     running, pod = pods(), pods()
     assert add(node, running).rc == 0
     pid = etcd_pid(node)
@@ -1031,7 +1031,7 @@ BAD_ENV = [
     ("ifname-dotdot", {"CNI_IFNAME": ".."}, 4),
     ("args-no-equals", {"CNI_ARGS": "K8S_POD_NAME"}, 4),
     ("args-unknown", {"CNI_ARGS": "FOO=bar"}, 4),
-    # issue 15: no 999 after an address and a veth were made, no namespace but a pod's
+    # no 999 after an address and a veth were made, no namespace but a pod's
     ("netns-not-a-netns", {"CNI_NETNS": "/etc/passwd"}, 4),
     ("netns-a-directory", {"CNI_NETNS": "/tmp"}, 4),
     ("netns-of-the-daemon", {"CNI_NETNS": "/proc/self/ns/net"}, 4),
@@ -1228,7 +1228,7 @@ asyncio.run(main())
     assert_nothing_left(node, store, aio_loop, ref)
 
 
-# --- a verb touches only what Tortie made (issue 15) -------------------------------------------
+# --- a verb touches only what Tortie made -------------------------------------------
 
 
 def link_names(ns: str) -> list[str]:
@@ -1366,7 +1366,7 @@ def test_gc_leaves_veths_tortie_did_not_name(node: NodeEnv, store: Store,
             sh("ip", "-n", node.netns, "link", "del", name, check=False)
 
 
-# --- hostile input: a spec error, never a traceback, nothing made (issue 15) -------------------
+# --- hostile input: a spec error, never a traceback, nothing made -------------------
 
 
 def test_hostile_stdin_through_the_executable(node: NodeEnv, pods: Callable[..., PodRef],

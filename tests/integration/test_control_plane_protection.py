@@ -1,4 +1,4 @@
-"""Workloads never reach the control plane (issue 15, item 2), with real packets in a lab.
+"""Workloads never reach the control plane, with real packets in a lab.
 
 One two-node lab for the module (flat underlay, the default pool with natOutgoing): etcd on
 the fabric (192.0.2.1:2379, https, client certificates from the lab's CA), ExaBGP on every

@@ -1,4 +1,4 @@
-"""Issue 6, through a real container runtime: the lab's runtime mode, where pods are pod
+"""Pod networking through a real container runtime: the lab's runtime mode, where pods are pod
 sandboxes of Debian's containerd (runc) made through its CRI exactly as kubelet makes them,
 and containerd runs Tortie from the node's conflist with kubelet's CNI_ARGS."""
 

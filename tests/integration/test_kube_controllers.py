@@ -454,7 +454,7 @@ async def _affine(store: Store, node: str) -> list[str]:
 
 
 async def test_removed_node_gives_back_addresses_tunnel_and_blocks(store: Store) -> None:
-    """Regression (issue 10): a node deleted from Kubernetes kept its tunnel address, its
+    """Regression: a node deleted from Kubernetes kept its tunnel address, its
     pods' addresses (for the whole leakGracePeriod) and so its blocks and affinities for
     ever.  Now, as in Calico, once its pods are gone they are released at once, then its
     tunnel address, blocks and host document -- and not while one of its pods exists, nor

@@ -1,4 +1,4 @@
-"""Issue 10, acceptance 3 and 4: tortie-kube-controllers against a real kube-apiserver, and the
+"""tortie-kube-controllers against a real kube-apiserver, and the
 kind manifests against that API server.  A 3-node lab with a real Kubernetes
 (``tortie lab up --kubernetes``) whose pool uses VXLAN, so every node holds a tunnel address:
 

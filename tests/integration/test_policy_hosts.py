@@ -272,7 +272,7 @@ def test_seed_003_auto_host_endpoints(clean: Env) -> None:
         assert e.tcp(n2.netns, n1.address, 8888)
         # in the article the pod gets in too: natOutgoing masquerades it to its node's
         # address, a kubernetes-host's expectedIP. Tortie never masquerades pod traffic to a
-        # node (issue 15: it would arrive from a BGP peer's address), so the pod arrives as
+        # node (it would arrive from a BGP peer's address), so the pod arrives as
         # itself, which this policy does not admit
         assert e.tcp(busybox, n1.address, 8888, want=False)
 

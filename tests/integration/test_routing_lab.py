@@ -1,4 +1,4 @@
-"""Issue 4's acceptance on real labs: tortie-node's routing agent with ExaBGP in every node.
+"""Routing acceptance on real labs: tortie-node's routing agent with ExaBGP in every node.
 
 * 3 nodes, one subnet, no encapsulation: every pod reaches every pod; each node's routes to
   remote blocks carry protocol 80, came from BGP and point at the owner; natOutgoing; a full

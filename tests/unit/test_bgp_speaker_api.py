@@ -1,5 +1,5 @@
 """The speaker's use of ExaBGP's API against a fake ExaBGP that behaves like ExaBGP 5's
-reactor where it matters (issue 15, item 7), deterministically:
+reactor where it matters, deterministically:
 
 * a route command that matches no configured neighbour is answered ``error``;
 * ``reload`` is answered ``done`` at once and applied before the next command is handled,

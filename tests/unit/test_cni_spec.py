@@ -102,7 +102,7 @@ def test_required_variables_per_command(command: str) -> None:
     ("CNI_IFNAME", "eth\x010", "CNI_IFNAME"),
     ("CNI_IFNAME", "\u00e9" * 8, "CNI_IFNAME"),  # 8 characters, 16 bytes
     ("CNI_IFNAME", "eth\udcff", "CNI_IFNAME"),  # not UTF-8
-    # kubelet's names: checked here, before anything is allocated (issue 15)
+    # kubelet's names: checked here, before anything is allocated
     ("CNI_ARGS", "K8S_POD_NAMESPACE=../../x;K8S_POD_NAME=web", "K8S_POD_NAMESPACE"),
     ("CNI_ARGS", "K8S_POD_NAMESPACE=Shop;K8S_POD_NAME=web", "K8S_POD_NAMESPACE"),
     ("CNI_ARGS", "K8S_POD_NAMESPACE=" + "a" * 64 + ";K8S_POD_NAME=web", "K8S_POD_NAMESPACE"),
@@ -476,7 +476,7 @@ GOOD_STDIN = {"cniVersion": "1.0.0", "name": "net", "type": "tortie"}
 def test_plugin_answers_every_input_with_a_spec_error(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], case: str,
         stdin: bytes, env: dict[str, str] | None, code: int) -> None:
-    """Issue 15: tracebacks with an empty stdout for deep nesting (RecursionError) and for
+    """Regression: tracebacks with an empty stdout for deep nesting (RecursionError) and for
     ``"timeout": Infinity`` (OverflowError); code 11 for a 16 MB configuration."""
     rc, out = run_plugin_main(monkeypatch, capsys, stdin, env)
     assert rc == 1

@@ -1,4 +1,4 @@
-"""Protected host ports (issue 15): workloads reach the datastore and BGP ports of a host only
+"""Protected host ports: workloads reach the datastore and BGP ports of a host only
 through an allow rule that names the port. The knob, the calculation and the nft rules (pure;
 ``nft -c`` checks the syntax when it can run in a private namespace)."""
 

@@ -7,19 +7,19 @@ from typing import Any
 import pytest
 
 from ipam.blocks import Block
-from routing import desired as dz
+from routing import desired
 from routing.bgp.api import LearnedRoute
 from routing.nat import render
 
 
 def pool(cidr: str = "10.244.0.0/16", **spec: Any) -> Any:
-    return dz.parse_pool({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+    return desired.parse_pool({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
                           "metadata": {"name": f"p-{cidr.replace('/', '-')}"},
                           "spec": {"cidr": cidr, **spec}})
 
 
-def node(name: str, cidr: str, **spec: Any) -> dz.NodeInfo:
-    return dz.parse_node({"apiVersion": "projectcalico.org/v3", "kind": "Node",
+def node(name: str, cidr: str, **spec: Any) -> desired.NodeInfo:
+    return desired.parse_node({"apiVersion": "projectcalico.org/v3", "kind": "Node",
                           "metadata": {"name": name},
                           "spec": {"bgp": {"ipv4Address": cidr}, **spec}})
 
@@ -52,24 +52,24 @@ def test_announces_owned_blocks_and_borrowed_addresses() -> None:
     blocks = [block("10.244.1.0/26", "n1"),
               block("10.244.2.0/26", "n2", {"10.244.2.5": "n1", "10.244.2.6": "n2"}),
               block("10.244.9.0/26", "n3")]
-    got = dz.announcements(ME, [pool()], blocks)
+    got = desired.announcements(ME, [pool()], blocks)
     assert got == {"10.244.1.0/26": "192.0.2.11", "10.244.2.5/32": "192.0.2.11"}
 
 
 def test_disable_bgp_export_is_not_announced() -> None:
     blocks = [block("10.244.1.0/26", "n1"), block("10.99.0.0/26", "n1")]
-    got = dz.announcements(ME, [pool(), pool("10.99.0.0/16", disableBGPExport=True)], blocks)
+    got = desired.announcements(ME, [pool(), pool("10.99.0.0/16", disableBGPExport=True)], blocks)
     assert got == {"10.244.1.0/26": "192.0.2.11"}
 
 
 def test_blackhole_per_owned_block_and_direct_routes_when_unencapsulated() -> None:
     blocks = [block("10.244.1.0/26", "n1"), block("10.244.1.64/26", "n1")]
-    d = dz.compute(ME, NODES, [pool()], blocks,
+    d = desired.compute(ME, NODES, [pool()], blocks,
                    learnt(("10.244.2.0/26", "192.0.2.12"), ("10.244.3.0/26", "198.51.100.13")))
     assert d.routes["10.244.1.0/26"].kind == "blackhole"
     assert d.routes["10.244.1.64/26"].kind == "blackhole"
-    assert d.routes["10.244.2.0/26"] == dz.Route("10.244.2.0/26", "direct", "192.0.2.12")
-    assert d.routes["10.244.3.0/26"] == dz.Route("10.244.3.0/26", "direct", "198.51.100.13")
+    assert d.routes["10.244.2.0/26"] == desired.Route("10.244.2.0/26", "direct", "192.0.2.12")
+    assert d.routes["10.244.3.0/26"] == desired.Route("10.244.3.0/26", "direct", "198.51.100.13")
     assert not d.vxlan_needed and not d.vxlan_peers
 
 
@@ -79,14 +79,14 @@ def test_blackhole_per_owned_block_and_direct_routes_when_unencapsulated() -> No
     ("Never", "direct", "direct"),
 ])
 def test_vxlan_modes(mode: str, same_kind: str, other_kind: str) -> None:
-    d = dz.compute(ME, NODES, [pool(vxlanMode=mode)], [],
+    d = desired.compute(ME, NODES, [pool(vxlanMode=mode)], [],
                    learnt(("10.244.2.0/26", "192.0.2.12"), ("10.244.3.0/26", "198.51.100.13")))
     assert d.routes["10.244.2.0/26"].kind == same_kind
     assert d.routes["10.244.3.0/26"].kind == other_kind
     if other_kind == "vxlan":
         r = d.routes["10.244.3.0/26"]
-        assert (r.gateway, r.device, r.onlink) == ("10.244.3.0", dz.VXLAN_DEVICE, True)
-        assert d.vxlan_peers["n3"] == dz.VXLANPeer("n3", "10.244.3.0", "02:00:00:00:00:03",
+        assert (r.gateway, r.device, r.onlink) == ("10.244.3.0", desired.VXLAN_DEVICE, True)
+        assert d.vxlan_peers["n3"] == desired.VXLANPeer("n3", "10.244.3.0", "02:00:00:00:00:03",
                                                    "198.51.100.13")
     assert d.vxlan_needed == (mode != "Never")
 
@@ -94,17 +94,17 @@ def test_vxlan_modes(mode: str, same_kind: str, other_kind: str) -> None:
 @pytest.mark.parametrize(("mode", "same_kind", "other_kind"), [
     ("Always", "ipip", "ipip"), ("CrossSubnet", "direct", "ipip")])
 def test_ipip_modes(mode: str, same_kind: str, other_kind: str) -> None:
-    d = dz.compute(ME, NODES, [pool(ipipMode=mode)], [],
+    d = desired.compute(ME, NODES, [pool(ipipMode=mode)], [],
                    learnt(("10.244.2.0/26", "192.0.2.12"), ("10.244.3.0/26", "198.51.100.13")))
     assert d.routes["10.244.2.0/26"].kind == same_kind
     r = d.routes["10.244.3.0/26"]
-    assert (r.kind, r.gateway, r.device) == (other_kind, "198.51.100.13", dz.IPIP_DEVICE)
+    assert (r.kind, r.gateway, r.device) == (other_kind, "198.51.100.13", desired.IPIP_DEVICE)
     assert d.ipip_needed
 
 
 def test_vxlan_peer_without_vtep_falls_back_to_direct_and_says_why() -> None:
     bare = node("n4", "198.51.100.14/24")
-    d = dz.compute(ME, {**NODES, "n4": bare}, [pool(vxlanMode="Always")], [],
+    d = desired.compute(ME, {**NODES, "n4": bare}, [pool(vxlanMode="Always")], [],
                    learnt(("10.244.4.0/26", "198.51.100.14")))
     assert d.routes["10.244.4.0/26"].kind == "direct"
     assert any("n4" in s for s in d.skipped)
@@ -112,7 +112,7 @@ def test_vxlan_peer_without_vtep_falls_back_to_direct_and_says_why() -> None:
 
 def test_own_blocks_win_over_learnt_and_own_next_hop_is_ignored() -> None:
     blocks = [block("10.244.1.0/26", "n1")]
-    d = dz.compute(ME, NODES, [pool()], blocks,
+    d = desired.compute(ME, NODES, [pool()], blocks,
                    learnt(("10.244.1.0/26", "192.0.2.12"), ("10.244.7.0/26", "192.0.2.11")))
     assert d.routes["10.244.1.0/26"].kind == "blackhole"
     assert "10.244.7.0/26" not in d.routes
@@ -120,33 +120,33 @@ def test_own_blocks_win_over_learnt_and_own_next_hop_is_ignored() -> None:
 
 def test_borrowed_address_of_a_peer_is_routed_via_it_inside_our_block() -> None:
     blocks = [block("10.244.1.0/26", "n1", {"10.244.1.9": "n2"})]
-    d = dz.compute(ME, NODES, [pool()], blocks, learnt(("10.244.1.9/32", "192.0.2.12")))
-    assert d.routes["10.244.1.9/32"] == dz.Route("10.244.1.9/32", "direct", "192.0.2.12")
+    d = desired.compute(ME, NODES, [pool()], blocks, learnt(("10.244.1.9/32", "192.0.2.12")))
+    assert d.routes["10.244.1.9/32"] == desired.Route("10.244.1.9/32", "direct", "192.0.2.12")
     assert d.routes["10.244.1.0/26"].kind == "blackhole"
     assert "10.244.1.9/32" not in d.announce
 
 
 def test_routes_outside_pools_are_direct() -> None:
-    d = dz.compute(ME, NODES, [pool(vxlanMode="Always")], [],
+    d = desired.compute(ME, NODES, [pool(vxlanMode="Always")], [],
                    learnt(("172.16.0.0/24", "192.0.2.12")))
     assert d.routes["172.16.0.0/24"].kind == "direct"
 
 
 def test_same_subnet() -> None:
-    assert dz.same_subnet(ME, SAME)
-    assert not dz.same_subnet(ME, OTHER)
-    assert not dz.same_subnet(ME, dz.NodeInfo("x"))
+    assert desired.same_subnet(ME, SAME)
+    assert not desired.same_subnet(ME, OTHER)
+    assert not desired.same_subnet(ME, desired.NodeInfo("x"))
 
 
 def test_vtep_mac_is_stable_local_unicast() -> None:
-    mac = dz.vtep_mac("node1")
-    assert mac == dz.vtep_mac("node1") != dz.vtep_mac("node2")
+    mac = desired.vtep_mac("node1")
+    assert mac == desired.vtep_mac("node1") != desired.vtep_mac("node2")
     first = int(mac.split(":")[0], 16)
     assert first & 0x02 and not first & 0x01
 
 
 def test_masquerade_sets_and_nat_table() -> None:
-    masq, every = dz.masquerade_sets([pool(natOutgoing=True), pool("10.99.0.0/16")])
+    masq, every = desired.masquerade_sets([pool(natOutgoing=True), pool("10.99.0.0/16")])
     assert masq == ["10.244.0.0/16"] and every == ["10.244.0.0/16", "10.99.0.0/16"]
     script = render(masq, every, ["192.0.2.11", "192.0.2.12"])
     assert "table ip tortie-nat" in script and "inet" not in script
@@ -157,7 +157,7 @@ def test_masquerade_sets_and_nat_table() -> None:
 
 def test_never_masqueraded_nodes_and_bgp_peers() -> None:
     """Pod traffic to a node (any of its addresses) or a BGP peer keeps the pod's address: it
-    must never reach them as another node, one of their BGP peers (issue 15)."""
+    must never reach them as another node, one of their BGP peers."""
     from datastore.model_bgp import BGPPeer
     from datastore.model_network import Node
 
@@ -171,7 +171,7 @@ def test_never_masqueraded_nodes_and_bgp_peers() -> None:
              for name, spec in (("tor", {"peerIP": "192.0.2.254:1179", "asNumber": 65001}),
                                 ("v6", {"peerIP": "fd00::1", "asNumber": 65001}),
                                 ("mesh", {"peerSelector": "all()"}))]
-    assert dz.never_masqueraded([n], peers) == ["10.244.7.0", "192.0.2.11", "192.0.2.254",
+    assert desired.never_masqueraded([n], peers) == ["10.244.7.0", "192.0.2.11", "192.0.2.254",
                                                 "198.51.100.11"]
 
 
@@ -181,7 +181,7 @@ def test_block_signature_ignores_the_owners_own_pods_only() -> None:
     borrowed = block("10.244.1.0/26", "n1", {"10.244.1.6": "n2"})
     vtep = Block.new("10.244.1.0/26", "host:n1")
     vtep.assign_ip("10.244.1.0", {"handle": "vxlan-tunnel-addr-n1", "node": "n1"})
-    assert dz.block_signature(base) == dz.block_signature(own)
-    assert dz.block_signature(base) != dz.block_signature(borrowed)
-    assert dz.block_signature(base) != dz.block_signature(vtep)
-    assert dz.block_signature(base) != dz.block_signature(block("10.244.1.0/26", "n2"))
+    assert desired.block_signature(base) == desired.block_signature(own)
+    assert desired.block_signature(base) != desired.block_signature(borrowed)
+    assert desired.block_signature(base) != desired.block_signature(vtep)
+    assert desired.block_signature(base) != desired.block_signature(block("10.244.1.0/26", "n2"))
