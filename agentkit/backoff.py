@@ -1,4 +1,10 @@
-"""Exponential back-off between retries: ``first``, twice that, ... up to ``cap`` seconds."""
+"""Exponential back-off between retries: ``first``, twice that, ... up to ``cap`` seconds.
+
+Kept here rather than taken from a retry library (``tenacity``, ``backoff``): those wrap a
+call in a decorator and retry it, while Tortie's loops (the agent supervisor, the syncer,
+the registrar, the work queue) run forever, reset after a success, and log the next delay;
+a 30-line class says that more plainly than an adapter around a decorator would.
+"""
 
 from __future__ import annotations
 

@@ -73,16 +73,16 @@ async def test_create_and_get_carry_revisions(kv: KVStore) -> None:
 
 async def test_values_are_copies_and_must_be_dicts(kv: KVStore) -> None:
     value = {"list": [1, 2], "tuple": (3, 4)}
-    await kv.put(P + "a", value)  # type: ignore[dict-item]
-    value["list"].append(99)  # type: ignore[attr-defined]
+    await kv.put(P + "a", value)
+    value["list"].append(99)
     got = await kv.get(P + "a")
     assert got.value == {"list": [1, 2], "tuple": [3, 4]}  # stored as JSON
     got.value["list"].append(5)
     assert (await kv.get(P + "a")).value["list"] == [1, 2]
     with pytest.raises(TypeError):
-        await kv.put(P + "b", ["not", "a", "dict"])  # type: ignore[arg-type]
+        await kv.put(P + "b", ["not", "a", "dict"])
     with pytest.raises(TypeError):
-        await kv.create(P + "b", "text")  # type: ignore[arg-type]
+        await kv.create(P + "b", "text")
 
 
 async def test_create_existing_raises_already_exists(kv: KVStore) -> None:

@@ -447,7 +447,7 @@ async def test_check(node: Node) -> None:
     conf = netconf(prevResult=pod.result)
     assert await node.run("CHECK", pod, conf=conf) == {"ok": True, "result": None}
     # a prevResult that does not match the reservation
-    other = {**pod.result, "ips": [{"address": "10.77.0.250/32", "interface": 1}]}  # type: ignore[dict-item]
+    other = {**pod.result, "ips": [{"address": "10.77.0.250/32", "interface": 1}]}
     r = await node.run("CHECK", pod, conf=netconf(prevResult=other))
     assert code(r) == ERR_INTERNAL and "IPAM holds" in r["error"]["details"]
     # the endpoint goes

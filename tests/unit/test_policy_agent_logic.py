@@ -301,7 +301,7 @@ def test_no_policy_flag_turns_the_agent_off() -> None:
     from policyagent.agent import make_agent
 
     def ctx(argv: list[str]) -> NodeContext:
-        return NodeContext(node="n", store=None, resources=None,  # type: ignore[arg-type]
+        return NodeContext(node="n", store=None, resources=None,
                            metrics=new_registry(), args=parse_args(["--node-name", "n", *argv]))
 
     assert make_agent(ctx(["--no-policy"])) is None
