@@ -128,6 +128,15 @@ def lab_dir(name: str) -> Path:
     return LAB_ROOT / name
 
 
+def _bridge_mac(subnet: int) -> str:
+    """A fixed MAC for fabric bridge ``subnet``.  Without one a Linux bridge takes the lowest
+    MAC of its ports and changes it when that port leaves: every node's ARP entry for the
+    fabric (etcd, the API server) then points at a MAC nobody answers to, and their TCP
+    streams stall for seconds until the entry is probed again (seen when a node was removed:
+    the others' etcd watches timed out and missed a Node deletion for 8 s)."""
+    return f"02:00:5e:10:00:{subnet:02x}"
+
+
 def _prefix(name: str) -> str:
     return f"tl-{name}-"
 
@@ -225,14 +234,16 @@ class Lab:
     def _up_fabric(self, st: LabState) -> None:
         self.progress(f"fabric: namespace {st.fabric}, bridge br0 {FABRIC_IP}/24")
         netns.add_netns(st.fabric, forwarding=True)
-        netns.ip("link", "add", "br0", "type", "bridge", ns=st.fabric)
+        netns.ip("link", "add", "br0", "address", _bridge_mac(0), "type", "bridge",
+                 ns=st.fabric)
         netns.ip("addr", "add", f"{FABRIC_IP}/{UNDERLAY.prefixlen}", "dev", "br0",
                  ns=st.fabric)
         netns.ip("link", "set", "br0", "up", ns=st.fabric)
         for k in range(1, st.subnets):  # the fabric routes between the subnets
             br, net = underlay.bridge(k), underlay.subnet(k)
             self.progress(f"fabric: bridge {br} {underlay.gateway(k)}/{net.prefixlen}")
-            netns.ip("link", "add", br, "type", "bridge", ns=st.fabric)
+            netns.ip("link", "add", br, "address", _bridge_mac(k), "type", "bridge",
+                     ns=st.fabric)
             netns.ip("addr", "add", f"{underlay.gateway(k)}/{net.prefixlen}", "dev", br,
                      ns=st.fabric)
             netns.ip("link", "set", br, "up", ns=st.fabric)
