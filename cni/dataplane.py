@@ -63,6 +63,11 @@ class Dataplane(Protocol):
         there); whether one was deleted."""
         ...
 
+    def forget_pod_routing(self, netns_path: str, ifname: str) -> int:
+        """Delete the source rules of the secondary interface ``ifname`` in the pod's
+        namespace; how many (0 for the primary interface, or when the namespace is gone)."""
+        ...
+
     def check_veth(self, host_name: str, netns_path: str, ifname: str,
                    ipv4: Sequence[str] = (), ipv6: Sequence[str] = (), mtu: int | None = None,
                    container_mac: str | None = None) -> list[str]:
@@ -97,6 +102,9 @@ class NetlinkDataplane:
 
     def teardown_veth(self, host_name: str, peer_netns: str | None = None) -> bool:
         return netlink.teardown_veth(host_name, peer_netns)
+
+    def forget_pod_routing(self, netns_path: str, ifname: str) -> int:
+        return netlink.forget_pod_routing(netns_path, ifname)
 
     def check_veth(self, host_name: str, netns_path: str, ifname: str,
                    ipv4: Sequence[str] = (), ipv6: Sequence[str] = (), mtu: int | None = None,
@@ -241,6 +249,13 @@ class MemoryDataplane:
             self.calls.append(("teardown", host_name))
             self._delete(link)
             return True
+
+    def forget_pod_routing(self, netns_path: str, ifname: str) -> int:
+        with self._lock:
+            if netlink.is_primary(ifname) or netns_path not in self.namespaces:
+                return 0
+            self.calls.append(("forget_routing", f"{netns_path}:{ifname}"))
+            return 1
 
     def check_veth(self, host_name: str, netns_path: str, ifname: str,
                    ipv4: Sequence[str] = (), ipv6: Sequence[str] = (), mtu: int | None = None,

@@ -9,7 +9,8 @@ ADD
     -> choose pools (:func:`ipam.pools.select_pools`: pod annotation > namespace annotation
     > ``ipam.ipv4_pools`` > pools selecting the node) or the requested addresses
     (``cni.projectcalico.org/ipAddrs`` / ``CNI_ARGS IP=``) -> allocate with handle
-    ``tortie.<containerID>`` -> veth (:class:`cni.dataplane.Dataplane`) -> WorkloadEndpoint
+    ``tortie.<containerID>`` (``tortie.<containerID>.<ifname>`` for an interface other than
+    eth0) -> veth (:class:`cni.dataplane.Dataplane`) -> WorkloadEndpoint
     ``<node>-k8s-<pod>-<ifname>`` -> ``on_endpoint_ready`` (the policy agent's hook) ->
     result.  Any failure after allocation rolls everything back.  An ADD repeated for a
     container that is fully set up returns the same result again.
@@ -20,8 +21,15 @@ CHECK
     compares prevResult, the IPAM reservation of the handle, the WorkloadEndpoint, and the
     veth / addresses / routes in the kernel; any difference is an error listing them all.
 GC
-    releases every ``tortie.*`` handle allocated by this node whose container is not in
-    ``cni.dev/valid-attachments``, with its endpoint and host veth.
+    releases every ``tortie.*`` handle allocated by this node whose attachment (container
+    and interface) is not in ``cni.dev/valid-attachments``, with its endpoint and host veth.
+
+Every verb works on one attachment, (``CNI_CONTAINERID``, ``CNI_IFNAME``): a pod can have
+several (Multus, a second network), each with its own handle, host veth
+(:func:`cni.netlink.host_veth_name` hashes ``<namespace>.<pod>.<ifname>`` for an interface
+other than eth0), endpoint and, in the pod, routes: eth0 has the default route, any other
+interface a routing table of its own selected by its source addresses
+(docs/pod-networking.md).  DEL of one attachment leaves the others alone.
 STATUS
     code 50 when etcd is unreachable or no pool can serve this node.
 
@@ -94,6 +102,12 @@ from datastore.model_network import IPPool, Node
 from datastore.resources import ResourceExists, Resources
 from ipam.allocator import IPAM
 from ipam.blocks import IPAMError
+from ipam.handles import (
+    PRIMARY_IFNAME,
+    is_workload_handle,
+    parse_workload_handle,
+    workload_handle,
+)
 from ipam.handles import WORKLOAD_HANDLE_PREFIX as HANDLE_PREFIX
 from ipam.pools import (
     CNI_POOL_KEYS,
@@ -137,9 +151,10 @@ _NODE = by_plural("nodes")
 _NAME_CLEAN = re.compile(r"[^a-z0-9.-]")
 
 
-def handle_id(container_id: str) -> str:
-    """The IPAM handle of a container's addresses."""
-    return HANDLE_PREFIX + container_id
+def handle_id(container_id: str, ifname: str = PRIMARY_IFNAME) -> str:
+    """The IPAM handle of one attachment's addresses (:func:`ipam.handles.workload_handle`:
+    ``tortie.<containerID>`` for eth0, ``tortie.<containerID>.<ifname>`` otherwise)."""
+    return workload_handle(container_id, ifname)
 
 
 def _escape(part: str) -> str:
@@ -396,7 +411,7 @@ class CNIHandler:
 
     def _host_name(self, env: CNIEnv) -> str:
         return netlink.host_veth_name(self.interface_prefix, env.pod_namespace, env.pod_name,
-                                      env.container_id)
+                                      env.container_id, env.ifname)
 
     async def _sandbox(self, env: CNIEnv, *, may_be_gone: bool = False) -> str | None:
         """``CNI_NETNS`` checked to be a pod's network namespace: code 4 when it is not one,
@@ -493,7 +508,7 @@ class CNIHandler:
         await self._sandbox(env)
         if not ipam_only:
             self._check_names(env)
-        handle = handle_id(env.container_id)
+        handle = handle_id(env.container_id, env.ifname)
         host_name = self._host_name(env)
         wep_ns, wep_name = self._wep_ref(env)
 
@@ -592,7 +607,7 @@ class CNIHandler:
                           wep: WorkloadEndpoint) -> Result | None:
         """The result again if this container is fully set up already, else None."""
         ips = [ipaddress.ip_interface(n).ip for n in wep.spec.ipNetworks or []]
-        held = await self.ipam.ips_by_handle(handle_id(env.container_id))
+        held = await self.ipam.ips_by_handle(handle_id(env.container_id, env.ifname))
         if not ips or sorted(map(str, ips)) != sorted(held):
             return None
         mtu = await self._mtu_for(conf)
@@ -698,7 +713,7 @@ class CNIHandler:
         return True, wep
 
     async def _del(self, env: CNIEnv, ipam_only: bool, info: RequestInfo) -> None:
-        handle = handle_id(env.container_id)
+        handle = handle_id(env.container_id, env.ifname)
         if ipam_only:
             released = await self.ipam.release_by_handle(handle)
         else:
@@ -722,6 +737,9 @@ class CNIHandler:
                     await asyncio.to_thread(self.dataplane.teardown_veth, self._host_name(env),
                                             netns)
                 # else nothing proves a link is this container's (GC removes strays)
+                if netns is not None:  # a secondary interface's source rules in the pod
+                    await asyncio.to_thread(self.dataplane.forget_pod_routing, netns,
+                                            env.ifname)
 
             async def remove_wep() -> None:
                 if wep is not None and ours:
@@ -753,9 +771,10 @@ class CNIHandler:
         prev_ips = sorted((ip.ip for ip in prev.ips
                            if idx is None or ip.interface in (None, idx)),
                           key=_ip_key)
-        held = await self.ipam.ips_by_handle(handle_id(env.container_id))
+        handle = handle_id(env.container_id, env.ifname)
+        held = await self.ipam.ips_by_handle(handle)
         if held != prev_ips:
-            problems.append(f"IPAM holds {held or 'nothing'} for {handle_id(env.container_id)}, "
+            problems.append(f"IPAM holds {held or 'nothing'} for {handle}, "
                             f"prevResult has {prev_ips or 'nothing'}")
         if not ipam_only:
             wep_ns, wep_name = self._wep_ref(env)
@@ -795,44 +814,49 @@ class CNIHandler:
     # --- GC ---------------------------------------------------------------------------------
 
     async def _gc(self, conf: NetConf, ipam_only: bool) -> None:
-        valid = {cid for cid, _ in parse_valid_attachments(conf)}
+        """Per attachment: a handle (``tortie.<cid>`` for eth0, ``tortie.<cid>.<ifname>``
+        otherwise) or endpoint of this node that no valid attachment names goes."""
+        valid = {handle_id(cid, ifname) for cid, ifname in parse_valid_attachments(conf)}
         handles = await self.ipam.handles_on_node(self.node)
         weps: list[WorkloadEndpoint] = [] if ipam_only else [
             w for w in await self.resources.list(_WEP) if w.spec.node == self.node]
-        doomed: set[str] = set()
-        for handle in handles:
-            if handle.startswith(HANDLE_PREFIX):
-                doomed.add(handle[len(HANDLE_PREFIX):])
+        doomed = {h for h in handles if is_workload_handle(h)}
+        wep_handles: dict[str, list[WorkloadEndpoint]] = {}
         for w in weps:
             if w.spec.containerID:
-                doomed.add(w.spec.containerID)
+                h = handle_id(w.spec.containerID, w.spec.endpoint or PRIMARY_IFNAME)
+                wep_handles.setdefault(h, []).append(w)
+                doomed.add(h)
         doomed |= await self._handles_only_in_documents()
         doomed -= valid
-        for cid in sorted(doomed):
-            if cid in self._inflight:
-                continue  # an ADD/DEL is running for it right now: not garbage
+        for handle in sorted(doomed):
+            if any(parse_workload_handle(handle, cid) is not None for cid in self._inflight):
+                continue  # an ADD/DEL is running for its container right now: not garbage
+            parsed = parse_workload_handle(handle)
+            if parsed is None:
+                continue
+            cid, ifname = parsed
             async with self._locks.hold(f"ctr:{cid}"):
-                for w in weps:
-                    if w.spec.containerID != cid:
-                        continue
+                for w in wep_handles.get(handle, []):
                     deleted, _ = await self._delete_wep_if_ours(
-                        str(w.metadata.namespace), w.name, cid)
+                        str(w.metadata.namespace), w.name, str(w.spec.containerID))
                     host_name = self._recorded_host_name(w) if deleted else None
                     if host_name is not None:
                         await asyncio.to_thread(self.dataplane.teardown_veth, host_name)
-                released = await self.ipam.release_by_handle(handle_id(cid))
-                log.info("GC released a stale attachment",
-                         extra={"fields": {"container": cid, "ip": ",".join(released)}})
+                released = await self.ipam.release_by_handle(handle)
+                log.info("GC released a stale attachment", extra={"fields": {
+                    "container": cid, "interface": ifname, "handle": handle,
+                    "ip": ",".join(released)}})
         if not ipam_only:
             await self._gc_stray_links()
 
     async def _handles_only_in_documents(self) -> set[str]:
-        """Containers whose handle document points only at this node's blocks: includes
+        """Workload handles whose document points only at this node's blocks: includes
         what a crash between "handle written" and "block written" leaves (a handle that
         no block holds, which the block scan of ``handles_on_node`` cannot see)."""
-        return {handle[len(HANDLE_PREFIX):]
+        return {handle
                 for handle in await self.ipam.handles_recorded_only_in_blocks_of(self.node)
-                if handle.startswith(HANDLE_PREFIX)}
+                if is_workload_handle(handle)}
 
     async def _gc_stray_links(self) -> None:
         """Remove host veths no endpoint of this node owns: what an ADD interrupted by a
@@ -897,10 +921,12 @@ def _json_list(items: Sequence[str]) -> str:
 
 def _veth_result(host_name: str, env: CNIEnv, mac: str, mtu: int, ips: Sequence[str],
                  conf: NetConf) -> Result:
-    routes: list[Route] = []
-    if any(ipaddress.ip_address(ip).version == 4 for ip in ips):
+    routes: list[Route] = []  # the main table's: a secondary interface adds none there
+    if netlink.is_primary(env.ifname) and any(
+            ipaddress.ip_address(ip).version == 4 for ip in ips):
         routes.append(Route("0.0.0.0/0", netlink.GATEWAY_V4))
-    if any(ipaddress.ip_address(ip).version == 6 for ip in ips):
+    if netlink.is_primary(env.ifname) and any(
+            ipaddress.ip_address(ip).version == 6 for ip in ips):
         routes.append(Route("::/0", netlink.GATEWAY_V6))
     return Result(
         interfaces=[Interface(host_name, netlink.HOST_MAC, mtu=mtu),

@@ -12,6 +12,19 @@ Layout (host = the namespace the daemon runs in)::
 The pod sends everything to 169.254.1.1, an address nobody has: the host veth answers the
 ARP request by proxy ARP, so every packet from the pod reaches the host's routing table.
 
+A pod can have more interfaces than its primary ``eth0`` (Multus, a second network): each
+is a veth pair of its own (host name hashed from ``<namespace>.<pod>.<ifname>``).  A
+secondary interface must not take the pod's default route from ``eth0``, so its routes go
+to a routing table of its own (:func:`secondary_table`) that a source rule selects::
+
+    net1  10.0.0.9/32
+    1000:  from 10.0.0.9 lookup <table of net1>        (from fd00::9 too)
+    169.254.1.1 dev net1 table <T> scope link
+    default via 169.254.1.1 dev net1 table <T>         (v6: via fe80::ecee:eeff:feee:eeee)
+
+Traffic whose source is the secondary interface's address (replies to what arrived on it,
+sockets bound to it) leaves through it; everything else follows ``eth0``'s default route.
+
 All functions are synchronous and must run on a thread without a running event loop (the
 daemon uses ``asyncio.to_thread``): pyroute2's ``IPRoute`` drives its own loop.  Work inside a
 pod's namespace runs on a fresh thread that ``setns()``-es into it and then exits, so no
@@ -26,6 +39,7 @@ import errno
 import hashlib
 import ipaddress
 import os
+import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -42,6 +56,7 @@ from agentkit.netns import (
     run_in_netns,
     write_sysctl,
 )
+from ipam.handles import PRIMARY_IFNAME
 
 __all__ = [
     "GATEWAY_V4",
@@ -54,14 +69,17 @@ __all__ = [
     "check_veth",
     "default_mtu",
     "first_global_ipv4",
+    "forget_pod_routing",
     "host_netns_identities",
     "host_veth_name",
     "host_veths",
     "is_host_veth_name",
+    "is_primary",
     "link_exists",
     "netns_identity",
     "netns_link_exists",
     "run_in_netns",
+    "secondary_table",
     "setup_veth",
     "teardown_veth",
 ]
@@ -76,6 +94,10 @@ RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RT_TABLE_MAIN = 254
 IFF_UP = 0x1
+#: priority of the source rules of secondary interfaces (after ``local``, before ``main``)
+SECONDARY_RULE_PRIORITY = 1000
+#: secondary interfaces' routing tables: base + a hash of the interface name
+SECONDARY_TABLE_BASE = 1_000_000
 
 class NetlinkFailure(NetnsError):
     """A netlink operation failed; the message says which and why.  A
@@ -84,12 +106,16 @@ class NetlinkFailure(NetnsError):
 
 
 def host_veth_name(prefix: str, namespace: str | None, pod: str | None,
-                   container_id: str) -> str:
-    """Calico's host-side name: prefix + sha1("<namespace>.<pod>") hex, 15 characters.
+                   container_id: str, ifname: str = PRIMARY_IFNAME) -> str:
+    """Calico's host-side name: prefix + sha1("<namespace>.<pod>") hex, 15 characters, for
+    the primary interface; sha1("<namespace>.<pod>.<ifname>") for any other.
 
-    Without a Kubernetes pod identity the container ID is hashed instead.
+    Without a Kubernetes pod identity the container ID is hashed instead (with
+    ``.<ifname>`` for an interface other than the primary one).
     """
     key = f"{namespace}.{pod}" if namespace and pod else container_id
+    if ifname and ifname != PRIMARY_IFNAME:
+        key = f"{key}.{ifname}"
     room = IFNAME_MAX - len(prefix)
     if room < 4:
         raise ValueError(f"interface prefix {prefix!r} is too long (at most 11 characters)")
@@ -101,6 +127,17 @@ def is_host_veth_name(prefix: str, name: str) -> bool:
     rest = name[len(prefix):]
     return (name.startswith(prefix) and len(rest) == IFNAME_MAX - len(prefix)
             and all(c in "0123456789abcdef" for c in rest))
+
+
+def is_primary(ifname: str) -> bool:
+    """Whether ``ifname`` is the pod's primary interface (the one with the default route)."""
+    return ifname == PRIMARY_IFNAME
+
+
+def secondary_table(ifname: str) -> int:
+    """The routing table (in the pod's namespace) of the secondary interface ``ifname``:
+    fixed by the name, so DEL finds it without any record."""
+    return SECONDARY_TABLE_BASE + zlib.crc32(ifname.encode()) % SECONDARY_TABLE_BASE
 
 
 # --- namespaces ------------------------------------------------------------------------------
@@ -235,9 +272,28 @@ def _host_sysctls(name: str, v6: bool) -> None:
         write_sysctl(f"net/ipv6/conf/{name}/accept_dad", "0")
 
 
+def _source_rules(ipr: IPRoute, table: int) -> list[Any]:
+    """The rules (both families) that look up ``table``."""
+    return [r for family in (2, 10) for r in ipr.get_rules(family=family)
+            if (r.get_attr("FRA_TABLE") or r["table"]) == table]
+
+
+def _drop_source_rules(ipr: IPRoute, table: int) -> int:
+    dropped = 0
+    for r in _source_rules(ipr, table):
+        with contextlib.suppress(NetlinkError):  # gone meanwhile
+            ipr.rule("del", family=r["family"], table=table, src=r.get_attr("FRA_SRC"),
+                     src_len=r["src_len"], priority=r.get_attr("FRA_PRIORITY"))
+            dropped += 1
+    return dropped
+
+
 def _configure_container(ifname: str, addresses: list[ipaddress.IPv4Address
                                                      | ipaddress.IPv6Address]) -> str:
-    """Inside the pod's namespace: addresses, routes; returns the interface's MAC."""
+    """Inside the pod's namespace: addresses, routes; returns the interface's MAC.
+
+    The primary interface gets the main table's default route; a secondary one its own
+    table and source rules (the module's docstring shows both)."""
     v6 = any(a.version == 6 for a in addresses)
     with _iproute() as ipr:
         idx = _lookup(ipr, ifname)
@@ -252,13 +308,39 @@ def _configure_container(ifname: str, addresses: list[ipaddress.IPv4Address
                 ipr.addr("add", index=idx, address=str(a), prefixlen=32)
             else:
                 ipr.addr("add", index=idx, address=str(a), prefixlen=128, flags=IFA_F_NODAD)
+        table = RT_TABLE_MAIN if is_primary(ifname) else secondary_table(ifname)
+        if table != RT_TABLE_MAIN:
+            _drop_source_rules(ipr, table)  # an earlier interface of that name's: inert
         if any(a.version == 4 for a in addresses):
-            ipr.route("add", dst=f"{GATEWAY_V4}/32", oif=idx, scope=RT_SCOPE_LINK)
-            ipr.route("add", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=idx)
+            ipr.route("add", dst=f"{GATEWAY_V4}/32", oif=idx, scope=RT_SCOPE_LINK, table=table)
+            ipr.route("add", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=idx, table=table)
         if v6:
-            ipr.route("add", dst="::/0", gateway=GATEWAY_V6, oif=idx, family=10)
+            ipr.route("add", dst="::/0", gateway=GATEWAY_V6, oif=idx, family=10, table=table)
+        if table != RT_TABLE_MAIN:
+            for a in addresses:
+                ipr.rule("add", family=2 if a.version == 4 else 10, table=table,
+                         priority=SECONDARY_RULE_PRIORITY, src=str(a),
+                         src_len=32 if a.version == 4 else 128)
         mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
     return str(mac)
+
+
+def forget_pod_routing(netns_path: str, ifname: str) -> int:
+    """Delete the source rules of the secondary interface ``ifname`` in the pod's namespace
+    (its routes go with its link); the number deleted.  Nothing for the primary interface or
+    when the namespace is gone."""
+    if is_primary(ifname):
+        return 0
+    table = secondary_table(ifname)
+
+    def drop() -> int:
+        with _iproute() as ipr:
+            return _drop_source_rules(ipr, table)
+
+    try:
+        return run_in_netns(netns_path, drop)
+    except NetnsGone:
+        return 0
 
 
 def setup_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str] = (),
@@ -306,15 +388,22 @@ def setup_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str]
         return host_idx, mac
     except NetlinkError as e:
         if created:
-            teardown_veth(host_name)
+            _undo(host_name, netns_path, ifname)
         raise NetlinkFailure(f"setting up {host_name} / {ifname} in {netns_path}: "
                              f"{_why(e)}") from None
     except BaseException:
         if created:
-            teardown_veth(host_name)
+            _undo(host_name, netns_path, ifname)
         raise
     finally:
         os.close(fd)
+
+
+def _undo(host_name: str, netns_path: str, ifname: str) -> None:
+    """What a failed :func:`setup_veth` made: the veth and a secondary interface's rules."""
+    teardown_veth(host_name)
+    with contextlib.suppress(NetnsError):
+        forget_pod_routing(netns_path, ifname)
 
 
 # --- teardown -----------------------------------------------------------------------------------
@@ -364,7 +453,7 @@ def teardown_veth(host_name: str, peer_netns: str | None = None) -> bool:
 # --- check --------------------------------------------------------------------------------------
 
 
-def _container_state(ifname: str) -> dict[str, Any]:
+def _container_state(ifname: str, table: int) -> dict[str, Any]:
     with _iproute() as ipr:
         idx = _lookup(ipr, ifname)
         if idx is None:
@@ -372,9 +461,11 @@ def _container_state(ifname: str) -> dict[str, Any]:
         link = ipr.get_links(idx)[0]
         addrs = [(a.get_attr("IFA_ADDRESS"), int(a["prefixlen"]), int(a["scope"]))
                  for a in ipr.get_addr(index=idx)]
+        rules = [] if table == RT_TABLE_MAIN else sorted(
+            f"{r.get_attr('FRA_SRC')}/{r['src_len']}" for r in _source_rules(ipr, table))
         routes = []
         for family in (2, 10):
-            for r in ipr.get_routes(family=family, table=RT_TABLE_MAIN):
+            for r in ipr.get_routes(family=family, table=table):
                 if r.get_attr("RTA_OIF") != idx:
                     continue
                 dst = r.get_attr("RTA_DST")
@@ -392,6 +483,7 @@ def _container_state(ifname: str) -> dict[str, Any]:
             "mtu": link.get_attr("IFLA_MTU"),
             "addrs": addrs,
             "routes": routes,
+            "rules": rules,
         }
 
 
@@ -439,8 +531,9 @@ def check_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str]
     if fd is None:
         problems.append(f"network namespace {netns_path} does not exist")
         return problems
+    table = RT_TABLE_MAIN if is_primary(ifname) else secondary_table(ifname)
     try:
-        state = run_in_netns(netns_path, lambda: _container_state(ifname))
+        state = run_in_netns(netns_path, lambda: _container_state(ifname, table))
     except NetnsGone:
         problems.append(f"network namespace {netns_path} does not exist")
         return problems
@@ -469,11 +562,18 @@ def check_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str]
     def has_route(dst: str, gateway: str | None) -> bool:
         return any(r["dst"] == dst and r["gateway"] == gateway for r in routes)
 
+    where = "" if table == RT_TABLE_MAIN else f" (table {table})"
     if any(a.version == 4 for a in addresses):
         if not has_route(f"{GATEWAY_V4}/32", None):
-            problems.append(f"route {GATEWAY_V4} dev {ifname} scope link is missing in the pod")
+            problems.append(f"route {GATEWAY_V4} dev {ifname} scope link is missing in the "
+                            f"pod{where}")
         if not has_route("0.0.0.0/0", GATEWAY_V4):
-            problems.append(f"default route via {GATEWAY_V4} is missing in the pod")
+            problems.append(f"default route via {GATEWAY_V4} is missing in the pod{where}")
     if any(a.version == 6 for a in addresses) and not has_route("::/0", GATEWAY_V6):
-        problems.append(f"default route via {GATEWAY_V6} is missing in the pod")
+        problems.append(f"default route via {GATEWAY_V6} is missing in the pod{where}")
+    if table != RT_TABLE_MAIN:
+        for a in addresses:
+            rule = f"{a}/{32 if a.version == 4 else 128}"
+            if rule not in state["rules"]:
+                problems.append(f"rule from {rule} lookup {table} is missing in the pod")
     return problems

@@ -3,8 +3,9 @@
 A node that is down when its pod is deleted never runs CNI DEL, so the pod's addresses stay
 allocated.  Every ``interval`` seconds (and once the pod list is in) this pass reads every
 block and looks at each allocation made by the CNI handler (handle ``tortie.<containerID>``
-with ``pod`` and ``namespace`` attributes).  Like Calico's kube-controllers, an allocation
-is a *leak candidate* when
+for a pod's eth0, ``tortie.<containerID>.<ifname>`` for another interface, with ``pod`` and
+``namespace`` attributes; :mod:`ipam.handles` reads both forms).  Like Calico's
+kube-controllers, an allocation is a *leak candidate* when
 
 * its pod does not exist in the Kubernetes API, or
 * its pod exists but runs on another node, has addresses, and this is not one of them (a
@@ -13,8 +14,9 @@ is a *leak candidate* when
 and it is released only after it has been a candidate, continuously, for the KCC's
 ``controllers.node.leakGracePeriod`` (default 15m; ``0`` turns the GC off), so an address
 allocated for a pod that our watch has not shown yet is never taken.  Releasing frees the
-whole handle (all addresses of that container) and deletes the container's
-WorkloadEndpoint (if it is still that container's).
+whole handle (all addresses of that attachment) and deletes the attachment's
+WorkloadEndpoint (the container's endpoint of that interface, if it is still that
+container's).
 
 A node that left the cluster (neither a Kubernetes Node nor a Calico Node exists) is cleaned
 up as Calico's IPAM controller does, without waiting for the grace period: its pods' addresses
@@ -41,7 +43,12 @@ from datastore import keys
 from datastore.kinds import by_plural
 from datastore.store import NotFound
 from ipam.allocator import IPAM
-from ipam.handles import TUNNEL_HANDLE_PREFIXES, WORKLOAD_HANDLE_PREFIX
+from ipam.handles import (
+    PRIMARY_IFNAME,
+    TUNNEL_HANDLE_PREFIXES,
+    is_workload_handle,
+    parse_workload_handle,
+)
 from kubecontrollers.controller import Context, delete_if_present
 from kubecontrollers.datastore_cache import DatastoreCache
 from kubecontrollers.reflector import Reflector
@@ -63,6 +70,7 @@ class Candidate:
     node: str
     ips: list[str]
     since: float
+    interface: str = PRIMARY_IFNAME
 
 
 def _pod_ips(pod: dict[str, Any]) -> set[str]:
@@ -73,9 +81,24 @@ def _pod_ips(pod: dict[str, Any]) -> set[str]:
     return {ip for ip in out if ip}
 
 
-def _container(handle: str, attrs: dict[str, str]) -> str:
-    """The container of a workload allocation: its attribute, else from its handle."""
-    return attrs.get("container") or handle[len(WORKLOAD_HANDLE_PREFIX):]
+def workload_attachment(handle: str, attrs: dict[str, str]) -> tuple[str, str]:
+    """(container, interface) of a workload allocation: read from its handle, with its
+    ``container`` attribute as the hint when it has one (either handle form)."""
+    container = attrs.get("container") or None
+    parsed = parse_workload_handle(handle, container) if container else None
+    if parsed is None:
+        parsed = parse_workload_handle(handle)
+    if parsed is None:  # not a workload handle: callers only pass those
+        return container or handle, PRIMARY_IFNAME
+    if container and parsed[0] != container:  # the attribute disagrees: trust it
+        return container, PRIMARY_IFNAME
+    return parsed
+
+
+def _candidate(handle: str, namespace: str, pod: str, attrs: dict[str, str], node: str,
+               since: float) -> Candidate:
+    container, interface = workload_attachment(handle, attrs)
+    return Candidate(handle, namespace, pod, container, node, [], since, interface)
 
 
 def leaked(pod: dict[str, Any] | None, ip: str, node: str) -> bool:
@@ -149,7 +172,7 @@ class IPAMGarbageCollector:
                 if node in gone and handle.startswith(TUNNEL_HANDLE_PREFIXES):
                     tunnels.setdefault(node, set()).add(handle)
                     continue
-                if not handle.startswith(WORKLOAD_HANDLE_PREFIX) or not ns or not pod:
+                if not is_workload_handle(handle) or not ns or not pod:
                     if node in gone:
                         busy.add(node)  # an address of an unknown kind: left alone
                     continue
@@ -158,17 +181,15 @@ class IPAMGarbageCollector:
                         busy.add(node)
                     continue
                 if node in gone:  # its pod and its node are gone: a leak for certain
-                    c = confirmed.get(handle) or Candidate(
-                        handle, ns, pod, _container(handle, attrs), node, [], now)
+                    c = confirmed.get(handle) or _candidate(handle, ns, pod, attrs, node, now)
                     c.ips.append(ip)
                     confirmed[handle] = c
                     continue
                 if grace <= 0:
                     continue
                 old = self.candidates.get(handle)
-                c = seen.get(handle) or Candidate(
-                    handle, ns, pod, _container(handle, attrs), node, [],
-                    old.since if old else now)
+                c = seen.get(handle) or _candidate(handle, ns, pod, attrs, node,
+                                                   old.since if old else now)
                 c.ips.append(ip)
                 seen[handle] = c
         for h in seen.keys() - self.candidates.keys():
@@ -253,7 +274,8 @@ class IPAMGarbageCollector:
         kvs, _ = await self.ctx.store.list(keys.resource_prefix(_WEP.plural, c.namespace))
         for kv in kvs:
             spec = kv.value.get("spec") or {}
-            if spec.get("containerID") == c.container and spec.get("pod") == c.pod:
+            if spec.get("containerID") == c.container and spec.get("pod") == c.pod \
+                    and (spec.get("endpoint") or PRIMARY_IFNAME) == c.interface:
                 await delete_if_present(self.ctx.store, kv.key, self.ctx.metrics, self.name,
                                         kv.mod_revision)
 

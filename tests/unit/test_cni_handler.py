@@ -578,3 +578,89 @@ async def test_tortie_ipam(node: Node) -> None:
     assert check["ok"], check
     assert (await node.run("DEL", pod, conf=conf, plugin="ipam"))["ok"]
     assert await node.allocated() == {}
+
+
+# --- more than one interface per pod ----------------------------------------------------------
+
+async def test_second_interface_is_its_own_attachment(node: Node) -> None:
+    """eth0 and net1 of one container: own handle, veth, endpoint; DEL/GC per attachment."""
+    pod = node.pod()
+    net1 = {"CNI_IFNAME": "net1"}
+    eth0_host = pod.host_veth()
+    net1_host = host_veth_name("cali", pod.namespace, pod.name, pod.cid, "net1")
+    r0 = await node.run("ADD", pod)
+    assert r0["ok"], r0
+    r1 = await node.run("ADD", pod, env=net1)
+    assert r1["ok"], r1
+    ip0 = r0["result"]["ips"][0]["address"].split("/")[0]
+    ip1 = r1["result"]["ips"][0]["address"].split("/")[0]
+    assert ip0 != ip1
+    assert await node.allocated() == {handle_id(pod.cid): [ip0],
+                                      handle_id(pod.cid, "net1"): [ip1]}
+    assert r1["result"]["interfaces"][0]["name"] == net1_host != eth0_host
+    assert r1["result"]["interfaces"][1]["name"] == "net1"
+    assert r1["result"].get("routes", []) == []  # net1 never takes eth0's default route
+    assert [x["dst"] for x in r0["result"]["routes"]] == ["0.0.0.0/0"]
+    weps = {w.spec.endpoint: w for w in await node.weps()}
+    assert set(weps) == {"eth0", "net1"}
+    assert weps["net1"].name == workload_endpoint_name(NODE, "k8s", pod.name, "net1")
+    assert weps["net1"].spec.interfaceName == net1_host
+    assert weps["net1"].spec.ipNetworks == [f"{ip1}/32"]
+    assert weps["eth0"].spec.ipNetworks == [f"{ip0}/32"]
+    # ADD of net1 again: the same answer, nothing released
+    again = await node.run("ADD", pod, env=net1)
+    assert again["ok"] and again["result"]["ips"] == r1["result"]["ips"]
+    assert await node.allocated() == {handle_id(pod.cid): [ip0],
+                                      handle_id(pod.cid, "net1"): [ip1]}
+    # CHECK each against its own prevResult
+    for env, res in ((None, r0["result"]), (net1, r1["result"])):
+        ok = await node.run("CHECK", pod, env=env, prevResult=res)
+        assert ok == {"ok": True, "result": None}, ok
+
+    # DEL of net1: only its veth, addresses and endpoint go
+    assert (await node.run("DEL", pod, env=net1))["ok"]
+    assert ("forget_routing", f"{pod.netns}:net1") in node.dp.calls
+    assert await node.allocated() == {handle_id(pod.cid): [ip0]}
+    assert node.dp.veth(net1_host) is None and node.dp.veth(eth0_host) is not None
+    assert node.dp.netns_link_exists(pod.netns, "eth0")
+    assert not node.dp.netns_link_exists(pod.netns, "net1")
+    assert [w.spec.endpoint for w in await node.weps()] == ["eth0"]
+    assert (await node.run("DEL", pod))["ok"]
+    await node.assert_nothing_left(pod)
+
+
+async def test_del_of_eth0_leaves_net1(node: Node) -> None:
+    pod = node.pod()
+    net1 = {"CNI_IFNAME": "net1"}
+    assert (await node.run("ADD", pod))["ok"]
+    r1 = await node.run("ADD", pod, env=net1)
+    assert r1["ok"], r1
+    ip1 = r1["result"]["ips"][0]["address"].split("/")[0]
+    assert (await node.run("DEL", pod))["ok"]
+    assert await node.allocated() == {handle_id(pod.cid, "net1"): [ip1]}
+    assert [w.spec.endpoint for w in await node.weps()] == ["net1"]
+    assert node.dp.veth(host_veth_name("cali", pod.namespace, pod.name, pod.cid,
+                                       "net1")) is not None
+    assert (await node.run("CHECK", pod, env=net1, prevResult=r1["result"]))["ok"]
+    assert (await node.run("DEL", pod, env=net1))["ok"]
+    assert await node.allocated() == {}
+    assert await node.weps() == []
+
+
+async def test_gc_is_per_attachment(node: Node) -> None:
+    pod = node.pod()
+    assert (await node.run("ADD", pod))["ok"]
+    assert (await node.run("ADD", pod, env={"CNI_IFNAME": "net1"}))["ok"]
+    r = await node.run("GC", version="1.1.0", **{"cni.dev/valid-attachments": [
+        {"containerID": pod.cid, "ifname": "eth0"}]})
+    assert r == {"ok": True, "result": None}
+    assert list(await node.allocated()) == [handle_id(pod.cid)]
+    assert [w.spec.endpoint for w in await node.weps()] == ["eth0"]
+    assert node.dp.host_veths("cali") == [pod.host_veth()]
+    # and the other way round: a list naming only net1 keeps only net1
+    assert (await node.run("ADD", pod, env={"CNI_IFNAME": "net1"}))["ok"]
+    r = await node.run("GC", version="1.1.0", **{"cni.dev/valid-attachments": [
+        {"containerID": pod.cid, "ifname": "net1"}]})
+    assert r["ok"], r
+    assert list(await node.allocated()) == [handle_id(pod.cid, "net1")]
+    assert [w.spec.endpoint for w in await node.weps()] == ["net1"]

@@ -9,7 +9,7 @@ import pytest
 
 from datastore.model_config import KubeControllersConfiguration
 from kubecontrollers.hostendpoints import desired_hep, expected_ips
-from kubecontrollers.ipam_gc import leaked
+from kubecontrollers.ipam_gc import leaked, workload_attachment
 from kubecontrollers.nodes import KUBE_LABELS_ANNOTATION, has_k8s_ref, merged_node
 from kubecontrollers.pods import endpoint_labels
 from kubecontrollers.reflector import object_key
@@ -134,3 +134,13 @@ def test_object_key() -> None:
     assert object_key({"metadata": {"name": "node1"}}) == "node1"
     with pytest.raises(ValueError):
         object_key({"metadata": {}})
+
+
+def test_gc_reads_both_handle_forms() -> None:
+    assert workload_attachment("tortie.c1", {"container": "c1"}) == ("c1", "eth0")
+    assert workload_attachment("tortie.c1.net1", {"container": "c1"}) == ("c1", "net1")
+    assert workload_attachment("tortie.c1.net1", {}) == ("c1", "net1")
+    assert workload_attachment("tortie.c1", {}) == ("c1", "eth0")
+    # a container ID with a dot: the attribute decides
+    assert workload_attachment("tortie.c.v2", {"container": "c.v2"}) == ("c.v2", "eth0")
+    assert workload_attachment("tortie.c.v2.net1", {"container": "c.v2"}) == ("c.v2", "net1")
