@@ -51,6 +51,7 @@ from datastore.model_network import IPPool
 from datastore.resources import Resources
 from datastore.store import NotFound, Store
 from ipam import keys as ipam_keys
+from ipam.allocator import IPAM, CheckReport
 from ipam.blocks import Block
 from tests.support.tools import CNI_PLUGIN_DIRS, cni_plugin, require_tools, tools
 from tests.support.wait import until_sync
@@ -906,6 +907,152 @@ def test_check(node: NodeEnv, pods: Callable[..., PodRef]) -> None:
     r = run_plugin(node, "CHECK", cid=pod.cid, netns=pod.netns_path, args=pod.args,
                    conf=netconf(node, "0.3.1", prevResult=r.out))
     assert r.code == 1
+
+
+# --- more than one interface per pod ---------------------------------------------------------
+
+
+async def ipam_report(store: Store) -> CheckReport:
+    """What ``tortie ipam check`` reports about addresses: allocations against the endpoints'
+    addresses, handle documents against blocks (no orphan-block check: the ``store`` fixture
+    wipes the daemon's Node resource)."""
+    weps = await Resources(store).list(by_plural("workloadendpoints"))
+    ips = {net: f"{w.namespace}/{w.name}" for w in weps for net in w.spec.ipNetworks or []}
+    return await IPAM(store, "test-admin").check(ips)
+
+
+def pod_rules(ns: str) -> list[dict[str, Any]]:
+    return [r for family in ("-4", "-6") for r in ip_json(ns, family, "rule", "show")
+            if r.get("table") not in ("local", "main", "default")]
+
+
+def test_second_interface_eth0_and_net1(node: NodeEnv, pods: Callable[..., PodRef],
+                                        store: Store,
+                                        aio_loop: asyncio.AbstractEventLoop) -> None:
+    """Two ADDs for one container (eth0, net1): two attachments side by side; DEL of one
+    leaves the other; nothing leaks."""
+    arun(aio_loop, create_pod(store, "multi", "web-m"))
+    pod = pods("multi", "web-m")
+    net1_host = host_veth_name("cali", pod.namespace, pod.name, pod.cid, "net1")
+    try:
+        r0 = add(node, pod)
+        assert r0.rc == 0, r0.stdout + r0.stderr
+        ip0 = pod.ip
+        r1 = run_plugin(node, "ADD", cid=pod.cid, netns=pod.netns_path, args=pod.args,
+                        ifname="net1")
+        assert r1.rc == 0, r1.stdout + r1.stderr
+        ip1 = r1.out["ips"][0]["address"].split("/")[0]
+        assert ip0 != ip1 and ip1.startswith("10.77.0.")
+        assert r1.out["interfaces"] == [
+            {"name": net1_host, "mac": "ee:ee:ee:ee:ee:ee"},
+            {"name": "net1", "mac": r1.out["interfaces"][1]["mac"],
+             "sandbox": pod.netns_path}]
+        assert "routes" not in r1.out or r1.out["routes"] == []
+
+        # two addresses under two handles, two veths, two endpoints
+        assert sorted(arun(aio_loop, allocated_ips(store))) == sorted([ip0, ip1])
+        assert arun(aio_loop, allocated_ips(store, pod.cid)) == [ip0]
+        assert arun(aio_loop, handle_doc(store, pod.cid)) is not None
+        assert arun(aio_loop, store.get(ipam_keys.handle_key(
+            handle_id(pod.cid, "net1")))).value["handle"] == f"tortie.{pod.cid}.net1"
+        assert sorted(node.cali_links()) == sorted([pod.host_veth(), net1_host])
+        weps = {w.spec.endpoint: w for w in arun(aio_loop, wep_list(store))
+                if w.spec.containerID == pod.cid}
+        assert set(weps) == {"eth0", "net1"}
+        assert weps["net1"].name == workload_endpoint_name(node.name, "k8s", "web-m", "net1")
+        assert (weps["net1"].spec.interfaceName, weps["net1"].spec.ipNetworks) == \
+            (net1_host, [f"{ip1}/32"])
+        assert (weps["eth0"].spec.interfaceName, weps["eth0"].spec.ipNetworks) == \
+            (pod.host_veth(), [f"{ip0}/32"])
+
+        # in the pod: both up with their address; eth0 keeps the default route, net1 has
+        # its own table chosen by its source address
+        links = {x["ifname"]: x for x in ip_json(pod.netns, "addr", "show")}
+        for ifname, ip in (("eth0", ip0), ("net1", ip1)):
+            assert "UP" in links[ifname]["flags"], links[ifname]
+            assert [(a["local"], a["prefixlen"]) for a in links[ifname]["addr_info"]
+                    if a["family"] == "inet"] == [(ip, 32)]
+        main = {(r["dst"], r.get("gateway"), r["dev"]) for r in
+                ip_json(pod.netns, "route", "show")}
+        assert main == {("default", "169.254.1.1", "eth0"), ("169.254.1.1", None, "eth0")}
+        rules = pod_rules(pod.netns)
+        assert [(r["src"], r.get("srclen", 32), r["priority"]) for r in rules] == \
+            [(ip1, 32, 1000)], rules
+        table = str(rules[0]["table"])
+        net1_routes = {(r["dst"], r.get("gateway"), r["dev"]) for r in
+                       ip_json(pod.netns, "route", "show", "table", table)}
+        assert net1_routes == {("default", "169.254.1.1", "net1"),
+                               ("169.254.1.1", None, "net1")}
+        assert ip_json(pod.netns, "route", "get", NODE_ADDR)[0]["dev"] == "eth0"
+        assert ip_json(pod.netns, "route", "get", NODE_ADDR, "from", ip1)[0]["dev"] == "net1"
+        assert ping(pod.netns, NODE_ADDR)
+        assert in_ns(pod.netns, "ping", "-c", "1", "-W", "2", "-I", ip1, NODE_ADDR,
+                     check=False).returncode == 0
+        assert ping(node.netns, ip1) and ping(node.netns, ip0)
+        # CHECK of each attachment against its own result
+        for ifname, res in (("eth0", r0.out), ("net1", r1.out)):
+            ok = run_plugin(node, "CHECK", cid=pod.cid, netns=pod.netns_path, args=pod.args,
+                            ifname=ifname, conf=netconf(node, prevResult=res))
+            assert ok.rc == 0 and ok.stdout == "", (ifname, ok.stdout)
+        assert arun(aio_loop, ipam_report(store)).clean
+
+        # DEL net1: eth0, its address and its endpoint stay
+        r = run_plugin(node, "DEL", cid=pod.cid, netns=pod.netns_path, args=pod.args,
+                       ifname="net1")
+        assert r.rc == 0 and r.stdout == "", r.stdout
+        assert arun(aio_loop, allocated_ips(store)) == [ip0]
+        assert node.cali_links() == [pod.host_veth()]
+        assert [w.spec.endpoint for w in arun(aio_loop, wep_list(store))
+                if w.spec.containerID == pod.cid] == ["eth0"]
+        assert [x["ifname"] for x in ip_json(pod.netns, "link", "show")
+                if x["ifname"] != "lo"] == ["eth0"]
+        assert pod_rules(pod.netns) == []
+        assert ping(pod.netns, NODE_ADDR) and ping(node.netns, ip0)
+        ok = run_plugin(node, "CHECK", cid=pod.cid, netns=pod.netns_path, args=pod.args,
+                        conf=netconf(node, prevResult=r0.out))
+        assert ok.rc == 0, ok.stdout
+        assert arun(aio_loop, ipam_report(store)).clean
+
+        # DEL eth0: all released, no leak
+        r = delete(node, pod)
+        assert r.rc == 0 and r.stdout == "", r.stdout
+        assert_nothing_left(node, store, aio_loop, pod)
+        assert arun(aio_loop, allocated_ips(store)) == []
+        report = arun(aio_loop, ipam_report(store))
+        assert report.clean and report.allocated == 0, report
+    finally:
+        run_plugin(node, "DEL", cid=pod.cid, netns=pod.netns_path, args=pod.args,
+                   ifname="net1")
+
+
+def test_del_of_eth0_leaves_net1(node: NodeEnv, pods: Callable[..., PodRef], store: Store,
+                                 aio_loop: asyncio.AbstractEventLoop) -> None:
+    pod = pods()
+    net1_host = host_veth_name("cali", pod.namespace, pod.name, pod.cid, "net1")
+    try:
+        assert add(node, pod).rc == 0
+        r1 = run_plugin(node, "ADD", cid=pod.cid, netns=pod.netns_path, args=pod.args,
+                        ifname="net1")
+        assert r1.rc == 0, r1.stdout
+        ip1 = r1.out["ips"][0]["address"].split("/")[0]
+        r = delete(node, pod)
+        assert r.rc == 0, r.stdout
+        assert arun(aio_loop, allocated_ips(store)) == [ip1]
+        assert node.cali_links() == [net1_host]
+        assert [x["ifname"] for x in ip_json(pod.netns, "link", "show")
+                if x["ifname"] != "lo"] == ["net1"]
+        ok = run_plugin(node, "CHECK", cid=pod.cid, netns=pod.netns_path, args=pod.args,
+                        ifname="net1", conf=netconf(node, prevResult=r1.out))
+        assert ok.rc == 0, ok.stdout
+        assert ping(node.netns, ip1)
+        r = run_plugin(node, "DEL", cid=pod.cid, netns=pod.netns_path, args=pod.args,
+                       ifname="net1")
+        assert r.rc == 0, r.stdout
+        assert arun(aio_loop, allocated_ips(store)) == [] and node.cali_links() == []
+        assert arun(aio_loop, ipam_report(store)).clean
+    finally:
+        run_plugin(node, "DEL", cid=pod.cid, netns=pod.netns_path, args=pod.args,
+                   ifname="net1")
 
 
 # --- GC and STATUS -----------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from datastore.resources import Resources
 from datastore.store import NotFound, Store
 from ipam import keys as ipam_keys
 from ipam.allocator import IPAM
+from ipam.handles import workload_handle
 from kubecontrollers.app import KubeControllers
 from kubecontrollers.controller import Context, Options
 from kubecontrollers.datastore_cache import DatastoreCache
@@ -190,22 +191,24 @@ async def _pool(store: Store) -> None:
         "metadata": {"name": "pool"}, "spec": {"cidr": "10.77.0.0/16"}}))
 
 
-async def _cni_add(store: Store, node: str, ns: str, pod: str, labels: dict[str, str]) -> tuple[
-        str, str, str]:
-    """What the CNI handler leaves behind for a pod: an allocation and a WorkloadEndpoint."""
-    cid = uuid.uuid4().hex
+async def _cni_add(store: Store, node: str, ns: str, pod: str, labels: dict[str, str],
+                   cid: str | None = None, ifname: str = "eth0") -> tuple[str, str, str]:
+    """What the CNI handler leaves behind for a pod's attachment: an allocation under the
+    attachment's handle and a WorkloadEndpoint."""
+    cid = cid or uuid.uuid4().hex
     ipam = IPAM(store, node)
     pools = await ipam.pools()
-    [ip] = await ipam.auto_assign(f"tortie.{cid}", {"pod": pod, "namespace": ns,
-                                                   "container": cid}, pools)
-    name = f"{node}-k8s-{pod}-eth0"
+    [ip] = await ipam.auto_assign(workload_handle(cid, ifname), {
+        "pod": pod, "namespace": ns, "container": cid}, pools)
+    name = f"{node}-k8s-{pod}-{ifname}"
+    host = f"cali{cid[:8]}" if ifname == "eth0" else f"cali{cid[:7]}{ifname}"[:15]
     await Resources(store).create(_WEP, WorkloadEndpoint.from_dict({
         "metadata": {"name": name, "namespace": ns, "labels": {
             **labels, "projectcalico.org/namespace": ns,
             "projectcalico.org/orchestrator": "k8s",
             "projectcalico.org/serviceaccount": "default"}},
-        "spec": {"node": node, "orchestrator": "k8s", "pod": pod, "endpoint": "eth0",
-                 "containerID": cid, "interfaceName": f"cali{cid[:8]}",
+        "spec": {"node": node, "orchestrator": "k8s", "pod": pod, "endpoint": ifname,
+                 "containerID": cid, "interfaceName": host,
                  "ipNetworks": [f"{ip}/32"], "profiles": [f"kns.{ns}", f"ksa.{ns}.default"]}}))
     return cid, ip, name
 
@@ -308,6 +311,37 @@ async def test_gc_grace_period_and_recreated_pod(store: Store) -> None:
     ctx.options.leak_grace = 0.0
     del pods.cache[f"{ns}/late"]
     assert await gc.run_once(now=5000.0) == [] and not gc.candidates
+
+
+async def test_gc_releases_every_attachment_of_a_deleted_pod(store: Store) -> None:
+    """A pod with eth0 and net1 (handles ``tortie.<cid>`` and ``tortie.<cid>.net1``): both
+    are released with their own endpoints once the pod is gone; a live pod keeps both."""
+    ns = f"gc-{suffix()}"
+    await _pool(store)
+    cid_gone, ip_gone0, wep_gone0 = await _cni_add(store, "node-a", ns, "gone", {})
+    _, ip_gone1, wep_gone1 = await _cni_add(store, "node-a", ns, "gone", {}, cid_gone, "net1")
+    cid_live, ip_live0, wep_live0 = await _cni_add(store, "node-a", ns, "live", {})
+    _, ip_live1, wep_live1 = await _cni_add(store, "node-a", ns, "live", {}, cid_live, "net1")
+    assert wep_gone0 != wep_gone1 and wep_live0 != wep_live1
+    metrics = KubeMetrics()
+    pods = Reflector("pods", _no_api, metrics=metrics)
+    pods.cache[f"{ns}/live"] = pod_doc("live", ns, "node-a")
+    pods.synced.set()
+    ctx = Context(store, metrics, {"pods": pods}, Options(leak_grace=60.0))
+    gc = IPAMGarbageCollector(ctx, pods)
+    assert await gc.run_once(now=1000.0) == []
+    assert {(c.container, c.interface) for c in gc.candidates.values()} == {
+        (cid_gone, "eth0"), (cid_gone, "net1")}
+    released = await gc.run_once(now=1061.0)
+    assert sorted(released) == [f"tortie.{cid_gone}", f"tortie.{cid_gone}.net1"]
+    alloc = await _allocated(store)
+    assert alloc == {ip_live0: f"tortie.{cid_live}", ip_live1: f"tortie.{cid_live}.net1"}
+    assert ip_gone0 not in alloc and ip_gone1 not in alloc
+    for name in (wep_gone0, wep_gone1):
+        assert await _absent(store, "workloadendpoints", name, ns)
+    for name in (wep_live0, wep_live1):
+        assert (await stored(store, "workloadendpoints", name, ns))["spec"]["containerID"] \
+            == cid_live
 
 
 async def _no_api(**kwargs: Any) -> Any:
