@@ -594,6 +594,8 @@ class CNIHandler:
         if host_name is not None:
             try:  # only the pair this ADD made: its peer is in the pod's namespace
                 await asyncio.to_thread(self.dataplane.teardown_veth, host_name, env.netns)
+                await asyncio.to_thread(self.dataplane.forget_pod_routing, env.netns,
+                                        env.ifname)
             except Exception as e:
                 log.error("rollback: could not delete the veth",
                           extra=_fields(info, host=host_name, error=str(e)))

@@ -994,6 +994,13 @@ def test_second_interface_eth0_and_net1(node: NodeEnv, pods: Callable[..., PodRe
             ok = run_plugin(node, "CHECK", cid=pod.cid, netns=pod.netns_path, args=pod.args,
                             ifname=ifname, conf=netconf(node, prevResult=res))
             assert ok.rc == 0 and ok.stdout == "", (ifname, ok.stdout)
+        # CHECK of net1 sees its source rule go
+        sh("ip", "-n", pod.netns, "rule", "del", "from", ip1, "lookup", table)
+        bad = run_plugin(node, "CHECK", cid=pod.cid, netns=pod.netns_path, args=pod.args,
+                         ifname="net1", conf=netconf(node, prevResult=r1.out))
+        assert bad.rc == 1 and f"rule from {ip1}/32 lookup {table} is missing" in \
+            bad.out["details"], bad.out
+        sh("ip", "-n", pod.netns, "rule", "add", "from", ip1, "lookup", table, "pref", "1000")
         assert arun(aio_loop, ipam_report(store)).clean
 
         # DEL net1: eth0, its address and its endpoint stay
@@ -1053,6 +1060,44 @@ def test_del_of_eth0_leaves_net1(node: NodeEnv, pods: Callable[..., PodRef], sto
     finally:
         run_plugin(node, "DEL", cid=pod.cid, netns=pod.netns_path, args=pod.args,
                    ifname="net1")
+
+
+def test_second_interface_dual_stack(node: NodeEnv, pods: Callable[..., PodRef],
+                                     store: Store, aio_loop: asyncio.AbstractEventLoop) -> None:
+    """net1 with an IPv6 address too: a v6 source rule and default route in its table."""
+    arun(aio_loop, create_pool(store, "pool-v6", "fd00:77::/120"))
+    conf = netconf(node, ipam={"type": "tortie-ipam", "assign_ipv6": "true"})
+    pod = pods()
+    try:
+        assert add(node, pod, conf=conf).rc == 0
+        r1 = run_plugin(node, "ADD", cid=pod.cid, netns=pod.netns_path, args=pod.args,
+                        ifname="net1", conf=conf)
+        assert r1.rc == 0, r1.stdout
+        v4, v6 = (i["address"].split("/")[0] for i in r1.out["ips"])
+        rules6 = [r for r in pod_rules(pod.netns) if ":" in r["src"]]
+        assert [r["src"] for r in rules6] == [v6], rules6
+        table = str(rules6[0]["table"])
+        routes6 = {(r["dst"], r.get("gateway"), r["dev"]) for r in
+                   ip_json(pod.netns, "-6", "route", "show", "table", table)}
+        assert ("default", "fe80::ecee:eeff:feee:eeee", "net1") in routes6
+        main6 = {(r["dst"], r.get("dev")) for r in ip_json(pod.netns, "-6", "route", "show")
+                 if r["dst"] == "default"}
+        assert main6 == {("default", "eth0")}
+        assert in_ns(pod.netns, "ping", "-6", "-c", "1", "-W", "3", "-I", v6, NODE_ADDR6,
+                     check=False).returncode == 0
+        check = run_plugin(node, "CHECK", cid=pod.cid, netns=pod.netns_path, args=pod.args,
+                           ifname="net1", conf={**conf, "prevResult": r1.out})
+        assert check.rc == 0, check.stdout
+        r = run_plugin(node, "DEL", cid=pod.cid, netns=pod.netns_path, args=pod.args,
+                       ifname="net1", conf=conf)
+        assert r.rc == 0, r.stdout
+        assert pod_rules(pod.netns) == []
+        assert sorted(arun(aio_loop, allocated_ips(store))) == sorted(
+            i["address"].split("/")[0] for i in (pod.result or {})["ips"])
+        assert v4 not in arun(aio_loop, allocated_ips(store))
+    finally:
+        run_plugin(node, "DEL", cid=pod.cid, netns=pod.netns_path, args=pod.args,
+                   ifname="net1", conf=conf)
 
 
 # --- GC and STATUS -----------------------------------------------------------------------------

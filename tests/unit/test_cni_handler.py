@@ -664,3 +664,19 @@ async def test_gc_is_per_attachment(node: Node) -> None:
     assert r["ok"], r
     assert list(await node.allocated()) == [handle_id(pod.cid, "net1")]
     assert [w.spec.endpoint for w in await node.weps()] == ["net1"]
+
+
+async def test_a_failed_net1_add_rolls_back_only_net1(node: Node) -> None:
+    pod = node.pod()
+    r0 = await node.run("ADD", pod)
+    assert r0["ok"], r0
+    node.hook_error = RuntimeError("policy agent refused")
+    r = await node.run("ADD", pod, env={"CNI_IFNAME": "net1"})
+    assert code(r) == ERR_INTERNAL
+    net1_host = host_veth_name("cali", pod.namespace, pod.name, pod.cid, "net1")
+    assert node.dp.calls[-3:] == [("setup", net1_host), ("teardown", net1_host),
+                                  ("forget_routing", f"{pod.netns}:net1")]
+    assert await node.allocated() == {handle_id(pod.cid): [pod.ip]}
+    assert [w.spec.endpoint for w in await node.weps()] == ["eth0"]
+    assert node.dp.veth(pod.host_veth()) is not None
+    assert not node.dp.netns_link_exists(pod.netns, "net1")
