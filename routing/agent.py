@@ -236,10 +236,16 @@ class RoutingAgent:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.syncer.synced.wait(), HEARTBEAT_INTERVAL)
             backoff = Backoff()
+            resync_at = time.monotonic() + RESYNC_INTERVAL
             while True:
                 self.heartbeat.beat()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._dirty.wait(), RESYNC_INTERVAL)
+                try:
+                    async with asyncio.timeout(HEARTBEAT_INTERVAL):
+                        await self._dirty.wait()
+                except TimeoutError:
+                    if time.monotonic() < resync_at:
+                        continue  # idle: the beat says the loop is alive
+                resync_at = time.monotonic() + RESYNC_INTERVAL
                 await asyncio.sleep(DEBOUNCE)
                 self._dirty.clear()
                 try:
