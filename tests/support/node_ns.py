@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from agentkit.netns import run_in_netns
+from datastore.keys import resource_key
 from lab import netns
 from lab.etcd import EtcdProcess
 from tests.support.wait import until_sync
@@ -120,11 +121,16 @@ class NodeNs:
                                "ctl.main", *args], input=stdin, text=True,
                               capture_output=True, env=env, cwd=REPO, timeout=60, check=False)
 
+    @property
+    def node_key(self) -> str:
+        return resource_key("nodes", self.name)
+
     def node_resource(self) -> dict[str, Any] | None:
-        p = self.tortie("get", "node", self.name, "-o", "json")
-        if p.returncode != 0:
+        """The stored Node document (read with etcdctl: quick), None when there is none."""
+        out = self.etcd.etcdctl("get", self.node_key, "--print-value-only").strip()
+        if not out:
             return None
-        doc: dict[str, Any] = json.loads(p.stdout)
+        doc: dict[str, Any] = json.loads(out)
         return doc
 
     def ipv4_address(self) -> str | None:
@@ -133,7 +139,7 @@ class NodeNs:
         return address
 
     def delete_node_resource(self) -> None:
-        self.tortie("delete", "node", self.name)
+        self.etcd.etcdctl("del", self.node_key)
 
 
 @contextlib.contextmanager
