@@ -17,6 +17,16 @@ REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not All
            503: "Service Unavailable"}
 
 
+def parse_address(text: str, what: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT`` for IPv6) -> (host, port); ValueError naming ``what``."""
+    host, sep, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{what}: {text!r} is not HOST:PORT (port 0-65535, 0: any free port)")
+    return host, int(port)
+
+
 async def serve(routes: Mapping[str, Route], host: str, port: int) -> asyncio.Server:
     """Listen on ``host:port`` (0: a free port) and answer from ``routes``; ``OSError``
     when it cannot listen."""

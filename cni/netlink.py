@@ -68,7 +68,6 @@ __all__ = [
     "NotANetns",
     "check_veth",
     "default_mtu",
-    "first_global_ipv4",
     "forget_pod_routing",
     "host_netns_identities",
     "host_veth_name",
@@ -231,29 +230,6 @@ def default_mtu() -> int:
                 if links:
                     return int(links[0].get_attr("IFLA_MTU") or DEFAULT_MTU)
     return DEFAULT_MTU
-
-
-def first_global_ipv4(exclude_prefix: str = "cali") -> str | None:
-    """The node's address for ``Node.spec.bgp.ipv4Address``: ``address/prefixlen`` of the
-    first global IPv4 address, preferring the interface of the default route."""
-    with _iproute() as ipr:
-        names = {int(link["index"]): link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        preferred: set[int] = set()
-        for route in ipr.get_routes(family=2, table=RT_TABLE_MAIN):
-            if route["dst_len"] == 0 and route.get_attr("RTA_OIF"):
-                preferred.add(int(route.get_attr("RTA_OIF")))
-        candidates: list[tuple[int, int, str]] = []
-        for addr in ipr.get_addr(family=2):
-            if addr["scope"] != RT_SCOPE_UNIVERSE:
-                continue
-            ip = addr.get_attr("IFA_ADDRESS")
-            name = names.get(int(addr["index"]), "")
-            if ip is None or ipaddress.ip_address(ip).is_loopback \
-                    or name.startswith(exclude_prefix):
-                continue
-            rank = 0 if int(addr["index"]) in preferred else 1
-            candidates.append((rank, int(addr["index"]), f"{ip}/{addr['prefixlen']}"))
-    return min(candidates)[2] if candidates else None
 
 
 # --- setup --------------------------------------------------------------------------------------

@@ -5,16 +5,22 @@
     tortie-node --node-name N [--etcd-endpoints URLS] [--etcd-ca-cert-file F]
                 [--etcd-cert-file F] [--etcd-key-file F] [--etcd-username U]
                 [--etcd-password P] [--etcd-timeout S] [-c CONFIG]
-                [--socket PATH] [--metrics-port P] [--interface-prefix cali]
+                [--socket PATH] [--metrics-address HOST:PORT | --metrics-port P]
+                [--interface-prefix cali] [--ip autodetect|none|A.B.C.D/NN]
+                [--ip-autodetection-method METHOD] [--liveness-timeout S]
                 [--cni-etcd-timeout S] [--cni-request-timeout S] [--log-level info]
 
 * registers (and keeps up to date) its calico ``Node`` resource: ``spec.bgp.ipv4Address``
-  is the node's first global IPv4 address/prefix, ``spec.orchRefs`` names the k8s node;
+  per ``--ip`` / ``IP`` and ``--ip-autodetection-method`` / ``IP_AUTODETECTION_METHOD``
+  (Calico's settings, see node/autodetect.py: ``none`` keeps the address set by hand),
+  ``spec.orchRefs`` names the k8s node;
 * serves the CNI socket (mode 0600; a stale socket file is replaced, a live one is an
   error): one JSON request line per connection, answered by :class:`cni.handler.CNIHandler`;
   requests run concurrently, serialised per pod;
-* serves ``/metrics`` (Prometheus text) and ``/healthz`` on ``127.0.0.1:P`` (default 9099,
-  0 picks a free port, which is logged);
+* serves ``/metrics`` (Prometheus text), ``/healthz`` (a report), ``/liveness`` and
+  ``/readiness`` (200 or 503 with a JSON body, see agentkit/health.py) on
+  ``--metrics-address`` (default ``127.0.0.1:9099``; port 0 picks a free port, which is
+  logged);
 * logs as ``key=value`` lines; survives etcd outages (requests then fail with code 11,
   STATUS with 50; the Node resource is written again when etcd is back);
 * the CNI handler has its own etcd connection whose requests time out after
@@ -47,10 +53,10 @@ from prometheus_client import Counter, Gauge, Histogram
 from agentkit import http
 from agentkit.agent import Agent, NodeContext, supervise
 from agentkit.backoff import Backoff
+from agentkit.health import DEFAULT_LIVENESS_TIMEOUT, Monitor
 from agentkit.logs import setup_logging
 from agentkit.metrics import CONTENT_TYPE, DEFAULT_BUCKETS, new_registry, render, value
 from agentkit.netns import read_sysctl
-from cni import netlink
 from cni.handler import DEFAULT_REQUEST_TIMEOUT, CNIHandler, RequestInfo, response_summary
 from cni.spec import ERR_DECODE, error_dict
 from datastore.etcd_config import ConfigError, EtcdConfig, add_etcd_arguments, from_arguments
@@ -58,8 +64,10 @@ from datastore.kinds import by_plural
 from datastore.model_network import Node
 from datastore.resources import ResourceConflict, ResourceExists, Resources
 from datastore.store import DatastoreError, NotFound, Store
+from node.autodetect import AutodetectError, NodeAddress, Own, parse_ip, parse_method
 from policyagent import agent as policy_agent
 from routing import agent as routing_agent
+from routing.desired import IPIP_DEVICE, VXLAN_DEVICE
 
 log = logging.getLogger("tortie.node")
 
@@ -72,6 +80,7 @@ MAX_REQUEST = 16 * 1024 * 1024
 READ_TIMEOUT = 30.0
 SHUTDOWN_GRACE = 30.0
 RESYNC_INTERVAL = 60.0
+PENDING_RETRY = 5.0  # the node address waits for something (the Kubernetes InternalIP)
 _NODE = by_plural("nodes")
 #: The agents tortie-node runs beside the CNI handler (see agentkit/agent.py), in start order.
 AGENT_MODULES = (policy_agent, routing_agent)
@@ -87,8 +96,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_etcd_arguments(p)
     p.add_argument("--socket", default=os.environ.get("TORTIE_CNI_SOCKET") or DEFAULT_SOCKET,
                    help=f"CNI socket path (default {DEFAULT_SOCKET})")
-    p.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
-                   help="port of /metrics and /healthz on 127.0.0.1 (0: any free port)")
+    p.add_argument("--metrics-address", default=os.environ.get("TORTIE_METRICS_ADDRESS"),
+                   help="HOST:PORT of /metrics, /healthz, /liveness and /readiness (default "
+                        f"127.0.0.1:{DEFAULT_METRICS_PORT}) [env TORTIE_METRICS_ADDRESS]")
+    p.add_argument("--metrics-port", type=int,
+                   help="port of those routes on 127.0.0.1 (0: any free port); the same as "
+                        "--metrics-address 127.0.0.1:P")
+    p.add_argument("--liveness-timeout", type=float, default=DEFAULT_LIVENESS_TIMEOUT,
+                   help="seconds an agent's loop may go without progress before /liveness "
+                        f"fails (default {DEFAULT_LIVENESS_TIMEOUT:g})")
+    p.add_argument("--ip", default=os.environ.get("IP"),
+                   help="this node's IPv4 address: autodetect (default), none (keep the Node "
+                        "resource's), or A.B.C.D/NN [env IP]")
+    p.add_argument("--ip-autodetection-method",
+                   default=os.environ.get("IP_AUTODETECTION_METHOD"),
+                   help="first-found (default), interface=REGEX, skip-interface=REGEX, "
+                        "can-reach=DEST, cidr=CIDR[,CIDR], kubernetes-internal-ip "
+                        "[env IP_AUTODETECTION_METHOD]")
     p.add_argument("--interface-prefix", default="cali",
                    help="prefix of the host side veth names (default cali)")
     p.add_argument("--cni-etcd-timeout", type=float, default=DEFAULT_CNI_ETCD_TIMEOUT,
@@ -104,8 +128,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.node_name:
         p.error("--node-name is required")
-    if not 0 <= args.metrics_port <= 65535:
+    if args.metrics_address and args.metrics_port is not None:
+        p.error("give --metrics-address or --metrics-port, not both")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         p.error("--metrics-port must be 0-65535")
+    try:
+        args.metrics_host, args.metrics_port = http.parse_address(
+            args.metrics_address, "--metrics-address") if args.metrics_address else (
+            "127.0.0.1", DEFAULT_METRICS_PORT if args.metrics_port is None else args.metrics_port)
+        args.ip_setting = parse_ip(args.ip)
+        args.ip_method = parse_method(args.ip_autodetection_method)
+    except (ValueError, AutodetectError) as e:
+        p.error(str(e))
+    if not 0 < args.liveness_timeout <= 3600:
+        p.error("--liveness-timeout must be above 0 and at most 3600 seconds")
     if not 1 <= len(args.interface_prefix) <= 11:
         p.error("--interface-prefix must be 1-11 characters")
     if not 0 <= args.cni_request_timeout <= 3600:
@@ -158,6 +194,8 @@ class NodeDaemon:
         self._cni_server: asyncio.Server | None = None
         self._http_server: asyncio.Server | None = None
         self.metrics_port = 0
+        self.address = NodeAddress(args.ip_setting, args.ip_method,
+                                   Own(args.interface_prefix, (VXLAN_DEVICE, IPIP_DEVICE)))
         self._resync = asyncio.Event()
         ctx = NodeContext(node=self.node, store=self.store, resources=self.resources,
                           metrics=self.metrics, args=args)
@@ -167,6 +205,8 @@ class NodeDaemon:
             ready_hook = getattr(agent, "endpoint_ready", None)
             if ready_hook is not None:
                 self.handler.on_endpoint_ready = ready_hook
+        self.health = Monitor(self.agents, self.store.revision,
+                              liveness_timeout=args.liveness_timeout)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -184,21 +224,26 @@ class NodeDaemon:
             return 1
         routes: dict[str, http.Route] = {"/metrics": self._metrics_route}
         routes.update(dict.fromkeys(("/healthz", "/health", "/livez"), self._health_route))
+        routes["/liveness"] = self.health.liveness_route
+        routes["/readiness"] = self.health.readiness_route
+        host = self.args.metrics_host
         try:
-            self._http_server = await http.serve(routes, "127.0.0.1", self.args.metrics_port)
+            self._http_server = await http.serve(routes, host, self.args.metrics_port)
         except OSError as e:
             log.error("cannot serve metrics", extra={"fields": {
-                "port": self.args.metrics_port, "error": str(e)}})
+                "address": f"{host}:{self.args.metrics_port}", "error": str(e)}})
             await self._shutdown([])
             return 1
         self.metrics_port = http.bound_port(self._http_server)
         log.info("tortie-node started", extra={"fields": {
             "node": self.node, "socket": str(self.socket_path),
-            "metrics": f"127.0.0.1:{self.metrics_port}", "pid": os.getpid(),
+            "metrics": f"{host}:{self.metrics_port}", "pid": os.getpid(),
             "etcd": ",".join(self.store.config.endpoints)}})
-        background = [asyncio.create_task(self._registrar(), name="registrar")]
-        background += [asyncio.create_task(supervise(a), name=a.name)
-                       for a in self.agents]
+        background = [asyncio.create_task(self._registrar(), name="registrar"),
+                      asyncio.create_task(self.health.run(), name="health")]
+        background += [asyncio.create_task(
+            supervise(a, record=self.health.record(a.name)), name=a.name)
+            for a in self.agents]
         await self._stop.wait()
         log.info("shutting down", extra={"fields": {"in_flight": len(self._conns)}})
         await self._shutdown(background)
@@ -364,7 +409,7 @@ class NodeDaemon:
                 self.m_etcd_up.set(1)
                 self.m_registered.set(1)
                 backoff.reset()
-                wait = RESYNC_INTERVAL
+                wait = PENDING_RETRY if self.address.pending else RESYNC_INTERVAL
             except (DatastoreError, OSError) as e:
                 self.m_etcd_up.set(0)
                 log.warning("cannot register the Node resource; retrying",
@@ -379,12 +424,13 @@ class NodeDaemon:
                 await asyncio.wait_for(self._resync.wait(), wait)
 
     async def register_node(self) -> Node:
-        """Create the Node, or bring its address and orchRefs up to date (keeping the rest)."""
-        address = await asyncio.to_thread(netlink.first_global_ipv4, self.args.interface_prefix)
+        """Create the Node, or bring its address (node/autodetect.py: None leaves it as it
+        is) and orchRefs up to date, keeping the rest."""
         for _ in range(10):
             try:
                 current: Node = await self.resources.get(_NODE, self.node)
             except NotFound:
+                address = await asyncio.to_thread(self.address.resolve, None)
                 doc: dict[str, Any] = {"metadata": {"name": self.node}, "spec": {}}
                 _update_node_doc(doc, self.node, address)
                 try:
@@ -395,6 +441,7 @@ class NodeDaemon:
                          extra={"fields": {"node": self.node, "ipv4": address or ""}})
                 return node
             doc = current.dump()
+            address = await asyncio.to_thread(self.address.resolve, doc)
             before = json.dumps(doc, sort_keys=True)
             _update_node_doc(doc, self.node, address)
             if json.dumps(doc, sort_keys=True) == before:

@@ -42,6 +42,7 @@ from pydantic import ValidationError
 
 from agentkit.agent import Agent, NodeContext
 from agentkit.backoff import RETRY_MIN, Backoff
+from agentkit.health import HEARTBEAT_INTERVAL, Heartbeat
 from agentkit.metrics import DEFAULT_BUCKETS
 from datastore.keys import parse_resource_key, resource_key, resource_prefix
 from datastore.kinds import by_plural, plurals
@@ -115,6 +116,7 @@ class PolicyAgent:
         #: where the rendered table goes (nft in ``netns`` unless a test gives another)
         self.applier: Applier = applier or NftApplier(table, netns)
         self.ready = asyncio.Event()
+        self.heartbeat = Heartbeat()
         # the etcd this node uses is protected from its workloads whatever its port
         config = getattr(ctx.store, "config", None)  # no store: a test of the flags only
         self.calc = PolicyCalculator(ctx.node, datastore_ports=config.ports if config else ())
@@ -346,7 +348,12 @@ class PolicyAgent:
     async def _program_loop(self) -> None:
         backoff = Backoff(self.retry_first)
         while True:
-            await self._wake.wait()
+            self.heartbeat.beat()
+            try:
+                async with asyncio.timeout(HEARTBEAT_INTERVAL):
+                    await self._wake.wait()
+            except TimeoutError:
+                continue  # idle: the beat says the loop is alive
             self._wake.clear()
             if not self._synced:
                 continue  # never program a partial view; waiters wait for the sync

@@ -36,6 +36,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from agentkit.agent import Agent, NodeContext
 from agentkit.backoff import Backoff
+from agentkit.health import HEARTBEAT_INTERVAL, Heartbeat
 from agentkit.metrics import DEFAULT_BUCKETS
 from datastore.keys import resource_prefix
 from datastore.kinds import by_plural
@@ -127,6 +128,7 @@ class RoutingAgent:
         self.graceful_restart = graceful_restart
         self.startup_grace = startup_grace
         self.ready = asyncio.Event()
+        self.heartbeat = Heartbeat()
         self.kernel = KernelRoutes(netns)
         self.vxlan = VXLANDevice(netns)
         self.ipip = IPIPDevice(netns)
@@ -229,11 +231,21 @@ class RoutingAgent:
     async def run(self) -> None:
         syncer = asyncio.create_task(self.syncer.run(), name="routing-syncer")
         try:
-            await self.syncer.synced.wait()
-            backoff = Backoff()
-            while True:
+            while not self.syncer.synced.is_set():  # etcd may be away: beat meanwhile
+                self.heartbeat.beat()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._dirty.wait(), RESYNC_INTERVAL)
+                    await asyncio.wait_for(self.syncer.synced.wait(), HEARTBEAT_INTERVAL)
+            backoff = Backoff()
+            resync_at = time.monotonic() + RESYNC_INTERVAL
+            while True:
+                self.heartbeat.beat()
+                try:
+                    async with asyncio.timeout(HEARTBEAT_INTERVAL):
+                        await self._dirty.wait()
+                except TimeoutError:
+                    if time.monotonic() < resync_at:
+                        continue  # idle: the beat says the loop is alive
+                resync_at = time.monotonic() + RESYNC_INTERVAL
                 await asyncio.sleep(DEBOUNCE)
                 self._dirty.clear()
                 try:

@@ -240,3 +240,23 @@ def test_the_image_copies_every_package() -> None:
                        "tortie-kube-controllers")):
         command = _container(doc, name)["command"][0]
         assert command in scripts, f"{command} is not an installed script"
+
+
+def test_tortie_node_probes_liveness_and_readiness_on_its_metrics_address() -> None:
+    from agentkit.http import parse_address
+    from node.main import parse_args
+
+    ds = next(d for d in docs(KIND / "manifests" / "20-tortie-node.yaml")
+              if d["kind"] == "DaemonSet")
+    node = _container(ds, "tortie-node")
+    flags = [a for a in node["command"] if a.startswith("--metrics-address=")]
+    assert flags == ["--metrics-address=0.0.0.0:9091"]
+    host, port = parse_address(flags[0].split("=", 1)[1])
+    # the daemon accepts the manifest's flags as they are
+    args = parse_args([a.replace("$(NODE_NAME)", "n") for a in node["command"][1:]])
+    assert (args.metrics_host, args.metrics_port) == (host, port)
+    # the kubelet probes from the host's address (hostNetwork): no 127.0.0.1 host
+    for probe, path in (("livenessProbe", "/liveness"), ("readinessProbe", "/readiness")):
+        get = node[probe]["httpGet"]
+        assert get["path"] == path and get["port"] == port, probe
+        assert "host" not in get, probe

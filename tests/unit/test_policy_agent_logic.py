@@ -308,3 +308,19 @@ def test_no_policy_flag_turns_the_agent_off() -> None:
     agent = make_agent(ctx([]))
     assert isinstance(agent, PolicyAgent) and agent.table == "tortie"
     assert agent.health()["synced"] is False
+
+
+async def test_the_idle_program_loop_beats_its_heartbeat(monkeypatch: pytest.MonkeyPatch,
+                                                         ) -> None:
+    monkeypatch.setattr(agent_module, "HEARTBEAT_INTERVAL", 0.02)
+    store, applier = MemoryStore(), RecordingApplier()
+    agent = make_agent(store, applier)
+    task = await start(agent)
+    try:
+        agent.heartbeat.last -= 100  # as if the loop had been stuck
+        await until(lambda: agent.heartbeat.age() < 1, 5, "a beat while idle")
+        before = programs(agent)
+        await asyncio.sleep(0.1)
+        assert programs(agent) == before  # the beats program nothing
+    finally:
+        await stop(agent, task)
