@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from datastore.kinds import KINDS
 from datastore.model_base import CALICO_API_VERSION
 from datastore.model_config import FelixConfigurationSpec
 
@@ -111,6 +112,7 @@ FELIX_ACTED_ON: Final = frozenset({
 #: FelixConfiguration is ``bpfLogLevel: ""``, ``floatingIPs: Disabled``,
 #: ``logSeverityScreen: Info``, ``reportingInterval: 0s``).
 _FELIX_SAME: Final[dict[str, tuple[Any, ...]]] = {
+    "ipv6Support": (True,),
     "logSeverityScreen": ("Info",),
     "reportingInterval": ("0s", "0"),
     "floatingIPs": ("Disabled",),
@@ -169,6 +171,7 @@ UNSUPPORTED: Final[tuple[Unsupported, ...]] = (
     Unsupported("HostEndpoint", "spec.ports[*].hostPort", _NOT_READ),
     Unsupported("HostEndpoint", "spec.ports[*].hostIP", _NOT_READ),
     Unsupported("Node", "spec.vxlanTunnelMACAddrV6", "Tortie has no IPv6 VXLAN tunnels"),
+    Unsupported("Node", "spec.interfaceName", _NOT_READ),
     Unsupported("BGPConfiguration", "spec.logSeverityScreen",
                 "the BGP speaker's log level is tortie-node's", same=("Info",)),
     Unsupported("BGPConfiguration", "spec.serviceClusterIPs",
@@ -224,8 +227,6 @@ UNSUPPORTED: Final[tuple[Unsupported, ...]] = (
                 "Tortie has no policy migration", same=({"enabled": "Enabled"},)),
     Unsupported("KubeControllersConfiguration", "spec.controllers.node.hostEndpoint.templates",
                 "only the default <node>-auto-hep host endpoints are created"),
-    Unsupported("KubeControllersConfiguration", "status",
-                "kube-controllers' own report; Tortie does not write it"),
 )
 
 
@@ -369,6 +370,8 @@ class IgnoredFieldLog:
 
 def render_markdown() -> str:
     """docs/supported.md: the table as Markdown."""
+    full = [k.kind for k in KINDS if k.api_version == CALICO_API_VERSION
+            and k.kind not in _BY_KIND]
     lines = [
         "# Fields Tortie accepts but does not act on",
         "",
@@ -381,8 +384,8 @@ def render_markdown() -> str:
         "the listed no-effect values) gives a warning at `tortie apply` / `create` / "
         "`replace` (the resource is stored all the same), and the node agent that consumes "
         "the kind logs it once per resource. Fields of these kinds not listed here are acted "
-        "on. Kinds without an entry (IPPool, IPReservation, IPAMConfiguration, NetworkSet, "
-        "GlobalNetworkSet) are fully supported.",
+        f"on. Kinds without an entry ({', '.join(full)}) are fully supported. Status fields "
+        "are reports, not settings, and are not listed.",
         "",
         "Rule matches Tortie cannot enforce never widen what a policy allows: an Allow or "
         "Pass rule with one matches no traffic; a Deny or Log rule applies without the "
