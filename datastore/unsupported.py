@@ -37,8 +37,10 @@ from datastore.model_config import FelixConfigurationSpec
 log = logging.getLogger("tortie.unsupported")
 
 #: ``all``: any resource of the kind; ``node``: only per-node configurations
-#: (``node.<nodename>``), whose other fields the agents read from ``default``.
-Scope = Literal["all", "node"]
+#: (``node.<nodename>``), whose other fields the agents read from ``default``; ``other``:
+#: configurations named neither ``default`` nor ``node.<nodename>``, which no agent reads
+#: (their other entries are then not reported one by one).
+Scope = Literal["all", "node", "other"]
 #: ``ignored``: stored, no effect; ``match``: a rule condition Tortie cannot enforce.
 Effect = Literal["ignored", "match"]
 
@@ -152,6 +154,7 @@ def _felix_entries() -> list[Unsupported]:
 
 _NOT_READ: Final = "not read by Tortie"
 _PER_NODE: Final = "read only from the BGPConfiguration named default"
+_ONLY_NAMED: Final = "only the configurations named default and node.<nodename> are read"
 
 UNSUPPORTED: Final[tuple[Unsupported, ...]] = (
     *_rule_entries(),
@@ -210,7 +213,9 @@ UNSUPPORTED: Final[tuple[Unsupported, ...]] = (
     Unsupported("BGPPeer", "spec.filters", "Tortie has no BGPFilter"),
     Unsupported("BGPPeer", "spec.localWorkloadSelector", "Tortie has no workload BGP peering"),
     Unsupported("BGPPeer", "spec.reversePeering", _NOT_READ, same=("Auto",)),
+    Unsupported("BGPConfiguration", "spec", _ONLY_NAMED, scope="other"),
     *_felix_entries(),
+    Unsupported("FelixConfiguration", "spec", _ONLY_NAMED, scope="other"),
     Unsupported("KubeControllersConfiguration", "spec.logSeverityScreen",
                 "tortie-kube-controllers' log level is its --log-level flag", same=("Info",)),
     Unsupported("KubeControllersConfiguration", "spec.healthChecks",
@@ -287,11 +292,16 @@ def _rule_action(doc: Mapping[str, Any], path: str, indices: tuple[int, ...]) ->
 def ignored_fields(kind: str, document: Mapping[str, Any]) -> list[IgnoredField]:
     """The fields set in ``document`` (a ``projectcalico.org/v3`` document of ``kind``, as
     the model dumps it) that Tortie does not act on, in table order."""
-    name = (document.get("metadata") or {}).get("name") or ""
+    name = str((document.get("metadata") or {}).get("name") or "")
+    scope: Scope = ("node" if name.startswith("node.") else "all" if name == "default"
+                    else "other")
+    entries = _BY_KIND.get(kind, ())
+    if scope == "other" and any(e.scope == "other" for e in entries):
+        entries = tuple(e for e in entries if e.scope == "other")
+    else:
+        entries = tuple(e for e in entries if e.scope in ("all", scope))
     out: list[IgnoredField] = []
-    for entry in _BY_KIND.get(kind, ()):
-        if entry.scope == "node" and not str(name).startswith("node."):
-            continue
+    for entry in entries:
         for path, value, indices in _walk(document, _segments(entry.path), "", ()):
             if _is_set(value, entry.same):
                 action = (_rule_action(document, entry.path, indices)
@@ -397,7 +407,8 @@ def render_markdown() -> str:
                   "|---|---|---|"]
         for e in entries:
             same = ", ".join(f"`{_yaml_scalar(v)}`" for v in e.same)
-            where = " (in `node.<nodename>` configurations)" if e.scope == "node" else ""
+            where = {"all": "", "node": " (in `node.<nodename>` configurations)",
+                     "other": " (of configurations with any other name)"}[e.scope]
             lines.append(f"| `{e.path}`{where} | {same} | {e.why} |")
         lines.append("")
     return "\n".join(lines)

@@ -175,6 +175,15 @@ def test_bgp_configuration() -> None:
                                 "not supported by Tortie: stored, but it has no effect")
 
 
+def test_configurations_with_other_names_are_not_read_at_all() -> None:
+    assert warnings(res("FelixConfiguration", "extra", {"wireguardEnabled": True,
+                                                        "failsafeInboundHostPorts": []})) == [
+        "warning: FelixConfiguration extra: spec is not supported by Tortie: stored, but it "
+        "has no effect"]
+    assert paths(res("BGPConfiguration", "mine", {"asNumber": 65001})) == ["spec"]
+    assert paths(res("FelixConfiguration", "node.n1", {"failsafeInboundHostPorts": []})) == []
+
+
 def test_bgp_peer() -> None:
     assert paths(res("BGPPeer", "p", {"peerIP": "192.0.2.1", "asNumber": 65000,
                                       "keepaliveTime": "10s", "sourceAddress": "UseNodeIP",
