@@ -132,6 +132,12 @@ _FELIX_SAME: Final[dict[str, tuple[Any, ...]]] = {
     "windowsManageFirewallRules": ("Disabled",),
     "awsSrcDstCheck": ("DoNothing",),
     "routeSyncDisabled": (False,),
+    "interfacePrefix": ("cali",),
+    "bpfLogLevel": ("Off",),
+    "natOutgoingExclusions": ("IPPoolsAndHostIPs",),
+    "workloadSourceSpoofing": ("Any",),
+    "allowVXLANPacketsFromWorkloads": (True,),
+    "allowIPIPPacketsFromWorkloads": (True,),
 }
 _FELIX_WHY: Final[dict[str, str]] = {
     "wireguardEnabled": "Tortie has no WireGuard encryption",
@@ -142,6 +148,15 @@ _FELIX_WHY: Final[dict[str, str]] = {
     "logSeverityScreen": "tortie-node's log level is its --log-level flag",
     "prometheusMetricsEnabled": "tortie-node always serves /metrics (its own flags)",
     "healthEnabled": "tortie-node always serves its health endpoint (its own flags)",
+    "interfacePrefix": "workload interfaces are always cali*",
+    "natOutgoingExclusions": "traffic to node addresses is never masqueraded (as "
+                             "IPPoolsAndHostIPs)",
+    "workloadSourceSpoofing": "a workload endpoint's allowSpoofedSourcePrefixes is always "
+                              "honoured (as Any)",
+    "allowVXLANPacketsFromWorkloads": "tunnel packets from workloads are not dropped "
+                                      "specially: policy decides (as true)",
+    "allowIPIPPacketsFromWorkloads": "tunnel packets from workloads are not dropped "
+                                     "specially: policy decides (as true)",
 }
 
 
