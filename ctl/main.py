@@ -27,6 +27,7 @@ from datastore.resources import (
     to_resource,
 )
 from datastore.store import DatastoreError, NotFound
+from datastore.unsupported import warnings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -159,6 +160,9 @@ def _write_all(ctx: click.Context, files: tuple[str, ...], namespace: str | None
             raise CLIError(f"{doc.where + ': ' if doc else ''}{e}\nnothing was written") \
                 from None
         _summary(PAST_TENSE[verb], [info for info, _ in result.written + result.skipped])
+        for _, obj in result.written if verb != "delete" else ():
+            for line in warnings(obj):
+                click.echo(line, err=True)
 
     run(ctx, go)
 
@@ -277,8 +281,10 @@ def patch(ctx: click.Context, kind: str, name: str, patch_text: str,
         raise CLIError(str(e)) from None
     if not isinstance(body, dict):
         raise CLIError("--patch: must be a JSON object")
-    run(ctx, lambda res: res.patch(info, name, namespace, body))
+    obj = run(ctx, lambda res: res.patch(info, name, namespace, body))
     click.echo(f"Successfully patched 1 '{info.kind}' resource")
+    for line in warnings(obj):
+        click.echo(line, err=True)
 
 
 @cli.command()

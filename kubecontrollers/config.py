@@ -15,6 +15,7 @@ from datastore.kinds import by_plural
 from datastore.model_base import ResourceInvalid
 from datastore.model_config import KUBE_CONTROLLERS_CONFIG_NAME, KubeControllersConfiguration
 from datastore.syncer import Syncer
+from datastore.unsupported import IgnoredFieldLog
 from kubecontrollers.controller import Context
 from kubecontrollers.settings import leak_grace
 
@@ -29,6 +30,8 @@ class ConfigWatcher:
         self.syncer = Syncer(ctx.store, [resource_prefix(_KCC.plural)], self._update,
                              name="kcc")
         self.invalid = 0
+        self.ignored = IgnoredFieldLog("kube-controllers",
+                                       frozenset({"KubeControllersConfiguration"}))
 
     @property
     def synced(self) -> Any:
@@ -46,6 +49,7 @@ class ConfigWatcher:
                       extra={"fields": {"error": str(e)}})
             return
         self.ctx.kcc = kcc
+        self.ignored.update(key, kcc)
         log.info("configuration", extra={"fields": {
             "autoCreate": kcc.host_endpoint_auto_create(),
             "leakGracePeriod_s": leak_grace(kcc)}})

@@ -49,6 +49,7 @@ from datastore.kinds import by_plural, plurals
 from datastore.model_config import FelixConfiguration
 from datastore.model_endpoints import WorkloadEndpoint
 from datastore.syncer import Syncer, cancel_and_wait
+from datastore.unsupported import IgnoredFieldLog
 from policyagent import nft_apply, nft_render
 from policyagent.applier import Applier, NftApplier
 from policyagent.calc import PolicyCalculator
@@ -64,6 +65,11 @@ TABLE = nft_render.DEFAULT_TABLE
 #: service account's name as label.)
 PLURALS = plurals(PolicyCalculator.handles)
 PREFIXES = tuple(resource_prefix(p) for p in PLURALS)
+#: The kinds whose fields Tortie does not act on this agent logs (the routing agent logs
+#: IPPool, Node and the BGP kinds).
+IGNORED_FIELDS_KINDS = frozenset({
+    "GlobalNetworkPolicy", "NetworkPolicy", "Profile", "WorkloadEndpoint", "HostEndpoint",
+    "NetworkSet", "GlobalNetworkSet", "FelixConfiguration"})
 READY_TIMEOUT = 30.0        # endpoint_ready: longest wait for sync + programming
 COUNTERS_MIN_INTERVAL = 5.0  # per-rule counters are read from nft at most this often
 INTERFACES_POLL = 2.0  # host interfaces/addresses (host endpoint resolution) re-read this often
@@ -132,6 +138,7 @@ class PolicyAgent:
         self._ip_owner: dict[str, str] = {}  # ipNetwork -> the endpoint key holding it
         self._interfaces: dict[str, list[str]] | None = None  # host interfaces -> addresses
         self._felix: dict[str, FelixConfiguration] = {}
+        self._ignored = IgnoredFieldLog("policy", IGNORED_FIELDS_KINDS)
         self._endpoint_to_host = DEFAULT_ENDPOINT_TO_HOST
         self.last_program: float | None = None
         self.last_program_kind = ""
@@ -241,6 +248,7 @@ class PolicyAgent:
             self.m_skipped.labels(kind="unknown").inc()
             return
         if value is None:
+            self._ignored.update(key, None)
             if plural == "felixconfigurations":
                 self._felix.pop(key, None)
                 self._update_endpoint_to_host()
@@ -255,6 +263,7 @@ class PolicyAgent:
             log.warning("skipping a resource that does not parse", extra={"fields": {
                 "key": key, "error": str(e).replace("\n", "; ")[:500]}})
             return
+        self._ignored.update(key, resource)
         if plural == "felixconfigurations":
             self._felix[key] = resource
             self._update_endpoint_to_host()

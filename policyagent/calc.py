@@ -50,8 +50,10 @@ Semantics (Calico's, as its documentation describes them)
   TCP becomes an IP set of ``ip,tcp:<port>`` for every endpoint matching that side's selector
   (every endpoint when there is none) that has a TCP port named ``http`` -- from the workload
   endpoint's ``ports``, else from its Pod's containers.
-* **Unsupported matches** (``services``, ``http``) make the rule a no-verdict (``none``) rule,
-  so it cannot allow or deny more than it says.
+* **Unsupported matches** (``services``, ``http``; see :mod:`datastore.unsupported`) never
+  widen what is allowed: an Allow or Pass rule with one becomes a no-verdict (``none``) rule
+  that matches nothing; a Deny or Log rule is enforced without the condition (it drops or
+  logs more, never less).
 
 Not here: interface resolution of ``expectedIPs``-only host endpoints and the choice between
 several host endpoints on one interface (the renderer knows the interfaces).

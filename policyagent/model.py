@@ -37,8 +37,9 @@ A :class:`RuleSpec` matches a packet when *every* present criterion matches:
 Actions: ``allow`` accepts (ends all policy for this hook), ``deny`` drops, ``log`` logs and goes
 on with the next rule, ``pass`` skips the rest of the tier (to the next tier, or to the
 profiles after the last tier), ``none`` has no verdict (the rule only counts; used for rules
-that can never match on any family and for rules with match criteria Tortie does not enforce
--- ``services``, ``http`` -- so that they neither allow nor deny more than asked).
+that can never match on any family and for Allow / Pass rules with match criteria Tortie does
+not enforce -- ``services``, ``http`` -- so that they never allow more than asked; Deny / Log
+rules with them apply without the criteria).
 
 Evaluation order for an endpoint and direction
 ----------------------------------------------

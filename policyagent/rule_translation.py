@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from datastore.model_policy import EntityRule, Rule
+from datastore.unsupported import rule_unenforced
 from policyagent.model import Action, Direction, PolicyProgram, RuleSpec
 from policyagent.selector_index import IPSetKey, cidr, ip_set_ids, protocol_number
 from policyagent.selectors import (
@@ -45,7 +46,9 @@ def translate_rules(pid: str, direction: Direction, rules: list[Rule], ns: str |
 
 def _rule(rule_id: str, rule: Rule, ns: str | None, set_keys: list[IPSetKey]) -> RuleSpec:
     action = _ACTIONS[rule.action.lower()]
-    if rule.http is not None or rule.source.services or rule.destination.services:
+    if action in ("allow", "pass") and rule_unenforced(rule):
+        # a condition Tortie cannot enforce (http, services): the rule must never allow more
+        # than it says, so it matches nothing; a deny or log rule applies without it
         action = "none"
     proto = protocol_number(rule.protocol)
     families = {rule.ipVersion} if rule.ipVersion else {4, 6}

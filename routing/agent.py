@@ -45,6 +45,7 @@ from datastore.model_network import IPPool, Node
 from datastore.resources import ResourceConflict
 from datastore.store import DatastoreError, NotFound
 from datastore.syncer import Syncer, cancel_and_wait
+from datastore.unsupported import IgnoredFieldLog
 from ipam.allocator import IPAM
 from ipam.blocks import Block, IPAMError
 from ipam.watch import block_watch_prefix, parse_watched_block
@@ -139,6 +140,9 @@ class RoutingAgent:
         self.node_models: dict[str, Node] = {}
         self.blocks: dict[str, Block] = {}
         self.configs: dict[str, BGPConfiguration] = {}
+        # IPPool has no unsupported field: pools are not checked
+        self._ignored = IgnoredFieldLog("routing", frozenset({"Node", "BGPConfiguration",
+                                                              "BGPPeer"}))
         self.peers: dict[str, BGPPeer] = {}
         self.learnt: dict[str, LearnedRoute] = {}
         self.syncer = Syncer(ctx.store, (POOLS, NODES, BGP_CONFIGS, BGP_PEERS, BLOCKS),
@@ -201,16 +205,19 @@ class RoutingAgent:
                     model = Node.from_dict(dict(value))
                     self.nodes[name] = desired.NodeInfo.from_node(model)
                     self.node_models[name] = model
+                self._ignored.update(key, self.node_models.get(name))
             elif key.startswith(BGP_CONFIGS):
                 if value is None:
                     self.configs.pop(name, None)
                 else:
                     self.configs[name] = BGPConfiguration.from_dict(dict(value))
+                self._ignored.update(key, self.configs.get(name))
             elif key.startswith(BGP_PEERS):
                 if value is None:
                     self.peers.pop(name, None)
                 else:
                     self.peers[name] = BGPPeer.from_dict(dict(value))
+                self._ignored.update(key, self.peers.get(name))
         except Exception as e:  # one bad document never stops the others
             self.m_failures.labels(what="document").inc()
             log.warning("ignoring a document routing cannot use",

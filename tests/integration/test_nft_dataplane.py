@@ -16,7 +16,7 @@ from policyagent.model import DataplaneModel
 from policyagent.nft_render import render, render_incremental
 from policyagent.simulate import Packet, workload_verdict
 from tests.support.nft import A_IP, B_IP, Lab, nsx, sh, unique
-from tests.support.policy import Cluster, gnp, hep, two_pods, wep
+from tests.support.policy import Cluster, gnp, hep, np_, two_pods, wep
 from tests.support.tools import tools
 
 pytestmark = [
@@ -145,3 +145,28 @@ def test_anti_spoofing_drops_forged_sources(lab: Lab) -> None:
     assert nsx(lab.pa, sys.executable, "-I", "-S", "-c", code, check=False).returncode != 0
     assert time.monotonic() - started < 5
     assert nft_apply.read_counters("tortie", lab.node)["default/a anti-spoof v4"][0] > 0
+
+
+def test_rules_with_unenforceable_matches_never_let_more_through(lab: Lab) -> None:
+    """An Allow rule with ``http`` (an L7 match Tortie cannot enforce) admits nothing; the same
+    rule without it admits the traffic; a Deny rule with ``http`` drops without it."""
+
+    def program(*ingress: dict[str, object]) -> None:
+        model = Cluster().add(
+            wep("a", A_IP, {"app": "a"}), wep("b", B_IP, {"app": "b"}),
+            np_("web", selector="app == 'b'", ingress=list(ingress))).model()
+        nft_apply.apply(render(model), lab.node)
+
+    allow = {"action": "Allow", "protocol": "TCP", "source": {"selector": "app == 'a'"},
+             "destination": {"ports": [8080]}}
+    with_http = {**allow, "http": {"methods": ["GET"], "paths": [{"prefix": "/"}]}}
+
+    program(with_http)
+    assert not lab.tcp(8080)
+    program(allow)
+    assert lab.tcp(8080)
+    program(with_http, allow)  # the http rule does not get in the way of the plain one
+    assert lab.tcp(8080)
+    program({**with_http, "action": "Deny"}, allow)  # the Deny applies without its http
+    assert not lab.tcp(8080)
+    assert nft_apply.read_counters("tortie", lab.node)["np:default:web/ingress/0"][0] > 0

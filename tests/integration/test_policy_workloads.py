@@ -329,6 +329,36 @@ def test_calico_policy_by_service_account(lab: Lab) -> None:
         assert tcp(robot, s, 80, True)
 
 
+def test_allow_rule_with_http_admits_nothing(lab: Lab) -> None:
+    """``http`` is an L7 match Tortie cannot enforce: the Allow rule that has it matches
+    nothing (through ``tortie apply`` and the node's policy agent), the same rule without it
+    admits the traffic, and the node logs the field once."""
+    ns = _ns(lab, "l7")
+    s = wl.add_pod(lab, NODE, f"{ns}/s", labels={"app": "s"})
+    c = wl.add_pod(lab, NODE, f"{ns}/c", labels={"app": "c"})
+
+    def policy(**extra: object) -> str:
+        return json.dumps({
+            "apiVersion": "projectcalico.org/v3", "kind": "NetworkPolicy",
+            "metadata": {"name": "web", "namespace": ns},
+            "spec": {"selector": "app == 's'", "types": ["Ingress"],
+                     "ingress": [{"action": "Allow", "protocol": "TCP",
+                                  "source": {"selector": "app == 'c'"},
+                                  "destination": {"ports": [80]}, **extra}]}})
+
+    with wl.Server(s, tcp=[80]):
+        wl.apply(lab, policy(http={"methods": ["GET"]}))
+        until_sync(lambda: tcp(c, s, 80, False))
+        wl.apply(lab, policy())
+        until_sync(lambda: tcp(c, s, 80, True))
+        wl.apply(lab, policy(http={"methods": ["GET"]}))
+        until_sync(lambda: tcp(c, s, 80, False))
+    lines = [line for line in node_log(lab).splitlines()
+             if "resource field is not acted on" in line and f"{ns}/web" in line]
+    assert len(lines) == 2, lines  # once per version that has the field, not per resync
+    assert all("spec.ingress[0].http" in line for line in lines)
+
+
 def test_no_policy_and_no_allowing_profile_drops_everything(lab: Lab) -> None:
     ns = _ns(lab, "bare")
     a = wl.add_pod(lab, NODE, f"{ns}/a")
