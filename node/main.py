@@ -8,6 +8,8 @@
                 [--socket PATH] [--metrics-port P] [--interface-prefix cali]
                 [--cni-etcd-timeout S] [--cni-request-timeout S] [--log-level info]
 
+* at start finds the underlay MTU (the MTU of the interface carrying the node's address),
+  from which pods' MTUs derive (datastore/mtu.py);
 * registers (and keeps up to date) its calico ``Node`` resource: ``spec.bgp.ipv4Address``
   is the node's first global IPv4 address/prefix, ``spec.orchRefs`` names the k8s node;
 * serves the CNI socket (mode 0600; a stale socket file is replaced, a live one is an
@@ -175,6 +177,7 @@ class NodeDaemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self._check_forwarding()
+        await self._detect_underlay()
         try:
             await self._start_cni_server()
         except OSError as e:
@@ -233,6 +236,14 @@ class NodeDaemon:
         if self.cni_store is not self.store:
             await self.cni_store.close()
         await self.store.close()
+
+    async def _detect_underlay(self) -> None:
+        """The underlay MTU pods' MTUs derive from: that of the interface carrying the
+        node's address (datastore/mtu.py)."""
+        address = await asyncio.to_thread(netlink.first_global_ipv4, self.args.interface_prefix)
+        mtu = await self.handler.detect_underlay(address)
+        log.info("underlay MTU detected", extra={"fields": {
+            "node": self.node, "address": address or "-", "mtu": mtu}})
 
     def _check_forwarding(self) -> None:
         if read_sysctl("net/ipv4/ip_forward") == "0":
