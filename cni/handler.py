@@ -95,7 +95,7 @@ from datastore.model_config import FelixConfiguration
 from datastore.model_endpoints import EndpointPort, WorkloadEndpoint, WorkloadEndpointSpec
 from datastore.model_k8s import Namespace, Pod
 from datastore.model_network import IPPool, Node
-from datastore.mtu import MTUOverrides, encaps_in_use, felix_overrides, pod_mtu
+from datastore.mtu import encaps_in_use, felix_overrides, pod_mtu
 from datastore.resources import ResourceExists, Resources
 from ipam.allocator import IPAM
 from ipam.blocks import IPAMError
@@ -488,9 +488,7 @@ class CNIHandler:
         underlay = self.underlay_mtu
         if underlay is None:
             underlay = await self.detect_underlay(None)
-        overrides = felix_overrides(pod.felix, self.node)
-        return pod_mtu(underlay, encaps_in_use(pod.pools),
-                       MTUOverrides(vxlan=overrides.vxlan, ipip=overrides.ipip))
+        return pod_mtu(underlay, encaps_in_use(pod.pools), felix_overrides(pod.felix, self.node))
 
     async def _felix(self, name: str) -> FelixConfiguration | None:
         """The FelixConfiguration ``name``; None when it is missing or does not parse (a bad

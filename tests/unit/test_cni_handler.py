@@ -29,6 +29,7 @@ from cni.spec import (
     ERR_UNKNOWN_POOL,
 )
 from datastore.backend import Unavailable
+from datastore.keys import resource_key
 from datastore.kinds import by_plural
 from datastore.memory import MemoryStore
 from datastore.model_config import FelixConfiguration
@@ -475,6 +476,17 @@ async def test_pod_mtu_follows_the_encapsulation_and_felix_configuration() -> No
     await _felix(node, "node.elsewhere", vxlanMTU=100)  # another node's: not ours
     assert await _pod_mtu(node) == 8900
     assert await _pod_mtu(node, mtu=1300) == 1300  # the CNI config wins
+
+
+async def test_a_felix_configuration_that_does_not_parse_is_ignored() -> None:
+    node = Node()
+    node.dp.mtu = 1500
+    await node.pool(vxlanMode="Always")
+    await node.store.put(resource_key("felixconfigurations", "default"), {
+        "apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration",
+        "metadata": {"name": "default"}, "spec": {"vxlanMTU": "big"}})
+    await _felix(node, f"node.{NODE}", vxlanMTU=1420)
+    assert await _pod_mtu(node) == 1420
 
 
 async def test_underlay_mtu_is_found_once() -> None:
