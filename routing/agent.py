@@ -1,9 +1,9 @@
 """The routing agent: datastore + BGP -> kernel routes, tunnels, outgoing NAT.
 
 It mirrors IP pools, Nodes, BGPConfigurations, BGPPeers, FelixConfigurations (for
-``vxlanMTU`` / ``ipipMTU``) and the IPAM blocks (a block's
-affinity is in its document) with a :class:`datastore.syncer.Syncer`, and after every change
-(debounced) and every ``RESYNC_INTERVAL``:
+``vxlanMTU`` / ``ipipMTU``) and the IPAM blocks (a block's affinity is in its document) with
+a :class:`datastore.syncer.Syncer`, and after every change (debounced) and every
+``RESYNC_INTERVAL``:
 
 1. makes sure this node has a VTEP address (from its IPAM block, handle
    ``vxlan-tunnel-addr-<node>``) and MAC in its Node resource when a pool uses VXLAN;
@@ -13,8 +13,8 @@ affinity is in its document) with a :class:`datastore.syncer.Syncer`, and after 
    the speaker (:class:`routing.bgp.speaker.ExaBGPSpeaker`); the speaker's learnt routes come
    back through ``on_routes`` and trigger step 2 again;
 4. programs ``vxlan.tortie`` (device, FDB, neighbours), ``tunl0`` (each with its MTU,
-   :mod:`datastore.mtu`), the routes (protocol 80,
-   :mod:`routing.kernel`) and ``ip tortie-nat`` (:mod:`routing.nat`).
+   :mod:`datastore.mtu`), the routes (protocol 80, :mod:`routing.kernel`) and
+   ``ip tortie-nat`` (:mod:`routing.nat`).
 
 Restarts: ``close()`` leaves every route in place and stops the speaker gracefully (peers keep
 our routes as stale).  A starting agent adopts the routes with protocol 80 it finds and does
@@ -145,8 +145,8 @@ class RoutingAgent:
         self.peers: dict[str, BGPPeer] = {}
         self.felix: dict[str, FelixConfiguration] = {}
         self.learnt: dict[str, LearnedRoute] = {}
-        self.syncer = Syncer(ctx.store, (POOLS, NODES, BGP_CONFIGS, BGP_PEERS, FELIX_CONFIGS,
-                                                BLOCKS),
+        self.syncer = Syncer(ctx.store,
+                             (POOLS, NODES, BGP_CONFIGS, BGP_PEERS, FELIX_CONFIGS, BLOCKS),
                              self._on_update, self._on_synced, name="routing")
         self._dirty = asyncio.Event()
         self._started_at = time.monotonic()
