@@ -47,8 +47,9 @@ class Dataplane(Protocol):
         """Whether ``ifname`` exists in the namespace (False if the namespace is gone)."""
         ...
 
-    def default_mtu(self) -> int:
-        """MTU of the interface of the default route (1500 if there is none)."""
+    def underlay_mtu(self, address: str | None) -> int:
+        """MTU of the interface carrying ``address`` (else of the default route's, else
+        1500)."""
         ...
 
     def setup_veth(self, host_name: str, netns_path: str, ifname: str,
@@ -92,8 +93,8 @@ class NetlinkDataplane:
     def netns_link_exists(self, netns_path: str, ifname: str) -> bool:
         return netlink.netns_link_exists(netns_path, ifname)
 
-    def default_mtu(self) -> int:
-        return netlink.default_mtu()
+    def underlay_mtu(self, address: str | None) -> int:
+        return netlink.underlay_mtu(address)
 
     def setup_veth(self, host_name: str, netns_path: str, ifname: str,
                    ipv4: Sequence[str] = (), ipv6: Sequence[str] = (),
@@ -201,7 +202,7 @@ class MemoryDataplane:
         with self._lock:
             return netns_path in self.namespaces and (netns_path, ifname) in self.links
 
-    def default_mtu(self) -> int:
+    def underlay_mtu(self, address: str | None) -> int:
         return self.mtu
 
     def setup_veth(self, host_name: str, netns_path: str, ifname: str,

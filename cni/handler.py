@@ -10,7 +10,10 @@ ADD
     > ``ipam.ipv4_pools`` > pools selecting the node) or the requested addresses
     (``cni.projectcalico.org/ipAddrs`` / ``CNI_ARGS IP=``) -> allocate with handle
     ``tortie.<containerID>`` (``tortie.<containerID>.<ifname>`` for an interface other than
-    eth0) -> veth (:class:`cni.dataplane.Dataplane`) -> WorkloadEndpoint
+    eth0) -> veth (:class:`cni.dataplane.Dataplane`; its MTU: the
+    config's ``mtu``, else :func:`datastore.mtu.pod_mtu` of the underlay MTU found at start,
+    the encapsulations the enabled pools use and FelixConfiguration's ``vxlanMTU`` /
+    ``ipipMTU``, read again for every ADD) -> WorkloadEndpoint
     ``<node>-k8s-<pod>-<ifname>`` -> ``on_endpoint_ready`` (the policy agent's hook) ->
     result.  Any failure after allocation rolls everything back.  An ADD repeated for a
     container that is fully set up returns the same result again.
@@ -96,9 +99,11 @@ from datastore.backend import DatastoreError, KVStore, NotFound, Unavailable
 from datastore.kinds import by_plural
 from datastore.labels import validate_dns1123_subdomain
 from datastore.model_base import ResourceInvalid
+from datastore.model_config import FelixConfiguration
 from datastore.model_endpoints import EndpointPort, WorkloadEndpoint, WorkloadEndpointSpec
 from datastore.model_k8s import Namespace, Pod
 from datastore.model_network import IPPool, Node
+from datastore.mtu import encaps_in_use, felix_overrides, pod_mtu
 from datastore.resources import ResourceExists, Resources
 from ipam.allocator import IPAM
 from ipam.blocks import IPAMError
@@ -148,6 +153,7 @@ _WEP = by_plural("workloadendpoints")
 _POD = by_plural("pods")
 _NAMESPACE = by_plural("namespaces")
 _NODE = by_plural("nodes")
+_FELIX = by_plural("felixconfigurations")
 _NAME_CLEAN = re.compile(r"[^a-z0-9.-]")
 
 
@@ -195,6 +201,8 @@ class _PodInfo:
     ns: Namespace | None = None
     node: Node | None = None
     pools: list[IPPool] = field(default_factory=list)
+    #: FelixConfigurations ``default`` and ``node.<node>`` by name (those that exist)
+    felix: dict[str, FelixConfiguration] = field(default_factory=dict)
 
     @property
     def service_account(self) -> str:
@@ -228,7 +236,7 @@ class CNIHandler:
     """Serves CNI requests for one node."""
 
     def __init__(self, store: KVStore, node: str, *, interface_prefix: str = "cali",
-                 mtu: int | None = None,
+                 underlay_mtu: int | None = None,
                  on_endpoint_ready: EndpointReady | None = None,
                  request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
                  dataplane: Dataplane | None = None) -> None:
@@ -241,7 +249,8 @@ class CNIHandler:
         self.resources = Resources(store)
         self.ipam = IPAM(store, node)
         self.on_endpoint_ready = on_endpoint_ready
-        self._mtu = mtu
+        #: the MTU of the node's underlay interface (:meth:`detect_underlay`)
+        self.underlay_mtu = underlay_mtu
         self._locks = _KeyedLocks()
         self._inflight: dict[str, int] = {}
         #: the kernel: namespaces, veths (netlink unless a test gives another)
@@ -481,25 +490,50 @@ class CNIHandler:
         except NotFound:
             return None
 
-    async def _mtu_for(self, conf: NetConf) -> int:
+    async def detect_underlay(self, address: str | None) -> int:
+        """Find the underlay MTU: that of the interface carrying ``address`` (the node's
+        address), else of the default route's interface, else 1500."""
+        self.underlay_mtu = await asyncio.to_thread(self.dataplane.underlay_mtu, address)
+        return self.underlay_mtu
+
+    async def _mtu_for(self, conf: NetConf, pod: _PodInfo) -> int:
+        """The pod's MTU (:func:`datastore.mtu.pod_mtu`); the config's ``mtu`` wins."""
         if conf.mtu:
             return conf.mtu
-        if self._mtu is None:
-            self._mtu = await asyncio.to_thread(self.dataplane.default_mtu)
-        return self._mtu
+        underlay = self.underlay_mtu
+        if underlay is None:
+            underlay = await self.detect_underlay(None)
+        return pod_mtu(underlay, encaps_in_use(pod.pools), felix_overrides(pod.felix, self.node))
+
+    async def _felix(self, name: str) -> FelixConfiguration | None:
+        """The FelixConfiguration ``name``; None when it is missing or does not parse (a bad
+        document never fails a pod)."""
+        try:
+            cfg: FelixConfiguration = await self.resources.get(_FELIX, name)
+        except NotFound:
+            return None
+        except (ResourceInvalid, ValueError) as e:
+            log.warning("ignoring a FelixConfiguration that does not parse",
+                        extra={"fields": {"name": name, "error": str(e)[:300]}})
+            return None
+        return cfg
 
     async def _pod_info(self, env: CNIEnv) -> _PodInfo:
-        """Pod, Namespace, this Node and the pools, read concurrently."""
+        """Pod, Namespace, this Node, the pools and the FelixConfigurations, read
+        concurrently."""
         namespace = env.pod_namespace or "default"
         pod_c = self._optional(self.resources.get(_POD, str(env.pod_name), namespace)) \
             if env.is_k8s else asyncio.sleep(0, None)
-        pod, ns, node, pools = await asyncio.gather(
+        names = ("default", f"node.{self.node}")
+        pod, ns, node, pools, *felix = await asyncio.gather(
             pod_c,
             self._optional(self.resources.get(_NAMESPACE, namespace)),
             self._optional(self.resources.get(_NODE, self.node)),
             self.ipam.pools(),
+            *(self._felix(n) for n in names),
         )
-        return _PodInfo(namespace, env.pod_name, pod, ns, node, pools)
+        configs = {n: c for n, c in zip(names, felix, strict=True) if c is not None}
+        return _PodInfo(namespace, env.pod_name, pod, ns, node, pools, configs)
 
     # --- ADD --------------------------------------------------------------------------------
 
@@ -524,7 +558,7 @@ class CNIHandler:
                 asyncio.to_thread(self.dataplane.netns_link_exists, env.netns, env.ifname),
                 self._pod_info(env))
             if wep is not None and wep.spec.containerID == env.container_id:
-                again = await self._repeat_add(env, conf, host_name, wep)
+                again = await self._repeat_add(env, conf, host_name, wep, pod)
                 if again is not None:
                     info.ips = [ip.ip for ip in again.ips]
                     log.info("ADD repeated for a container that is set up already",
@@ -550,7 +584,7 @@ class CNIHandler:
                 return Result(ips=[IPConfig(_host_cidr(ip)) for ip in ips], dns=dict(conf.dns))
             v4 = [ip for ip in ips if ipaddress.ip_address(ip).version == 4]
             v6 = [ip for ip in ips if ipaddress.ip_address(ip).version == 6]
-            mtu = await self._mtu_for(conf)
+            mtu = await self._mtu_for(conf, pod)
             veth_made = True  # from here on a failure may have left a (partial) veth
             # a task, so that a cancelled ADD can wait for the thread before undoing its work
             veth_setup = asyncio.ensure_future(asyncio.to_thread(
@@ -606,17 +640,19 @@ class CNIHandler:
                       extra=_fields(info, handle=handle, error=str(e)))
 
     async def _repeat_add(self, env: CNIEnv, conf: NetConf, host_name: str,
-                          wep: WorkloadEndpoint) -> Result | None:
+                          wep: WorkloadEndpoint, pod: _PodInfo) -> Result | None:
         """The result again if this container is fully set up already, else None."""
         ips = [ipaddress.ip_interface(n).ip for n in wep.spec.ipNetworks or []]
         held = await self.ipam.ips_by_handle(handle_id(env.container_id, env.ifname))
         if not ips or sorted(map(str, ips)) != sorted(held):
             return None
-        mtu = await self._mtu_for(conf)
+        mtu = await self._mtu_for(conf, pod)
         v4 = [str(ip) for ip in ips if ip.version == 4]
         v6 = [str(ip) for ip in ips if ip.version == 6]
+        # the MTU is compared only when the config fixes it (as CHECK does): a pool or
+        # FelixConfiguration change since the first ADD does not make the pod a stranger
         problems = await asyncio.to_thread(self.dataplane.check_veth, host_name, env.netns,
-                                           env.ifname, v4, v6, mtu, wep.spec.mac)
+                                           env.ifname, v4, v6, conf.mtu or None, wep.spec.mac)
         if problems:
             return None
         return _veth_result(host_name, env, wep.spec.mac or "", mtu, [str(i) for i in ips],

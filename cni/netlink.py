@@ -46,6 +46,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from agentkit import links
 from agentkit.netns import (
     NetnsError,
     NetnsGone,
@@ -56,6 +57,7 @@ from agentkit.netns import (
     run_in_netns,
     write_sysctl,
 )
+from datastore.mtu import DEFAULT_UNDERLAY_MTU
 from ipam.handles import PRIMARY_IFNAME
 
 __all__ = [
@@ -67,7 +69,6 @@ __all__ = [
     "NetnsGone",
     "NotANetns",
     "check_veth",
-    "default_mtu",
     "forget_pod_routing",
     "host_netns_identities",
     "host_veth_name",
@@ -81,12 +82,13 @@ __all__ = [
     "secondary_table",
     "setup_veth",
     "teardown_veth",
+    "underlay_mtu",
 ]
 
 HOST_MAC = "ee:ee:ee:ee:ee:ee"
 GATEWAY_V4 = "169.254.1.1"
 GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"  # the EUI-64 link-local address of HOST_MAC
-DEFAULT_MTU = 1500
+DEFAULT_MTU = DEFAULT_UNDERLAY_MTU
 IFNAME_MAX = 15
 IFA_F_NODAD = 0x02
 RT_SCOPE_UNIVERSE = 0
@@ -221,15 +223,11 @@ def netns_link_exists(netns_path: str, ifname: str) -> bool:
         return False
 
 
-def default_mtu() -> int:
-    """MTU of the interface the default IPv4 route uses (1500 if there is none)."""
-    with _iproute() as ipr:
-        for route in ipr.get_routes(family=2, table=RT_TABLE_MAIN):
-            if route["dst_len"] == 0 and route.get_attr("RTA_OIF"):
-                links = ipr.get_links(route.get_attr("RTA_OIF"))
-                if links:
-                    return int(links[0].get_attr("IFLA_MTU") or DEFAULT_MTU)
-    return DEFAULT_MTU
+def underlay_mtu(address: str | None) -> int:
+    """MTU of the interface carrying ``address`` (the node's address), else of the default
+    IPv4 route's interface, else :data:`DEFAULT_MTU`."""
+    found = links.underlay_mtu(address)
+    return found[0] if found else DEFAULT_MTU
 
 
 # --- setup --------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -453,7 +453,10 @@ class Lab:
 
     # --- pods ---------------------------------------------------------------------------------
 
-    def pod_add(self, node_name: str, ref: str) -> PodState:
+    def pod_add(self, node_name: str, ref: str,
+                conf: Mapping[str, Any] | None = None) -> PodState:
+        """Make pod ``ref`` on ``node_name``; ``conf``: settings over the conflist's ``tortie``
+        plugin for this pod (e.g. ``{"mtu": 1400}``; the lab's own CNI runtime only)."""
         st = self.load()
         namespace, name = _split_ref(ref)
         node = st.nodes.get(node_name)
@@ -463,13 +466,15 @@ class Lab:
         if ref in st.pods:
             raise LabError(f"pod {ref} exists already (on {st.pods[ref].node})")
         if st.runtime == "containerd":
+            if conf:
+                raise LabError("per-pod CNI settings need the lab's own CNI runtime")
             return self._pod_add_cri(st, node, ref)
         digest = hashlib.sha1(f"{namespace}/{name}".encode()).hexdigest()[:10]
         pod_ns = f"{_prefix(self.name)}p-{digest}"
         netns.add_netns(pod_ns)
         pod = PodState(namespace, name, node_name, pod_ns, uuid.uuid4().hex)
         try:
-            result = self._cni(st, node, pod, "ADD")
+            result = self._cni(st, node, pod, "ADD", conf)
         except BaseException:
             with contextlib.suppress(LabError):  # as a runtime does: DEL after a failed ADD
                 self._cni(st, node, pod, "DEL")
@@ -493,7 +498,8 @@ class Lab:
         del st.pods[ref]
         self.save(st)
 
-    def _cni(self, st: LabState, node: NodeState, pod: PodState, command: str) -> dict[str, Any]:
+    def _cni(self, st: LabState, node: NodeState, pod: PodState, command: str,
+             overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Run the conflist's chain the way a runtime does (ADD in order, DEL reversed)."""
         conflist = json.loads(CONFLIST.read_text())
         plugins = [p for p in conflist["plugins"] if self._find_plugin(p["type"])]
@@ -511,6 +517,7 @@ class Lab:
         for plugin in plugins:
             conf = {"cniVersion": version, "name": conflist["name"], **plugin}
             if plugin["type"] == "tortie":
+                conf.update(overrides or {})
                 conf["socket"] = node.socket
             if "capabilities" in conf:
                 conf.pop("capabilities")

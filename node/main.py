@@ -10,6 +10,8 @@
                 [--ip-autodetection-method METHOD] [--liveness-timeout S]
                 [--cni-etcd-timeout S] [--cni-request-timeout S] [--log-level info]
 
+* at start finds the underlay MTU (the MTU of the interface carrying the node's address),
+  from which pods' MTUs derive (datastore/mtu.py);
 * registers (and keeps up to date) its calico ``Node`` resource: ``spec.bgp.ipv4Address``
   per ``--ip`` / ``IP`` and ``--ip-autodetection-method`` / ``IP_AUTODETECTION_METHOD``
   (Calico's settings, see node/autodetect.py: ``none`` keeps the address set by hand),
@@ -215,6 +217,7 @@ class NodeDaemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self._check_forwarding()
+        await self._detect_underlay()
         try:
             await self._start_cni_server()
         except OSError as e:
@@ -278,6 +281,14 @@ class NodeDaemon:
         if self.cni_store is not self.store:
             await self.cni_store.close()
         await self.store.close()
+
+    async def _detect_underlay(self) -> None:
+        """The underlay MTU pods' MTUs derive from: that of the interface carrying the
+        node's address (datastore/mtu.py)."""
+        address = await asyncio.to_thread(self.address.resolve, None)
+        mtu = await self.handler.detect_underlay(address)
+        log.info("underlay MTU detected", extra={"fields": {
+            "node": self.node, "address": address or "-", "mtu": mtu}})
 
     def _check_forwarding(self) -> None:
         if read_sysctl("net/ipv4/ip_forward") == "0":

@@ -1,8 +1,9 @@
 """The routing agent: datastore + BGP -> kernel routes, tunnels, outgoing NAT.
 
-It mirrors IP pools, Nodes, BGPConfigurations, BGPPeers and the IPAM blocks (a block's
-affinity is in its document) with a :class:`datastore.syncer.Syncer`, and after every change
-(debounced) and every ``RESYNC_INTERVAL``:
+It mirrors IP pools, Nodes, BGPConfigurations, BGPPeers, FelixConfigurations (for
+``vxlanMTU`` / ``ipipMTU``) and the IPAM blocks (a block's affinity is in its document) with
+a :class:`datastore.syncer.Syncer`, and after every change (debounced) and every
+``RESYNC_INTERVAL``:
 
 1. makes sure this node has a VTEP address (from its IPAM block, handle
    ``vxlan-tunnel-addr-<node>``) and MAC in its Node resource when a pool uses VXLAN;
@@ -11,8 +12,9 @@ affinity is in its document) with a :class:`datastore.syncer.Syncer`, and after 
 3. hands the BGP settings (neighbours: the node mesh and BGPPeers) and the announcements to
    the speaker (:class:`routing.bgp.speaker.ExaBGPSpeaker`); the speaker's learnt routes come
    back through ``on_routes`` and trigger step 2 again;
-4. programs ``vxlan.tortie`` (device, FDB, neighbours), ``tunl0``, the routes (protocol 80,
-   :mod:`routing.kernel`) and ``ip tortie-nat`` (:mod:`routing.nat`).
+4. programs ``vxlan.tortie`` (device, FDB, neighbours), ``tunl0`` (each with its MTU,
+   :mod:`datastore.mtu`), the routes (protocol 80, :mod:`routing.kernel`) and
+   ``ip tortie-nat`` (:mod:`routing.nat`).
 
 Restarts: ``close()`` leaves every route in place and stops the speaker gracefully (peers keep
 our routes as stale).  A starting agent adopts the routes with protocol 80 it finds and does
@@ -41,7 +43,9 @@ from agentkit.metrics import DEFAULT_BUCKETS
 from datastore.keys import resource_prefix
 from datastore.kinds import by_plural
 from datastore.model_bgp import BGPConfiguration, BGPPeer
+from datastore.model_config import FelixConfiguration
 from datastore.model_network import IPPool, Node
+from datastore.mtu import MTUOverrides, felix_overrides
 from datastore.resources import ResourceConflict
 from datastore.store import DatastoreError, NotFound
 from datastore.syncer import Syncer, cancel_and_wait
@@ -70,6 +74,7 @@ POOLS = resource_prefix("ippools")
 NODES = resource_prefix("nodes")
 BGP_CONFIGS = resource_prefix("bgpconfigurations")
 BGP_PEERS = resource_prefix("bgppeers")
+FELIX_CONFIGS = resource_prefix("felixconfigurations")
 BLOCKS = block_watch_prefix()
 
 
@@ -144,8 +149,10 @@ class RoutingAgent:
         self._ignored = IgnoredFieldLog("routing", frozenset({"Node", "BGPConfiguration",
                                                               "BGPPeer"}))
         self.peers: dict[str, BGPPeer] = {}
+        self.felix: dict[str, FelixConfiguration] = {}
         self.learnt: dict[str, LearnedRoute] = {}
-        self.syncer = Syncer(ctx.store, (POOLS, NODES, BGP_CONFIGS, BGP_PEERS, BLOCKS),
+        self.syncer = Syncer(ctx.store,
+                             (POOLS, NODES, BGP_CONFIGS, BGP_PEERS, FELIX_CONFIGS, BLOCKS),
                              self._on_update, self._on_synced, name="routing")
         self._dirty = asyncio.Event()
         self._started_at = time.monotonic()
@@ -218,6 +225,11 @@ class RoutingAgent:
                 else:
                     self.peers[name] = BGPPeer.from_dict(dict(value))
                 self._ignored.update(key, self.peers.get(name))
+            elif key.startswith(FELIX_CONFIGS):
+                if value is None:
+                    self.felix.pop(name, None)
+                else:
+                    self.felix[name] = FelixConfiguration.from_dict(dict(value))
         except Exception as e:  # one bad document never stops the others
             self.m_failures.labels(what="document").inc()
             log.warning("ignoring a document routing cannot use",
@@ -479,9 +491,15 @@ class RoutingAgent:
             return
         raise DatastoreError(f"Node {self.node} is being modified concurrently")
 
+    def mtu_overrides(self) -> MTUOverrides:
+        """The tunnel MTUs FelixConfiguration sets for this node (``vxlanMTU``, ``ipipMTU``)."""
+        return felix_overrides(self.felix, self.node)
+
     async def _tunnels(self, me: desired.NodeInfo, wanted: desired.Desired) -> None:
+        mtus = self.mtu_overrides()
         if wanted.vxlan_needed and me.vxlan_address and me.vxlan_mac and me.address:
-            cfg = VXLANConfig(local=me.address, address=me.vxlan_address, mac=me.vxlan_mac)
+            cfg = VXLANConfig(local=me.address, address=me.vxlan_address, mac=me.vxlan_mac,
+                              mtu=mtus.vxlan)
             changes = await asyncio.to_thread(self.vxlan.ensure, cfg)
             changes += await asyncio.to_thread(self.vxlan.sync_peers, wanted.vxlan_peers)
             if changes:
@@ -492,7 +510,8 @@ class RoutingAgent:
             log.info("vxlan device removed: no pool uses VXLAN")
         if wanted.ipip_needed:
             try:
-                changes = await asyncio.to_thread(self.ipip.ensure, me.ipip_address)
+                changes = await asyncio.to_thread(self.ipip.ensure, me.ipip_address,
+                                                  me.address, mtus.ipip)
                 if changes:
                     log.info("tunl0 updated", extra={"fields": {"changes": "; ".join(changes)}})
             except IPIPUnavailable as e:

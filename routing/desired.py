@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from datastore.model_bgp import BGPPeer
 from datastore.model_network import IPPool, Node
+from datastore.mtu import IPIP, VXLAN, encaps_in_use
 from ipam.blocks import Block
 from ipam.handles import TUNNEL_HANDLE_PREFIXES
 from routing.bgp.api import LearnedRoute
@@ -230,8 +231,9 @@ def compute(me: NodeInfo, nodes: Mapping[str, NodeInfo], pools: Iterable[IPPool]
             continue
         own_prefixes.add(str(b.network))
         wanted.routes[str(b.network)] = Route(str(b.network), "blackhole")
-    wanted.vxlan_needed = any(p.spec.vxlanMode != "Never" and not p.spec.disabled for p in pools)
-    wanted.ipip_needed = any(p.spec.ipipMode != "Never" and not p.spec.disabled for p in pools)
+    encaps = encaps_in_use(pools)
+    wanted.vxlan_needed = VXLAN in encaps
+    wanted.ipip_needed = IPIP in encaps
     if wanted.vxlan_needed:
         for n in nodes.values():
             if n.name == me.name or not (n.vxlan_address and n.vxlan_mac and n.address):

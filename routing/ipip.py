@@ -3,9 +3,10 @@
 ``tunl0`` is the ipip module's fallback device: it exists in every namespace once the module
 is loaded, and receives every IPIP packet whose endpoints match no other tunnel.  The agent
 brings it up with the node's IPIP tunnel address (``spec.bgp.ipv4IPIPTunnelAddr``, /32) and
-MTU = underlay - 20, and routes remote blocks ``via <remote node address> dev tunl0 onlink``
-(routing/kernel.py).  This machine's kernel has no ipip module: :func:`available` says so and
-the agent then reports IPIP routes as failed (the tests skip with that reason).
+MTU = underlay - 20 (or FelixConfiguration ``ipipMTU``), and routes remote blocks
+``via <remote node address> dev tunl0 onlink`` (routing/kernel.py).  This machine's kernel
+has no ipip module: :func:`available` says so and the agent then reports IPIP routes as
+failed (the tests skip with that reason).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import logging
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from agentkit.links import underlay_mtu
+from datastore.mtu import DEFAULT_UNDERLAY_MTU, IPIP, tunnel_mtu
 from ipam.handles import IPIP_HANDLE_PREFIX
 from routing.desired import IPIP_DEVICE
 from routing.kernel import call_in_netns
 
 log = logging.getLogger("tortie.routing")
 
-OVERHEAD = 20
 AF_INET = 2
 
 
@@ -59,18 +61,22 @@ class IPIPDevice:
     def available(self) -> bool:
         return self.unavailable() is None
 
-    def ensure(self, address: str | None, underlay_mtu: int = 1500) -> list[str]:
-        """Bring tunl0 up with ``address``/32; IPIPUnavailable without kernel support."""
-        return call_in_netns(self.netns, lambda: self._ensure(address, underlay_mtu))
+    def ensure(self, address: str | None, local: str | None = None,
+               mtu: int | None = None) -> list[str]:
+        """Bring tunl0 up with ``address``/32 and ``mtu`` (None: the MTU of the interface
+        carrying ``local`` less IPIP's overhead); IPIPUnavailable without kernel support."""
+        return call_in_netns(self.netns, lambda: self._ensure(address, local, mtu))
 
-    def _ensure(self, address: str | None, underlay_mtu: int) -> list[str]:
+    def _ensure(self, address: str | None, local: str | None, mtu: int | None) -> list[str]:
         changes: list[str] = []
+        if not mtu:
+            found = underlay_mtu(local)
+            mtu = tunnel_mtu(found[0] if found else DEFAULT_UNDERLAY_MTU, IPIP)
         with IPRoute() as ipr:
             idx = self._index(ipr)
             if idx is None:
                 raise IPIPUnavailable(f"{IPIP_DEVICE} does not exist")
             link = ipr.get_links(idx)[0]
-            mtu = underlay_mtu - OVERHEAD
             if link.get_attr("IFLA_MTU") != mtu:
                 ipr.link("set", index=idx, mtu=mtu)
                 changes.append(f"mtu {mtu}")

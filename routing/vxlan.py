@@ -23,6 +23,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from agentkit.links import underlay_mtu
+from datastore.mtu import DEFAULT_UNDERLAY_MTU, VXLAN, tunnel_mtu
 from ipam.handles import VXLAN_HANDLE_PREFIX
 from routing.desired import VXLAN_DEVICE, VXLANPeer
 from routing.kernel import call_in_netns
@@ -31,7 +33,6 @@ log = logging.getLogger("tortie.routing")
 
 VNI = 4096
 PORT = 4789
-OVERHEAD = 50          # outer IPv4 + UDP + VXLAN + inner Ethernet
 AF_INET = 2
 AF_BRIDGE = 7
 NUD_PERMANENT = 0x80
@@ -43,7 +44,8 @@ class VXLANConfig:
     local: str         # this node's underlay address
     address: str       # this node's VTEP address
     mac: str
-    mtu: int | None = None  # None: the underlay interface's MTU - OVERHEAD
+    #: None: the MTU of the interface carrying ``local`` less VXLAN's overhead
+    mtu: int | None = None
 
 
 def _info(link: Any) -> tuple[str | None, Any]:
@@ -62,22 +64,15 @@ class VXLANDevice:
         found = ipr.link_lookup(ifname=self.name)
         return int(found[0]) if found else None
 
-    @staticmethod
-    def _underlay_mtu(ipr: IPRoute, local: str) -> int:
-        for a in ipr.get_addr(family=AF_INET):
-            if a.get_attr("IFA_ADDRESS") == local:
-                link = ipr.get_links(a["index"])[0]
-                return int(link.get_attr("IFLA_MTU") or 1500)
-        return 1500
-
     def ensure(self, cfg: VXLANConfig) -> list[str]:
         return call_in_netns(self.netns, lambda: self._ensure(cfg))
 
     def _ensure(self, cfg: VXLANConfig) -> list[str]:
         """Create or fix the device; returns what it changed (empty: it was right)."""
         changes: list[str] = []
+        found = underlay_mtu(cfg.local)
+        mtu = cfg.mtu or tunnel_mtu(found[0] if found else DEFAULT_UNDERLAY_MTU, VXLAN)
         with IPRoute() as ipr:
-            mtu = cfg.mtu or self._underlay_mtu(ipr, cfg.local) - OVERHEAD
             idx = self._index(ipr)
             if idx is not None:
                 link = ipr.get_links(idx)[0]

@@ -29,8 +29,10 @@ from cni.spec import (
     ERR_UNKNOWN_POOL,
 )
 from datastore.backend import Unavailable
+from datastore.keys import resource_key
 from datastore.kinds import by_plural
 from datastore.memory import MemoryStore
+from datastore.model_config import FelixConfiguration
 from datastore.model_endpoints import WorkloadEndpoint
 from datastore.model_k8s import Namespace, Pod
 from datastore.model_network import IPPool
@@ -437,6 +439,63 @@ async def test_no_address_family_enabled(node: Node) -> None:
     r = await node.run("ADD", pod, ipam={"type": "tortie-ipam", "assign_ipv4": "false"})
     assert code(r) == ERR_INVALID_CONFIG and "address family" in r["error"]["msg"]
     await node.assert_nothing_left(pod)
+
+
+# --- MTU ------------------------------------------------------------------------------------
+
+async def _felix(node: Node, name: str, **spec: Any) -> None:
+    await node.resources.apply(by_plural("felixconfigurations"), FelixConfiguration.from_dict({
+        "apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration",
+        "metadata": {"name": name}, "spec": spec}))
+
+
+async def _pod_mtu(node: Node, **extra: Any) -> int:
+    pod = node.pod()
+    r = await node.run("ADD", pod, version="1.1.0", **extra)
+    assert r["ok"], r
+    host, inside = node.dp.veth(pod.host_veth()), r["result"]["interfaces"][1]
+    assert host is not None and host.mtu == inside["mtu"]
+    return int(inside["mtu"])
+
+
+async def test_pod_mtu_follows_the_encapsulation_and_felix_configuration() -> None:
+    node = Node()
+    node.dp.mtu = 9000  # the underlay interface's MTU
+    await node.pool()
+    assert await _pod_mtu(node) == 9000  # no encapsulation
+    # a pool starts using VXLAN: the next pod gets the underlay less VXLAN's 50 bytes
+    await node.resources.apply(by_plural("ippools"), IPPool.from_dict({
+        "apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "pool-a"},
+        "spec": {"cidr": POOL, "vxlanMode": "CrossSubnet"}}))
+    assert await _pod_mtu(node) == 8950
+    await node.pool("pool-b", "10.78.0.0/24", ipipMode="Always")
+    assert await _pod_mtu(node) == 8950  # the smallest of VXLAN and IPIP
+    await _felix(node, "default", ipipMTU=8000, vxlanMTU=8900)
+    assert await _pod_mtu(node) == 8000
+    await _felix(node, f"node.{NODE}", ipipMTU=8960)  # this node's over the default
+    await _felix(node, "node.elsewhere", vxlanMTU=100)  # another node's: not ours
+    assert await _pod_mtu(node) == 8900
+    assert await _pod_mtu(node, mtu=1300) == 1300  # the CNI config wins
+
+
+async def test_a_felix_configuration_that_does_not_parse_is_ignored() -> None:
+    node = Node()
+    node.dp.mtu = 1500
+    await node.pool(vxlanMode="Always")
+    await node.store.put(resource_key("felixconfigurations", "default"), {
+        "apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration",
+        "metadata": {"name": "default"}, "spec": {"vxlanMTU": "big"}})
+    await _felix(node, f"node.{NODE}", vxlanMTU=1420)
+    assert await _pod_mtu(node) == 1420
+
+
+async def test_underlay_mtu_is_found_once() -> None:
+    node = Node()
+    node.dp.mtu = 1400
+    await node.pool(vxlanMode="Always")
+    assert await node.handler.detect_underlay("192.0.2.11") == 1400
+    node.dp.mtu = 1500  # the value found at start stays
+    assert await _pod_mtu(node) == 1350
 
 
 # --- CHECK ----------------------------------------------------------------------------------
