@@ -266,7 +266,9 @@ def test_seed_003_auto_host_endpoints(clean: Env) -> None:
         assert e.tcp(busybox, n1.address, 8888)
 
         e.delete("globalnetworkpolicies", "global-access")
-        e.apply(seed("003", 277, 289))   # internal-access: only from has(kubernetes-host)
+        # internal-access: only from has(kubernetes-host); programmed on every node before
+        # the probes, so a slow agent cannot leave global-access in force meanwhile
+        e.apply(seed("003", 277, 289), wait=True)
         for src in (OUTSIDE_UNDERLAY_IP, OUTSIDE_IP):
             assert e.tcp(out, n1.address, 8888, src, want=False)
         assert e.tcp(n2.netns, n1.address, 8888)
