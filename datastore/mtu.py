@@ -30,6 +30,9 @@ VXLAN_OVERHEAD: Final = 50
 #: outer IPv4 header
 IPIP_OVERHEAD: Final = 20
 OVERHEAD: Final[Mapping[str, int]] = {VXLAN: VXLAN_OVERHEAD, IPIP: IPIP_OVERHEAD}
+#: the UDP port of Tortie's VXLAN (as Calico's ``vxlan.calico``); the policy agent lets it
+#: through host endpoints between nodes
+VXLAN_PORT: Final = 4789
 #: the underlay MTU assumed when no interface can be found
 DEFAULT_UNDERLAY_MTU: Final = 1500
 #: the smallest MTU an IPv4 link may have (RFC 791)

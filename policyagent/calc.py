@@ -209,7 +209,7 @@ class PolicyCalculator:
                 or (resource is None and (Kind.K8S_NETWORK_POLICY, key) in self._ids)):
             what = Kind.K8S_NETWORK_POLICY
         programs = self.programs
-        model, protected = programs.cached, programs.protected
+        model, protected, tunnels = programs.cached, programs.protected, programs.tunnels
         programs.cached = None
         old_id = self._ids.pop((what, key), None)
         new_id = None if resource is None else _internal_id(what, key, resource)
@@ -219,7 +219,8 @@ class PolicyCalculator:
         if resource is not None and new_id is not None:
             self._ids[(what, key)] = new_id
             handler(new_id, resource)
-        if what in (Kind.NODE, Kind.IP_POOL) and programs.protected == protected:
+        if (what in (Kind.NODE, Kind.IP_POOL) and programs.protected == protected
+                and programs.tunnels == tunnels):
             programs.cached = model  # e.g. a Node's labels or status: nothing the model holds
 
     def model(self) -> DataplaneModel:

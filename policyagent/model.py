@@ -335,6 +335,21 @@ class ProtectedPorts:
 
 
 @dataclass(frozen=True, slots=True)
+class TunnelTraffic:
+    """Encapsulated pod traffic between nodes, which host endpoint policy never drops (as
+    Felix accepts VXLAN and IPIP from and to the other Calico hosts ahead of it): VXLAN (UDP
+    ``vxlan_port``) while some enabled pool uses VXLAN, IPIP (IP protocol 4) while one uses
+    IPIP, from and to ``hosts`` (every node's underlay addresses) only."""
+
+    vxlan_port: int | None = None
+    ipip: bool = False
+    hosts: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.hosts) and (self.vxlan_port is not None or self.ipip)
+
+
+@dataclass(frozen=True, slots=True)
 class KeyDiff(Generic[K]):
     """Keys added, removed, and present in both with a different value."""
 
@@ -374,18 +389,20 @@ class ModelDiff:
     ipset_members: FrozenMap[str, MemberDelta] = field(default_factory=FrozenMap)
     failsafe_changed: bool = False
     protected_changed: bool = False
+    tunnels_changed: bool = False
 
     @property
     def empty(self) -> bool:
         return not (self.endpoints or self.host_endpoints or self.policies or self.profiles
-                    or self.ipsets or self.failsafe_changed or self.protected_changed)
+                    or self.ipsets or self.failsafe_changed or self.protected_changed
+                    or self.tunnels_changed)
 
     @property
     def members_only(self) -> bool:
         """Only IP set members changed: the renderer can just add/delete set elements."""
         return (not (self.endpoints or self.host_endpoints or self.policies or self.profiles
                      or self.failsafe_changed or self.protected_changed
-                     or self.ipsets.added or self.ipsets.removed)
+                     or self.tunnels_changed or self.ipsets.added or self.ipsets.removed)
                 and bool(self.ipsets.changed))
 
 
@@ -406,6 +423,7 @@ class DataplaneModel:
     failsafe_in: tuple[FailsafeSpec, ...] = ()
     failsafe_out: tuple[FailsafeSpec, ...] = ()
     protected: ProtectedPorts = field(default_factory=ProtectedPorts)
+    tunnels: TunnelTraffic = field(default_factory=TunnelTraffic)
 
     def diff(self, other: DataplaneModel) -> ModelDiff:
         """What changes going from this model (the old one) to ``other`` (the new one)."""
@@ -424,4 +442,5 @@ class DataplaneModel:
             failsafe_changed=(self.failsafe_in != other.failsafe_in
                               or self.failsafe_out != other.failsafe_out),
             protected_changed=self.protected != other.protected,
+            tunnels_changed=self.tunnels != other.tunnels,
         )

@@ -69,6 +69,7 @@ from policyagent.model import (
     ProtectedPorts,
     RuleSpec,
     TierPolicies,
+    TunnelTraffic,
     ipset_family,
 )
 
@@ -458,6 +459,7 @@ class _Builder:
             rules: list[str] = []
             if direction == "ingress":
                 rules.append(f"meta mark & {MARK_PREDNAT:#x} != 0 return")
+            rules.extend(_tunnel_rules(self.model.tunnels, direction, "return"))
             rules.extend(_failsafe_rules(failsafe, direction, "return"))
             rules.extend(self.policy_steps(tiers, hep.profiles, direction, "return", True))
             rules.append(f"counter drop comment {_quote(f'host {key} {direction} default drop')}")
@@ -478,7 +480,8 @@ class _Builder:
             # doNotTrack policy (raw)
             utiers = hep.untracked_ingress if direction == "ingress" else hep.untracked_egress
             if utiers and not hep.all_interfaces:
-                rules = _failsafe_rules(failsafe, direction, "return")
+                rules = _tunnel_rules(self.model.tunnels, direction, "return")
+                rules.extend(_failsafe_rules(failsafe, direction, "return"))
                 rules.extend(self.policy_steps(
                     utiers, (), direction,
                     f"meta mark set meta mark | {MARK_UNTRACKED:#x} notrack return", False))
@@ -486,8 +489,9 @@ class _Builder:
                          self.add(_Chain(chain_name("hu" + d, key),
                                          f"host {key} untracked {direction}", rules)))
         if hep.pre_dnat_ingress:
-            rules = _failsafe_rules(self.model.failsafe_in, "ingress",
-                                    f"meta mark set meta mark | {MARK_PREDNAT:#x} return")
+            prednat_ok = f"meta mark set meta mark | {MARK_PREDNAT:#x} return"
+            rules = _tunnel_rules(self.model.tunnels, "ingress", prednat_ok)
+            rules.extend(_failsafe_rules(self.model.failsafe_in, "ingress", prednat_ok))
             rules.extend(self.policy_steps(
                 hep.pre_dnat_ingress, (), "ingress",
                 f"meta mark set meta mark | {MARK_PREDNAT:#x} return", False))
@@ -577,6 +581,27 @@ def _anti_spoof(ep: EndpointProgram) -> list[str]:
             out.append(f"{_FAMILY_KW[family]} saddr != {_net_expr(mine)} counter drop {cmt}")
         else:
             out.append(f"meta nfproto {_NFPROTO[family]} counter drop {cmt}")
+    return out
+
+
+def _tunnel_rules(t: TunnelTraffic, direction: str, verdict: str) -> list[str]:
+    """VXLAN and IPIP from (ingress) / to (egress) the other nodes: never host endpoint
+    policy's to drop (the pods' traffic between nodes runs in them)."""
+    if not t:
+        return []
+    side = "saddr" if direction == "ingress" else "daddr"
+    out = []
+    for family in (4, 6):
+        hosts = _of_family(t.hosts, family)
+        if not hosts:
+            continue
+        match = f"{_FAMILY_KW[family]} {side} {_net_expr(hosts)}"
+        if t.vxlan_port is not None:
+            out.append(f"{match} udp dport {t.vxlan_port} counter {verdict} "
+                       f"comment {_quote(f'vxlan {direction} between nodes')}")
+        if t.ipip and family == 4:
+            out.append(f"{match} meta l4proto 4 counter {verdict} "
+                       f"comment {_quote(f'ipip {direction} between nodes')}")
     return out
 
 
@@ -743,7 +768,8 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = DE
     the refills would re-send more than :data:`REFILL_LIMIT` members are set members removed
     with ``delete element`` (that one fetch is then the cheaper)."""
     diff = old.diff(new)
-    if diff.host_endpoints or diff.failsafe_changed or diff.protected_changed:
+    if (diff.host_endpoints or diff.failsafe_changed or diff.protected_changed
+            or diff.tunnels_changed):
         return None
     ifaces = [ep.interface for ep in new.endpoints.values() if ep.interface is not None]
     if len(set(ifaces)) != len(ifaces):

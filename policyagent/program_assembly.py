@@ -10,6 +10,7 @@ rebuilt when the policy changes, IP set member sets when their members change (s
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from datastore.model_config import (
 )
 from datastore.model_network import IPPool, Node
 from datastore.model_policy import GlobalNetworkPolicy, NetworkPolicy, Profile, Rule
+from datastore.mtu import IPIP, VXLAN, VXLAN_PORT, encaps_in_use
 from policyagent.model import (
     PROTOCOL_NUMBERS,
     Action,
@@ -36,6 +38,7 @@ from policyagent.model import (
     ProtectedPorts,
     RuleSpec,
     TierPolicies,
+    TunnelTraffic,
     ipset_family,
 )
 from policyagent.rule_translation import RulePrograms, translate_rules
@@ -107,7 +110,10 @@ class ProgramAssembly:
         self._tiers: dict[str, tuple[float | None, str]] = {}  # name -> (order, end of tier)
         self._felix: dict[str, FelixConfiguration] = {}
         self._pools: dict[str, str] = {}  # pool name -> CIDR
+        self._pool_models: dict[str, IPPool] = {}  # pool name -> pool (its encapsulation)
         self._node_addrs: dict[str, tuple[str, ...]] = {}  # node name -> its addresses (CIDRs)
+        self._underlay: dict[str, tuple[str, ...]] = {}  # node name -> its BGP addresses
+        self.tunnels = TunnelTraffic()
         self._failsafe: tuple[tuple[FailsafeSpec, ...], tuple[FailsafeSpec, ...]] = (
             _failsafe_specs(DEFAULT_FAILSAFE_INBOUND), _failsafe_specs(DEFAULT_FAILSAFE_OUTBOUND))
         self._protected_ports: tuple[FailsafeSpec, ...] = ()
@@ -231,15 +237,26 @@ class ProgramAssembly:
         if protected != self._protected_ports:
             self._protected_ports = protected
             self._update_protected()
+        self._update_tunnels()
 
     def set_pool(self, name: str, pool: IPPool | None) -> None:
         if pool is None:
             self._pools.pop(name, None)
+            self._pool_models.pop(name, None)
         else:
             self._pools[name] = cidr(pool.spec.cidr)
+            self._pool_models[name] = pool
         self._update_protected()
+        self._update_tunnels()
 
     def set_node(self, name: str, node: Node | None) -> None:
+        underlay = () if node is None else _underlay_addresses(node)
+        if underlay != self._underlay.get(name, ()):
+            if underlay:
+                self._underlay[name] = underlay
+            else:
+                self._underlay.pop(name, None)
+            self._update_tunnels()
         addrs = () if node is None else tuple(host_cidr(a) for a in node.host_addresses())
         if addrs == self._node_addrs.get(name, ()):
             return  # a status or label change: nothing the dataplane uses
@@ -255,6 +272,19 @@ class ProgramAssembly:
             workload_nets=tuple(sorted(set(self._pools.values()))),
             host_addresses=tuple(sorted({a for addrs in self._node_addrs.values()
                                          for a in addrs})))
+
+    def _update_tunnels(self) -> None:
+        """VXLAN / IPIP between the nodes, let through host endpoints (see TunnelTraffic)."""
+        encaps = encaps_in_use(self._pool_models.values())
+        port = None
+        if VXLAN in encaps:
+            port = VXLAN_PORT
+            for cfg in (self._felix.get(f"node.{self.node_name}"), self._felix.get("default")):
+                if cfg is not None and cfg.spec.vxlanPort:
+                    port = int(cfg.spec.vxlanPort)
+                    break
+        hosts = tuple(sorted({a for addrs in self._underlay.values() for a in addrs}))
+        self.tunnels = TunnelTraffic(vxlan_port=port, ipip=IPIP in encaps, hosts=hosts)
 
     def set_tier(self, name: str, tier: Any | None) -> None:
         if tier is None:
@@ -400,5 +430,18 @@ class ProgramAssembly:
             policies=FrozenMap(policies), profiles=FrozenMap(profiles),
             ipsets=FrozenMap(sorted(ipsets.items())),
             failsafe_in=self._failsafe[0], failsafe_out=self._failsafe[1],
-            protected=self.protected)
+            protected=self.protected, tunnels=self.tunnels)
         return self.cached
+
+
+def _underlay_addresses(node: Node) -> tuple[str, ...]:
+    """The addresses a node's tunnels run between: its BGP addresses (without prefix)."""
+    bgp = node.spec.bgp
+    out = []
+    for text in ((bgp.ipv4Address, bgp.ipv6Address) if bgp is not None else ()):
+        if text:
+            try:
+                out.append(host_cidr(str(ipaddress.ip_interface(text.strip()).ip)))
+            except ValueError:
+                continue
+    return tuple(sorted(out))

@@ -24,7 +24,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agentkit.links import underlay_mtu
-from datastore.mtu import DEFAULT_UNDERLAY_MTU, VXLAN, tunnel_mtu
+from datastore.mtu import DEFAULT_UNDERLAY_MTU, VXLAN, VXLAN_PORT, tunnel_mtu
 from ipam.handles import VXLAN_HANDLE_PREFIX
 from routing.desired import VXLAN_DEVICE, VXLANPeer
 from routing.kernel import call_in_netns
@@ -32,7 +32,7 @@ from routing.kernel import call_in_netns
 log = logging.getLogger("tortie.routing")
 
 VNI = 4096
-PORT = 4789
+PORT = VXLAN_PORT
 AF_INET = 2
 AF_BRIDGE = 7
 NUD_PERMANENT = 0x80

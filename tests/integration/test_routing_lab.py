@@ -318,5 +318,44 @@ def test_cross_subnet_traffic_is_vxlan_on_the_underlay(crossed: tuple[Lab, LabSt
     assert p2 not in _addresses(vxlan_out)
 
 
+def test_host_endpoint_policy_keeps_the_vxlan_between_nodes(
+        crossed: tuple[Lab, LabState]) -> None:
+    """Every node gets an all-interfaces host endpoint under a policy that allows nothing:
+    the host is closed (the fabric's pings to node1 are dropped) but the VXLAN between the
+    nodes, which the pods' cross-subnet traffic runs in, still passes."""
+    lab, st = crossed
+    heps = "".join(f"""---
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {{name: {name}-all, labels: {{closed-host: "true"}}}}
+spec: {{node: {name}, interfaceName: "*", expectedIPs: [{node.address}]}}
+""" for name, node in st.nodes.items())
+    policy = """---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: closed-hosts}
+spec: {selector: has(closed-host), types: [Ingress, Egress]}
+"""
+    fabric_ping = ["ping", "-c", "1", "-W", "1", st.nodes["node1"].address]
+    assert netns.exec_in(st.fabric, fabric_ping, capture=True).returncode == 0
+    p = lab.tortie(st, ["apply", "-f", "-"], input=heps + policy)
+    assert p.returncode == 0, p.stderr
+    try:
+        wait_until(lambda: netns.exec_in(st.fabric, fabric_ping, capture=True).returncode != 0,
+                   timeout=20, what="node1 closed to the fabric")
+        p1, p3 = (st.pods[f"default/p{i}"].ips[0] for i in (1, 3))
+        assert ping(lab, st, "default/p1", p3, count=2)  # node1 -> node3: VXLAN
+        assert ping(lab, st, "default/p4", p1, count=2)  # node4 -> node1: VXLAN
+        rules = netns.exec_in(st.nodes["node1"].netns, ["nft", "list", "ruleset"],
+                              capture=True).stdout
+        assert re.search(r"udp dport 4789 counter packets [1-9]", rules), rules
+    finally:
+        lab.tortie(st, ["delete", "globalnetworkpolicy", "closed-hosts"])
+        for name in st.nodes:
+            lab.tortie(st, ["delete", "hostendpoint", f"{name}-all"])
+    wait_until(lambda: netns.exec_in(st.fabric, fabric_ping, capture=True).returncode == 0,
+               timeout=20, what="node1 open again")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q", "-s"]))

@@ -253,3 +253,48 @@ def test_incremental_set_members_and_chain_refill() -> None:
     name = policy_chain("gnp:x", "ingress")
     assert rep is not None and f"flush chain inet tortie {name}\n" in rep
     assert rep.endswith('\t\tmeta l4proto 17 counter drop comment "gnp:x/ingress/0"\n\t}\n}\n')
+
+
+def _tunnel_cluster(encap: str) -> Cluster:
+    from tests.support.policy import NODE, V3, res
+    pool_spec = {"cidr": "10.244.0.0/16", f"{encap}Mode": "Always"}
+    nodes = [res({"apiVersion": V3, "kind": "Node", "metadata": {"name": name},
+                  "spec": {"bgp": {"ipv4Address": addr}}})
+             for name, addr in ((NODE, "192.0.2.11/24"), ("node2", "198.51.100.12/24"))]
+    return Cluster().add(
+        res({"apiVersion": V3, "kind": "IPPool", "metadata": {"name": "p"}, "spec": pool_spec}),
+        *nodes,
+        hep("eth0", iface="eth0", ips=["192.0.2.11"], labels={"role": "host"}),
+        gnp("host-deny", selector="role == 'host'", ingress=[{"action": "Deny"}],
+            egress=[{"action": "Deny"}], preDNAT=False))
+
+
+def test_host_endpoint_policy_never_drops_the_tunnels_between_nodes() -> None:
+    script = render(_tunnel_cluster("vxlan").model())
+    hosts = "{ 192.0.2.11/32, 198.51.100.12/32 }"
+    hi = chain_body(script, chain_name("hi", "eth0"))
+    assert hi[2] == (f'ip saddr {hosts} udp dport 4789 counter return '
+                     'comment "vxlan ingress between nodes"')
+    assert hi.index(hi[2]) < next(i for i, line in enumerate(hi) if line.startswith("jump"))
+    he = chain_body(script, chain_name("he", "eth0"))
+    assert he[1] == (f'ip daddr {hosts} udp dport 4789 counter return '
+                     'comment "vxlan egress between nodes"')
+    assert "ipip" not in script
+    script = render(_tunnel_cluster("ipip").model())
+    hi = chain_body(script, chain_name("hi", "eth0"))
+    assert hi[2] == (f'ip saddr {hosts} meta l4proto 4 counter return '
+                     'comment "ipip ingress between nodes"')
+    assert "4789" not in script
+
+
+def test_no_tunnel_rules_without_an_encapsulating_pool_and_a_port_from_felix() -> None:
+    from tests.support.policy import V3, res
+    c = _tunnel_cluster("vxlan")
+    c.add(res({"apiVersion": V3, "kind": "FelixConfiguration", "metadata": {"name": "default"},
+               "spec": {"vxlanPort": 8472}}))
+    assert "udp dport 8472" in render(c.model()) and "4789" not in render(c.model())
+    before = c.model()
+    c.add(res({"apiVersion": V3, "kind": "IPPool", "metadata": {"name": "p"},
+               "spec": {"cidr": "10.244.0.0/16", "vxlanMode": "Never"}}))
+    assert before.diff(c.model()).tunnels_changed
+    assert "between nodes" not in render(c.model())
