@@ -31,6 +31,7 @@ from lab.cluster import Lab
 from lab.cni_churn import DEL_RETRY, Op, PodChurn
 from tests.support.lab_cli import cli, run_tortie
 from tests.support.tools import tools
+from tests.support.wait import until_sync
 
 pytestmark = [pytest.mark.integration, tools("root", "etcd", "etcdctl")]
 
@@ -158,3 +159,24 @@ def test_adds_survive_losing_a_follower_then_the_leader(lab: Lab) -> None:
 def _q(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def test_a_member_cut_off_from_its_quorum_is_passed_over(lab: Lab) -> None:
+    """With two members down the third answers etcd's Status but serves nothing: a client
+    says so (it does not wait on it), and works again once a quorum is back."""
+    try:
+        for m in (2, 3):
+            lab.etcd_kill(m)
+
+        def refused() -> str | None:
+            r = cli(lab, "get", "ippools")
+            return r.stderr if r.returncode != 0 and "has no leader" in r.stderr else None
+
+        err = until_sync(refused, timeout=30, what="member 1 reported without a leader")
+        assert "192.0.2.1:2379" in err, err
+    finally:
+        for m in (2, 3):
+            if lab.etcd_state(member=m) == "down":
+                lab.etcd_restart(member=m)
+    r = cli(lab, "get", "ippools")
+    assert r.returncode == 0 and "default-ipv4-ippool" in r.stdout, r.stderr
