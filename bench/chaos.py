@@ -53,161 +53,26 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lab import netns
-from lab.cluster import Lab, LabError, LabState, NodeState
+from lab.cluster import Lab, LabError, NodeState
+from lab.cni_churn import CNI_TIMEOUT, DEL_RETRY, Op, Pod, PodChurn, log
 
 EXPERIMENTS = ("node-kill", "etcd-kill", "etcd-pause", "node-restart")
 SHARE = {"node-kill": 0.3, "etcd-kill": 0.25, "etcd-pause": 0.25, "node-restart": 0.2}
 ALLOWED_CODES = {11}  # "try again later": the daemon or the datastore is unavailable
-CNI_VERSION = "1.0.0"
-CNI_TIMEOUT = 120.0  # the plugin's own deadline answers long before this
 #: a failure up to this long after a fault ended still counts as inside its window
 RECOVERY = 3.0
-#: how long DELs of the campaign's pods are retried at the end (a runtime never gives up)
-DEL_RETRY = 90.0
 PING_INTERVAL = 0.05
 RECOVERY_WAIT = 120.0  # how long pods may stay cut off after a tortie-node restart
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+class Campaign(PodChurn):
+    """The experiments: CNI calls (lab/cni_churn.py) with faults injected around them."""
 
-
-# --- CNI calls --------------------------------------------------------------------------------
-
-
-@dataclass
-class Op:
-    """One CNI call and its outcome."""
-
-    experiment: str
-    command: str
-    pod: str
-    node: str
-    started: float
-    seconds: float
-    code: int = 0          # 0: success
-    msg: str = ""
-    ip: str = ""
-
-
-@dataclass
-class Pod:
-    name: str        # also the K8S_POD_NAME
-    node: str
-    netns: str
-    container_id: str
-    ip: str = ""
-
-
-class Campaign:
     def __init__(self, lab: Lab, seed: int) -> None:
-        self.lab = lab
-        self.st: LabState = lab.load()
+        super().__init__(lab, tag="c", namespace="chaos")
         self.rng = random.Random(seed)
-        self.exe = str(lab.bin_dir / "tortie")
-        self.prefix = f"tl-{lab.name}-p-c"
-        self.ops: list[Op] = []
         self.faults: list[tuple[str, str, float, float]] = []  # (experiment, what, start, end)
-        self.duplicates: list[tuple[str, str, str]] = []     # (ip, new pod, holder)
-        self.running: dict[str, str] = {}                     # ip -> pod holding it
-        self.unfinished: list[Pod] = []                       # DEL never acknowledged
         self.pings: list[dict[str, Any]] = []
-        self._pending_del: list[tuple[str, Pod]] = []         # (experiment, pod) to DEL
-        self._lock = threading.Lock()
-        self._seq = 0
-
-    # -- pods and calls ---------------------------------------------------------------------
-
-    def node(self, name: str) -> NodeState:
-        return self.st.nodes[name]
-
-    def new_pod(self, node: str) -> Pod:
-        with self._lock:
-            self._seq += 1
-            seq = self._seq
-        name = f"c{os.getpid() % 10000}-{seq}"
-        pod = Pod(name, node, f"{self.prefix}{secrets.token_hex(4)}", secrets.token_hex(16))
-        netns.add_netns(pod.netns)
-        return pod
-
-    def cni(self, experiment: str, command: str, pod: Pod) -> Op:
-        node = self.node(pod.node)
-        conf = {"cniVersion": CNI_VERSION, "name": "k8s-pod-network", "type": "tortie",
-                "mtu": 0, "socket": node.socket, "ipam": {"type": "tortie-ipam"}}
-        env = {
-            "CNI_COMMAND": command, "CNI_CONTAINERID": pod.container_id,
-            "CNI_NETNS": netns.netns_path(pod.netns), "CNI_IFNAME": "eth0",
-            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=chaos;K8S_POD_NAME={pod.name};"
-                        f"K8S_POD_INFRA_CONTAINER_ID={pod.container_id}",
-            "CNI_PATH": str(self.lab.bin_dir),
-        }
-        started = time.monotonic()
-        try:
-            p = netns.exec_in(node.netns, [self.exe], env=env, input=json.dumps(conf),
-                              capture=True, timeout=CNI_TIMEOUT)
-            rc, out, err = p.returncode, p.stdout, p.stderr
-        except subprocess.TimeoutExpired:
-            rc, out, err = -1, "", f"no answer within {CNI_TIMEOUT:g} s"
-        op = Op(experiment, command, pod.name, pod.node, started, time.monotonic() - started)
-        if rc == 0:
-            if command == "ADD":
-                with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
-                    op.ip = json.loads(out)["ips"][0]["address"].split("/")[0]
-        else:
-            op.code, op.msg = -1, (out.strip() or err.strip())[-300:]
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                answer = json.loads(out)
-                op.code, op.msg = int(answer["code"]), str(answer.get("msg", ""))[:200]
-        with self._lock:
-            self.ops.append(op)
-        return op
-
-    def add(self, experiment: str, node: str) -> tuple[Pod, Op]:
-        """ADD a new pod; a failed ADD is queued for DEL, as a runtime does."""
-        pod = self.new_pod(node)
-        op = self.cni(experiment, "ADD", pod)
-        if op.code == 0:
-            pod.ip = op.ip
-            with self._lock:
-                holder = self.running.get(op.ip)
-                if holder is not None:
-                    self.duplicates.append((op.ip, pod.name, holder))
-                    log(f"DUPLICATE {op.ip}: {pod.name} got it while {holder} holds it")
-                self.running[op.ip] = pod.name
-        else:
-            with self._lock:
-                self._pending_del.append((experiment, pod))
-        return pod, op
-
-    def delete(self, experiment: str, pod: Pod) -> Op:
-        """DEL a pod (it stops running first: the runtime tore its containers down)."""
-        with self._lock:
-            if pod.ip and self.running.get(pod.ip) == pod.name:
-                del self.running[pod.ip]
-        op = self.cni(experiment, "DEL", pod)
-        if op.code == 0:
-            netns.del_netns(pod.netns)
-        else:
-            with self._lock:
-                self._pending_del.append((experiment, pod))
-        return op
-
-    def retry_dels(self, deadline: float) -> None:
-        """DEL what a fault left, until it succeeds or ``deadline`` (kubelet's persistence)."""
-        while time.monotonic() < deadline:
-            with self._lock:
-                todo, self._pending_del = self._pending_del, []
-            if not todo:
-                return
-            for experiment, pod in todo:
-                self.delete(experiment, pod)
-            with self._lock:
-                if not self._pending_del:
-                    return
-            time.sleep(0.5)
-        with self._lock:
-            self.unfinished = [pod for _, pod in self._pending_del]
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -411,20 +276,6 @@ class Campaign:
         sent = max(seqs) if seqs else (int(m.group(1)) if m else 0)
         return {"path": path, "restarted": node, "signal": sig, "sent": sent,
                 "received": len(seqs)}
-
-    # -- the end ------------------------------------------------------------------------------
-
-    def leftovers(self) -> list[str]:
-        """Campaign pod namespaces still there (their DEL never succeeded)."""
-        return netns.list_netns(self.prefix)
-
-    def ipam_check(self) -> dict[str, Any]:
-        p = self.lab.tortie(self.st, ["ipam", "check"])
-        text = p.stdout + p.stderr
-        kinds = {k: len(re.findall(rf"^\s+{k}:", text, re.M))
-                 for k in ("leaked", "missing", "orphan block", "dangling handle")}
-        return {"clean": p.returncode == 0, **kinds, "output": text.strip()}
-
 
 @dataclass
 class Figures:

@@ -8,7 +8,7 @@ import sys
 import click
 
 from ctl.common import CLIError
-from lab.cluster import DEFAULT_POOL_CIDR, RUNTIMES, Lab, LabError
+from lab.cluster import DEFAULT_POOL_CIDR, MAX_ETCD_MEMBERS, RUNTIMES, Lab, LabError
 
 
 def _lab(name: str) -> Lab:
@@ -43,17 +43,21 @@ def lab() -> None:
               help="a real Kubernetes: kube-apiserver, controller-manager, scheduler, and a "
                    "kubelet + kube-proxy per node (implies --runtime containerd; builds the "
                    "pinned release with scripts/kubernetes.sh when it is not built yet)")
+@click.option("--etcd-members", default=1, show_default=True,
+              type=click.IntRange(1, MAX_ETCD_MEMBERS),
+              help="members of the lab's etcd (3: a quorum survives one member's loss); "
+                   "every client gets all their endpoints")
 def up(name: str, nodes: int, pool: str, subnets: int, encap: str | None,
-       runtime: str, kubernetes: bool) -> None:
+       runtime: str, kubernetes: bool, etcd_members: int) -> None:
     """Bring a lab up: etcd, the underlay, N nodes each running tortie-node."""
     lab_ = _lab(name)
     click.echo(f"bringing up lab {name!r} with {nodes} node(s)", err=True)
     try:
         st = lab_.up(nodes, pool, subnets=subnets, encap=encap, runtime=runtime,
-                     kubernetes=kubernetes)
+                     kubernetes=kubernetes, etcd_members=etcd_members)
     except LabError as e:
         raise CLIError(str(e)) from None
-    click.echo(f"lab {name!r} is up: etcd {st.etcd_endpoint}, nodes "
+    click.echo(f"lab {name!r} is up: etcd {','.join(st.etcd_endpoints)}, nodes "
                f"{', '.join(st.nodes)}")
     if st.kubernetes:
         click.echo(f"kubeconfig {lab_.kube(st).admin_kubeconfig} (tortie lab kubectl "
@@ -76,7 +80,7 @@ def status(name: str) -> None:
         st = _lab(name).load()
     except LabError as e:
         raise CLIError(str(e)) from None
-    click.echo(f"etcd  {st.etcd_endpoint}  (pods made by: {st.runtime})")
+    click.echo(f"etcd  {','.join(st.etcd_endpoints)}  (pods made by: {st.runtime})")
     click.echo(f"fabric {st.fabric}")
     if st.kubernetes:
         k8s = _lab(name).kube(st)
@@ -244,50 +248,88 @@ def node_kill(name: str, node: str) -> None:
 
 @lab.group("etcd")
 def etcd_cmd() -> None:
-    """Faults of the lab's datastore: kill, pause, resume, restart (by PID)."""
+    """Faults of the lab's datastore: kill, pause, resume, restart a member (by PID); which
+    member leads."""
 
 
-def _etcd_verb(name: str, verb: str, sig: str = "TERM") -> None:
+_member_opt = click.option("--member", default=1, show_default=True,
+                           type=click.IntRange(1, MAX_ETCD_MEMBERS),
+                           help="which etcd member (tortie lab etcd status lists them)")
+
+
+def _etcd_verb(name: str, verb: str, member: int, sig: str = "TERM") -> None:
     lab_ = _lab(name)
     try:
         if verb == "kill":
-            pid = lab_.etcd_kill()
+            pid = lab_.etcd_kill(member)
         elif verb == "pause":
-            pid = lab_.etcd_pause()
+            pid = lab_.etcd_pause(member)
         elif verb == "resume":
-            pid = lab_.etcd_resume()
+            pid = lab_.etcd_resume(member)
         else:
-            pid = lab_.etcd_restart(_SIGNALS[sig])
-        state = lab_.etcd_state()
+            pid = lab_.etcd_restart(_SIGNALS[sig], member)
+        st = lab_.load()
+        state = lab_.etcd_state(st, member)
     except LabError as e:
         raise CLIError(str(e)) from None
-    click.echo(f"etcd of lab {name!r}: {state} (pid {pid})")
+    which = f" member {member}" if st.etcd_members > 1 else ""
+    click.echo(f"etcd{which} of lab {name!r}: {state} (pid {pid})")
 
 
 @etcd_cmd.command("restart")
 @_name_opt
 @_signal_opt
-def etcd_restart(name: str, sig: str) -> None:
-    """Stop etcd if it runs (or is paused) and start it again on the same data."""
-    _etcd_verb(name, "restart", sig)
+@_member_opt
+def etcd_restart(name: str, sig: str, member: int) -> None:
+    """Stop an etcd member if it runs (or is paused) and start it again on the same data."""
+    _etcd_verb(name, "restart", member, sig)
 
 
 @etcd_cmd.command("kill")
 @_name_opt
-def etcd_kill(name: str) -> None:
-    """SIGKILL etcd (a crash); it stays down until `etcd restart`."""
-    _etcd_verb(name, "kill")
+@_member_opt
+def etcd_kill(name: str, member: int) -> None:
+    """SIGKILL an etcd member (a crash); it stays down until `etcd restart`."""
+    _etcd_verb(name, "kill", member)
 
 
 @etcd_cmd.command("pause")
 @_name_opt
-def etcd_pause(name: str) -> None:
-    """SIGSTOP etcd: connections stay open, nothing is answered (a frozen datastore)."""
-    _etcd_verb(name, "pause")
+@_member_opt
+def etcd_pause(name: str, member: int) -> None:
+    """SIGSTOP an etcd member: connections stay open, nothing is answered (frozen)."""
+    _etcd_verb(name, "pause", member)
 
 
 @etcd_cmd.command("resume")
 @_name_opt
-def etcd_resume(name: str) -> None:
-    """SIGCONT a paused etcd."""
-    _etcd_verb(name, "resume")
+@_member_opt
+def etcd_resume(name: str, member: int) -> None:
+    """SIGCONT a paused etcd member."""
+    _etcd_verb(name, "resume", member)
+
+
+@etcd_cmd.command("status")
+@_name_opt
+def etcd_status(name: str) -> None:
+    """Every member: endpoint, PID, state, member id, and which one leads (etcd's Status)."""
+    try:
+        rows = _lab(name).etcd_status()
+    except LabError as e:
+        raise CLIError(str(e)) from None
+    click.echo(f"{'MEMBER':7} {'ENDPOINT':27} {'PID':>8} {'STATE':8} {'ID':17} LEADER")
+    for r in rows:
+        click.echo(f"{r['member']:<7} {r['endpoint']:27} {r['pid']:>8} {r['state']:8} "
+                   f"{r['id'] or '-':17} {'yes' if r['leader'] else ''}")
+
+
+@etcd_cmd.command("leader")
+@_name_opt
+@click.option("--timeout", default=10.0, show_default=True,
+              help="seconds to wait while an election is under way")
+def etcd_leader(name: str, timeout: float) -> None:
+    """Print the number of the member that leads (waits out an election)."""
+    try:
+        click.echo(_lab(name).etcd_leader(timeout))
+    except LabError as e:
+        raise CLIError(str(e)) from None

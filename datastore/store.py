@@ -13,7 +13,9 @@ The layer talks to etcd with the gRPC stubs and messages that ``aetcd`` ships
 * aetcd connects lazily and without a bound; here every connection attempt is a real
   round trip (``Maintenance.Status``, then ``Authenticate`` with credentials) under the
   configured timeout, endpoint after endpoint, so an unreachable or mute endpoint fails
-  with :class:`Unavailable` within the timeout instead of hanging;
+  with :class:`Unavailable` within the timeout instead of hanging; a member whose Status
+  names no leader (cut off from its quorum) is passed over too, so with several endpoints a
+  client ends up on a member that can serve;
 * aetcd multiplexes all watches over one stream and turns compaction into a fatal error;
   here each watch owns its stream, resumes after errors from the last delivered revision
   and turns compaction into a :class:`Resync`.
@@ -277,7 +279,12 @@ class Store:
                 # gRPC connects lazily: make one real round trip so we know the endpoint is
                 # an etcd that answers (and the TLS handshake works).
                 maintenance = rpc.MaintenanceStub(channel)
-                await maintenance.Status(rpc.StatusRequest(), timeout=timeout)
+                status = await maintenance.Status(rpc.StatusRequest(), timeout=timeout)
+                if not status.leader:
+                    # A member cut off from its quorum (or in an election) answers Status but
+                    # no read or write: try the next endpoint instead of sticking to it.
+                    raise _EndpointDown("the member has no leader (cut off from its quorum, "
+                                        "or an election is under way)")
                 metadata = await self._authenticate(channel, endpoint)
             ok = True
         except TimeoutError:

@@ -8,8 +8,10 @@ State (see ``ipam.keys`` and ``ipam.blocks``):
   with ``affinity: host:<node>``; an empty block affine to this node is deleted with CAS;
 * handle documents ``{"handle": h, "blocks": {cidr: count}}``: which blocks hold a handle's
   addresses, so releasing a handle reads only those blocks.  As in Calico the handle is
-  written *before* the block (and corrected afterwards if the block write did not happen),
-  so a handle document always covers at least its addresses;
+  written *before* the block (and corrected afterwards if the block write surely did not
+  happen: not after a write whose answer was lost, e.g. while etcd changed leaders, which
+  may have been applied all the same), so a handle document always covers at least its
+  addresses;
 * a host document per node ``{"node": n, "claim": cidr}``: every block claim by the node
   (also by other processes acting for the same node) is a CAS on it, made right after
   re-reading the node's blocks.  Two claims for one node therefore cannot both decide on
@@ -319,6 +321,7 @@ class IPAM:
         reserved_here = reserved_in(block.network, reserved) if reserved else set()
         await self._adjust_handle(handle, cidr, count)  # handle first, as in Calico
         got: list[str] = []
+        in_doubt = False  # a block write whose outcome etcd did not tell: it may have happened
         try:
             current: Block | None = block
             for attempt in range(MAX_ATTEMPTS):
@@ -338,13 +341,18 @@ class IPAM:
                 except NotFound:
                     self._affine.pop(cidr, None)
                     return got
+                except BaseException:
+                    in_doubt = True
+                    raise
                 new.revision = kv.mod_revision
                 self._remember(new)
                 got = ips
                 return got
             raise IPAMContention(f"block {cidr} is being modified concurrently; retry")
         finally:
-            if len(got) < count:
+            # after a write in doubt the handle keeps covering the addresses it may hold, so
+            # the release by handle that follows the failed ADD finds them
+            if len(got) < count and not in_doubt:
                 await self._adjust_handle(handle, cidr, len(got) - count)
 
     async def _from_affine(self, handle: str, attrs: Mapping[str, Any],
@@ -515,7 +523,7 @@ class IPAM:
             cidr = next((b.cidr for b in await self.list_blocks() if addr in b.network), cidr)
         key = keys.block_key(cidr)
         await self._adjust_handle(handle, cidr, 1)
-        done = False
+        done = False  # written, or (in doubt) maybe written: the handle keeps covering it
         try:
             for attempt in range(MAX_ATTEMPTS):
                 block = await self._get_block(cidr)
@@ -527,6 +535,9 @@ class IPAM:
                         kv = await self.store.create(key, block.to_dict())
                     except AlreadyExists:
                         continue
+                    except BaseException:
+                        done = True  # in doubt: the create may have happened
+                        raise
                 else:
                     held = block.attributes_of(addr)
                     if held is not None and held.get("handle") == handle:
@@ -537,6 +548,9 @@ class IPAM:
                     except (Conflict, NotFound):
                         await _backoff(attempt)
                         continue
+                    except BaseException:
+                        done = True  # in doubt: the update may have happened
+                        raise
                 block.revision = kv.mod_revision
                 self._remember(block)
                 done = True

@@ -4,7 +4,9 @@ Layout of a lab named L (everything it makes is named after L, so labs can coexi
 ``down`` removes exactly what ``up`` made)::
 
     netns tl-L-fabric   the underlay: bridge br0 (192.0.2.1/24) + etcd on 192.0.2.1:2379
-                        (https, client certificates required: the lab's CA in <dir>/pki)
+                        (https, client certificates required: the lab's CA in <dir>/pki);
+                        with ``etcd_members=3`` three members, clients on 192.0.2.1 ports
+                        2379, 12379, 22379, peers (https) on 127.0.0.1 one port above each
     netns tl-L-nodeN    node N: eth0 192.0.2.(10+N)/24 on the bridge, forwarding on,
                         its own tortie-node (CNI socket in the lab's state directory)
     netns tl-L-p-...    one per pod, created the way a runtime does it
@@ -50,6 +52,9 @@ CONFLIST = REPO / "conf" / "net.d" / "10-tortie.conflist"
 UNDERLAY = ipaddress.ip_network("192.0.2.0/24")
 FABRIC_IP = "192.0.2.1"
 ETCD_PORT = 2379
+#: etcd member N (1-based) takes client port ETCD_PORT + (N-1) * this, its peer port one above
+ETCD_MEMBER_PORT_STEP = 10000
+MAX_ETCD_MEMBERS = 5
 DEFAULT_POOL_CIDR = "10.244.0.0/16"
 DEFAULT_POOL = "default-ipv4-ippool"
 POD_IFNAME = "eth0"
@@ -95,7 +100,8 @@ class PodState:
 class LabState:
     name: str
     fabric: str
-    etcd_pid: int = 0
+    #: the PID of each etcd member, member 1 first (0: never started)
+    etcd_pids: list[int] = field(default_factory=lambda: [0])
     subnets: int = 1
     encap: str = "none"
     runtime: str = "cni"  # "cni": the lab runs the CNI chain; "containerd": CRI sandboxes
@@ -111,17 +117,42 @@ class LabState:
     etcd_key: str = ""
 
     @property
+    def etcd_members(self) -> int:
+        return len(self.etcd_pids)
+
+    @property
+    def etcd_pid(self) -> int:
+        """Member 1's PID (the only member of a one-member etcd)."""
+        return self.etcd_pids[0]
+
+    def etcd_member_endpoint(self, member: int) -> str:
+        return (f"{'https' if self.etcd_ca else 'http'}://{FABRIC_IP}:"
+                f"{etcd_client_port(member)}")
+
+    @property
     def etcd_endpoint(self) -> str:
-        return f"{'https' if self.etcd_ca else 'http'}://{FABRIC_IP}:{ETCD_PORT}"
+        """Member 1's client URL."""
+        return self.etcd_member_endpoint(1)
+
+    @property
+    def etcd_endpoints(self) -> tuple[str, ...]:
+        """Every member's client URL, member 1 first."""
+        return tuple(self.etcd_member_endpoint(m) for m in range(1, self.etcd_members + 1))
 
     def etcd_config(self) -> EtcdConfig:
-        """How the lab's control plane reaches etcd (with the client certificate)."""
-        return EtcdConfig(endpoints=(self.etcd_endpoint,), ca_cert_file=self.etcd_ca or None,
+        """How the lab's control plane reaches etcd: every member (a client fails over
+        between them), with the client certificate."""
+        return EtcdConfig(endpoints=self.etcd_endpoints, ca_cert_file=self.etcd_ca or None,
                           cert_file=self.etcd_cert or None, key_file=self.etcd_key or None)
 
     def etcd_env(self) -> dict[str, str]:
         """``TORTIE_ETCD_*`` for a process of the lab's control plane (daemon, CLI)."""
         return self.etcd_config().to_env()
+
+
+def etcd_client_port(member: int) -> int:
+    """The client port of etcd member ``member`` (1-based) on the fabric address."""
+    return ETCD_PORT + (member - 1) * ETCD_MEMBER_PORT_STEP
 
 
 def lab_dir(name: str) -> Path:
@@ -164,7 +195,8 @@ class Lab:
         except FileNotFoundError:
             raise LabError(f"no lab named {self.name!r} is up (tortie lab up "
                            f"--name {self.name})") from None
-        st = LabState(raw["name"], raw["fabric"], raw.get("etcd_pid", 0),
+        st = LabState(raw["name"], raw["fabric"],
+                      raw.get("etcd_pids") or [raw.get("etcd_pid", 0)],
                       raw.get("subnets", 1), raw.get("encap", "none"))
         st.runtime = raw.get("runtime", "cni")
         st.etcd_ca, st.etcd_cert, st.etcd_key = (raw.get(k, "") for k in (
@@ -185,15 +217,18 @@ class Lab:
 
     def up(self, nodes: int, pool_cidr: str = DEFAULT_POOL_CIDR, subnets: int = 1,
            encap: str | None = None, runtime: str = "cni",
-           kubernetes: bool = False) -> LabState:
+           kubernetes: bool = False, etcd_members: int = 1) -> LabState:
         """``subnets`` underlay subnets joined by the fabric, the default pool's
         encapsulation per ``encap`` (see lab/underlay.py); ``runtime="containerd"``: a
         private containerd per node makes the pods (docs/runtime.md); ``kubernetes``: a real
-        Kubernetes runs the nodes (lab/kubernetes.py; implies containerd)."""
+        Kubernetes runs the nodes (lab/kubernetes.py; implies containerd); ``etcd_members``:
+        how many members the lab's etcd has (every client gets all their endpoints)."""
         if kubernetes:
             runtime = "containerd"
         if nodes < 1 or nodes > 200:
             raise LabError("--nodes must be 1-200")
+        if not 1 <= etcd_members <= MAX_ETCD_MEMBERS:
+            raise LabError(f"--etcd-members must be 1-{MAX_ETCD_MEMBERS}, got {etcd_members}")
         if runtime not in RUNTIMES:
             raise LabError(f"runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
         if runtime == "containerd" and containerd.missing_binaries():
@@ -208,7 +243,8 @@ class Lab:
                            f"{self.name})")
         self.dir.mkdir(parents=True, exist_ok=True)
         st = LabState(self.name, _prefix(self.name) + "fabric", subnets=subnets, encap=encap,
-                      runtime=runtime, pool_cidr=pool_cidr, kubernetes=kubernetes)
+                      runtime=runtime, pool_cidr=pool_cidr, kubernetes=kubernetes,
+                      etcd_pids=[0] * etcd_members)
         self.save(st)
         try:
             install_cni(self.bin_dir)
@@ -255,15 +291,20 @@ class Lab:
         return Pki(self.dir / "pki")
 
     def _up_etcd(self, st: LabState) -> None:
-        """etcd on https, refusing clients without a certificate from the lab's CA."""
+        """etcd on https, refusing clients without a certificate from the lab's CA: one
+        member, or ``st.etcd_members`` members that authenticate each other (peer TLS)."""
         tls = self._etcd_tls()
         st.etcd_ca, st.etcd_cert, st.etcd_key = (
             str(tls.ca_cert), str(tls.client_cert), str(tls.client_key))
-        etcd = self._etcd_process(st)
-        etcd.start()
-        st.etcd_pid = etcd.detach()
-        self.save(st)
-        self.progress(f"etcd: {st.etcd_endpoint}, client certificates required (pid {etcd.pid})")
+        members = [self._etcd_process(st, m) for m in range(1, st.etcd_members + 1)]
+        for m, etcd in enumerate(members, 1):  # healthy once a quorum runs: start all first
+            etcd.launch()
+            st.etcd_pids[m - 1] = etcd.detach()
+            self.save(st)
+        for etcd in members:
+            etcd.wait_healthy()
+        self.progress(f"etcd: {', '.join(st.etcd_endpoints)}, client certificates required "
+                      f"(pid {', '.join(map(str, st.etcd_pids))})")
 
     # --- faults of the datastore (tortie lab etcd ...; bench/chaos.py) -----------------------
 
@@ -272,57 +313,129 @@ class Lab:
         return tls_files(self.pki, server_ips=(FABRIC_IP,), client_name="etcd-client-tortie",
                          client_cn="tortie")
 
-    def _etcd_process(self, st: LabState) -> EtcdProcess:
-        """The lab's etcd: its data, port and (when the state has them) certificates."""
-        return EtcdProcess(self.dir / "etcd", name=f"lab-{self.name}", netns=st.fabric,
-                           host=FABRIC_IP, client_port=ETCD_PORT,
-                           tls=self._etcd_tls() if st.etcd_ca else None)
+    def _etcd_process(self, st: LabState, member: int = 1) -> EtcdProcess:
+        """Member ``member`` of the lab's etcd: its data, ports, peers and (when the state
+        has them) certificates.  A one-member etcd keeps the layout it always had."""
+        tls = self._etcd_tls() if st.etcd_ca else None
+        if st.etcd_members == 1:
+            return EtcdProcess(self.dir / "etcd", name=f"lab-{self.name}", netns=st.fabric,
+                               host=FABRIC_IP, client_port=ETCD_PORT, tls=tls)
+        members = [EtcdProcess(self.dir / f"etcd-{m}", name=f"lab-{self.name}-{m}",
+                               netns=st.fabric, host=FABRIC_IP, tls=tls,
+                               client_port=etcd_client_port(m),
+                               cluster_token=f"lab-{self.name}", peer_tls=True)
+                   for m in range(1, st.etcd_members + 1)]
+        cluster = tuple((e.name, e.peer_url) for e in members)
+        for e in members:
+            e.cluster = cluster
+        return members[member - 1]
 
-    def etcd_state(self, st: LabState | None = None) -> str:
-        """``running``, ``paused`` (SIGSTOP) or ``down``."""
+    def _member(self, st: LabState, member: int) -> int:
+        """``member`` checked against the lab (1-based); LabError naming the choices."""
+        if not 1 <= member <= st.etcd_members:
+            raise LabError(f"etcd of lab {self.name!r} has member(s) 1-{st.etcd_members}, "
+                           f"not {member}")
+        return member
+
+    def etcd_state(self, st: LabState | None = None, member: int = 1) -> str:
+        """``running``, ``paused`` (SIGSTOP) or ``down``, of member ``member``."""
         st = st or self.load()
-        if not _alive(st.etcd_pid):
+        pid = st.etcd_pids[self._member(st, member) - 1]
+        if not _alive(pid):
             return "down"
-        return "paused" if process_state(st.etcd_pid) in ("T", "t") else "running"
+        return "paused" if process_state(pid) in ("T", "t") else "running"
 
-    def etcd_kill(self) -> int:
-        """SIGKILL the lab's etcd (a crash); it stays down until ``etcd_restart``."""
+    def etcd_leader(self, timeout: float = 10.0) -> int:
+        """The member (1-based) that leads the lab's etcd, as the running members' Status
+        says; waits up to ``timeout`` while there is none (an election)."""
         st = self.load()
-        pid = st.etcd_pid
+        deadline = time.monotonic() + timeout
+        last = "no member answered"
+        while True:
+            ids: dict[int, int] = {}  # member id -> member number
+            leader = 0
+            for m in range(1, st.etcd_members + 1):
+                if self.etcd_state(st, m) != "running":
+                    continue
+                try:
+                    status = self._etcd_process(st, m).status()
+                except (RuntimeError, ValueError, KeyError, IndexError) as e:
+                    last = f"member {m}: {e}"
+                    continue
+                ids[int(status["member_id"])] = m
+                leader = int(status.get("leader", 0)) or leader
+            if leader in ids:
+                return ids[leader]
+            if leader:
+                last = f"the leader {leader:x} is none of the running members"
+            if time.monotonic() >= deadline:
+                raise LabError(f"etcd of lab {self.name!r} has no leader: {last}")
+            time.sleep(0.2)
+
+    def etcd_status(self) -> list[dict[str, Any]]:
+        """One line per member: ``member``, ``endpoint``, ``pid``, ``state``, ``id`` (hex)
+        and ``leader`` (whether it leads; only from members that answer)."""
+        st = self.load()
+        rows = []
+        for m in range(1, st.etcd_members + 1):
+            row: dict[str, Any] = {"member": m, "endpoint": st.etcd_member_endpoint(m),
+                                   "pid": st.etcd_pids[m - 1], "state": self.etcd_state(st, m),
+                                   "id": "", "leader": False}
+            if row["state"] == "running":
+                with contextlib.suppress(RuntimeError, ValueError, KeyError, IndexError):
+                    status = self._etcd_process(st, m).status()
+                    row["id"] = f"{int(status['member_id']):x}"
+                    row["leader"] = int(status["member_id"]) == int(status.get("leader", 0))
+            rows.append(row)
+        return rows
+
+    def etcd_kill(self, member: int = 1) -> int:
+        """SIGKILL member ``member`` of the lab's etcd (a crash); it stays down until
+        ``etcd_restart``."""
+        st = self.load()
+        pid = st.etcd_pids[self._member(st, member) - 1]
         signal_and_wait(pid, signal.SIGKILL)
-        self.progress(f"etcd: killed (pid {pid})")
+        self.progress(f"etcd{self._which(st, member)}: killed (pid {pid})")
         return pid
 
-    def etcd_pause(self) -> int:
-        """SIGSTOP the lab's etcd: it holds its connections and answers nothing."""
-        return self._signal_etcd(signal.SIGSTOP, "paused")
+    def etcd_pause(self, member: int = 1) -> int:
+        """SIGSTOP an etcd member: it holds its connections and answers nothing."""
+        return self._signal_etcd(signal.SIGSTOP, "paused", member)
 
-    def etcd_resume(self) -> int:
-        """SIGCONT the lab's etcd."""
-        return self._signal_etcd(signal.SIGCONT, "resumed")
+    def etcd_resume(self, member: int = 1) -> int:
+        """SIGCONT an etcd member."""
+        return self._signal_etcd(signal.SIGCONT, "resumed", member)
 
-    def _signal_etcd(self, sig: int, done: str) -> int:
+    @staticmethod
+    def _which(st: LabState, member: int) -> str:
+        return f" member {member}" if st.etcd_members > 1 else ""
+
+    def _signal_etcd(self, sig: int, done: str, member: int) -> int:
         st = self.load()
-        if not _alive(st.etcd_pid):
-            raise LabError(f"etcd of lab {self.name!r} is not running")
-        os.kill(st.etcd_pid, sig)
-        self.progress(f"etcd: {done} (pid {st.etcd_pid})")
-        return st.etcd_pid
+        pid = st.etcd_pids[self._member(st, member) - 1]
+        if not _alive(pid):
+            raise LabError(f"etcd{self._which(st, member)} of lab {self.name!r} is not running")
+        os.kill(pid, sig)
+        self.progress(f"etcd{self._which(st, member)}: {done} (pid {pid})")
+        return pid
 
-    def etcd_restart(self, sig: int = signal.SIGTERM) -> int:
-        """Stop the lab's etcd (``sig``; SIGKILL: a crash), if it runs or is paused, and
-        start it again on the same data; returns once it is healthy."""
+    def etcd_restart(self, sig: int = signal.SIGTERM, member: int = 1) -> int:
+        """Stop an etcd member (``sig``; SIGKILL: a crash), if it runs or is paused, and
+        start it again on the same data; returns once it is healthy (with several members:
+        once it is back in a cluster with a quorum)."""
         st = self.load()
-        signal_and_wait(st.etcd_pid, sig)
-        etcd = self._etcd_process(st)
+        index = self._member(st, member) - 1
+        signal_and_wait(st.etcd_pids[index], sig)
+        etcd = self._etcd_process(st, member)
         try:
             etcd.start()
         except RuntimeError as e:
-            raise LabError(f"etcd of lab {self.name!r} did not start again: {e}") from None
-        st.etcd_pid = etcd.detach()
+            raise LabError(f"etcd{self._which(st, member)} of lab {self.name!r} did not start "
+                           f"again: {e}") from None
+        st.etcd_pids[index] = etcd.detach()
         self.save(st)
-        self.progress(f"etcd: restarted (pid {st.etcd_pid})")
-        return st.etcd_pid
+        self.progress(f"etcd{self._which(st, member)}: restarted (pid {st.etcd_pids[index]})")
+        return st.etcd_pids[index]
 
     def _apply_pool(self, st: LabState, cidr: str) -> None:
         doc = (f"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: "
@@ -445,7 +558,8 @@ class Lab:
                 self.kube(st).down(list(st.nodes))
             for node in st.nodes.values():
                 _kill(node.pid)
-            _kill(st.etcd_pid)
+            for pid in st.etcd_pids:
+                _kill(pid)
         stop_bird(self.dir)
         for ns in netns.list_netns(_prefix(self.name)):
             netns.del_netns(ns)
@@ -647,7 +761,7 @@ class Lab:
         images into every containerd; kubelet + kube-proxy on every node; all nodes Ready."""
         k8s = self.kube(st)
         try:
-            k8s.up_control_plane(st.etcd_endpoint, self.etcd_client_files(st))
+            k8s.up_control_plane(",".join(st.etcd_endpoints), self.etcd_client_files(st))
             tarballs = k8s.image_tarballs()
             for node in st.nodes.values():
                 ctd = containerd.Containerd(self._containerd_dir(node), pid=node.containerd_pid)

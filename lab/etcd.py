@@ -98,7 +98,8 @@ def etcdctl_flags(config: EtcdConfig) -> list[str]:
 
 
 class EtcdProcess:
-    """One single-member etcd cluster on 127.0.0.1, data in ``base_dir/data``."""
+    """One etcd member, data in ``base_dir/data``: by default a single-member cluster on
+    127.0.0.1; with ``cluster`` one member of several (the lab's three-member etcd)."""
 
     def __init__(
         self,
@@ -110,7 +111,15 @@ class EtcdProcess:
         netns: str | None = None,
         host: str = "127.0.0.1",
         client_port: int = 0,
+        peer_port: int = 0,
+        cluster: tuple[tuple[str, str], ...] = (),
+        cluster_token: str | None = None,
+        peer_tls: bool = False,
     ) -> None:
+        """``cluster``: every member's ``(name, peer URL)`` (this one's included), all
+        members sharing ``cluster_token``; empty: a cluster of this member alone.
+        ``peer_tls`` (with ``tls``): members talk https to each other and present the server
+        certificate, which must come from the CA."""
         self.base_dir = base_dir
         self.netns = netns  # run inside this network namespace (the lab's fabric)
         self.host = host
@@ -120,7 +129,10 @@ class EtcdProcess:
         self.tls = tls
         self.extra_args = extra_args
         self.client_port = client_port
-        self.peer_port = client_port + 1 if client_port else 0
+        self.peer_port = peer_port or (client_port + 1 if client_port else 0)
+        self.cluster = cluster
+        self.cluster_token = cluster_token or self.name
+        self.peer_tls = peer_tls and tls is not None
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- addresses and settings --------------------------------------------------------
@@ -156,11 +168,18 @@ class EtcdProcess:
             timeout=timeout,
         )
 
+    @property
+    def peer_url(self) -> str:
+        """This member's peer URL (loopback of its namespace)."""
+        scheme = "https" if self.peer_tls else "http"
+        return f"{scheme}://127.0.0.1:{self.peer_port}"
+
     def _args(self) -> list[str]:
         client = self.endpoint
         if self.host != "127.0.0.1":
             client += f",{self.scheme}://127.0.0.1:{self.client_port}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = self.peer_url
+        members = self.cluster or ((self.name, peer),)
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         args = [
             *prefix,
@@ -171,9 +190,9 @@ class EtcdProcess:
             "--advertise-client-urls", self.endpoint,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{self.name}={peer}",
+            "--initial-cluster", ",".join(f"{n}={u}" for n, u in members),
             "--initial-cluster-state", "new",
-            "--initial-cluster-token", self.name,
+            "--initial-cluster-token", self.cluster_token,
             "--logger", "zap",
             "--log-outputs", "stderr",
         ]
@@ -184,6 +203,13 @@ class EtcdProcess:
                 "--trusted-ca-file", str(self.tls.ca_cert),
                 "--client-cert-auth",
             ]
+            if self.peer_tls:  # members prove themselves to each other too
+                args += [
+                    "--peer-cert-file", str(self.tls.server_cert),
+                    "--peer-key-file", str(self.tls.server_key),
+                    "--peer-trusted-ca-file", str(self.tls.ca_cert),
+                    "--peer-client-cert-auth",
+                ]
         return args + list(self.extra_args)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -210,6 +236,16 @@ class EtcdProcess:
                     raise
                 # Someone grabbed a port between free_port() and etcd's bind: new ports.
                 shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def launch(self) -> None:
+        """Start the process without waiting for health: a member of a new cluster is healthy
+        only once a quorum of its peers runs, so a caller launches every member first and
+        then waits for each (:meth:`wait_healthy`).  The ports must be fixed."""
+        if self.is_running():
+            raise RuntimeError(f"etcd {self.name} is already running (pid {self.pid})")
+        if not self.client_port:
+            raise RuntimeError(f"etcd {self.name}: launch() needs fixed ports")
+        self._spawn()
 
     def _spawn(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
@@ -308,6 +344,13 @@ class EtcdProcess:
             if len(parts) == 2 and parts[0] == name:
                 return float(parts[1])
         raise KeyError(name)
+
+    def status(self, timeout: float = 2.0) -> dict[str, Any]:
+        """etcd's Status of this member (``etcdctl endpoint status -w json``): its
+        ``member_id``, the ``leader``'s member id, ``raft_term``, ``db_size``..."""
+        out = self.etcdctl("endpoint", "status", "-w", "json", f"--command-timeout={timeout}s")
+        status: dict[str, Any] = json.loads(out)[0]["Status"]
+        return {"member_id": status["header"]["member_id"], **status}
 
     def etcdctl(self, *args: str) -> str:
         """Run ``etcdctl`` against this etcd; returns stdout, raises on failure."""

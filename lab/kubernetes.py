@@ -197,8 +197,9 @@ class Kubernetes:
 
     # --- control plane ------------------------------------------------------------------------
 
-    def up_control_plane(self, etcd_endpoint: str, etcd_tls: dict[str, str] | None) -> None:
-        """kube-apiserver, kube-controller-manager and kube-scheduler in the fabric."""
+    def up_control_plane(self, etcd_servers: str, etcd_tls: dict[str, str] | None) -> None:
+        """kube-apiserver, kube-controller-manager and kube-scheduler in the fabric;
+        ``etcd_servers``: the lab's etcd client URLs, comma separated."""
         self.dir.mkdir(parents=True, exist_ok=True)
         _ = self.bin  # build first when needed (says so)
         ca = self.pki.ensure_ca()
@@ -214,7 +215,7 @@ class Kubernetes:
         self.kubeconfig("admin", "kubernetes-admin", ("system:masters",))
         argv = [
             str(self.bin / "kube-apiserver"),
-            f"--etcd-servers={etcd_endpoint}", f"--etcd-prefix={ETCD_PREFIX}",
+            f"--etcd-servers={etcd_servers}", f"--etcd-prefix={ETCD_PREFIX}",
             f"--bind-address={self.fabric_ip}", f"--advertise-address={self.fabric_ip}",
             f"--secure-port={API_PORT}",
             f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from datastore.backend import KVStore, NotFound
+from datastore.backend import KV, KVStore, NotFound, Unavailable
 from datastore.keys import resource_key
 from datastore.memory import MemoryStore
 from datastore.model_network import IPPool
@@ -218,6 +218,60 @@ async def test_specific_address(store: KVStore) -> None:
     report = await ipam.check({ip: f"wep-{ip}" for ip in [*ips, "10.10.0.77"]})
     assert report.clean, report.to_dict()
     assert await ipam.release_by_handle("tortie.s") == ["10.10.0.77"]
+
+
+class LosesBlockAnswers(MemoryStore):
+    """Applies the next ``lose`` block writes, then says etcd did not answer (as when the
+    answer is lost while etcd changes leaders): written, though the caller hears it failed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lose = 0
+
+    def _lost(self, key: str) -> None:
+        if self.lose and key.startswith(keys.BLOCKS):
+            self.lose -= 1
+            raise Unavailable(f"etcd did not answer the write of {key} (test)")
+
+    async def create(self, key: str, value: dict[str, Any]) -> KV:
+        kv = await super().create(key, value)
+        self._lost(key)
+        return kv
+
+    async def update(self, key: str, value: dict[str, Any], revision: int | None = None) -> KV:
+        kv = await super().update(key, value, revision)
+        self._lost(key)
+        return kv
+
+
+async def test_a_block_write_in_doubt_stays_covered_by_its_handle() -> None:
+    """A block write that failed without saying whether it happened must leave the handle
+    document covering the address: the DEL that follows the failed ADD releases by handle,
+    and only what the handle records is found."""
+    store = LosesBlockAnswers()
+    pool = await add_pool(store, "p", "10.10.0.0/24")
+    ipam = IPAM(store, "n1")
+    first = await ipam.auto_assign("tortie.a", ATTRS, [pool])  # the block exists now
+    store.lose = 1
+    with pytest.raises(Unavailable):
+        await ipam.auto_assign("tortie.b", ATTRS, [pool])
+    # the write happened: the address is b's, and b's handle records it
+    [block] = await ipam.list_blocks()
+    held = block.ips_for_handle("tortie.b")
+    assert held and held != first
+    report = await ipam.check({first[0]: "a", held[0]: "b"})
+    assert report.clean, report.to_dict()
+    assert await ipam.release_by_handle("tortie.b") == held
+    # the same for a specific address, in an existing block and in a new one
+    for ip in ("10.10.0.9", "10.10.0.200"):
+        store.lose = 1
+        with pytest.raises(Unavailable):
+            await ipam.assign_ip(ip, "tortie.c", ATTRS)
+        assert await ipam.release_by_handle("tortie.c") == [ip]
+    assert await ipam.release_by_handle("tortie.a") == first
+    assert (await ipam.check({})).clean
+    # every handle document is gone with its addresses
+    assert (await store.list(keys.HANDLES))[0] == []
 
 
 async def test_release_is_idempotent(store: KVStore) -> None:

@@ -179,6 +179,75 @@ def test_etcd_requires_tls_and_client_certificates() -> None:
     assert f"ETCD_IP={ip} " in (KIND / "run.sh").read_text()
 
 
+ETCD_DATA_HOST_PATH = "/var/lib/tortie-etcd"
+
+
+def _etcd_data_problems(deploy: dict[str, Any]) -> list[str]:
+    """Why etcd's data would not survive a restart of its pod (empty: it would): the volume
+    under ``--data-dir`` must be a hostPath on the node the Deployment is pinned to."""
+    etcd = _container(deploy, "etcd")
+    flags = dict(a.removeprefix("--").partition("=")[::2] for a in etcd["command"][1:])
+    data_dir = flags.get("data-dir", "")
+    if not data_dir:
+        return ["etcd has no --data-dir"]
+    pod = deploy["spec"]["template"]["spec"]
+    mount = next((m for m in etcd.get("volumeMounts", [])
+                  if Path(data_dir).is_relative_to(m["mountPath"])), None)
+    if mount is None:
+        return [f"no volume is mounted at {data_dir} (the container's own layer)"]
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    problems = []
+    if "emptyDir" in volume:
+        problems.append(f"volume {volume['name']} is an emptyDir: a restart loses the data")
+    host = volume.get("hostPath")
+    if host is None:
+        problems.append(f"volume {volume['name']} is not a hostPath")
+    elif host != {"path": ETCD_DATA_HOST_PATH, "type": "DirectoryOrCreate"}:
+        problems.append(f"volume {volume['name']}: hostPath {host}, want "
+                        f"{ETCD_DATA_HOST_PATH} (DirectoryOrCreate)")
+    if "node-role.kubernetes.io/control-plane" not in pod.get("nodeSelector", {}):
+        problems.append("not pinned to the control-plane node: a hostPath moves with no pod")
+    if deploy["spec"].get("replicas") != 1 or deploy["spec"]["strategy"]["type"] != "Recreate":
+        problems.append("two pods could share the data directory (replicas 1, Recreate)")
+    return problems
+
+
+def test_etcd_keeps_its_data_on_the_control_plane_node() -> None:
+    deploy = next(d for d in docs(KIND / "manifests" / "10-etcd.yaml")
+                  if d["kind"] == "Deployment")
+    assert _etcd_data_problems(deploy) == []
+    header = (KIND / "manifests" / "10-etcd.yaml").read_text().split("apiVersion:")[0]
+    assert ETCD_DATA_HOST_PATH in header and "emptyDir" in header  # says why not emptyDir
+
+
+def test_the_etcd_data_check_rejects_an_empty_dir_or_a_missing_host_path() -> None:
+    def deploy() -> dict[str, Any]:
+        return next(d for d in docs(KIND / "manifests" / "10-etcd.yaml")
+                    if d["kind"] == "Deployment")
+
+    def data_volume(d: dict[str, Any]) -> dict[str, Any]:
+        return next(v for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == "data")
+
+    d = deploy()
+    data_volume(d).pop("hostPath")
+    data_volume(d)["emptyDir"] = {}
+    assert any("emptyDir" in p for p in _etcd_data_problems(d))
+    d = deploy()
+    data_volume(d).pop("hostPath")
+    data_volume(d)["persistentVolumeClaim"] = {"claimName": "x"}
+    assert any("not a hostPath" in p for p in _etcd_data_problems(d))
+    d = deploy()
+    data_volume(d)["hostPath"]["path"] = "/tmp/etcd"
+    assert any("/var/lib/tortie-etcd" in p for p in _etcd_data_problems(d))
+    d = deploy()
+    _container(d, "etcd")["volumeMounts"] = [
+        m for m in _container(d, "etcd")["volumeMounts"] if m["name"] != "data"]
+    assert any("no volume is mounted" in p for p in _etcd_data_problems(d))
+    d = deploy()
+    d["spec"]["template"]["spec"]["nodeSelector"] = {}
+    assert any("pinned" in p for p in _etcd_data_problems(d))
+
+
 def test_run_sh_issues_an_etcd_server_certificate_for_the_service_address(
         tmp_path: Path) -> None:
     require_tools("openssl")
