@@ -135,10 +135,13 @@ class LeaderElection:
             "renewDeadline_s": self.timing.renew_deadline,
             "retryPeriod_s": self.timing.retry_period}})
         while True:
+            started = self.clock()
             await self._look()
             if self.lost_reason:
                 return
-            await asyncio.sleep(self.timing.retry_period)
+            # a look every retry period (not a period after each look): a standby's looks
+            # fall on the lease's expiry instead of drifting past it by the requests' time
+            await asyncio.sleep(max(0.0, started + self.timing.retry_period - self.clock()))
 
     async def _look(self) -> None:
         """One look at the Lease: read, decide, write (re-read at once after a conflict)."""
