@@ -320,3 +320,60 @@ def test_elector_leader_that_finds_another_holder() -> None:
     e.wrote(written(ME, "1"), 0.0)
     d = e.read(written(OTHER, "9"), 2.0)
     assert d.action is Action.LOST and d.holder == OTHER
+
+
+# --- the flags ----------------------------------------------------------------------------------
+
+
+LEASE_ENV = ("TORTIE_LEADER_ELECT", "TORTIE_LEASE_NAME", "TORTIE_LEASE_NAMESPACE",
+             "TORTIE_LEASE_DURATION", "TORTIE_RENEW_DEADLINE", "TORTIE_RETRY_PERIOD")
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for var in LEASE_ENV:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def test_flags_default_off_with_upstream_durations(clean_env: pytest.MonkeyPatch) -> None:
+    from kubecontrollers.main import parse_args
+    args = parse_args([])
+    assert args.leader_elect is False
+    assert (args.lease_name, args.lease_namespace) == ("tortie-kube-controllers", "kube-system")
+    assert args.timing == Timing(15.0, 10.0, 2.0)
+
+
+def test_flags_and_env(clean_env: pytest.MonkeyPatch) -> None:
+    from kubecontrollers.main import parse_args
+    args = parse_args(["--leader-elect", "--lease-name", "kc", "--lease-namespace", "tortie",
+                       "--lease-duration", "4s", "--renew-deadline", "3s",
+                       "--retry-period", "500ms"])
+    assert args.leader_elect and (args.lease_name, args.lease_namespace) == ("kc", "tortie")
+    assert args.timing == Timing(4.0, 3.0, 0.5)
+    clean_env.setenv("TORTIE_LEADER_ELECT", "true")
+    clean_env.setenv("TORTIE_LEASE_NAMESPACE", "from-env")
+    clean_env.setenv("TORTIE_LEASE_DURATION", "1m")
+    args = parse_args([])
+    assert args.leader_elect and args.lease_namespace == "from-env"
+    assert args.timing.lease_duration == 60.0
+    assert parse_args(["--no-leader-elect"]).leader_elect is False
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), [
+    (["--lease-duration", "15"], {}, "--lease-duration: '15' is not a duration"),
+    (["--renew-deadline", "20s"], {}, "--lease-duration (15s) must be longer than "
+                                      "--renew-deadline (20s)"),
+    (["--retry-period", "9s"], {}, "--renew-deadline (10s) must be longer than 1.2 x"),
+    (["--lease-name", ""], {}, "--lease-name and --lease-namespace must not be empty"),
+    ([], {"TORTIE_LEADER_ELECT": "maybe"}, "TORTIE_LEADER_ELECT must be true or false"),
+])
+def test_bad_flags_name_the_flag(clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                 argv: list[str], env: dict[str, str], message: str) -> None:
+    from kubecontrollers.main import parse_args
+    for var, value in env.items():
+        clean_env.setenv(var, value)
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
