@@ -50,7 +50,7 @@ NAMESPACE = "kube-system"
 LEASE = "tortie-kube-controllers"   # the one the Role grants
 DURATION, RENEW_DEADLINE, RETRY = 4.0, 3.0, 1.0
 #: Polling, process start and a loaded machine (2 shared cores).
-SLACK = 1.5
+SLACK = 2.0
 
 
 @pytest.fixture(scope="module")
