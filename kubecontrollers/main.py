@@ -7,6 +7,8 @@
                 [--etcd-username U] [--etcd-password P] [--etcd-timeout S] [-c CONFIG]
                 [--metrics-address A] [--metrics-port P] [--leak-grace-period D]
                 [--reconcile-period D] [--ipam-gc-interval D] [--log-level info]
+                [--leader-elect] [--lease-name N] [--lease-namespace NS]
+                [--lease-duration D] [--renew-deadline D] [--retry-period D]
 
 * Kubernetes credentials: ``--kubeconfig`` (or ``$KUBECONFIG``), else the in-cluster service
   account when ``$KUBERNETES_SERVICE_HOST`` is set, else ``~/.kube/config``;
@@ -15,7 +17,18 @@
 * serves ``/metrics`` (Prometheus text) and ``/healthz`` (JSON; 503 until every resource has
   been listed) on ``A:P`` (default ``0.0.0.0:9094``, Calico's kube-controllers port);
 * the durations override the KubeControllersConfiguration (Go syntax: ``90s``, ``15m0s``);
-* SIGTERM / SIGINT: stop, exit 0.
+* ``--leader-elect`` (env ``TORTIE_LEADER_ELECT``; off by default, on in the manifest): the
+  controllers run only while this replica holds the Lease ``--lease-namespace``/
+  ``--lease-name`` (:mod:`kubecontrollers.election`); a standby serves ``/metrics`` and
+  answers ``/healthz`` with 200 ``standby``.  Identity ``<hostname>_<pid>``.  Leadership
+  lost (the Lease taken, or not renewed within ``--renew-deadline``): the controllers are
+  stopped and the process **exits 1**, so that its Deployment restarts it as a fresh
+  candidate -- as upstream kube-controllers and kube-controller-manager do.  Restarting
+  the process, rather than the controllers inside it, leaves no cache, work queue or IPAM
+  leak timer of the old term behind, and a controller task slow to cancel cannot write on
+  next to the new leader;
+* SIGTERM / SIGINT: stop the controllers, release the Lease (a standby takes over at its
+  next look instead of after the lease duration), exit 0.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -37,8 +51,10 @@ from agentkit.logs import setup_logging
 from agentkit.metrics import CONTENT_TYPE, render
 from datastore.etcd_config import ConfigError, EtcdConfig, add_etcd_arguments, from_arguments
 from datastore.store import Store
+from kubecontrollers import leader
 from kubecontrollers.app import KubeControllers
 from kubecontrollers.controller import Options
+from kubecontrollers.election import LeaderElection
 from kubecontrollers.metrics import KubeMetrics
 from kubecontrollers.settings import go_duration
 
@@ -67,6 +83,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ipam-gc-interval", default="1m", help="period of IPAM GC passes "
                    "(default 1m)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    env = os.environ.get
+    p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction,
+                   default=_env_bool(p, "TORTIE_LEADER_ELECT"),
+                   help="run the controllers only while holding the leader Lease (default "
+                        "off) [env TORTIE_LEADER_ELECT]")
+    p.add_argument("--lease-name", default=env("TORTIE_LEASE_NAME", leader.DEFAULT_LEASE_NAME),
+                   help=f"name of the Lease (default {leader.DEFAULT_LEASE_NAME}) "
+                        "[env TORTIE_LEASE_NAME]")
+    p.add_argument("--lease-namespace",
+                   default=env("TORTIE_LEASE_NAMESPACE", leader.DEFAULT_LEASE_NAMESPACE),
+                   help=f"namespace of the Lease (default {leader.DEFAULT_LEASE_NAMESPACE}) "
+                        "[env TORTIE_LEASE_NAMESPACE]")
+    for flag, var, default, what in (
+            ("--lease-duration", "TORTIE_LEASE_DURATION", leader.DEFAULT_LEASE_DURATION,
+             "how long a standby waits, after the Lease last changed, before taking it"),
+            ("--renew-deadline", "TORTIE_RENEW_DEADLINE", leader.DEFAULT_RENEW_DEADLINE,
+             "how long the leader keeps leading without a successful renewal"),
+            ("--retry-period", "TORTIE_RETRY_PERIOD", leader.DEFAULT_RETRY_PERIOD,
+             "period of the looks at the Lease (renewals, acquisition attempts)")):
+        p.add_argument(flag, default=env(var, f"{default:g}s"),
+                       help=f"{what} (default {default:g}s) [env {var}]")
     args = p.parse_args(argv)
     try:
         args.options = Options(
@@ -76,9 +113,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             ipam_gc_interval=go_duration(args.ipam_gc_interval, 60) or 60)
     except ValueError as e:
         p.error(str(e))
+    try:
+        args.timing = leader.Timing(
+            lease_duration=_duration(args.lease_duration, "--lease-duration"),
+            renew_deadline=_duration(args.renew_deadline, "--renew-deadline"),
+            retry_period=_duration(args.retry_period, "--retry-period"))
+        args.timing.validate()
+    except ValueError as e:
+        p.error(str(e))
+    if not args.lease_name or not args.lease_namespace:
+        p.error("--lease-name and --lease-namespace must not be empty")
     if not 0 <= args.metrics_port <= 65535:
         p.error("--metrics-port must be 0-65535")
     return args
+
+
+def _env_bool(p: argparse.ArgumentParser, var: str) -> bool:
+    text = os.environ.get(var, "").strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    p.error(f"{var} must be true or false, got {text!r}")
+
+
+def _duration(text: str, flag: str) -> float:
+    try:
+        return go_duration(text, 0)
+    except ValueError as e:
+        raise ValueError(f"{flag}: {e}") from None
 
 
 async def kube_client(kubeconfig: str | None) -> client.ApiClient:
@@ -104,13 +167,23 @@ async def run(args: argparse.Namespace, etcd: EtcdConfig) -> int:
     store = Store(etcd)
     metrics = KubeMetrics()
     app = KubeControllers(store, api, options=args.options, metrics=metrics)
+    election = (LeaderElection(api, name=args.lease_name, namespace=args.lease_namespace,
+                               identity=leader.identity(socket.gethostname(), os.getpid()),
+                               timing=args.timing, metrics=metrics)
+                if args.leader_elect else None)
 
     def metrics_route() -> http.Response:
         return 200, CONTENT_TYPE, render(metrics.registry)
 
     def health_route() -> http.Response:
+        if election is not None and not election.leading.is_set():
+            # a standby is healthy: it waits for the Lease, its controllers do not run
+            return 200, "application/json", json.dumps(
+                {"status": "standby", "synced": False, "leader": election.health()}) + "\n"
         h: dict[str, Any] = app.health()
         h["status"] = "ok" if h["synced"] else "starting"
+        if election is not None:
+            h["leader"] = election.health()
         return (200 if h["synced"] else 503), "application/json", json.dumps(h) + "\n"
 
     routes: dict[str, http.Route] = {"/metrics": metrics_route, "/healthz": health_route,
@@ -126,19 +199,55 @@ async def run(args: argparse.Namespace, etcd: EtcdConfig) -> int:
     port = http.bound_port(server)
     log.info("tortie-kube-controllers started", extra={"fields": {
         "metrics": f"{args.metrics_address}:{port}", "pid": os.getpid(),
-        "etcd": ",".join(etcd.endpoints), "kubernetes": api.configuration.host}})
-    task = asyncio.create_task(app.run(), name="kube-controllers")
+        "etcd": ",".join(etcd.endpoints), "kubernetes": api.configuration.host,
+        "leaderElect": election is not None}})
+    code = 0
     stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    log.info("shutting down")
-    for t in (task, stopper):
-        t.cancel()
-    await asyncio.gather(task, stopper, return_exceptions=True)
-    server.close()
-    await api.close()
-    await store.close()
-    log.info("tortie-kube-controllers stopped")
-    return 0
+    electing: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None
+    try:
+        if election is not None:
+            electing = asyncio.create_task(election.run(), name="kc-leader-election")
+            leading = asyncio.create_task(election.leading.wait())
+            await asyncio.wait({leading, stopper, electing}, return_when=asyncio.FIRST_COMPLETED)
+            leading.cancel()
+            if not election.leading.is_set():  # stopped, or the election itself failed
+                code = _election_ended(electing)
+                return code
+        task = asyncio.create_task(app.run(), name="kube-controllers")
+        waits = {task, stopper} | ({electing} if electing is not None else set())
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if electing is not None and electing.done():
+            code = _election_ended(electing) or 1
+            log.error("leadership lost: stopping the controllers and exiting, to be restarted "
+                      "as a new candidate", extra={"fields": {
+                          "identity": election.identity if election else "",
+                          "reason": election.lost_reason if election else ""}})
+        else:
+            log.info("shutting down")
+    finally:
+        for t in (task, electing, stopper):
+            if t is not None:
+                t.cancel()
+        await asyncio.gather(*(t for t in (task, electing, stopper) if t is not None),
+                             return_exceptions=True)
+        # the controllers are stopped: only now may another replica start its own
+        if election is not None and code == 0:
+            await election.release()
+        server.close()
+        await api.close()
+        await store.close()
+        log.info("tortie-kube-controllers stopped", extra={"fields": {"exit": code}})
+    return code
+
+
+def _election_ended(electing: asyncio.Task[None]) -> int:
+    """0 while the election is still running (a stop was asked for), else 1 (logged)."""
+    if not electing.done():
+        return 0
+    if not electing.cancelled() and electing.exception() is not None:
+        log.error("leader election failed", exc_info=electing.exception())
+    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,3 +37,15 @@ class KubeMetrics:
         self.ipam_candidates = Gauge("tortie_kc_ipam_leak_candidates",
                                      "Addresses whose pod is gone, waiting out the grace "
                                      "period", registry=r)
+        self.leader = Gauge("tortie_kube_controllers_leader",
+                            "1 while this replica holds the leader Lease and runs the "
+                            "controllers, else 0", registry=r)
+        self.leader_transitions = Counter("tortie_kc_leader_transitions_total",
+                                          "Leadership changes of this replica (started, "
+                                          "lost, released)", ("event",), registry=r)
+        self.lease_errors = Counter("tortie_kc_lease_errors_total",
+                                    "Lease requests that failed (HTTP error, timeout, "
+                                    "connection)", registry=r)
+        self.lease_conflicts = Counter("tortie_kc_lease_conflicts_total",
+                                       "Lease writes refused because another replica wrote "
+                                       "first (HTTP 409)", registry=r)

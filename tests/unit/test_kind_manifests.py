@@ -283,7 +283,36 @@ def test_kube_controllers_rbac_covers_what_it_watches() -> None:
     sa = deploy["spec"]["template"]["spec"]["serviceAccountName"]
     assert binding["subjects"][0]["name"] == sa and binding["roleRef"]["name"] == role["metadata"][
         "name"]
-    assert deploy["spec"]["replicas"] == 1
+
+
+def test_kube_controllers_are_leader_elected_over_their_lease() -> None:
+    manifest = docs(KIND / "manifests" / "30-kube-controllers.yaml")
+    deploy = next(d for d in manifest if d["kind"] == "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    ns = deploy["metadata"]["namespace"]
+    container = _container(deploy, "tortie-kube-controllers")
+    flags = dict(a.removeprefix("--").partition("=")[::2] for a in container["command"][1:])
+    assert "leader-elect" in flags and flags["leader-elect"] == ""
+    lease = flags["lease-name"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TORTIE_LEASE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.namespace")
+    assert deploy["spec"]["replicas"] == 2
+    assert deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0  # one port per node
+    anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["labelSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    # the Role lets the service account create the Lease and get / update that one only
+    role = next(d for d in manifest if d["kind"] == "Role")
+    binding = next(d for d in manifest if d["kind"] == "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == ns
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"],
+                                    "namespace": ns}]
+    granted = {(v, tuple(rule.get("resourceNames", ()))) for rule in role["rules"]
+               for v in rule["verbs"]
+               if rule["apiGroups"] == ["coordination.k8s.io"] and rule["resources"] == ["leases"]}
+    assert granted == {("create", ()), ("get", (lease,)), ("update", (lease,))}
 
 
 @pytest.mark.parametrize("script", ["run.sh", "install-cni.sh"])
@@ -305,8 +334,8 @@ def test_the_image_copies_every_package() -> None:
         assert f"COPY {pkg} ./{pkg}\n" in dockerfile, f"the image lacks the {pkg} package"
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     for doc, name in ((docs(KIND / "manifests" / "20-tortie-node.yaml")[1], "tortie-node"),
-                      (docs(KIND / "manifests" / "30-kube-controllers.yaml")[3],
-                       "tortie-kube-controllers")):
+                      (next(d for d in docs(KIND / "manifests" / "30-kube-controllers.yaml")
+                            if d["kind"] == "Deployment"), "tortie-kube-controllers")):
         command = _container(doc, name)["command"][0]
         assert command in scripts, f"{command} is not an installed script"
 
