@@ -1,7 +1,9 @@
 """The routing agent: datastore + BGP -> kernel routes, tunnels, outgoing NAT.
 
-It mirrors IP pools, Nodes, BGPConfigurations, BGPPeers and the IPAM blocks (a block's
-affinity is in its document) with a :class:`datastore.syncer.Syncer`, and after every change
+It mirrors IP pools, Nodes, BGPConfigurations, BGPPeers, the BGP passwords
+tortie-kube-controllers copies from Secrets (:mod:`datastore.bgp_secrets`) and the IPAM blocks
+(a block's affinity is in its document) with a :class:`datastore.syncer.Syncer`, and after
+every change
 (debounced) and every ``RESYNC_INTERVAL``:
 
 1. makes sure this node has a VTEP address (from its IPAM block, handle
@@ -37,7 +39,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from agentkit.agent import Agent, NodeContext
 from agentkit.backoff import Backoff
 from agentkit.metrics import DEFAULT_BUCKETS
-from datastore.keys import resource_prefix
+from datastore import bgp_secrets
+from datastore.keys import BGP_SECRETS, resource_prefix
 from datastore.kinds import by_plural
 from datastore.model_bgp import BGPConfiguration, BGPPeer
 from datastore.model_network import IPPool, Node
@@ -49,7 +52,7 @@ from ipam.blocks import Block, IPAMError
 from ipam.watch import block_watch_prefix, parse_watched_block
 from routing import desired
 from routing.bgp.api import BGPSettings, LearnedRoute, Speaker
-from routing.bgp.peers import compute_settings
+from routing.bgp.peers import MissingPassword, compute_settings
 from routing.ipip import IPIPDevice, IPIPUnavailable, ipip_handle
 from routing.kernel import PROTO, KernelRoutes, SyncResult
 from routing.nat import NATError, OutgoingNAT
@@ -138,8 +141,11 @@ class RoutingAgent:
         self.blocks: dict[str, Block] = {}
         self.configs: dict[str, BGPConfiguration] = {}
         self.peers: dict[str, BGPPeer] = {}
+        self.secrets: dict[str, dict[str, str]] = {}   # Secret name -> key -> password
+        self._missing: dict[MissingPassword, str] = {}  # held-back peering -> why
         self.learnt: dict[str, LearnedRoute] = {}
-        self.syncer = Syncer(ctx.store, (POOLS, NODES, BGP_CONFIGS, BGP_PEERS, BLOCKS),
+        self.syncer = Syncer(ctx.store, (POOLS, NODES, BGP_CONFIGS, BGP_PEERS, BGP_SECRETS,
+                                         BLOCKS),
                              self._on_update, self._on_synced, name="routing")
         self._dirty = asyncio.Event()
         self._started_at = time.monotonic()
@@ -168,6 +174,10 @@ class RoutingAgent:
         self.m_sync = Histogram("tortie_routing_sync_seconds",
                                 "Time to compute and program one routing sync",
                                 buckets=DEFAULT_BUCKETS, registry=m)
+        self.m_missing_password = Gauge(
+            "tortie_routing_bgp_password_missing",
+            "1 for each BGP peering held back (no session) because its password Secret or "
+            "key is missing or unusable", ["peer", "secret", "key"], registry=m)
         if speaker is not None:
             speaker.on_routes(self._on_routes)
 
@@ -209,6 +219,12 @@ class RoutingAgent:
                     self.peers.pop(name, None)
                 else:
                     self.peers[name] = BGPPeer.from_dict(dict(value))
+            elif key.startswith(BGP_SECRETS):
+                name = bgp_secrets.secret_name(key)
+                if value is None:
+                    self.secrets.pop(name, None)
+                else:
+                    self.secrets[name] = bgp_secrets.parse_document(value)
         except Exception as e:  # one bad document never stops the others
             self.m_failures.labels(what="document").inc()
             log.warning("ignoring a document routing cannot use",
@@ -348,7 +364,9 @@ class RoutingAgent:
     def bgp_settings(self) -> BGPSettings | None:
         """This node's BGP settings (routing/bgp/peers.py), with the flags' overrides."""
         res = compute_settings(self.node, self.node_models.values(), self.configs,
-                               self.peers.values(), hold_time=self.hold_time)
+                               self.peers.values(), secrets=self._secret,
+                               hold_time=self.hold_time)
+        self._report_missing(res.missing_passwords)
         if res.settings is None:
             log.info("no BGP for this node", extra={"fields": {"reason": res.reason}})
             return None
@@ -358,6 +376,35 @@ class RoutingAgent:
         if self.graceful_restart is not None:
             settings = dataclasses.replace(settings, graceful_restart=self.graceful_restart)
         return settings
+
+    def _secret(self, name: str, key: str) -> str | None:
+        return self.secrets.get(name, {}).get(key)
+
+    def _report_missing(self, missing: list[MissingPassword]) -> None:
+        """Log each peering held back for its password once (and when it is released), and
+        keep ``tortie_routing_bgp_password_missing`` equal to the set."""
+        now: dict[MissingPassword, str] = {}
+        for m in missing:
+            why = m.problem
+            if why == "not found":
+                why = ("key not in the secret" if m.secret in self.secrets else
+                       "secret not found (absent, not in tortie-node's namespace, or not "
+                       "copied by tortie-kube-controllers)")
+            now[m] = why
+        for m, why in now.items():
+            if self._missing.get(m) != why:
+                self.m_failures.labels(what="bgp_password").inc()
+                log.warning("BGP peering held back: its password is missing; no session is "
+                            "made without it", extra={"fields": {
+                                "node": self.node, "peer": m.peer, "secret": m.secret,
+                                "key": m.key, "problem": why}})
+            self.m_missing_password.labels(peer=m.peer, secret=m.secret, key=m.key).set(1)
+        for m in set(self._missing) - set(now):
+            log.info("BGP password found; peering configured", extra={"fields": {
+                "node": self.node, "peer": m.peer, "secret": m.secret, "key": m.key}})
+            with contextlib.suppress(KeyError):
+                self.m_missing_password.remove(m.peer, m.secret, m.key)
+        self._missing = now
 
     async def _bgp(self, me: desired.NodeInfo, wanted: desired.Desired) -> None:
         if self.speaker is None:
@@ -504,6 +551,10 @@ class RoutingAgent:
             "route_failures": dict(res.failed) if res else {},
             "error": self.last_error,
         }
+        if self._missing:
+            out["bgp_password_missing"] = [
+                {"peer": m.peer, "secret": m.secret, "key": m.key, "problem": why}
+                for m, why in sorted(self._missing.items(), key=lambda kv: kv[0].peer)]
         if self.speaker is not None:
             out["peers"] = [dataclasses.asdict(p) for p in self.speaker.status()]
         return out
