@@ -312,7 +312,8 @@ def test_kind_manifests_pass_server_dry_run(lab: Lab) -> None:
         # the kube-controllers' RBAC, applied for real: its service account may read what
         # the controllers list and watch (kubecontrollers/app.py), and write nothing there
         rbac = [d for d in docs[KIND / "manifests" / "30-kube-controllers.yaml"]
-                if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
+                if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                                 "RoleBinding")]
         apply(lab, *rbac)
         sa = "system:serviceaccount:kube-system:tortie-kube-controllers"
         for resource in ("namespaces", "pods", "nodes", "networkpolicies.networking.k8s.io"):
@@ -322,6 +323,14 @@ def test_kind_manifests_pass_server_dry_run(lab: Lab) -> None:
                 assert p.stdout.strip() == "yes", (verb, resource, p.stdout, p.stderr)
         p = kubectl(lab, "auth", "can-i", "update", "pods", "--all-namespaces", f"--as={sa}")
         assert p.stdout.strip() == "no", p.stdout
+        # Secrets (BGP passwords): read in kube-system only, never written
+        for verb in ("list", "watch", "get"):
+            p = kubectl(lab, "auth", "can-i", verb, "secrets", "-n", "kube-system", f"--as={sa}")
+            assert p.stdout.strip() == "yes", (verb, p.stdout, p.stderr)
+        for args in (("list", "secrets", "-n", "default"), ("list", "secrets", "--all-namespaces"),
+                     ("update", "secrets", "-n", "kube-system")):
+            p = kubectl(lab, "auth", "can-i", *args, f"--as={sa}")
+            assert p.stdout.strip() == "no", (args, p.stdout)
     finally:
         for d in made:
             kubectl(lab, "delete", "namespace", d["metadata"]["name"], "--wait=false")

@@ -215,6 +215,21 @@ def test_kube_controllers_rbac_covers_what_it_watches() -> None:
     assert binding["subjects"][0]["name"] == sa and binding["roleRef"]["name"] == role["metadata"][
         "name"]
     assert deploy["spec"]["replicas"] == 1
+    # Secrets (BGP passwords): read-only, through a Role in the Deployment's namespace only
+    assert not any(r == "secrets" for _, r, _ in granted)
+    ns = deploy["metadata"]["namespace"]
+    secret_role = next(d for d in manifest if d["kind"] == "Role")
+    assert secret_role["metadata"]["namespace"] == ns
+    assert secret_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"],
+                                     "verbs": ["get", "list", "watch"]}]
+    rb = next(d for d in manifest if d["kind"] == "RoleBinding")
+    assert rb["metadata"]["namespace"] == ns
+    assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                             "name": secret_role["metadata"]["name"]}
+    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]
+    env = {e["name"]: e for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TORTIE_BGP_SECRETS_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.namespace")
 
 
 @pytest.mark.parametrize("script", ["run.sh", "install-cni.sh"])
@@ -236,7 +251,7 @@ def test_the_image_copies_every_package() -> None:
         assert f"COPY {pkg} ./{pkg}\n" in dockerfile, f"the image lacks the {pkg} package"
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     for doc, name in ((docs(KIND / "manifests" / "20-tortie-node.yaml")[1], "tortie-node"),
-                      (docs(KIND / "manifests" / "30-kube-controllers.yaml")[3],
-                       "tortie-kube-controllers")):
+                      (next(d for d in docs(KIND / "manifests" / "30-kube-controllers.yaml")
+                            if d["kind"] == "Deployment"), "tortie-kube-controllers")):
         command = _container(doc, name)["command"][0]
         assert command in scripts, f"{command} is not an installed script"
