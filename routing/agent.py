@@ -74,6 +74,22 @@ BGP_PEERS = resource_prefix("bgppeers")
 BLOCKS = block_watch_prefix()
 
 
+#: TcpExt counters of segments the kernel dropped for their TCP-MD5 signature: wrong, missing
+#: where we hold a key, present where we hold none
+MD5_COUNTERS = ("TCPMD5Failure", "TCPMD5NotFound", "TCPMD5Unexpected")
+
+
+def tcp_md5_failures(netstat: str) -> int:
+    """The sum of :data:`MD5_COUNTERS` in a ``/proc/net/netstat`` text (0 when absent)."""
+    lines = netstat.splitlines()
+    total = 0
+    for head, values in zip(lines[::2], lines[1::2], strict=False):
+        if head.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            row = dict(zip(head.split()[1:], values.split()[1:], strict=False))
+            total += sum(int(row.get(c, 0)) for c in MD5_COUNTERS)
+    return total
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("routing")
     g.add_argument("--no-routing", action="store_true",
@@ -143,6 +159,8 @@ class RoutingAgent:
         self.peers: dict[str, BGPPeer] = {}
         self.secrets: dict[str, dict[str, str]] = {}   # Secret name -> key -> password
         self._missing: dict[MissingPassword, str] = {}  # held-back peering -> why
+        self.netns = netns
+        self._md5_seen: int | None = None
         self.learnt: dict[str, LearnedRoute] = {}
         self.syncer = Syncer(ctx.store, (POOLS, NODES, BGP_CONFIGS, BGP_PEERS, BGP_SECRETS,
                                          BLOCKS),
@@ -178,6 +196,12 @@ class RoutingAgent:
             "tortie_routing_bgp_password_missing",
             "1 for each BGP peering held back (no session) because its password Secret or "
             "key is missing or unusable", ["peer", "secret", "key"], registry=m)
+        self.m_md5_failures = Gauge(
+            "tortie_routing_tcp_md5_failures",
+            "TCP segments this node's network namespace dropped for a wrong, missing or "
+            "unexpected TCP-MD5 signature (kernel TcpExt " + "/".join(MD5_COUNTERS) + "): "
+            "a BGP password that differs from the peer's", registry=m)
+        self.m_md5_failures.set_function(self.md5_failures)
         if speaker is not None:
             speaker.on_routes(self._on_routes)
 
@@ -377,6 +401,39 @@ class RoutingAgent:
             settings = dataclasses.replace(settings, graceful_restart=self.graceful_restart)
         return settings
 
+    def md5_failures(self) -> int:
+        """:func:`tcp_md5_failures` of the namespace BGP runs in (ExaBGP's, else ours)."""
+        pid = getattr(self.speaker, "pid", None)
+        if pid:
+            path = f"/proc/{pid}/net/netstat"
+        elif self.netns is None:
+            path = "/proc/self/net/netstat"
+        else:
+            return self._md5_seen or 0
+        try:
+            return tcp_md5_failures(Path(path).read_text())
+        except (OSError, ValueError):
+            return self._md5_seen or 0
+
+    def _check_md5(self) -> None:
+        """Say which sessions a growing count of TCP-MD5 drops points at: the configured
+        peers with a password that are not Established."""
+        now = self.md5_failures()
+        before, self._md5_seen = self._md5_seen, now
+        grown = now - (now if before is None else before)
+        if grown <= 0 or self.speaker is None or self._settings is None:
+            return
+        with_password = {n.address: n for n in self._settings.neighbours if n.password}
+        down = sorted(p.address for p in self.speaker.status()
+                      if p.address in with_password and p.state != "Established")
+        if down:
+            self.m_failures.labels(what="bgp_md5").inc()
+            log.warning("TCP-MD5 signatures rejected by the kernel: a BGP password differs "
+                        "from the peer's", extra={"fields": {
+                            "node": self.node, "segments": grown, "peers": ",".join(
+                                f"{a}({with_password[a].name or with_password[a].kind})"
+                                for a in down)}})
+
     def _secret(self, name: str, key: str) -> str | None:
         return self.secrets.get(name, {}).get(key)
 
@@ -439,6 +496,7 @@ class RoutingAgent:
         if wanted.announce != self._announced:
             await self.speaker.announce(dict(wanted.announce))
             self._announced = dict(wanted.announce)
+        self._check_md5()
 
     # --- tunnels --------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ copy tortie-kube-controllers keeps under ``/tortie/secrets/v3/bgp/`` (datastore/
 * no copy of the Secret: the peering is held back (no session, no connection without the
   password), a log line and ``tortie_routing_bgp_password_missing`` name peer and Secret;
 * a wrong password: the peering is configured and never Established; the kernel counts the
-  rejected MD5 segments (``TcpExtTCPMD5Failure``);
+  rejected MD5 segments (``TcpExtTCPMD5Failure``), which the agent exports
+  (``tortie_routing_tcp_md5_failures``) and logs naming the peers that are down;
 * the Secret's value changed to the right password: the agent reconfigures the peer, the
   session is Established and BIRD learns the node's block.
 """
@@ -98,8 +99,10 @@ async def put_secret(store: Store, password: str) -> None:
 
 
 async def test_password_from_secret_copy(store: Store, bed: BridgeNet, scratch_dir: Path,
-                                         caplog: pytest.LogCaptureFixture) -> None:
+                                         caplog: pytest.LogCaptureFixture,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     caplog.set_level(logging.INFO, logger="tortie.routing")
+    monkeypatch.setattr("routing.agent.RESYNC_INTERVAL", 1.0)  # the MD5 check runs per sync
     node_ns, node_ip = bed.add(1, forwarding=True)
     bird_ns, bird_ip = bed.add(9)
     bird = BirdPeer(scratch_dir / "bird", netns=bird_ns, router_id=bird_ip, asn=BIRD_ASN,
@@ -145,6 +148,15 @@ async def test_password_from_secret_copy(store: Store, bed: BridgeNet, scratch_d
         await until(lambda: md5_failures(bird_ns) + md5_failures(node_ns) > 0,
                     what="segments dropped for a bad MD5 signature", timeout=15,
                     in_thread=True)
+        # the node's own drops: the metric, and a log line naming the peer
+        await until(lambda: value(agent.m_md5_failures) > 0,
+                    what="tortie_routing_tcp_md5_failures", timeout=15)
+
+        def md5_logged() -> bool:
+            return any("TCP-MD5 signatures rejected" in r.getMessage()
+                       and bird_ip in r.__dict__["fields"]["peers"] for r in caplog.records)
+        await until(md5_logged, what="a log line naming the peer whose password differs",
+                    timeout=15)
         await asyncio.sleep(3)
         state = next(p.state for p in speaker.status() if p.address == bird_ip)
         assert state != "Established" and bird.routes() == {}

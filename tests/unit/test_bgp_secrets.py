@@ -13,6 +13,7 @@ from datastore import bgp_secrets
 from datastore.keys import BGP_SECRETS, ROOT
 from datastore.resources import to_resource
 from kubecontrollers.bgpsecrets import decoded
+from routing.agent import tcp_md5_failures
 from routing.bgp.exabgp_config import render_config
 from routing.bgp.peers import compute_settings
 
@@ -91,3 +92,13 @@ def test_stored_copy_becomes_exabgp_md5_password() -> None:
     plain = text.split("neighbor 192.0.2.3 ")[1].split("\n}")[0]
     assert "md5-password" not in plain
     assert [(m.peer, m.key) for m in r.missing_passwords] == [("BGPPeer tor2", "tor2")]
+
+
+def test_tcp_md5_failures_from_netstat() -> None:
+    text = ("TcpExt: SyncookiesSent TCPMD5NotFound TCPMD5Unexpected TCPMD5Failure\n"
+            "TcpExt: 0 2 3 4\n"
+            "IpExt: InNoRoutes TCPMD5Failure\n"
+            "IpExt: 0 100\n")
+    assert tcp_md5_failures(text) == 9
+    assert tcp_md5_failures("TcpExt: SyncookiesSent\nTcpExt: 5\n") == 0
+    assert tcp_md5_failures("") == 0
