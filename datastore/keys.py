@@ -5,6 +5,7 @@ Layout (all values are compact JSON)::
     /tortie/v3/resources/<plural>/<name>               cluster-scoped resources
     /tortie/v3/resources/<plural>/<namespace>/<name>   namespaced resources
     /tortie/v3/ipam/...                                IPAM state (blocks, affinities, handles)
+    /tortie/secrets/v3/bgp/<secret name>               BGP passwords (see datastore.bgp_secrets)
 
 ``<plural>`` is the lower-case plural of the kind (``ippools``, ``networkpolicies``,
 ``k8snetworkpolicies`` for the Kubernetes kind, ...), see ``datastore.kinds``.
@@ -16,6 +17,12 @@ from __future__ import annotations
 ROOT = "/tortie/v3/"
 RESOURCES = ROOT + "resources/"
 IPAM = ROOT + "ipam/"
+
+#: Secret material, deliberately outside ``ROOT``: etcd RBAC grants by key prefix, so a role
+#: may read ``/tortie/v3/`` (every resource) without reading this; only tortie-kube-controllers
+#: (read-write) and tortie-node (read) should be granted ``SECRETS``.
+SECRETS = "/tortie/secrets/v3/"
+BGP_SECRETS = SECRETS + "bgp/"
 
 
 def resource_prefix(plural: str, namespace: str | None = None) -> str:

@@ -7,12 +7,15 @@ Kubernetes resource (reflector)  ->  controllers
     nodes                        ->  k8snodes (mirror), nodes (Calico Node merge),
                                      hostendpoints (auto host endpoints)
     networkpolicies              ->  networkpolicies (mirror)
+    secrets (one namespace)      ->  BGP passwords referenced by bgppeers / bgpconfigurations
+                                     (datastore.bgp_secrets layout)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -20,6 +23,7 @@ from kubernetes_asyncio import client
 from datastore.kinds import by_plural
 from datastore.store import Store
 from kubecontrollers import namespaces, networkpolicies
+from kubecontrollers.bgpsecrets import BGPSecretController
 from kubecontrollers.config import ConfigWatcher
 from kubecontrollers.controller import Context, Controller, Options
 from kubecontrollers.datastore_cache import DatastoreCache
@@ -52,10 +56,17 @@ class KubeControllers:
                                          net.list_network_policy_for_all_namespaces,
                                          "NetworkPolicy", "networking.k8s.io/v1"),
         }
-        self.ctx = Context(store, self.metrics, self.reflectors, options or Options())
+        options = options or Options()
+        # only the namespace tortie-node runs in: the RBAC grants no other Secrets
+        self.reflectors["secrets"] = reflector(
+            "secrets", functools.partial(core.list_namespaced_secret, options.secrets_namespace),
+            "Secret", "v1")
+        self.ctx = Context(store, self.metrics, self.reflectors, options)
         self.config = ConfigWatcher(self.ctx)
         self.calico_nodes = DatastoreCache(store, "nodes")
         self.heps = DatastoreCache(store, "hostendpoints")
+        self.bgp_peers = DatastoreCache(store, "bgppeers")
+        self.bgp_configs = DatastoreCache(store, "bgpconfigurations")
         r = self.reflectors
         self.pods = PodController(self.ctx, r["pods"])
         self.nodes = NodeController(self.ctx, r["nodes"], self.calico_nodes)
@@ -68,6 +79,8 @@ class KubeControllers:
             self.nodes,
             networkpolicies.make(self.ctx, r["networkpolicies"]),
             self.auto_heps,
+            BGPSecretController(self.ctx, r["secrets"], self.bgp_peers, self.bgp_configs,
+                                options.secrets_namespace),
         ]
         self.config.listeners.append(self.auto_heps.config_changed)
         self.gc = IPAMGarbageCollector(self.ctx, r["pods"], r["nodes"], self.calico_nodes)
@@ -81,7 +94,9 @@ class KubeControllers:
     async def run(self) -> None:
         tasks = [asyncio.create_task(self.config.run(), name="kc-config"),
                  asyncio.create_task(self.calico_nodes.run(), name="kc-calico-nodes"),
-                 asyncio.create_task(self.heps.run(), name="kc-heps")]
+                 asyncio.create_task(self.heps.run(), name="kc-heps"),
+                 asyncio.create_task(self.bgp_peers.run(), name="kc-bgppeers"),
+                 asyncio.create_task(self.bgp_configs.run(), name="kc-bgpconfigurations")]
         tasks += [asyncio.create_task(c.run(), name=f"kc-{c.name}") for c in self.controllers]
         tasks += [asyncio.create_task(r.run(), name=f"kc-watch-{r.resource}")
                   for r in self.reflectors.values()]

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from datastore.bgp_secrets import DEFAULT_SECRETS_NAMESPACE
 from datastore.kinds import KindInfo
 from datastore.model_config import KubeControllersConfiguration
 from datastore.resources import Resources
@@ -34,6 +35,7 @@ class Options:
     period: float | None = None          # full-pass period; None: the KCC reconcilerPeriod
     leak_grace: float | None = None      # None: the KCC node.leakGracePeriod
     ipam_gc_interval: float = 60.0
+    secrets_namespace: str = DEFAULT_SECRETS_NAMESPACE  # where BGP password Secrets are
 
 
 @dataclass

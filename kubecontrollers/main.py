@@ -6,7 +6,8 @@
                 [--etcd-ca-cert-file F] [--etcd-cert-file F] [--etcd-key-file F]
                 [--etcd-username U] [--etcd-password P] [--etcd-timeout S] [-c CONFIG]
                 [--metrics-address A] [--metrics-port P] [--leak-grace-period D]
-                [--reconcile-period D] [--ipam-gc-interval D] [--log-level info]
+                [--reconcile-period D] [--ipam-gc-interval D] [--bgp-secrets-namespace NS]
+                [--log-level info]
                 [--leader-elect] [--lease-name N] [--lease-namespace NS]
                 [--lease-duration D] [--renew-deadline D] [--retry-period D]
 
@@ -17,6 +18,8 @@
 * serves ``/metrics`` (Prometheus text) and ``/healthz`` (JSON; 503 until every resource has
   been listed) on ``A:P`` (default ``0.0.0.0:9094``, Calico's kube-controllers port);
 * the durations override the KubeControllersConfiguration (Go syntax: ``90s``, ``15m0s``);
+* ``--bgp-secrets-namespace`` (env ``TORTIE_BGP_SECRETS_NAMESPACE``, default ``kube-system``):
+  the namespace whose Secrets hold BGP passwords, the one tortie-node runs in;
 * ``--leader-elect`` (env ``TORTIE_LEADER_ELECT``; off by default, on in the manifest): the
   controllers run only while this replica holds the Lease ``--lease-namespace``/
   ``--lease-name`` (:mod:`kubecontrollers.election`); a standby serves ``/metrics`` and
@@ -49,6 +52,7 @@ from kubernetes_asyncio import client, config
 from agentkit import http
 from agentkit.logs import setup_logging
 from agentkit.metrics import CONTENT_TYPE, render
+from datastore.bgp_secrets import DEFAULT_SECRETS_NAMESPACE
 from datastore.etcd_config import ConfigError, EtcdConfig, add_etcd_arguments, from_arguments
 from datastore.store import Store
 from kubecontrollers import leader
@@ -61,6 +65,7 @@ from kubecontrollers.settings import go_duration
 log = logging.getLogger("tortie.kc")
 
 DEFAULT_METRICS_PORT = 9094
+ENV_SECRETS_NAMESPACE = "TORTIE_BGP_SECRETS_NAMESPACE"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -82,6 +87,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    "reconcilerPeriod)")
     p.add_argument("--ipam-gc-interval", default="1m", help="period of IPAM GC passes "
                    "(default 1m)")
+    p.add_argument("--bgp-secrets-namespace",
+                   default=os.environ.get(ENV_SECRETS_NAMESPACE) or DEFAULT_SECRETS_NAMESPACE,
+                   help="namespace of the Secrets that BGPPeer / BGPConfiguration passwords "
+                        f"name: where tortie-node runs (default {DEFAULT_SECRETS_NAMESPACE}) "
+                        f"[env {ENV_SECRETS_NAMESPACE}]")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     env = os.environ.get
     p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction,
@@ -110,7 +120,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             period=go_duration(args.reconcile_period, 0) or None,
             leak_grace=(go_duration(args.leak_grace_period, 0)
                         if args.leak_grace_period is not None else None),
-            ipam_gc_interval=go_duration(args.ipam_gc_interval, 60) or 60)
+            ipam_gc_interval=go_duration(args.ipam_gc_interval, 60) or 60,
+            secrets_namespace=args.bgp_secrets_namespace)
     except ValueError as e:
         p.error(str(e))
     try:

@@ -34,6 +34,10 @@ class KubeMetrics:
                               ("controller", "op"), registry=r)
         self.ipam_released = Counter("tortie_kc_ipam_leaks_released_total",
                                      "Leaked IPAM addresses released", registry=r)
+        self.bgp_password_refs_missing = Gauge(
+            "tortie_kc_bgp_password_refs_missing",
+            "Secret keys referenced as BGP passwords that do not exist (Secret or key missing)",
+            registry=r)
         self.ipam_candidates = Gauge("tortie_kc_ipam_leak_candidates",
                                      "Addresses whose pod is gone, waiting out the grace "
                                      "period", registry=r)

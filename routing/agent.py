@@ -1,8 +1,9 @@
 """The routing agent: datastore + BGP -> kernel routes, tunnels, outgoing NAT.
 
 It mirrors IP pools, Nodes, BGPConfigurations, BGPPeers, FelixConfigurations (for
-``vxlanMTU`` / ``ipipMTU``) and the IPAM blocks (a block's affinity is in its document) with
-a :class:`datastore.syncer.Syncer`, and after every change (debounced) and every
+``vxlanMTU`` / ``ipipMTU``), the BGP passwords tortie-kube-controllers copies from Secrets
+(:mod:`datastore.bgp_secrets`) and the IPAM blocks (a block's affinity is in its document)
+with a :class:`datastore.syncer.Syncer`, and after every change (debounced) and every
 ``RESYNC_INTERVAL``:
 
 1. makes sure this node has a VTEP address (from its IPAM block, handle
@@ -40,7 +41,8 @@ from agentkit.agent import Agent, NodeContext
 from agentkit.backoff import Backoff
 from agentkit.health import HEARTBEAT_INTERVAL, Heartbeat
 from agentkit.metrics import DEFAULT_BUCKETS
-from datastore.keys import resource_prefix
+from datastore import bgp_secrets
+from datastore.keys import BGP_SECRETS, resource_prefix
 from datastore.kinds import by_plural
 from datastore.model_bgp import BGPConfiguration, BGPPeer
 from datastore.model_config import FelixConfiguration
@@ -55,7 +57,7 @@ from ipam.blocks import Block, IPAMError
 from ipam.watch import block_watch_prefix, parse_watched_block
 from routing import desired
 from routing.bgp.api import BGPSettings, LearnedRoute, Speaker
-from routing.bgp.peers import compute_settings
+from routing.bgp.peers import MissingPassword, compute_settings
 from routing.ipip import IPIPDevice, IPIPUnavailable, ipip_handle
 from routing.kernel import PROTO, KernelRoutes, SyncResult
 from routing.nat import NATError, OutgoingNAT
@@ -76,6 +78,22 @@ BGP_CONFIGS = resource_prefix("bgpconfigurations")
 BGP_PEERS = resource_prefix("bgppeers")
 FELIX_CONFIGS = resource_prefix("felixconfigurations")
 BLOCKS = block_watch_prefix()
+
+
+#: TcpExt counters of segments the kernel dropped for their TCP-MD5 signature: wrong, missing
+#: where we hold a key, present where we hold none
+MD5_COUNTERS = ("TCPMD5Failure", "TCPMD5NotFound", "TCPMD5Unexpected")
+
+
+def tcp_md5_failures(netstat: str) -> int:
+    """The sum of :data:`MD5_COUNTERS` in a ``/proc/net/netstat`` text (0 when absent)."""
+    lines = netstat.splitlines()
+    total = 0
+    for head, values in zip(lines[::2], lines[1::2], strict=False):
+        if head.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            row = dict(zip(head.split()[1:], values.split()[1:], strict=False))
+            total += sum(int(row.get(c, 0)) for c in MD5_COUNTERS)
+    return total
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,9 +168,13 @@ class RoutingAgent:
                                                               "BGPPeer"}))
         self.peers: dict[str, BGPPeer] = {}
         self.felix: dict[str, FelixConfiguration] = {}
+        self.secrets: dict[str, dict[str, str]] = {}   # Secret name -> key -> password
+        self._missing: dict[MissingPassword, str] = {}  # held-back peering -> why
+        self.netns = netns
+        self._md5_seen: int | None = None
         self.learnt: dict[str, LearnedRoute] = {}
-        self.syncer = Syncer(ctx.store,
-                             (POOLS, NODES, BGP_CONFIGS, BGP_PEERS, FELIX_CONFIGS, BLOCKS),
+        self.syncer = Syncer(ctx.store, (POOLS, NODES, BGP_CONFIGS, BGP_PEERS, FELIX_CONFIGS,
+                                         BGP_SECRETS, BLOCKS),
                              self._on_update, self._on_synced, name="routing")
         self._dirty = asyncio.Event()
         self._started_at = time.monotonic()
@@ -181,6 +203,16 @@ class RoutingAgent:
         self.m_sync = Histogram("tortie_routing_sync_seconds",
                                 "Time to compute and program one routing sync",
                                 buckets=DEFAULT_BUCKETS, registry=m)
+        self.m_missing_password = Gauge(
+            "tortie_routing_bgp_password_missing",
+            "1 for each BGP peering held back (no session) because its password Secret or "
+            "key is missing or unusable", ["peer", "secret", "key"], registry=m)
+        self.m_md5_failures = Gauge(
+            "tortie_routing_tcp_md5_failures",
+            "TCP segments this node's network namespace dropped for a wrong, missing or "
+            "unexpected TCP-MD5 signature (kernel TcpExt " + "/".join(MD5_COUNTERS) + "): "
+            "a BGP password that differs from the peer's", registry=m)
+        self.m_md5_failures.set_function(self.md5_failures)
         if speaker is not None:
             speaker.on_routes(self._on_routes)
 
@@ -230,6 +262,12 @@ class RoutingAgent:
                     self.felix.pop(name, None)
                 else:
                     self.felix[name] = FelixConfiguration.from_dict(dict(value))
+            elif key.startswith(BGP_SECRETS):
+                name = bgp_secrets.secret_name(key)
+                if value is None:
+                    self.secrets.pop(name, None)
+                else:
+                    self.secrets[name] = bgp_secrets.parse_document(value)
         except Exception as e:  # one bad document never stops the others
             self.m_failures.labels(what="document").inc()
             log.warning("ignoring a document routing cannot use",
@@ -379,7 +417,9 @@ class RoutingAgent:
     def bgp_settings(self) -> BGPSettings | None:
         """This node's BGP settings (routing/bgp/peers.py), with the flags' overrides."""
         res = compute_settings(self.node, self.node_models.values(), self.configs,
-                               self.peers.values(), hold_time=self.hold_time)
+                               self.peers.values(), secrets=self._secret,
+                               hold_time=self.hold_time)
+        self._report_missing(res.missing_passwords)
         if res.settings is None:
             log.info("no BGP for this node", extra={"fields": {"reason": res.reason}})
             return None
@@ -389,6 +429,68 @@ class RoutingAgent:
         if self.graceful_restart is not None:
             settings = dataclasses.replace(settings, graceful_restart=self.graceful_restart)
         return settings
+
+    def md5_failures(self) -> int:
+        """:func:`tcp_md5_failures` of the namespace BGP runs in (ExaBGP's, else ours)."""
+        pid = getattr(self.speaker, "pid", None)
+        if pid:
+            path = f"/proc/{pid}/net/netstat"
+        elif self.netns is None:
+            path = "/proc/self/net/netstat"
+        else:
+            return self._md5_seen or 0
+        try:
+            return tcp_md5_failures(Path(path).read_text())
+        except (OSError, ValueError):
+            return self._md5_seen or 0
+
+    def _check_md5(self) -> None:
+        """Say which sessions a growing count of TCP-MD5 drops points at: the configured
+        peers with a password that are not Established."""
+        now = self.md5_failures()
+        before, self._md5_seen = self._md5_seen, now
+        grown = now - (now if before is None else before)
+        if grown <= 0 or self.speaker is None or self._settings is None:
+            return
+        with_password = {n.address: n for n in self._settings.neighbours if n.password}
+        down = sorted(p.address for p in self.speaker.status()
+                      if p.address in with_password and p.state != "Established")
+        if down:
+            self.m_failures.labels(what="bgp_md5").inc()
+            log.warning("TCP-MD5 signatures rejected by the kernel: a BGP password differs "
+                        "from the peer's", extra={"fields": {
+                            "node": self.node, "segments": grown, "peers": ",".join(
+                                f"{a}({with_password[a].name or with_password[a].kind})"
+                                for a in down)}})
+
+    def _secret(self, name: str, key: str) -> str | None:
+        return self.secrets.get(name, {}).get(key)
+
+    def _report_missing(self, missing: list[MissingPassword]) -> None:
+        """Log each peering held back for its password once (and when it is released), and
+        keep ``tortie_routing_bgp_password_missing`` equal to the set."""
+        now: dict[MissingPassword, str] = {}
+        for m in missing:
+            why = m.problem
+            if why == "not found":
+                why = ("key not in the secret" if m.secret in self.secrets else
+                       "secret not found (absent, not in tortie-node's namespace, or not "
+                       "copied by tortie-kube-controllers)")
+            now[m] = why
+        for m, why in now.items():
+            if self._missing.get(m) != why:
+                self.m_failures.labels(what="bgp_password").inc()
+                log.warning("BGP peering held back: its password is missing; no session is "
+                            "made without it", extra={"fields": {
+                                "node": self.node, "peer": m.peer, "secret": m.secret,
+                                "key": m.key, "problem": why}})
+            self.m_missing_password.labels(peer=m.peer, secret=m.secret, key=m.key).set(1)
+        for m in set(self._missing) - set(now):
+            log.info("BGP password found; peering configured", extra={"fields": {
+                "node": self.node, "peer": m.peer, "secret": m.secret, "key": m.key}})
+            with contextlib.suppress(KeyError):
+                self.m_missing_password.remove(m.peer, m.secret, m.key)
+        self._missing = now
 
     async def _bgp(self, me: desired.NodeInfo, wanted: desired.Desired) -> None:
         if self.speaker is None:
@@ -423,6 +525,7 @@ class RoutingAgent:
         if wanted.announce != self._announced:
             await self.speaker.announce(dict(wanted.announce))
             self._announced = dict(wanted.announce)
+        self._check_md5()
 
     # --- tunnels --------------------------------------------------------------------------
 
@@ -542,6 +645,10 @@ class RoutingAgent:
             "route_failures": dict(res.failed) if res else {},
             "error": self.last_error,
         }
+        if self._missing:
+            out["bgp_password_missing"] = [
+                {"peer": m.peer, "secret": m.secret, "key": m.key, "problem": why}
+                for m, why in sorted(self._missing.items(), key=lambda kv: kv[0].peer)]
         if self.speaker is not None:
             out["peers"] = [dataclasses.asdict(p) for p in self.speaker.status()]
         return out

@@ -19,6 +19,11 @@ one node), every BGPPeer.  Rules (Calico's confd BGP templates and its BGPPeer d
   Mesh sessions are never client sessions.
 * One session per address: node-specific BGPPeers win over global ones, which win over
   the mesh; never a session with ourselves.
+* Passwords (``password`` / ``nodeMeshPassword``: a ``secretKeyRef``) are looked up with a
+  :data:`SecretLookup`.  One that is not found (and not ``optional``) or cannot be used holds
+  its peering back: no session at all (not one without the password), its address taken all
+  the same so that a lower-priority peering (the mesh) does not connect there instead; the
+  result lists it in ``missing_passwords`` for the caller to report.
 """
 
 from __future__ import annotations
@@ -68,17 +73,45 @@ def _labels(node: Node) -> dict[str, str]:
     return dict(node.metadata.labels or {})
 
 
+@dataclass(frozen=True)
+class MissingPassword:
+    """A peering that needs a password which cannot be had: it is left out of the speaker's
+    configuration (never a session without the password the resource asks for)."""
+
+    peer: str        # "BGPPeer <name>" or "node mesh"
+    secret: str
+    key: str
+    problem: str     # "not found", or why the value cannot be used
+
+
 @dataclass
 class PeersResult:
-    """The settings for this node, or why it runs no BGP; plus resources that were skipped."""
+    """The settings for this node, or why it runs no BGP; plus resources that were skipped
+    and peerings held back for a password."""
 
     settings: BGPSettings | None
     reason: str = ""
     skipped: list[str] = field(default_factory=list)
+    missing_passwords: list[MissingPassword] = field(default_factory=list)
+
+
+#: TCP_MD5SIG_MAXKEYLEN of Linux
+MAX_PASSWORD_BYTES = 80
+
+
+def password_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a TCP-MD5 password of this speaker, or None."""
+    if not value:
+        return "empty"
+    if len(value.encode()) > MAX_PASSWORD_BYTES:
+        return f"longer than {MAX_PASSWORD_BYTES} bytes"
+    if any(c in value for c in "\n\r;\"\\") or not value.isprintable():
+        return "contains a character ExaBGP cannot carry (newline, ';', '\"', '\\')"
+    return None
 
 
 def _password(pw: BGPPassword | None, secrets: SecretLookup | None,
-              where: str, skipped: list[str]) -> tuple[bool, str | None]:
+              where: str, missing: list[MissingPassword]) -> tuple[bool, str | None]:
     """(usable, password): a password that cannot be resolved makes the peering unusable
     unless the secret reference is ``optional``."""
     if pw is None or pw.secretKeyRef is None:
@@ -88,7 +121,11 @@ def _password(pw: BGPPassword | None, secrets: SecretLookup | None,
     if value is None:
         if ref.optional:
             return True, None
-        skipped.append(f"{where}: password secret {ref.name}/{ref.key} not found")
+        missing.append(MissingPassword(where, ref.name, ref.key, "not found"))
+        return False, None
+    problem = password_problem(value)
+    if problem is not None:
+        missing.append(MissingPassword(where, ref.name, ref.key, f"unusable: {problem}"))
         return False, None
     return True, value
 
@@ -131,6 +168,7 @@ def compute_settings(node_name: str, nodes: Iterable[Node],
 
     my_cid = cluster_id_of(me)
     skipped: list[str] = []
+    missing: list[MissingPassword] = []
     restart = DEFAULT_RESTART_TIME
     if default and default.spec.nodeMeshMaxRestartTime and cluster.mesh_enabled:
         try:
@@ -138,14 +176,17 @@ def compute_settings(node_name: str, nodes: Iterable[Node],
         except ValueError:
             skipped.append("BGPConfiguration default: bad nodeMeshMaxRestartTime")
 
-    chosen: dict[str, tuple[int, Neighbour]] = {}  # address -> (priority, neighbour)
+    # address -> (priority, neighbour, held back for a missing password)
+    chosen: dict[str, tuple[int, Neighbour, bool]] = {}
 
-    def offer(prio: int, n: Neighbour) -> None:
+    def offer(prio: int, n: Neighbour, held: bool = False) -> None:
+        """A peering held back (its password is missing) still takes its address: a
+        lower-priority peering (the mesh) never connects there without that password."""
         if n.address == my_ip:
             return
         cur = chosen.get(n.address)
         if cur is None or prio < cur[0]:
-            chosen[n.address] = (prio, n)
+            chosen[n.address] = (prio, n, held)
 
     # explicit peers: node-specific (priority 0) before global (1)
     for peer in sorted(peers, key=lambda p: p.name):
@@ -154,9 +195,7 @@ def compute_settings(node_name: str, nodes: Iterable[Node],
             if not _selects_node(peer, me):
                 continue
             s = peer.spec
-            ok, password = _password(s.password, secrets, where, skipped)
-            if not ok:
-                continue
+            ok, password = _password(s.password, secrets, where, missing)
             prio = 1 if peer.is_global else 0
             kind: PeerKind = "global" if peer.is_global else "node"
             keep = bool(s.keepOriginalNextHop) or s.nextHopMode == "Keep"
@@ -169,7 +208,7 @@ def compute_settings(node_name: str, nodes: Iterable[Node],
                     continue
                 offer(prio, Neighbour(addr[0], s.asNumber, kind, peer.name, password,
                                       keep_next_hop=keep, ttl_security=s.ttlSecurity or None,
-                                      port=addr[1]))
+                                      port=addr[1]), held=not ok)
             elif s.peerSelector:
                 sel = parse(s.peerSelector)
                 for other in sorted(by_name.values(), key=lambda n: n.name):
@@ -180,30 +219,31 @@ def compute_settings(node_name: str, nodes: Iterable[Node],
                     offer(prio, Neighbour(
                         ip, asn_of(other), "route-reflector-client" if rr_client else kind,
                         other.name, password, rr_client=rr_client, keep_next_hop=keep,
-                        ttl_security=s.ttlSecurity or None))
+                        ttl_security=s.ttlSecurity or None), held=not ok)
         except (SelectorError, ValueError) as e:
             skipped.append(f"{where}: {e}")
 
     if cluster.mesh_enabled:
         ok, mesh_pw = _password(default.spec.nodeMeshPassword if default else None, secrets,
-                                "BGPConfiguration default nodeMeshPassword", skipped)
-        if ok:
-            for other in sorted(by_name.values(), key=lambda n: n.name):
-                ip = node_ipv4(other)
-                if other.name == node_name or ip is None:
-                    continue
-                # one-way, as Calico's mesh: the node with the higher address connects
-                # (no connection collisions while a whole mesh comes up)
-                offer(2, Neighbour(ip, asn_of(other), "mesh", other.name, mesh_pw,
-                                   passive=ip_key(ip) > ip_key(my_ip)))
+                                "node mesh", missing)
+        for other in sorted(by_name.values(), key=lambda n: n.name):
+            ip = node_ipv4(other)
+            if other.name == node_name or ip is None:
+                continue
+            # one-way, as Calico's mesh: the node with the higher address connects
+            # (no connection collisions while a whole mesh comes up)
+            offer(2, Neighbour(ip, asn_of(other), "mesh", other.name, mesh_pw,
+                               passive=ip_key(ip) > ip_key(my_ip)), held=not ok)
 
     for msg in skipped:
         log.warning("bgp peering skipped", extra={"fields": {"problem": msg}})
-    neighbours = tuple(n for _, (_, n) in sorted(chosen.items(), key=lambda kv: ip_key(kv[0])))
+    neighbours = tuple(n for _, (_, n, held) in sorted(chosen.items(),
+                                                        key=lambda kv: ip_key(kv[0]))
+                       if not held)
     return PeersResult(BGPSettings(
         router_id=my_ip, local_address=my_ip, asn=asn_of(me), neighbours=neighbours,
         listen_port=listen_port, hold_time=hold_time, graceful_restart=restart,
-        cluster_id=my_cid), skipped=skipped)
+        cluster_id=my_cid), skipped=skipped, missing_passwords=missing)
 
 
 def ip_key(address: str) -> tuple[int, ...]:

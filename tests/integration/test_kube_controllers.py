@@ -8,6 +8,7 @@ This checks the list/watch/resync logic and the datastore mapping; the kind run
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import functools
@@ -26,8 +27,9 @@ import yaml
 from kubernetes_asyncio import client
 
 from agentkit.metrics import value
-from datastore import keys
+from datastore import bgp_secrets, keys
 from datastore.kinds import by_plural
+from datastore.model_bgp import BGPConfiguration, BGPPeer
 from datastore.model_config import KubeControllersConfiguration
 from datastore.model_endpoints import WorkloadEndpoint
 from datastore.model_network import IPPool, Node
@@ -782,3 +784,73 @@ async def test_the_executable_serves_health_and_metrics(store: Store, etcd_serve
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+# --- BGP passwords ------------------------------------------------------------------------------
+
+
+def _secret(name: str, ns: str, data: dict[str, str]) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": ns}, "type": "Opaque",
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+
+async def _copy(store: Store, name: str) -> dict[str, Any] | None:
+    try:
+        return (await store.get(bgp_secrets.secret_key(name))).value
+    except NotFound:
+        return None
+
+
+async def test_bgp_password_secrets_copied_only_when_referenced(store: Store) -> None:
+    peers, configs = by_plural("bgppeers"), by_plural("bgpconfigurations")
+    res = Resources(store)
+    await store.put(bgp_secrets.secret_key("stale"), {"namespace": "kube-system",
+                                                      "data": {"k": "old"}})
+    async with FakeKubeAPI() as api:
+        api.put("secrets", _secret("bgp-pw", "kube-system", {"tor": "s3cret", "other": "no"}))
+        api.put("secrets", _secret("unrelated", "kube-system", {"x": "y"}))
+        api.put("secrets", _secret("elsewhere", "default", {"k": "v"}))
+        await res.create(peers, BGPPeer.from_dict({"metadata": {"name": "tor"}, "spec": {
+            "peerIP": "192.0.2.1", "asNumber": 65001,
+            "password": {"secretKeyRef": {"name": "bgp-pw", "key": "tor"}}}}))
+        await res.create(peers, BGPPeer.from_dict({"metadata": {"name": "far"}, "spec": {
+            "peerIP": "192.0.2.2", "asNumber": 65001,
+            "password": {"secretKeyRef": {"name": "elsewhere", "key": "k"}}}}))
+        await res.create(configs, BGPConfiguration.from_dict({"metadata": {"name": "default"},
+            "spec": {"nodeMeshPassword": {"secretKeyRef": {"name": "mesh-pw", "key": "pw"}}}}))
+        async with running(store, api) as app:
+            missing = app.metrics.bgp_password_refs_missing
+
+            async def first_pass() -> bool:
+                return (await _copy(store, "bgp-pw") == {
+                    "namespace": "kube-system", "data": {"tor": "s3cret"}}
+                    and await _copy(store, "stale") is None)
+            await until(first_pass, what="bgp-pw copied (only key tor), the stale copy gone")
+            kvs, _ = await store.list(bgp_secrets.BGP_SECRETS)
+            assert [kv.key for kv in kvs] == [bgp_secrets.secret_key("bgp-pw")]
+            # mesh-pw does not exist; "elsewhere" is not in kube-system
+            assert value(missing) == 2
+            health = app.health()["controllers"]["bgpsecrets"]["missing"]
+            assert health == {"kube-system/mesh-pw": ["pw"], "kube-system/elsewhere": ["k"]}
+
+            api.put("secrets", _secret("bgp-pw", "kube-system", {"tor": "n3w", "other": "no"}))
+            api.put("secrets", _secret("mesh-pw", "kube-system", {"pw": "m3sh"}))
+
+            async def updated() -> bool:
+                return (await _copy(store, "bgp-pw") == {"namespace": "kube-system",
+                                                         "data": {"tor": "n3w"}}
+                        and await _copy(store, "mesh-pw") == {"namespace": "kube-system",
+                                                              "data": {"pw": "m3sh"}})
+            await until(updated, what="the changed value and the new Secret copied")
+            assert value(missing) == 1
+
+            # no longer referenced / deleted: the copies go
+            await res.delete(peers, "tor")
+            api.delete("secrets", "mesh-pw", "kube-system")
+
+            async def removed() -> bool:
+                return (await _copy(store, "bgp-pw") is None
+                        and await _copy(store, "mesh-pw") is None)
+            await until(removed, what="copies of unreferenced and deleted Secrets removed")
+            assert value(missing) == 2
+            assert await _copy(store, "unrelated") is None

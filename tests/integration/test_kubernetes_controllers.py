@@ -9,6 +9,8 @@ kind manifests against that API server.  A 3-node lab with a real Kubernetes
   seed's host policy then refuses, and its ``global-access`` policy re-opens, a host port;
 * every manifest under integration/kind/ passes ``kubectl apply --dry-run=server``, and the
   kube-controllers' ClusterRole grants what it lists and watches;
+* a BGP password: the referenced key of a kube-system Secret reaches etcd (and follows a
+  change), an unreferenced Secret does not;
 * a Node deleted with ``kubectl delete node`` (its kubelet, kube-proxy and tortie-node
   stopped first, as a decommissioned machine) has its pods' addresses, tunnel address, blocks,
   block affinities and IPAM host document released -- read through ipam/ in the fabric.
@@ -312,7 +314,8 @@ def test_kind_manifests_pass_server_dry_run(lab: Lab) -> None:
         # the kube-controllers' RBAC, applied for real: its service account may read what
         # the controllers list and watch (kubecontrollers/app.py), and write nothing there
         rbac = [d for d in docs[KIND / "manifests" / "30-kube-controllers.yaml"]
-                if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
+                if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                                 "RoleBinding")]
         apply(lab, *rbac)
         sa = "system:serviceaccount:kube-system:tortie-kube-controllers"
         for resource in ("namespaces", "pods", "nodes", "networkpolicies.networking.k8s.io"):
@@ -322,9 +325,83 @@ def test_kind_manifests_pass_server_dry_run(lab: Lab) -> None:
                 assert p.stdout.strip() == "yes", (verb, resource, p.stdout, p.stderr)
         p = kubectl(lab, "auth", "can-i", "update", "pods", "--all-namespaces", f"--as={sa}")
         assert p.stdout.strip() == "no", p.stdout
+        # Secrets (BGP passwords): read in kube-system only, never written
+        for verb in ("list", "watch", "get"):
+            p = kubectl(lab, "auth", "can-i", verb, "secrets", "-n", "kube-system", f"--as={sa}")
+            assert p.stdout.strip() == "yes", (verb, p.stdout, p.stderr)
+        for args in (("list", "secrets", "-n", "default"), ("list", "secrets", "--all-namespaces"),
+                     ("update", "secrets", "-n", "kube-system")):
+            p = kubectl(lab, "auth", "can-i", *args, f"--as={sa}")
+            assert p.stdout.strip() == "no", (args, p.stdout)
     finally:
         for d in made:
             kubectl(lab, "delete", "namespace", d["metadata"]["name"], "--wait=false")
+
+
+# --- BGP passwords: Secrets copied from the real API server ---------------------------------------
+
+#: Run in the fabric: the copies of BGP password Secrets (datastore/bgp_secrets.py).
+SECRET_COPIES = """
+import asyncio, json
+from datastore.bgp_secrets import secret_name
+from datastore.etcd_config import EtcdConfig
+from datastore.keys import BGP_SECRETS
+from datastore.store import Store
+
+async def main():
+    async with Store(EtcdConfig.load()) as store:
+        kvs, _ = await store.list(BGP_SECRETS)
+    print(json.dumps({secret_name(kv.key): kv.value for kv in kvs}))
+
+asyncio.run(main())
+"""
+
+
+def secret_copies(lab: Lab) -> dict[str, Any]:
+    st = lab.load()
+    p = netns.exec_in(st.fabric, [sys.executable, "-c", SECRET_COPIES], env={
+        **st.etcd_env(), "PYTHONPATH": str(REPO)}, capture=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return dict(json.loads(p.stdout))
+
+
+def test_bgp_password_secret_copied_from_the_api_server(lab: Lab) -> None:
+    """tortie-kube-controllers copies the referenced key of a kube-system Secret into etcd,
+    follows a changed value, and copies nothing of an unreferenced Secret."""
+    sfx = uuid.uuid4().hex[:6]
+    used, unused = f"bgp-{sfx}", f"unref-{sfx}"
+    peer = f"md5-{sfx}"
+    try:
+        ok(kubectl(lab, "-n", "kube-system", "create", "secret", "generic", used,
+                   "--from-literal=tor=s3cret", "--from-literal=other=not-for-bgp"))
+        ok(kubectl(lab, "-n", "kube-system", "create", "secret", "generic", unused,
+                   "--from-literal=tor=x"))
+        # a peer no node uses (its nodeSelector matches none): referenced all the same
+        ok(cli(lab, "apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",
+            "metadata": {"name": peer},
+            "spec": {"peerIP": "192.0.2.250", "asNumber": 65009,
+                     "nodeSelector": f"tortie-test == '{sfx}'",
+                     "password": {"secretKeyRef": {"name": used, "key": "tor"}}}})))
+        want = {"namespace": "kube-system", "data": {"tor": "s3cret"}}
+        eventually(lambda: secret_copies(lab).get(used) == want, timeout=60,
+                   what="the referenced key copied into etcd")
+        copies = secret_copies(lab)
+        assert unused not in copies and copies[used] == want  # only the referenced key
+
+        ok(kubectl(lab, "-n", "kube-system", "patch", "secret", used, "--type=merge",
+                   "-p", json.dumps({"stringData": {"tor": "n3w"}})))
+        eventually(lambda: secret_copies(lab).get(used, {}).get("data") == {"tor": "n3w"},
+                   timeout=60, what="the changed value copied")
+
+        ok(cli(lab, "delete", "bgppeer", peer))
+        eventually(lambda: used not in secret_copies(lab), timeout=60,
+                   what="the copy removed once nothing references it")
+        assert unused not in secret_copies(lab)
+    finally:
+        cli(lab, "delete", "bgppeer", peer)
+        kubectl(lab, "-n", "kube-system", "delete", "secret", used, unused,
+                "--ignore-not-found")
 
 
 # --- 3b: a Node deleted with kubectl ------------------------------------------------------------

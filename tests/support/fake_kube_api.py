@@ -3,8 +3,9 @@
 It serves, over plain HTTP/1.1 on 127.0.0.1 (asyncio streams, no framework):
 
 * ``GET /api/v1/namespaces``, ``/api/v1/nodes``, ``/api/v1/pods``,
-  ``/api/v1/serviceaccounts``, ``/apis/networking.k8s.io/v1/networkpolicies`` (and the
-  namespaced ``.../namespaces/<ns>/pods`` forms): a ``<Kind>List`` with
+  ``/api/v1/serviceaccounts``, ``/api/v1/secrets``,
+  ``/apis/networking.k8s.io/v1/networkpolicies`` (and the namespaced
+  ``.../namespaces/<ns>/pods`` forms): a ``<Kind>List`` with
   ``metadata.resourceVersion``; ``limit`` + ``continue`` paginate (a continue token older
   than the last compaction answers HTTP 410 ``Expired``, as the API server does);
 * the same paths with ``watch=true``: HTTP 200 with ``Transfer-Encoding: chunked``, one JSON
@@ -39,6 +40,7 @@ RESOURCES: dict[str, tuple[str, str, str, bool]] = {
     "nodes": ("/api/v1", "Node", "v1", False),
     "pods": ("/api/v1", "Pod", "v1", True),
     "serviceaccounts": ("/api/v1", "ServiceAccount", "v1", True),
+    "secrets": ("/api/v1", "Secret", "v1", True),
     "networkpolicies": ("/apis/networking.k8s.io/v1", "NetworkPolicy", "networking.k8s.io/v1",
                         True),
 }

@@ -8,7 +8,12 @@ import pytest
 
 from datastore.resources import to_resource
 from routing.bgp.api import Neighbour
-from routing.bgp.peers import compute_settings, duration_seconds
+from routing.bgp.peers import (
+    MissingPassword,
+    compute_settings,
+    duration_seconds,
+    password_problem,
+)
 
 
 def res(kind: str, name: str, spec: dict[str, Any], labels: dict[str, str] | None = None) -> Any:
@@ -129,7 +134,52 @@ def test_explicit_peer_wins_over_mesh_and_passwords() -> None:
     n = by_addr(r)
     assert (n["192.0.2.12"].kind, n["192.0.2.12"].password) == ("node", "s3cret")
     assert (n["192.0.2.13"].kind, n["192.0.2.13"].password) == ("mesh", "m3sh")
-    assert "192.0.2.99" not in n and any("nope/x" in s for s in r.skipped)
+    assert "192.0.2.99" not in n
+    assert r.missing_passwords == [MissingPassword("BGPPeer missing", "nope", "x", "not found")]
+
+
+def test_missing_password_holds_the_peering_back_and_keeps_the_mesh_off_its_address() -> None:
+    """A node-specific BGPPeer to another node, its secret missing: no session with that
+    address at all (the mesh session would be one without the password)."""
+    peers = [res("BGPPeer", "to-n2", {"node": "n1", "peerIP": "192.0.2.12", "asNumber": 64512,
+                                      "password": {"secretKeyRef": {"name": "bgp",
+                                                                    "key": "n2"}}})]
+    r = compute_settings("n1", NODES, [], peers, secrets=lambda name, key: None)
+    assert set(by_addr(r)) == {"192.0.2.13"}  # the mesh with n3 only
+    assert [(m.peer, m.secret, m.key) for m in r.missing_passwords] == [
+        ("BGPPeer to-n2", "bgp", "n2")]
+    # the secret appears: the peering comes with the password
+    r = compute_settings("n1", NODES, [], peers, secrets=lambda name, key: "s3cret")
+    assert by_addr(r)["192.0.2.12"].password == "s3cret" and r.missing_passwords == []
+
+
+def test_optional_secret_missing_peers_without_password() -> None:
+    peers = [res("BGPPeer", "tor", {"peerIP": "192.0.2.1", "asNumber": 65001,
+                                    "password": {"secretKeyRef": {"name": "bgp", "key": "k",
+                                                                  "optional": True}}})]
+    r = compute_settings("n1", NODES, [], peers, secrets=lambda name, key: None)
+    assert by_addr(r)["192.0.2.1"].password is None and r.missing_passwords == []
+
+
+def test_missing_mesh_password_holds_every_mesh_session_back() -> None:
+    cfg = [res("BGPConfiguration", "default", {
+        "nodeMeshPassword": {"secretKeyRef": {"name": "bgp", "key": "mesh"}}})]
+    r = compute_settings("n1", NODES, cfg, [], secrets=lambda name, key: None)
+    assert r.settings is not None and r.settings.neighbours == ()
+    assert [m.peer for m in r.missing_passwords] == ["node mesh"]
+
+
+@pytest.mark.parametrize("value,problem", [
+    ("", "empty"), ("x" * 81, "longer than 80 bytes"), ("a;b", "cannot carry"),
+    ("a\nb", "cannot carry"), ('a"b', "cannot carry")])
+def test_unusable_password_holds_the_peering_back(value: str, problem: str) -> None:
+    assert problem in (password_problem(value) or "")
+    peers = [res("BGPPeer", "tor", {"peerIP": "192.0.2.1", "asNumber": 65001,
+                                    "password": {"secretKeyRef": {"name": "bgp", "key": "k"}}})]
+    r = compute_settings("n1", NODES, [], peers, secrets=lambda name, key: value)
+    assert "192.0.2.1" not in by_addr(r)
+    assert r.missing_passwords[0].problem.startswith("unusable: ")
+    assert password_problem("x" * 80) is None and password_problem("Pa$$-w0rd ok") is None
 
 
 def test_mesh_restart_time_and_bad_selector_skipped() -> None:

@@ -283,6 +283,23 @@ def test_kube_controllers_rbac_covers_what_it_watches() -> None:
     sa = deploy["spec"]["template"]["spec"]["serviceAccountName"]
     assert binding["subjects"][0]["name"] == sa and binding["roleRef"]["name"] == role["metadata"][
         "name"]
+    # Secrets (BGP passwords): read-only, through a Role in the Deployment's namespace only
+    assert not any(r == "secrets" for _, r, _ in granted)
+    ns = deploy["metadata"]["namespace"]
+    secret_role = next(d for d in manifest if d["kind"] == "Role"
+                       and d["metadata"]["name"].endswith("-bgp-passwords"))
+    assert secret_role["metadata"]["namespace"] == ns
+    assert secret_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"],
+                                     "verbs": ["get", "list", "watch"]}]
+    rb = next(d for d in manifest if d["kind"] == "RoleBinding"
+              and d["roleRef"]["name"] == secret_role["metadata"]["name"])
+    assert rb["metadata"]["namespace"] == ns
+    assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                             "name": secret_role["metadata"]["name"]}
+    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]
+    env = {e["name"]: e for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TORTIE_BGP_SECRETS_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.namespace")
 
 
 def test_kube_controllers_are_leader_elected_over_their_lease() -> None:
@@ -302,8 +319,10 @@ def test_kube_controllers_are_leader_elected_over_their_lease() -> None:
     anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert anti[0]["labelSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
     # the Role lets the service account create the Lease and get / update that one only
-    role = next(d for d in manifest if d["kind"] == "Role")
-    binding = next(d for d in manifest if d["kind"] == "RoleBinding")
+    role = next(d for d in manifest if d["kind"] == "Role"
+                and d["metadata"]["name"] == "tortie-kube-controllers")
+    binding = next(d for d in manifest if d["kind"] == "RoleBinding"
+                   and d["roleRef"]["name"] == role["metadata"]["name"])
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == ns
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": role["metadata"]["name"]}
