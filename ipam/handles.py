@@ -14,3 +14,9 @@ WORKLOAD_HANDLE_PREFIX = "tortie."
 VXLAN_HANDLE_PREFIX = "vxlan-tunnel-addr-"
 IPIP_HANDLE_PREFIX = "ipip-tunnel-addr-"
 TUNNEL_HANDLE_PREFIXES = (VXLAN_HANDLE_PREFIX, IPIP_HANDLE_PREFIX)
+
+
+def tunnel_handles(node: str) -> tuple[str, ...]:
+    """The handles of ``node``'s tunnel addresses (VXLAN, IPIP)."""
+    return tuple(prefix + node for prefix in TUNNEL_HANDLE_PREFIXES)
+
