@@ -215,7 +215,10 @@ def replace(ctx: click.Context, files: tuple[str, ...], namespace: str | None) -
 @click.pass_context
 def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...], files: tuple[str, ...],
            namespace: str | None, skip_not_exists: bool) -> None:
-    """Delete resources: KIND NAME... or -f FILE."""
+    """Delete resources: KIND NAME... or -f FILE.
+
+    A Node goes with what it held (as calicoctl): its workload endpoints and their
+    addresses, its tunnel addresses, its block affinities (empty blocks are deleted)."""
     skip = NotFound if skip_not_exists else None
     if files:
         if kind:
