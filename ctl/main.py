@@ -10,13 +10,14 @@ from typing import Any
 import click
 
 from ctl.common import CLIError, kind_info, run
+from ctl.ipam import ADMIN
 from ctl.ipam import ipam as ipam_group
 from ctl.lab import lab as lab_group
 from ctl.node import node as node_group
 from ctl.output import FORMATS, render
 from ctl.policy import policy as policy_group
 from datastore.documents import Document, DocumentError, load_json, read_sources
-from datastore.kinds import KindInfo, UnknownKind, by_document
+from datastore.kinds import KindInfo, UnknownKind, by_document, by_plural
 from datastore.model_base import ResourceInvalid
 from datastore.resources import (
     PAST_TENSE,
@@ -28,6 +29,9 @@ from datastore.resources import (
 )
 from datastore.store import DatastoreError, NotFound
 from datastore.unsupported import warnings
+from ipam.node_release import release_node, remove_node
+
+_NODE = by_plural("nodes")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -159,6 +163,11 @@ def _write_all(ctx: click.Context, files: tuple[str, ...], namespace: str | None
             doc = docs.get(getattr(e, "key", ""))
             raise CLIError(f"{doc.where + ': ' if doc else ''}{e}\nnothing was written") \
                 from None
+        if verb == "delete":  # a Node deleted gives back what it held, as `delete node`
+            for info, obj in result.written:
+                if info.plural == _NODE.plural:
+                    done = await release_node(res.store, obj.name, ADMIN)
+                    click.echo(done.summary())
         _summary(PAST_TENSE[verb], [info for info, _ in result.written + result.skipped])
         for _, obj in result.written if verb != "delete" else ():
             for line in warnings(obj):
@@ -210,7 +219,10 @@ def replace(ctx: click.Context, files: tuple[str, ...], namespace: str | None) -
 @click.pass_context
 def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...], files: tuple[str, ...],
            namespace: str | None, skip_not_exists: bool) -> None:
-    """Delete resources: KIND NAME... or -f FILE."""
+    """Delete resources: KIND NAME... or -f FILE.
+
+    A Node goes with what it held (as calicoctl): its workload endpoints and their
+    addresses, its tunnel addresses, its block affinities (empty blocks are deleted)."""
     skip = NotFound if skip_not_exists else None
     if files:
         if kind:
@@ -225,7 +237,12 @@ def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...], files: 
         n = 0
         for name in names:
             try:
-                await res.delete(info, name, namespace)
+                if info.plural == _NODE.plural:
+                    # as calicoctl: its endpoints, addresses, tunnel addresses and block
+                    # affinities are released first, then the Node goes
+                    click.echo((await remove_node(res.store, name, ADMIN)).summary())
+                else:
+                    await res.delete(info, name, namespace)
                 n += 1
             except NotFound:
                 if skip is None:

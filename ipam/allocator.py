@@ -161,8 +161,11 @@ class CheckReport:
         }
 
 
-def _releaser(ips: list[IPAddress]) -> Callable[[Block], list[str]]:
-    return lambda b: b.release(ips)
+def _releaser(ips: list[IPAddress], node: str | None = None) -> Callable[[Block], list[str]]:
+    """A release of ``ips`` from a block; with ``node``, of those that node allocated."""
+    if node is None:
+        return lambda b: b.release(ips)
+    return lambda b: b.release([ip for ip in ips if b.allocated_by(ip) == node])
 
 
 async def _backoff(attempt: int) -> None:
@@ -628,9 +631,11 @@ class IPAM:
                 await _backoff(attempt)
         raise IPAMContention(f"handle {handle} is being modified concurrently; retry")
 
-    async def release_ips(self, ips: Iterable[str | IPAddress]) -> list[str]:
-        """Free the given addresses (whoever holds them); returns those that were
-        allocated.  Releasing a free or unknown address does nothing."""
+    async def release_ips(self, ips: Iterable[str | IPAddress],
+                          node: str | None = None) -> list[str]:
+        """Free the given addresses (whoever holds them; with ``node``, only those allocated
+        by that node); returns those that were allocated.  Releasing a free or unknown
+        address does nothing."""
         addrs = [to_address(ip) for ip in ips]
         if not addrs:
             return []
@@ -645,7 +650,8 @@ class IPAM:
                 by_block.setdefault(str(block_for(a, pool)), []).append(a)
         released: list[str] = []
         for cidr, group in by_block.items():
-            got = await self._release_in_block(cidr, _releaser(group), count_handles=True)
+            got = await self._release_in_block(cidr, _releaser(group, node),
+                                               count_handles=True)
             if got is None:
                 unplaced += group
             else:
@@ -658,35 +664,58 @@ class IPAM:
                 if b is not None:
                     found.setdefault(b.cidr, []).append(a)
             for cidr, group in found.items():
-                released += await self._release_in_block(cidr, _releaser(group),
+                released += await self._release_in_block(cidr, _releaser(group, node),
                                                          count_handles=True) or []
         return released
 
-    async def release_host_affinities(self, node: str) -> tuple[list[str], list[str]]:
+    async def release_host_affinities(self, node: str, *, must_be_empty: bool = True,
+                                      ) -> tuple[list[str], list[str]]:
         """Give back the blocks of a node that left the cluster (Calico's
-        ``ReleaseHostAffinities`` with ``mustBeEmpty``): every empty block affine to ``node``
-        is deleted -- a compare-and-swap on the revision read, so a block that got an
-        address meanwhile stays -- and, when none is left, the node's host document too.
-        Returns (CIDRs released, CIDRs still holding addresses)."""
+        ``ReleaseHostAffinities``): every empty block affine to ``node`` is deleted -- a
+        compare-and-swap on the revision read, so a block that got an address meanwhile
+        stays.  A block still holding addresses keeps its affinity with ``must_be_empty``
+        (the node's host document stays too while any is left); without it, it loses its
+        affinity (a CAS on its revision, re-read on conflict) and stays, affine to nobody,
+        until its last address is released (which deletes it), and the host document goes
+        in any case.  Returns (CIDRs deleted, CIDRs still holding addresses)."""
         affinity = affinity_for(node)
         released: list[str] = []
         busy: list[str] = []
-        for block in await self.list_blocks():
-            if block.affinity != affinity:
+        for found in await self.list_blocks():
+            if found.affinity != affinity:
                 continue
-            if not block.is_empty:
-                busy.append(block.cidr)
-                continue
-            try:
-                await self.store.delete(keys.block_key(block.cidr), block.revision)
-            except NotFound:
-                continue
-            except Conflict:
-                busy.append(block.cidr)  # used again meanwhile
-                continue
-            released.append(block.cidr)
-            log.info("released block %s of node %s", block.cidr, node)
-        if not busy:
+            block: Block | None = found
+            for attempt in range(MAX_ATTEMPTS):
+                if block is None or block.affinity != affinity:
+                    break  # deleted, or claimed again, meanwhile: not ours to touch
+                key = keys.block_key(block.cidr)
+                try:
+                    if block.is_empty:
+                        await self.store.delete(key, block.revision)
+                        released.append(block.cidr)
+                        log.info("released block %s of node %s", block.cidr, node)
+                    elif must_be_empty:
+                        busy.append(block.cidr)
+                    else:
+                        kept = block.copy()
+                        kept.affinity = None
+                        await self.store.update(key, kept.to_dict(), block.revision)
+                        busy.append(block.cidr)
+                        log.info("block %s of node %s keeps %d address(es); no longer "
+                                 "affine to it", block.cidr, node, block.allocated_count)
+                    break
+                except NotFound:
+                    break
+                except Conflict:  # changed meanwhile: look again
+                    if must_be_empty:
+                        busy.append(block.cidr)
+                        break
+                    await _backoff(attempt)
+                    block = await self._get_block(block.cidr)
+            else:
+                raise IPAMContention(f"block {found.cidr} is being modified concurrently; "
+                                     "retry")
+        if not busy or not must_be_empty:
             with contextlib.suppress(NotFound):
                 await self.store.delete(keys.host_key(node))
         return released, busy

@@ -276,6 +276,14 @@ class Block:
         idx = self.allocations[self.ordinal(ip)]
         return None if idx is None else self.attributes[idx]
 
+    def allocated_by(self, ip: str | IPAddress) -> str | None:
+        """The node that allocated ``ip`` (its ``node`` attribute, else the block's node);
+        None when the address is free."""
+        attrs = self.attributes_of(ip)
+        if attrs is None:
+            return None
+        return attrs.get("node") or self.affinity_node
+
     def allocated(self) -> Iterator[tuple[str, dict[str, str]]]:
         """(address, attributes) of every allocated address, in address order."""
         for o, idx in enumerate(self.allocations):

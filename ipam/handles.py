@@ -68,3 +68,9 @@ def parse_workload_handle(handle: str,
     if not dot or not cid or not ifname or ifname == PRIMARY_IFNAME:
         return rest, PRIMARY_IFNAME
     return cid, ifname
+
+
+def tunnel_handles(node: str) -> tuple[str, ...]:
+    """The handles of ``node``'s tunnel addresses (VXLAN, IPIP)."""
+    return tuple(prefix + node for prefix in TUNNEL_HANDLE_PREFIXES)
+

@@ -14,8 +14,11 @@ an etcd datastore):
   (``Resources.replace``) and retried, so tortie-node's concurrent writes are never lost.
 
 A Kubernetes Node deleted: its Calico Node is deleted when it has a ``k8s`` orchRef (nodes
-made outside Kubernetes are left alone), with the node's IPAM host document.  Its pods'
-addresses are released by the IPAM GC (their pods are gone too).
+made outside Kubernetes are left alone), as ``tortie delete node`` does it
+(:func:`ipam.node_release.remove_node`): its workload endpoints are deleted and their
+addresses released, its tunnel addresses released, its empty blocks deleted, the others
+un-affined, its IPAM host document deleted, and then the Node.  What is left over (an
+allocation without an endpoint) the IPAM GC releases once its pod is gone from the API.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from datastore.kinds import by_plural
 from datastore.model_network import Node
 from datastore.resources import ResourceNotFound
 from datastore.store import NotFound
-from ipam.allocator import IPAM
+from ipam.node_release import remove_node
 from kubecontrollers.controller import FULL, Context, Controller
 from kubecontrollers.datastore_cache import DatastoreCache
 from kubecontrollers.ipam_gc import GC_NODE
@@ -125,15 +128,20 @@ class NodeController(Controller):
         log.info("node updated from Kubernetes", extra={"fields": {"node": name}})
 
     async def _delete(self, name: str, current: Node) -> None:
+        """The Calico Node of a deleted Kubernetes Node goes, with everything it held
+        (``ipam.node_release.remove_node``: endpoints, addresses, tunnel addresses, block
+        affinities, host document).  Conditional on the version read: a conflict (or any
+        failure) is retried by the queue, and every step of the removal is idempotent."""
         try:
-            await self.ctx.resources.delete(_NODE, name, None, current.metadata.resourceVersion)
+            done = await remove_node(self.ctx.store, name, GC_NODE,
+                                     current.metadata.resourceVersion)
         except (ResourceNotFound, NotFound):
             return
-        self.ctx.metrics.writes.labels(controller=self.name, op="delete").inc()
-        if await IPAM(self.ctx.store, GC_NODE).delete_host(name):
-            self.ctx.metrics.writes.labels(controller=self.name, op="delete").inc()
-        log.info("deleted the Node of a deleted Kubernetes node", extra={"fields": {
-            "node": name}})
+        writes = (len(done.endpoints) + len(done.deleted_blocks) + len(done.kept_blocks)
+                  + int(done.node_deleted))
+        self.ctx.metrics.writes.labels(controller=self.name, op="delete").inc(writes)
+        log.info("deleted the Node of a deleted Kubernetes node, with what it held",
+                 extra={"fields": done.fields()})
 
     async def full(self) -> None:
         self.queue.add_all(n for n in set(self.calico_nodes.items) | set(self.reflector.cache)

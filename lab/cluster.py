@@ -511,7 +511,9 @@ class Lab:
     def remove_node(self, name: str, *, delete_resource: bool = False) -> None:
         """Take a node out as a failure would: SIGKILL its tortie-node (ExaBGP dies with it),
         delete its namespace and its pods' namespaces.  ``delete_resource``: also delete its
-        Node resource (as ``calicoctl delete node`` after decommissioning)."""
+        Node resource with ``tortie delete node`` (as ``calicoctl delete node`` after
+        decommissioning), which releases what the node held: its pods' endpoints and
+        addresses, its tunnel addresses, its blocks and block affinities."""
         st = self.load()
         node = st.nodes.pop(name, None)
         if node is None:

@@ -18,12 +18,14 @@ from typing import Any
 import pytest
 
 from datastore.etcd_config import EtcdConfig
+from datastore.keys import resource_key, resource_prefix
 from datastore.model_network import IPPool
 from datastore.resources import Resources, to_resource
 from datastore.store import NotFound, Store
 from ipam import keys
 from ipam.allocator import IPAM
 from ipam.blocks import Block
+from ipam.node_release import remove_node
 from lab.etcd import EtcdProcess
 from tests.support.cli import tortie
 
@@ -331,3 +333,108 @@ def test_check_counts_node_tunnel_addresses_as_in_use(etcd_endpoint: str) -> Non
         "10.10.0.64"]   # node-2's: it has no Node resource
     assert "vxlan-tunnel-addr-node-2" in r.out and "vxlan-tunnel-addr-node-1" not in r.out
     assert "orphan block: 10.10.0.64/26 is affine to node-2" in r.out
+
+
+# --- a node removed ------------------------------------------------------------------------------
+
+
+async def put_wep(store: Store, node: str, pod: str, container: str, ip: str) -> None:
+    name = f"{node}-k8s-{pod}-eth0"
+    await store.put(resource_key("workloadendpoints", name, "default"), {
+        "apiVersion": "projectcalico.org/v3", "kind": "WorkloadEndpoint",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"node": node, "orchestrator": "k8s", "pod": pod, "endpoint": "eth0",
+                 "containerID": container, "ipNetworks": [f"{ip}/32"]}})
+
+
+async def node_with_pods(store: Store, node: str, pool: IPPool, pods: int,
+                         with_resource: bool = True) -> tuple[list[str], str]:
+    """``pods`` pods on ``node`` (address + endpoint, as the CNI handler leaves them) and
+    its VXLAN tunnel address; its Node resource records the tunnel address."""
+    ipam = IPAM(store, node)
+    ips = []
+    for i in range(pods):
+        cid = f"{node}-c{i}"
+        [ip] = await ipam.auto_assign(f"tortie.{cid}", {"pod": f"p{i}", "namespace": "default",
+                                                        "container": cid}, [pool])
+        await put_wep(store, node, f"p{i}", cid, ip)
+        ips.append(ip)
+    [tunnel] = await ipam.auto_assign(f"vxlan-tunnel-addr-{node}", {"node": node}, [pool])
+    if with_resource:
+        info, obj = to_resource(doc("Node", node, {"bgp": {"ipv4Address": "192.0.2.11/24"},
+                                                   "ipv4VXLANTunnelAddr": tunnel}))
+        await Resources(store).create(info, obj)
+    return ips, tunnel
+
+
+async def test_remove_node_over_etcd(store: Store) -> None:
+    """node3 with 70 pods (two blocks; node1 borrows nothing) and a tunnel address: the
+    removal deletes its endpoints, releases every address, deletes both blocks, its host
+    document and its Node; node1 keeps everything."""
+    pool = await add_pool(store, "p", "10.10.0.0/24", vxlanMode="Always")
+    ips1, tunnel1 = await node_with_pods(store, "node1", pool, 2)
+    ips3, tunnel3 = await node_with_pods(store, "node3", pool, 70)
+    admin = IPAM(store, "tortie-admin")
+    assert [b.cidr for b in await admin.blocks_affine_to("node3")] == ["10.10.0.64/26",
+                                                                        "10.10.0.128/26"]
+    out = await remove_node(store, "node3", "tortie-admin")
+    assert sorted(out.addresses) == sorted(ips3) and out.tunnel_addresses == [tunnel3]
+    assert len(out.endpoints) == 70 and out.node_deleted
+    assert (out.deleted_blocks, out.kept_blocks) == (["10.10.0.64/26", "10.10.0.128/26"], [])
+    assert await admin.blocks_affine_to("node3") == []
+    assert await admin.ips_by_handle("vxlan-tunnel-addr-node3") == []
+    for key in (keys.host_key("node3"), resource_key("nodes", "node3")):
+        with pytest.raises(NotFound):
+            await store.get(key)
+    kvs, _ = await store.list(resource_prefix("workloadendpoints"))
+    assert sorted(kv.value["spec"]["node"] for kv in kvs) == ["node1", "node1"]
+    assert [b.cidr for b in await admin.blocks_affine_to("node1")] == ["10.10.0.0/26"]
+    wanted = {ip: "wep" for ip in ips1} | {tunnel1: "node1 tunnel"}
+    assert (await admin.check(wanted, nodes={"node1"})).clean
+
+
+async def test_unaffined_block_over_etcd(store: Store) -> None:
+    """A block of the removed node still holding an address of a pod of node1 (borrowed)
+    loses its affinity and stays, that address untouched; releasing it deletes the
+    block."""
+    pool = await add_pool(store, "p", "10.10.0.0/26")   # one block: node1 must borrow
+    await node_with_pods(store, "node3", pool, 1)
+    [borrowed] = await IPAM(store, "node1").auto_assign("tortie.b", {"pod": "b"}, [pool])
+    out = await remove_node(store, "node3", "tortie-admin")
+    assert (out.deleted_blocks, out.kept_blocks) == ([], ["10.10.0.0/26"])
+    [block] = await IPAM(store, "tortie-admin").list_blocks()
+    assert block.affinity is None and [ip for ip, _ in block.allocated()] == [borrowed]
+    assert await IPAM(store, "node1").release_by_handle("tortie.b") == [borrowed]
+    assert await IPAM(store, "tortie-admin").list_blocks() == []
+
+
+def test_cli_delete_node_releases_what_it_held(etcd_endpoint: str) -> None:
+    """``tortie delete node`` (and ``delete -f`` of a Node document) as calicoctl: the
+    node's endpoints, addresses, tunnel address and blocks go with it; ``ipam check`` is
+    clean after."""
+    async def setup() -> None:
+        async with Store(EtcdConfig(endpoints=(etcd_endpoint,))) as store:
+            pool = await add_pool(store, "p", "10.10.0.0/24", vxlanMode="Always")
+            for node in ("node1", "node2", "node3"):
+                await node_with_pods(store, node, pool, 1)
+    asyncio.run(setup())
+    assert tortie(etcd_endpoint, "ipam", "check").code == 0
+    r = tortie(etcd_endpoint, "delete", "node", "node3")
+    assert r.code == 0, r.text
+    assert "node node3: deleted 1 workload endpoint(s), released 1 endpoint address(es) " \
+           "and 1 tunnel address(es), deleted 1 block(s)" in r.out
+    assert "Successfully deleted 1 'Node' resource(s)" in r.out
+    r = tortie(etcd_endpoint, "ipam", "check")
+    assert r.code == 0 and "checked 4 allocation(s) in 2 block(s)" in r.out, r.text
+    shown = tortie(etcd_endpoint, "ipam", "show", "--show-blocks").out
+    assert "Block node3" not in shown and "Block node2" in shown
+    assert "node3" not in tortie(etcd_endpoint, "get", "workloadendpoints", "-A").out
+    r = tortie(etcd_endpoint, "delete", "node", "node3")
+    assert r.code == 1 and "Node(node3) does not exist" in r.err, r.text
+    # delete -f of a Node document: the same release
+    node2 = "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: node2\n"
+    r = tortie(etcd_endpoint, "delete", "-f", "-", stdin=node2)
+    assert r.code == 0, r.text
+    assert "node node2: deleted 1 workload endpoint(s)" in r.out
+    r = tortie(etcd_endpoint, "ipam", "check")
+    assert r.code == 0 and "checked 2 allocation(s) in 1 block(s)" in r.out, r.text

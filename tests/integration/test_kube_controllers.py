@@ -542,34 +542,46 @@ async def test_removed_node_gives_back_addresses_tunnel_and_blocks(store: Store)
 
 
 async def test_node_deleted_in_kubernetes_frees_its_ipam_promptly(store: Store) -> None:
-    """The whole controller: deleting the Kubernetes Node (and then its pod, as the pod GC
-    does) frees its blocks without waiting for the GC interval or the grace period."""
+    """The whole controller: deleting the Kubernetes Node removes its Calico Node as
+    ``tortie delete node`` does (ipam.node_release.remove_node): by the time the Calico Node
+    is gone, its endpoints are deleted, their addresses and its tunnel address released, its
+    empty block deleted and its host document gone -- without waiting for its pods to leave
+    the API, the GC interval or the grace period.  A borrowed address of another node in
+    its block stays, in a block affine to nobody; node-a keeps everything."""
     ns = f"rm-{suffix()}"
     await _pool(store)
     for n, ip in (("node-a", "192.168.2.10"), ("node-b", "192.168.2.11")):
         await _register(store, n, ip)
-    _, ip_pod, _ = await _cni_add(store, "node-b", ns, "web-0", {})
+    _, ip_a, wep_a = await _cni_add(store, "node-a", ns, "live", {})
+    _, ip_pod, wep = await _cni_add(store, "node-b", ns, "web-0", {})
     tunnel = await _tunnel(store, "node-b")
+    affine_a = await _affine(store, "node-a")
+    assert await _affine(store, "node-b")
     async with FakeKubeAPI() as api:
         api.put("namespaces", ns_doc(ns))
         for n, ip in (("node-a", "192.168.2.10"), ("node-b", "192.168.2.11")):
             api.put("nodes", node_doc(n, ip, _k8s_labels(n)))
+        api.put("pods", pod_doc("live", ns, "node-a", ip=ip_a))
         api.put("pods", pod_doc("web-0", ns, "node-b", ip=ip_pod))
         async with running(store, api, gc_interval=600.0, leak_grace=900.0) as app:
             await eventually(lambda: _true(app.gc.passes > 0), what="a first GC pass")
             api.delete("nodes", "node-b")
             await eventually(lambda: _absent(store, "nodes", "node-b"), what="Calico Node gone")
-            await asyncio.sleep(0.3)
-            assert await _affine(store, "node-b")   # its pod still exists
-            api.delete("pods", "web-0", ns)
-
-            async def freed() -> bool:
-                alloc = await _allocated(store)
-                return (ip_pod not in alloc and tunnel not in alloc
-                        and not await _affine(store, "node-b"))
-            await eventually(freed, what="node-b's addresses and blocks freed")
+            # its pod is still in the API: released all the same (its node is gone)
+            alloc = await _allocated(store)
+            assert ip_pod not in alloc and tunnel not in alloc
+            assert await _affine(store, "node-b") == []
+            assert await _absent(store, "workloadendpoints", wep, ns)
             with pytest.raises(NotFound):
                 await store.get(ipam_keys.host_key("node-b"))
+            assert alloc.get(ip_a, "").startswith("tortie.")
+            assert await _affine(store, "node-a") == affine_a
+            assert not await _absent(store, "workloadendpoints", wep_a, ns)
+            assert value(app.metrics.writes, controller="nodes", op="delete") >= 3
+            api.delete("pods", "web-0", ns)   # the pod GC: nothing left for the IPAM GC
+            app.gc.kick()
+            await eventually(lambda: _true(app.gc.passes > 1), what="another GC pass")
+            assert app.gc.released == []
 
 
 # --- list / watch / resync ----------------------------------------------------------------------

@@ -12,14 +12,14 @@ kind manifests against that API server.  A 3-node lab with a real Kubernetes
 * a BGP password: the referenced key of a kube-system Secret reaches etcd (and follows a
   change), an unreferenced Secret does not;
 * a Node deleted with ``kubectl delete node`` (its kubelet, kube-proxy and tortie-node
-  stopped first, as a decommissioned machine) has its pods' addresses, tunnel address, blocks,
-  block affinities and IPAM host document released -- read through ipam/ in the fabric.
+  stopped first, as a decommissioned machine): by the time its Calico Node is gone, its
+  workload endpoints, its pods' addresses, tunnel address, blocks, block affinities and IPAM
+  host document are too -- read through ipam/ in the fabric.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,7 +29,6 @@ from typing import Any
 import pytest
 import yaml
 
-from lab import netns
 from lab.cluster import Lab
 from lab.kubernetes import AGNHOST_IMAGE
 from lab.procs import alive, stop_pid
@@ -44,6 +43,7 @@ from tests.support.kubernetes import (
     ok,
 )
 from tests.support.lab_cli import cli, weps
+from tests.support.lab_ipam import holdings, ipam_state
 
 pytestmark = K8S_MARKS
 
@@ -406,51 +406,6 @@ def test_bgp_password_secret_copied_from_the_api_server(lab: Lab) -> None:
 
 # --- 3b: a Node deleted with kubectl ------------------------------------------------------------
 
-#: Run in the fabric (the lab's etcd is reachable only there): IPAM state through ipam/.
-IPAM_STATE = """
-import asyncio, json
-from datastore.etcd_config import EtcdConfig
-from datastore.store import NotFound, Store
-from ipam import keys
-from ipam.allocator import IPAM
-
-async def main():
-    async with Store(EtcdConfig.load()) as store:
-        blocks = [{"cidr": b.cidr, "node": b.affinity_node,
-                   "allocations": [dict(a, ip=ip) for ip, a in b.allocated()]}
-                  for b in await IPAM(store, "tortie-admin").list_blocks()]
-        hosts = []
-        for n in NODES:
-            try:
-                await store.get(keys.host_key(n))
-                hosts.append(n)
-            except NotFound:
-                pass
-    print(json.dumps({"blocks": blocks, "hosts": hosts}))
-
-asyncio.run(main())
-"""
-
-
-def ipam_state(lab: Lab) -> dict[str, Any]:
-    st = lab.load()
-    script = f"NODES = {sorted(st.nodes)!r}\n" + IPAM_STATE
-    p = netns.exec_in(st.fabric, [sys.executable, "-c", script], env={
-        **st.etcd_env(), "PYTHONPATH": str(REPO)}, capture=True, timeout=60)
-    assert p.returncode == 0, p.stderr
-    return dict(json.loads(p.stdout))
-
-
-def holdings(state: dict[str, Any], node: str) -> dict[str, Any]:
-    """What IPAM holds for ``node``: its blocks, its allocations, its host document."""
-    return {
-        "blocks": [b["cidr"] for b in state["blocks"] if b["node"] == node],
-        "allocations": {a["ip"]: a["handle"] for b in state["blocks"]
-                        for a in b["allocations"] if a.get("node") == node},
-        "host": node in state["hosts"],
-    }
-
-
 def test_deleted_node_releases_addresses_tunnel_and_blocks(
         lab: Lab, pods: dict[str, dict[str, Any]]) -> None:
     st = lab.load()
@@ -474,6 +429,15 @@ def test_deleted_node_releases_addresses_tunnel_and_blocks(
     start = time.monotonic()
     ok(kubectl(lab, "delete", "node", "node3"))
     eventually(lambda: "node3" not in ok(cli(lab, "get", "nodes")), 60, "Calico Node gone")
+    # the node controller deletes the Calico Node last (ipam.node_release.remove_node): by
+    # now its endpoints, their addresses, its tunnel address, its block affinities (the
+    # empty block deleted) and its host document are gone -- whether or not the pod GC has
+    # deleted its pods yet
+    at_once = holdings(ipam_state(lab, ["node1", "node2", "node3"]), "node3")
+    assert at_once == {"blocks": [], "allocations": {}, "host": False, "tunnels": {}}, at_once
+    assert not [w for w in weps(lab, NS) if w["spec"]["node"] == "node3"]
+    print(f"\nnode3 deleted -> Calico Node and what it held gone: "
+          f"{time.monotonic() - start:.1f}s")
     # the pod GC deletes the pods of a node that is gone; then IPAM lets go of everything
     eventually(lambda: not kjson(lab, "get", "pods", "-n", NS, "--field-selector",
                                  "spec.nodeName=node3")["items"], 180, "node3's pods deleted")

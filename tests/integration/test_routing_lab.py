@@ -27,6 +27,7 @@ from lab import netns
 from lab.cluster import LAB_BGP_HOLD_TIME, Lab, LabState
 from routing.desired import VXLAN_DEVICE
 from routing.kernel import PROTO
+from tests.support.lab_ipam import holdings, ipam_state
 from tests.support.wait import until_sync
 
 pytestmark = pytest.mark.integration
@@ -251,6 +252,60 @@ def test_removed_node_leaves_the_others_within_the_hold_time(
 def _tail(path: str, lines: int = 60) -> str:
     with open(path, errors="replace") as f:
         return "".join(f.readlines()[-lines:])
+
+
+# --- 3 nodes, VXLAN: a node removed and its Node resource deleted -----------------------------
+
+
+@pytest.fixture
+def vxlan3() -> Iterator[tuple[Lab, LabState]]:
+    yield from make_lab(3, encap="vxlan")
+
+
+def test_removed_node_gives_back_its_blocks_tunnel_address_and_routes(
+        vxlan3: tuple[Lab, LabState]) -> None:
+    """node3 decommissioned (killed, its pods gone without a CNI DEL, then ``tortie delete
+    node node3``): its pod's endpoint and address, its VXLAN tunnel address, its block and
+    block affinity, its host document go; ``tortie ipam check`` is clean; node1 and node2
+    lose their routes to its block; the others' pods still reach each other."""
+    lab, st = vxlan3
+    names = ["node1", "node2", "node3"]
+    block3 = block_of(st.pods["default/p3"].ips[0])
+    wait_until(lambda: bool(holdings(ipam_state(lab, names), "node3")["tunnels"]),
+               what="node3's VXLAN tunnel address allocated")
+    before = holdings(ipam_state(lab, names), "node3")
+    assert before["blocks"] == [block3] and before["host"], before
+    [tunnel] = before["tunnels"]["vxlan-tunnel-addr-node3"]
+    assert before["allocations"] == {st.pods["default/p3"].ips[0]: before["allocations"][
+        st.pods["default/p3"].ips[0]], tunnel: "vxlan-tunnel-addr-node3"}, before
+    others = {n: holdings(ipam_state(lab, names), n) for n in ("node1", "node2")}
+    check = lab.tortie(st, ["ipam", "check"])
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    lab.remove_node("node3", delete_resource=True)   # runs `tortie delete node node3`
+    check = lab.tortie(st, ["ipam", "check"])
+    assert check.returncode == 0 and "IPAM is consistent" in check.stdout, \
+        check.stdout + check.stderr
+    state = ipam_state(lab, names)
+    after = holdings(state, "node3")
+    assert after == {"blocks": [], "allocations": {}, "host": False, "tunnels": {}}, after
+    assert block3 not in {b["cidr"] for b in state["blocks"]}   # its pod's endpoint is gone
+    assert not any(b["node"] is None for b in state["blocks"]), state["blocks"]
+    for n, held in others.items():   # the others keep everything
+        assert holdings(state, n) == held, (n, held, holdings(state, n))
+    weps = lab.tortie(st, ["get", "workloadendpoints", "-A", "-o", "json"])
+    assert weps.returncode == 0, weps.stderr
+    assert sorted(w["spec"]["node"] for w in json.loads(weps.stdout)["items"]) == [
+        "node1", "node2"]
+    shown = lab.tortie(st, ["ipam", "show", "--show-blocks"]).stdout
+    assert "Block node3" not in shown and "Block node1" in shown, shown
+    for name in ("node1", "node2"):
+        ns = st.nodes[name].netns
+        took = wait_until(lambda ns=ns: block3 not in by_dst(ns), timeout=15,
+                          what=f"{block3} withdrawn from {name}")
+        print(f"{block3} gone from {name} {took:.2f}s after node3 was deleted")
+        assert not any(r.get("gateway") == tunnel for r in routes(ns)), routes(ns)
+    assert ping(lab, lab.load(), "default/p1", st.pods["default/p2"].ips[0])
 
 
 # --- 4 nodes over 2 subnets, VXLAN CrossSubnet ------------------------------------------------
