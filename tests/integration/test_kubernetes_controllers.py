@@ -20,6 +20,7 @@ kind manifests against that API server.  A 3-node lab with a real Kubernetes
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
+from lab import netns
 from lab.cluster import Lab
 from lab.kubernetes import AGNHOST_IMAGE
 from lab.procs import alive, stop_pid
