@@ -5,14 +5,20 @@ moved into a lab node's network namespace, creating each pod's netns first and t
 executing the plugin with the CNI environment and stdin, as containerd does. Tortie's
 daemon runs in that node with a real etcd; the reference chain keeps its state on disk.
 
-    sudo .venv/bin/python bench/cni_add.py [--pods 200]
+    sudo .venv/bin/python bench/cni_add.py [--pods 200] [--profile]
 
-Prints median and p99 of ADD and DEL for both, and the ratios.
+Prints median and p99 of ADD and DEL for both, and the ratios.  ``--profile`` also prints
+where Tortie's time goes (medians over the pods): in the client (exec to the end of its
+imports, its own work up to the connect, the socket round trip beyond the daemon's own time,
+answer to exit) from the plugin's CLOCK_MONOTONIC marks, and inside the daemon per step
+(cni.handler.STEPS, timed by the handler) from the timings it sends back when asked
+(``TORTIE_CNI_PROFILE``).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -43,26 +49,66 @@ def leave_to(fd: int) -> None:
     setns(fd)
 
 
+#: per command: one dict of phase -> ms per call (``--profile``)
+PROFILES: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
+PROFILE_PREFIX = "tortie-profile "
+
+
 def call(exe: str, command: str, container: str, pod_ns: str, conf: dict,
-         cni_path: str) -> float:
+         cni_path: str, profile: bool = False) -> float:
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container,
            "CNI_NETNS": netns.netns_path(pod_ns), "CNI_IFNAME": "eth0",
            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={pod_ns}",
            "CNI_PATH": cni_path, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    if profile:
+        env["TORTIE_CNI_PROFILE"] = "1"
     data = json.dumps(conf)
-    start = time.perf_counter()
+    start = time.monotonic()
     p = subprocess.run([exe], input=data, env=env, capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - start
+    end = time.monotonic()
     if p.returncode != 0:
         raise RuntimeError(f"{exe} {command} failed: {p.stdout.strip()} {p.stderr.strip()}")
-    return elapsed * 1000
+    if profile:
+        PROFILES[command].append(_phases(p.stderr, start, end))
+    return (end - start) * 1000
 
 
-def measure(label: str, exe: str, conf: dict, cni_path: str, pods: list[str]
-            ) -> dict[str, list[float]]:
+def _phases(stderr: str, start: float, end: float) -> dict[str, float]:
+    """One call's time split (ms) from the plugin's profile line (same CLOCK_MONOTONIC)."""
+    line = next(x for x in stderr.splitlines() if x.startswith(PROFILE_PREFIX))
+    marks = json.loads(line[len(PROFILE_PREFIX):])
+    daemon = marks.get("timings") or {}
+    out = {
+        "client: exec + interpreter + imports": marks["started"] - start,
+        "client: read stdin, parse, connect": marks["connected"] - marks["started"],
+        "socket + JSON beyond the daemon": (marks["answered"] - marks["connected"])
+        - daemon.get("total", 0.0) / 1000,
+        "client: answer to exit": end - marks["answered"],
+    }
+    out = {k: v * 1000 for k, v in out.items()}
+    steps = {k: v for k, v in daemon.items() if k != "total"}
+    out.update({f"daemon: {k}": v for k, v in steps.items()})
+    out["daemon: between steps"] = daemon.get("total", 0.0) - sum(steps.values())
+    out["daemon: total"] = daemon.get("total", 0.0)
+    return out
+
+
+def print_profile(pods: int) -> None:
+    print(f"\nWhere a Tortie call's time goes (ms, median over {pods} pods; "
+          "DEL's veth/wep/ipam overlap)")
+    for command, rows in PROFILES.items():
+        print(f"  {command}")
+        names = list(dict.fromkeys(k for r in rows for k in r))
+        for name in names:
+            values = [r.get(name, 0.0) for r in rows]
+            print(f"    {name:40}{statistics.median(values):8.2f}{p99(values):8.2f} (p99)")
+
+
+def measure(label: str, exe: str, conf: dict, cni_path: str, pods: list[str],
+            profile: bool = False) -> dict[str, list[float]]:
     ids = {p: uuid.uuid4().hex for p in pods}
-    adds = [call(exe, "ADD", ids[p], p, conf, cni_path) for p in pods]
-    dels = [call(exe, "DEL", ids[p], p, conf, cni_path) for p in pods]
+    adds = [call(exe, "ADD", ids[p], p, conf, cni_path, profile) for p in pods]
+    dels = [call(exe, "DEL", ids[p], p, conf, cni_path, profile) for p in pods]
     print(f"  {label}: {len(pods)} ADD + {len(pods)} DEL done", file=sys.stderr)
     return {"ADD": adds, "DEL": dels}
 
@@ -74,6 +120,8 @@ def p99(values: list[float]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pods", type=int, default=200)
+    ap.add_argument("--profile", action="store_true",
+                    help="also print where Tortie's ADD / DEL time goes (client, daemon steps)")
     args = ap.parse_args()
     if not (REF_DIR / "bridge").exists():
         print("error: Debian's reference plugins are missing: apt-get install "
@@ -100,7 +148,7 @@ def main() -> int:
         results["reference"] = measure("bridge + host-local", str(REF_DIR / "bridge"),
                                        ref_conf, str(REF_DIR), pod_names)
         results["tortie"] = measure("tortie", str(lab.bin_dir / "tortie"), tortie_conf,
-                                    f"{lab.bin_dir}:{REF_DIR}", pod_names)
+                                    f"{lab.bin_dir}:{REF_DIR}", pod_names, args.profile)
     finally:
         with contextlib.suppress(OSError):
             leave_to(home)
@@ -119,6 +167,8 @@ def main() -> int:
           f"{p99(t['ADD']) / p99(ref['ADD']):10.2f}"
           f"{statistics.median(t['DEL']) / statistics.median(ref['DEL']):12.2f}"
           f"{p99(t['DEL']) / p99(ref['DEL']):10.2f}")
+    if args.profile:
+        print_profile(args.pods)
     return 0
 
 

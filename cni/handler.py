@@ -66,7 +66,15 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -124,6 +132,7 @@ from ipam.pools import (
 
 __all__ = [
     "HANDLE_PREFIX",
+    "STEPS",
     "CNIHandler",
     "EndpointReady",
     "RequestInfo",
@@ -142,6 +151,12 @@ LABEL_SERVICE_ACCOUNT = "projectcalico.org/serviceaccount"
 #: Seconds a runtime waits for an ADD / DEL / CHECK / STATUS answer at most (with the
 #: plugin's own start that keeps a datastore outage's answer within 2 s).
 DEFAULT_REQUEST_TIMEOUT = 1.8
+#: The steps :attr:`RequestInfo.steps` times (an ADD has them all, a DEL some):
+#: ``parse`` the request; ``reads`` the sandbox check, endpoint, Pod, Namespace, Node,
+#: pools and FelixConfigurations; ``ipam`` release of stale addresses and allocation (DEL:
+#: release); ``veth`` the interfaces in the kernel; ``wep`` the WorkloadEndpoint write (DEL:
+#: its delete); ``policy`` the policy agent's hook; ``result`` building the answer.
+STEPS = ("parse", "reads", "ipam", "veth", "wep", "policy", "result")
 #: Commands under the request deadline (GC may legitimately take long; VERSION is local).
 _DEADLINE_COMMANDS = frozenset({"ADD", "DEL", "CHECK", "STATUS"})
 
@@ -187,6 +202,17 @@ class RequestInfo:
     message: str = ""
     duration: float = 0.0
     etcd_ok: bool | None = None  # whether the datastore answered (None: not asked)
+    #: seconds spent in each step of the request (:data:`STEPS`), measured by the handler
+    steps: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Add the time the block takes to ``steps[name]`` (also when it raises)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.steps[name] = self.steps.get(name, 0.0) + time.perf_counter() - start
 
     @property
     def result(self) -> str:
@@ -266,7 +292,8 @@ class CNIHandler:
         start = time.perf_counter()
         version: str | None = None
         try:
-            env, conf, plugin = self._parse(request, info)
+            with info.step("parse"):
+                env, conf, plugin = self._parse(request, info)
             version = conf.cni_version if conf else None
             result = await self._within_deadline(
                 self._dispatch(env, conf, plugin, info), env.command, info)
@@ -539,7 +566,8 @@ class CNIHandler:
 
     async def _add(self, env: CNIEnv, conf: NetConf, ipam_only: bool,
                    info: RequestInfo) -> Result:
-        await self._sandbox(env)
+        with info.step("reads"):
+            await self._sandbox(env)
         if not ipam_only:
             self._check_names(env)
         handle = handle_id(env.container_id, env.ifname)
@@ -547,16 +575,18 @@ class CNIHandler:
         wep_ns, wep_name = self._wep_ref(env)
 
         if ipam_only:
-            pod = await self._pod_info(env)
-            held = await self.ipam.ips_by_handle(handle)
+            with info.step("reads"):
+                pod = await self._pod_info(env)
+                held = await self.ipam.ips_by_handle(handle)
             if held:  # ADD again: the same addresses
                 info.ips = held
                 return Result(ips=[IPConfig(_host_cidr(ip)) for ip in held], dns=dict(conf.dns))
         else:
-            wep, link_exists, pod = await asyncio.gather(
-                self._get_wep(wep_ns, wep_name),
-                asyncio.to_thread(self.dataplane.netns_link_exists, env.netns, env.ifname),
-                self._pod_info(env))
+            with info.step("reads"):
+                wep, link_exists, pod = await asyncio.gather(
+                    self._get_wep(wep_ns, wep_name),
+                    asyncio.to_thread(self.dataplane.netns_link_exists, env.netns, env.ifname),
+                    self._pod_info(env))
             if wep is not None and wep.spec.containerID == env.container_id:
                 again = await self._repeat_add(env, conf, host_name, wep, pod)
                 if again is not None:
@@ -568,7 +598,8 @@ class CNIHandler:
                 raise CNIError(ERR_INVALID_ENV, "invalid CNI_IFNAME",
                                f"{env.ifname} already exists in {quote(env.netns)}")
         # Whatever a crashed earlier attempt for this container left is not wanted any more.
-        stale = await self.ipam.release_by_handle(handle)
+        with info.step("ipam"):
+            stale = await self.ipam.release_by_handle(handle)
         if stale:
             log.warning("released addresses left by an earlier ADD",
                         extra=_fields(info, ip=",".join(stale)))
@@ -578,27 +609,32 @@ class CNIHandler:
         veth_setup: asyncio.Task[tuple[int, str]] | None = None
         wep_written = False
         try:
-            ips = await self._allocate(env, conf, pod, handle)
+            with info.step("ipam"):
+                ips = await self._allocate(env, conf, pod, handle)
             info.ips = ips
             if ipam_only:
                 return Result(ips=[IPConfig(_host_cidr(ip)) for ip in ips], dns=dict(conf.dns))
             v4 = [ip for ip in ips if ipaddress.ip_address(ip).version == 4]
             v6 = [ip for ip in ips if ipaddress.ip_address(ip).version == 6]
-            mtu = await self._mtu_for(conf, pod)
-            veth_made = True  # from here on a failure may have left a (partial) veth
-            # a task, so that a cancelled ADD can wait for the thread before undoing its work
-            veth_setup = asyncio.ensure_future(asyncio.to_thread(
-                self.dataplane.setup_veth, host_name, env.netns, env.ifname, v4, v6, mtu))
-            _, mac = await asyncio.shield(veth_setup)
-            new_wep = self._build_wep(env, pod, wep_ns, wep_name, host_name, mac, ips)
-            wep_written = True  # (an unknown outcome counts as written)
-            try:
-                stored = await self.resources.create(_WEP, new_wep)
-            except ResourceExists:  # another sandbox of the pod had it: now it is ours
-                stored, _ = await self.resources.apply(_WEP, new_wep)
+            with info.step("veth"):
+                mtu = await self._mtu_for(conf, pod)
+                veth_made = True  # from here on a failure may have left a (partial) veth
+                # a task, so that a cancelled ADD can wait for the thread before undoing it
+                veth_setup = asyncio.ensure_future(asyncio.to_thread(
+                    self.dataplane.setup_veth, host_name, env.netns, env.ifname, v4, v6, mtu))
+                _, mac = await asyncio.shield(veth_setup)
+            with info.step("wep"):
+                new_wep = self._build_wep(env, pod, wep_ns, wep_name, host_name, mac, ips)
+                wep_written = True  # (an unknown outcome counts as written)
+                try:
+                    stored = await self.resources.create(_WEP, new_wep)
+                except ResourceExists:  # another sandbox of the pod had it: now it is ours
+                    stored, _ = await self.resources.apply(_WEP, new_wep)
             if self.on_endpoint_ready is not None:
-                await self.on_endpoint_ready(stored)
-            result = _veth_result(host_name, env, mac, mtu, ips, conf)
+                with info.step("policy"):
+                    await self.on_endpoint_ready(stored)
+            with info.step("result"):
+                result = _veth_result(host_name, env, mac, mtu, ips, conf)
             log.info("pod networked", extra=_fields(info, ip=",".join(ips), host=host_name,
                                                      endpoint=wep_name))
             return result
@@ -753,11 +789,13 @@ class CNIHandler:
     async def _del(self, env: CNIEnv, ipam_only: bool, info: RequestInfo) -> None:
         handle = handle_id(env.container_id, env.ifname)
         if ipam_only:
-            released = await self.ipam.release_by_handle(handle)
+            with info.step("ipam"):
+                released = await self.ipam.release_by_handle(handle)
         else:
-            netns = await self._sandbox(env, may_be_gone=True)
-            wep_ns, wep_name = self._wep_ref(env)
-            wep = await self._get_wep(wep_ns, wep_name)
+            with info.step("reads"):
+                netns = await self._sandbox(env, may_be_gone=True)
+                wep_ns, wep_name = self._wep_ref(env)
+                wep = await self._get_wep(wep_ns, wep_name)
             ours = wep is None or wep.spec.containerID in (None, "", env.container_id)
             recorded = self._recorded_host_name(wep) if wep is not None and ours else None
             if not ours:
@@ -769,6 +807,10 @@ class CNIHandler:
             async def remove_veth() -> None:
                 if not ours:
                     return
+                with info.step("veth"):
+                    await remove_veth_now()
+
+            async def remove_veth_now() -> None:
                 if recorded is not None:  # the endpoint records it: this container's
                     await asyncio.to_thread(self.dataplane.teardown_veth, recorded)
                 elif netns is not None:  # the veth named for it, if its peer is in netns
@@ -781,13 +823,17 @@ class CNIHandler:
 
             async def remove_wep() -> None:
                 if wep is not None and ours:
-                    with contextlib.suppress(NotFound):
+                    with info.step("wep"), contextlib.suppress(NotFound):
                         await self.resources.delete(_WEP, wep_name, wep_ns,
                                                     wep.metadata.resourceVersion)
 
-            # The kernel takes a while to destroy a veth: do the datastore work meanwhile.
-            outcomes = await asyncio.gather(remove_veth(), remove_wep(),
-                                            self.ipam.release_by_handle(handle),
+            async def release() -> list[str]:
+                with info.step("ipam"):
+                    return await self.ipam.release_by_handle(handle)
+
+            # The kernel takes a while to destroy a veth: do the datastore work meanwhile
+            # (so the steps of a DEL overlap: veth, wep and ipam run at once).
+            outcomes = await asyncio.gather(remove_veth(), remove_wep(), release(),
                                             return_exceptions=True)
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):

@@ -39,10 +39,17 @@ except ImportError:  # an interpreter without them: the plain modules
     _json = None
     import socket as _socket
 
+#: CLOCK_MONOTONIC once the imports are done (``TORTIE_CNI_PROFILE``)
+STARTED = time.monotonic()
+
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = "1.1.0"
 DEFAULT_SOCKET = "/var/run/tortie/cni.sock"
 SOCKET_ENV = "TORTIE_CNI_SOCKET"
+#: Set (to anything) to have the daemon say where the request's time went: one line
+#: ``tortie-profile {...}`` on stderr with this process's CLOCK_MONOTONIC marks (``started``:
+#: imports done, ``connected``, ``answered``) and the daemon's per-step ``timings`` in ms.
+PROFILE_ENV = "TORTIE_CNI_PROFILE"
 DEFAULT_TIMEOUT = {"ADD": 60.0}
 OTHER_TIMEOUT = 30.0
 MAX_TIMEOUT = 3600.0
@@ -210,8 +217,10 @@ def _timeout(config: dict[str, object], command: str) -> float:
     return DEFAULT_TIMEOUT.get(command, OTHER_TIMEOUT)
 
 
-def call_daemon(path: str, request: dict[str, object], timeout: float) -> dict[str, object]:
-    """Send one request line, read one answer line; PluginError(11) when unreachable."""
+def call_daemon(path: str, request: dict[str, object], timeout: float,
+                marks: dict[str, float] | None = None) -> dict[str, object]:
+    """Send one request line, read one answer line; PluginError(11) when unreachable.
+    ``marks`` (when given) gets the CLOCK_MONOTONIC times ``connected`` and ``answered``."""
     deadline = time.monotonic() + timeout
     data = json_dumps(request).encode() + b"\n"
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -225,6 +234,8 @@ def call_daemon(path: str, request: dict[str, object], timeout: float) -> dict[s
         except OSError as e:
             raise PluginError(ERR_TRY_AGAIN_LATER, f"cannot reach tortie-node at {path}",
                               f"connecting to socket {path}: {e.strerror or e}") from None
+        if marks is not None:
+            marks["connected"] = time.monotonic()
         chunks: list[bytes] = []
         size = 0
         try:
@@ -249,6 +260,8 @@ def call_daemon(path: str, request: dict[str, object], timeout: float) -> dict[s
                               f"{path}", f"socket {path}: {e.strerror or e}") from None
     finally:
         sock.close()
+    if marks is not None:
+        marks["answered"] = time.monotonic()
     raw = b"".join(chunks)
     if not raw.strip():
         raise PluginError(ERR_TRY_AGAIN_LATER, f"tortie-node at {path} closed the connection "
@@ -326,10 +339,17 @@ def _main(argv: list[str]) -> int:
             "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
             "config": config,
         }
-        reply = call_daemon(path, request, timeout)
+        marks: dict[str, float] | None = None
+        if os.environ.get(PROFILE_ENV):
+            request["profile"] = True
+            marks = {"started": STARTED}
+        reply = call_daemon(path, request, timeout, marks)
     except PluginError as e:
         _emit(_error_obj(e.code, e.msg, e.details, version))
         return 1
+    if marks is not None:
+        marks_out: dict[str, object] = {**marks, "timings": reply.get("timings")}
+        sys.stderr.write("tortie-profile " + json_dumps(marks_out) + "\n")
     if reply.get("ok"):
         result = reply.get("result")
         if result is not None:

@@ -180,6 +180,10 @@ class NodeDaemon:
         self.m_duration = Histogram(
             "tortie_cni_request_duration_seconds", "Time to serve a CNI request", ("command",),
             buckets=DEFAULT_BUCKETS, registry=m)
+        self.m_step = Histogram(
+            "tortie_cni_step_duration_seconds",
+            "Time a CNI request spent in each step (cni.handler.STEPS), by command and step",
+            ("command", "step"), buckets=DEFAULT_BUCKETS, registry=m)
         self.m_inflight = Gauge(
             "tortie_cni_requests_in_flight", "CNI requests being served now", registry=m)
         self.m_etcd_up = Gauge(
@@ -339,6 +343,7 @@ class NodeDaemon:
     async def _serve_cni(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
         info = RequestInfo()
+        request: Any = None
         try:
             try:
                 line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
@@ -351,7 +356,7 @@ class NodeDaemon:
             self.m_inflight.inc()
             try:
                 try:
-                    request: Any = json.loads(line, parse_constant=_not_json)
+                    request = json.loads(line, parse_constant=_not_json)
                 except (ValueError, RecursionError) as e:  # also nested too deeply
                     response: dict[str, Any] = {"ok": False, "error": error_dict(
                         ERR_DECODE, "cannot decode the request", str(e)[:200])}
@@ -361,6 +366,11 @@ class NodeDaemon:
             finally:
                 self.m_inflight.dec()
             self._account(info, response)
+            if isinstance(request, dict) and request.get("profile") is True:
+                # asked for by the plugin (TORTIE_CNI_PROFILE): where the time went, in ms;
+                # the plugin writes it to stderr, never into the CNI result
+                response["timings"] = {**{k: round(v * 1000, 3) for k, v in info.steps.items()},
+                                       "total": round(info.duration * 1000, 3)}
             writer.write(json.dumps(response, separators=(",", ":")).encode() + b"\n")
             try:
                 await writer.drain()
@@ -379,6 +389,8 @@ class NodeDaemon:
             "ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION") else "invalid"
         self.m_requests.labels(command=command, result=info.result).inc()
         self.m_duration.labels(command=command).observe(info.duration)
+        for step, seconds in info.steps.items():
+            self.m_step.labels(command=command, step=step).observe(seconds)
         if info.code is not None:
             self.m_errors.labels(command=command, code=str(info.code)).inc()
         if info.etcd_ok is not None:
@@ -391,6 +403,8 @@ class NodeDaemon:
         fields["result"] = response_summary(response)
         fields["ms"] = f"{info.duration * 1000:.1f}"
         level = logging.INFO if info.code is None else logging.WARNING
+        if log.isEnabledFor(logging.DEBUG):
+            fields.update({f"{k}_ms": f"{v * 1000:.1f}" for k, v in info.steps.items()})
         log.log(level, "cni request", extra={"fields": fields})
 
     # --- HTTP: /metrics, /healthz -----------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cni.dataplane import MemoryDataplane
-from cni.handler import CNIHandler, RequestInfo, handle_id, workload_endpoint_name
+from cni.handler import STEPS, CNIHandler, RequestInfo, handle_id, workload_endpoint_name
 from cni.netlink import NetlinkFailure, host_veth_name
 from cni.spec import (
     ERR_INCOMPATIBLE_VERSION,
@@ -201,6 +201,19 @@ async def test_add_wires_the_pod_and_del_removes_everything(node: Node) -> None:
         assert r == {"ok": True, "result": None}
         await node.assert_nothing_left(pod)
     assert node.dp.calls == [("setup", host), ("teardown", host)]
+
+
+async def test_requests_time_their_steps(node: Node) -> None:
+    """Where an ADD / DEL spends its time is measured per step (bench/cni_add.py --profile
+    and the daemon's per-step histogram read it)."""
+    pod = node.pod()
+    add, delete = RequestInfo(), RequestInfo()
+    assert (await node.run("ADD", pod, info=add))["ok"]
+    assert set(add.steps) == set(STEPS)
+    assert all(v >= 0 for v in add.steps.values())
+    assert sum(add.steps.values()) <= add.duration
+    assert (await node.run("DEL", pod, info=delete))["ok"]
+    assert {"parse", "reads", "veth", "wep", "ipam"} <= set(delete.steps) <= set(STEPS)
 
 
 async def test_repeated_add_returns_the_same_result(node: Node) -> None:
