@@ -57,6 +57,7 @@ from agentkit.netns import (
     run_in_netns,
     write_sysctl,
 )
+from cni import rtnl
 from datastore.mtu import DEFAULT_UNDERLAY_MTU
 from ipam.handles import PRIMARY_IFNAME
 
@@ -218,9 +219,12 @@ def _peer_in_netns(ipr: IPRoute, link: Any, netns_fd: int) -> bool:
 def netns_link_exists(netns_path: str, ifname: str) -> bool:
     """Whether ``ifname`` exists in the namespace (False if the namespace is gone)."""
     try:
-        return run_in_netns(netns_path, lambda: link_exists(ifname))
+        with rtnl.open_in(netns_path) as pod:
+            return pod.get_link(ifname) is not None
     except NetnsGone:
         return False
+    except rtnl.RtnlError as e:
+        raise NetlinkFailure(f"cannot read the links of {netns_path}: {e}") from None
 
 
 def underlay_mtu(address: str | None) -> int:
@@ -331,6 +335,11 @@ def setup_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str]
     fd = open_netns(netns_path)
     created = False
     try:
+        if is_primary(ifname) and not v6:
+            made = _setup_primary_v4(host_name, netns_path, fd, ifname,
+                                     [str(a) for a in addresses], mtu)
+            if made is not None:
+                return made
         with _iproute() as ipr:
             stale = _lookup(ipr, host_name)
             if stale is not None:
@@ -373,6 +382,47 @@ def setup_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str]
         os.close(fd)
 
 
+def _setup_primary_v4(host_name: str, netns_path: str, netns_fd: int, ifname: str,
+                      addresses: list[str], mtu: int) -> tuple[int, str] | None:
+    """:func:`setup_veth` for the primary interface with IPv4 addresses only, in four
+    netlink exchanges (:mod:`cni.rtnl`): the veth with both ends up; the host end's index;
+    the pod end's index and MAC; its addresses and routes in one batch (the host route
+    after).  None, having made nothing, when a link of one of the names exists (the general
+    path replaces a stale host veth, or names the conflict)."""
+    with rtnl.Rtnl() as host:
+        try:
+            host.batch([rtnl.new_veth(host_name, ifname, netns_fd, mtu, HOST_MAC)])
+        except rtnl.RtnlError as e:
+            if e.errno == errno.EEXIST:
+                return None
+            raise NetlinkFailure(f"cannot create veth {host_name} with peer {ifname} in "
+                                 f"{netns_path}: {os.strerror(e.errno or 0)}") from None
+        try:
+            link = host.get_link(host_name)
+            if link is None:
+                raise NetlinkFailure(f"veth {host_name} vanished right after creation")
+            _host_sysctls(host_name, False)
+            with rtnl.open_in(netns_path) as pod:
+                peer = pod.get_link(ifname)
+                if peer is None:
+                    raise NetlinkFailure(f"{ifname} did not appear in the pod's namespace")
+                pod.batch([
+                    *(rtnl.new_addr_v4(peer.index, a) for a in addresses),
+                    rtnl.new_route_v4(GATEWAY_V4, 32, peer.index, scope=RT_SCOPE_LINK),
+                    rtnl.new_route_v4("0.0.0.0", 0, peer.index, gateway=GATEWAY_V4),
+                ])
+            host.batch([rtnl.new_route_v4(a, 32, link.index, scope=RT_SCOPE_LINK,
+                                          replace=True) for a in addresses])
+            return link.index, peer.mac
+        except rtnl.RtnlError as e:
+            _undo(host_name, netns_path, ifname)
+            raise NetlinkFailure(f"setting up {host_name} / {ifname} in {netns_path}: "
+                                 f"{e}") from None
+        except BaseException:
+            _undo(host_name, netns_path, ifname)
+            raise
+
+
 def _undo(host_name: str, netns_path: str, ifname: str) -> None:
     """What a failed :func:`setup_veth` made: the veth and a secondary interface's rules."""
     teardown_veth(host_name)
@@ -391,12 +441,21 @@ def teardown_veth(host_name: str, peer_netns: str | None = None) -> bool:
     is deleted only if its peer is in that namespace (the proof that it is the pair of that
     sandbox when nothing records it); False otherwise, and when the namespace is gone.
     """
-    fd: int | None = None
-    if peer_netns is not None:
+    if peer_netns is None:  # nothing to compare: a get and a delete (cni.rtnl)
         try:
-            fd = open_netns(peer_netns)
-        except NetnsGone:
-            return False
+            with rtnl.Rtnl() as host:
+                link = host.get_link(host_name)
+                if link is None or link.kind != "veth":
+                    return False
+                return host.delete_link(link.index, host_name)
+        except rtnl.RtnlError as e:
+            raise NetlinkFailure(f"cannot delete {host_name}: "
+                                 f"{os.strerror(e.errno or 0)}") from None
+    fd: int | None = None
+    try:
+        fd = open_netns(peer_netns)
+    except NetnsGone:
+        return False
     try:
         with _iproute() as ipr:
             idx = _lookup(ipr, host_name)

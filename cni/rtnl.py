@@ -1,0 +1,255 @@
+"""A minimal rtnetlink client on a plain ``AF_NETLINK`` socket: the few requests a pod's
+primary IPv4 veth needs, several sent in one ``send`` and acknowledged together.
+
+pyroute2's ``IPRoute`` costs about 0.3 ms to open and 0.4-1 ms per request here (it runs an
+event loop of its own and parses every answer into objects); the kernel answers the same
+request in tens of microseconds.  Setting up one pod took about ten pyroute2 requests on two
+``IPRoute`` objects; :func:`cni.netlink.setup_veth` uses this module for the common case (the
+primary interface, IPv4 only) and pyroute2 for the rest.
+
+A netlink socket belongs to the network namespace of the thread that created it, for its
+whole life: :func:`open_in` creates one from a thread inside a pod's namespace, and every
+request on it then acts in that namespace, from whatever thread sends it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agentkit.netns import run_in_netns
+
+NETLINK_ROUTE = 0
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+RTM_GETLINK = 18
+RTM_NEWADDR = 20
+RTM_NEWROUTE = 24
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLM_F_REPLACE = 0x100
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+IFF_UP = 0x1
+IFLA_ADDRESS = 1
+IFLA_IFNAME = 3
+IFLA_MTU = 4
+IFLA_LINKINFO = 18
+IFLA_NET_NS_FD = 28
+IFLA_INFO_KIND = 1
+IFLA_INFO_DATA = 2
+VETH_INFO_PEER = 1
+NLA_F_NESTED = 0x8000
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+RTA_DST = 1
+RTA_OIF = 4
+RTA_GATEWAY = 5
+RT_TABLE_MAIN = 254
+RTPROT_BOOT = 3
+RTN_UNICAST = 1
+RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_LINK = 253
+
+_NLMSGHDR = struct.Struct("=IHHII")      # len, type, flags, seq, pid
+_IFINFOMSG = struct.Struct("=BxHiII")    # family, type, index, flags, change
+_IFADDRMSG = struct.Struct("=BBBBI")     # family, prefixlen, flags, scope, index
+_RTMSG = struct.Struct("=BBBBBBBBI")     # family, dst_len, src_len, tos, table, proto, scope,
+#                                          type, flags
+_RTATTR = struct.Struct("=HH")           # len, type
+_ERRNO = struct.Struct("=i")
+RECV_SIZE = 65536
+
+
+class RtnlError(OSError):
+    """The kernel refused a request (``errno`` is its answer; ``what`` says which request)."""
+
+    def __init__(self, code: int, what: str) -> None:
+        super().__init__(code, f"{what}: {os.strerror(code)}")
+        self.what = what
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def attr(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute (header, payload, padding to 4 bytes)."""
+    size = _RTATTR.size + len(payload)
+    return _RTATTR.pack(size, kind) + payload + b"\0" * (_align(size) - size)
+
+
+def _name(name: str) -> bytes:
+    return name.encode() + b"\0"
+
+
+def _u32(value: int) -> bytes:
+    return struct.pack("=I", value)
+
+
+def _attrs(data: bytes, offset: int) -> dict[int, bytes]:
+    """The attributes from ``offset`` on, by type (the last of each type wins)."""
+    found: dict[int, bytes] = {}
+    while offset + _RTATTR.size <= len(data):
+        size, kind = _RTATTR.unpack_from(data, offset)
+        if size < _RTATTR.size:
+            break
+        found[kind & ~NLA_F_NESTED] = data[offset + _RTATTR.size:offset + size]
+        offset += _align(size)
+    return found
+
+
+@dataclass(frozen=True)
+class Request:
+    """One message to send: type, flags (REQUEST and ACK are added), body, and what it is
+    (for the error message)."""
+
+    kind: int
+    flags: int
+    body: bytes
+    what: str
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    flags: int
+    mac: str
+    kind: str | None  # IFLA_INFO_KIND ("veth"), None for a link without one
+
+
+class Rtnl:
+    """One rtnetlink socket (see the module docstring for its namespace)."""
+
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        self.sock = sock or socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        self.sock.bind((0, 0))
+        self._seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Rtnl:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def batch(self, requests: Sequence[Request]) -> list[bytes]:
+        """Send all ``requests`` at once; the answer payload of each (empty for an ACK).
+        RtnlError for the first one the kernel refused (all of them are still applied or
+        refused by the kernel, each on its own: netlink has no transactions)."""
+        seqs: dict[int, int] = {}
+        out = bytearray()
+        for i, r in enumerate(requests):
+            self._seq += 1
+            seqs[self._seq] = i
+            out += _NLMSGHDR.pack(_NLMSGHDR.size + len(r.body), r.kind,
+                                  r.flags | NLM_F_REQUEST | NLM_F_ACK, self._seq, 0)
+            out += r.body
+        self.sock.sendall(out)
+        answers: list[bytes] = [b""] * len(requests)
+        errors: dict[int, int] = {}
+        pending = set(seqs)
+        while pending:
+            data = self.sock.recv(RECV_SIZE)
+            offset = 0
+            while offset + _NLMSGHDR.size <= len(data):
+                size, kind, _, seq, _ = _NLMSGHDR.unpack_from(data, offset)
+                if size < _NLMSGHDR.size:
+                    break
+                payload = data[offset + _NLMSGHDR.size:offset + size]
+                offset += _align(size)
+                if seq not in seqs:
+                    continue
+                if kind == NLMSG_ERROR:
+                    code = -_ERRNO.unpack_from(payload)[0]
+                    if code:
+                        errors[seqs[seq]] = code
+                    pending.discard(seq)
+                elif kind != NLMSG_DONE:
+                    answers[seqs[seq]] = payload
+        for i in sorted(errors):
+            raise RtnlError(errors[i], requests[i].what)
+        return answers
+
+    # --- links ---------------------------------------------------------------------------
+
+    def get_link(self, name: str) -> Link | None:
+        """The link called ``name`` in the socket's namespace, None when there is none."""
+        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_IFNAME, _name(name))
+        try:
+            (answer,) = self.batch([Request(RTM_GETLINK, 0, body, f"get link {name}")])
+        except RtnlError as e:
+            if e.errno == errno.ENODEV:
+                return None
+            raise
+        _, _, index, flags, _ = _IFINFOMSG.unpack_from(answer)
+        attrs = _attrs(answer, _IFINFOMSG.size)
+        raw = attrs.get(IFLA_ADDRESS, b"")
+        kind = _attrs(attrs.get(IFLA_LINKINFO, b""), 0).get(IFLA_INFO_KIND)
+        return Link(index, flags, ":".join(f"{b:02x}" for b in raw),
+                    kind.rstrip(b"\0").decode() if kind is not None else None)
+
+    def delete_link(self, index: int, what: str) -> bool:
+        """Delete link ``index``; False when it is gone already."""
+        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0)
+        try:
+            self.batch([Request(RTM_DELLINK, 0, body, f"delete {what}")])
+        except RtnlError as e:
+            if e.errno == errno.ENODEV:
+                return False
+            raise
+        return True
+
+
+def new_veth(host: str, peer: str, peer_netns_fd: int, mtu: int, host_mac: str) -> Request:
+    """RTM_NEWLINK of a veth pair, both ends up: ``host`` here with ``host_mac``, ``peer`` in
+    the namespace of ``peer_netns_fd`` (created there, never moved); both with ``mtu``."""
+    up = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP)
+    peer_msg = up + attr(IFLA_IFNAME, _name(peer)) + attr(IFLA_MTU, _u32(mtu)) \
+        + attr(IFLA_NET_NS_FD, _u32(peer_netns_fd))
+    linkinfo = attr(IFLA_INFO_KIND, b"veth\0") + attr(
+        IFLA_INFO_DATA | NLA_F_NESTED, attr(VETH_INFO_PEER | NLA_F_NESTED, peer_msg))
+    body = up + attr(IFLA_IFNAME, _name(host)) + attr(IFLA_MTU, _u32(mtu)) \
+        + attr(IFLA_ADDRESS, bytes.fromhex(host_mac.replace(":", ""))) \
+        + attr(IFLA_LINKINFO | NLA_F_NESTED, linkinfo)
+    return Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body,
+                   f"create veth {host} with peer {peer}")
+
+
+def new_addr_v4(index: int, address: str) -> Request:
+    """RTM_NEWADDR ``address``/32 on link ``index``."""
+    raw = socket.inet_aton(address)
+    body = _IFADDRMSG.pack(socket.AF_INET, 32, 0, RT_SCOPE_UNIVERSE, index) \
+        + attr(IFA_LOCAL, raw) + attr(IFA_ADDRESS, raw)
+    return Request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, f"add address {address}/32")
+
+
+def new_route_v4(dst: str, dst_len: int, index: int, *, gateway: str | None = None,
+                 scope: int = RT_SCOPE_UNIVERSE, replace: bool = False) -> Request:
+    """RTM_NEWROUTE ``dst``/``dst_len`` out of link ``index`` (via ``gateway``), table main,
+    proto boot (what ``ip route add`` and pyroute2 make)."""
+    body = _RTMSG.pack(socket.AF_INET, dst_len, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope,
+                       RTN_UNICAST, 0)
+    if dst_len:
+        body += attr(RTA_DST, socket.inet_aton(dst))
+    if gateway is not None:
+        body += attr(RTA_GATEWAY, socket.inet_aton(gateway))
+    body += attr(RTA_OIF, _u32(index))
+    flags = NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
+    via = f" via {gateway}" if gateway else ""
+    return Request(RTM_NEWROUTE, flags, body, f"add route {dst}/{dst_len}{via}")
+
+
+def open_in(netns_path: str) -> Rtnl:
+    """An rtnetlink socket of the namespace at ``netns_path`` (created from a thread inside
+    it; see the module docstring)."""
+    return Rtnl(run_in_netns(netns_path, lambda: socket.socket(
+        socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)))

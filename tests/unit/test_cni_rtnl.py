@@ -1,0 +1,98 @@
+"""The rtnetlink messages cni/rtnl.py builds (their bytes, as the kernel parses them) and the
+way it reads answers; the requests against a real kernel are tests/integration/test_cni.py."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import cast
+
+import pytest
+
+from cni import rtnl
+
+
+def attrs_of(body: bytes, header: int) -> dict[int, bytes]:
+    return rtnl._attrs(body, header)
+
+
+def test_attributes_are_padded_to_four_bytes() -> None:
+    a = rtnl.attr(rtnl.IFLA_IFNAME, b"eth0\0")
+    assert len(a) == 12 and struct.unpack_from("=HH", a) == (9, rtnl.IFLA_IFNAME)
+    assert rtnl._attrs(a + rtnl.attr(rtnl.IFLA_MTU, struct.pack("=I", 1450)), 0) == {
+        rtnl.IFLA_IFNAME: b"eth0\0", rtnl.IFLA_MTU: struct.pack("=I", 1450)}
+
+
+def test_new_veth_names_both_ends_and_brings_them_up() -> None:
+    r = rtnl.new_veth("cali0123456789a", "eth0", 7, 1450, "ee:ee:ee:ee:ee:ee")
+    assert r.kind == rtnl.RTM_NEWLINK and r.flags & rtnl.NLM_F_EXCL
+    _, _, _, flags, change = struct.unpack_from("=BxHiII", r.body)
+    assert flags & rtnl.IFF_UP and change & rtnl.IFF_UP
+    top = attrs_of(r.body, 16)
+    assert top[rtnl.IFLA_IFNAME] == b"cali0123456789a\0"
+    assert top[rtnl.IFLA_ADDRESS] == b"\xee" * 6
+    assert struct.unpack("=I", top[rtnl.IFLA_MTU]) == (1450,)
+    info = attrs_of(top[rtnl.IFLA_LINKINFO], 0)
+    assert info[rtnl.IFLA_INFO_KIND] == b"veth\0"
+    peer = attrs_of(info[rtnl.IFLA_INFO_DATA], 0)[rtnl.VETH_INFO_PEER]
+    _, _, _, pflags, _ = struct.unpack_from("=BxHiII", peer)
+    assert pflags & rtnl.IFF_UP
+    pattrs = attrs_of(peer, 16)
+    assert pattrs[rtnl.IFLA_IFNAME] == b"eth0\0"
+    assert struct.unpack("=I", pattrs[rtnl.IFLA_NET_NS_FD]) == (7,)
+
+
+def test_routes_and_addresses() -> None:
+    default = rtnl.new_route_v4("0.0.0.0", 0, 3, gateway="169.254.1.1")
+    family, dst_len, _, _, table, proto, scope, kind, _ = struct.unpack_from(
+        "=BBBBBBBBI", default.body)
+    assert (family, dst_len, table, proto, scope, kind) == (
+        socket.AF_INET, 0, rtnl.RT_TABLE_MAIN, rtnl.RTPROT_BOOT, rtnl.RT_SCOPE_UNIVERSE,
+        rtnl.RTN_UNICAST)
+    a = attrs_of(default.body, 12)
+    assert rtnl.RTA_DST not in a and a[rtnl.RTA_GATEWAY] == socket.inet_aton("169.254.1.1")
+    assert struct.unpack("=I", a[rtnl.RTA_OIF]) == (3,)
+    host = rtnl.new_route_v4("10.0.0.5", 32, 9, scope=rtnl.RT_SCOPE_LINK, replace=True)
+    assert host.flags & rtnl.NLM_F_REPLACE and not host.flags & rtnl.NLM_F_EXCL
+    assert attrs_of(host.body, 12)[rtnl.RTA_DST] == socket.inet_aton("10.0.0.5")
+    addr = rtnl.new_addr_v4(3, "10.0.0.5")
+    assert struct.unpack_from("=BBBBI", addr.body) == (socket.AF_INET, 32, 0, 0, 3)
+    assert attrs_of(addr.body, 8)[rtnl.IFA_LOCAL] == socket.inet_aton("10.0.0.5")
+
+
+class FakeSocket:
+    """Answers every request of a batch with an ACK, or an error for the ones asked."""
+
+    def __init__(self, refuse: dict[int, int]) -> None:
+        self.refuse = refuse  # index in the batch -> errno
+        self.answer = b""
+
+    def bind(self, address: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def sendall(self, data: bytes) -> None:
+        offset, i, out = 0, 0, bytearray()
+        while offset < len(data):
+            size, _, _, seq, _ = struct.unpack_from("=IHHII", data, offset)
+            err = -self.refuse.get(i, 0)
+            payload = struct.pack("=i", err) + data[offset:offset + 16]
+            out += struct.pack("=IHHII", 16 + len(payload), rtnl.NLMSG_ERROR, 0, seq, 0)
+            out += payload
+            offset += (size + 3) & ~3
+            i += 1
+        self.answer = bytes(out)
+
+    def recv(self, size: int) -> bytes:
+        answer, self.answer = self.answer, b""
+        return answer
+
+
+def test_a_batch_reports_the_first_refused_request() -> None:
+    requests = [rtnl.new_addr_v4(3, f"10.0.0.{i}") for i in range(3)]
+    assert rtnl.Rtnl(cast(socket.socket, FakeSocket({}))).batch(requests) == [b"", b"", b""]
+    with pytest.raises(rtnl.RtnlError) as refused:
+        rtnl.Rtnl(cast(socket.socket, FakeSocket({1: 17, 2: 19}))).batch(requests)
+    assert refused.value.errno == 17 and "10.0.0.1/32" in str(refused.value)
