@@ -229,6 +229,8 @@ class _PodInfo:
     pools: list[IPPool] = field(default_factory=list)
     #: FelixConfigurations ``default`` and ``node.<node>`` by name (those that exist)
     felix: dict[str, FelixConfiguration] = field(default_factory=dict)
+    #: the IPReservations' networks (read with the rest, for the allocation)
+    reserved: list[Any] | None = None
 
     @property
     def service_account(self) -> str:
@@ -552,15 +554,16 @@ class CNIHandler:
         pod_c = self._optional(self.resources.get(_POD, str(env.pod_name), namespace)) \
             if env.is_k8s else asyncio.sleep(0, None)
         names = ("default", f"node.{self.node}")
-        pod, ns, node, pools, *felix = await asyncio.gather(
+        pod, ns, node, pools, reserved, *felix = await asyncio.gather(
             pod_c,
             self._optional(self.resources.get(_NAMESPACE, namespace)),
             self._optional(self.resources.get(_NODE, self.node)),
             self.ipam.pools(),
+            self.ipam.reserved_networks(),
             *(self._felix(n) for n in names),
         )
         configs = {n: c for n, c in zip(names, felix, strict=True) if c is not None}
-        return _PodInfo(namespace, env.pod_name, pod, ns, node, pools, configs)
+        return _PodInfo(namespace, env.pod_name, pod, ns, node, pools, configs, reserved)
 
     # --- ADD --------------------------------------------------------------------------------
 
@@ -574,6 +577,7 @@ class CNIHandler:
         host_name = self._host_name(env)
         wep_ns, wep_name = self._wep_ref(env)
 
+        has_handle = True  # unless read below: release whatever the handle holds
         if ipam_only:
             with info.step("reads"):
                 pod = await self._pod_info(env)
@@ -583,10 +587,11 @@ class CNIHandler:
                 return Result(ips=[IPConfig(_host_cidr(ip)) for ip in held], dns=dict(conf.dns))
         else:
             with info.step("reads"):
-                wep, link_exists, pod = await asyncio.gather(
+                wep, link_exists, pod, has_handle = await asyncio.gather(
                     self._get_wep(wep_ns, wep_name),
                     asyncio.to_thread(self.dataplane.netns_link_exists, env.netns, env.ifname),
-                    self._pod_info(env))
+                    self._pod_info(env),
+                    self.ipam.has_handle(handle))
             if wep is not None and wep.spec.containerID == env.container_id:
                 again = await self._repeat_add(env, conf, host_name, wep, pod)
                 if again is not None:
@@ -597,9 +602,12 @@ class CNIHandler:
             if link_exists:
                 raise CNIError(ERR_INVALID_ENV, "invalid CNI_IFNAME",
                                f"{env.ifname} already exists in {quote(env.netns)}")
-        # Whatever a crashed earlier attempt for this container left is not wanted any more.
-        with info.step("ipam"):
-            stale = await self.ipam.release_by_handle(handle)
+        # Whatever a crashed earlier attempt for this container left is not wanted any more
+        # (requests for one container are serialised: nobody made the handle since it was read)
+        stale: list[str] = []
+        if has_handle:
+            with info.step("ipam"):
+                stale = await self.ipam.release_by_handle(handle)
         if stale:
             log.warning("released addresses left by an earlier ADD",
                         extra=_fields(info, ip=",".join(stale)))
@@ -726,7 +734,7 @@ class CNIHandler:
                                f"create an IPPool, or check the nodeSelector / "
                                f"namespaceSelector / disabled of the pools (ipam."
                                f"{CNI_POOL_KEYS[version]}: {configured})")
-            ips += await self.ipam.auto_assign(handle, attrs, pools, 1)
+            ips += await self.ipam.auto_assign(handle, attrs, pools, 1, reserved=pod.reserved)
         if not ips:
             raise CNIError(ERR_INVALID_CONFIG, "no address family enabled",
                            "set ipam.assign_ipv4 and/or ipam.assign_ipv6 to \"true\"")

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from datastore.backend import KV, AlreadyExists, Conflict, KVStore, NotFound
+from datastore.backend import KV, AlreadyExists, Conflict, KVStore, NotFound, Write
 from datastore.kinds import by_plural
 from datastore.model_network import IPPool
 from datastore.resources import Resources
@@ -284,6 +284,19 @@ class IPAM:
 
     # --- handles --------------------------------------------------------------------------
 
+    @staticmethod
+    def _handle_doc(handle: str, blocks: Mapping[str, int]) -> dict[str, Any]:
+        """The handle document: how many addresses the handle holds in each block."""
+        return {"handle": handle, "blocks": dict(blocks)}
+
+    async def has_handle(self, handle: str) -> bool:
+        """Whether ``handle``'s document exists (it holds, or may hold, addresses)."""
+        try:
+            await self.store.get(keys.handle_key(handle))
+        except NotFound:
+            return False
+        return True
+
     async def _adjust_handle(self, handle: str, cidr: str, delta: int) -> None:
         """Add ``delta`` to the handle's address count in block ``cidr`` (CAS, retried);
         the document goes away when no block is left."""
@@ -291,7 +304,7 @@ class IPAM:
             return
         key = keys.handle_key(handle)
         if delta > 0 and await self.store.compare_and_swap(
-                key, {"handle": handle, "blocks": {cidr: delta}}, 0):
+                key, self._handle_doc(handle, {cidr: delta}), 0):
             return  # a new handle: the common case, one round trip
         for attempt in range(MAX_ATTEMPTS):
             kv: KV | None
@@ -305,7 +318,7 @@ class IPAM:
                 blocks[cidr] = n
             else:
                 blocks.pop(cidr, None)
-            doc = {"handle": handle, "blocks": blocks} if blocks else None
+            doc = self._handle_doc(handle, blocks) if blocks else None
             if kv is None and doc is None:
                 return
             if await self.store.compare_and_swap(key, doc, kv.mod_revision if kv else 0):
@@ -322,14 +335,29 @@ class IPAM:
         cidr = block.cidr
         key = keys.block_key(cidr)
         reserved_here = reserved_in(block.network, reserved) if reserved else set()
-        await self._adjust_handle(handle, cidr, count)  # handle first, as in Calico
+        if self._usable(block, affine_only):
+            # The common case in one transaction: a new handle document and the block, both
+            # written only if the handle does not exist and the block is unchanged.
+            new = block.copy()
+            ips = new.assign(count, attrs, reserved_here)
+            if not ips:
+                return []
+            revision = await self.store.commit([
+                Write(keys.handle_key(handle), self._handle_doc(handle, {cidr: len(ips)}), 0),
+                Write(key, new.to_dict(), block.revision)])
+            if revision is not None:
+                new.revision = revision
+                self._remember(new)
+                return ips
+            # the handle exists (it holds addresses elsewhere) or the block changed: the
+            # general path below (handle first, as in Calico; the block by CAS, re-read)
+        await self._adjust_handle(handle, cidr, count)
         got: list[str] = []
         in_doubt = False  # a block write whose outcome etcd did not tell: it may have happened
         try:
             current: Block | None = block
             for attempt in range(MAX_ATTEMPTS):
-                if current is None or (affine_only and current.affinity != self.affinity) or (
-                        current.strict_affinity and current.affinity != self.affinity):
+                if current is None or not self._usable(current, affine_only):
                     return got  # gone, or no longer ours to use
                 new = current.copy()
                 ips = new.assign(count, attrs, reserved_here)
@@ -357,6 +385,11 @@ class IPAM:
             # the release by handle that follows the failed ADD finds them
             if len(got) < count and not in_doubt:
                 await self._adjust_handle(handle, cidr, len(got) - count)
+
+    def _usable(self, block: Block, affine_only: bool) -> bool:
+        """Whether this node may allocate in ``block`` (its own, or borrowing allowed)."""
+        mine = block.affinity == self.affinity
+        return mine or not (affine_only or block.strict_affinity)
 
     async def _from_affine(self, handle: str, attrs: Mapping[str, Any],
                            pool_nets: Sequence[IPNetwork], need: int,
@@ -447,11 +480,13 @@ class IPAM:
         return out
 
     async def auto_assign(self, handle: str, attrs: Mapping[str, Any], pools: Sequence[IPPool],
-                          num: int = 1) -> list[str]:
+                          num: int = 1,
+                          reserved: Sequence[IPNetwork] | None = None) -> list[str]:
         """Allocate ``num`` addresses for ``handle`` from ``pools`` (in order of preference):
         from this node's blocks, else by claiming a new block, else (unless strictAffinity)
         by borrowing from any block of the pools.  All or nothing: :class:`IPAMExhausted`
-        when there is not enough room."""
+        when there is not enough room.  ``reserved``: the IPReservations' networks when the
+        caller has just read them (:meth:`reserved_networks`), else they are read here."""
         if num < 1:
             raise ValueError(f"num must be at least 1, got {num}")
         attrs = self._attrs(handle, attrs)
@@ -460,7 +495,8 @@ class IPAM:
         if not usable:
             raise IPAMExhausted(f"no enabled IP pool to allocate from (pools: {names})")
         pool_nets = [p.network for p in usable]
-        reserved = await self.reserved_networks()
+        if reserved is None:
+            reserved = await self.reserved_networks()
         got: list[str] = []
         try:
             for _ in range(MAX_ROUNDS):

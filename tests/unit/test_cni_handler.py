@@ -216,6 +216,17 @@ async def test_requests_time_their_steps(node: Node) -> None:
     assert {"parse", "reads", "veth", "wep", "ipam"} <= set(delete.steps) <= set(STEPS)
 
 
+async def test_add_releases_what_an_earlier_attempt_left(node: Node) -> None:
+    """A handle left by a crashed ADD of the same container is released before allocating
+    (the ADD reads whether it exists with the rest and releases only then)."""
+    pod = node.pod()
+    ipam = IPAM(node.store, NODE)
+    [pool] = await ipam.pools()
+    left = await ipam.auto_assign(handle_id(pod.cid), {"node": NODE}, [pool])
+    assert (await node.run("ADD", pod))["ok"]
+    assert left and await node.allocated() == {handle_id(pod.cid): [pod.ip]}
+
+
 async def test_repeated_add_returns_the_same_result(node: Node) -> None:
     pod = node.pod()
     first = await node.run("ADD", pod)

@@ -5,12 +5,12 @@ in processes and connections, is tests/integration/test_ipam.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
-from datastore.backend import KV, KVStore, NotFound, Unavailable
+from datastore.backend import KV, KVStore, NotFound, Unavailable, Write
 from datastore.keys import resource_key
 from datastore.memory import MemoryStore
 from datastore.model_network import IPPool
@@ -242,6 +242,12 @@ class LosesBlockAnswers(MemoryStore):
         kv = await super().update(key, value, revision)
         self._lost(key)
         return kv
+
+    async def commit(self, writes: Sequence[Write]) -> int | None:
+        revision = await super().commit(writes)
+        for w in writes:  # a transaction with a block write: its answer is lost too
+            self._lost(w.key)
+        return revision
 
 
 async def test_a_block_write_in_doubt_stays_covered_by_its_handle() -> None:
