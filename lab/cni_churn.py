@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from agentkit.netns import setns
 from lab import netns
 from lab.cluster import Lab, LabState, NodeState
 
@@ -65,8 +66,12 @@ class PodChurn:
     Pod namespaces are named ``tl-<lab>-p-<tag><random>`` (``lab down`` removes them in any
     case); pods are in Kubernetes namespace ``namespace``."""
 
-    def __init__(self, lab: Lab, *, tag: str = "c", namespace: str = "chaos") -> None:
+    def __init__(self, lab: Lab, *, tag: str = "c", namespace: str = "chaos",
+                 direct: bool = False) -> None:
         self.lab = lab
+        #: the calling threads are in the node's namespace already (a runtime on the node,
+        #: see :func:`join_node`): the plugin is executed directly, not by ``ip netns exec``
+        self.direct = direct
         self.st: LabState = lab.load()
         self.exe = str(lab.bin_dir / "tortie")
         self.prefix = f"tl-{lab.name}-p-{tag}"
@@ -105,8 +110,13 @@ class PodChurn:
         }
         started = time.monotonic()
         try:
-            p = netns.exec_in(node.netns, [self.exe], env=env, input=json.dumps(conf),
-                              capture=True, timeout=CNI_TIMEOUT)
+            if self.direct:
+                env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
+                p = subprocess.run([self.exe], env=env, input=json.dumps(conf), text=True,
+                                   capture_output=True, timeout=CNI_TIMEOUT, check=False)
+            else:
+                p = netns.exec_in(node.netns, [self.exe], env=env, input=json.dumps(conf),
+                                  capture=True, timeout=CNI_TIMEOUT)
             rc, out, err = p.returncode, p.stdout, p.stderr
         except subprocess.TimeoutExpired:
             rc, out, err = -1, "", f"no answer within {CNI_TIMEOUT:g} s"
@@ -124,9 +134,10 @@ class PodChurn:
             self.ops.append(op)
         return op
 
-    def add(self, experiment: str, node: str) -> tuple[Pod, Op]:
-        """ADD a new pod; a failed ADD is queued for DEL, as a runtime does."""
-        pod = self.new_pod(node)
+    def add(self, experiment: str, node: str, pod: Pod | None = None) -> tuple[Pod, Op]:
+        """ADD a new pod (``pod``: one :meth:`new_pod` made beforehand); a failed ADD is
+        queued for DEL, as a runtime does."""
+        pod = pod or self.new_pod(node)
         op = self.cni(experiment, "ADD", pod)
         if op.code == 0:
             pod.ip = op.ip
@@ -141,13 +152,14 @@ class PodChurn:
                 self._pending_del.append((experiment, pod))
         return pod, op
 
-    def delete(self, experiment: str, pod: Pod) -> Op:
-        """DEL a pod (it stops running first: the runtime tore its containers down)."""
+    def delete(self, experiment: str, pod: Pod, remove_netns: bool = True) -> Op:
+        """DEL a pod (it stops running first: the runtime tore its containers down); its
+        namespace goes after a successful DEL unless ``remove_netns`` is False."""
         with self._lock:
             if pod.ip and self.running.get(pod.ip) == pod.name:
                 del self.running[pod.ip]
         op = self.cni(experiment, "DEL", pod)
-        if op.code == 0:
+        if op.code == 0 and remove_netns:
             netns.del_netns(pod.netns)
         else:
             with self._lock:
@@ -181,3 +193,9 @@ class PodChurn:
         kinds = {k: len(re.findall(rf"^\s+{k}:", text, re.M))
                  for k in ("leaked", "missing", "orphan block", "dangling handle")}
         return {"clean": p.returncode == 0, **kinds, "output": text.strip()}
+
+
+def join_node(node: NodeState) -> None:
+    """Move the calling thread into the node's network namespace, where a runtime on that
+    node runs the plugin (for :class:`PodChurn` with ``direct=True``)."""
+    setns(netns.netns_path(node.netns))

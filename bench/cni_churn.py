@@ -1,0 +1,112 @@
+"""Pod churn on one node: concurrent runtimes ADD and then DEL their pods.
+
+    sudo .venv/bin/python bench/cni_churn.py [--runtimes 8] [--pods 100]
+
+Brings up a one-node lab (tortie-node with all its agents, a real etcd), then ``--runtimes``
+threads, each a runtime on the node (its thread in the node's network namespace, the plugin
+executed directly as containerd does), ADD ``--pods`` pods one after the other and then DEL
+them.  The pods' namespaces are made before and removed after the timed part.
+
+Prints pods/s (pods ADDed and DELeted over the wall-clock time of the whole churn), ADD and
+DEL latency (median / p99), failures by CNI code, duplicates (an address answered while
+another pod of the churn holds it) and ``tortie ipam check``.  Exit status 0 when there are
+no failures and no duplicates, the check is clean, and pods/s reaches ``--target``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import secrets
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lab import netns
+from lab.cluster import Lab
+from lab.cni_churn import Op, Pod, PodChurn, join_node, log
+
+
+def p99(values: list[float]) -> float:
+    if len(values) < 2:
+        return values[0] if values else 0.0
+    return statistics.quantiles(values, n=100, method="inclusive")[98]
+
+
+def runtime(churn: PodChurn, pods: list[Pod], errors: list[BaseException]) -> None:
+    try:
+        join_node(churn.node(pods[0].node))
+        for pod in pods:
+            churn.add("churn", pod.node, pod)
+        for pod in pods:
+            churn.delete("churn", pod, remove_netns=False)
+    except BaseException as e:  # reported by the main thread
+        errors.append(e)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runtimes", type=int, default=8)
+    ap.add_argument("--pods", type=int, default=100, help="pods per runtime")
+    ap.add_argument("--target", type=float, default=50.0, help="pods/s to reach")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("cni_churn.py needs root (namespaces, the lab)", file=sys.stderr)
+        return 2
+    name = f"ch{secrets.token_hex(3)}"
+    lab = Lab(name, progress=lambda m: log(f"lab: {m}"))
+    try:
+        lab.up(1)
+        churn = PodChurn(lab, tag="k", namespace="churn", direct=True)
+        log(f"making {args.runtimes * args.pods} pod namespaces")
+        per_runtime = [[churn.new_pod("node1") for _ in range(args.pods)]
+                       for _ in range(args.runtimes)]
+        errors: list[BaseException] = []
+        threads = [threading.Thread(target=runtime, args=(churn, pods, errors))
+                   for pods in per_runtime]
+        log(f"{args.runtimes} runtimes x {args.pods} pods: ADD then DEL")
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.monotonic() - start
+        churn.retry_dels(time.monotonic() + 30)
+        check = churn.ipam_check()
+        for pods in per_runtime:
+            for pod in pods:
+                netns.del_netns(pod.netns)
+    finally:
+        lab.down()
+    if errors:
+        print(f"runtime thread failed: {errors[0]!r}", file=sys.stderr)
+        return 1
+    ops: list[Op] = churn.ops
+    total = args.runtimes * args.pods
+    rate = total / wall
+    codes = collections.Counter((o.command, o.code) for o in ops if o.code != 0)
+    print(f"\nCNI churn: {args.runtimes} runtimes x {args.pods} pods on one node, "
+          f"ADD then DEL")
+    print(f"  wall {wall:.1f} s, {rate:.1f} pods/s (target {args.target:g})")
+    for command in ("ADD", "DEL"):
+        ms = [o.seconds * 1000 for o in ops if o.command == command and o.code == 0]
+        if ms:
+            print(f"  {command}: {len(ms)} ok, median {statistics.median(ms):.1f} ms, "
+                  f"p99 {p99(ms):.1f} ms")
+    print(f"  failures by code: {dict(codes) or 'none'}")
+    print(f"  duplicates: {len(churn.duplicates)}")
+    print(f"  ipam check: {'clean' if check['clean'] else check['output']}")
+    if churn.unfinished:
+        print(f"  DELs never acknowledged: {len(churn.unfinished)}")
+    ok = (not codes and not churn.duplicates and check["clean"] and not churn.unfinished
+          and rate >= args.target)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
