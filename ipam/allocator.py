@@ -655,6 +655,10 @@ class IPAM:
                 kv = await self.store.get(key)
             except NotFound:
                 return released
+            if not released:
+                fast = await self._release_handle_at_once(handle, kv)
+                if fast is not None:
+                    return fast
             for cidr in sorted(kv.value.get("blocks") or {}):
                 released += await self._release_in_block(
                     cidr, lambda b: b.release_handle(handle), count_handles=False) or []
@@ -666,6 +670,30 @@ class IPAM:
             except Conflict:  # the handle got an address meanwhile: release that too
                 await _backoff(attempt)
         raise IPAMContention(f"handle {handle} is being modified concurrently; retry")
+
+    async def _release_handle_at_once(self, handle: str, kv: KV) -> list[str] | None:
+        """The common case of :meth:`release_by_handle` in one transaction: the handle holds
+        addresses in one block of this node's (cached): that block without them and the
+        handle document go together, if neither changed.  None when that does not apply or
+        the transaction found a change (nothing was written): the general path follows."""
+        cidrs = list(kv.value.get("blocks") or {})
+        cached = self._affine.get(cidrs[0]) if len(cidrs) == 1 else None
+        if cached is None:
+            return None
+        new = cached.copy()
+        released = new.release_handle(handle)
+        if not released:
+            return None
+        revision = await self.store.commit([
+            Write(keys.block_key(cached.cidr), new.to_dict(), cached.revision),
+            Write(keys.handle_key(handle), None, kv.mod_revision)])
+        if revision is None:
+            return None
+        new.revision = revision
+        self._remember(new)
+        if new.is_empty and new.affinity in (None, self.affinity):
+            await self._delete_empty(new)
+        return released
 
     async def release_ips(self, ips: Iterable[str | IPAddress],
                           node: str | None = None) -> list[str]:
