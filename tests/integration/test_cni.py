@@ -565,9 +565,13 @@ def test_launchers_are_installed_executables(node_env: NodeEnv) -> None:
         path = node_env.bin_dir / name
         assert os.access(path, os.X_OK)
         text = path.read_text()
-        assert text.startswith("#!/bin/sh\nexec ")
-        assert " -I -S " in text and str(launcher.PLUGIN) in text
+        assert text.startswith(f"#!{os.path.realpath(sys.executable)} -IS\n")
+        assert repr(str(launcher.PLUGIN.parent)) in text and "from plugin import main" in text
     assert "--ipam" in (node_env.bin_dir / "tortie-ipam").read_text()
+    # an interpreter whose path a #! line cannot hold: a shell launcher
+    text = launcher.launcher_text("/opt/my python/bin/python3")
+    assert text.startswith("#!/bin/sh\nexec ") and " -I -S " in text
+    assert str(launcher.PLUGIN) in text
 
 
 def test_plugin_imports_only_the_standard_library(node_env: NodeEnv) -> None:
