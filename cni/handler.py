@@ -103,7 +103,7 @@ from cni.spec import (
     version_at_least,
     version_info,
 )
-from datastore.backend import DatastoreError, KVStore, NotFound, Unavailable
+from datastore.backend import KV, DatastoreError, KVStore, NotFound, Unavailable
 from datastore.kinds import by_plural
 from datastore.labels import validate_dns1123_subdomain
 from datastore.model_base import ResourceInvalid
@@ -534,43 +534,55 @@ class CNIHandler:
             underlay = await self.detect_underlay(None)
         return pod_mtu(underlay, encaps_in_use(pod.pools), felix_overrides(pod.felix, self.node))
 
-    async def _felix(self, name: str) -> FelixConfiguration | None:
-        """The FelixConfiguration ``name``; None when it is missing or does not parse (a bad
-        document never fails a pod)."""
-        try:
-            cfg: FelixConfiguration = await self.resources.get(_FELIX, name)
-        except NotFound:
+    @staticmethod
+    def _felix(name: str, kv: KV | None) -> FelixConfiguration | None:
+        """The FelixConfiguration ``name`` (read as ``kv``); None when it is missing or does
+        not parse (a bad document never fails a pod; a missing ``default`` is the implicit
+        one, which sets no MTU)."""
+        if kv is None:
             return None
+        try:
+            cfg: FelixConfiguration = Resources.parse(_FELIX, kv)
         except (ResourceInvalid, ValueError) as e:
             log.warning("ignoring a FelixConfiguration that does not parse",
                         extra={"fields": {"name": name, "error": str(e)[:300]}})
             return None
         return cfg
 
-    async def _pod_info(self, env: CNIEnv) -> _PodInfo:
-        """Pod, Namespace, this Node, the pools and the FelixConfigurations, read
-        concurrently."""
+    async def _pod_info(self, env: CNIEnv, wep_ref: tuple[str, str] | None = None
+                        ) -> tuple[_PodInfo, WorkloadEndpoint | None]:
+        """Pod, Namespace, this Node, the FelixConfigurations (and the endpoint ``wep_ref``
+        when given) read from etcd in one transaction, at one revision; the pools and the
+        IPReservations beside it.  Every ADD reads them afresh (linearizable reads, no
+        cache): an annotation changed just before is always seen."""
         namespace = env.pod_namespace or "default"
-        pod_c = self._optional(self.resources.get(_POD, str(env.pod_name), namespace)) \
-            if env.is_k8s else asyncio.sleep(0, None)
         names = ("default", f"node.{self.node}")
-        pod, ns, node, pools, reserved, *felix = await asyncio.gather(
-            pod_c,
-            self._optional(self.resources.get(_NAMESPACE, namespace)),
-            self._optional(self.resources.get(_NODE, self.node)),
-            self.ipam.pools(),
-            self.ipam.reserved_networks(),
-            *(self._felix(n) for n in names),
-        )
-        configs = {n: c for n, c in zip(names, felix, strict=True) if c is not None}
-        return _PodInfo(namespace, env.pod_name, pod, ns, node, pools, configs, reserved)
+        refs: list[tuple[Any, str, str | None]] = [
+            (_NAMESPACE, namespace, None), (_NODE, self.node, None),
+            *((_FELIX, n, None) for n in names)]
+        if env.is_k8s:
+            refs.append((_POD, str(env.pod_name), namespace))
+        if wep_ref is not None:
+            refs.append((_WEP, wep_ref[1], wep_ref[0]))
+        kvs, pools, reserved = await asyncio.gather(
+            self.resources.get_many(refs), self.ipam.pools(), self.ipam.reserved_networks())
+        found = dict(zip(((r[0].plural, r[1]) for r in refs), kvs, strict=True))
+
+        def model(kind: Any, name: str) -> Any:
+            kv = found.get((kind.plural, name))
+            return None if kv is None else Resources.parse(kind, kv)
+
+        configs = {n: c for n in names if (c := self._felix(n, found[(_FELIX.plural, n)]))}
+        info = _PodInfo(namespace, env.pod_name,
+                        model(_POD, str(env.pod_name)) if env.is_k8s else None,
+                        model(_NAMESPACE, namespace), model(_NODE, self.node), pools,
+                        configs, reserved)
+        return info, model(_WEP, wep_ref[1]) if wep_ref is not None else None
 
     # --- ADD --------------------------------------------------------------------------------
 
     async def _add(self, env: CNIEnv, conf: NetConf, ipam_only: bool,
                    info: RequestInfo) -> Result:
-        with info.step("reads"):
-            await self._sandbox(env)
         if not ipam_only:
             self._check_names(env)
         handle = handle_id(env.container_id, env.ifname)
@@ -580,18 +592,26 @@ class CNIHandler:
         has_handle = True  # unless read below: release whatever the handle holds
         if ipam_only:
             with info.step("reads"):
-                pod = await self._pod_info(env)
+                await self._sandbox(env)
+                pod, _ = await self._pod_info(env)
                 held = await self.ipam.ips_by_handle(handle)
             if held:  # ADD again: the same addresses
                 info.ips = held
                 return Result(ips=[IPConfig(_host_cidr(ip)) for ip in held], dns=dict(conf.dns))
         else:
             with info.step("reads"):
-                wep, link_exists, pod, has_handle = await asyncio.gather(
-                    self._get_wep(wep_ns, wep_name),
+                # all at once; an invalid CNI_NETNS is reported before anything else fails
+                sandbox, link, read, handle_read = await asyncio.gather(
+                    self._sandbox(env),
                     asyncio.to_thread(self.dataplane.netns_link_exists, env.netns, env.ifname),
-                    self._pod_info(env),
-                    self.ipam.has_handle(handle))
+                    self._pod_info(env, (wep_ns, wep_name)),
+                    self.ipam.has_handle(handle), return_exceptions=True)
+                for outcome in (sandbox, link, read, handle_read):
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                assert not isinstance(read, BaseException)
+                pod, wep = read
+                link_exists, has_handle = link is True, handle_read is True
             if wep is not None and wep.spec.containerID == env.container_id:
                 again = await self._repeat_add(env, conf, host_name, wep, pod)
                 if again is not None:
@@ -800,10 +820,17 @@ class CNIHandler:
             with info.step("ipam"):
                 released = await self.ipam.release_by_handle(handle)
         else:
+            wep_ns, wep_name = self._wep_ref(env)
             with info.step("reads"):
-                netns = await self._sandbox(env, may_be_gone=True)
-                wep_ns, wep_name = self._wep_ref(env)
-                wep = await self._get_wep(wep_ns, wep_name)
+                checked, read = await asyncio.gather(
+                    self._sandbox(env, may_be_gone=True), self._get_wep(wep_ns, wep_name),
+                    return_exceptions=True)
+                for outcome in (checked, read):  # an invalid CNI_NETNS first
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                assert not isinstance(checked, BaseException)
+                assert not isinstance(read, BaseException)
+                netns, wep = checked, read
             ours = wep is None or wep.spec.containerID in (None, "", env.container_id)
             recorded = self._recorded_host_name(wep) if wep is not None and ours else None
             if not ours:

@@ -423,6 +423,20 @@ class Resources:
         obj, _ = await self._get_or_implicit(info, name, namespace)
         return obj
 
+    async def get_many(self, refs: Sequence[tuple[KindInfo, str, str | None]]
+                       ) -> list[KV | None]:
+        """The stored documents of several resources (kind, name, namespace), read at one
+        revision in one transaction; None for one that does not exist.  Turn one into its
+        model with :meth:`parse` (which applies no implicit default)."""
+        found = await self.store.get_many([self.key(*ref) for ref in refs])
+        return [found.get(self.key(*ref)) for ref in refs]
+
+    @classmethod
+    def parse(cls, info: KindInfo, kv: KV) -> Any:
+        """The model of a stored document (ResourceInvalid / ValueError when it is not
+        one)."""
+        return cls._from_kv(info, kv)
+
     async def list(self, info: KindInfo, namespace: str | None = None) -> list[Any]:
         """All resources of a kind; namespaced kinds: one namespace, or all when None."""
         ns = namespace if info.namespaced else None
