@@ -18,7 +18,12 @@
   ``spec.orchRefs`` names the k8s node;
 * serves the CNI socket (mode 0600; a stale socket file is replaced, a live one is an
   error): one JSON request line per connection, answered by :class:`cni.handler.CNIHandler`;
-  requests run concurrently, serialised per pod;
+  requests run concurrently, serialised per pod; where each request's time went is
+  measured per step (:data:`cni.handler.STEPS`): the histogram
+  ``tortie_cni_step_duration_seconds{command,step}``, ``<step>_ms`` fields on the request's
+  log line at ``--log-level debug``, and a ``timings`` object beside the answer when the
+  request asks for it (``"profile": true``, sent by the plugin run with
+  ``TORTIE_CNI_PROFILE`` set; the plugin writes it to stderr, never into the CNI result);
 * serves ``/metrics`` (Prometheus text), ``/healthz`` (a report), ``/liveness`` and
   ``/readiness`` (200 or 503 with a JSON body, see agentkit/health.py) on
   ``--metrics-address`` (default ``127.0.0.1:9099``; port 0 picks a free port, which is
