@@ -3,11 +3,11 @@
 ``tortie`` is a Python script whose ``#!`` line runs the interpreter with ``-IS`` (isolated,
 no ``site``: start-up near 10 ms instead of ~80 ms with site-packages); it imports
 ``cni/plugin.py`` as the module ``plugin`` (from the end of ``sys.path``, after the standard
-library) and calls its ``main``.  Imported, the client runs from its cached bytecode
-(``__pycache__``); run as a script it would be compiled on every start.  No shell runs in
-between.  ``tortie-ipam`` is the same with ``--ipam``.  When the interpreter's path cannot
-stand in a ``#!`` line (white space, too long) the launcher is a shell script instead:
-``exec <python3> -I -S <repo>/cni/plugin.py "$@"``.  Usage::
+library) and calls its ``run`` (``main``, then an immediate exit).  Imported, the client
+runs from its cached bytecode (``__pycache__``); run as a script it would be compiled on
+every start.  No shell runs in between.  ``tortie-ipam`` is the same with ``--ipam``.
+When the interpreter's path cannot stand in a ``#!`` line (white space, too long) the
+launcher is a shell script instead: ``exec <python3> -I -S <repo>/cni/plugin.py "$@"``.  Usage::
 
     python -m cni.launcher /opt/cni/bin [--python /usr/bin/python3]
 """
@@ -38,8 +38,8 @@ def launcher_text(python: str, plugin: Path = PLUGIN, extra: tuple[str, ...] = (
             f"# the tortie CNI executable (cni/launcher.py): {plugin} imported, not compiled\n"
             "import sys\n"
             f"sys.path.append({str(plugin.parent)!r})\n"
-            f"from {plugin.stem} import main\n"
-            f"sys.exit(main([sys.argv[0], *{list(extra)!r}, *sys.argv[1:]]))\n")
+            f"from {plugin.stem} import run\n"
+            f"run([sys.argv[0], *{list(extra)!r}, *sys.argv[1:]])\n")
 
 
 def install(bin_dir: str | Path, python: str | None = None,

@@ -301,6 +301,16 @@ def main(argv: list[str]) -> int:
     return 1
 
 
+def run(argv: list[str]) -> None:
+    """:func:`main`, then exit at once (what the launcher calls): the answer is flushed and
+    nothing is left to clean up, so the interpreter's own tear-down (module clean-up,
+    garbage collection) is skipped."""
+    code = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _main(argv: list[str]) -> int:
     mode = "ipam" if argv[1:2] == ["--ipam"] else "tortie"
     command = os.environ.get("CNI_COMMAND", "")

@@ -566,7 +566,7 @@ def test_launchers_are_installed_executables(node_env: NodeEnv) -> None:
         assert os.access(path, os.X_OK)
         text = path.read_text()
         assert text.startswith(f"#!{os.path.realpath(sys.executable)} -IS\n")
-        assert repr(str(launcher.PLUGIN.parent)) in text and "from plugin import main" in text
+        assert repr(str(launcher.PLUGIN.parent)) in text and "from plugin import run" in text
     assert "--ipam" in (node_env.bin_dir / "tortie-ipam").read_text()
     # an interpreter whose path a #! line cannot hold: a shell launcher
     text = launcher.launcher_text("/opt/my python/bin/python3")
