@@ -215,11 +215,12 @@ def new_veth(host: str, peer: str, peer_netns_fd: int, mtu: int, host_mac: str) 
     up = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP)
     peer_msg = up + attr(IFLA_IFNAME, _name(peer)) + attr(IFLA_MTU, _u32(mtu)) \
         + attr(IFLA_NET_NS_FD, _u32(peer_netns_fd))
+    # nested without NLA_F_NESTED, as iproute2 sends them (``ip link add ... type veth``)
     linkinfo = attr(IFLA_INFO_KIND, b"veth\0") + attr(
-        IFLA_INFO_DATA | NLA_F_NESTED, attr(VETH_INFO_PEER | NLA_F_NESTED, peer_msg))
+        IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer_msg))
     body = up + attr(IFLA_IFNAME, _name(host)) + attr(IFLA_MTU, _u32(mtu)) \
         + attr(IFLA_ADDRESS, bytes.fromhex(host_mac.replace(":", ""))) \
-        + attr(IFLA_LINKINFO | NLA_F_NESTED, linkinfo)
+        + attr(IFLA_LINKINFO, linkinfo)
     return Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body,
                    f"create veth {host} with peer {peer}")
 
