@@ -79,3 +79,18 @@ async def test_implicit_default_kube_controllers_configuration(store: KVStore) -
     assert [k.name for k in await res.list(kcc)] == ["default"]
     with pytest.raises(NotFound):
         await res.get(kcc, "other")
+
+
+async def test_get_many_reads_several_kinds_at_once(store: KVStore) -> None:
+    """get_many: the stored documents (None for a missing one, no implicit default), each
+    turned into its model by parse with its resourceVersion."""
+    res = Resources(store)
+    await res.create(GNP, gnp("a", 1))
+    felix = by_cli_name("felixconfiguration")
+    kvs = await res.get_many([(GNP, "a", None), (GNP, "missing", None),
+                              (felix, "default", None)])
+    assert kvs[1] is None and kvs[2] is None  # the implicit default is not a document
+    assert kvs[0] is not None
+    parsed = Resources.parse(GNP, kvs[0])
+    assert parsed.name == "a" and parsed.spec.order == 1
+    assert parsed.metadata.resourceVersion == str(kvs[0].mod_revision)
