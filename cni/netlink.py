@@ -384,10 +384,10 @@ def setup_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str]
 
 def _setup_primary_v4(host_name: str, netns_path: str, netns_fd: int, ifname: str,
                       addresses: list[str], mtu: int) -> tuple[int, str] | None:
-    """:func:`setup_veth` for the primary interface with IPv4 addresses only, in four
-    netlink exchanges (:mod:`cni.rtnl`): the veth with both ends up; the host end's index;
-    the pod end's index and MAC; its addresses and routes in one batch (the host route
-    after).  None, having made nothing, when a link of one of the names exists (the general
+    """:func:`setup_veth` for the primary interface with IPv4 addresses only, in five
+    netlink exchanges (:mod:`cni.rtnl`): the veth, its host end up; the host end's index;
+    the pod end's index and MAC; the pod end up, its addresses and routes in one batch; the
+    host route.  None, having made nothing, when a link of one of the names exists (the general
     path replaces a stale host veth, or names the conflict)."""
     with rtnl.Rtnl() as host:
         try:
@@ -407,6 +407,7 @@ def _setup_primary_v4(host_name: str, netns_path: str, netns_fd: int, ifname: st
                 if peer is None:
                     raise NetlinkFailure(f"{ifname} did not appear in the pod's namespace")
                 pod.batch([
+                    rtnl.set_up(peer.index, ifname),
                     *(rtnl.new_addr_v4(peer.index, a) for a in addresses),
                     rtnl.new_route_v4(GATEWAY_V4, 32, peer.index, scope=RT_SCOPE_LINK),
                     rtnl.new_route_v4("0.0.0.0", 0, peer.index, gateway=GATEWAY_V4),

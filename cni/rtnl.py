@@ -27,6 +27,7 @@ NETLINK_ROUTE = 0
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
 RTM_GETLINK = 18
+RTM_SETLINK = 19
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
 NLMSG_ERROR = 2
@@ -153,7 +154,7 @@ class Rtnl:
             out += _NLMSGHDR.pack(_NLMSGHDR.size + len(r.body), r.kind,
                                   r.flags | NLM_F_REQUEST | NLM_F_ACK, self._seq, 0)
             out += r.body
-        self.sock.sendall(out)
+        self.sock.sendto(bytes(out), (0, 0))  # to the kernel
         answers: list[bytes] = [b""] * len(requests)
         errors: dict[int, int] = {}
         pending = set(seqs)
@@ -210,10 +211,12 @@ class Rtnl:
 
 
 def new_veth(host: str, peer: str, peer_netns_fd: int, mtu: int, host_mac: str) -> Request:
-    """RTM_NEWLINK of a veth pair, both ends up: ``host`` here with ``host_mac``, ``peer`` in
-    the namespace of ``peer_netns_fd`` (created there, never moved); both with ``mtu``."""
+    """RTM_NEWLINK of a veth pair: ``host`` here with ``host_mac``, up; ``peer`` in the
+    namespace of ``peer_netns_fd`` (created there, never moved), down (the kernel cannot open
+    it before its pair exists: ENOTCONN; see :func:`set_up`); both with ``mtu``."""
     up = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP)
-    peer_msg = up + attr(IFLA_IFNAME, _name(peer)) + attr(IFLA_MTU, _u32(mtu)) \
+    down = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    peer_msg = down + attr(IFLA_IFNAME, _name(peer)) + attr(IFLA_MTU, _u32(mtu)) \
         + attr(IFLA_NET_NS_FD, _u32(peer_netns_fd))
     # nested without NLA_F_NESTED, as iproute2 sends them (``ip link add ... type veth``)
     linkinfo = attr(IFLA_INFO_KIND, b"veth\0") + attr(
@@ -223,6 +226,12 @@ def new_veth(host: str, peer: str, peer_netns_fd: int, mtu: int, host_mac: str) 
         + attr(IFLA_LINKINFO, linkinfo)
     return Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body,
                    f"create veth {host} with peer {peer}")
+
+
+def set_up(index: int, name: str) -> Request:
+    """RTM_SETLINK: link ``index`` up."""
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP)
+    return Request(RTM_SETLINK, 0, body, f"set {name} up")
 
 
 def new_addr_v4(index: int, address: str) -> Request:

@@ -23,7 +23,7 @@ def test_attributes_are_padded_to_four_bytes() -> None:
         rtnl.IFLA_IFNAME: b"eth0\0", rtnl.IFLA_MTU: struct.pack("=I", 1450)}
 
 
-def test_new_veth_names_both_ends_and_brings_them_up() -> None:
+def test_new_veth_names_both_ends_and_brings_the_host_end_up() -> None:
     r = rtnl.new_veth("cali0123456789a", "eth0", 7, 1450, "ee:ee:ee:ee:ee:ee")
     assert r.kind == rtnl.RTM_NEWLINK and r.flags & rtnl.NLM_F_EXCL
     _, _, _, flags, change = struct.unpack_from("=BxHiII", r.body)
@@ -36,7 +36,10 @@ def test_new_veth_names_both_ends_and_brings_them_up() -> None:
     assert info[rtnl.IFLA_INFO_KIND] == b"veth\0"
     peer = attrs_of(info[rtnl.IFLA_INFO_DATA], 0)[rtnl.VETH_INFO_PEER]
     _, _, _, pflags, _ = struct.unpack_from("=BxHiII", peer)
-    assert pflags & rtnl.IFF_UP
+    assert not pflags & rtnl.IFF_UP  # the kernel cannot open it before its pair: ENOTCONN
+    up = rtnl.set_up(4, "eth0")
+    assert up.kind == rtnl.RTM_SETLINK
+    assert struct.unpack_from("=BxHiII", up.body)[2:] == (4, rtnl.IFF_UP, rtnl.IFF_UP)
     pattrs = attrs_of(peer, 16)
     assert pattrs[rtnl.IFLA_IFNAME] == b"eth0\0"
     assert struct.unpack("=I", pattrs[rtnl.IFLA_NET_NS_FD]) == (7,)
@@ -73,7 +76,7 @@ class FakeSocket:
     def close(self) -> None:
         pass
 
-    def sendall(self, data: bytes) -> None:
+    def sendto(self, data: bytes, address: object) -> None:
         offset, i, out = 0, 0, bytearray()
         while offset < len(data):
             size, _, _, seq, _ = struct.unpack_from("=IHHII", data, offset)
