@@ -53,7 +53,7 @@ RTA_DST = 1
 RTA_OIF = 4
 RTA_GATEWAY = 5
 RT_TABLE_MAIN = 254
-RTPROT_BOOT = 3
+RTPROT_STATIC = 4
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
@@ -245,8 +245,8 @@ def new_addr_v4(index: int, address: str) -> Request:
 def new_route_v4(dst: str, dst_len: int, index: int, *, gateway: str | None = None,
                  scope: int = RT_SCOPE_UNIVERSE, replace: bool = False) -> Request:
     """RTM_NEWROUTE ``dst``/``dst_len`` out of link ``index`` (via ``gateway``), table main,
-    proto boot (what ``ip route add`` and pyroute2 make)."""
-    body = _RTMSG.pack(socket.AF_INET, dst_len, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope,
+    proto static (what pyroute2 makes)."""
+    body = _RTMSG.pack(socket.AF_INET, dst_len, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, scope,
                        RTN_UNICAST, 0)
     if dst_len:
         body += attr(RTA_DST, socket.inet_aton(dst))

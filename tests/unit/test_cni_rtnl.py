@@ -50,7 +50,7 @@ def test_routes_and_addresses() -> None:
     family, dst_len, _, _, table, proto, scope, kind, _ = struct.unpack_from(
         "=BBBBBBBBI", default.body)
     assert (family, dst_len, table, proto, scope, kind) == (
-        socket.AF_INET, 0, rtnl.RT_TABLE_MAIN, rtnl.RTPROT_BOOT, rtnl.RT_SCOPE_UNIVERSE,
+        socket.AF_INET, 0, rtnl.RT_TABLE_MAIN, rtnl.RTPROT_STATIC, rtnl.RT_SCOPE_UNIVERSE,
         rtnl.RTN_UNICAST)
     a = attrs_of(default.body, 12)
     assert rtnl.RTA_DST not in a and a[rtnl.RTA_GATEWAY] == socket.inet_aton("169.254.1.1")
