@@ -159,8 +159,9 @@ class PodChurn:
             if pod.ip and self.running.get(pod.ip) == pod.name:
                 del self.running[pod.ip]
         op = self.cni(experiment, "DEL", pod)
-        if op.code == 0 and remove_netns:
-            netns.del_netns(pod.netns)
+        if op.code == 0:
+            if remove_netns:
+                netns.del_netns(pod.netns)
         else:
             with self._lock:
                 self._pending_del.append((experiment, pod))
