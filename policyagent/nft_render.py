@@ -82,6 +82,7 @@ __all__ = [
     "MARK_UNTRACKED",
     "WORKLOAD_PREFIX",
     "chain_name",
+    "clear_caches",
     "comment_for",
     "policy_chain",
     "render",
@@ -126,6 +127,7 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def chain_name(kind: str, key: str) -> str:
     """``<kind>_<12 hex>``: the chain for ``key`` (an id, a name, a canonical tier text)."""
     return f"{kind}_{_digest(key)}"
@@ -135,6 +137,7 @@ def _dir(direction: str) -> str:
     return "i" if direction == "ingress" else "e"
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def policy_chain(policy_id: str, direction: str, *, profile: bool = False) -> str:
     """The chain of a policy (``p``) or profile (``r``) program in one direction."""
     return chain_name(("r" if profile else "p") + _dir(direction), f"{policy_id}|{direction}")
@@ -195,7 +198,12 @@ def _drop_subsumed(members: Iterable[str]) -> list[str]:
 
 
 def _of_family(nets: Iterable[str], family: int) -> list[str]:
-    return [n for n in nets if ipaddress.ip_network(n, strict=False).version == family]
+    return [n for n in nets if _net_family(n) == family]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _net_family(text: str) -> int:
+    return 6 if ":" in text else ipaddress.ip_network(text, strict=False).version
 
 
 def _rule_matches(rule: RuleSpec, family: int) -> list[list[str]] | None:
@@ -301,6 +309,17 @@ def render_rule(rule: RuleSpec, direction: str = "ingress") -> list[str]:
     return [" ".join([*m, action]) for m in lines]
 
 
+@functools.lru_cache(maxsize=1 << 13)
+def _program_chain(prog: PolicyProgram, profile: bool) -> _Chain:
+    """The chain of a policy or profile program, its text rendered once per program (the
+    model's programs are immutable values: an unchanged policy keeps its object)."""
+    name = policy_chain(prog.id, prog.direction, profile=profile)
+    kind = "profile" if profile else "policy"
+    chain = _Chain(name, f"{kind} {prog.id} {prog.direction}", _policy_chain_body(prog, profile))
+    chain.rendered = chain.text()
+    return chain
+
+
 def _policy_chain_body(prog: PolicyProgram, profile: bool = False) -> list[str]:
     """A policy chain starts by returning when an earlier policy of the tier set the accept
     or pass bit (so a tier chain is only jumps); a profile chain by clearing both bits."""
@@ -335,6 +354,7 @@ def _workload_program(tiers: tuple[TierPolicies, ...], profiles: tuple[str, ...]
 
 # --- the table -------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1 << 14)
 def _tier_chain_name(tier: TierPolicies, direction: str, default_drop: bool) -> str:
     """Tier chains are shared by content: the same policies, direction and end of tier."""
     return chain_name("t" + _dir(direction),
@@ -348,8 +368,11 @@ class _Chain:
     comment: str
     rules: list[str]
     base: str | None = None  # "type filter hook input priority 0; policy accept;"
+    rendered: str | None = None  # the text, when it came from a cache
 
     def text(self) -> str:
+        if self.rendered is not None:
+            return self.rendered
         out = [f"\tchain {self.name} {{", f"\t\tcomment {_quote(self.comment)}"]
         if self.base:
             out.append(f"\t\t{self.base}")
@@ -358,6 +381,7 @@ class _Chain:
         return "\n".join(out)
 
 
+@functools.lru_cache(maxsize=1 << 13)
 def _set_text(spec: IPSetSpec) -> str:
     addr = "ipv4_addr" if spec.family == 4 else "ipv6_addr"
     if spec.kind == "net":
@@ -401,14 +425,17 @@ class _Builder:
         return chain.name
 
     def tier_chain(self, tier: TierPolicies, direction: str, default_drop: bool) -> str:
+        name = _tier_chain_name(tier, direction, default_drop)
+        if name in self.chains:  # shared: built for an earlier endpoint
+            return name
         # each policy chain returns at once when an earlier one decided (_DECIDED)
         rules = [_CLEAR_VERDICT, *(f"jump {policy_chain(pid, direction)}"
                                    for pid in tier.policies)]
         if tier.default_action == "deny" and default_drop:
             rules.append(_DECIDED)
             rules.append(f"counter drop comment {_quote(f'end of tier {tier.tier} {direction}')}")
-        return self.add(_Chain(_tier_chain_name(tier, direction, default_drop),
-                               f"tier {tier.tier} {direction}: {' '.join(tier.policies)}", rules))
+        return self.add(_Chain(name, f"tier {tier.tier} {direction}: {' '.join(tier.policies)}",
+                               rules))
 
     def policy_steps(self, tiers: tuple[TierPolicies, ...], profiles: tuple[str, ...],
                      direction: str, on_accept: str, default_drop: bool) -> list[str]:
@@ -426,11 +453,13 @@ class _Builder:
             if direction == "egress":
                 rules.extend(_anti_spoof(ep))
             program, steps = _workload_program(tiers, ep.profiles, direction)
-            if program:  # the steps in a chain shared by every workload with the same ones
+            if program and program not in self.chains:
+                # the steps in a chain shared by every workload with the same ones
                 for tier in tiers:
                     self.tier_chain(tier, direction, True)
                 what = " ".join([*(t.tier for t in tiers), *ep.profiles])
                 self.add(_Chain(program, f"workload {direction} program: {what}", list(steps)))
+            if program:
                 rules.append(f"jump {program}")
                 rules.append(f"{_ACCEPTED} return")
             rules.append(f"counter drop comment {_quote(f'{ep.name} {direction} default drop')}")
@@ -499,12 +528,9 @@ class _Builder:
                                                 f"host {key} preDNAT ingress", rules)))
 
     def policies(self) -> None:
-        for (pid, direction), prog in sorted(self.model.policies.items()):
-            self.add(_Chain(policy_chain(pid, direction), f"policy {pid} {direction}",
-                            _policy_chain_body(prog)))
-        for (pid, direction), prog in sorted(self.model.profiles.items()):
-            self.add(_Chain(policy_chain(pid, direction, profile=True),
-                            f"profile {pid} {direction}", _policy_chain_body(prog, True)))
+        for programs, profile in ((self.model.policies, False), (self.model.profiles, True)):
+            for prog in programs.values():
+                self.add(_program_chain(prog, profile))
 
     def dispatch(self, map_name: str, iface: str, what: str) -> _Chain:
         """``<iface> vmap @map`` with goto elements, then the ``*`` endpoint if any."""
@@ -696,6 +722,15 @@ def render(model: DataplaneModel, table: str = DEFAULT_TABLE, *,
     return "\n".join(parts) + "\n"
 
 
+def clear_caches() -> None:
+    """Forget every memo of the renderer (names, chain and set texts)."""
+    for cached in (chain_name, policy_chain, _net_family, _tier_chain_name, _program_chain,
+                   _set_text, _workload_program, _parse_net):
+        cached.cache_clear()
+    _USES_CACHE.clear()
+    _HOSTS_ONLY.clear()
+
+
 def render_table_delete(table: str = DEFAULT_TABLE) -> str:
     """Delete the table if it exists (never an error when it does not)."""
     return f"table inet {table} {{}}\ndelete table inet {table}\n"
@@ -795,11 +830,8 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = DE
     for programs, profile, keys in ((new.policies, False, diff.policies),
                                     (new.profiles, True, diff.profiles)):
         for key in sorted(keys.added | keys.changed):
-            prog = programs[key]
-            name = policy_chain(prog.id, prog.direction, profile=profile)
-            kind = "profile" if profile else "policy"
-            define(name, _Chain(name, f"{kind} {prog.id} {prog.direction}",
-                                _policy_chain_body(prog, profile)), key in keys.changed)
+            chain = _program_chain(programs[key], profile)
+            define(chain.name, chain, key in keys.changed)
     builder = _Builder(new, "drop")
     touched = sorted(diff.endpoints.added | diff.endpoints.changed)
     had_chains: set[str] = set()  # endpoint chains the old table has (refilled, not created)
