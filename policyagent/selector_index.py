@@ -190,6 +190,8 @@ class SelectorIndex:
         self._pod_users: dict[PodKey, set[str]] = {}  # pod -> workload item ids
         #: local endpoints whose program may have changed since the last model
         self.dirty: set[str] = set()
+        #: ids of IP sets whose members may have changed since the last model
+        self.dirty_sets: set[str] = set()
 
     # --- items from resources ----------------------------------------------------------------
 
@@ -414,19 +416,23 @@ class SelectorIndex:
         if old == new:
             return
         for m in old:
-            counts = ip_set.counts[_family(m)]
+            fam = _family(m)
+            counts = ip_set.counts[fam]
             if counts[m] == 1:
                 del counts[m]
-                ip_set.dirty.add(_family(m))
+                ip_set.dirty.add(fam)
+                self.dirty_sets.add(ip_set.ids[fam])
             else:
                 counts[m] -= 1
         for m in new:
-            counts = ip_set.counts[_family(m)]
+            fam = _family(m)
+            counts = ip_set.counts[fam]
             if m in counts:
                 counts[m] += 1
             else:
                 counts[m] = 1
-                ip_set.dirty.add(_family(m))
+                ip_set.dirty.add(fam)
+                self.dirty_sets.add(ip_set.ids[fam])
         if new:
             ip_set.contrib[item.id] = new
         else:
@@ -495,6 +501,7 @@ class SelectorIndex:
             self._sets[key] = ip_set
             for set_id in ip_set.ids.values():
                 self._set_by_id[set_id] = ip_set
+                self.dirty_sets.add(set_id)
             ip_set.sel.sets.append(ip_set)
             for item_id in ip_set.sel.members:
                 self._recontribute(ip_set, self.items[item_id])

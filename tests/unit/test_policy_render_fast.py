@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from typing import Any
 
 import pytest
 
@@ -105,3 +106,47 @@ def test_selector_index_finds_exactly_what_a_full_scan_finds(seed: int) -> None:
         for kv in item.labels.items():
             by_label.setdefault(kv, set()).add(item.id)
     assert index.items_by_label == by_label
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13, 14])
+def test_incremental_model_is_the_model_a_fresh_calculator_makes(seed: int) -> None:
+    """``model()`` keeps its contents by reference counts from the programs that changed:
+    after every step it must equal the model of a calculator fed only the live resources."""
+    rng = random.Random(seed)
+    pool = [r for _ in range(3) for r in random_resources(rng)]
+    c = Cluster()
+    live: dict[tuple[str, str], Any] = {}
+    tiers: dict[str, dict[str, Any]] = {}
+    previous = c.model()
+    for step in range(60):
+        for _ in range(rng.choice([1, 1, 2, 6])):
+            if rng.random() < 0.05:  # the default tier's order or end-of-tier action
+                tier = {"spec": {"order": rng.choice([None, 5.0]),
+                                 "defaultAction": rng.choice(["Deny", "Pass"])}}
+                c.calc.update("Tier", "default", tier)
+                tiers["default"] = tier
+                continue
+            r = rng.choice(pool)
+            key = (kind_of(r), Cluster.key(r))
+            if key in live and rng.random() < 0.3:
+                c.delete(*key)
+                del live[key]
+            else:
+                c.calc.update(*key, r)
+                live[key] = r
+        fresh = Cluster()
+        for name, tier in tiers.items():
+            fresh.calc.update("Tier", name, tier)
+        for key, r in live.items():
+            fresh.calc.update(*key, r)
+        got, want = c.model(), fresh.model()
+        for part in ("endpoints", "host_endpoints", "policies", "profiles", "ipsets"):
+            assert dict(getattr(got, part)) == dict(getattr(want, part)), (step, part)
+            assert list(getattr(got, part)) == sorted(getattr(got, part)), (step, part)
+        assert got == want, step
+        # an unchanged part is the same object: diffs of big models skip it
+        diff = previous.diff(got)
+        for part in ("endpoints", "policies", "ipsets"):
+            if not getattr(diff, part):
+                assert getattr(previous, part) is getattr(got, part), (step, part)
+        previous = got
