@@ -35,7 +35,9 @@ Layout (``cali*`` are workload interfaces; ``F`` is the mark mask below)
   chain needs no check after each jump), a profile chain first clears both bits; then the
   rules, each with a ``counter`` and ``comment "<rule_id>"``: allow sets ``MARK_ACCEPT`` and
   returns, pass sets ``MARK_PASS`` and returns, deny drops, log logs (``tortie <rule_id>``)
-  and goes on.
+  and goes on. A rule (or a named-port alternative of one) that needs an address in an IP
+  set with no member cannot match and is left out -- typically every IPv6 variant in an
+  IPv4-only cluster -- until the set gets a member (the chain is then refilled).
 
 Protected host ports (:class:`~policyagent.model.ProtectedPorts`): ``protect_host`` drops
 workload traffic to those ports of this host (any address), ``protect_fwd`` forwarded workload
@@ -206,9 +208,14 @@ def _net_family(text: str) -> int:
     return 6 if ":" in text else ipaddress.ip_network(text, strict=False).version
 
 
-def _rule_matches(rule: RuleSpec, family: int) -> list[list[str]] | None:
+def _rule_matches(rule: RuleSpec, family: int, empty: frozenset[str] = frozenset()
+                  ) -> list[list[str]] | None:
     """The match expressions of ``rule`` for ``family``: one list per alternative (named ports
-    OR port ranges expand to several rules); ``None`` when it can never match that family."""
+    OR port ranges expand to several rules); ``None`` when it can never match that family.
+
+    ``empty``: ids of IP sets that have no member: a rule that needs an address (or named
+    port) in one of them can never match, and is left out (as is such a named-port
+    alternative)."""
     fam = _FAMILY_KW[family]
     common: list[str] = [f"meta nfproto {_NFPROTO[family]}"]
     if rule.protocol is not None:
@@ -230,13 +237,15 @@ def _rule_matches(rule: RuleSpec, family: int) -> list[list[str]] | None:
             common.append(f"{addr} != {_net_expr(not_nets)}")
         for sid in sorted(getattr(rule, f"{side}_ipsets")):
             if ipset_family(sid) == family:
+                if sid in empty:
+                    return None
                 common.append(f"{addr} @{sid}")
         for sid in sorted(getattr(rule, f"{side}_not_ipsets")):
             if ipset_family(sid) == family:
                 common.append(f"{addr} != @{sid}")
         ranges = getattr(rule, f"{side}_ports")
         named_all = getattr(rule, f"{side}_named_port_ipsets")
-        named = sorted(s for s in named_all if ipset_family(s) == family)
+        named = sorted(s for s in named_all if ipset_family(s) == family and s not in empty)
         if ranges or named_all:
             alts: list[list[str]] = []
             if ranges:
@@ -296,34 +305,54 @@ def _action(rule: RuleSpec, egress: bool) -> str:
     return f"counter {cmt}"
 
 
-def render_rule(rule: RuleSpec, direction: str = "ingress") -> list[str]:
+def render_rule(rule: RuleSpec, direction: str = "ingress",
+                empty: frozenset[str] = frozenset()) -> list[str]:
     """The nft rule lines of one :class:`RuleSpec` (zero when it can never match) of a policy
-    or profile for ``direction``."""
+    or profile for ``direction``; ``empty``: the ids of IP sets with no member."""
     families = rule.families()
     if families == (4, 6) and _family_free(rule):
         variants = _rule_matches(rule, 4) or []
         lines = [[m for m in v if not m.startswith("meta nfproto")] for v in variants]
     else:
-        lines = [v for f in families for v in (_rule_matches(rule, f) or [])]
+        lines = [v for f in families for v in (_rule_matches(rule, f, empty) or [])]
     action = _action(rule, direction == "egress")
     return [" ".join([*m, action]) for m in lines]
 
 
+@functools.lru_cache(maxsize=1 << 14)
+def _program_sets(prog: PolicyProgram) -> frozenset[str]:
+    return prog.ipsets()
+
+
+def _empty_of(prog: PolicyProgram, model: DataplaneModel) -> frozenset[str]:
+    """The IP sets ``prog`` refers to that have no member in ``model``."""
+    sets = model.ipsets
+    return frozenset(s for s in _program_sets(prog) if s in sets and not sets[s].members)
+
+
+def _program_chain(prog: PolicyProgram, profile: bool, model: DataplaneModel) -> _Chain:
+    """The chain of a policy or profile program in ``model`` (which of its sets are empty)."""
+    return _program_chain_text(prog, profile, _empty_of(prog, model))
+
+
 @functools.lru_cache(maxsize=1 << 13)
-def _program_chain(prog: PolicyProgram, profile: bool) -> _Chain:
-    """The chain of a policy or profile program, its text rendered once per program (the
-    model's programs are immutable values: an unchanged policy keeps its object)."""
+def _program_chain_text(prog: PolicyProgram, profile: bool, empty: frozenset[str]) -> _Chain:
+    """The chain of a program, rendered once per program and empty sets (the model's
+    programs are immutable values: an unchanged policy keeps its object)."""
     name = policy_chain(prog.id, prog.direction, profile=profile)
     kind = "profile" if profile else "policy"
-    chain = _Chain(name, f"{kind} {prog.id} {prog.direction}", _policy_chain_body(prog, profile))
+    chain = _Chain(name, f"{kind} {prog.id} {prog.direction}",
+                   _policy_chain_body(prog, profile, empty))
     chain.rendered = chain.text()
     return chain
 
 
-def _policy_chain_body(prog: PolicyProgram, profile: bool = False) -> list[str]:
+def _policy_chain_body(prog: PolicyProgram, profile: bool = False,
+                       empty: frozenset[str] = frozenset()) -> list[str]:
     """A policy chain starts by returning when an earlier policy of the tier set the accept
-    or pass bit (so a tier chain is only jumps); a profile chain by clearing both bits."""
-    rules = [line for rule in prog.rules for line in render_rule(rule, prog.direction)]
+    or pass bit (so a tier chain is only jumps); a profile chain by clearing both bits. Rules
+    that need a member of an empty set (``empty``) are left out: they cannot match."""
+    rules = [line for rule in prog.rules for line in render_rule(rule, prog.direction, empty)]
     return [_CLEAR_VERDICT, *rules] if profile else [_DECIDED, *rules]
 
 
@@ -530,7 +559,7 @@ class _Builder:
     def policies(self) -> None:
         for programs, profile in ((self.model.policies, False), (self.model.profiles, True)):
             for prog in programs.values():
-                self.add(_program_chain(prog, profile))
+                self.add(_program_chain(prog, profile, self.model))
 
     def dispatch(self, map_name: str, iface: str, what: str) -> _Chain:
         """``<iface> vmap @map`` with goto elements, then the ``*`` endpoint if any."""
@@ -724,8 +753,8 @@ def render(model: DataplaneModel, table: str = DEFAULT_TABLE, *,
 
 def clear_caches() -> None:
     """Forget every memo of the renderer (names, chain and set texts)."""
-    for cached in (chain_name, policy_chain, _net_family, _tier_chain_name, _program_chain,
-                   _set_text, _workload_program, _parse_net):
+    for cached in (chain_name, policy_chain, _net_family, _tier_chain_name, _program_sets,
+                   _program_chain_text, _set_text, _workload_program, _parse_net):
         cached.cache_clear()
     _USES_CACHE.clear()
     _HOSTS_ONLY.clear()
@@ -795,7 +824,8 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = DE
 
     ``None`` when only a full :func:`render` will do: host endpoints, failsafe or protected
     ports changed, or two endpoints claim one interface. Unchanged chains keep their counters; a
-    changed endpoint's or policy's chain is flushed and refilled (its counters restart).
+    changed endpoint's or policy's chain is flushed and refilled (its counters restart), as is
+    the chain of a policy using a set that became empty or got its first member.
 
     Set members and map elements are added with set / map blocks and removed by flushing and
     refilling the set or map, not with ``add element`` / ``delete element``: for those nft 1.0
@@ -818,8 +848,6 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = DE
     for sid in sorted(diff.ipsets.added):
         blocks.append(_set_text(new.ipsets[sid]))
     _set_changes(diff, old, new, t, head, blocks)
-    if diff.members_only:
-        return _join(head, blocks, tail, t)
 
     def define(name: str, chain: _Chain, replace: bool) -> None:
         if replace:
@@ -827,11 +855,21 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = DE
             head.append(f"flush chain {t} {name}")
         blocks.append(chain.text())
 
+    # sets that became empty or got their first member: the rules needing a member of them
+    # come or go, so the chains of the unchanged programs using them are re-rendered
+    flipped = {sid for sid in diff.ipsets.changed
+               if bool(old.ipsets[sid].members) != bool(new.ipsets[sid].members)}
     for programs, profile, keys in ((new.policies, False, diff.policies),
                                     (new.profiles, True, diff.profiles)):
-        for key in sorted(keys.added | keys.changed):
-            chain = _program_chain(programs[key], profile)
-            define(chain.name, chain, key in keys.changed)
+        redo = set(keys.changed)
+        if flipped:
+            redo.update(key for key, prog in programs.items() if key not in keys.added
+                        and not flipped.isdisjoint(_program_sets(prog)))
+        for key in sorted(keys.added | redo):
+            chain = _program_chain(programs[key], profile, new)
+            define(chain.name, chain, key in redo)
+    if diff.members_only:
+        return _join(head, blocks, tail, t)
     builder = _Builder(new, "drop")
     touched = sorted(diff.endpoints.added | diff.endpoints.changed)
     had_chains: set[str] = set()  # endpoint chains the old table has (refilled, not created)

@@ -82,12 +82,23 @@ def test_sets_and_rule_counters() -> None:
     (s6,) = [s for s in rule.src_ipsets if s.startswith("s6")]
     assert f"set {s6} {{\n\t\ttype ipv6_addr; flags interval;" in script
     body = chain_body(script, policy_chain("np:default:allow-a", "ingress"))
-    assert body[1:] == [
-        "meta mark & 0x30000 != 0 return",  # an earlier policy of the tier decided
-        f"meta nfproto ipv4 meta l4proto 6 ip saddr @{s4} th dport 8080 counter "
-        f'meta mark set meta mark | 0x10000 return comment "{rule.rule_id}"',
-        f"meta nfproto ipv6 meta l4proto 6 ip6 saddr @{s6} th dport 8080 counter "
-        f'meta mark set meta mark | 0x10000 return comment "{rule.rule_id}"']
+    v4 = (f"meta nfproto ipv4 meta l4proto 6 ip saddr @{s4} th dport 8080 counter "
+          f'meta mark set meta mark | 0x10000 return comment "{rule.rule_id}"')
+    v6 = (f"meta nfproto ipv6 meta l4proto 6 ip6 saddr @{s6} th dport 8080 counter "
+          f'meta mark set meta mark | 0x10000 return comment "{rule.rule_id}"')
+    # the IPv6 set is empty: its rule could never match and is left out
+    assert body[1:] == ["meta mark & 0x30000 != 0 return", v4]  # first: a policy decided
+    # pod a gets an IPv6 address: the rule for IPv6 is there
+    c = two_pods().add(wep("a", ["10.65.0.1", "fd00::1"], {"app": "a"}))
+    new = c.model()
+    body = chain_body(render(new), policy_chain("np:default:allow-a", "ingress"))
+    assert body[1:] == ["meta mark & 0x30000 != 0 return", v4, v6]
+    # ... and the incremental transaction refills the policy's chain with it, and back
+    name = policy_chain("np:default:allow-a", "ingress")
+    for a, b, rules in ((model, new, [v4, v6]), (new, model, [v4])):
+        script = render_incremental(a, b)
+        assert script is not None and f"flush chain inet tortie {name}" in script
+        assert chain_body(script, name)[1:] == ["meta mark & 0x30000 != 0 return", *rules]
 
 
 def test_named_port_set() -> None:
