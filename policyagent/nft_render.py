@@ -413,7 +413,9 @@ class _Chain:
 @functools.lru_cache(maxsize=1 << 13)
 def _set_text(spec: IPSetSpec) -> str:
     addr = "ipv4_addr" if spec.family == 4 else "ipv6_addr"
-    if spec.kind == "net":
+    if spec.kind == "net" and _hosts_only(spec.members):
+        head, members = f"type {addr};", sorted(_bare(m) for m in spec.members)
+    elif spec.kind == "net":
         head = f"type {addr}; flags interval;"
         members = _drop_subsumed(spec.members)
     else:
@@ -432,8 +434,17 @@ def _port_member(member: str) -> str:
     return f"{ip} . {proto} . {port}"
 
 
-def _set_member(spec_kind: str, member: str) -> str:
-    return member if spec_kind == "net" else _port_member(member)
+def _bare(member: str) -> str:
+    """``10.0.0.1/32`` -> ``10.0.0.1``: an element of a set without intervals."""
+    return member.partition("/")[0]
+
+
+def _set_member(spec: IPSetSpec, member: str) -> str:
+    """A member as an element of the set ``spec`` (sets of single addresses have no
+    intervals: see :func:`_set_text`)."""
+    if spec.kind != "net":
+        return _port_member(member)
+    return _bare(member) if _hosts_only(spec.members) else member
 
 
 class _Builder:
@@ -839,6 +850,11 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = DE
     ifaces = [ep.interface for ep in new.endpoints.values() if ep.interface is not None]
     if len(set(ifaces)) != len(ifaces):
         return None  # two endpoints claim one interface (stale data): the full render decides
+    for sid in diff.ipsets.changed:
+        before, after = old.ipsets[sid], new.ipsets[sid]
+        if after.kind == "net" and _hosts_only(before.members) != _hosts_only(
+                after.members, before.members, diff.ipset_members[sid].added):
+            return None  # a set with and without intervals: another type of set
     if diff.empty:
         return ""
     t = f"inet {table}"
@@ -971,7 +987,7 @@ def _set_changes(diff: ModelDiff, old: DataplaneModel, new: DataplaneModel, t: s
             exact = spec.kind != "net" or (_hosts_only(spec.members, before, delta.added)
                                            and _hosts_only(before))
             if resend > REFILL_LIMIT and exact:
-                items = ", ".join(sorted(_set_member(spec.kind, m) for m in delta.removed))
+                items = ", ".join(sorted(_set_member(spec, m) for m in delta.removed))
                 head.append(f"delete element {t} {sid} {{ {items} }}")
             else:
                 head.append(f"flush set {t} {sid}")
@@ -1004,7 +1020,9 @@ def _hosts_only(members: frozenset[str], old: frozenset[str] | None = None,
 def _set_block(spec: IPSetSpec, members: Iterable[str]) -> str:
     """A set block (no comment: a declaration that only adds elements to an existing set)."""
     addr = "ipv4_addr" if spec.family == 4 else "ipv6_addr"
-    if spec.kind == "net":
+    if spec.kind == "net" and _hosts_only(spec.members):
+        head, items = f"type {addr};", sorted(_bare(m) for m in members)
+    elif spec.kind == "net":
         head, items = f"type {addr}; flags interval;", _drop_subsumed(members)
     else:
         head, items = (f"type {addr} . inet_proto . inet_service;",

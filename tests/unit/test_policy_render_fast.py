@@ -61,12 +61,12 @@ def test_incremental_scripts_use_blocks_not_element_commands() -> None:
     script = render_incremental(m1, m2)
     assert script is not None
     assert "add element" not in script and "flush" not in script
-    assert '"calic" : goto wi_' in script and "10.65.0.3/32" in script
+    assert '"calic" : goto wi_' in script and "{ 10.65.0.3 }" in script
     # a member leaves: the set is flushed and refilled in the same transaction
     m3 = c.add(wep("c", "10.65.0.3", {"app": "x"})).model()
     script = render_incremental(m2, m3)
     assert script is not None and "flush set inet tortie s4_" in script
-    assert "10.65.0.1/32" in script and "10.65.0.3" not in script.split("flush set")[1]
+    assert "{ 10.65.0.1 }" in script and "10.65.0.3" not in script.split("flush set")[1]
     # host endpoint changes need the full render
     assert render_incremental(m3, c.add(hep("h", iface="eth0")).model()) is None
 
