@@ -58,6 +58,7 @@ import itertools
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from policyagent.model import (
     PROTOCOL_NAMES,
@@ -223,30 +224,29 @@ def _rule_matches(rule: RuleSpec, family: int, empty: frozenset[str] = frozenset
     if rule.not_protocol is not None:
         common.append(f"meta l4proto != {rule.not_protocol}")
     alternatives: list[list[list[str]]] = []
-    for side in ("src", "dst"):
-        addr = f"{fam} {'saddr' if side == 'src' else 'daddr'}"
-        port = f"th {'sport' if side == 'src' else 'dport'}"
-        nets = getattr(rule, f"{side}_nets")
+    for addr_kw, port, (nets, not_nets_all, ipsets, not_ipsets, ranges, named_all, not_ranges,
+                        not_named) in (
+            ("saddr", "th sport", _side(rule, "src")), ("daddr", "th dport", _side(rule, "dst"))):
+        addr = f"{fam} {addr_kw}"
         if nets:
             mine = _of_family(nets, family)
             if not mine:
                 return None
             common.append(f"{addr} {_net_expr(mine)}")
-        not_nets = _of_family(getattr(rule, f"{side}_not_nets"), family)
-        if not_nets:
-            common.append(f"{addr} != {_net_expr(not_nets)}")
-        for sid in sorted(getattr(rule, f"{side}_ipsets")):
+        if not_nets_all:
+            not_nets = _of_family(not_nets_all, family)
+            if not_nets:
+                common.append(f"{addr} != {_net_expr(not_nets)}")
+        for sid in sorted(ipsets):
             if ipset_family(sid) == family:
                 if sid in empty:
                     return None
                 common.append(f"{addr} @{sid}")
-        for sid in sorted(getattr(rule, f"{side}_not_ipsets")):
+        for sid in sorted(not_ipsets):
             if ipset_family(sid) == family:
                 common.append(f"{addr} != @{sid}")
-        ranges = getattr(rule, f"{side}_ports")
-        named_all = getattr(rule, f"{side}_named_port_ipsets")
-        named = sorted(s for s in named_all if ipset_family(s) == family and s not in empty)
         if ranges or named_all:
+            named = sorted(s for s in named_all if ipset_family(s) == family and s not in empty)
             alts: list[list[str]] = []
             if ranges:
                 alts.append([f"{port} {_port_expr(ranges)}"])
@@ -254,15 +254,15 @@ def _rule_matches(rule: RuleSpec, family: int, empty: frozenset[str] = frozenset
             if not alts:
                 return None
             alternatives.append(alts)
-        not_ranges = getattr(rule, f"{side}_not_ports")
         if not_ranges:
             common.append(f"{port} != {_port_expr(not_ranges)}")
-        for sid in sorted(getattr(rule, f"{side}_not_named_port_ipsets")):
+        for sid in sorted(not_named):
             if ipset_family(sid) == family:
                 common.append(f"{addr} . meta l4proto . {port} != @{sid}")
-    if (rule.protocol is None and any(
-            getattr(rule, f"{s}_{k}") for s in ("src", "dst")
-            for k in ("ports", "not_ports", "named_port_ipsets", "not_named_port_ipsets"))):
+    if rule.protocol is None and (
+            rule.src_ports or rule.src_not_ports or rule.src_named_port_ipsets
+            or rule.src_not_named_port_ipsets or rule.dst_ports or rule.dst_not_ports
+            or rule.dst_named_port_ipsets or rule.dst_not_named_port_ipsets):
         common.append("meta l4proto { tcp, udp, sctp, udplite }")
     icmp = _ICMP_KW[family]
     if rule.icmp_type is not None:
@@ -277,6 +277,18 @@ def _rule_matches(rule: RuleSpec, family: int, empty: frozenset[str] = frozenset
                           f"{{ {rule.not_icmp_type} . {rule.not_icmp_code} }}")
     return [common + [m for alt in combo for m in alt]
             for combo in itertools.product(*alternatives)]
+
+
+def _side(rule: RuleSpec, side: str) -> tuple[tuple[Any, ...], ...]:
+    """One side's criteria: nets, not nets, IP sets, not IP sets, ports, named-port sets,
+    not ports, not named-port sets."""
+    if side == "src":
+        return (rule.src_nets, rule.src_not_nets, rule.src_ipsets, rule.src_not_ipsets,
+                rule.src_ports, rule.src_named_port_ipsets, rule.src_not_ports,
+                rule.src_not_named_port_ipsets)
+    return (rule.dst_nets, rule.dst_not_nets, rule.dst_ipsets, rule.dst_not_ipsets,
+            rule.dst_ports, rule.dst_named_port_ipsets, rule.dst_not_ports,
+            rule.dst_not_named_port_ipsets)
 
 
 def _family_free(rule: RuleSpec) -> bool:

@@ -55,6 +55,12 @@ def cidr(text: str) -> str:
     return str(ipaddress.ip_network(text, strict=False))
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _address(text: str) -> str:
+    """The address of a CIDR (``10.0.0.1/32`` -> ``10.0.0.1``), canonical."""
+    return str(ipaddress.ip_interface(text).ip)
+
+
 def host_cidr(ip: str) -> str:
     """An address as a one-address CIDR."""
     addr = ipaddress.ip_address(ip)
@@ -410,8 +416,7 @@ class SelectorIndex:
                 port = item.ports.get((ip_set.port_name, ip_set.proto or 0))
                 if port is not None:
                     proto = PROTOCOL_NAMES[ip_set.proto or 0]
-                    new = tuple(f"{ipaddress.ip_interface(a).ip},{proto}:{port}"
-                                for a in item.addrs)
+                    new = tuple(f"{_address(a)},{proto}:{port}" for a in item.addrs)
         old = ip_set.contrib.get(item.id, ())
         if old == new:
             return
