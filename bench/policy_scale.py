@@ -50,6 +50,7 @@ import dataclasses
 import functools
 import gc
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -644,7 +645,10 @@ def main() -> int:
             return 1
     tag = uuid.uuid4().hex[:6]
     load = os.getloadavg()
-    memory = [("interpreter + imports", rss_mb())]
+    memory = [("interpreter + policy agent imports", rss_mb())]
+    if args.memory:  # the modules of the whole daemon, as tortie-node has them loaded
+        importlib.import_module("node.main")
+        memory.append(("+ tortie-node's other modules", rss_mb()))
     g = generate(args.endpoints, args.policies, args.local)
     # what the agent's syncer keeps: every resource as the datastore's JSON document
     syncer_cache = {f"{kind_of(r)}/{key_of(r)}": json.loads(json.dumps(r.dump()))
