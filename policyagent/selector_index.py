@@ -125,16 +125,18 @@ class TrackedSelector:
 
     __slots__ = ("canon", "index", "keys", "match", "members", "policies", "refs", "sets")
 
-    def __init__(self, canon: str) -> None:
+    def __init__(self, canon: str,
+                 holders: Callable[[tuple[str, str]], int] = lambda kv: 0) -> None:
         s = parse(canon)
         self.canon = canon
         self.match = s.matcher
         self.keys = s.labels_used()
-        # a (key, value) every match has: the selector is only tried on items with it;
-        # scoping terms (namespace, orchestrator) are the least selective, so the last choice
+        # a (key, value) every match has: the selector is only tried on items with it. The
+        # one fewest items have now (``holders``); on a tie, not a scoping term (namespace,
+        # orchestrator: usually the least selective), else the first
         required = s.required_labels()
-        self.index: tuple[str, str] | None = next(
-            (kv for kv in required if kv[0] not in _SCOPE_KEYS), required[0] if required else None)
+        self.index: tuple[str, str] | None = min(
+            required, key=lambda kv: (holders(kv), kv[0] in _SCOPE_KEYS), default=None)
         self.members: set[str] = set()
         self.sets: list[TrackedIPSet] = []
         self.policies: set[str] = set()  # ids of the policies it selects endpoints for
@@ -459,7 +461,8 @@ class SelectorIndex:
         """One more user of a selector (canonical text): tracked from the first."""
         sel = self.selectors.get(canon)
         if sel is None:
-            sel = TrackedSelector(canon)
+            by_label = self.items_by_label
+            sel = TrackedSelector(canon, lambda kv: len(by_label.get(kv, ())))
             self.selectors[canon] = sel
             if sel.index is None:
                 self._unindexed.add(sel)
