@@ -331,31 +331,49 @@ def render_rule(rule: RuleSpec, direction: str = "ingress",
     return [" ".join([*m, action]) for m in lines]
 
 
-@functools.lru_cache(maxsize=1 << 14)
+class _ProgramMemo:
+    """What the renderer made of one program object: its IP sets, and its chain for each
+    combination of empty sets. Kept by the program's identity (hashing a program hashes all
+    its rules): the model's programs are immutable, an unchanged policy keeps its object."""
+
+    __slots__ = ("chains", "prog", "sets")
+
+    def __init__(self, prog: PolicyProgram) -> None:
+        self.prog = prog  # kept alive: its id() is not reused while it is remembered
+        self.sets = prog.ipsets()
+        self.chains: dict[tuple[bool, frozenset[str]], _Chain] = {}
+
+
+_PROGRAMS: dict[int, _ProgramMemo] = {}
+
+
+def _memo(prog: PolicyProgram) -> _ProgramMemo:
+    memo = _PROGRAMS.get(id(prog))
+    if memo is None or memo.prog is not prog:
+        if len(_PROGRAMS) > 1 << 14:
+            _PROGRAMS.clear()
+        memo = _PROGRAMS[id(prog)] = _ProgramMemo(prog)
+    return memo
+
+
 def _program_sets(prog: PolicyProgram) -> frozenset[str]:
-    return prog.ipsets()
-
-
-def _empty_of(prog: PolicyProgram, model: DataplaneModel) -> frozenset[str]:
-    """The IP sets ``prog`` refers to that have no member in ``model``."""
-    sets = model.ipsets
-    return frozenset(s for s in _program_sets(prog) if s in sets and not sets[s].members)
+    return _memo(prog).sets
 
 
 def _program_chain(prog: PolicyProgram, profile: bool, model: DataplaneModel) -> _Chain:
-    """The chain of a policy or profile program in ``model`` (which of its sets are empty)."""
-    return _program_chain_text(prog, profile, _empty_of(prog, model))
-
-
-@functools.lru_cache(maxsize=1 << 13)
-def _program_chain_text(prog: PolicyProgram, profile: bool, empty: frozenset[str]) -> _Chain:
-    """The chain of a program, rendered once per program and empty sets (the model's
-    programs are immutable values: an unchanged policy keeps its object)."""
-    name = policy_chain(prog.id, prog.direction, profile=profile)
-    kind = "profile" if profile else "policy"
-    chain = _Chain(name, f"{kind} {prog.id} {prog.direction}",
-                   _policy_chain_body(prog, profile, empty))
-    chain.rendered = chain.text()
+    """The chain of a policy or profile program in ``model``: rules that need a member of
+    one of its empty IP sets are left out. Rendered once per program and empty sets."""
+    memo = _memo(prog)
+    sets = model.ipsets
+    empty = frozenset(s for s in memo.sets if s in sets and not sets[s].members)
+    chain = memo.chains.get((profile, empty))
+    if chain is None:
+        name = policy_chain(prog.id, prog.direction, profile=profile)
+        kind = "profile" if profile else "policy"
+        chain = _Chain(name, f"{kind} {prog.id} {prog.direction}",
+                       _policy_chain_body(prog, profile, empty))
+        chain.rendered = chain.text()
+        memo.chains[(profile, empty)] = chain
     return chain
 
 
@@ -776,9 +794,10 @@ def render(model: DataplaneModel, table: str = DEFAULT_TABLE, *,
 
 def clear_caches() -> None:
     """Forget every memo of the renderer (names, chain and set texts)."""
-    for cached in (chain_name, policy_chain, _net_family, _tier_chain_name, _program_sets,
-                   _program_chain_text, _set_text, _workload_program, _parse_net):
+    for cached in (chain_name, policy_chain, _net_family, _tier_chain_name, _set_text,
+                   _workload_program, _parse_net):
         cached.cache_clear()
+    _PROGRAMS.clear()
     _USES_CACHE.clear()
     _HOSTS_ONLY.clear()
 
