@@ -334,6 +334,8 @@ class ProgramAssembly:
         key = (frozenset(pids), host, bool(all_ifaces))
         tiers = self._hooks.get(key)
         if tiers is None:
+            if len(self._hooks) > 1 << 14:
+                self._hooks.clear()
             tiers = self._hooks[key] = self._tiered_hooks(pids, host, bool(all_ifaces))
         profiles = tuple(f"pro:{p}" for p in item.parents)
         if host:
