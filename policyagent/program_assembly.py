@@ -4,8 +4,12 @@ the :class:`~policyagent.model.DataplaneModel` of this node.
 :class:`ProgramAssembly` holds the translated policies and profiles, the tiers, the failsafe
 and protected host ports, and one cached program per local endpoint: :meth:`~ProgramAssembly.
 model` rebuilds only the endpoint programs the index marked dirty; a policy's programs are
-rebuilt when the policy changes, IP set member sets when their members change (semantics:
-:mod:`policyagent.calc`).
+rebuilt when the policy changes, IP set member sets when their members change. The model's
+contents -- the policies and profiles some endpoint program refers to, the IP sets those refer
+to -- are kept by reference counts from the programs that changed, so a new pod costs
+``model()`` its own program, not a pass over every endpoint, policy and set; a part that did
+not change keeps its :class:`~policyagent.model.FrozenMap` object, which the diff then skips
+(semantics: :mod:`policyagent.calc`).
 """
 
 from __future__ import annotations
