@@ -196,3 +196,18 @@ def test_incremental_redefines_every_chain_a_full_render_changes(seed: int) -> N
             checked += 1
         old = new
     assert checked >= 40
+
+
+def test_render_pauses_the_garbage_collector_and_restores_it() -> None:
+    import gc
+
+    model = Cluster().add(wep("a", "10.65.0.1", {"app": "a"})).model()
+    assert gc.isenabled()
+    script = render(model)
+    assert gc.isenabled() and "caliA" not in script and "calia" in script
+    gc.disable()
+    try:
+        render(model)
+        assert not gc.isenabled()  # left as it was
+    finally:
+        gc.enable()
