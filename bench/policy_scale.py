@@ -10,6 +10,7 @@ interfaces that do not exist, so only the two endpoints that carry traffic have 
 
     sudo .venv/bin/python bench/policy_scale.py [--endpoints 1000] [--policies 500]
                                                 [--local 1000] [--runs 5]
+                                                [--profile] [--memory]
 
 Measures, printing every figure:
 
@@ -18,10 +19,20 @@ Measures, printing every figure:
   target: the sum <= 1 s);
 * one new pod: ``update()`` + ``model()`` + ``render_incremental()`` + applying that
   transaction (target <= 20 ms);
-* one label change on a local pod, same path (target <= 100 ms);
+* one label change on a local pod, same path (target <= 20 ms);
 * throughput: pod a -> node (router, carrying the table) -> pod b, iperf3 (one TCP stream),
   with the full table, a conntrack-only table and no table, round-robin in the same run
   (target: full / no table >= 0.9).
+
+Every full programming starts with the calculation's and renderer's caches emptied (as cold
+as an agent's first one). ``--profile`` adds where the time goes: cProfile of the Python steps
+(one cold full programming; 20 more new pods and label changes), the apply split into user
+time (libnftables parsing and evaluating, in-process) and system time (the kernel), the
+whole table applied with and without its set elements, and the cost of the kernel's
+validation of the jump graph. ``--memory`` prints the resident memory at each step: the
+process then holds what tortie-node's policy agent holds (the resources as JSON documents,
+as its syncer keeps them, the calculator, the model, libnftables' cache), e.g. with
+``--endpoints 10000`` for 10 000 endpoints in the cluster.
 
 Applying goes through ``policyagent.nft_apply`` as the agent's does: in-process through
 libnftables when it loads (``TORTIE_NFT=cli`` forces one ``nft -f -`` process per
@@ -34,9 +45,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
+import dataclasses
+import functools
+import gc
 import hashlib
+import importlib
+import io
 import json
 import os
+import pstats
 import random
 import resource
 import shutil
@@ -53,9 +71,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agentkit.netns import setns
 from datastore.resources import to_resource
-from policyagent import nft_apply
+from policyagent import nft_apply, nft_render
 from policyagent.calc import PolicyCalculator
-from policyagent.model import DataplaneModel
+from policyagent.model import DataplaneModel, FrozenMap
 from policyagent.nft_render import render, render_incremental
 
 NODE = "bench-node"
@@ -247,16 +265,49 @@ def cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def thread_cpu() -> tuple[float, float]:
+    """(user, system) CPU seconds of this thread: with libnftables in-process, user time of
+    an apply is nft parsing and evaluating the script, system time the kernel's part (netlink,
+    building the objects, the commit with its validation of the jump graph)."""
+    r = resource.getrusage(resource.RUSAGE_THREAD)
+    return r.ru_utime, r.ru_stime
+
+
+def clear_caches() -> None:
+    """Empty every memo of the calculation and the renderer (``functools`` caches and the
+    renderer's own), so that each full programming starts as cold as an agent's first one."""
+    modules = [m for name, m in sys.modules.items()
+               if name.startswith(("policyagent.", "datastore.")) and m is not None]
+    for m in modules:
+        for value in list(vars(m).values()):
+            if isinstance(value, functools._lru_cache_wrapper):
+                value.cache_clear()
+    clear = getattr(nft_render, "clear_caches", None)
+    if clear is not None:
+        clear()
+
+
+def rss_mb() -> float:
+    """Resident set size of this process now (MB)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def full_programming(g: Generated, runs: int) -> tuple[dict[str, list[float]], PolicyCalculator,
                                                          DataplaneModel]:
     splits: dict[str, list[float]] = {k: [] for k in
                                       ("update", "model", "render", "apply", "total",
-                                       "apply cpu", "total cpu")}
+                                       "apply cpu", "total cpu", "apply user", "apply sys")}
     resources = g.all()
     calc = PolicyCalculator(NODE)
     model = DataplaneModel()
     for _ in range(runs):
         nft_apply.delete_table()
+        del calc, model
+        clear_caches()
+        gc.collect()
         c0 = cpu()
         t0 = time.perf_counter()
         calc = PolicyCalculator(NODE)
@@ -268,11 +319,13 @@ def full_programming(g: Generated, runs: int) -> tuple[dict[str, list[float]], P
         script = render(model)
         t3 = time.perf_counter()
         c3 = cpu()
+        u3, s3 = thread_cpu()
         nft_apply.apply(script)
         t4 = time.perf_counter()
         c4 = cpu()
-        for k, v in zip(splits, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0, c4 - c3, c4 - c0),
-                        strict=True):
+        u4, s4 = thread_cpu()
+        for k, v in zip(splits, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0, c4 - c3, c4 - c0,
+                                 u4 - u3, s4 - s3), strict=True):
             splits[k].append(v * 1e3)
     return splits, calc, model
 
@@ -293,16 +346,20 @@ def timed_change(calc: PolicyCalculator, model: DataplaneModel,
         path = "set elements"
     t3 = time.perf_counter()
     c3 = cpu()
+    u3, s3 = thread_cpu()
     if script:
         nft_apply.apply(script)
     t4 = time.perf_counter()
     c4 = cpu()
+    u4, s4 = thread_cpu()
     return ({"update": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3, "render": (t3 - t2) * 1e3,
              "apply": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3, "apply cpu": (c4 - c3) * 1e3,
-             "total cpu": (c4 - c0) * 1e3, "script bytes": len(script)}, new, path)
+             "total cpu": (c4 - c0) * 1e3, "apply user": (u4 - u3) * 1e3,
+             "apply sys": (s4 - s3) * 1e3, "script bytes": len(script)}, new, path)
 
 
-def changes(g: Generated, calc: PolicyCalculator, model: DataplaneModel, n: int, seed: int
+def changes(g: Generated, calc: PolicyCalculator, model: DataplaneModel, n: int, seed: int,
+            base: int | None = None
             ) -> tuple[list[dict[str, float]], list[dict[str, float]], dict[str, int],
                        DataplaneModel]:
     """``n`` new local pods, then ``n`` label changes of local pods (tier or version), each
@@ -311,7 +368,7 @@ def changes(g: Generated, calc: PolicyCalculator, model: DataplaneModel, n: int,
     new_pods: list[dict[str, float]] = []
     labels: list[dict[str, float]] = []
     paths: dict[str, int] = {}
-    base = len(g.endpoints)
+    base = len(g.endpoints) if base is None else base
     local = [w for w in g.endpoints if w.spec.node == NODE]
     for k in range(n):
         ns, app, tier = rng.choice(g.apps)
@@ -344,6 +401,126 @@ def nft_floor(runs: int) -> float:
         nft_apply.apply("table inet tortie {}\n")
         times.append((time.perf_counter() - t0) * 1e3)
     return med(times)
+
+
+# --- where the time goes (--profile) and the memory (--memory) ------------------------------
+
+def top(prof: cProfile.Profile, n: int = 22) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("tottime").print_stats(n)
+    lines = out.getvalue().splitlines()
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    return "\n".join("    " + line for line in lines[start:] if line.strip())
+
+
+def profile_full(g: Generated) -> None:
+    """cProfile of the Python steps of one cold full programming (no apply)."""
+    clear_caches()
+    gc.collect()
+    prof = cProfile.Profile()
+    prof.enable()
+    calc = PolicyCalculator(NODE)
+    for r in g.all():
+        calc.update(kind_of(r), key_of(r), r)
+    render(calc.model())
+    prof.disable()
+    print("\n  cProfile, one cold full programming (update + model + render), by own time:")
+    print(top(prof))
+
+
+def profile_changes(g: Generated, calc: PolicyCalculator, model: DataplaneModel, n: int
+                    ) -> DataplaneModel:
+    """cProfile of ``n`` more new pods and label changes (Python and the applies)."""
+    prof = cProfile.Profile()
+    prof.enable()
+    _, _, _, model = changes(g, calc, model, n, seed=7, base=len(g.endpoints) + 1000)
+    prof.disable()
+    print(f"\n  cProfile, {n} new pods + {n} label changes (calc, render and apply), by own "
+          f"time:")
+    print(top(prof))
+    return model
+
+
+def without_elements(model: DataplaneModel) -> DataplaneModel:
+    return dataclasses.replace(model, ipsets=FrozenMap(
+        (k, dataclasses.replace(v, members=frozenset())) for k, v in model.ipsets.items()))
+
+
+def timed_apply(script: str, runs: int = 3) -> tuple[float, float, float]:
+    """Medians of (wall, user, sys) ms of applying ``script`` over an empty table."""
+    walls, users, syss = [], [], []
+    for _ in range(runs):
+        nft_apply.delete_table()
+        t0, (u0, s0) = time.perf_counter(), thread_cpu()
+        nft_apply.apply(script)
+        t1, (u1, s1) = time.perf_counter(), thread_cpu()
+        walls.append((t1 - t0) * 1e3)
+        users.append((u1 - u0) * 1e3)
+        syss.append((s1 - s0) * 1e3)
+    return med(walls), med(users), med(syss)
+
+
+def nft_breakdown(model: DataplaneModel) -> None:
+    """What the full apply spends on the set elements, on the chains, and what the kernel's
+    validation of the jump graph costs a transaction that adds a rule."""
+    full = render(model)
+    bare = render(without_elements(model))
+    members = sum(len(s.members) for s in model.ipsets.values())
+    by_prefix: dict[str, int] = {}
+    chain = ""
+    for line in full.splitlines():
+        if line.startswith("\tchain "):
+            chain = line.split()[1]
+        elif line.startswith("\t}"):
+            chain = ""
+        elif chain and line.startswith("\t\t") and not line.startswith(
+                ("\t\tcomment", "\t\ttype")):
+            kind = chain.split("_")[0] if "_" in chain and len(chain.split("_")[-1]) == 12 \
+                else "base"
+            by_prefix[kind] = by_prefix.get(kind, 0) + 1
+    print(f"\n  nft: {members} set members in {len(model.ipsets)} sets; rules by chain kind: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(by_prefix.items())))
+    for what, script in (("whole table", full), ("chains + empty sets", bare)):
+        wall, user, sys_ = timed_apply(script)
+        print(f"  apply {what:<28}{wall:8.1f} ms  (user {user:.1f}, sys {sys_:.1f}; "
+              f"{len(script) / 1e6:.2f} MB)")
+    # the same table through libnftables' JSON input (as ``nft -j list`` gives it back)
+    nft_apply.delete_table()
+    nft_apply.apply(full)
+    listed = json.loads(nft_apply.run(["-j", "list", "table", "inet", "tortie"]))
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "handle"}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    doc = json.dumps({"nftables": [{"add": strip(item)} for item in listed["nftables"]
+                                   if "metainfo" not in item]})
+    try:
+        walls = []
+        for _ in range(3):
+            nft_apply.delete_table()
+            t0 = time.perf_counter()
+            nft_apply.run(["-j", "-f", "-"], stdin=doc)
+            walls.append((time.perf_counter() - t0) * 1e3)
+        print(f"  apply {'whole table as JSON':<28}{med(walls):8.1f} ms  "
+              f"({len(doc) / 1e6:.2f} MB)")
+    except nft_apply.NftError as e:
+        print(f"  apply whole table as JSON: refused ({str(e)[:200]})")
+    nft_apply.delete_table()
+    nft_apply.apply(full)
+    probes = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        nft_apply.apply("add chain inet tortie zz_probe\n"
+                        "add rule inet tortie zz_probe counter accept\n")
+        probes.append((time.perf_counter() - t0) * 1e3)
+        nft_apply.apply("delete chain inet tortie zz_probe\n")
+    print(f"  {'a rule added to an unused chain':<34}{med(probes):9.1f} ms  (the kernel "
+          f"validates the whole jump graph at commit)")
 
 
 # --- throughput -----------------------------------------------------------------------------
@@ -454,6 +631,12 @@ def main() -> int:
     ap.add_argument("--iperf-runs", type=int, default=5)
     ap.add_argument("--iperf-seconds", type=float, default=3)
     ap.add_argument("--no-iperf", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print where the time goes: cProfile of the Python steps, "
+                         "the apply's parts")
+    ap.add_argument("--memory", action="store_true",
+                    help="print the resident memory of the process at each step (it holds "
+                         "what tortie-node's policy agent holds)")
     args = ap.parse_args()
     for tool in ("nft", "ip") + (() if args.no_iperf else ("iperf3",)):
         if shutil.which(tool) is None:
@@ -462,7 +645,15 @@ def main() -> int:
             return 1
     tag = uuid.uuid4().hex[:6]
     load = os.getloadavg()
+    memory = [("interpreter + policy agent imports", rss_mb())]
+    if args.memory:  # the modules of the whole daemon, as tortie-node has them loaded
+        importlib.import_module("node.main")
+        memory.append(("+ tortie-node's other modules", rss_mb()))
     g = generate(args.endpoints, args.policies, args.local)
+    # what the agent's syncer keeps: every resource as the datastore's JSON document
+    syncer_cache = {f"{kind_of(r)}/{key_of(r)}": json.loads(json.dumps(r.dump()))
+                    for r in g.all()}
+    memory.append(("+ resources (parsed, and as JSON)", rss_mb()))
     node_ns = f"tps-{tag}-prog"
     sh("ip", "netns", "add", node_ns)
     path = Path3(tag, g.endpoints[0], g.endpoints[1])
@@ -471,10 +662,18 @@ def main() -> int:
             floor = nft_floor(10)
             splits, calc, model = full_programming(g, args.runs)
             script = render(model)
+            gc.collect()
+            memory.append(("+ calculator, model, table applied", rss_mb()))
             t0 = time.perf_counter()
             nft_apply.apply(script)  # over the existing table (an agent restart)
             replace = (time.perf_counter() - t0) * 1e3
-            new_pods, labels, paths, _ = changes(g, calc, model, args.changes, seed=2)
+            new_pods, labels, paths, model = changes(g, calc, model, args.changes, seed=2)
+            gc.collect()
+            memory.append(("+ the changes", rss_mb()))
+            if args.profile:
+                model = profile_changes(g, calc, model, 20)
+                nft_breakdown(model)
+                profile_full(g)
             rules = sum(1 for line in script.splitlines() if line.startswith("\t\t")
                         and not line.startswith(("\t\tcomment", "\t\ttype", "\t\telements",
                                                  "\t\t\t", "\t\tflags")))
@@ -489,6 +688,8 @@ def main() -> int:
         for k, label in (("update", "update() of every resource"), ("model", "model()"),
                          ("render", "render()"), ("apply", "apply (whole table)"),
                          ("total", "total"), ("apply cpu", "  CPU of the apply"),
+                         ("apply user", "    user (nft in-process)"),
+                         ("apply sys", "    system (kernel)"),
                          ("total cpu", "  CPU of the total")):
             print(row(label, splits[k]))
         print(f"  {'apply over the existing table':<34}{replace:9.1f} ms")
@@ -496,8 +697,11 @@ def main() -> int:
               f"through {nft_apply.backend()})")
         for title, data in (("One new pod", new_pods), ("One label change", labels)):
             print(f"\n{title} (calc + smallest transaction applied):")
-            for k in ("update", "model", "render", "apply", "total", "apply cpu", "total cpu"):
-                print(row(k if "cpu" not in k else f"  CPU of {k[:-4]}", [d[k] for d in data]))
+            for k in ("update", "model", "render", "apply", "total", "apply cpu", "apply user",
+                      "apply sys", "total cpu"):
+                label = (f"  CPU of {k[:-4]}" if k.endswith("cpu") else
+                         f"    {k[6:]} of the apply" if k.startswith("apply ") else k)
+                print(row(label, [d[k] for d in data]))
             print(row("script size", [d["script bytes"] / 1e3 for d in data], "kB"))
         print("  paths taken: " + ", ".join(f"{k} x{v}" for k, v in sorted(paths.items())))
         if not args.no_iperf:
@@ -513,7 +717,12 @@ def main() -> int:
                   f"{med(tput['full table']) / med(tput['conntrack only']):9.2f}")
             print(f"  (the allow rule counted {allowed} packet(s) in the last run: the first "
                   f"packet of a flow goes through policy, the rest is conntrack-established)")
-        print("\nTargets: full <= 1000 ms, new pod <= 20 ms, label change <= 100 ms, "
+        if args.memory:
+            print(f"\nResident memory (RSS) of this process ({len(syncer_cache)} resources; "
+                  f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB):")
+            for what, mb in memory:
+                print(f"  {what:<40}{mb:8.1f} MB")
+        print("\nTargets: full <= 1000 ms, new pod <= 20 ms, label change <= 20 ms, "
               "throughput ratio >= 0.9")
         print(f"  full {med(splits['total']):.0f} ms, new pod "
               f"{med([d['total'] for d in new_pods]):.1f} ms, label change "

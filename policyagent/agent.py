@@ -454,9 +454,13 @@ class PolicyAgent:
                           or diff.ipsets.added or diff.ipsets.removed
                           or diff.policies.added or diff.policies.removed
                           or diff.profiles.added or diff.profiles.removed)
-        kind = "endpoints" if structural else "sets" if diff.members_only else "chain"
         script = nft_render.render_incremental(old, model, self.table)
-        return ("full", "") if script is None else (kind, script)
+        if script is None:
+            return "full", ""
+        # members only, unless a set became empty or got its first member: the chains of
+        # the policies using it are then refilled too
+        sets_only = diff.members_only and "\tchain " not in script
+        return ("endpoints" if structural else "sets" if sets_only else "chain"), script
 
     # --- counters -------------------------------------------------------------------------
 

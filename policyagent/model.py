@@ -150,6 +150,8 @@ class FrozenMap(Mapping[K, V]):
     def __eq__(self, other: object) -> bool:
         if isinstance(other, FrozenMap):
             return self is other or self._data == other._data
+        if isinstance(other, dict):
+            return self._data == other
         if isinstance(other, Mapping):
             return self._data == dict(other.items())
         return NotImplemented
@@ -362,6 +364,8 @@ class KeyDiff(Generic[K]):
 
     @staticmethod
     def of(old: Mapping[K, Any], new: Mapping[K, Any]) -> KeyDiff[K]:
+        if old is new:
+            return KeyDiff()
         old_d = old._data if isinstance(old, FrozenMap) else old
         new_d = new._data if isinstance(new, FrozenMap) else new
         old_keys, new_keys = old_d.keys(), new_d.keys()

@@ -4,8 +4,12 @@ the :class:`~policyagent.model.DataplaneModel` of this node.
 :class:`ProgramAssembly` holds the translated policies and profiles, the tiers, the failsafe
 and protected host ports, and one cached program per local endpoint: :meth:`~ProgramAssembly.
 model` rebuilds only the endpoint programs the index marked dirty; a policy's programs are
-rebuilt when the policy changes, IP set member sets when their members change (semantics:
-:mod:`policyagent.calc`).
+rebuilt when the policy changes, IP set member sets when their members change. The model's
+contents -- the policies and profiles some endpoint program refers to, the IP sets those refer
+to -- are kept by reference counts from the programs that changed, so a new pod costs
+``model()`` its own program, not a pass over every endpoint, policy and set; a part that did
+not change keeps its :class:`~policyagent.model.FrozenMap` object, which the diff then skips
+(semantics: :mod:`policyagent.calc`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from policyagent.model import (
     FailsafeSpec,
     FrozenMap,
     HostEndpointProgram,
+    IPSetSpec,
     PolicyProgram,
     ProtectedPorts,
     RuleSpec,
@@ -123,11 +128,23 @@ class ProgramAssembly:
         self._program_pids: dict[str, frozenset[str]] = {}  # item_id -> policy_ids() of its program
         #: the last model, while nothing changed since (None: to be assembled)
         self.cached: DataplaneModel | None = None
+        # What the model holds, kept up to date from the programs that change (model() is
+        # then O(change), not O(endpoints + policies + sets)): by reference counts, the
+        # policies and profiles some program refers to and the IP sets those refer to.
+        self._assembled = _Assembled()
+        self._dirty_pids: set[str] = set()  # policies whose programs changed
+        self._dirty_profiles: set[str] = set()  # profiles whose programs changed
+        #: (policy ids, host, all interfaces) -> the tiered hooks (cleared on any change of a
+        #: policy or tier): endpoints with the same policies share them
+        self._hooks: dict[tuple[frozenset[str], bool, bool],
+                          dict[str, tuple[TierPolicies, ...]]] = {}
 
     # --- policies ----------------------------------------------------------------------------
 
     def set_policy(self, pid: str, pol: NetworkPolicy | GlobalNetworkPolicy | None) -> None:
         index = self._index
+        self._dirty_pids.add(pid)
+        self._hooks.clear()
         old = self._policies.pop(pid, None)
         if pol is not None:
             spec = pol.spec
@@ -176,6 +193,7 @@ class ProgramAssembly:
     def set_profile(self, name: str, prof: Profile | None) -> None:
         """A Profile resource's rules (``None``: back to the built-in profile of the name)."""
         old = self._profile_rules.pop(name, None)
+        self._dirty_profiles.add(name)
         if prof is not None:
             rules = RulePrograms()
             pid = f"pro:{name}"
@@ -296,6 +314,7 @@ class ProgramAssembly:
             default_action = str(get("defaultAction") or "Deny").lower()
             self._tiers[name] = (None if order is None else float(order),
                                  "pass" if default_action == "pass" else "deny")
+        self._hooks.clear()
         self._index.mark_local_endpoints()
 
     def _tier_sort(self, tier: str) -> tuple[float, str]:
@@ -313,31 +332,15 @@ class ProgramAssembly:
         selectors = self._index.selectors
         for canon in item.matched:
             pids |= selectors[canon].policies
-        pols = sorted((self._policies[p] for p in pids),
-                      key=lambda p: (self._tier_sort(p.tier), p.sort))
         host = item.kind == "host"
         res = item.resource
-        lists: dict[str, list[_Policy]] = {}
-
-        def add(hook: str, pol: _Policy) -> None:
-            lists.setdefault(hook, []).append(pol)
-
         all_ifaces = host and res.spec.interfaceName == "*"
-        for pol in pols:
-            dirs = [d for d in _DIRECTIONS if d.capitalize() in pol.types]
-            if pol.pre_dnat:
-                if host and "ingress" in dirs:
-                    add("pre_dnat_ingress", pol)
-            elif pol.untracked:
-                if host and not all_ifaces:
-                    for d in dirs:
-                        add(f"untracked_{d}", pol)
-            else:
-                for d in dirs:
-                    add(d, pol)
-                    if host and pol.on_forward:
-                        add(f"forward_{d}", pol)
-        tiers = {hook: self._tiered(pols) for hook, pols in lists.items()}
+        key = (frozenset(pids), host, bool(all_ifaces))
+        tiers = self._hooks.get(key)
+        if tiers is None:
+            if len(self._hooks) > 1 << 14:
+                self._hooks.clear()
+            tiers = self._hooks[key] = self._tiered_hooks(pids, host, bool(all_ifaces))
         profiles = tuple(f"pro:{p}" for p in item.parents)
         if host:
             spec = res.spec
@@ -363,6 +366,32 @@ class ProgramAssembly:
             profiles=profiles,
             allow_spoofed_prefixes=tuple(cidr(c) for c in spec.allowSpoofedSourcePrefixes or ()))
 
+    def _tiered_hooks(self, pids: set[str], host: bool, all_ifaces: bool
+                      ) -> dict[str, tuple[TierPolicies, ...]]:
+        """The tiers of each hook of an endpoint the policies ``pids`` apply to."""
+        pols = sorted((self._policies[p] for p in pids),
+                      key=lambda p: (self._tier_sort(p.tier), p.sort))
+        lists: dict[str, list[_Policy]] = {}
+
+        def add(hook: str, pol: _Policy) -> None:
+            lists.setdefault(hook, []).append(pol)
+
+        for pol in pols:
+            dirs = [d for d in _DIRECTIONS if d.capitalize() in pol.types]
+            if pol.pre_dnat:
+                if host and "ingress" in dirs:
+                    add("pre_dnat_ingress", pol)
+            elif pol.untracked:
+                if host and not all_ifaces:
+                    for d in dirs:
+                        add(f"untracked_{d}", pol)
+            else:
+                for d in dirs:
+                    add(d, pol)
+                    if host and pol.on_forward:
+                        add(f"forward_{d}", pol)
+        return {hook: self._tiered(pols) for hook, pols in lists.items()}
+
     def _tiered(self, pols: list[_Policy]) -> tuple[TierPolicies, ...]:
         out: list[TierPolicies] = []
         current: list[str] = []
@@ -385,53 +414,185 @@ class ProgramAssembly:
         """The dataplane model of this node, as of the changes so far."""
         index = self._index
         dirty = index.dirty
-        if self.cached is not None and not dirty:
+        if (self.cached is not None and not dirty and not index.dirty_sets
+                and not self._dirty_pids and not self._dirty_profiles):
             return self.cached
+        a = self._assembled
         for item_id in dirty:
+            old = self._programs.pop(item_id, None)
+            if old is not None:
+                self._drop_program(item_id, old)
             item = index.items.get(item_id)
-            if item is None or not item.local_endpoint:
-                self._programs.pop(item_id, None)
-                self._program_pids.pop(item_id, None)
-            else:
+            if item is not None and item.local_endpoint:
                 program = self._programs[item_id] = self._build_program(item)
-                self._program_pids[item_id] = program.policy_ids()
+                self._add_program(item_id, program)
         dirty.clear()
-        endpoints: dict[str, EndpointProgram] = {}
-        hosts: dict[str, HostEndpointProgram] = {}
-        pids: set[str] = set()
-        profile_names: set[str] = set()
-        program_pids = self._program_pids
-        for item_id, ep in self._programs.items():
-            if isinstance(ep, HostEndpointProgram):
-                hosts[ep.name] = ep
-            else:
-                endpoints[ep.name] = ep
-            pids |= program_pids[item_id]
-            profile_names.update(p[4:] for p in ep.profiles)
-        policies: dict[tuple[str, str], PolicyProgram] = {}
-        set_ids: set[str] = set()
-        for pid in sorted(pids):
-            pol = self._policies[pid]
-            for d, prog in pol.programs.items():
-                policies[(pid, d)] = prog
-            if pol.set_ids is None:
-                pol.set_ids = frozenset().union(*(p.ipsets() for p in pol.programs.values()))
-            set_ids |= pol.set_ids
-        profiles: dict[tuple[str, str], PolicyProgram] = {}
-        for name in sorted(profile_names):
-            for d, prog in self._profile_programs(name).items():
-                profiles[(f"pro:{name}", d)] = prog
-                set_ids |= prog.ipsets()
-        ipsets = {set_id: index.ipset_spec(set_id, ipset_family(set_id))
-                  for set_id in sorted(set_ids)}
+        # programs of policies and profiles that changed while referred to
+        for pid in sorted(self._dirty_pids):
+            if pid in a.pid_refs:
+                self._unref_policy(pid)
+                self._ref_policy(pid)
+        self._dirty_pids.clear()
+        for name in sorted(self._dirty_profiles):
+            if name in a.profile_refs:
+                self._unref_profile(name)
+                self._ref_profile(name)
+        self._dirty_profiles.clear()
+        for set_id in index.dirty_sets:
+            if set_id in a.ipsets:
+                spec = index.ipset_spec(set_id, ipset_family(set_id))
+                if spec is not a.ipsets[set_id]:
+                    a.ipsets[set_id] = spec
+                    a.changed.add("ipsets")
+        index.dirty_sets.clear()
         self.cached = DataplaneModel(
-            endpoints=FrozenMap(sorted(endpoints.items())),
-            host_endpoints=FrozenMap(sorted(hosts.items())),
-            policies=FrozenMap(policies), profiles=FrozenMap(profiles),
-            ipsets=FrozenMap(sorted(ipsets.items())),
+            endpoints=a.frozen("endpoints", a.endpoints),
+            host_endpoints=a.frozen("host_endpoints", a.hosts),
+            policies=a.frozen("policies", a.policies),
+            profiles=a.frozen("profiles", a.profiles),
+            ipsets=a.frozen("ipsets", a.ipsets),
             failsafe_in=self._failsafe[0], failsafe_out=self._failsafe[1],
             protected=self.protected, tunnels=self.tunnels)
         return self.cached
+
+    # --- the model's contents by reference counts ---------------------------------------------
+
+    def _add_program(self, item_id: str, program: EndpointProgram) -> None:
+        a = self._assembled
+        if isinstance(program, HostEndpointProgram):
+            a.hosts[program.name] = program
+            a.changed.add("host_endpoints")
+        else:
+            a.endpoints[program.name] = program
+            a.changed.add("endpoints")
+        pids = self._program_pids[item_id] = program.policy_ids()
+        for pid in pids:
+            n = a.pid_refs.get(pid, 0)
+            a.pid_refs[pid] = n + 1
+            if not n:
+                self._ref_policy(pid)
+        for name in {p[4:] for p in program.profiles}:
+            n = a.profile_refs.get(name, 0)
+            a.profile_refs[name] = n + 1
+            if not n:
+                self._ref_profile(name)
+
+    def _drop_program(self, item_id: str, program: EndpointProgram) -> None:
+        a = self._assembled
+        names = a.hosts if isinstance(program, HostEndpointProgram) else a.endpoints
+        if names.get(program.name) is program:
+            del names[program.name]
+            a.changed.add("host_endpoints" if names is a.hosts else "endpoints")
+        for pid in self._program_pids.pop(item_id, frozenset()):
+            n = a.pid_refs[pid] - 1
+            if n:
+                a.pid_refs[pid] = n
+            else:
+                del a.pid_refs[pid]
+                self._unref_policy(pid)
+        for name in {p[4:] for p in program.profiles}:
+            n = a.profile_refs[name] - 1
+            if n:
+                a.profile_refs[name] = n
+            else:
+                del a.profile_refs[name]
+                self._unref_profile(name)
+
+    def _ref_policy(self, pid: str) -> None:
+        pol = self._policies.get(pid)
+        if pol is None:
+            return
+        if pol.set_ids is None:
+            pol.set_ids = frozenset().union(*(p.ipsets() for p in pol.programs.values()))
+        a = self._assembled
+        keys = tuple((pid, d) for d in pol.programs)
+        for key, prog in zip(keys, pol.programs.values(), strict=True):
+            a.policies[key] = prog
+        a.changed.add("policies")
+        a.policy_state[pid] = (keys, pol.set_ids)
+        self._ref_sets(pol.set_ids)
+
+    def _unref_policy(self, pid: str) -> None:
+        a = self._assembled
+        state = a.policy_state.pop(pid, None)
+        if state is None:
+            return
+        keys, set_ids = state
+        for key in keys:
+            del a.policies[key]
+        a.changed.add("policies")
+        self._unref_sets(set_ids)
+
+    def _ref_profile(self, name: str) -> None:
+        a = self._assembled
+        programs = self._profile_programs(name)
+        keys = tuple((f"pro:{name}", d) for d in programs)
+        for key, prog in zip(keys, programs.values(), strict=True):
+            a.profiles[key] = prog
+        a.changed.add("profiles")
+        set_ids = frozenset().union(*(p.ipsets() for p in programs.values()))
+        a.profile_state[name] = (keys, set_ids)
+        self._ref_sets(set_ids)
+
+    def _unref_profile(self, name: str) -> None:
+        a = self._assembled
+        state = a.profile_state.pop(name, None)
+        if state is None:
+            return
+        keys, set_ids = state
+        for key in keys:
+            del a.profiles[key]
+        a.changed.add("profiles")
+        self._unref_sets(set_ids)
+
+    def _ref_sets(self, set_ids: Iterable[str]) -> None:
+        a = self._assembled
+        for set_id in set_ids:
+            n = a.set_refs.get(set_id, 0)
+            a.set_refs[set_id] = n + 1
+            if not n:
+                a.ipsets[set_id] = self._index.ipset_spec(set_id, ipset_family(set_id))
+                a.changed.add("ipsets")
+
+    def _unref_sets(self, set_ids: Iterable[str]) -> None:
+        a = self._assembled
+        for set_id in set_ids:
+            n = a.set_refs[set_id] - 1
+            if n:
+                a.set_refs[set_id] = n
+            else:
+                del a.set_refs[set_id]
+                del a.ipsets[set_id]
+                a.changed.add("ipsets")
+
+
+class _Assembled:
+    """The contents of the model, by reference counts, and the immutable maps last made of
+    them (reused while their part did not change)."""
+
+    def __init__(self) -> None:
+        self.endpoints: dict[str, EndpointProgram] = {}
+        self.hosts: dict[str, HostEndpointProgram] = {}
+        self.policies: dict[tuple[str, str], PolicyProgram] = {}
+        self.profiles: dict[tuple[str, str], PolicyProgram] = {}
+        self.ipsets: dict[str, IPSetSpec] = {}
+        self.pid_refs: dict[str, int] = {}  # policy id -> programs referring to it
+        self.profile_refs: dict[str, int] = {}  # profile name -> programs referring to it
+        self.set_refs: dict[str, int] = {}  # IP set id -> policies / profiles referring to it
+        # what a referenced policy / profile put in: its program keys and IP set ids
+        self.policy_state: dict[str, tuple[tuple[tuple[str, str], ...], frozenset[str]]] = {}
+        self.profile_state: dict[str, tuple[tuple[tuple[str, str], ...], frozenset[str]]] = {}
+        self.changed: set[str] = {"endpoints", "host_endpoints", "policies", "profiles",
+                                  "ipsets"}
+        self._frozen: dict[str, FrozenMap[Any, Any]] = {}
+
+    def frozen(self, part: str, data: Mapping[Any, Any]) -> FrozenMap[Any, Any]:
+        """The immutable map of one part, sorted by key; the last one when it is unchanged."""
+        last = self._frozen.get(part)
+        if last is None or (part in self.changed and last != data):
+            last = self._frozen[part] = FrozenMap(sorted(data.items()))
+        self.changed.discard(part)
+        return last
 
 
 def _underlay_addresses(node: Node) -> tuple[str, ...]:

@@ -55,6 +55,12 @@ def cidr(text: str) -> str:
     return str(ipaddress.ip_network(text, strict=False))
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _address(text: str) -> str:
+    """The address of a CIDR (``10.0.0.1/32`` -> ``10.0.0.1``), canonical."""
+    return str(ipaddress.ip_interface(text).ip)
+
+
 def host_cidr(ip: str) -> str:
     """An address as a one-address CIDR."""
     addr = ipaddress.ip_address(ip)
@@ -119,16 +125,18 @@ class TrackedSelector:
 
     __slots__ = ("canon", "index", "keys", "match", "members", "policies", "refs", "sets")
 
-    def __init__(self, canon: str) -> None:
+    def __init__(self, canon: str,
+                 holders: Callable[[tuple[str, str]], int] = lambda kv: 0) -> None:
         s = parse(canon)
         self.canon = canon
         self.match = s.matcher
         self.keys = s.labels_used()
-        # a (key, value) every match has: the selector is only tried on items with it;
-        # scoping terms (namespace, orchestrator) are the least selective, so the last choice
+        # a (key, value) every match has: the selector is only tried on items with it. The
+        # one fewest items have now (``holders``); on a tie, not a scoping term (namespace,
+        # orchestrator: usually the least selective), else the first
         required = s.required_labels()
-        self.index: tuple[str, str] | None = next(
-            (kv for kv in required if kv[0] not in _SCOPE_KEYS), required[0] if required else None)
+        self.index: tuple[str, str] | None = min(
+            required, key=lambda kv: (holders(kv), kv[0] in _SCOPE_KEYS), default=None)
         self.members: set[str] = set()
         self.sets: list[TrackedIPSet] = []
         self.policies: set[str] = set()  # ids of the policies it selects endpoints for
@@ -190,6 +198,8 @@ class SelectorIndex:
         self._pod_users: dict[PodKey, set[str]] = {}  # pod -> workload item ids
         #: local endpoints whose program may have changed since the last model
         self.dirty: set[str] = set()
+        #: ids of IP sets whose members may have changed since the last model
+        self.dirty_sets: set[str] = set()
 
     # --- items from resources ----------------------------------------------------------------
 
@@ -408,25 +418,28 @@ class SelectorIndex:
                 port = item.ports.get((ip_set.port_name, ip_set.proto or 0))
                 if port is not None:
                     proto = PROTOCOL_NAMES[ip_set.proto or 0]
-                    new = tuple(f"{ipaddress.ip_interface(a).ip},{proto}:{port}"
-                                for a in item.addrs)
+                    new = tuple(f"{_address(a)},{proto}:{port}" for a in item.addrs)
         old = ip_set.contrib.get(item.id, ())
         if old == new:
             return
         for m in old:
-            counts = ip_set.counts[_family(m)]
+            fam = _family(m)
+            counts = ip_set.counts[fam]
             if counts[m] == 1:
                 del counts[m]
-                ip_set.dirty.add(_family(m))
+                ip_set.dirty.add(fam)
+                self.dirty_sets.add(ip_set.ids[fam])
             else:
                 counts[m] -= 1
         for m in new:
-            counts = ip_set.counts[_family(m)]
+            fam = _family(m)
+            counts = ip_set.counts[fam]
             if m in counts:
                 counts[m] += 1
             else:
                 counts[m] = 1
-                ip_set.dirty.add(_family(m))
+                ip_set.dirty.add(fam)
+                self.dirty_sets.add(ip_set.ids[fam])
         if new:
             ip_set.contrib[item.id] = new
         else:
@@ -448,7 +461,8 @@ class SelectorIndex:
         """One more user of a selector (canonical text): tracked from the first."""
         sel = self.selectors.get(canon)
         if sel is None:
-            sel = TrackedSelector(canon)
+            by_label = self.items_by_label
+            sel = TrackedSelector(canon, lambda kv: len(by_label.get(kv, ())))
             self.selectors[canon] = sel
             if sel.index is None:
                 self._unindexed.add(sel)
@@ -495,6 +509,7 @@ class SelectorIndex:
             self._sets[key] = ip_set
             for set_id in ip_set.ids.values():
                 self._set_by_id[set_id] = ip_set
+                self.dirty_sets.add(set_id)
             ip_set.sel.sets.append(ip_set)
             for item_id in ip_set.sel.members:
                 self._recontribute(ip_set, self.items[item_id])

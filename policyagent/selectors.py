@@ -10,6 +10,7 @@ spellings of one selector give one string -- and one IP set.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from datastore.selector import parse
@@ -25,6 +26,7 @@ ALL = "all()"
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./-")
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def canonical(text: str | None) -> str:
     """The canonical form of a selector; empty or missing means ``all()``."""
     if not text or not text.strip():
@@ -38,7 +40,12 @@ def quote(value: str) -> str:
 
 def all_of(parts: Iterable[str | None]) -> str:
     """The conjunction of selectors (``all()`` and empty parts drop out), canonical."""
-    texts = [canonical(p) for p in parts if p]
+    return _all_of(tuple(p for p in parts if p))
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _all_of(parts: tuple[str, ...]) -> str:
+    texts = [canonical(p) for p in parts]
     texts = [t for t in texts if t != ALL]
     if not texts:
         return ALL
@@ -47,6 +54,7 @@ def all_of(parts: Iterable[str | None]) -> str:
     return canonical(" && ".join(f"({t})" for t in dict.fromkeys(texts)))
 
 
+@functools.lru_cache(maxsize=1 << 12)
 def prefixed(text: str, prefix: str) -> str:
     """The selector with every label key prefixed (``a == "b"`` -> ``pcns.a == "b"``).
 
@@ -104,6 +112,7 @@ def prefixed(text: str, prefix: str) -> str:
     return canonical("".join(out))
 
 
+@functools.lru_cache(maxsize=1 << 12)
 def namespace_selector(text: str) -> str:
     """A ``namespaceSelector`` as a selector over endpoint labels.
 

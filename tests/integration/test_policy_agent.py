@@ -106,6 +106,10 @@ async def test_resources_to_table_and_smallest_transactions(store: Store, netns:
                                                   "caliaaaaaaaaaaa"))
     await put(store, "globalnetworkpolicies", gnp_doc(
         "from-b", "app == 'a'", [{"action": "Allow", "source": {"selector": "app == 'b'"}}]))
+    # the rule's source set is not empty (a rule needing a member of an empty set is left
+    # out, and comes with the set's first member: a chain change, not a set change)
+    await put(store, "workloadendpoints", wep_doc("b0", "ns1", "other", "10.1.0.9",
+                                                  {"app": "b"}))
     agent, task = await start(store, netns, table)
     try:
         text = table_text(netns, table)

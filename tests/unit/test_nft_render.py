@@ -77,17 +77,34 @@ def test_sets_and_rule_counters() -> None:
     script = render(model)
     (rule,) = model.policies[("np:default:allow-a", "ingress")].rules
     (s4,) = [s for s in rule.src_ipsets if s.startswith("s4")]
-    assert re.search(rf"set {s4} {{\n\t\ttype ipv4_addr; flags interval;\n.*\n"
-                     rf"\t\telements = {{ 10.65.0.1/32 }}", script)
+    # single addresses only: a set without intervals (a hash in the kernel)
+    assert re.search(rf"set {s4} {{\n\t\ttype ipv4_addr;\n.*\n"
+                     rf"\t\telements = {{ 10.65.0.1 }}", script)
     (s6,) = [s for s in rule.src_ipsets if s.startswith("s6")]
-    assert f"set {s6} {{\n\t\ttype ipv6_addr; flags interval;" in script
+    assert f"set {s6} {{\n\t\ttype ipv6_addr;\n" in script
+    # a network among the members: an interval set
+    nets = render(DataplaneModel(ipsets=FrozenMap({s4: IPSetSpec(s4, 4, frozenset(
+        {"10.65.0.1/32", "10.66.0.0/16", "10.66.1.0/24"}))})))
+    assert re.search(rf"set {s4} {{\n\t\ttype ipv4_addr; flags interval;\n.*\n"
+                     rf"\t\telements = {{ 10.65.0.1/32,\n\t\t\t10.66.0.0/16 }}", nets)
     body = chain_body(script, policy_chain("np:default:allow-a", "ingress"))
-    assert body[1:] == [
-        "meta mark & 0x30000 != 0 return",  # an earlier policy of the tier decided
-        f"meta nfproto ipv4 meta l4proto 6 ip saddr @{s4} th dport 8080 counter "
-        f'meta mark set meta mark | 0x10000 return comment "{rule.rule_id}"',
-        f"meta nfproto ipv6 meta l4proto 6 ip6 saddr @{s6} th dport 8080 counter "
-        f'meta mark set meta mark | 0x10000 return comment "{rule.rule_id}"']
+    v4 = (f"meta nfproto ipv4 meta l4proto 6 ip saddr @{s4} th dport 8080 counter "
+          f'meta mark set meta mark | 0x10000 return comment "{rule.rule_id}"')
+    v6 = (f"meta nfproto ipv6 meta l4proto 6 ip6 saddr @{s6} th dport 8080 counter "
+          f'meta mark set meta mark | 0x10000 return comment "{rule.rule_id}"')
+    # the IPv6 set is empty: its rule could never match and is left out
+    assert body[1:] == ["meta mark & 0x30000 != 0 return", v4]  # first: a policy decided
+    # pod a gets an IPv6 address: the rule for IPv6 is there
+    c = two_pods().add(wep("a", ["10.65.0.1", "fd00::1"], {"app": "a"}))
+    new = c.model()
+    body = chain_body(render(new), policy_chain("np:default:allow-a", "ingress"))
+    assert body[1:] == ["meta mark & 0x30000 != 0 return", v4, v6]
+    # ... and the incremental transaction refills the policy's chain with it, and back
+    name = policy_chain("np:default:allow-a", "ingress")
+    for a, b, rules in ((model, new, [v4, v6]), (new, model, [v4])):
+        script = render_incremental(a, b)
+        assert script is not None and f"flush chain inet tortie {name}" in script
+        assert chain_body(script, name)[1:] == ["meta mark & 0x30000 != 0 return", *rules]
 
 
 def test_named_port_set() -> None:
@@ -237,13 +254,21 @@ def test_incremental_set_members_and_chain_refill() -> None:
     (sid,) = [s for s, d in old.diff(new).ipset_members.items() if d.added]
     assert render_incremental(old, new) == (
         f"flush set inet tortie {sid}\ntable inet tortie {{\n\tset {sid} {{\n"
-        f"\t\ttype ipv4_addr; flags interval;\n\t\telements = {{ 10.65.0.3/32 }}\n\t}}\n}}\n")
+        f"\t\ttype ipv4_addr;\n\t\telements = {{ 10.65.0.3 }}\n\t}}\n}}\n")
     # overlapping members: refill the set in the same transaction
     def with_set(*members: str) -> DataplaneModel:
         return DataplaneModel(ipsets=FrozenMap({sid: IPSetSpec(sid, 4, frozenset(members))}))
-    script = render_incremental(with_set("10.65.0.3/32"), with_set("10.0.0.0/8", "10.65.0.3/32"))
+    script = render_incremental(with_set("10.0.0.0/8", "192.0.2.0/24"),
+                                with_set("10.0.0.0/8", "192.0.2.0/24", "10.65.0.3/32"))
     assert script is not None and script.startswith(f"flush set inet tortie {sid}\n")
-    assert "elements = { 10.0.0.0/8 }" in script and "10.65.0.3" not in script
+    assert "elements = { 10.0.0.0/8,\n\t\t\t192.0.2.0/24 }" in script
+    assert "10.65.0.3" not in script
+    # a set of addresses gets a network (or loses its last one): another type of set, which
+    # only the full render makes
+    assert render_incremental(with_set("10.65.0.3/32"),
+                              with_set("10.0.0.0/8", "10.65.0.3/32")) is None
+    assert render_incremental(with_set("10.0.0.0/8", "10.65.0.3/32"),
+                              with_set("10.65.0.3/32")) is None
     # a changed policy: its chain is flushed and refilled
     def with_policy(action: Action) -> DataplaneModel:
         prog = PolicyProgram("gnp:x", "ingress",

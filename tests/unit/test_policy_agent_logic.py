@@ -92,6 +92,10 @@ async def test_resources_to_scripts_and_smallest_transactions() -> None:
                                                   "caliaaaaaaaaaaa"))
     await put(store, "globalnetworkpolicies", gnp_doc(
         "from-b", "app == 'a'", [{"action": "Allow", "source": {"selector": "app == 'b'"}}]))
+    # the rule's source set is not empty (a rule needing a member of an empty set is left
+    # out, and comes with the set's first member: a chain change, not a set change)
+    await put(store, "workloadendpoints", wep_doc("b0", "ns1", "other", "10.1.0.9",
+                                                  {"app": "b"}))
     agent = make_agent(store, applier)
     task = await start(agent)
     try:
@@ -148,6 +152,10 @@ async def test_a_refused_incremental_change_falls_back_to_a_full_table() -> None
     await put(store, "workloadendpoints", wep_doc("a", "ns1", NODE, "10.1.0.1", {"app": "a"}))
     await put(store, "globalnetworkpolicies", gnp_doc(
         "from-b", "app == 'a'", [{"action": "Allow", "source": {"selector": "app == 'b'"}}]))
+    # the rule's source set is not empty (a rule needing a member of an empty set is left
+    # out, and comes with the set's first member: a chain change, not a set change)
+    await put(store, "workloadendpoints", wep_doc("b0", "ns1", "other", "10.1.0.9",
+                                                  {"app": "b"}))
     agent = make_agent(store, applier)
     task = await start(agent)
     try:
