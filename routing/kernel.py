@@ -16,7 +16,7 @@ import errno
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -147,12 +147,16 @@ class KernelRoutes:
             args["flags"] = RTNH_F_ONLINK
         return args
 
-    def sync(self, desired: Mapping[str, Route], *, remove: bool = True) -> SyncResult:
+    def sync(self, desired: Mapping[str, Route], *, remove: bool = True,
+             hold: Set[str] = frozenset()) -> SyncResult:
         """Make our routes equal ``desired`` (dst -> route).  ``remove=False`` adds and
-        fixes but removes nothing (a restarted agent before its routes are complete)."""
-        return call_in_netns(self.netns, lambda: self._sync(desired, remove))
+        fixes but removes nothing; ``hold`` names the destinations (canonical CIDRs) whose
+        unwanted routes stay (a restarted agent keeps the routes it adopted until its BGP
+        view is complete).  Held routes are listed in :attr:`SyncResult.held`."""
+        return call_in_netns(self.netns, lambda: self._sync(desired, remove, hold))
 
-    def _sync(self, desired: Mapping[str, Route], remove: bool) -> SyncResult:
+    def _sync(self, desired: Mapping[str, Route], remove: bool,
+              hold: Set[str] = frozenset()) -> SyncResult:
         res = SyncResult()
         with IPRoute() as ipr:
             ours, foreign = self._read(ipr)
@@ -192,7 +196,7 @@ class KernelRoutes:
             for dst, have in ours.items():
                 if dst in wanted:
                     continue
-                if not remove:
+                if not remove or dst in hold:
                     res.held.append(dst)
                     continue
                 for k in have:
