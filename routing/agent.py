@@ -72,7 +72,10 @@ from routing.vxlan import VXLANConfig, VXLANDevice, vtep_handle
 log = logging.getLogger("tortie.routing")
 
 RESYNC_INTERVAL = 30.0
-DEBOUNCE = 0.01  # coalesce a burst of datastore events into one kernel sync
+#: coalesce a burst of events into one sync: a change that comes within this long of the
+#: previous sync's end waits this long; the first change after a quiet spell is synced at
+#: once (events of one burst that arrive while it runs make one more sync after it)
+DEBOUNCE = 0.01
 SETTLE = 1.0                 # how often to re-check the startup hold-off
 DEFAULT_STARTUP_GRACE = 30.0
 DEFAULT_HOLD_TIME = 90
@@ -224,11 +227,18 @@ class RoutingAgent:
         self._dirty = asyncio.Event()
         self._started_at = time.monotonic()
         self._learnt_at = 0.0
+        self._synced_at = 0.0  # monotonic end of the last successful sync
         self._speaker_started = False
-        self._settings: BGPSettings | None = None
+        self._settings: BGPSettings | None = None      # what the speaker runs with
+        self._bgp_wanted: BGPSettings | None = None    # bgp_settings() when last computed
+        self._settings_stale = True  # a document BGP settings come from changed since
         self._announced: dict[str, str] | None = None
         self._complete = False
         self._adopted = AdoptedRoutes()
+        # the quick path's starting point (see _reconcile_routes): routes of ours in the
+        # kernel and this node as the last full sync left them; None: run a full sync
+        self._programmed: dict[str, desired.Route] | None = None
+        self._me_synced: desired.NodeInfo | None = None
         self._held: frozenset[str] = frozenset()
         self._events: dict[str, float] = {}  # kind -> unix time of its first unsynced event
         self._ipip_warned = False
@@ -275,10 +285,9 @@ class RoutingAgent:
                     self.blocks.pop(key, None)
                 else:
                     self.blocks[key] = parse_watched_block(key, value)
-                new = self.blocks.get(key)
-                if (old is not None and new is not None
-                        and desired.block_signature(old) == desired.block_signature(new)):
-                    return  # a pod came or went inside its node's block: no route changes
+                if (desired.block_view(old, self.node)
+                        == desired.block_view(self.blocks.get(key), self.node)):
+                    return  # nothing this node routes or announces changed
             elif key.startswith(POOLS):
                 if value is None:
                     self.pools.pop(name, None)
@@ -321,9 +330,12 @@ class RoutingAgent:
             log.warning("ignoring a document routing cannot use",
                         extra={"fields": {"key": key, "error": str(e)}})
             return
+        if not key.startswith(BLOCKS):
+            self._settings_stale = True  # BGP settings come from these documents
         self._mark("block" if key.startswith(BLOCKS) else "datastore")
 
     def _on_synced(self) -> None:
+        self._settings_stale = True
         self._mark("datastore")
 
     def _on_routes(self, routes: dict[str, LearnedRoute]) -> None:
@@ -357,12 +369,13 @@ class RoutingAgent:
                     if time.monotonic() < resync_at:
                         continue  # idle: the beat says the loop is alive
                 resync_at = time.monotonic() + RESYNC_INTERVAL
-                if DEBOUNCE:
-                    await asyncio.sleep(DEBOUNCE)
+                quiet = time.monotonic() - self._synced_at >= DEBOUNCE
+                await asyncio.sleep(0 if quiet else DEBOUNCE)  # 0: this turn's events too
                 self._dirty.clear()
                 events, self._events = self._events, {}
                 try:
                     await self.reconcile(events)
+                    self._synced_at = time.monotonic()
                     self.last_error = ""
                     backoff.reset()
                 except asyncio.CancelledError:
@@ -388,8 +401,10 @@ class RoutingAgent:
 
     async def reconcile(self, events: dict[str, float] | None = None) -> None:
         """One sync; ``events``: the kinds of change it handles (block, bgp, datastore), each
-        with the unix time its first change came."""
-        event_at = min(events.values()) if events else None
+        with the unix time its first change came.  Only BGP news (learnt routes changed):
+        the quick path, :meth:`_reconcile_routes`; anything else: everything."""
+        if events and set(events) <= {"bgp"} and await self._reconcile_routes(events):
+            return
         started, started_wall = time.monotonic(), time.time()
         me = self._me()
         if me is None:
@@ -421,11 +436,71 @@ class RoutingAgent:
         t_kernel = time.monotonic()
         res = await asyncio.to_thread(self.kernel.sync, wanted.routes, hold=hold)
         t_done = time.monotonic()
+        # what the quick path starts from: the routes of ours now in the kernel, and the
+        # node as this sync saw it (its tunnel addresses); not after an error
+        self._programmed = None if errors else {
+            d: r for d, r in wanted.routes.items()
+            if d not in res.failed and d not in res.conflicts}
+        self._me_synced = None if errors else me
+        self._done(events, wanted, res, announced_before, complete, started, started_wall,
+                   (t_computed, t_bgp, t_kernel, t_done))
+        masq, every = desired.masquerade_sets(pools)
+        keep = desired.never_masqueraded(self.node_models.values(), self.peers.values())
+        try:
+            if await self.nat.sync(masq, every, keep):
+                log.info("outgoing NAT updated", extra={"fields": {
+                    "masquerade": ",".join(masq) or "-", "pools": ",".join(every) or "-",
+                    "never_to": ",".join(keep) or "-"}})
+        except NATError as e:
+            self.m_failures.labels(what="nat").inc()
+            log.warning("cannot program outgoing NAT", extra={"fields": {"error": str(e)}})
+        if not self.ready.is_set():
+            self.ready.set()
+            log.info("routing programmed", extra={"fields": {
+                "routes": len(wanted.routes), "announced": len(wanted.announce)}})
+        if errors:  # the loop retries with back-off
+            raise errors[0]
+
+    async def _reconcile_routes(self, events: dict[str, float]) -> bool:
+        """The quick path for BGP news: only the learnt routes changed since the last sync,
+        so the tunnels, NAT, BGP settings and announcements are as that sync left them, and
+        the kernel gets just the route changes (:meth:`routing.kernel.KernelRoutes.apply`,
+        no table dump).  False when it cannot tell (no clean sync before, the announcements
+        or the start-up hold would change, the kernel was not as expected): then the full
+        sync runs."""
+        me, before = self._me_synced, self._programmed
+        if me is None or before is None or self._me() is None:
+            return False
+        started, started_wall = time.monotonic(), time.time()
+        pools = list(self.pools.values())
+        wanted = desired.compute(me, self.nodes, pools, self._blocks(), self.learnt)
+        complete = self._bgp_complete()
+        if wanted.announce != self._announced or complete != self._complete:
+            return False
+        t_computed = time.monotonic()
+        hold = self._adopted.hold(wanted.routes, complete)
+        res = await asyncio.to_thread(self.kernel.apply, before, wanted.routes, hold=hold)
+        t_done = time.monotonic()
+        if res is None:
+            self._programmed = None
+            return False
+        self._programmed = dict(wanted.routes)
+        self._done(events, wanted, res, self._announced, complete, started, started_wall,
+                   (t_computed, t_computed, t_computed, t_done))
+        return True
+
+    def _done(self, events: dict[str, float] | None, wanted: desired.Desired, res: SyncResult,
+              announced_before: dict[str, str] | None, complete: bool, started: float,
+              started_wall: float, stamps: tuple[float, float, float, float]) -> None:
+        """After a sync: log and count what changed and where the time went, metrics,
+        the start-up hold's end."""
+        t_computed, t_bgp, t_kernel, t_done = stamps
         self._account(res)
         self._report_held(res.held)
         ann_added = sorted(set(wanted.announce) - set(announced_before or {}))
         ann_removed = sorted(set(announced_before or {}) - set(wanted.announce))
         if res.changed or ann_added or ann_removed:
+            event_at = min(events.values()) if events else None
             log.info("routing synced", extra={"fields": {
                 "events": ",".join(f"{k}@{t:.3f}" for k, t in sorted(
                     (events or {}).items(), key=lambda kv: kv[1])) or "-",
@@ -439,16 +514,6 @@ class RoutingAgent:
                                      + [f"-{p}" for p in ann_removed]) or "-",
                 "routes": ",".join([f"+{_route_dst(r)}" for r in res.added + res.replaced]
                                    + [f"-{d}" for d in res.removed]) or "-"}})
-        masq, every = desired.masquerade_sets(pools)
-        keep = desired.never_masqueraded(self.node_models.values(), self.peers.values())
-        try:
-            if await self.nat.sync(masq, every, keep):
-                log.info("outgoing NAT updated", extra={"fields": {
-                    "masquerade": ",".join(masq) or "-", "pools": ",".join(every) or "-",
-                    "never_to": ",".join(keep) or "-"}})
-        except NATError as e:
-            self.m_failures.labels(what="nat").inc()
-            log.warning("cannot program outgoing NAT", extra={"fields": {"error": str(e)}})
         self.last, self.last_sync = wanted, res
         kinds = {"blackhole": 0, "direct": 0, "vxlan": 0, "ipip": 0}
         for r in wanted.routes.values():
@@ -467,12 +532,6 @@ class RoutingAgent:
                                        "by": "grace" if waiting else "bgp",
                                        "waiting_for": ",".join(waiting) or "-"}})
         self._complete = complete
-        if not self.ready.is_set():
-            self.ready.set()
-            log.info("routing programmed", extra={"fields": {
-                "routes": len(wanted.routes), "announced": len(wanted.announce)}})
-        if errors:  # the loop retries with back-off
-            raise errors[0]
 
     def _account(self, res: SyncResult) -> None:
         for op, items in (("add", res.added), ("replace", res.replaced),
@@ -600,8 +659,11 @@ class RoutingAgent:
     async def _bgp(self, me: desired.NodeInfo, wanted: desired.Desired) -> None:
         if self.speaker is None:
             return
-        settings = self.bgp_settings()
+        if self._settings_stale or not self._speaker_started:
+            self._bgp_wanted = self.bgp_settings()
+        settings = self._bgp_wanted  # else: only blocks or routes changed since
         if settings is None:
+            self._settings_stale = False
             return
         if not self._speaker_started:
             await self.speaker.start(settings)
@@ -627,6 +689,7 @@ class RoutingAgent:
             self._settings = settings
             log.info("BGP settings changed", extra={"fields": {
                 "neighbours": ",".join(n.address for n in settings.neighbours) or "-"}})
+        self._settings_stale = False
         if wanted.announce != self._announced:
             await self.speaker.announce(dict(wanted.announce))
             self._announced = dict(wanted.announce)
