@@ -323,6 +323,9 @@ def stage_split(claims: list[tuple[str, str, float, float]],
         if seen is not None:
             add("owner_event", seen - t0)
             add("owner_to_exabgp", sent - seen)
+        for k in ("wait_ms", "compute_ms", "bgp_ms"):
+            if mine.get(k, "-") != "-":
+                add(f"owner_{k}", float(mine[k]) / 1000)
         for node, syncs in logs.items():
             if node == owner:
                 continue
@@ -354,6 +357,9 @@ def print_split(split: dict[str, list[float]], what: str) -> None:
           f"(max {mx('owner_to_exabgp')}) -> update at a peer's agent {med('bgp_transit')} "
           f"(max {mx('bgp_transit')}) -> in its kernel {med('peer_to_kernel')} "
           f"(max {mx('peer_to_kernel')}) ms, medians")
+    print(f"                owner's sync: event -> sync start {med('owner_wait_ms')}, compute "
+          f"(with tunnel addresses) {med('owner_compute_ms')}, BGP hand-over "
+          f"{med('owner_bgp_ms')} (max {mx('owner_bgp_ms')}) ms")
     print(f"                peers' syncs: event -> sync start {med('peer_wait_ms')}, compute "
           f"{med('peer_compute_ms')}, bgp {med('peer_bgp_ms')}, kernel "
           f"{med('peer_kernel_ms')}, whole sync {med('peer_total_ms')} "
