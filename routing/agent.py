@@ -659,12 +659,22 @@ class RoutingAgent:
     async def _bgp(self, me: desired.NodeInfo, wanted: desired.Desired) -> None:
         if self.speaker is None:
             return
-        if self._settings_stale or not self._speaker_started:
-            self._bgp_wanted = self.bgp_settings()
-        settings = self._bgp_wanted  # else: only blocks or routes changed since
-        if settings is None:
-            self._settings_stale = False
-            return
+        try:
+            if self._settings_stale or not self._speaker_started:
+                # cleared before the awaits below: a document changing meanwhile marks it
+                # again
+                self._settings_stale = False
+                self._bgp_wanted = self.bgp_settings()
+            settings = self._bgp_wanted  # else: only blocks or routes changed since
+            if settings is None:
+                return
+            await self._apply_bgp(settings, wanted)
+        except BaseException:
+            self._settings_stale = True  # not applied: compute and apply them again
+            raise
+
+    async def _apply_bgp(self, settings: BGPSettings, wanted: desired.Desired) -> None:
+        assert self.speaker is not None
         if not self._speaker_started:
             await self.speaker.start(settings)
             self._speaker_started = True
@@ -689,7 +699,6 @@ class RoutingAgent:
             self._settings = settings
             log.info("BGP settings changed", extra={"fields": {
                 "neighbours": ",".join(n.address for n in settings.neighbours) or "-"}})
-        self._settings_stale = False
         if wanted.announce != self._announced:
             await self.speaker.announce(dict(wanted.announce))
             self._announced = dict(wanted.announce)
