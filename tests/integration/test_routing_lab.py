@@ -226,7 +226,7 @@ from datastore.etcd_config import EtcdConfig
 from datastore.store import Store
 from ipam.allocator import IPAM
 
-async def main(verb, node, handle, pool):
+async def main(verb, node, handle, pool=""):
     async with Store(EtcdConfig.load()) as store:
         ipam = IPAM(store, node)
         if verb == "claim":
