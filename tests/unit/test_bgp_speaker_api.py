@@ -181,7 +181,8 @@ def test_end_of_rib_is_sent_again_after_each_applied_reload(fake: Path,
             for added in ("192.0.2.13", "192.0.2.14"):  # two nodes join: two reloads
                 peers = [a for a in ("192.0.2.12", "192.0.2.13", "192.0.2.14") if a <= added]
                 await sp.configure(settings(*peers))
-                await until(lambda: all(eors_after_last_reload(p) >= 1 for p in peers),
+                await until(lambda peers=peers: all(eors_after_last_reload(p) >= 1
+                                                    for p in peers),
                             what=f"End-of-RIB to {peers} after the reload adding {added}")
         finally:
             await sp.close()
