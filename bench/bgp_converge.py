@@ -27,7 +27,16 @@ its routing agent and ExaBGP) and prints, for each size,
 * release -> gone: each handle released (the emptied block is deleted from etcd), until
   the route has left the first / last other node's kernel.
 
-Targets: median announce latency <= 200 ms, 20-node mesh up <= 10 s.
+Lab mode also prints where a claim's time goes, from every node's log (the routing
+agent's ``routing synced`` lines, which carry the time of the event that started each sync
+and of the hand-over to ExaBGP): claim committed -> the owner's agent sees the block ->
+the announcement is handed to ExaBGP -> the other agents get the BGP update from their
+speaker -> the route is in their kernel; and the same for releases.  It also prints the
+mesh from the last tortie-node's start, and any node whose startup hold ended by its grace
+time instead of a complete BGP view.
+
+Targets: median announce latency <= 200 ms, 20-node mesh up <= 10 s (lab: after the last
+tortie-node is up).
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import statistics
@@ -258,6 +268,104 @@ class StampedIPAM(IPAM):
         StampedIPAM.deleted[block.cidr] = time.perf_counter()
 
 
+_KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def parse_logfmt(line: str) -> dict[str, str]:
+    """One agentkit.logs line as a dict (quoted values unquoted)."""
+    out: dict[str, str] = {}
+    for key, value in _KV.findall(line):
+        out[key] = json.loads(value) if value.startswith('"') else value
+    return out
+
+
+def _events(fields: dict[str, str]) -> dict[str, float]:
+    """``events=block@1.2,bgp@1.3`` -> {"block": 1.2, "bgp": 1.3}."""
+    out: dict[str, float] = {}
+    for item in fields.get("events", "").split(","):
+        kind, _, at = item.partition("@")
+        if at:
+            out[kind] = float(at)
+    return out
+
+
+def node_syncs(log: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(``routing synced`` lines, ``routing complete`` lines) of one node's log."""
+    syncs, complete = [], []
+    with open(log, errors="replace") as f:
+        for line in f:
+            if 'msg="routing synced"' in line:
+                syncs.append(parse_logfmt(line))
+            elif "msg=\"routing complete" in line:
+                complete.append(parse_logfmt(line))
+    return syncs, complete
+
+
+def stage_split(claims: list[tuple[str, str, float, float]],
+                logs: dict[str, list[dict[str, str]]],
+                kernel: dict[tuple[str, str, bool], float]) -> dict[str, list[float]]:
+    """Per stage, the seconds each claim (or release) spent there.  ``claims``: (owner,
+    block, committed unix time, +1 add / -1 remove); ``kernel``: (node, block, present) ->
+    unix time the route event was seen."""
+    out: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        out.setdefault(key, []).append(value)
+
+    for owner, block, t0, sign in claims:
+        tag = ("+" if sign > 0 else "-") + block
+        mine = next((f for f in logs.get(owner, [])
+                     if tag in f.get("announce", "").split(",")), None)
+        if mine is None:
+            continue
+        seen = _events(mine).get("block")
+        sent = float(mine["announced_at"])
+        if seen is not None:
+            add("owner_event", seen - t0)
+            add("owner_to_exabgp", sent - seen)
+        for k in ("wait_ms", "compute_ms", "bgp_ms"):
+            if mine.get(k, "-") != "-":
+                add(f"owner_{k}", float(mine[k]) / 1000)
+        for node, syncs in logs.items():
+            if node == owner:
+                continue
+            theirs = next((f for f in syncs if tag in f.get("routes", "").split(",")
+                           and "bgp" in _events(f)), None)
+            if theirs is None:
+                continue
+            got = _events(theirs)["bgp"]
+            add("bgp_transit", got - sent)
+            at = kernel.get((node, block, sign > 0))
+            if at is not None:
+                add("peer_to_kernel", at - got)
+            for k in ("wait_ms", "compute_ms", "bgp_ms", "kernel_ms", "total_ms"):
+                if theirs.get(k, "-") != "-":
+                    add(f"peer_{k}", float(theirs[k]) / 1000)
+    return out
+
+
+def print_split(split: dict[str, list[float]], what: str) -> None:
+    def med(key: str) -> str:
+        v = split.get(key)
+        return f"{statistics.median(v) * 1000:.1f}" if v else "-"
+
+    def mx(key: str) -> str:
+        v = split.get(key)
+        return f"{max(v) * 1000:.1f}" if v else "-"
+    print(f"              {what}: committed -> owner's agent sees it {med('owner_event')}"
+          f" (max {mx('owner_event')}) -> handed to ExaBGP {med('owner_to_exabgp')} "
+          f"(max {mx('owner_to_exabgp')}) -> update at a peer's agent {med('bgp_transit')} "
+          f"(max {mx('bgp_transit')}) -> in its kernel {med('peer_to_kernel')} "
+          f"(max {mx('peer_to_kernel')}) ms, medians")
+    print(f"                owner's sync: event -> sync start {med('owner_wait_ms')}, compute "
+          f"(with tunnel addresses) {med('owner_compute_ms')}, BGP hand-over "
+          f"{med('owner_bgp_ms')} (max {mx('owner_bgp_ms')}) ms")
+    print(f"                peers' syncs: event -> sync start {med('peer_wait_ms')}, compute "
+          f"{med('peer_compute_ms')}, bgp {med('peer_bgp_ms')}, kernel "
+          f"{med('peer_kernel_ms')}, whole sync {med('peer_total_ms')} "
+          f"(max {mx('peer_total_ms')}) ms")
+
+
 def _wait_all(watches: list[RouteWatch], cond: threading.Condition, dst: str, present: bool,
               after: float, timeout: float) -> list[float]:
     deadline = time.monotonic() + timeout
@@ -279,8 +387,8 @@ async def _claims(lab: Lab, nodes: list[str], watches: dict[str, RouteWatch],
                   tag: str) -> dict[str, list[float]]:
     """Runs in the fabric namespace (where the lab's etcd listens)."""
     st = lab.load()
-    out: dict[str, list[float]] = {k: [] for k in ("add_owner", "add_first", "add_last",
-                                                   "del_first", "del_last")}
+    out: dict[str, list[Any]] = {k: [] for k in ("add_owner", "add_first", "add_last",
+                                                 "del_first", "del_last", "stamps")}
     async with Store(st.etcd_config()) as store:
         ipams = {n: StampedIPAM(store, n) for n in nodes}
         pool = next(p for p in await ipams[nodes[0]].pools() if p.name == BENCH_POOL)
@@ -300,6 +408,7 @@ async def _claims(lab: Lab, nodes: list[str], watches: dict[str, RouteWatch],
                 out["add_owner"].append(owner - t_claim)
             out["add_first"].append(min(seen) - t_claim)
             out["add_last"].append(max(seen) - t_claim)
+            out["stamps"].append((node, block, t_claim, 1))
             held.append((node, handle, block))
         for node, handle, block in held:
             t0 = time.perf_counter()
@@ -309,13 +418,22 @@ async def _claims(lab: Lab, nodes: list[str], watches: dict[str, RouteWatch],
             seen = await asyncio.to_thread(_wait_all, others, cond, block, False, t0, timeout)
             out["del_first"].append(min(seen) - t_del)
             out["del_last"].append(max(seen) - t_del)
+            out["stamps"].append((node, block, t_del, -1))
     return out
 
 
 def run_lab(n: int, claims: int, timeout: float) -> dict[str, Any]:
     tag = secrets.token_hex(3)
-    lab = Lab(f"bgp{tag}")
+    marks: dict[str, float] = {}  # "started" / "ready" -> unix time of the last node's
+
+    def progress(msg: str) -> None:
+        if msg.startswith("node ") and "tortie-node pid" in msg:
+            marks["started"] = time.time()
+        elif msg.startswith("node ") and "tortie-node ready" in msg:
+            marks["ready"] = time.time()
+    lab = Lab(f"bgp{tag}", progress=progress)
     watches: dict[str, RouteWatch] = {}
+    wall = time.time() - time.perf_counter()  # perf_counter -> unix time
     cond = threading.Condition()
     load_before = os.getloadavg()
     try:
@@ -341,7 +459,9 @@ def run_lab(n: int, claims: int, timeout: float) -> dict[str, Any]:
         t_polled = time.perf_counter()
         last_change = max(t for _, t in states)
         res: dict[str, Any] = {"up": t_up - t0, "mesh": last_change - t0_wall,
-                               "mesh_polled": t_polled - t0, "load_before": load_before}
+                               "mesh_polled": t_polled - t0, "load_before": load_before,
+                               "mesh_after_started": last_change - marks["started"],
+                               "mesh_after_ready": last_change - marks["ready"]}
         if claims:
             p = lab.tortie(st, ["apply", "-f", "-"], input=(
                 f"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: "
@@ -354,6 +474,20 @@ def run_lab(n: int, claims: int, timeout: float) -> dict[str, Any]:
             time.sleep(0.5)  # the monitors are subscribed
             res.update(call_in_netns(st.fabric, lambda: asyncio.run(
                 _claims(lab, list(nodes), watches, cond, claims, timeout, tag))))
+            time.sleep(1.0)  # the last log lines are written
+            logs, late = {}, []
+            for name, node in st.nodes.items():
+                logs[name], complete = node_syncs(node.log)
+                late += [f"{name} after {c.get('after_s')} s waiting for {c.get('waiting_for')}"
+                         for c in complete if c.get("by") == "grace"]
+            firsts: dict[tuple[str, str, bool], float] = {}  # each block comes and goes once
+            for w in watches.values():
+                for t, d, present in list(w.events):
+                    firsts.setdefault((w.node, d, present), t + wall)
+            stamps = [(o, b, t + wall, sign) for o, b, t, sign in res.pop("stamps")]
+            res["split_add"] = stage_split([x for x in stamps if x[3] > 0], logs, firsts)
+            res["split_del"] = stage_split([x for x in stamps if x[3] < 0], logs, firsts)
+            res["late_complete"] = late
         res["load_after"] = os.getloadavg()
         return res
     finally:
@@ -378,6 +512,8 @@ def print_lab(n: int, r: dict[str, Any], claims: int) -> None:
     print(f"{n:3d}-node lab: full mesh {r['mesh']:.2f} s after Lab.up was called "
           f"(Lab.up returned after {r['up']:.2f} s; polling saw the mesh at "
           f"{r['mesh_polled']:.2f} s), {n * (n - 1) // 2} sessions")
+    print(f"              full mesh {r['mesh_after_ready']:.2f} s after the last tortie-node "
+          f"was up ({r['mesh_after_started']:.2f} s after it was started)")
     if claims:
         for key, what in (("add", "block claim -> route in kernel"),
                           ("del", "block freed  -> route gone  ")):
@@ -386,6 +522,11 @@ def print_lab(n: int, r: dict[str, Any], claims: int) -> None:
             print(f"              {what}: first node median {statistics.median(first):.1f} / "
                   f"p99 {p99(first):.1f} ms, last node median {statistics.median(last):.1f} "
                   f"/ p99 {p99(last):.1f} ms ({len(last)} blocks)")
+    if claims:
+        print_split(r["split_add"], "claim  ")
+        print_split(r["split_del"], "release")
+        for line in r["late_complete"]:
+            print(f"              startup hold ended by grace, not BGP: {line}")
     if claims and r["add_owner"]:
         owner = [v * 1000 for v in r["add_owner"]]
         print(f"              (of which claim -> owner's own blackhole route: median "

@@ -19,9 +19,13 @@ with a :class:`datastore.syncer.Syncer`, and after every change (debounced) and 
 
 Restarts: ``close()`` leaves every route in place and stops the speaker gracefully (peers keep
 our routes as stale).  A starting agent adopts the routes with protocol 80 it finds and does
-not remove any until its BGP view is complete (every neighbour established and its
-End-of-RIB received, or ``--routing-startup-grace`` seconds), so a restart never drops
-traffic.
+not remove any of *those* until its BGP view is complete (every neighbour established and
+its End-of-RIB received, or ``--routing-startup-grace`` seconds), so a restart never drops
+traffic (:class:`AdoptedRoutes`).  A route this run programmed itself goes as soon as it is
+no longer wanted: its withdrawal is news, not a gap in a view still being learnt.
+
+Every sync that changes a kernel route or the announcements logs ``routing synced`` with
+where its time went (event -> start, compute, BGP hand-over, kernel) and what changed.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +72,10 @@ from routing.vxlan import VXLANConfig, VXLANDevice, vtep_handle
 log = logging.getLogger("tortie.routing")
 
 RESYNC_INTERVAL = 30.0
-DEBOUNCE = 0.01  # coalesce a burst of datastore events into one kernel sync
+#: coalesce a burst of events into one sync: a change that comes within this long of the
+#: previous sync's end waits this long; the first change after a quiet spell is synced at
+#: once (events of one burst that arrive while it runs make one more sync after it)
+DEBOUNCE = 0.01
 SETTLE = 1.0                 # how often to re-check the startup hold-off
 DEFAULT_STARTUP_GRACE = 30.0
 DEFAULT_HOLD_TIME = 90
@@ -94,6 +103,45 @@ def tcp_md5_failures(netstat: str) -> int:
             row = dict(zip(head.split()[1:], values.split()[1:], strict=False))
             total += sum(int(row.get(c, 0)) for c in MD5_COUNTERS)
     return total
+
+
+class AdoptedRoutes:
+    """The routes a starting agent found in the kernel (its predecessor's), which it keeps
+    while its BGP view is incomplete even when nothing wants them yet.
+
+    Only those: a route the agent added itself in this run and that is unwanted now was
+    withdrawn (or its owner's session ended) while we watched, so it goes at once.  Holding
+    every unwanted route instead kept a block's route freed after start-up in the kernel
+    until the start-up grace ran out (18 s in a 20-node lab: one peer's End-of-RIB late)."""
+
+    def __init__(self) -> None:
+        self.found: set[str] | None = None  # None: the kernel was not read yet
+
+    @staticmethod
+    def _canonical(dst: str) -> str:
+        return str(ipaddress.ip_network(dst, strict=False))
+
+    def adopt(self, dsts: Iterable[str]) -> None:
+        """The destinations of the protocol-80 routes in the kernel at start."""
+        self.found = {self._canonical(d) for d in dsts}
+
+    def hold(self, wanted: Iterable[str], complete: bool) -> frozenset[str]:
+        """The destinations whose unwanted routes stay in this sync.  An adopted route that
+        is wanted again was confirmed: it is no longer held later.  Once complete, nothing
+        is held again."""
+        if self.found is None:
+            return frozenset()
+        if complete:
+            self.found.clear()
+            return frozenset()
+        self.found -= {self._canonical(d) for d in wanted}
+        return frozenset(self.found)
+
+
+def _route_dst(described: str) -> str:
+    """The destination in a :meth:`routing.desired.Route.describe` text."""
+    words = described.split()
+    return words[1] if words and words[0] == "blackhole" else words[0]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,10 +227,20 @@ class RoutingAgent:
         self._dirty = asyncio.Event()
         self._started_at = time.monotonic()
         self._learnt_at = 0.0
+        self._synced_at = 0.0  # monotonic end of the last successful sync
         self._speaker_started = False
-        self._settings: BGPSettings | None = None
+        self._settings: BGPSettings | None = None      # what the speaker runs with
+        self._bgp_wanted: BGPSettings | None = None    # bgp_settings() when last computed
+        self._settings_stale = True  # a document BGP settings come from changed since
         self._announced: dict[str, str] | None = None
         self._complete = False
+        self._adopted = AdoptedRoutes()
+        # the quick path's starting point (see _reconcile_routes): routes of ours in the
+        # kernel and this node as the last full sync left them; None: run a full sync
+        self._programmed: dict[str, desired.Route] | None = None
+        self._me_synced: desired.NodeInfo | None = None
+        self._held: frozenset[str] = frozenset()
+        self._events: dict[str, float] = {}  # kind -> unix time of its first unsynced event
         self._ipip_warned = False
         self.last: desired.Desired | None = None
         self.last_sync: SyncResult | None = None
@@ -227,10 +285,9 @@ class RoutingAgent:
                     self.blocks.pop(key, None)
                 else:
                     self.blocks[key] = parse_watched_block(key, value)
-                new = self.blocks.get(key)
-                if (old is not None and new is not None
-                        and desired.block_signature(old) == desired.block_signature(new)):
-                    return  # a pod came or went inside its node's block: no route changes
+                if (desired.block_view(old, self.node)
+                        == desired.block_view(self.blocks.get(key), self.node)):
+                    return  # nothing this node routes or announces changed
             elif key.startswith(POOLS):
                 if value is None:
                     self.pools.pop(name, None)
@@ -273,14 +330,23 @@ class RoutingAgent:
             log.warning("ignoring a document routing cannot use",
                         extra={"fields": {"key": key, "error": str(e)}})
             return
-        self._dirty.set()
+        if not key.startswith(BLOCKS):
+            self._settings_stale = True  # BGP settings come from these documents
+        self._mark("block" if key.startswith(BLOCKS) else "datastore")
 
     def _on_synced(self) -> None:
-        self._dirty.set()
+        self._settings_stale = True
+        self._mark("datastore")
 
     def _on_routes(self, routes: dict[str, LearnedRoute]) -> None:
         self.learnt = dict(routes)
         self._learnt_at = time.monotonic()
+        self._mark("bgp")
+
+    def _mark(self, kind: str) -> None:
+        """A change to sync: wake the loop, and note when the first unsynced change of its
+        kind came."""
+        self._events.setdefault(kind, time.time())
         self._dirty.set()
 
     # --- the loop -------------------------------------------------------------------------
@@ -303,10 +369,13 @@ class RoutingAgent:
                     if time.monotonic() < resync_at:
                         continue  # idle: the beat says the loop is alive
                 resync_at = time.monotonic() + RESYNC_INTERVAL
-                await asyncio.sleep(DEBOUNCE)
+                quiet = time.monotonic() - self._synced_at >= DEBOUNCE
+                await asyncio.sleep(0 if quiet else DEBOUNCE)  # 0: this turn's events too
                 self._dirty.clear()
+                events, self._events = self._events, {}
                 try:
-                    await self.reconcile()
+                    await self.reconcile(events)
+                    self._synced_at = time.monotonic()
                     self.last_error = ""
                     backoff.reset()
                 except asyncio.CancelledError:
@@ -330,8 +399,13 @@ class RoutingAgent:
     def _blocks(self) -> list[Block]:
         return list(self.blocks.values())
 
-    async def reconcile(self) -> None:
-        started = time.monotonic()
+    async def reconcile(self, events: dict[str, float] | None = None) -> None:
+        """One sync; ``events``: the kinds of change it handles (block, bgp, datastore), each
+        with the unix time its first change came.  Only BGP news (learnt routes changed):
+        the quick path, :meth:`_reconcile_routes`; anything else: everything."""
+        if events and set(events) <= {"bgp"} and await self._reconcile_routes(events):
+            return
+        started, started_wall = time.monotonic(), time.time()
         me = self._me()
         if me is None:
             log.info("waiting for this node's address in its Node resource",
@@ -346,15 +420,30 @@ class RoutingAgent:
         wanted = desired.compute(me, self.nodes, pools, self._blocks(), self.learnt)
         for why in wanted.skipped:
             log.debug("route skipped", extra={"fields": {"why": why}})
+        t_computed = time.monotonic()
+        announced_before = self._announced
         try:
             await self._bgp(me, wanted)
         except Exception as e:
             self.m_failures.labels(what="bgp").inc()
             errors.append(e)
+        t_bgp = time.monotonic()
         await self._tunnels(me, wanted)
         complete = self._bgp_complete()
-        res = await asyncio.to_thread(self.kernel.sync, wanted.routes, remove=complete)
-        self._account(res)
+        if self._adopted.found is None:  # the first sync: what the previous run left
+            self._adopted.adopt(await asyncio.to_thread(self.kernel.routes))
+        hold = self._adopted.hold(wanted.routes, complete)
+        t_kernel = time.monotonic()
+        res = await asyncio.to_thread(self.kernel.sync, wanted.routes, hold=hold)
+        t_done = time.monotonic()
+        # what the quick path starts from: the routes of ours now in the kernel, and the
+        # node as this sync saw it (its tunnel addresses); not after an error
+        self._programmed = None if errors else {
+            d: r for d, r in wanted.routes.items()
+            if d not in res.failed and d not in res.conflicts}
+        self._me_synced = None if errors else me
+        self._done(events, wanted, res, announced_before, complete, started, started_wall,
+                   (t_computed, t_bgp, t_kernel, t_done))
         masq, every = desired.masquerade_sets(pools)
         keep = desired.never_masqueraded(self.node_models.values(), self.peers.values())
         try:
@@ -365,6 +454,66 @@ class RoutingAgent:
         except NATError as e:
             self.m_failures.labels(what="nat").inc()
             log.warning("cannot program outgoing NAT", extra={"fields": {"error": str(e)}})
+        if not self.ready.is_set():
+            self.ready.set()
+            log.info("routing programmed", extra={"fields": {
+                "routes": len(wanted.routes), "announced": len(wanted.announce)}})
+        if errors:  # the loop retries with back-off
+            raise errors[0]
+
+    async def _reconcile_routes(self, events: dict[str, float]) -> bool:
+        """The quick path for BGP news: only the learnt routes changed since the last sync,
+        so the tunnels, NAT, BGP settings and announcements are as that sync left them, and
+        the kernel gets just the route changes (:meth:`routing.kernel.KernelRoutes.apply`,
+        no table dump).  False when it cannot tell (no clean sync before, the announcements
+        or the start-up hold would change, the kernel was not as expected): then the full
+        sync runs."""
+        me, before = self._me_synced, self._programmed
+        if me is None or before is None or self._me() is None:
+            return False
+        started, started_wall = time.monotonic(), time.time()
+        pools = list(self.pools.values())
+        wanted = desired.compute(me, self.nodes, pools, self._blocks(), self.learnt)
+        complete = self._bgp_complete()
+        if wanted.announce != self._announced or complete != self._complete:
+            return False
+        t_computed = time.monotonic()
+        hold = self._adopted.hold(wanted.routes, complete)
+        res = await asyncio.to_thread(self.kernel.apply, before, wanted.routes, hold=hold)
+        t_done = time.monotonic()
+        if res is None:
+            self._programmed = None
+            return False
+        self._programmed = dict(wanted.routes)
+        self._done(events, wanted, res, self._announced, complete, started, started_wall,
+                   (t_computed, t_computed, t_computed, t_done))
+        return True
+
+    def _done(self, events: dict[str, float] | None, wanted: desired.Desired, res: SyncResult,
+              announced_before: dict[str, str] | None, complete: bool, started: float,
+              started_wall: float, stamps: tuple[float, float, float, float]) -> None:
+        """After a sync: log and count what changed and where the time went, metrics,
+        the start-up hold's end."""
+        t_computed, t_bgp, t_kernel, t_done = stamps
+        self._account(res)
+        self._report_held(res.held)
+        ann_added = sorted(set(wanted.announce) - set(announced_before or {}))
+        ann_removed = sorted(set(announced_before or {}) - set(wanted.announce))
+        if res.changed or ann_added or ann_removed:
+            event_at = min(events.values()) if events else None
+            log.info("routing synced", extra={"fields": {
+                "events": ",".join(f"{k}@{t:.3f}" for k, t in sorted(
+                    (events or {}).items(), key=lambda kv: kv[1])) or "-",
+                "wait_ms": f"{(started_wall - event_at) * 1000:.1f}" if event_at else "-",
+                "compute_ms": f"{(t_computed - started) * 1000:.1f}",
+                "bgp_ms": f"{(t_bgp - t_computed) * 1000:.1f}",
+                "kernel_ms": f"{(t_done - t_kernel) * 1000:.1f}",
+                "total_ms": f"{(t_done - started) * 1000:.1f}",
+                "announced_at": f"{started_wall + (t_bgp - started):.3f}",
+                "announce": ",".join([f"+{p}" for p in ann_added]
+                                     + [f"-{p}" for p in ann_removed]) or "-",
+                "routes": ",".join([f"+{_route_dst(r)}" for r in res.added + res.replaced]
+                                   + [f"-{d}" for d in res.removed]) or "-"}})
         self.last, self.last_sync = wanted, res
         kinds = {"blackhole": 0, "direct": 0, "vxlan": 0, "ipip": 0}
         for r in wanted.routes.values():
@@ -375,15 +524,14 @@ class RoutingAgent:
         self.m_learnt.set(len(self.learnt))
         self.m_sync.observe(time.monotonic() - started)
         if complete and not self._complete:
+            waiting = [f"{s.address}({s.state}{'' if s.synced else ', no End-of-RIB'})"
+                       for s in (self.speaker.status() if self.speaker is not None else ())
+                       if not (s.state == "Established" and s.synced)]
             log.info("routing complete: unwanted routes are removed from now on",
-                     extra={"fields": {"after_s": f"{time.monotonic() - self._started_at:.1f}"}})
+                     extra={"fields": {"after_s": f"{self._age():.1f}",
+                                       "by": "grace" if waiting else "bgp",
+                                       "waiting_for": ",".join(waiting) or "-"}})
         self._complete = complete
-        if not self.ready.is_set():
-            self.ready.set()
-            log.info("routing programmed", extra={"fields": {
-                "routes": len(wanted.routes), "announced": len(wanted.announce)}})
-        if errors:  # the loop retries with back-off
-            raise errors[0]
 
     def _account(self, res: SyncResult) -> None:
         for op, items in (("add", res.added), ("replace", res.replaced),
@@ -398,6 +546,22 @@ class RoutingAgent:
         for dst in res.conflicts:
             log.debug("route left alone: another protocol has it",
                       extra={"fields": {"dst": dst}})
+
+    def _report_held(self, held: list[str]) -> None:
+        """Say (once per change) which adopted routes stay unwanted for an incomplete view,
+        and which peers the view still waits for."""
+        now = frozenset(held)
+        if now and now != self._held and self.speaker is not None:
+            waiting = [f"{s.address}({s.state}{'' if s.synced else ', no End-of-RIB'})"
+                       for s in self.speaker.status()
+                       if not (s.state == "Established" and s.synced)]
+            log.info("unwanted routes kept until BGP is complete", extra={"fields": {
+                "routes": ",".join(sorted(now)), "waiting_for": ",".join(waiting) or "-",
+                "grace_left_s": f"{self.startup_grace - self._age():.1f}"}})
+        self._held = now
+
+    def _age(self) -> float:
+        return time.monotonic() - self._started_at
 
     def _bgp_complete(self) -> bool:
         """Whether the routes BGP learnt are complete enough to remove what is not in them."""
@@ -495,9 +659,22 @@ class RoutingAgent:
     async def _bgp(self, me: desired.NodeInfo, wanted: desired.Desired) -> None:
         if self.speaker is None:
             return
-        settings = self.bgp_settings()
-        if settings is None:
-            return
+        try:
+            if self._settings_stale or not self._speaker_started:
+                # cleared before the awaits below: a document changing meanwhile marks it
+                # again
+                self._settings_stale = False
+                self._bgp_wanted = self.bgp_settings()
+            settings = self._bgp_wanted  # else: only blocks or routes changed since
+            if settings is None:
+                return
+            await self._apply_bgp(settings, wanted)
+        except BaseException:
+            self._settings_stale = True  # not applied: compute and apply them again
+            raise
+
+    async def _apply_bgp(self, settings: BGPSettings, wanted: desired.Desired) -> None:
+        assert self.speaker is not None
         if not self._speaker_started:
             await self.speaker.start(settings)
             self._speaker_started = True

@@ -28,7 +28,7 @@ from datastore.model_bgp import BGPPeer
 from datastore.model_network import IPPool, Node
 from datastore.mtu import IPIP, VXLAN, encaps_in_use
 from ipam.blocks import Block
-from ipam.handles import TUNNEL_HANDLE_PREFIXES
+from ipam.handles import tunnel_handles
 from routing.bgp.api import LearnedRoute
 
 log = logging.getLogger("tortie.routing")
@@ -166,17 +166,24 @@ def encapsulation(pool: IPPool | None, me: NodeInfo, peer: NodeInfo | None) -> E
     return "none"
 
 
-def block_signature(b: Block) -> tuple[Any, ...]:
-    """What routing uses of a block: its affinity, the addresses other nodes borrowed from
-    it and the tunnel addresses in it.  Two versions with one signature route the same, so
-    pod churn inside a node's own block costs the agent no work."""
-    owner = b.affinity_node
+def block_view(b: Block | None, node: str) -> tuple[Any, ...] | None:
+    """What routing on ``node`` uses of a block (see :func:`compute`,
+    :func:`announcements` and the agent's tunnel addresses): whether the block is the
+    node's, the addresses the node borrowed from it, and the node's tunnel addresses in it.
+    None when the block means nothing to the node: another node's block (being made,
+    filled or deleted), with nothing of ours in it.  Two versions with one view route the
+    same on ``node``, so neither pod churn in a node's own block nor other nodes' blocks
+    coming and going cost the other agents a sync (their routes come from BGP)."""
+    if b is None:
+        return None
+    mine = b.affinity_node == node
+    tunnels = tunnel_handles(node)
     special = frozenset(
-        (ip, attrs.get("node"), attrs.get("handle"))
-        for ip, attrs in b.allocated()
-        if attrs.get("node") != owner
-        or attrs.get("handle", "").startswith(TUNNEL_HANDLE_PREFIXES))
-    return (b.cidr, b.affinity, special)
+        ip for ip, attrs in b.allocated()
+        if (not mine and attrs.get("node") == node) or attrs.get("handle") in tunnels)
+    if not mine and not special:
+        return None
+    return (b.cidr, mine, special)
 
 
 def owned_blocks(node: str, blocks: Iterable[Block]) -> list[Block]:

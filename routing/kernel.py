@@ -16,7 +16,7 @@ import errno
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -147,12 +147,16 @@ class KernelRoutes:
             args["flags"] = RTNH_F_ONLINK
         return args
 
-    def sync(self, desired: Mapping[str, Route], *, remove: bool = True) -> SyncResult:
+    def sync(self, desired: Mapping[str, Route], *, remove: bool = True,
+             hold: Set[str] = frozenset()) -> SyncResult:
         """Make our routes equal ``desired`` (dst -> route).  ``remove=False`` adds and
-        fixes but removes nothing (a restarted agent before its routes are complete)."""
-        return call_in_netns(self.netns, lambda: self._sync(desired, remove))
+        fixes but removes nothing; ``hold`` names the destinations (canonical CIDRs) whose
+        unwanted routes stay (a restarted agent keeps the routes it adopted until its BGP
+        view is complete).  Held routes are listed in :attr:`SyncResult.held`."""
+        return call_in_netns(self.netns, lambda: self._sync(desired, remove, hold))
 
-    def _sync(self, desired: Mapping[str, Route], remove: bool) -> SyncResult:
+    def _sync(self, desired: Mapping[str, Route], remove: bool,
+              hold: Set[str] = frozenset()) -> SyncResult:
         res = SyncResult()
         with IPRoute() as ipr:
             ours, foreign = self._read(ipr)
@@ -192,7 +196,7 @@ class KernelRoutes:
             for dst, have in ours.items():
                 if dst in wanted:
                     continue
-                if not remove:
+                if not remove or dst in hold:
                     res.held.append(dst)
                     continue
                 for k in have:
@@ -202,6 +206,61 @@ class KernelRoutes:
                         res.failed[dst] = _why(e)
                         continue
                 res.removed.append(dst)
+        return res
+
+    def apply(self, before: Mapping[str, Route], desired: Mapping[str, Route], *,
+              hold: Set[str] = frozenset()) -> SyncResult | None:
+        """The changes from ``before`` (what the last sync left in the kernel as ours) to
+        ``desired``, without reading the table back: a route that is new is *added* (never
+        over a route already there), one that changed is replaced, one that went is deleted
+        (only with our protocol number).  None when the kernel was not as ``before`` says (a
+        route to add exists, ours or not; a failure): then :meth:`sync` must make it right.
+        This is the cheap path of a BGP update; :meth:`sync` still runs on every datastore
+        change and periodically."""
+        return call_in_netns(self.netns, lambda: self._apply(before, desired, hold))
+
+    def _apply(self, before: Mapping[str, Route], desired: Mapping[str, Route],
+               hold: Set[str]) -> SyncResult | None:
+        res = SyncResult()
+        old = {str(ipaddress.ip_network(d, strict=False)): r for d, r in before.items()}
+        new = {str(ipaddress.ip_network(d, strict=False)): r for d, r in desired.items()}
+        changes = [(d, r) for d, r in new.items() if old.get(d) != r]
+        gone = [d for d in old if d not in new]
+        if not changes and not gone:
+            res.kept = len(new)
+            return res
+        with IPRoute() as ipr:
+            devices: dict[str, int | None] = {}
+            try:
+                for dst, want in changes:
+                    oif = None
+                    if want.device is not None:
+                        if want.device not in devices:
+                            found = ipr.link_lookup(ifname=want.device)
+                            devices[want.device] = int(found[0]) if found else None
+                        oif = devices[want.device]
+                        if oif is None:
+                            return None
+                    if dst in old:
+                        ipr.route("replace", **self._args(want, oif))
+                        res.replaced.append(want.describe())
+                    else:
+                        ipr.route("add", **self._args(want, oif))  # EEXIST: not ours alone
+                        res.added.append(want.describe())
+                for dst in gone:
+                    if dst in hold:
+                        res.held.append(dst)
+                        continue
+                    r = old[dst]
+                    self._delete(ipr, KernelRoute(
+                        dst=dst, type=RTN_BLACKHOLE if r.kind == "blackhole" else RTN_UNICAST,
+                        gateway=r.gateway, oif=None, onlink=r.onlink))
+                    res.removed.append(dst)
+            except NetlinkError as e:
+                log.debug("incremental route change refused; full sync",
+                          extra={"fields": {"error": _why(e)}})
+                return None
+        res.kept = len(new) - len(changes)
         return res
 
     def _delete(self, ipr: IPRoute, k: KernelRoute) -> None:

@@ -34,6 +34,12 @@ What ExaBGP is told, and when:
   adj-rib-out until its next connection attempt (ExaBGP backs off up to 60 s between them).
   A peer coming up gets what it lacks, then End-of-RIB; ExaBGP itself resends what it
   already held for it.  ``self._rib`` mirrors ExaBGP's adj-rib-out of our own routes per peer.
+* End-of-RIB survives reloads: ExaBGP queues an ``announce eor`` on the neighbour's
+  configuration object and sends it once the peer's pending routes are out, and an applied
+  reload replaces those objects (reactor/loop.py ``reload`` -> ``Peer.reconfigure``), so a
+  queued End-of-RIB is silently lost.  After every applied reload the speaker sends it again
+  to each peer that had one in its current session (a second one is harmless).  A peer that
+  never gets it keeps our node out of its "BGP complete" view until its start-up grace.
 * ``reload`` is confirmed, not assumed: ExaBGP acknowledges it before applying it, applies it
   at the top of its next loop turn, and *discards* it when an adj-rib-out is still pending
   then (reactor/loop.py rearms the signal before that check).  The speaker asks for the
@@ -244,6 +250,7 @@ class ExaBGPSpeaker:
         self._restarting = False
         self._announce_called = False
         self._eor_sent = False
+        self._eor_peers: set[str] = set()  # sent End-of-RIB in their current session
         # route reflection (settings.cluster_id): reflection attributes of learnt routes,
         # (peer, prefix) -> (originator-id, cluster-list), and what we reflect to whom
         self._rr_attrs: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
@@ -385,6 +392,19 @@ class ExaBGPSpeaker:
             self._rib[addr] = {}
             self._reflected.pop(addr, None)
         self._exa = want
+        await self._eor_again()
+
+    async def _eor_again(self) -> None:
+        """End-of-RIB again to the peers that had one in their current session: the reload
+        just applied dropped any ExaBGP still held queued (see the module docstring)."""
+        again = [a for a in self._up_peers() if a in self._eor_peers]
+        if not again:
+            return
+        try:
+            await self._command(f"{_selector(again)} announce eor ipv4 unicast")
+        except SpeakerError as e:
+            log.warning("end-of-rib not sent again after a reload",
+                        extra={"fields": {"peers": ",".join(again), "error": str(e)}})
 
     def on_routes(self, callback: RoutesChanged) -> None:
         self._callbacks.append(callback)
@@ -454,6 +474,7 @@ class ExaBGPSpeaker:
         env = exabgp_environment(self.settings, os.environ, self.log_level)
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (kept open while it runs)
         self._eor_sent = False
+        self._eor_peers = set()
         # a new ExaBGP runs the configuration just written, with empty RIBs
         self._exa = set(neighbour_addresses(self.settings))
         self._rib = {a: {} for a in self._exa}
@@ -664,6 +685,8 @@ class ExaBGPSpeaker:
 
     def _on_state(self, addr: str, p: _Peer, state: str, reason: str) -> None:
         now = time.time()
+        if state in ("up", "down"):
+            self._eor_peers.discard(addr)  # a new session needs its own End-of-RIB
         if state == "up":
             p.state, p.since, p.established, p.info = "Established", now, True, ""
             p.notified = p.synced = False
@@ -843,9 +866,11 @@ class ExaBGPSpeaker:
             await self._eor_to(addr)
 
     async def _eor_to(self, addr: str) -> None:
+        self._eor_peers.add(addr)  # before the answer: a reload confirmed meanwhile sees it
         try:
             await self._command(f"neighbor {addr} announce eor ipv4 unicast")
         except SpeakerError as e:
+            self._eor_peers.discard(addr)
             p = self._peers.get(addr)
             if p is not None and p.established:  # else: sent when it is up again
                 log.warning("end-of-rib not sent",

@@ -97,6 +97,41 @@ def test_replace_and_removal_held_back(pair: tuple[str, str]) -> None:
     assert "10.244.4.0/26" in res.failed and res.kept == 1
 
 
+def test_apply_makes_the_changes_without_reading_the_table(pair: tuple[str, str]) -> None:
+    """The quick path of a BGP update: adds, replaces, removes only what changed between two
+    wanted sets; refuses (None) to add over a route it did not expect, foreign or ours."""
+    a, _ = pair
+    _ip(a, "addr", "add", "192.0.2.3/24", "dev", "a0")
+    _ip(a, "route", "add", "10.9.1.0/24", "via", "192.0.2.2", "proto", "static")
+    k = KernelRoutes(a)
+    direct = Route("10.244.2.0/26", "direct", "192.0.2.2")
+    hole = Route("10.244.1.0/26", "blackhole")
+    res = k.apply({}, {direct.dst: direct, hole.dst: hole})
+    assert res is not None
+    assert sorted(res.added) == ["10.244.2.0/26 via 192.0.2.2", "blackhole 10.244.1.0/26"]
+    ours = proto_routes(a)
+    assert "10.244.2.0/26 via 192.0.2.2" in ours and "blackhole 10.244.1.0/26" in ours
+    moved = Route(direct.dst, "direct", "192.0.2.3")
+    res = k.apply({direct.dst: direct, hole.dst: hole}, {moved.dst: moved})
+    assert res is not None
+    assert res.replaced == ["10.244.2.0/26 via 192.0.2.3"] and res.removed == ["10.244.1.0/26"]
+    assert [r.strip() for r in proto_routes(a).strip().splitlines()] == [
+        "10.244.2.0/26 via 192.0.2.3 dev a0"]
+    # nothing changed: no netlink at all, all kept
+    same = k.apply({moved.dst: moved}, {moved.dst: moved})
+    assert same is not None and not same.changed and same.kept == 1
+    # a route to add where a foreign one is: refused, the foreign one untouched; then the
+    # full sync reports the conflict
+    clash = Route("10.9.1.0/24", "direct", "192.0.2.3")
+    assert k.apply({moved.dst: moved}, {moved.dst: moved, clash.dst: clash}) is None
+    assert "10.9.1.0/24 via 192.0.2.2 dev a0 proto static" in _ip(a, "route", "show")
+    assert k.sync({moved.dst: moved, clash.dst: clash}).conflicts == ["10.9.1.0/24"]
+    # one of ours left where the caller thought there was none (a stale "before"): refused
+    _ip(a, "route", "add", "10.244.7.0/26", "via", "192.0.2.2", "proto", str(PROTO))
+    stale = Route("10.244.7.0/26", "direct", "192.0.2.3")
+    assert k.apply({moved.dst: moved}, {moved.dst: moved, stale.dst: stale}) is None
+
+
 def test_vxlan_tunnel_carries_packets(pair: tuple[str, str]) -> None:
     """Two VTEPs: each routes the other's block via the VXLAN device, onlink, with static
     FDB and neighbour entries; a ping between VTEP addresses crosses the tunnel."""

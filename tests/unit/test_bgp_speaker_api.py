@@ -4,7 +4,9 @@ reactor where it matters, deterministically:
 * a route command that matches no configured neighbour is answered ``error``;
 * ``reload`` is answered ``done`` at once and applied before the next command is handled,
   or *discarded* (ExaBGP does so when an adj-rib-out is still pending);
-* ``show neighbor configuration`` prints the neighbours of the configuration it runs.
+* ``show neighbor configuration`` prints the neighbours of the configuration it runs;
+* an applied reload is logged (``APPLIED reload``): ExaBGP then drops every End-of-RIB still
+  queued for a neighbour, so each End-of-RIB before it may be lost.
 
 The fake runs the API process the rendered configuration names (our relay), so the whole
 path (launch.py, relay.py, the unix socket) is the real one.
@@ -51,6 +53,7 @@ for line in relay.stdout:
             log.write("DISCARDED reload\\n")
         else:
             before, applied = applied, neighbours()
+            log.write("APPLIED reload\\n")
             up([a for a in applied if a not in before])
     answer = "done"
     if cmd == "reload":
@@ -155,6 +158,35 @@ def test_a_discarded_reload_is_sent_again(fake: Path, tmp_path: Path,
         assert log[-2:] == [
             "done neighbor 192.0.2.13 withdraw route 10.65.1.0/26",
             "done neighbor 192.0.2.13 announce route 10.65.1.64/26 next-hop 192.0.2.11"]
+    _run(body())
+
+
+def test_end_of_rib_is_sent_again_after_each_applied_reload(fake: Path,
+                                                            tmp_path: Path) -> None:
+    """ExaBGP keeps an ``announce eor`` queued on the neighbour's configuration object until
+    the peer's pending routes are out, and an applied reload replaces that object: the
+    End-of-RIB is lost and the peer never sees our view as complete.  Every peer that had an
+    End-of-RIB in its session gets one after each applied reload."""
+    def eors_after_last_reload(peer: str) -> int:
+        log = commands(tmp_path)
+        last = max(i for i, c in enumerate(log) if c == "APPLIED reload")
+        return sum(1 for c in log[last:] if c.startswith("done ") and " announce eor " in c
+                   and f"neighbor {peer} " in c + " ")
+
+    async def body() -> None:
+        sp = ExaBGPSpeaker(tmp_path / "run", str(fake), eor_timeout=60)
+        try:
+            await sp.start(settings("192.0.2.12"))
+            await sp.announce({"10.65.1.0/26": ME})  # End-of-RIB to .12
+            for added in ("192.0.2.13", "192.0.2.14"):  # two nodes join: two reloads
+                peers = [a for a in ("192.0.2.12", "192.0.2.13", "192.0.2.14") if a <= added]
+                await sp.configure(settings(*peers))
+                await until(lambda peers=peers: all(eors_after_last_reload(p) >= 1
+                                                    for p in peers),
+                            what=f"End-of-RIB to {peers} after the reload adding {added}")
+        finally:
+            await sp.close()
+        assert not [c for c in commands(tmp_path) if c.startswith("error")]
     _run(body())
 
 

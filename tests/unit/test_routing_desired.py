@@ -175,13 +175,20 @@ def test_never_masqueraded_nodes_and_bgp_peers() -> None:
                                                 "198.51.100.11"]
 
 
-def test_block_signature_ignores_the_owners_own_pods_only() -> None:
+def test_block_view_is_what_one_node_routes_of_a_block() -> None:
     base = block("10.244.1.0/26", "n1")
     own = block("10.244.1.0/26", "n1", {"10.244.1.5": "n1"})
     borrowed = block("10.244.1.0/26", "n1", {"10.244.1.6": "n2"})
     vtep = Block.new("10.244.1.0/26", "host:n1")
     vtep.assign_ip("10.244.1.0", {"handle": "vxlan-tunnel-addr-n1", "node": "n1"})
-    assert desired.block_signature(base) == desired.block_signature(own)
-    assert desired.block_signature(base) != desired.block_signature(borrowed)
-    assert desired.block_signature(base) != desired.block_signature(vtep)
-    assert desired.block_signature(base) != desired.block_signature(block("10.244.1.0/26", "n2"))
+    view = desired.block_view
+    # the owner: its own pods change nothing; its block appearing or going does, so does
+    # its tunnel address
+    assert view(base, "n1") == view(own, "n1") == view(borrowed, "n1")
+    assert view(None, "n1") != view(base, "n1")
+    assert view(base, "n1") != view(vtep, "n1")
+    assert view(base, "n1") != view(block("10.244.1.0/26", "n2"), "n1")
+    # another node: n1's block coming, filling and going means nothing to n3 ...
+    assert view(None, "n3") == view(base, "n3") == view(own, "n3") == view(vtep, "n3")
+    # ... but to n2, an address it borrowed from it does
+    assert view(base, "n2") != view(borrowed, "n2")
