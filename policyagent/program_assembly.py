@@ -514,14 +514,7 @@ class ProgramAssembly:
 
     def _unref_policy(self, pid: str) -> None:
         a = self._assembled
-        state = a.policy_state.pop(pid, None)
-        if state is None:
-            return
-        keys, set_ids = state
-        for key in keys:
-            del a.policies[key]
-        a.changed.add("policies")
-        self._unref_sets(set_ids)
+        self._unref_programs(a.policy_state.pop(pid, None), a.policies, "policies")
 
     def _ref_profile(self, name: str) -> None:
         a = self._assembled
@@ -536,13 +529,17 @@ class ProgramAssembly:
 
     def _unref_profile(self, name: str) -> None:
         a = self._assembled
-        state = a.profile_state.pop(name, None)
+        self._unref_programs(a.profile_state.pop(name, None), a.profiles, "profiles")
+
+    def _unref_programs(self, state: tuple[tuple[tuple[str, str], ...], frozenset[str]] | None,
+                        programs: dict[tuple[str, str], PolicyProgram], part: str) -> None:
+        """Drop one policy's or profile's programs (``state``: their keys and IP sets)."""
         if state is None:
             return
         keys, set_ids = state
         for key in keys:
-            del a.profiles[key]
-        a.changed.add("profiles")
+            del programs[key]
+        self._assembled.changed.add(part)
         self._unref_sets(set_ids)
 
     def _ref_sets(self, set_ids: Iterable[str]) -> None:
