@@ -289,8 +289,11 @@ def test_kube_controllers_rbac_covers_what_it_watches() -> None:
     secret_role = next(d for d in manifest if d["kind"] == "Role"
                        and d["metadata"]["name"].endswith("-bgp-passwords"))
     assert secret_role["metadata"]["namespace"] == ns
+    # ... and the Events about a missing one, in that namespace too
     assert secret_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"],
-                                     "verbs": ["get", "list", "watch"]}]
+                                     "verbs": ["get", "list", "watch"]},
+                                    {"apiGroups": [""], "resources": ["events"],
+                                     "verbs": ["create", "patch"]}]
     rb = next(d for d in manifest if d["kind"] == "RoleBinding"
               and d["roleRef"]["name"] == secret_role["metadata"]["name"])
     assert rb["metadata"]["namespace"] == ns
