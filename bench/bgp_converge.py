@@ -63,6 +63,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agentkit.node_metrics import DEFAULT_METRICS_PORT
 from agentkit.procs import stop_pid
 from datastore.store import Store
 from ipam.allocator import IPAM
@@ -186,7 +187,7 @@ async def run_size(n: int, announces: int, timeout: float) -> dict[str, float]:
 
 # --- lab mode: a real Tortie lab, block claim in etcd -> route in every other kernel --------
 
-HEALTH_PORT = 9099  # tortie-node's /healthz (node/main.py DEFAULT_METRICS_PORT)
+HEALTH_PORT = DEFAULT_METRICS_PORT  # tortie-node's /healthz (the lab runs its default)
 BENCH_POOL = "bench-claims"
 BENCH_POOL_CIDR = "10.250.0.0/16"
 BENCH_BLOCK_SIZE = 26  # Calico's default; each claim takes a whole block, so each is new

@@ -1,8 +1,11 @@
 """``tortie node status``: this node's BGP sessions, in the shape of ``calicoctl node status``.
 
-Reads ``GET http://127.0.0.1:<metrics-port>/healthz`` of the tortie-node on this host (run
-it in the node's network namespace), where ``agents.routing.peers`` lists one
-``dataclasses.asdict(PeerStatus)`` per configured neighbour.
+Reads ``GET http://<host>:<port>/healthz`` of the tortie-node on this host (run it in the
+node's network namespace), where ``agents.routing.peers`` lists one
+``dataclasses.asdict(PeerStatus)`` per configured neighbour.  The address is tortie-node's
+own: ``--metrics-address`` / ``TORTIE_METRICS_ADDRESS`` (the environment the kind DaemonSet
+sets, so ``kubectl exec`` into tortie-node needs no flag), else its default
+(agentkit/node_metrics.py); a wildcard host is reached on the loopback address.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from typing import Any
 
 import click
 
+from agentkit import node_metrics
+from agentkit.node_metrics import METRICS_ADDRESS_ENV
 from ctl.common import CLIError
-
-DEFAULT_METRICS_PORT = 9099  # tortie-node's default (node/main.py)
 
 PEER_TYPES = {
     "mesh": "node-to-node mesh",
@@ -109,15 +112,36 @@ def node() -> None:
     """This node's tortie-node (BGP sessions)."""
 
 
+def target(metrics_address: str | None, metrics_port: int | None,
+           host: str | None) -> tuple[str, int]:
+    """(host, port) to ask: tortie-node's ``--metrics-address`` (its default if None), the
+    port replaced by ``metrics_port`` and the host by ``host`` when given."""
+    try:
+        listen_host, port = node_metrics.resolve(metrics_address, None, "--metrics-address")
+    except ValueError as e:
+        raise CLIError(f"{e} (from --metrics-address or {METRICS_ADDRESS_ENV})") from None
+    if metrics_port is not None and not 0 < metrics_port <= 65535:
+        raise CLIError(f"--metrics-port: {metrics_port} is not a port (1-65535)")
+    return (host or node_metrics.connect_host(listen_host),
+            port if metrics_port is None else metrics_port)
+
+
 @node.command()
-@click.option("--metrics-port", default=DEFAULT_METRICS_PORT, show_default=True, type=int,
-              help="tortie-node's /metrics and /healthz port")
-@click.option("--host", default="127.0.0.1", show_default=True, help="where tortie-node listens")
+@click.option("--metrics-address", envvar=METRICS_ADDRESS_ENV, default=None,
+              help="tortie-node's --metrics-address, HOST:PORT [env "
+                   f"{METRICS_ADDRESS_ENV}; default {node_metrics.default_address()}]")
+@click.option("--metrics-port", default=None, type=int,
+              help="tortie-node's /metrics and /healthz port (overrides that of "
+                   "--metrics-address)")
+@click.option("--host", default=None,
+              help="where tortie-node listens (default: the host of --metrics-address; "
+                   "0.0.0.0 is asked on 127.0.0.1)")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
-def status(metrics_port: int, host: str, output: str) -> None:
+def status(metrics_address: str | None, metrics_port: int | None, host: str | None,
+           output: str) -> None:
     """BGP peers of this node: state, since, uptime, routes received and sent."""
-    health = fetch_health(host, metrics_port)
+    health = fetch_health(*target(metrics_address, metrics_port, host))
     if output == "json":
         routing = (health.get("agents") or {}).get("routing") or {}
         click.echo(json.dumps(routing.get("peers") or [], indent=2))

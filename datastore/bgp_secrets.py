@@ -61,6 +61,24 @@ def referenced(peers: Iterable[BGPPeer], configs: Iterable[BGPConfiguration]
     return refs
 
 
+def referrers(peers: Iterable[BGPPeer], configs: Iterable[BGPConfiguration]
+              ) -> dict[tuple[str, str], list[str]]:
+    """(Secret name, key) -> the resources whose password references it, as ``BGPPeer
+    <name>`` / ``BGPConfiguration default``, sorted (for messages about a missing one)."""
+    out: dict[tuple[str, str], set[str]] = {}
+
+    def add(what: str, pw: BGPPassword | None) -> None:
+        if pw is not None and pw.secretKeyRef is not None:
+            out.setdefault((pw.secretKeyRef.name, pw.secretKeyRef.key), set()).add(what)
+
+    for peer in peers:
+        add(f"BGPPeer {peer.name}", peer.spec.password)
+    for config in configs:
+        if config.name == GLOBAL_BGP_CONFIG_NAME:
+            add(f"BGPConfiguration {config.name}", config.spec.nodeMeshPassword)
+    return {ref: sorted(whats) for ref, whats in out.items()}
+
+
 def document(namespace: str, data: Mapping[str, str], wanted: Iterable[str]) -> dict[str, Any]:
     """The stored copy of a Secret: ``data`` (decoded values) reduced to the ``wanted`` keys."""
     keep = set(wanted)

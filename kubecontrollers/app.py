@@ -8,7 +8,8 @@ Kubernetes resource (reflector)  ->  controllers
                                      hostendpoints (auto host endpoints)
     networkpolicies              ->  networkpolicies (mirror)
     secrets (one namespace)      ->  BGP passwords referenced by bgppeers / bgpconfigurations
-                                     (datastore.bgp_secrets layout)
+                                     (datastore.bgp_secrets layout); a missing one: a
+                                     Warning Event in that namespace (kubecontrollers.events)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import socket
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -27,6 +29,7 @@ from kubecontrollers.bgpsecrets import BGPSecretController
 from kubecontrollers.config import ConfigWatcher
 from kubecontrollers.controller import Context, Controller, Options
 from kubecontrollers.datastore_cache import DatastoreCache
+from kubecontrollers.events import EventRecorder
 from kubecontrollers.hostendpoints import AutoHostEndpointController
 from kubecontrollers.ipam_gc import IPAMGarbageCollector
 from kubecontrollers.metrics import KubeMetrics
@@ -68,6 +71,7 @@ class KubeControllers:
         self.bgp_peers = DatastoreCache(store, "bgppeers")
         self.bgp_configs = DatastoreCache(store, "bgpconfigurations")
         r = self.reflectors
+        self.events = EventRecorder(api_client, host=socket.gethostname(), metrics=self.metrics)
         self.pods = PodController(self.ctx, r["pods"])
         self.nodes = NodeController(self.ctx, r["nodes"], self.calico_nodes)
         self.auto_heps = AutoHostEndpointController(self.ctx, r["nodes"], self.calico_nodes,
@@ -80,7 +84,7 @@ class KubeControllers:
             networkpolicies.make(self.ctx, r["networkpolicies"]),
             self.auto_heps,
             BGPSecretController(self.ctx, r["secrets"], self.bgp_peers, self.bgp_configs,
-                                options.secrets_namespace),
+                                options.secrets_namespace, events=self.events),
         ]
         self.config.listeners.append(self.auto_heps.config_changed)
         self.gc = IPAMGarbageCollector(self.ctx, r["pods"], r["nodes"], self.calico_nodes)

@@ -38,6 +38,9 @@ class KubeMetrics:
             "tortie_kc_bgp_password_refs_missing",
             "Secret keys referenced as BGP passwords that do not exist (Secret or key missing)",
             registry=r)
+        self.events_failed = Counter("tortie_kc_events_failed_total",
+                                     "Kubernetes Events the API server did not take (RBAC, "
+                                     "unreachable)", registry=r)
         self.ipam_candidates = Gauge("tortie_kc_ipam_leak_candidates",
                                      "Addresses whose pod is gone, waiting out the grace "
                                      "period", registry=r)

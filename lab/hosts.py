@@ -367,12 +367,15 @@ async def _read_resources(reset: bool = False) -> dict[str, list[Any]]:
 
 
 def _node_script(resources: dict[str, list[Any]], node: str, node_ns: str) -> str:
+    from agentkit.node_metrics import DEFAULT_METRICS_PORT
     from datastore.etcd_config import EtcdConfig
     from policyagent.calc import PolicyCalculator
     from policyagent.hep_resolve import read_interfaces, resolve
     from policyagent.nft_render import render
 
-    calc = PolicyCalculator(node, datastore_ports=EtcdConfig.load().ports)
+    # the lab's tortie-node listens on its default metrics address
+    calc = PolicyCalculator(node, datastore_ports=EtcdConfig.load().ports,
+                            node_ports=(DEFAULT_METRICS_PORT,))
     for plural, objs in resources.items():
         for obj in objs:
             ns = getattr(obj, "namespace", None)

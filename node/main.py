@@ -26,8 +26,9 @@
   ``TORTIE_CNI_PROFILE`` set; the plugin writes it to stderr, never into the CNI result);
 * serves ``/metrics`` (Prometheus text), ``/healthz`` (a report), ``/liveness`` and
   ``/readiness`` (200 or 503 with a JSON body, see agentkit/health.py) on
-  ``--metrics-address`` (default ``127.0.0.1:9099``; port 0 picks a free port, which is
-  logged);
+  ``--metrics-address`` (default ``127.0.0.1:9099``, agentkit/node_metrics.py; port 0 picks a
+  free port, which is logged); workloads are kept off that port (the policy agent's protected
+  host ports);
 * logs as ``key=value`` lines; survives etcd outages (requests then fail with code 11,
   STATUS with 50; the Node resource is written again when etcd is back);
 * the CNI handler has its own etcd connection whose requests time out after
@@ -57,13 +58,14 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from agentkit import http
+from agentkit import http, node_metrics
 from agentkit.agent import Agent, NodeContext, supervise
 from agentkit.backoff import Backoff
 from agentkit.health import DEFAULT_LIVENESS_TIMEOUT, Monitor
 from agentkit.logs import setup_logging
 from agentkit.metrics import CONTENT_TYPE, DEFAULT_BUCKETS, new_registry, render, value
 from agentkit.netns import read_sysctl
+from agentkit.node_metrics import METRICS_ADDRESS_ENV
 from cni.handler import DEFAULT_REQUEST_TIMEOUT, CNIHandler, RequestInfo, response_summary
 from cni.spec import ERR_DECODE, error_dict
 from datastore.etcd_config import ConfigError, EtcdConfig, add_etcd_arguments, from_arguments
@@ -79,7 +81,6 @@ from routing.desired import IPIP_DEVICE, VXLAN_DEVICE
 log = logging.getLogger("tortie.node")
 
 DEFAULT_SOCKET = "/var/run/tortie/cni.sock"
-DEFAULT_METRICS_PORT = 9099
 #: Seconds one etcd request of the CNI path may take: a runtime's ADD / DEL gets its answer
 #: (code 11 when etcd does not answer) within 2 s whatever the agents' --etcd-timeout.
 DEFAULT_CNI_ETCD_TIMEOUT = 1.5
@@ -103,9 +104,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_etcd_arguments(p)
     p.add_argument("--socket", default=os.environ.get("TORTIE_CNI_SOCKET") or DEFAULT_SOCKET,
                    help=f"CNI socket path (default {DEFAULT_SOCKET})")
-    p.add_argument("--metrics-address", default=os.environ.get("TORTIE_METRICS_ADDRESS"),
+    p.add_argument("--metrics-address", default=os.environ.get(METRICS_ADDRESS_ENV),
                    help="HOST:PORT of /metrics, /healthz, /liveness and /readiness (default "
-                        f"127.0.0.1:{DEFAULT_METRICS_PORT}) [env TORTIE_METRICS_ADDRESS]")
+                        f"{node_metrics.default_address()}) [env {METRICS_ADDRESS_ENV}]")
     p.add_argument("--metrics-port", type=int,
                    help="port of those routes on 127.0.0.1 (0: any free port); the same as "
                         "--metrics-address 127.0.0.1:P")
@@ -140,9 +141,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         p.error("--metrics-port must be 0-65535")
     try:
-        args.metrics_host, args.metrics_port = http.parse_address(
-            args.metrics_address, "--metrics-address") if args.metrics_address else (
-            "127.0.0.1", DEFAULT_METRICS_PORT if args.metrics_port is None else args.metrics_port)
+        args.metrics_host, args.metrics_port = node_metrics.resolve(
+            args.metrics_address, args.metrics_port)
         args.ip_setting = parse_ip(args.ip)
         args.ip_method = parse_method(args.ip_autodetection_method)
     except (ValueError, AutodetectError) as e:

@@ -106,6 +106,14 @@ def make_agent(ctx: NodeContext) -> Agent | None:
                                                  COUNTERS_MIN_INTERVAL))
 
 
+def node_ports(args: argparse.Namespace) -> tuple[int, ...]:
+    """The TCP ports tortie-node listens on that its workloads are kept off: that of
+    ``--metrics-address`` (its metrics and health routes, whatever the port; port 0, a free
+    port picked at start, is not known here and is not protected)."""
+    port = getattr(args, "metrics_port", None)
+    return (port,) if isinstance(port, int) and port > 0 else ()
+
+
 class PolicyAgent:
     name = "policy"
 
@@ -123,9 +131,11 @@ class PolicyAgent:
         self.applier: Applier = applier or NftApplier(table, netns)
         self.ready = asyncio.Event()
         self.heartbeat = Heartbeat()
-        # the etcd this node uses is protected from its workloads whatever its port
+        # the etcd this node uses, and tortie-node's own metrics/health port, are protected
+        # from its workloads whatever their ports
         config = getattr(ctx.store, "config", None)  # no store: a test of the flags only
-        self.calc = PolicyCalculator(ctx.node, datastore_ports=config.ports if config else ())
+        self.calc = PolicyCalculator(ctx.node, datastore_ports=config.ports if config else (),
+                                     node_ports=node_ports(ctx.args))
         self._syncer: Syncer | None = None
         self._wake = asyncio.Event()
         self._synced = False

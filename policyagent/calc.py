@@ -160,14 +160,17 @@ class PolicyCalculator:
 
     IP pools and Nodes feed only the protected host ports
     (:class:`~policyagent.model.ProtectedPorts`): which destinations are workloads, which are
-    nodes. ``datastore_ports``: the ports of the etcd endpoints this node uses, protected too
-    unless a FelixConfiguration sets ``workloadProtectedHostPorts``.
+    nodes. ``datastore_ports``: the ports of the etcd endpoints this node uses;
+    ``node_ports``: the ports tortie-node listens on (``--metrics-address``); both protected
+    too unless a FelixConfiguration sets ``workloadProtectedHostPorts``.
     """
 
-    def __init__(self, node_name: str, *, datastore_ports: Iterable[int] = ()) -> None:
+    def __init__(self, node_name: str, *, datastore_ports: Iterable[int] = (),
+                 node_ports: Iterable[int] = ()) -> None:
         self.node_name = node_name
         self.index = SelectorIndex(node_name, self._profile_labels)
-        self.programs = ProgramAssembly(node_name, self.index, datastore_ports=datastore_ports)
+        self.programs = ProgramAssembly(node_name, self.index, datastore_ports=datastore_ports,
+                                        node_ports=node_ports)
         # profile name -> the labelsToApply of its Profile resource
         self._profile_labels_applied: dict[str, dict[str, str]] = {}
         self._namespaces: dict[str, dict[str, str]] = {}  # name -> labels

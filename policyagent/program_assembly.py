@@ -101,14 +101,16 @@ class _ProfileRules:
 class ProgramAssembly:
     """Policies, profiles, tiers and host port configuration -> the model of ``node_name``.
 
-    ``datastore_ports``: the ports of the etcd endpoints this node uses, protected too unless
-    a FelixConfiguration sets ``workloadProtectedHostPorts``."""
+    ``datastore_ports``: the ports of the etcd endpoints this node uses; ``node_ports``: the
+    TCP ports tortie-node itself listens on (its ``--metrics-address``, the health routes).
+    Both are protected too unless a FelixConfiguration sets ``workloadProtectedHostPorts``."""
 
     def __init__(self, node_name: str, index: SelectorIndex, *,
-                 datastore_ports: Iterable[int] = ()) -> None:
+                 datastore_ports: Iterable[int] = (), node_ports: Iterable[int] = ()) -> None:
         self.node_name = node_name
         self._index = index
         self._datastore_ports = tuple(sorted(set(datastore_ports)))
+        self._node_ports = tuple(sorted(set(node_ports) - {0}))
         self._policies: dict[str, _Policy] = {}
         self._profile_rules: dict[str, _ProfileRules] = {}  # of Profile resources
         self._builtin_profiles: dict[str, dict[str, PolicyProgram]] = {}
@@ -236,7 +238,8 @@ class ProgramAssembly:
 
     def _update_failsafe(self) -> None:
         """The failsafe and protected host ports: ``node.<name>`` over ``default`` over the
-        defaults (for protected ports, plus the ports of this node's etcd endpoints)."""
+        defaults (for protected ports, plus the ports of this node's etcd endpoints and of
+        tortie-node's own listeners)."""
         default = self._felix.get("default")
         node = self._felix.get(f"node.{self.node_name}")
 
@@ -249,9 +252,10 @@ class ProgramAssembly:
 
         self._failsafe = (pick("failsafeInboundHostPorts", DEFAULT_FAILSAFE_INBOUND),
                           pick("failsafeOutboundHostPorts", DEFAULT_FAILSAFE_OUTBOUND))
-        datastore = [ProtoPort(protocol="TCP", port=p) for p in self._datastore_ports]
+        own = [ProtoPort(protocol="TCP", port=p)
+               for p in (*self._datastore_ports, *self._node_ports)]
         protected = tuple(dict.fromkeys(pick(
-            "workloadProtectedHostPorts", (*DEFAULT_WORKLOAD_PROTECTED_HOST_PORTS, *datastore))))
+            "workloadProtectedHostPorts", (*DEFAULT_WORKLOAD_PROTECTED_HOST_PORTS, *own))))
         if protected != self._protected_ports:
             self._protected_ports = protected
             self._update_protected()

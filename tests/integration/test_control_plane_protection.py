@@ -4,8 +4,9 @@ One two-node lab for the module (flat underlay, the default pool with natOutgoin
 the fabric (192.0.2.1:2379, https, client certificates from the lab's CA), ExaBGP on every
 node (its address, port 179). From a pod:
 
-* etcd and BGP, on its own node and on the other, are dropped by default; other ports of the
-  hosts and the fabric (6443, the API server's port) and every port of other pods are not;
+* etcd, BGP and tortie-node's metrics/health port (the lab's default, 9099), on its own node
+  and on the other hosts, are dropped by default; other ports of the hosts and the fabric
+  (6443, the API server's port) and every port of other pods are not;
 * a policy that names the port opens it, one that allows the address on any port does not;
 * ``workloadProtectedHostPorts: []`` (FelixConfiguration) turns the protection off;
 * even with the path open, etcd refuses a client without a certificate;
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from agentkit.node_metrics import DEFAULT_METRICS_PORT
 from lab import hosts, netns
 from lab import workloads as wl
 from lab.cluster import ETCD_PORT, FABRIC_IP, Lab, LabState, PodState
@@ -35,6 +37,8 @@ pytestmark = [
 ]
 
 BGP = 179
+NODE_METRICS = DEFAULT_METRICS_PORT  # the lab's tortie-node: its default --metrics-address
+PROTECTED = f"protected host port tcp:179,2379,2380,{NODE_METRICS}"
 WAIT = 20.0   # the agents' watch: a change reaches the kernel a little later
 
 
@@ -117,7 +121,7 @@ def test_pods_reach_no_datastore_or_bgp_port_by_default(
     n1, n2 = st.nodes["node1"], st.nodes["node2"]
     with wl.Server(b, tcp=[BGP, ETCD_PORT, 8080]), \
             hosts.Server(n1.netns, tcp=[8080]), hosts.Server(n2.netns, tcp=[8080]), \
-            hosts.Server(st.fabric, tcp=[6443]):
+            hosts.Server(st.fabric, tcp=[6443, NODE_METRICS]):
         # pod to pod: every port, control-plane port numbers included
         assert becomes(lambda: tcp(a, b.ips[0], 8080), True)
         assert tcp(a, b.ips[0], BGP) and tcp(a, b.ips[0], ETCD_PORT)
@@ -128,14 +132,19 @@ def test_pods_reach_no_datastore_or_bgp_port_by_default(
         assert hosts.tcp_ok(st.fabric, n2.address, BGP, connect_only=True, timeout=1.0)
         assert hosts.tcp_ok(n1.netns, FABRIC_IP, ETCD_PORT, connect_only=True, timeout=1.0)
         # ... and not to the pod: etcd, BGP on its own node and on the other
-        before = counter(st, "node1", "protected host port tcp:179,2379,2380 on this host")
+        before = counter(st, "node1", f"{PROTECTED} on this host")
         assert not tcp(a, FABRIC_IP, ETCD_PORT)
         assert not tcp(a, n1.address, BGP)
         assert not tcp(a, n2.address, BGP)
-        assert counter(st, "node1",
-                       "protected host port tcp:179,2379,2380 on this host") > before
-        assert counter(st, "node1",
-                       "protected host port tcp:179,2379,2380 outside the pools v4") >= 2
+        mid = counter(st, "node1", f"{PROTECTED} on this host")
+        assert mid > before
+        assert counter(st, "node1", f"{PROTECTED} outside the pools v4") >= 2
+        # tortie-node's metrics port: open to the fabric's host, not to the pod; on its own
+        # node the drop comes before the socket lookup (tortie-node listens on 127.0.0.1)
+        assert hosts.tcp_ok(n1.netns, FABRIC_IP, NODE_METRICS, connect_only=True, timeout=1.0)
+        assert not tcp(a, FABRIC_IP, NODE_METRICS)
+        assert not tcp(a, n1.address, NODE_METRICS)
+        assert counter(st, "node1", f"{PROTECTED} on this host") > mid
         # the server pod on node2 is as blocked towards node1
         assert not tcp(b, n1.address, BGP)
 

@@ -844,6 +844,12 @@ async def test_bgp_password_secrets_copied_only_when_referenced(store: Store) ->
             assert value(missing) == 2
             health = app.health()["controllers"]["bgpsecrets"]["missing"]
             assert health == {"kube-system/mesh-pw": ["pw"], "kube-system/elsewhere": ["k"]}
+            # ... each a Warning Event about the Secret, in kube-system
+            posted = [api.get("events", n, ns) for ns, n in sorted(api.objects["events"])]
+            assert sorted((e["metadata"]["namespace"], e["involvedObject"]["name"],
+                           e["reason"], e["type"]) for e in posted) == [
+                ("kube-system", "elsewhere", "BGPPasswordSecretMissing", "Warning"),
+                ("kube-system", "mesh-pw", "BGPPasswordSecretMissing", "Warning")]
 
             api.put("secrets", _secret("bgp-pw", "kube-system", {"tor": "n3w", "other": "no"}))
             api.put("secrets", _secret("mesh-pw", "kube-system", {"pw": "m3sh"}))

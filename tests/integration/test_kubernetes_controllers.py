@@ -10,7 +10,9 @@ kind manifests against that API server.  A 3-node lab with a real Kubernetes
 * every manifest under integration/kind/ passes ``kubectl apply --dry-run=server``, and the
   kube-controllers' ClusterRole grants what it lists and watches;
 * a BGP password: the referenced key of a kube-system Secret reaches etcd (and follows a
-  change), an unreferenced Secret does not;
+  change), an unreferenced Secret does not; a reference to a Secret (or key) that does not
+  exist is a Warning Event about that Secret, posted once, and the password is copied once
+  the Secret is made;
 * a Node deleted with ``kubectl delete node`` (its kubelet, kube-proxy and tortie-node
   stopped first, as a decommissioned machine): by the time its Calico Node is gone, its
   workload endpoints, its pods' addresses, tunnel address, blocks, block affinities and IPAM
@@ -335,6 +337,12 @@ def test_kind_manifests_pass_server_dry_run(lab: Lab) -> None:
                      ("update", "secrets", "-n", "kube-system")):
             p = kubectl(lab, "auth", "can-i", *args, f"--as={sa}")
             assert p.stdout.strip() == "no", (args, p.stdout)
+        # Events about a missing BGP password Secret: in kube-system only
+        for verb in ("create", "patch"):
+            p = kubectl(lab, "auth", "can-i", verb, "events", "-n", "kube-system", f"--as={sa}")
+            assert p.stdout.strip() == "yes", (verb, p.stdout, p.stderr)
+            p = kubectl(lab, "auth", "can-i", verb, "events", "-n", "default", f"--as={sa}")
+            assert p.stdout.strip() == "no", (verb, p.stdout)
     finally:
         for d in made:
             kubectl(lab, "delete", "namespace", d["metadata"]["name"], "--wait=false")
@@ -404,6 +412,68 @@ def test_bgp_password_secret_copied_from_the_api_server(lab: Lab) -> None:
         cli(lab, "delete", "bgppeer", peer)
         kubectl(lab, "-n", "kube-system", "delete", "secret", used, unused,
                 "--ignore-not-found")
+
+
+def secret_events(lab: Lab, secret: str) -> list[dict[str, Any]]:
+    """The Events in kube-system about Secret ``secret``."""
+    items: list[dict[str, Any]] = kjson(
+        lab, "-n", "kube-system", "get", "events",
+        f"--field-selector=involvedObject.kind=Secret,involvedObject.name={secret}")["items"]
+    return items
+
+
+def test_bgp_password_secret_missing_is_an_event(lab: Lab) -> None:
+    """A BGPPeer whose password names a Secret that does not exist: one Warning Event about
+    that Secret (naming the peer and the key), not one per pass; a Secret without the key:
+    another; the key added: the password copied."""
+    sfx = uuid.uuid4().hex[:6]
+    secret, peer = f"bgp-miss-{sfx}", f"md5miss-{sfx}"
+    try:
+        ok(cli(lab, "apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",
+            "metadata": {"name": peer},
+            "spec": {"peerIP": "192.0.2.251", "asNumber": 65009,
+                     "nodeSelector": f"tortie-test == '{sfx}'",
+                     "password": {"secretKeyRef": {"name": secret, "key": "tor"}}}})))
+
+        def by_reason(reason: str) -> list[dict[str, Any]]:
+            return [e for e in secret_events(lab, secret) if e.get("reason") == reason]
+
+        eventually(lambda: by_reason("BGPPasswordSecretMissing"), timeout=60,
+                   what="an Event about the missing Secret")
+        [ev] = by_reason("BGPPasswordSecretMissing")
+        assert ev["type"] == "Warning"
+        assert ev["involvedObject"]["kind"] == "Secret"
+        assert ev["involvedObject"]["namespace"] == "kube-system"
+        assert ev["metadata"]["namespace"] == "kube-system"
+        assert f"BGPPeer {peer}" in ev["message"] and "key tor" in ev["message"]
+        assert ev["source"]["component"] == "tortie-kube-controllers"
+        assert ev["count"] == 1
+        # nothing changed: the controller's later passes post no more
+        time.sleep(5)
+        again = secret_events(lab, secret)
+        assert len(again) == 1 and again[0]["count"] == 1, again
+
+        # the Secret, without the key: an Event saying so
+        ok(kubectl(lab, "-n", "kube-system", "create", "secret", "generic", secret,
+                   "--from-literal=other=not-for-bgp"))
+        eventually(lambda: by_reason("BGPPasswordKeyMissing"), timeout=60,
+                   what="an Event about the missing key")
+        assert f"BGPPeer {peer}" in by_reason("BGPPasswordKeyMissing")[0]["message"]
+        assert secret not in secret_copies(lab)
+
+        # the key added: the password is copied
+        ok(kubectl(lab, "-n", "kube-system", "patch", "secret", secret, "--type=merge",
+                   "-p", json.dumps({"stringData": {"tor": "s3cret"}})))
+        eventually(lambda: secret_copies(lab).get(secret) == {
+            "namespace": "kube-system", "data": {"tor": "s3cret"}}, timeout=60,
+            what="the password copied once the key exists")
+        assert len(secret_events(lab, secret)) == 2  # no Event for a password that exists
+    finally:
+        cli(lab, "delete", "bgppeer", peer)
+        kubectl(lab, "-n", "kube-system", "delete", "secret", secret, "--ignore-not-found")
+        kubectl(lab, "-n", "kube-system", "delete", "events",
+                f"--field-selector=involvedObject.name={secret}")
 
 
 # --- 3b: a Node deleted with kubectl ------------------------------------------------------------

@@ -15,6 +15,10 @@ It serves, over plain HTTP/1.1 on 127.0.0.1 (asyncio streams, no framework):
   than the last :meth:`FakeKubeAPI.compact` gets an ``ERROR`` event with a 410 ``Expired``
   Status, exactly like etcd-backed watches of the real server.
 
+Events: ``POST /api/v1/namespaces/<ns>/events`` creates one (409 if the name exists) and
+``PATCH /api/v1/namespaces/<ns>/events/<name>`` merges a JSON object into one (404 if
+absent), as ``kubectl get events`` would then show them (:meth:`get`, ``resource="events"``).
+
 The test drives the cluster through Python (:meth:`put`, :meth:`delete`) and breaks it on
 purpose: :meth:`compact`, :meth:`drop_watches` (abort every open watch connection),
 :meth:`bookmark`, :attr:`fail_requests` (answer the next N requests with HTTP 500).
@@ -41,6 +45,7 @@ RESOURCES: dict[str, tuple[str, str, str, bool]] = {
     "pods": ("/api/v1", "Pod", "v1", True),
     "serviceaccounts": ("/api/v1", "ServiceAccount", "v1", True),
     "secrets": ("/api/v1", "Secret", "v1", True),
+    "events": ("/api/v1", "Event", "v1", True),
     "networkpolicies": ("/apis/networking.k8s.io/v1", "NetworkPolicy", "networking.k8s.io/v1",
                         True),
 }
@@ -179,6 +184,15 @@ class FakeKubeAPI:
             line = head.split(b"\r\n", 1)[0].decode("latin-1")
             method, target, _ = line.split(" ", 2)
             self.requests.append(f"{method} {target}")
+            length = 0
+            for h in head.decode("latin-1").split("\r\n")[1:]:
+                k, _, v = h.partition(":")
+                if k.strip().lower() == "content-length":
+                    length = int(v.strip() or 0)
+            body = await reader.readexactly(length) if length else b""
+            if method in ("POST", "PATCH") and "/events" in target and not self.fail_requests:
+                await self._write_event(method, urlsplit(target).path, body, writer)
+                return
             await self._route(method, target, writer)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
@@ -190,11 +204,40 @@ class FakeKubeAPI:
 
     async def _reply(self, writer: asyncio.StreamWriter, code: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
-        reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 410: "Gone",
+        reason = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found",
+                  405: "Method Not Allowed", 409: "Conflict", 410: "Gone",
                   500: "Internal Server Error"}.get(code, "")
         writer.write(f"HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
         await writer.drain()
+
+    async def _write_event(self, method: str, path: str, body: bytes,
+                           writer: asyncio.StreamWriter) -> None:
+        head, _, rest = path.partition("/api/v1/namespaces/")
+        ns, _, tail = rest.partition("/events")
+        if head or not ns or "/" in ns or (method == "POST") != (tail == ""):
+            await self._reply(writer, 404, _status(404, "NotFound", f"{path} not found"))
+            return
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError:
+            await self._reply(writer, 400, _status(400, "BadRequest", "not JSON"))
+            return
+        if method == "POST":
+            name = data.get("metadata", {}).get("name", "")
+            if (ns, name) in self.objects["events"]:
+                await self._reply(writer, 409, _status(409, "AlreadyExists", name))
+                return
+            data.setdefault("metadata", {})["namespace"] = ns
+            await self._reply(writer, 201, self.put("events", data))
+            return
+        name = tail.lstrip("/")
+        if (ns, name) not in self.objects["events"]:
+            await self._reply(writer, 404, _status(404, "NotFound", f"events {name!r}"))
+            return
+        obj = self.get("events", name, ns)
+        obj.update({k: v for k, v in data.items() if k != "metadata"})
+        await self._reply(writer, 200, self.put("events", obj))
 
     def _parse(self, path: str) -> tuple[str, str | None] | None:
         for resource, (prefix, *_rest) in RESOURCES.items():

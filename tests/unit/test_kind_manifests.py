@@ -289,8 +289,11 @@ def test_kube_controllers_rbac_covers_what_it_watches() -> None:
     secret_role = next(d for d in manifest if d["kind"] == "Role"
                        and d["metadata"]["name"].endswith("-bgp-passwords"))
     assert secret_role["metadata"]["namespace"] == ns
+    # ... and the Events about a missing one, in that namespace too
     assert secret_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"],
-                                     "verbs": ["get", "list", "watch"]}]
+                                     "verbs": ["get", "list", "watch"]},
+                                    {"apiGroups": [""], "resources": ["events"],
+                                     "verbs": ["create", "patch"]}]
     rb = next(d for d in manifest if d["kind"] == "RoleBinding"
               and d["roleRef"]["name"] == secret_role["metadata"]["name"])
     assert rb["metadata"]["namespace"] == ns
@@ -359,19 +362,27 @@ def test_the_image_copies_every_package() -> None:
         assert command in scripts, f"{command} is not an installed script"
 
 
-def test_tortie_node_probes_liveness_and_readiness_on_its_metrics_address() -> None:
+def test_tortie_node_probes_liveness_and_readiness_on_its_metrics_address(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from agentkit.http import parse_address
+    from agentkit.node_metrics import METRICS_ADDRESS_ENV
+    from ctl.node import target
     from node.main import parse_args
 
     ds = next(d for d in docs(KIND / "manifests" / "20-tortie-node.yaml")
               if d["kind"] == "DaemonSet")
     node = _container(ds, "tortie-node")
-    flags = [a for a in node["command"] if a.startswith("--metrics-address=")]
-    assert flags == ["--metrics-address=0.0.0.0:9091"]
-    host, port = parse_address(flags[0].split("=", 1)[1])
-    # the daemon accepts the manifest's flags as they are
+    # the address is in the environment (where `tortie node status` reads it too), not a flag
+    assert not [a for a in node["command"] if a.startswith("--metrics-")]
+    env = {e["name"]: e.get("value") for e in node["env"]}
+    assert env[METRICS_ADDRESS_ENV] == "0.0.0.0:9091"
+    host, port = parse_address(env[METRICS_ADDRESS_ENV])
+    # the daemon accepts the manifest's flags and environment as they are
+    monkeypatch.setenv(METRICS_ADDRESS_ENV, env[METRICS_ADDRESS_ENV])
     args = parse_args([a.replace("$(NODE_NAME)", "n") for a in node["command"][1:]])
     assert (args.metrics_host, args.metrics_port) == (host, port)
+    # `kubectl exec` into the container: the CLI asks the same port, on the loopback address
+    assert target(env[METRICS_ADDRESS_ENV], None, None) == ("127.0.0.1", port)
     # the kubelet probes from the host's address (hostNetwork): no 127.0.0.1 host
     for probe, path in (("livenessProbe", "/liveness"), ("readinessProbe", "/readiness")):
         get = node[probe]["httpGet"]

@@ -42,3 +42,74 @@ def test_table_like_calicoctl() -> None:
 def test_no_peers_and_no_routing_agent() -> None:
     assert "No IPv4 peers found." in render_status(health([]), now=NOW)
     assert "routing agent is not running" in render_status(health(None), now=NOW)
+
+
+# --- where it asks ------------------------------------------------------------------------------
+
+def test_target_defaults_to_tortie_nodes_own_default() -> None:
+    from ctl.node import target
+    from node.main import parse_args
+
+    args = parse_args(["--node-name", "n"])
+    assert target(None, None, None) == (args.metrics_host, args.metrics_port)
+    assert target("0.0.0.0:9091", None, None) == ("127.0.0.1", 9091)
+    assert target("[::]:9091", None, None) == ("::1", 9091)
+    assert target("192.0.2.5:9091", None, None) == ("192.0.2.5", 9091)
+    assert target("0.0.0.0:9091", 9100, "10.0.0.1") == ("10.0.0.1", 9100)
+
+
+def test_target_bad_address_names_the_option_and_the_variable() -> None:
+    import pytest
+
+    from ctl.common import CLIError
+    from ctl.node import target
+
+    with pytest.raises(CLIError, match=r"--metrics-address.*TORTIE_METRICS_ADDRESS"):
+        target("9091", None, None)
+    with pytest.raises(CLIError, match="--metrics-port"):
+        target(None, 70000, None)
+
+
+def test_status_reads_the_address_from_the_environment() -> None:
+    """``TORTIE_METRICS_ADDRESS`` (what the kind DaemonSet sets) points the command at the
+    node's port; a real HTTP server on the loopback answers."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from click.testing import CliRunner
+
+    from ctl.node import node
+
+    body = json.dumps(health([PeerStatus("192.0.2.12", "mesh", "Established", NOW)])).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.path == "/healthz"
+            self.send_response(200 if ok else 404)
+            self.end_headers()
+            self.wfile.write(body if ok else b"")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    port = server.server_address[1]
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        runner = CliRunner()
+        r = runner.invoke(node, ["status"], env={"TORTIE_METRICS_ADDRESS": f"0.0.0.0:{port}"})
+        assert r.exit_code == 0, r.output
+        assert "192.0.2.12" in r.output and "node-to-node mesh" in r.output
+        r = runner.invoke(node, ["status", "-o", "json"],
+                          env={"TORTIE_METRICS_ADDRESS": f"127.0.0.1:{port}"})
+        assert r.exit_code == 0 and json.loads(r.output)[0]["address"] == "192.0.2.12"
+        # without it, the default port (nothing of ours there): a clear error naming the URL
+        r = runner.invoke(node, ["status", "--metrics-port", str(port + 1 if port < 65535
+                                                                  else port - 1)],
+                          env={"TORTIE_METRICS_ADDRESS": f"127.0.0.1:{port}"})
+        assert r.exit_code != 0 and "/healthz" in r.output
+    finally:
+        server.shutdown()
+        server.server_close()

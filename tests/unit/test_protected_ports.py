@@ -50,10 +50,11 @@ def node(name: str, address: str, vxlan: str | None = None, **spec: Any) -> Any:
     return res({"apiVersion": V3, "kind": "Node", "metadata": {"name": name}, "spec": s})
 
 
-def cluster(*extra: Any, datastore_ports: tuple[int, ...] = ()) -> Cluster:
+def cluster(*extra: Any, datastore_ports: tuple[int, ...] = (),
+            node_ports: tuple[int, ...] = ()) -> Cluster:
     """Pod a on this node, two nodes (node2 with a VXLAN address from the pool), one pool."""
     c = Cluster()
-    c.calc = PolicyCalculator(NODE, datastore_ports=datastore_ports)
+    c.calc = PolicyCalculator(NODE, datastore_ports=datastore_ports, node_ports=node_ports)
     return c.add(wep("a", "10.65.0.1", {"app": "a"}), pool("p", "10.65.0.0/16"),
                  node(NODE, "192.0.2.11"), node("node2", "192.0.2.12", vxlan="10.65.9.0"),
                  *extra)
@@ -97,6 +98,50 @@ def test_calculation_follows_the_knob_node_over_default_and_empty_disables() -> 
     c.delete("FelixConfiguration", f"node.{NODE}")
     c.delete("FelixConfiguration", "default")
     assert c.model().protected.ports == (*DEFAULT, FailsafeSpec(TCP, 6666))
+
+
+def test_calculation_protects_tortie_nodes_own_port_unless_the_knob_is_set() -> None:
+    m = cluster(datastore_ports=(6666,), node_ports=(9091, 0)).model()
+    assert m.protected.ports == (*DEFAULT, FailsafeSpec(TCP, 6666), FailsafeSpec(TCP, 9091))
+    c = cluster(felix(workloadProtectedHostPorts=[{"port": 179}]), node_ports=(9091,))
+    assert c.model().protected.ports == (FailsafeSpec(TCP, 179),)  # as set
+
+
+@pytest.mark.parametrize(("flags", "port"), [
+    (["--metrics-address", "0.0.0.0:9091"], 9091),   # the kind DaemonSet's address
+    ([], 9099),                                       # tortie-node's default
+    (["--metrics-port", "9123"], 9123),
+    (["--metrics-port", "0"], None),                  # a free port, unknown ahead: none
+])
+def test_the_policy_agent_protects_the_port_of_tortie_nodes_metrics_address(
+        flags: list[str], port: int | None) -> None:
+    """The port follows ``--metrics-address`` as tortie-node parses it, into the rendered
+    drop rules of the local host and of the other hosts."""
+    from agentkit.agent import NodeContext
+    from agentkit.metrics import new_registry
+    from datastore.memory import MemoryStore
+    from datastore.resources import Resources
+    from node.main import parse_args
+    from policyagent.agent import PolicyAgent, node_ports
+
+    args = parse_args(["--node-name", NODE, *flags])
+    assert node_ports(args) == (() if port is None else (port,))
+    store = MemoryStore()
+    agent = PolicyAgent(NodeContext(node=NODE, store=store, resources=Resources(store),
+                                    metrics=new_registry(), args=args))
+    c = cluster()
+    c.calc = agent.calc
+    c.add(wep("a", "10.65.0.1", {"app": "a"}), pool("p", "10.65.0.0/16"),
+          node(NODE, "192.0.2.11"))
+    script = render(c.model())
+    listed = "179, 2379, 2380" + ("" if port is None else f", {port}")
+    label = "tcp:179,2379,2380" + ("" if port is None else f",{port}")
+    assert chain_body(script, "protect_host")[-1] == (
+        f"meta l4proto tcp th dport {{ {listed} }} counter drop comment "
+        f'"protected host port {label} on this host"')
+    assert (f"ip daddr != 10.65.0.0/16 meta l4proto tcp th dport {{ {listed} }} counter drop "
+            f'comment "protected host port {label} outside the pools v4"'
+            ) in chain_body(script, "protect_fwd")
 
 
 def test_nodes_and_pools_come_and_go_and_labels_change_nothing() -> None:
