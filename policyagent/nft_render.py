@@ -121,9 +121,13 @@ _NFPROTO = {4: "ipv4", 6: "ipv6"}
 _ICMP_KW = {4: "icmp", 6: "icmpv6"}
 _MAX_COMMENT = 120
 _MAX_LOG_PREFIX = 127
-#: ICMPv6 a workload needs to send to the host before any policy (neighbour discovery, MLD).
-_ND_TYPES = ("nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert",
-             "mld-listener-report", "mld2-listener-report")
+#: ICMPv6 a workload may always send to the host, ahead of its egress policy and of
+#: anti-spoofing (link-local and unspecified sources): neighbour discovery, router
+#: solicitation and MLD. Felix's list (130-133, 135, 136) plus MLDv2 reports (143), which
+#: Linux sends by default. Nothing else: an echo to the host's link-local address is policy's.
+_ND_TYPES = ("mld-listener-query", "mld-listener-report", "mld-listener-done",
+             "nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert",
+             "mld2-listener-report")
 
 
 # --- names ----------------------------------------------------------------------------------
