@@ -85,6 +85,7 @@ __all__ = [
     "MARK_PASS",
     "MARK_PREDNAT",
     "MARK_UNTRACKED",
+    "ND_COMMENT",
     "WORKLOAD_PREFIX",
     "chain_name",
     "clear_caches",
@@ -128,6 +129,8 @@ _MAX_LOG_PREFIX = 127
 _ND_TYPES = ("mld-listener-query", "mld-listener-report", "mld-listener-done",
              "nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert",
              "mld2-listener-report")
+#: The comment (counter key) of the rule accepting them.
+ND_COMMENT = "workload neighbour discovery and MLD"
 
 
 # --- names ----------------------------------------------------------------------------------
@@ -650,7 +653,8 @@ class _Builder:
                 "type filter hook prerouting priority -110; policy accept;"),
             _Chain("input", "to the host", [
                 untracked_ok, *ct,
-                f"iifname {wl} icmpv6 type {nd} accept",
+                f"iifname {wl} icmpv6 type {nd} counter accept "
+                f"comment {_quote(ND_COMMENT)}",
                 f"iifname {wl} jump from_wl",
                 f"iifname {wl} jump protect_host",
                 f"iifname {wl} {workload_to_host}",

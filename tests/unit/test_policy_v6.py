@@ -15,7 +15,7 @@ import pytest
 from datastore.model_base import ResourceInvalid
 from policyagent.hep_resolve import resolve
 from policyagent.model import DataplaneModel, PolicyProgram
-from policyagent.nft_render import chain_name, policy_chain, render
+from policyagent.nft_render import ND_COMMENT, chain_name, policy_chain, render
 from policyagent.simulate import Packet, host_verdict, workload_verdict
 from tests.support.nft import chain_body
 from tests.support.policy import Cluster, gnp, hep, knp, namespace, np_, res, wep
@@ -277,7 +277,8 @@ def test_neighbour_discovery_from_workloads_is_accepted_before_policy() -> None:
     nd = [line for line in body if "icmpv6 type" in line]
     assert nd == ['iifname "cali*" icmpv6 type { mld-listener-query, mld-listener-report, '
                   "mld-listener-done, nd-router-solicit, nd-neighbor-solicit, "
-                  "nd-neighbor-advert, mld2-listener-report } accept"]
+                  "nd-neighbor-advert, mld2-listener-report } counter accept "
+                  f'comment "{ND_COMMENT}"']
     # before the workload's egress chain (policy and anti-spoofing: ND comes from fe80::/::)
     assert body.index(nd[0]) < body.index('iifname "cali*" jump from_wl')
     # only to the host: nothing of the kind in forward (pods only neighbour with the host),
