@@ -83,7 +83,7 @@ class Family:
         namespace, name = ref.split("/")
         wl.apply(lab, wl.pod_doc(namespace, name, NODE, labels, ports, service_account))
         pod = lab.pod_add(NODE, ref, conf=DUAL_STACK)
-        assert self.ip(pod) in ipaddress.ip_network(V6_POOL), pod.ips
+        assert ipaddress.ip_address(self.ip(pod)) in ipaddress.ip_network(V6_POOL), pod.ips
         return pod
 
     def ip(self, pod: PodState) -> str:
