@@ -508,6 +508,63 @@ def test_icmpv6_type_ip_version_and_neighbour_discovery(lab: Lab, v6_pool: str) 
         assert wl.tcp_connect(a, ip_of(b, 4), 80, timeout=DENY_T) is False
 
 
+def test_host_endpoint_by_ipv6_expected_ip(lab: Lab) -> None:
+    """A host endpoint known only by an IPv6 ``expectedIPs`` address governs the node's
+    interface holding it: its policy admits one TCP port from one IPv6 source net (and the
+    ICMPv6 neighbour discovery the link needs: a host endpoint's default drop has no
+    exemption for it), the next port is dropped."""
+    sfx = _sfx()
+    outside = f"v6h-{sfx}"
+    node_ns = lab.load().nodes[NODE].netns
+    host_if = f"v6h{sfx}"
+    netns.add_netns(outside)
+    try:
+        _ns_exec(node_ns, "ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0",
+                 "netns", outside)
+        for ns_name, dev, addr in ((node_ns, host_if, "2001:db8:77::1/64"),
+                                   (outside, "eth0", "2001:db8:77::2/64")):
+            _ns_exec(ns_name, "ip", "addr", "add", addr, "dev", dev, "nodad")
+            _ns_exec(ns_name, "ip", "link", "set", dev, "up")
+        node = PodState("-", "node", NODE, node_ns, "")
+        client = PodState("-", "outside", NODE, outside, "")
+        with wl.Server(node, tcp=[18080, 18081]):
+            assert wl.tcp_connect(client, "2001:db8:77::1", 18081, timeout=2)
+            wl.apply(lab, json.dumps({
+                "apiVersion": "projectcalico.org/v3", "kind": "HostEndpoint",
+                "metadata": {"name": outside, "labels": {"v6h": sfx}},
+                "spec": {"node": NODE, "expectedIPs": ["2001:db8:77::1"]}}))
+            wl.apply(lab, json.dumps({
+                "apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+                "metadata": {"name": outside},
+                "spec": {"selector": f"v6h == '{sfx}'", "types": ["Ingress", "Egress"],
+                         "ingress": [
+                             {"action": "Allow", "protocol": "ICMPv6",
+                              "icmp": {"type": 135}},
+                             {"action": "Allow", "protocol": "ICMPv6",
+                              "icmp": {"type": 136}},
+                             {"action": "Allow", "protocol": "TCP",
+                              "source": {"nets": ["2001:db8:77::/120"]},
+                              "destination": {"ports": [18080]}}],
+                         "egress": [{"action": "Allow"}]}}))
+            try:
+                until_sync(lambda: not wl.tcp_connect(client, "2001:db8:77::1", 18081,
+                                                      timeout=DENY_T))
+                _ns_exec(outside, "ip", "-6", "neigh", "flush", "dev", "eth0")
+                _ns_exec(node_ns, "ip", "-6", "neigh", "flush", "dev", host_if)
+                before = counters(lab)
+                assert wl.tcp_connect(client, "2001:db8:77::1", 18080, timeout=2)
+                after = counters(lab)
+                rule = f"gnp:{outside}/ingress/2"
+                assert packets(after, rule) > packets(before, rule)
+                assert packets(after, f"gnp:{outside}/ingress/0") > packets(
+                    before, f"gnp:{outside}/ingress/0")  # neighbour solicitations
+            finally:
+                wl.delete(lab, "globalnetworkpolicy", outside)
+                wl.delete(lab, "hostendpoint", outside)
+    finally:
+        netns.del_netns(outside)
+
+
 # --- agent restart -----------------------------------------------------------------------------
 
 
