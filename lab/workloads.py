@@ -176,12 +176,18 @@ import selectors, socket, sys, json
 tcp, udp, raw = (json.loads(a) for a in sys.argv[1:4])
 log = open(sys.argv[4], "a", buffering=1)
 sel = selectors.DefaultSelector()
-for port in tcp:
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(64); sel.register(s, selectors.EVENT_READ, ("tcp", port))
-for port in udp:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
-    sel.register(s, selectors.EVENT_READ, ("udp", port))
+def bind(fam, kind, port):
+    s = socket.socket(fam, kind); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
+    return s
+for fam in (socket.AF_INET, socket.AF_INET6):  # IPv4 and IPv6, on separate sockets
+    for port in tcp:
+        s = bind(fam, socket.SOCK_STREAM, port); s.listen(64)
+        sel.register(s, selectors.EVENT_READ, ("tcp", port))
+    for port in udp:
+        sel.register(bind(fam, socket.SOCK_DGRAM, port), selectors.EVENT_READ, ("udp", port))
 for proto in raw:
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, proto)
     sel.register(s, selectors.EVENT_READ, ("raw", proto))
@@ -204,8 +210,9 @@ while True:
 
 
 class Server:
-    """A server in a pod: ``tcp`` ports (accept and close), ``udp`` ports and ``raw`` IP
-    protocols (what arrives is recorded in :attr:`received`). Use as a context manager."""
+    """A server in a pod: ``tcp`` ports (accept and close), ``udp`` ports (both on IPv4 and
+    IPv6) and ``raw`` IPv4 protocols (what arrives is recorded in :attr:`received`). Use as a
+    context manager."""
 
     def __init__(self, pod: PodState, tcp: Iterable[int] = (), udp: Iterable[int] = (),
                  raw: Iterable[int] = (), log_dir: str | Path = "/tmp") -> None:
@@ -263,7 +270,8 @@ def ping(pod: PodState, ip: str, timeout: float = 1.0, count: int = 1) -> bool:
 
 _CONNECT = r"""
 import socket, sys
-s = socket.socket(); s.settimeout(float(sys.argv[3]))
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.settimeout(float(sys.argv[3]))
 try:
     s.connect((sys.argv[1], int(sys.argv[2])))
 except OSError as e:
@@ -272,14 +280,14 @@ except OSError as e:
 
 
 def tcp_connect(pod: PodState, ip: str, port: int, timeout: float = 1.0) -> bool:
-    """A TCP connection from ``pod`` to ``ip:port``: established or not."""
+    """A TCP connection from ``pod`` to ``ip:port`` (IPv4 or IPv6): established or not."""
     return _run(pod.netns, [*PY, "-c", _CONNECT, ip, str(port), str(timeout)],
                 timeout).returncode == 0
 
 
 _UDP = r"""
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[2] else socket.AF_INET, socket.SOCK_DGRAM)
 if sys.argv[1]:
     s.bind((sys.argv[1], 0))
 s.sendto(sys.argv[4].encode(), (sys.argv[2], int(sys.argv[3])))

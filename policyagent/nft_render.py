@@ -85,6 +85,7 @@ __all__ = [
     "MARK_PASS",
     "MARK_PREDNAT",
     "MARK_UNTRACKED",
+    "ND_COMMENT",
     "WORKLOAD_PREFIX",
     "chain_name",
     "clear_caches",
@@ -121,9 +122,15 @@ _NFPROTO = {4: "ipv4", 6: "ipv6"}
 _ICMP_KW = {4: "icmp", 6: "icmpv6"}
 _MAX_COMMENT = 120
 _MAX_LOG_PREFIX = 127
-#: ICMPv6 a workload needs to send to the host before any policy (neighbour discovery, MLD).
-_ND_TYPES = ("nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert",
-             "mld-listener-report", "mld2-listener-report")
+#: ICMPv6 a workload may always send to the host, ahead of its egress policy and of
+#: anti-spoofing (link-local and unspecified sources): neighbour discovery, router
+#: solicitation and MLD. Felix's list (130-133, 135, 136) plus MLDv2 reports (143), which
+#: Linux sends by default. Nothing else: an echo to the host's link-local address is policy's.
+_ND_TYPES = ("mld-listener-query", "mld-listener-report", "mld-listener-done",
+             "nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert",
+             "mld2-listener-report")
+#: The comment (counter key) of the rule accepting them.
+ND_COMMENT = "workload neighbour discovery and MLD"
 
 
 # --- names ----------------------------------------------------------------------------------
@@ -646,7 +653,8 @@ class _Builder:
                 "type filter hook prerouting priority -110; policy accept;"),
             _Chain("input", "to the host", [
                 untracked_ok, *ct,
-                f"iifname {wl} icmpv6 type {nd} accept",
+                f"iifname {wl} icmpv6 type {nd} counter accept "
+                f"comment {_quote(ND_COMMENT)}",
                 f"iifname {wl} jump from_wl",
                 f"iifname {wl} jump protect_host",
                 f"iifname {wl} {workload_to_host}",

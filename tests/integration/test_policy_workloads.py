@@ -8,10 +8,15 @@ SCTP INIT packets, between pod network namespaces through the node's nftables.
 
 A policy written to the datastore reaches the kernel a little later (the agent's watch), so
 tests first wait (``eventually``) for a state that only the new policy can produce, then assert.
+
+The Kubernetes NetworkPolicy semantics and anti-spoofing tests run twice (``family``): with
+IPv4 pods, and with dual-stack pods (an IPv6 pool next to the IPv4 one, on the one node) probed
+on their IPv6 addresses -- the same truth tables must hold for IPv6 packets.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import signal
 import subprocess
@@ -19,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -27,12 +33,16 @@ from lab import workloads as wl
 from lab.cluster import Lab, LabState, PodState
 from lab.seeds import EXAMPLES
 from policyagent import nft_apply
+from policyagent.nft_render import ND_COMMENT
 from tests.support.wait import until_sync
 
 pytestmark = pytest.mark.integration
 
 NODE = "node1"
 DENY_T = 0.5  # connect timeout when a drop is expected
+V6_POOL = "fd00:10:244::/112"
+#: a dual-stack pod: an IPv4 and an IPv6 address from the lab's pools
+DUAL_STACK = {"ipam": {"type": "tortie-ipam", "assign_ipv4": "true", "assign_ipv6": "true"}}
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +56,54 @@ def lab() -> Iterator[Lab]:
         wl.close_client(lab)
         lab.down()
         assert netns.list_netns(f"tl-{name}-") == []
+
+
+@pytest.fixture(scope="module")
+def v6_pool(lab: Lab) -> Iterator[str]:
+    """An IPv6 pool next to the lab's IPv4 one (dual-stack pods on the one node)."""
+    name = f"v6-{_sfx()}"
+    wl.apply(lab, json.dumps({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                              "metadata": {"name": name},
+                              "spec": {"cidr": V6_POOL, "natOutgoing": False}}))
+    yield V6_POOL
+
+
+class Family:
+    """Pods of one address family for a test: IPv4 pods, or dual-stack pods probed on their
+    IPv6 address (:meth:`ip`)."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.pool = V6_POOL if version == 6 else "10.244.0.0/16"
+
+    def pod(self, lab: Lab, ref: str, labels: dict[str, str] | None = None,
+            ports: Any = (), service_account: str = "default") -> PodState:
+        if self.version == 4:
+            return wl.add_pod(lab, NODE, ref, labels, ports, service_account)
+        namespace, name = ref.split("/")
+        wl.apply(lab, wl.pod_doc(namespace, name, NODE, labels, ports, service_account))
+        pod = lab.pod_add(NODE, ref, conf=DUAL_STACK)
+        assert ipaddress.ip_address(self.ip(pod)) in ipaddress.ip_network(V6_POOL), pod.ips
+        return pod
+
+    def ip(self, pod: PodState) -> str:
+        return ip_of(pod, self.version)
+
+    def host(self, pod: PodState) -> str:
+        """The pod's address as a one-address CIDR."""
+        return f"{self.ip(pod)}/{32 if self.version == 4 else 128}"
+
+
+def ip_of(pod: PodState, version: int) -> str:
+    """The pod's address of that family."""
+    return next(a for a in pod.ips if ipaddress.ip_address(a).version == version)
+
+
+@pytest.fixture(params=[4, 6], ids=["v4", "v6"])
+def fam(request: pytest.FixtureRequest) -> Family:
+    if request.param == 6:
+        request.getfixturevalue("v6_pool")
+    return Family(request.param)
 
 
 def _sfx() -> str:
@@ -72,8 +130,10 @@ def packets(c: dict[str, tuple[int, int]], comment: str) -> int:
 
 
 def tcp(a: PodState, b: PodState, port: int, want: bool) -> bool:
-    """Whether a TCP connect a -> b:port gives ``want`` (connect timeout short for drops)."""
-    return wl.tcp_connect(a, b.ips[0], port, timeout=2.0 if want else DENY_T) == want
+    """Whether a TCP connect a -> b:port gives ``want`` (connect timeout short for drops), to
+    b's IPv6 address when both have one (dual-stack pods), else to its IPv4 one."""
+    version = 6 if len(a.ips) > 1 and len(b.ips) > 1 else 4
+    return wl.tcp_connect(a, ip_of(b, version), port, timeout=2.0 if want else DENY_T) == want
 
 
 def node_log(lab: Lab) -> str:
@@ -160,13 +220,13 @@ def test_seed_004_quarantine(lab: Lab) -> None:
 # --- Kubernetes NetworkPolicy semantics --------------------------------------------------------
 
 
-def test_default_deny_ingress_and_egress(lab: Lab) -> None:
+def test_default_deny_ingress_and_egress(lab: Lab, fam: Family) -> None:
     out_ns = _ns(lab, "out")
-    client = wl.add_pod(lab, NODE, f"{out_ns}/client")
+    client = fam.pod(lab, f"{out_ns}/client")
     di = _ns(lab, "di")
     de = _ns(lab, "de")
-    si = wl.add_pod(lab, NODE, f"{di}/s")
-    se = wl.add_pod(lab, NODE, f"{de}/s")
+    si = fam.pod(lab, f"{di}/s")
+    se = fam.pod(lab, f"{de}/s")
     with wl.Server(si, tcp=[80]), wl.Server(se, tcp=[80]), wl.Server(client, tcp=[80]):
         assert tcp(client, si, 80, True) and tcp(client, se, 80, True)
         wl.apply(lab, knp("deny-in", di, {"podSelector": {}, "policyTypes": ["Ingress"]}))
@@ -175,20 +235,20 @@ def test_default_deny_ingress_and_egress(lab: Lab) -> None:
         until_sync(lambda: tcp(se, client, 80, False))
         assert tcp(si, client, 80, True)      # ingress-only isolation: egress still open
         assert tcp(client, se, 80, True)      # egress-only isolation: ingress still open
-        assert not wl.ping(client, si.ips[0])
+        assert not wl.ping(client, fam.ip(si))
 
 
-def test_pod_and_namespace_selectors_and_vs_or(lab: Lab) -> None:
+def test_pod_and_namespace_selectors_and_vs_or(lab: Lab, fam: Family) -> None:
     tag = _sfx()
     srv = _ns(lab, "srv")
     team = _ns(lab, "team", {"team": tag})
     other = _ns(lab, "other")
-    s_and = wl.add_pod(lab, NODE, f"{srv}/sand", labels={"app": "and"})
-    s_or = wl.add_pod(lab, NODE, f"{srv}/sor", labels={"app": "or"})
-    team_client = wl.add_pod(lab, NODE, f"{team}/tc", labels={"role": "client"})
-    team_plain = wl.add_pod(lab, NODE, f"{team}/tp")
-    other_client = wl.add_pod(lab, NODE, f"{other}/oc", labels={"role": "client"})
-    srv_client = wl.add_pod(lab, NODE, f"{srv}/sc", labels={"role": "client"})
+    s_and = fam.pod(lab, f"{srv}/sand", labels={"app": "and"})
+    s_or = fam.pod(lab, f"{srv}/sor", labels={"app": "or"})
+    team_client = fam.pod(lab, f"{team}/tc", labels={"role": "client"})
+    team_plain = fam.pod(lab, f"{team}/tp")
+    other_client = fam.pod(lab, f"{other}/oc", labels={"role": "client"})
+    srv_client = fam.pod(lab, f"{srv}/sc", labels={"role": "client"})
     wl.apply(lab, knp("and", srv, {
         "podSelector": {"matchLabels": {"app": "and"}},
         "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": tag}},
@@ -211,25 +271,25 @@ def test_pod_and_namespace_selectors_and_vs_or(lab: Lab) -> None:
         assert tcp(other_client, s_or, 80, False)
 
 
-def test_ipblock_with_except(lab: Lab) -> None:
+def test_ipblock_with_except(lab: Lab, fam: Family) -> None:
     ns = _ns(lab, "ipb")
-    s = wl.add_pod(lab, NODE, f"{ns}/s", labels={"app": "s"})
-    x = wl.add_pod(lab, NODE, f"{ns}/x")
-    y = wl.add_pod(lab, NODE, f"{ns}/y")
+    s = fam.pod(lab, f"{ns}/s", labels={"app": "s"})
+    x = fam.pod(lab, f"{ns}/x")
+    y = fam.pod(lab, f"{ns}/y")
     wl.apply(lab, knp("ipb", ns, {
         "podSelector": {"matchLabels": {"app": "s"}},
-        "ingress": [{"from": [{"ipBlock": {"cidr": "10.244.0.0/16",
-                                           "except": [f"{x.ips[0]}/32"]}}]}]}))
+        "ingress": [{"from": [{"ipBlock": {"cidr": fam.pool,
+                                           "except": [fam.host(x)]}}]}]}))
     with wl.Server(s, tcp=[80]):
         until_sync(lambda: tcp(x, s, 80, False))
         assert tcp(y, s, 80, True)
 
 
-def test_named_ports_and_port_ranges(lab: Lab) -> None:
+def test_named_ports_and_port_ranges(lab: Lab, fam: Family) -> None:
     ns = _ns(lab, "ports")
-    s = wl.add_pod(lab, NODE, f"{ns}/s", labels={"app": "s"},
+    s = fam.pod(lab, f"{ns}/s", labels={"app": "s"},
                    ports=[("web", 8080, "TCP"), ("dns", 5353, "UDP")])
-    c = wl.add_pod(lab, NODE, f"{ns}/c")
+    c = fam.pod(lab, f"{ns}/c")
     wl.apply(lab, knp("named", ns, {
         "podSelector": {"matchLabels": {"app": "s"}},
         "ingress": [{"ports": [{"port": "web", "protocol": "TCP"},
@@ -263,10 +323,10 @@ def test_sctp_is_not_tcp(lab: Lab) -> None:
         assert not any(line.endswith(" 7002") for line in server.received())
 
 
-def test_policies_add_up(lab: Lab) -> None:
+def test_policies_add_up(lab: Lab, fam: Family) -> None:
     ns = _ns(lab, "sum")
-    s = wl.add_pod(lab, NODE, f"{ns}/s", labels={"app": "s"})
-    c = wl.add_pod(lab, NODE, f"{ns}/c")
+    s = fam.pod(lab, f"{ns}/s", labels={"app": "s"})
+    c = fam.pod(lab, f"{ns}/c")
     with wl.Server(s, tcp=[8080, 8081, 8082]):
         wl.apply(lab, knp("p1", ns, {"podSelector": {"matchLabels": {"app": "s"}},
                                      "ingress": [{"ports": [{"port": 8080}]}]}))
@@ -279,10 +339,10 @@ def test_policies_add_up(lab: Lab) -> None:
         assert tcp(c, s, 8082, False)
 
 
-def test_label_change_applies_to_new_flows_of_running_pods(lab: Lab) -> None:
+def test_label_change_applies_to_new_flows_of_running_pods(lab: Lab, fam: Family) -> None:
     ns = _ns(lab, "lbl")
-    s = wl.add_pod(lab, NODE, f"{ns}/s", labels={"app": "s"})
-    c = wl.add_pod(lab, NODE, f"{ns}/c")
+    s = fam.pod(lab, f"{ns}/s", labels={"app": "s"})
+    c = fam.pod(lab, f"{ns}/c")
     wl.apply(lab, knp("clients", ns, {
         "podSelector": {"matchLabels": {"app": "s"}},
         "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}]}]}))
@@ -313,11 +373,11 @@ def test_seed_001_foo_bar_pair(lab: Lab) -> None:
         assert tcp(other, bar, 80, True)    # bar's ingress is not restricted
 
 
-def test_calico_policy_by_service_account(lab: Lab) -> None:
+def test_calico_policy_by_service_account(lab: Lab, fam: Family) -> None:
     ns = _ns(lab, "sa")
-    s = wl.add_pod(lab, NODE, f"{ns}/s", labels={"app": "s"})
-    robot = wl.add_pod(lab, NODE, f"{ns}/robot", service_account="robot")
-    human = wl.add_pod(lab, NODE, f"{ns}/human")
+    s = fam.pod(lab, f"{ns}/s", labels={"app": "s"})
+    robot = fam.pod(lab, f"{ns}/robot", service_account="robot")
+    human = fam.pod(lab, f"{ns}/human")
     wl.apply(lab, json.dumps({
         "apiVersion": "projectcalico.org/v3", "kind": "NetworkPolicy",
         "metadata": {"name": "robots-only", "namespace": ns},
@@ -382,23 +442,127 @@ def test_no_policy_and_no_allowing_profile_drops_everything(lab: Lab) -> None:
 # --- anti-spoofing ---------------------------------------------------------------------------
 
 
-def test_a_pod_cannot_send_with_a_forged_source(lab: Lab) -> None:
+def test_a_pod_cannot_send_with_a_forged_source(lab: Lab, fam: Family) -> None:
     ns = _ns(lab, "spoof")
-    a = wl.add_pod(lab, NODE, f"{ns}/a")
-    b = wl.add_pod(lab, NODE, f"{ns}/b")
-    forged = "10.244.200.200"
-    subprocess.run(["ip", "netns", "exec", a.netns, "ip", "addr", "add", f"{forged}/32",
-                    "dev", "eth0"], check=True)
+    a = fam.pod(lab, f"{ns}/a")
+    b = fam.pod(lab, f"{ns}/b")
+    forged = "10.244.200.200" if fam.version == 4 else "fd00:10:244::c8c8"
+    subprocess.run(["ip", "netns", "exec", a.netns, "ip", "addr", "add",
+                    fam.host(a).replace(fam.ip(a), forged), "dev", "eth0", "nodad"],
+                   check=True)
     with wl.Server(b, udp=[5000]) as server:
-        spoof_rule = f"{ns}/{wl.endpoint_name(a)} anti-spoof v4"
+        spoof_rule = f"{ns}/{wl.endpoint_name(a)} anti-spoof v{fam.version}"
         before = packets(counters(lab), spoof_rule)
-        wl.udp_send(a, b.ips[0], 5000, "forged", source=forged)
-        wl.udp_send(a, b.ips[0], 5000, "genuine")
+        wl.udp_send(a, fam.ip(b), 5000, "forged", source=forged)
+        # from its own address, named: with two IPv6 addresses on eth0 the kernel's choice of
+        # source could be either
+        wl.udp_send(a, fam.ip(b), 5000, "genuine", source=fam.ip(a))
         until_sync(lambda: any("genuine" in line for line in server.received()), timeout=3)
         time.sleep(0.2)
         got = server.received()
         assert not any("forged" in line for line in got), got
         assert packets(counters(lab), spoof_rule) > before  # dropped by the anti-spoof rule
+
+
+# --- IPv6 only: ICMPv6 types, ipVersion, neighbour discovery under default deny ------------
+
+
+def _ns_exec(netns_name: str, *argv: str) -> None:
+    subprocess.run(["ip", "netns", "exec", netns_name, *argv], check=True, capture_output=True)
+
+
+def test_icmpv6_type_ip_version_and_neighbour_discovery(lab: Lab, v6_pool: str) -> None:
+    """Under default deny, a policy admitting ICMPv6 echo requests and IPv6-only TCP: IPv6
+    ping and TCP work (so neighbour discovery between the pods and their host does: it is
+    never policy's), IPv4 ping and TCP do not."""
+    six = Family(6)
+    ns = _ns(lab, "icmp6")
+    a = six.pod(lab, f"{ns}/a")
+    b = six.pod(lab, f"{ns}/b")
+    wl.apply(lab, knp("default-deny", ns,
+                      {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}))
+    rules = [{"action": "Allow", "protocol": "ICMPv6", "icmp": {"type": 128, "code": 0}},
+             {"action": "Allow", "protocol": "TCP", "ipVersion": 6}]
+    wl.apply(lab, json.dumps({
+        "apiVersion": "projectcalico.org/v3", "kind": "NetworkPolicy",
+        "metadata": {"name": "v6-only", "namespace": ns},
+        "spec": {"selector": "all()", "types": ["Ingress", "Egress"],
+                 "ingress": rules, "egress": rules}}))
+    node_ns = lab.load().nodes[NODE].netns
+    with wl.Server(b, tcp=[80]):
+        until_sync(lambda: wl.ping(a, six.ip(b)))
+        # forget every neighbour: the next packets need fresh neighbour discovery both ways
+        for pod in (a, b):
+            _ns_exec(pod.netns, "ip", "-6", "neigh", "flush", "dev", "eth0")
+            _ns_exec(node_ns, "ip", "-6", "neigh", "flush", "to", six.host(pod))
+        before = counters(lab)
+        assert wl.ping(a, six.ip(b), timeout=2)
+        assert tcp(a, b, 80, True)
+        after = counters(lab)
+        assert packets(after, ND_COMMENT) > packets(before, ND_COMMENT)
+        for d in ("ingress", "egress"):
+            rule = f"np:{ns}:v6-only/{d}/0"
+            assert packets(after, rule) > packets(before, rule), rule
+        # the IPv4 side of the same pods: neither rule admits it
+        assert not wl.ping(a, ip_of(b, 4))
+        assert wl.tcp_connect(a, ip_of(b, 4), 80, timeout=DENY_T) is False
+
+
+def test_host_endpoint_by_ipv6_expected_ip(lab: Lab) -> None:
+    """A host endpoint known only by an IPv6 ``expectedIPs`` address governs the node's
+    interface holding it: its policy admits one TCP port from one IPv6 source net (and the
+    ICMPv6 neighbour discovery the link needs: a host endpoint's default drop has no
+    exemption for it), the next port is dropped."""
+    sfx = _sfx()
+    outside = f"v6h-{sfx}"
+    node_ns = lab.load().nodes[NODE].netns
+    host_if = f"v6h{sfx}"
+    netns.add_netns(outside)
+    try:
+        _ns_exec(node_ns, "ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0",
+                 "netns", outside)
+        for ns_name, dev, addr in ((node_ns, host_if, "2001:db8:77::1/64"),
+                                   (outside, "eth0", "2001:db8:77::2/64")):
+            _ns_exec(ns_name, "ip", "addr", "add", addr, "dev", dev, "nodad")
+            _ns_exec(ns_name, "ip", "link", "set", dev, "up")
+        node = PodState("-", "node", NODE, node_ns, "")
+        client = PodState("-", "outside", NODE, outside, "")
+        with wl.Server(node, tcp=[18080, 18081]):
+            assert wl.tcp_connect(client, "2001:db8:77::1", 18081, timeout=2)
+            wl.apply(lab, json.dumps({
+                "apiVersion": "projectcalico.org/v3", "kind": "HostEndpoint",
+                "metadata": {"name": outside, "labels": {"v6h": sfx}},
+                "spec": {"node": NODE, "expectedIPs": ["2001:db8:77::1"]}}))
+            wl.apply(lab, json.dumps({
+                "apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+                "metadata": {"name": outside},
+                "spec": {"selector": f"v6h == '{sfx}'", "types": ["Ingress", "Egress"],
+                         "ingress": [
+                             {"action": "Allow", "protocol": "ICMPv6",
+                              "icmp": {"type": 135}},
+                             {"action": "Allow", "protocol": "ICMPv6",
+                              "icmp": {"type": 136}},
+                             {"action": "Allow", "protocol": "TCP",
+                              "source": {"nets": ["2001:db8:77::/120"]},
+                              "destination": {"ports": [18080]}}],
+                         "egress": [{"action": "Allow"}]}}))
+            try:
+                until_sync(lambda: not wl.tcp_connect(client, "2001:db8:77::1", 18081,
+                                                      timeout=DENY_T))
+                _ns_exec(outside, "ip", "-6", "neigh", "flush", "dev", "eth0")
+                _ns_exec(node_ns, "ip", "-6", "neigh", "flush", "dev", host_if)
+                before = counters(lab)
+                assert wl.tcp_connect(client, "2001:db8:77::1", 18080, timeout=2)
+                after = counters(lab)
+                rule = f"gnp:{outside}/ingress/2"
+                assert packets(after, rule) > packets(before, rule)
+                assert packets(after, f"gnp:{outside}/ingress/0") > packets(
+                    before, f"gnp:{outside}/ingress/0")  # neighbour solicitations
+            finally:
+                wl.delete(lab, "globalnetworkpolicy", outside)
+                wl.delete(lab, "hostendpoint", outside)
+    finally:
+        netns.del_netns(outside)
 
 
 # --- agent restart -----------------------------------------------------------------------------
