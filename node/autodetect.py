@@ -41,7 +41,7 @@ import re
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger("tortie.node.address")
 
@@ -309,6 +309,17 @@ def source_address(destination: str) -> str:
 
 
 # --- the resolver tortie-node uses --------------------------------------------------------------
+
+
+class AddressResolver(Protocol):
+    """What tortie-node asks for its address (:class:`NodeAddress`)."""
+
+    #: True while the answer waits for something the Node document will carry
+    pending: bool
+
+    def resolve(self, node_doc: dict[str, Any] | None) -> str | None:
+        """The address to write (``A.B.C.D/NN``), or None to leave the Node's as it is."""
+        ...
 
 
 class NodeAddress:

@@ -10,12 +10,16 @@
                 [--ip-autodetection-method METHOD] [--liveness-timeout S]
                 [--cni-etcd-timeout S] [--cni-request-timeout S] [--log-level info]
 
-* at start finds the underlay MTU (the MTU of the interface carrying the node's address),
-  from which pods' MTUs derive (datastore/mtu.py);
+* at start resolves the node's address once and finds the underlay MTU (the MTU of the
+  interface carrying that address), from which pods' MTUs derive (datastore/mtu.py);
 * registers (and keeps up to date) its calico ``Node`` resource: ``spec.bgp.ipv4Address``
   per ``--ip`` / ``IP`` and ``--ip-autodetection-method`` / ``IP_AUTODETECTION_METHOD``
   (Calico's settings, see node/autodetect.py: ``none`` keeps the address set by hand),
-  ``spec.orchRefs`` names the k8s node;
+  ``spec.orchRefs`` names the k8s node.  The first registration writes the address
+  resolved at start, unless the method needs the Node document (``kubernetes-internal-ip``
+  before the InternalIP is known); every later one (each ``RESYNC_INTERVAL``, sooner while
+  the address is pending, after etcd errors) resolves it again, so a moved address is
+  followed;
 * serves the CNI socket (mode 0600; a stale socket file is replaced, a live one is an
   error): one JSON request line per connection, answered by :class:`cni.handler.CNIHandler`;
   requests run concurrently, serialised per pod; where each request's time went is
@@ -66,14 +70,23 @@ from agentkit.logs import setup_logging
 from agentkit.metrics import CONTENT_TYPE, DEFAULT_BUCKETS, new_registry, render, value
 from agentkit.netns import read_sysctl
 from agentkit.node_metrics import METRICS_ADDRESS_ENV
+from cni.dataplane import Dataplane
 from cni.handler import DEFAULT_REQUEST_TIMEOUT, CNIHandler, RequestInfo, response_summary
 from cni.spec import ERR_DECODE, error_dict
+from datastore.backend import KVStore
 from datastore.etcd_config import ConfigError, EtcdConfig, add_etcd_arguments, from_arguments
 from datastore.kinds import by_plural
 from datastore.model_network import Node
 from datastore.resources import ResourceConflict, ResourceExists, Resources
 from datastore.store import DatastoreError, NotFound, Store
-from node.autodetect import AutodetectError, NodeAddress, Own, parse_ip, parse_method
+from node.autodetect import (
+    AddressResolver,
+    AutodetectError,
+    NodeAddress,
+    Own,
+    parse_ip,
+    parse_method,
+)
 from policyagent import agent as policy_agent
 from routing import agent as routing_agent
 from routing.desired import IPIP_DEVICE, VXLAN_DEVICE
@@ -161,20 +174,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # --- the daemon ---------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """The node address resolved already for a registration (``address`` None: leave the
+    Node's as it is)."""
+
+    address: str | None
+
+
 class NodeDaemon:
-    def __init__(self, args: argparse.Namespace, config: EtcdConfig) -> None:
+    """tortie-node.  ``store``, ``address`` and ``dataplane`` replace etcd (a
+    :class:`datastore.memory.MemoryStore`, also for the CNI path), the node address
+    resolver and the kernel's pod interfaces (tests' twins); by default they are made from
+    ``config`` and ``args``."""
+
+    def __init__(self, args: argparse.Namespace, config: EtcdConfig, *,
+                 store: KVStore | None = None, address: AddressResolver | None = None,
+                 dataplane: Dataplane | None = None) -> None:
         self.args = args
+        self.config = config
         self.node = args.node_name
         self.socket_path = Path(args.socket)
-        self.store = Store(config)
+        self.store: KVStore = Store(config) if store is None else store
         self.resources = Resources(self.store)
         # the CNI path's own connection and deadline (see the module docstring)
         cni_timeout = min(config.timeout, args.cni_etcd_timeout)
-        self.cni_store = self.store if cni_timeout == config.timeout else Store(
-            dataclasses.replace(config, timeout=cni_timeout))
+        self.cni_store: KVStore = (
+            self.store if store is not None or cni_timeout == config.timeout
+            else Store(dataclasses.replace(config, timeout=cni_timeout)))
         self.handler = CNIHandler(self.cni_store, self.node,
                                   interface_prefix=args.interface_prefix,
-                                  request_timeout=args.cni_request_timeout or None)
+                                  request_timeout=args.cni_request_timeout or None,
+                                  dataplane=dataplane)
         self.metrics = m = new_registry()
         self.m_requests = Counter(
             "tortie_cni_requests_total", "CNI requests served, by command and result",
@@ -205,8 +236,9 @@ class NodeDaemon:
         self._cni_server: asyncio.Server | None = None
         self._http_server: asyncio.Server | None = None
         self.metrics_port = 0
-        self.address = NodeAddress(args.ip_setting, args.ip_method,
-                                   Own(args.interface_prefix, (VXLAN_DEVICE, IPIP_DEVICE)))
+        self.address: AddressResolver = address if address is not None else NodeAddress(
+            args.ip_setting, args.ip_method,
+            Own(args.interface_prefix, (VXLAN_DEVICE, IPIP_DEVICE)))
         self._resync = asyncio.Event()
         ctx = NodeContext(node=self.node, store=self.store, resources=self.resources,
                           metrics=self.metrics, args=args)
@@ -226,7 +258,7 @@ class NodeDaemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self._check_forwarding()
-        await self._detect_underlay()
+        first = await self._resolve_at_start()
         try:
             await self._start_cni_server()
         except OSError as e:
@@ -250,8 +282,8 @@ class NodeDaemon:
         log.info("tortie-node started", extra={"fields": {
             "node": self.node, "socket": str(self.socket_path),
             "metrics": f"{host}:{self.metrics_port}", "pid": os.getpid(),
-            "etcd": ",".join(self.store.config.endpoints)}})
-        background = [asyncio.create_task(self._registrar(), name="registrar"),
+            "etcd": ",".join(self.config.endpoints)}})
+        background = [asyncio.create_task(self._registrar(first), name="registrar"),
                       asyncio.create_task(self.health.run(), name="health")]
         background += [asyncio.create_task(
             supervise(a, record=self.health.record(a.name)), name=a.name)
@@ -291,13 +323,25 @@ class NodeDaemon:
             await self.cni_store.close()
         await self.store.close()
 
-    async def _detect_underlay(self) -> None:
-        """The underlay MTU pods' MTUs derive from: that of the interface carrying the
-        node's address (datastore/mtu.py)."""
-        address = await asyncio.to_thread(self.address.resolve, None)
+    async def _resolve_at_start(self) -> Resolved | None:
+        """Resolve the node's address (once) and detect the underlay MTU pods' MTUs derive
+        from: that of the interface carrying the address (datastore/mtu.py).  The address,
+        for the first registration; None when the method waits for the Node document
+        (then the registrar resolves it with the document)."""
+        address = await self._resolve(None)
         mtu = await self.handler.detect_underlay(address)
         log.info("underlay MTU detected", extra={"fields": {
             "node": self.node, "address": address or "-", "mtu": mtu}})
+        return None if self.address.pending else Resolved(address)
+
+    async def _resolve(self, node_doc: dict[str, Any] | None) -> str | None:
+        """The node's address now (the resolver reads the kernel: in a thread)."""
+        return await asyncio.to_thread(self.address.resolve, node_doc)
+
+    async def _address(self, resolved: Resolved | None,
+                       node_doc: dict[str, Any] | None) -> str | None:
+        """``resolved``'s address when given, else the address resolved now."""
+        return resolved.address if resolved is not None else await self._resolve(node_doc)
 
     def _check_forwarding(self) -> None:
         if read_sysctl("net/ipv4/ip_forward") == "0":
@@ -430,12 +474,15 @@ class NodeDaemon:
 
     # --- the Node resource ------------------------------------------------------------------
 
-    async def _registrar(self) -> None:
-        """Write the Node resource; again every RESYNC_INTERVAL and after etcd errors."""
+    async def _registrar(self, first: Resolved | None = None) -> None:
+        """Write the Node resource, the first time with ``first`` (the address resolved at
+        start) when given; again every RESYNC_INTERVAL and after etcd errors, each time
+        resolving the address anew."""
         backoff = Backoff()
         while True:
+            resolved, first = first, None
             try:
-                await self.register_node()
+                await self.register_node(resolved)
                 self.m_etcd_up.set(1)
                 self.m_registered.set(1)
                 backoff.reset()
@@ -453,14 +500,16 @@ class NodeDaemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._resync.wait(), wait)
 
-    async def register_node(self) -> Node:
+    async def register_node(self, resolved: Resolved | None = None) -> Node:
         """Create the Node, or bring its address (node/autodetect.py: None leaves it as it
-        is) and orchRefs up to date, keeping the rest."""
+        is) and orchRefs up to date, keeping the rest.  ``resolved``: the address to write,
+        resolved already; else it is resolved here (with the Node document when there is
+        one)."""
         for _ in range(10):
             try:
                 current: Node = await self.resources.get(_NODE, self.node)
             except NotFound:
-                address = await asyncio.to_thread(self.address.resolve, None)
+                address = await self._address(resolved, None)
                 doc: dict[str, Any] = {"metadata": {"name": self.node}, "spec": {}}
                 _update_node_doc(doc, self.node, address)
                 try:
@@ -471,7 +520,7 @@ class NodeDaemon:
                          extra={"fields": {"node": self.node, "ipv4": address or ""}})
                 return node
             doc = current.dump()
-            address = await asyncio.to_thread(self.address.resolve, doc)
+            address = await self._address(resolved, doc)
             before = json.dumps(doc, sort_keys=True)
             _update_node_doc(doc, self.node, address)
             if json.dumps(doc, sort_keys=True) == before:

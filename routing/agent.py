@@ -37,9 +37,9 @@ import dataclasses
 import ipaddress
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -81,12 +81,27 @@ DEFAULT_STARTUP_GRACE = 30.0
 DEFAULT_HOLD_TIME = 90
 _NODE = by_plural("nodes")
 
-POOLS = resource_prefix("ippools")
-NODES = resource_prefix("nodes")
-BGP_CONFIGS = resource_prefix("bgpconfigurations")
-BGP_PEERS = resource_prefix("bgppeers")
-FELIX_CONFIGS = resource_prefix("felixconfigurations")
-BLOCKS = block_watch_prefix()
+
+#: what brings one watched change (key, document or None when deleted) into the agent's
+#: view; True: what this node routes, announces or configures may have changed
+_Handler = Callable[[str, dict[str, Any] | None], bool]
+_T = TypeVar("_T")
+
+
+def _name(key: str) -> str:
+    """The resource name a key ends with."""
+    return key.rsplit("/", 1)[-1]
+
+
+def _mirror(cache: dict[str, _T], name: str, value: dict[str, Any] | None,
+            parse: Callable[[dict[str, Any]], _T]) -> _T | None:
+    """Put the parsed ``value`` in ``cache`` as ``name`` (None: take it out); what is there
+    now.  A document that does not parse raises and leaves the cache as it was."""
+    if value is None:
+        cache.pop(name, None)
+        return None
+    cache[name] = parsed = parse(value)
+    return parsed
 
 
 #: TcpExt counters of segments the kernel dropped for their TCP-MD5 signature: wrong, missing
@@ -221,9 +236,20 @@ class RoutingAgent:
         self.netns = netns
         self._md5_seen: int | None = None
         self.learnt: dict[str, LearnedRoute] = {}
-        self.syncer = Syncer(ctx.store, (POOLS, NODES, BGP_CONFIGS, BGP_PEERS, FELIX_CONFIGS,
-                                         BGP_SECRETS, BLOCKS),
-                             self._on_update, self._on_synced, name="routing")
+        #: every prefix the agent watches (the one place naming them; the syncer watches
+        #: these) -> the kind of change a key under it is (see :meth:`_mark`) and the handler
+        #: :meth:`_on_update` hands it to
+        self._watches: dict[str, tuple[str, _Handler]] = {
+            resource_prefix("ippools"): ("datastore", self._on_pool),
+            resource_prefix(_NODE.plural): ("datastore", self._on_node),
+            resource_prefix("bgpconfigurations"): ("datastore", self._on_bgp_config),
+            resource_prefix("bgppeers"): ("datastore", self._on_bgp_peer),
+            resource_prefix("felixconfigurations"): ("datastore", self._on_felix_config),
+            BGP_SECRETS: ("datastore", self._on_bgp_secret),
+            block_watch_prefix(): ("block", self._on_block),
+        }
+        self.syncer = Syncer(ctx.store, tuple(self._watches), self._on_update, self._on_synced,
+                             name="routing")
         self._dirty = asyncio.Event()
         self._started_at = time.monotonic()
         self._learnt_at = 0.0
@@ -277,62 +303,71 @@ class RoutingAgent:
     # --- datastore ------------------------------------------------------------------------
 
     def _on_update(self, key: str, value: dict[str, Any] | None) -> None:
-        name = key.rsplit("/", 1)[-1]
+        watched = self._watched_under(key)
+        if watched is None:  # the syncer hands only watched keys: count it, never fail
+            self.m_failures.labels(what="unknown_key").inc()
+            log.debug("ignoring a key routing does not watch", extra={"fields": {"key": key}})
+            return
+        event, handler = watched
         try:
-            if key.startswith(BLOCKS):
-                old = self.blocks.get(key)
-                if value is None:
-                    self.blocks.pop(key, None)
-                else:
-                    self.blocks[key] = parse_watched_block(key, value)
-                if (desired.block_view(old, self.node)
-                        == desired.block_view(self.blocks.get(key), self.node)):
-                    return  # nothing this node routes or announces changed
-            elif key.startswith(POOLS):
-                if value is None:
-                    self.pools.pop(name, None)
-                else:
-                    self.pools[name] = desired.parse_pool(value)
-            elif key.startswith(NODES):
-                if value is None:
-                    self.nodes.pop(name, None)
-                    self.node_models.pop(name, None)
-                else:
-                    model = Node.from_dict(dict(value))
-                    self.nodes[name] = desired.NodeInfo.from_node(model)
-                    self.node_models[name] = model
-                self._ignored.update(key, self.node_models.get(name))
-            elif key.startswith(BGP_CONFIGS):
-                if value is None:
-                    self.configs.pop(name, None)
-                else:
-                    self.configs[name] = BGPConfiguration.from_dict(dict(value))
-                self._ignored.update(key, self.configs.get(name))
-            elif key.startswith(BGP_PEERS):
-                if value is None:
-                    self.peers.pop(name, None)
-                else:
-                    self.peers[name] = BGPPeer.from_dict(dict(value))
-                self._ignored.update(key, self.peers.get(name))
-            elif key.startswith(FELIX_CONFIGS):
-                if value is None:
-                    self.felix.pop(name, None)
-                else:
-                    self.felix[name] = FelixConfiguration.from_dict(dict(value))
-            elif key.startswith(BGP_SECRETS):
-                name = bgp_secrets.secret_name(key)
-                if value is None:
-                    self.secrets.pop(name, None)
-                else:
-                    self.secrets[name] = bgp_secrets.parse_document(value)
+            relevant = handler(key, value)
         except Exception as e:  # one bad document never stops the others
             self.m_failures.labels(what="document").inc()
             log.warning("ignoring a document routing cannot use",
                         extra={"fields": {"key": key, "error": str(e)}})
             return
-        if not key.startswith(BLOCKS):
+        if not relevant:
+            return  # nothing this node routes or announces changed
+        if event != "block":
             self._settings_stale = True  # BGP settings come from these documents
-        self._mark("block" if key.startswith(BLOCKS) else "datastore")
+        self._mark(event)
+
+    def _watched_under(self, key: str) -> tuple[str, _Handler] | None:
+        """The event kind and handler of the watched prefix ``key`` is under (None: none)."""
+        for prefix, watched in self._watches.items():
+            if key.startswith(prefix):
+                return watched
+        return None
+
+    # --- the handlers of self._watches (see _Handler) ---
+
+    def _on_block(self, key: str, value: dict[str, Any] | None) -> bool:
+        old = self.blocks.get(key)
+        new = _mirror(self.blocks, key, value, lambda doc: parse_watched_block(key, doc))
+        return desired.block_view(old, self.node) != desired.block_view(new, self.node)
+
+    def _on_pool(self, key: str, value: dict[str, Any] | None) -> bool:
+        _mirror(self.pools, _name(key), value, desired.parse_pool)
+        return True
+
+    def _on_node(self, key: str, value: dict[str, Any] | None) -> bool:
+        name = _name(key)
+        if value is None:
+            self.nodes.pop(name, None)
+            self.node_models.pop(name, None)
+        else:
+            model = Node.from_dict(value)
+            self.nodes[name] = desired.NodeInfo.from_node(model)
+            self.node_models[name] = model
+        self._ignored.update(key, self.node_models.get(name))
+        return True
+
+    def _on_bgp_config(self, key: str, value: dict[str, Any] | None) -> bool:
+        self._ignored.update(key, _mirror(self.configs, _name(key), value,
+                                          BGPConfiguration.from_dict))
+        return True
+
+    def _on_bgp_peer(self, key: str, value: dict[str, Any] | None) -> bool:
+        self._ignored.update(key, _mirror(self.peers, _name(key), value, BGPPeer.from_dict))
+        return True
+
+    def _on_felix_config(self, key: str, value: dict[str, Any] | None) -> bool:
+        _mirror(self.felix, _name(key), value, FelixConfiguration.from_dict)
+        return True
+
+    def _on_bgp_secret(self, key: str, value: dict[str, Any] | None) -> bool:
+        _mirror(self.secrets, bgp_secrets.secret_name(key), value, bgp_secrets.parse_document)
+        return True
 
     def _on_synced(self) -> None:
         self._settings_stale = True

@@ -5,14 +5,19 @@ other nodes' blocks coming, filling and going (their routes come over BGP)."""
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any, cast
 
+import pytest
+
 from agentkit.agent import NodeContext
-from agentkit.metrics import new_registry
+from agentkit.metrics import new_registry, value
 from datastore.backend import KVStore
+from datastore.keys import BGP_SECRETS, resource_key, resource_prefix
 from datastore.resources import Resources
 from ipam.blocks import Block
 from ipam.keys import block_key
+from ipam.watch import block_watch_prefix
 from routing.agent import RoutingAgent
 
 
@@ -57,3 +62,62 @@ def test_only_route_relevant_block_changes_wake_the_agent() -> None:
     # the agent's cache has every block, relevant or not (IPAM reads need no refetch)
     woke(other, cidr, borrowed)
     assert block_key(cidr) in other.blocks
+
+
+# --- the dispatch table: one handler per watched prefix ----------------------------------------
+
+
+def test_the_syncer_watches_exactly_the_prefixes_the_agent_handles() -> None:
+    a = agent("n1")
+    assert set(a.syncer.prefixes) == set(a._watches)
+    assert len(a.syncer.prefixes) == len(set(a.syncer.prefixes)) == 7
+    assert block_watch_prefix() in a._watches
+    assert BGP_SECRETS in a._watches
+    assert resource_prefix("ippools") in a._watches
+
+
+def test_a_document_change_wakes_the_agent_and_marks_the_bgp_settings_stale() -> None:
+    a = agent("n1")
+    a._settings_stale = False
+    a._dirty.clear()
+    a._on_update(resource_key("bgppeers", "rr"), {
+        "metadata": {"name": "rr"}, "spec": {"peerIP": "192.0.2.9", "asNumber": 64512}})
+    assert a._dirty.is_set() and a._settings_stale
+    assert "rr" in a.peers and "datastore" in a._events
+    a._dirty.clear()
+    a._on_update(resource_key("bgppeers", "rr"), None)
+    assert a._dirty.is_set() and "rr" not in a.peers
+
+
+def test_a_block_change_does_not_mark_the_bgp_settings_stale() -> None:
+    a = agent("n1")
+    a._settings_stale = False
+    assert woke(a, "10.244.1.0/26", Block.new("10.244.1.0/26", "host:n1").to_dict())
+    assert not a._settings_stale
+    assert set(a._events) == {"block"}
+
+
+def test_a_bad_document_is_counted_and_leaves_the_cache_as_it_was() -> None:
+    a = agent("n1")
+    key = resource_key("ippools", "p")
+    a._on_update(key, {"metadata": {"name": "p"}, "spec": {"cidr": "10.244.0.0/16"}})
+    pool = a.pools["p"]
+    a._dirty.clear()
+    a._on_update(key, {"metadata": {"name": "p"}, "spec": {"cidr": "nonsense"}})
+    assert not a._dirty.is_set()
+    assert a.pools["p"] is pool
+    assert value(a.m_failures, what="document") == 1
+
+
+def test_a_key_under_no_watched_prefix_is_counted_at_debug_and_never_wakes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    a = agent("n1")
+    a._dirty.clear()
+    with caplog.at_level(logging.DEBUG, logger="tortie.routing"):
+        a._on_update(resource_key("networkpolicies", "x", "default"), {"spec": {}})
+        a._on_update("/somewhere/else", None)
+    assert not a._dirty.is_set()
+    assert value(a.m_failures, what="unknown_key") == 2
+    assert value(a.m_failures, what="document") == 0
+    unknown = [r for r in caplog.records if "does not watch" in r.getMessage()]
+    assert len(unknown) == 2 and all(r.levelno == logging.DEBUG for r in unknown)

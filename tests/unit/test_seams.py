@@ -13,11 +13,13 @@ from cni.dataplane import Dataplane, MemoryDataplane, NetlinkDataplane
 from datastore.backend import KVStore
 from datastore.memory import MemoryStore
 from datastore.store import Store
+from node.autodetect import AddressResolver, NodeAddress
 from policyagent.applier import Applier, NftApplier, RecordingApplier
 
 SEAMS = [(KVStore, Store), (KVStore, MemoryStore),
          (Dataplane, NetlinkDataplane), (Dataplane, MemoryDataplane),
-         (Applier, NftApplier), (Applier, RecordingApplier)]
+         (Applier, NftApplier), (Applier, RecordingApplier),
+         (AddressResolver, NodeAddress)]
 
 
 def members(protocol: type) -> list[str]:
