@@ -271,7 +271,7 @@ def compute(me: NodeInfo, nodes: Mapping[str, NodeInfo], pools: Iterable[IPPool]
             continue
         pool = pool_of(dst, pools)
         via = {nh: _route_via(wanted, me, by_address, pool, dst, nh)
-               for nh in (*r.gateways, r.next_hop) if nh != me.address}
+               for nh in dict.fromkeys((r.next_hop, *r.gateways)) if nh != me.address}
         first, paths = via[r.next_hop], list(via.values())
         if (len(paths) > 1 and len({(p.kind, p.device) for p in paths}) == 1
                 and len({p.gateway for p in paths}) == len(paths)):
