@@ -373,8 +373,9 @@ class ExaBGPSpeaker:
         async with self._sync_lock:
             withdraw: dict[str, list[str]] = {}
             announce: dict[tuple[str, str], list[str]] = {}
+            ours = self._own_attributes()
             for addr in self._up_peers():
-                want = self.exported_to(addr)
+                want = self.exported_to(addr, ours)
                 have = self._rib.setdefault(addr, {})
                 for prefix in set(have) - set(want):
                     withdraw.setdefault(prefix, []).append(addr)
@@ -394,19 +395,26 @@ class ExaBGPSpeaker:
         s = self.settings
         return s is not None and n.asn != (n.local_asn or s.asn)
 
-    def exported_to(self, addr: str) -> dict[str, str]:
-        """Our own routes for the peer ``addr``: prefix -> ExaBGP route attributes (next
-        hop, the prefix advertisements' communities), without what its export filter
-        rejects."""
-        p = self._peers.get(addr)
+    def _own_attributes(self) -> dict[str, str]:
+        """prefix -> ExaBGP route attributes of every route we announce (next hop, the
+        prefix advertisements' communities)."""
         s = self.settings
-        out: dict[str, str] = {}
-        for prefix, nh in self._wanted.items():
-            if p is not None and p.neighbour.export_rules and not accepted(
-                    p.neighbour.export_rules, prefix, ebgp=self._ebgp(p.neighbour)):
-                continue
-            out[prefix] = route_attributes(nh, prefix, s.prefix_communities if s else ())
-        return out
+        ads = s.prefix_communities if s else ()
+        if not ads:
+            return {prefix: f"next-hop {nh}" for prefix, nh in self._wanted.items()}
+        return {prefix: route_attributes(nh, prefix, ads) for prefix, nh in self._wanted.items()}
+
+    def exported_to(self, addr: str, ours: dict[str, str] | None = None) -> dict[str, str]:
+        """Our own routes for the peer ``addr``: prefix -> ExaBGP route attributes, without
+        what its export filter rejects.  ``ours``: :meth:`_own_attributes`, if at hand."""
+        if ours is None:
+            ours = self._own_attributes()
+        p = self._peers.get(addr)
+        if p is None or not p.neighbour.export_rules:
+            return ours
+        rules, ebgp = p.neighbour.export_rules, self._ebgp(p.neighbour)
+        return {prefix: attrs for prefix, attrs in ours.items()
+                if accepted(rules, prefix, ebgp=ebgp)}
 
     async def _reload(self, want: set[str]) -> None:
         """Make ExaBGP run with the configuration file just written, whose neighbours are
