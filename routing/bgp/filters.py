@@ -12,7 +12,8 @@ Conditions:
 * ``source: RemotePeers``: the route was learnt from a BGP peer (on export: a reflected
   route, not one of this node's own blocks; on import every route is);
 * ``interface``: the route's outgoing interface matches the pattern (``*`` wildcards); a
-  route without a known interface (a node's blocks are blackholes) never matches;
+  route without a known interface never matches (the speaker passes none today: blocks
+  are blackholes, and other routes' interfaces are not looked up);
 * ``peerType``: the session is eBGP / iBGP.
 
 The rules of the other IP version than the route's are not consulted.
