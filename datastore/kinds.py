@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from datastore.model_base import CALICO_API_VERSION
-from datastore.model_bgp import BGPConfiguration, BGPPeer
+from datastore.model_bgp import BGPConfiguration, BGPFilter, BGPPeer
 from datastore.model_config import FelixConfiguration, KubeControllersConfiguration
 from datastore.model_endpoints import HostEndpoint, WorkloadEndpoint
 from datastore.model_k8s import K8sNetworkPolicy, K8sNode, Namespace, Pod
@@ -69,6 +69,8 @@ KINDS: tuple[KindInfo, ...] = (
              ("bgpconfiguration", "bgpconfigurations", "bgpconfig", "bgpconfigs")),
     KindInfo("BGPPeer", CALICO_API_VERSION, BGPPeer, "bgppeers",
              ("bgppeer", "bgppeers", "bgpp", "bgpps", "bp", "bps")),
+    KindInfo("BGPFilter", CALICO_API_VERSION, BGPFilter, "bgpfilters",
+             ("bgpfilter", "bgpfilters")),
     KindInfo("FelixConfiguration", CALICO_API_VERSION, FelixConfiguration,
              "felixconfigurations",
              ("felixconfiguration", "felixconfigurations", "felixconfig", "felixconfigs")),

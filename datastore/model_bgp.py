@@ -348,3 +348,90 @@ class BGPPeer(Resource):
     def is_global(self) -> bool:
         """True when the peering applies to every node."""
         return not self.spec.node and not self.spec.nodeSelector
+
+
+# --- BGPFilter --------------------------------------------------------------------------------
+
+FilterAction = Annotated[StrictStr, AfterValidator(one_of("Accept", "Reject",
+                                                          allow_empty=False))]
+MatchOperator = Annotated[StrictStr, AfterValidator(one_of("Equal", "NotEqual", "In", "NotIn"))]
+FilterSource = Annotated[StrictStr, AfterValidator(one_of("RemotePeers"))]
+FilterPeerType = Annotated[StrictStr, AfterValidator(one_of("eBGP", "iBGP"))]
+_FILTER_IFACE_RE = re.compile(r"^[a-zA-Z0-9_.*-]{1,15}$")
+
+
+def _check_filter_interface(v: str) -> str:
+    if v and not _FILTER_IFACE_RE.match(v):
+        raise ValueError(f"{v!r} is not a valid interface name or pattern "
+                         f"(must match {_FILTER_IFACE_RE.pattern})")
+    return v
+
+
+FilterInterface = Annotated[StrictStr, AfterValidator(_check_filter_interface)]
+
+
+class BGPFilterPrefixLength(Strict):
+    min: Annotated[StrictInt, Field(ge=0, le=128)] | None = None
+    max: Annotated[StrictInt, Field(ge=0, le=128)] | None = None
+
+
+class BGPFilterRule(Strict):
+    """One rule of a BGPFilter: match conditions (all must hold) and a terminal action."""
+
+    cidr: StrictStr | None = None
+    prefixLength: BGPFilterPrefixLength | None = None
+    source: FilterSource | None = None
+    interface: FilterInterface | None = None
+    matchOperator: MatchOperator | None = None
+    peerType: FilterPeerType | None = None
+    action: FilterAction
+
+
+class BGPFilterSpec(Strict):
+    exportV4: list[BGPFilterRule] | None = None
+    importV4: list[BGPFilterRule] | None = None
+    exportV6: list[BGPFilterRule] | None = None
+    importV6: list[BGPFilterRule] | None = None
+
+
+#: the BGPFilter rule lists, with the IP version of their CIDRs
+FILTER_LISTS: Final = (("exportV4", 4), ("importV4", 4), ("exportV6", 6), ("importV6", 6))
+
+
+class BGPFilter(Resource):
+    """Rules for the routes a node exports to / imports from the BGPPeers that name it in
+    ``spec.filters`` (first matching rule decides; no match: Accept)."""
+
+    KIND = "BGPFilter"
+    spec: BGPFilterSpec = Field(default_factory=BGPFilterSpec)
+
+    def apply_defaults(self) -> None:
+        super().apply_defaults()
+        errors: list[str] = []
+        for field_name, version in FILTER_LISTS:
+            for i, rule in enumerate(getattr(self.spec, field_name) or []):
+                where = f"spec.{field_name}[{i}]"
+                if bool(rule.cidr) != bool(rule.matchOperator):
+                    errors.append(f"{where}: cidr and matchOperator must both be set or "
+                                  "both be empty")
+                if rule.cidr:
+                    try:
+                        net = ipaddress.ip_network(rule.cidr, strict=False)
+                    except ValueError:
+                        errors.append(f"{where}.cidr: {rule.cidr!r} is not a valid CIDR")
+                        continue
+                    if net.version != version:
+                        errors.append(f"{where}.cidr: {rule.cidr!r} is not an IPv{version} "
+                                      "CIDR")
+                if rule.prefixLength is not None:
+                    if not rule.cidr:
+                        errors.append(f"{where}.prefixLength: cidr is required when "
+                                      "prefixLength is set")
+                    bits = 32 if version == 4 else 128
+                    for bound in ("min", "max"):
+                        v = getattr(rule.prefixLength, bound)
+                        if v is not None and v > bits:
+                            errors.append(f"{where}.prefixLength.{bound}: must be between 0 "
+                                          f"and {bits}")
+        if errors:
+            raise ResourceInvalid(self.KIND, self.name, errors)

@@ -1,6 +1,6 @@
 """The routing agent: datastore + BGP -> kernel routes, tunnels, outgoing NAT.
 
-It mirrors IP pools, Nodes, BGPConfigurations, BGPPeers, FelixConfigurations (for
+It mirrors IP pools, Nodes, BGPConfigurations, BGPPeers, BGPFilters, FelixConfigurations (for
 ``vxlanMTU`` / ``ipipMTU``), the BGP passwords tortie-kube-controllers copies from Secrets
 (:mod:`datastore.bgp_secrets`) and the IPAM blocks (a block's affinity is in its document)
 with a :class:`datastore.syncer.Syncer`, and after every change (debounced) and every
@@ -50,7 +50,7 @@ from agentkit.metrics import DEFAULT_BUCKETS
 from datastore import bgp_secrets
 from datastore.keys import BGP_SECRETS, resource_prefix
 from datastore.kinds import by_plural
-from datastore.model_bgp import BGPConfiguration, BGPPeer
+from datastore.model_bgp import BGPConfiguration, BGPFilter, BGPPeer
 from datastore.model_config import FelixConfiguration
 from datastore.model_network import IPPool, Node
 from datastore.mtu import MTUOverrides, felix_overrides
@@ -63,7 +63,7 @@ from ipam.blocks import Block, IPAMError
 from ipam.watch import block_watch_prefix, parse_watched_block
 from routing import desired
 from routing.bgp.api import BGPSettings, LearnedRoute, Speaker
-from routing.bgp.peers import MissingPassword, compute_settings
+from routing.bgp.peers import MissingPassword, compute_settings, reachable_routes
 from routing.ipip import IPIPDevice, IPIPUnavailable, ipip_handle
 from routing.kernel import PROTO, KernelRoutes, SyncResult
 from routing.nat import NATError, OutgoingNAT
@@ -230,6 +230,7 @@ class RoutingAgent:
         self._ignored = IgnoredFieldLog("routing", frozenset({"Node", "BGPConfiguration",
                                                               "BGPPeer"}))
         self.peers: dict[str, BGPPeer] = {}
+        self.filters: dict[str, BGPFilter] = {}
         self.felix: dict[str, FelixConfiguration] = {}
         self.secrets: dict[str, dict[str, str]] = {}   # Secret name -> key -> password
         self._missing: dict[MissingPassword, str] = {}  # held-back peering -> why
@@ -244,6 +245,7 @@ class RoutingAgent:
             resource_prefix(_NODE.plural): ("datastore", self._on_node),
             resource_prefix("bgpconfigurations"): ("datastore", self._on_bgp_config),
             resource_prefix("bgppeers"): ("datastore", self._on_bgp_peer),
+            resource_prefix("bgpfilters"): ("datastore", self._on_bgp_filter),
             resource_prefix("felixconfigurations"): ("datastore", self._on_felix_config),
             BGP_SECRETS: ("datastore", self._on_bgp_secret),
             block_watch_prefix(): ("block", self._on_block),
@@ -361,6 +363,10 @@ class RoutingAgent:
         self._ignored.update(key, _mirror(self.peers, _name(key), value, BGPPeer.from_dict))
         return True
 
+    def _on_bgp_filter(self, key: str, value: dict[str, Any] | None) -> bool:
+        _mirror(self.filters, _name(key), value, BGPFilter.from_dict)
+        return True
+
     def _on_felix_config(self, key: str, value: dict[str, Any] | None) -> bool:
         _mirror(self.felix, _name(key), value, FelixConfiguration.from_dict)
         return True
@@ -427,6 +433,10 @@ class RoutingAgent:
         finally:
             await cancel_and_wait(syncer)
 
+    def _static_routes(self) -> dict[str, str]:
+        """Routes to BGP peers that BGPPeer ``reachableBy`` pins (peer/32 -> gateway)."""
+        return reachable_routes(self.node, self.node_models.values(), self.peers.values())
+
     def _me(self) -> desired.NodeInfo | None:
         me = self.nodes.get(self.node)
         return me if me is not None and me.address else None
@@ -452,7 +462,8 @@ class RoutingAgent:
             me = await self._tunnel_addresses(me, pools)
         except (DatastoreError, IPAMError) as e:
             errors.append(e)
-        wanted = desired.compute(me, self.nodes, pools, self._blocks(), self.learnt)
+        wanted = desired.compute(me, self.nodes, pools, self._blocks(), self.learnt,
+                                 self._static_routes())
         for why in wanted.skipped:
             log.debug("route skipped", extra={"fields": {"why": why}})
         t_computed = time.monotonic()
@@ -508,7 +519,8 @@ class RoutingAgent:
             return False
         started, started_wall = time.monotonic(), time.time()
         pools = list(self.pools.values())
-        wanted = desired.compute(me, self.nodes, pools, self._blocks(), self.learnt)
+        wanted = desired.compute(me, self.nodes, pools, self._blocks(), self.learnt,
+                                 self._static_routes())
         complete = self._bgp_complete()
         if wanted.announce != self._announced or complete != self._complete:
             return False
@@ -617,7 +629,7 @@ class RoutingAgent:
         """This node's BGP settings (routing/bgp/peers.py), with the flags' overrides."""
         res = compute_settings(self.node, self.node_models.values(), self.configs,
                                self.peers.values(), secrets=self._secret,
-                               hold_time=self.hold_time)
+                               hold_time=self.hold_time, filters=self.filters)
         self._report_missing(res.missing_passwords)
         if res.settings is None:
             log.info("no BGP for this node", extra={"fields": {"reason": res.reason}})

@@ -17,6 +17,7 @@ Routes to pods on this node (the /32 per veth) are the CNI handler's, not in her
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import logging
@@ -79,6 +80,8 @@ class Route:
     kind: RouteKind
     gateway: str | None = None  # next hop (direct: the owner; vxlan: its VTEP; ipip: owner)
     device: str | None = None   # the tunnel device for vxlan / ipip; None: kernel picks
+    #: ECMP: every next hop (two or more, ``gateway`` the first); () for a single path
+    gateways: tuple[str, ...] = ()
 
     @property
     def onlink(self) -> bool:
@@ -89,7 +92,8 @@ class Route:
             return f"blackhole {self.dst}"
         dev = f" dev {self.device}" if self.device else ""
         onlink = " onlink" if self.onlink else ""
-        return f"{self.dst} via {self.gateway}{dev}{onlink}"
+        via = " ".join(f"via {g}" for g in (self.gateways or (self.gateway,)))
+        return f"{self.dst} {via}{dev}{onlink}"
 
 
 @dataclass(frozen=True)
@@ -225,8 +229,13 @@ def announcements(me: NodeInfo, pools: Iterable[IPPool],
 
 
 def compute(me: NodeInfo, nodes: Mapping[str, NodeInfo], pools: Iterable[IPPool],
-            blocks: Iterable[Block], learnt: Mapping[str, LearnedRoute]) -> Desired:
-    """Everything the agent wants for node ``me`` (see the module docstring)."""
+            blocks: Iterable[Block], learnt: Mapping[str, LearnedRoute],
+            static: Mapping[str, str] | None = None) -> Desired:
+    """Everything the agent wants for node ``me`` (see the module docstring).
+    ``static``: dst -> gateway routes that win over learnt ones (BGPPeer ``reachableBy``).
+    A learnt route with several equally good next hops (``LearnedRoute.next_hops``)
+    becomes one multipath route when every next hop is reached the same way (all direct,
+    or all through the same tunnel); otherwise its best path alone is used."""
     pools = [p for p in pools]
     blocks = list(blocks)
     wanted = Desired(announce=announcements(me, pools, blocks))
@@ -260,24 +269,41 @@ def compute(me: NodeInfo, nodes: Mapping[str, NodeInfo], pools: Iterable[IPPool]
             continue  # ours: a stale announcement of a previous owner never wins
         if r.next_hop == me.address:
             continue
-        peer = by_address.get(r.next_hop)
         pool = pool_of(dst, pools)
-        encap = encapsulation(pool, me, peer)
-        if encap == "vxlan":
-            assert peer is not None
-            if peer.name not in wanted.vxlan_peers:
-                wanted.skipped.append(f"{dst}: node {peer.name} has no VXLAN tunnel "
-                                      "address/MAC yet; routing it directly")
-                encap = "none"
-            else:
-                wanted.routes[dst] = Route(dst, "vxlan", peer.vxlan_address, VXLAN_DEVICE)
-                continue
-        if encap == "ipip":
-            assert peer is not None
-            wanted.routes[dst] = Route(dst, "ipip", peer.address, IPIP_DEVICE)
-            continue
-        wanted.routes[dst] = Route(dst, "direct", r.next_hop)
+        via = {nh: _route_via(wanted, me, by_address, pool, dst, nh)
+               for nh in dict.fromkeys((r.next_hop, *r.gateways)) if nh != me.address}
+        first, paths = via[r.next_hop], list(via.values())
+        if (len(paths) > 1 and len({(p.kind, p.device) for p in paths}) == 1
+                and len({p.gateway for p in paths}) == len(paths)):
+            wanted.routes[dst] = dataclasses.replace(
+                first, gateways=tuple(p.gateway for p in paths if p.gateway))
+        else:
+            if len(paths) > 1:
+                wanted.skipped.append(f"{dst}: its equal-cost next hops are reached "
+                                      "differently; using the best path only")
+            wanted.routes[dst] = first
+    for dst, gateway in (static or {}).items():
+        dst = str(ipaddress.ip_network(dst, strict=False))
+        if dst not in own_prefixes:
+            wanted.routes[dst] = Route(dst, "direct", gateway)
     return wanted
+
+
+def _route_via(wanted: Desired, me: NodeInfo, by_address: Mapping[str, NodeInfo],
+               pool: IPPool | None, dst: str, next_hop: str) -> Route:
+    """The route to ``dst`` through one BGP next hop: direct, or through a tunnel."""
+    peer = by_address.get(next_hop)
+    encap = encapsulation(pool, me, peer)
+    if encap == "vxlan":
+        assert peer is not None
+        if peer.name in wanted.vxlan_peers:
+            return Route(dst, "vxlan", peer.vxlan_address, VXLAN_DEVICE)
+        wanted.skipped.append(f"{dst}: node {peer.name} has no VXLAN tunnel "
+                              "address/MAC yet; routing it directly")
+    elif encap == "ipip":
+        assert peer is not None
+        return Route(dst, "ipip", peer.address, IPIP_DEVICE)
+    return Route(dst, "direct", next_hop)
 
 
 def vtep_mac(node: str) -> str:

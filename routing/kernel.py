@@ -47,6 +47,7 @@ class KernelRoute:
     oif: int | None
     onlink: bool
     priority: int = 0
+    gateways: tuple[str, ...] = ()  # a multipath route's next hops (sorted); () otherwise
 
 
 @dataclass
@@ -108,6 +109,16 @@ class KernelRoutes:
                 if r["type"] in (RTN_UNICAST, RTN_BLACKHOLE):
                     foreign.add(dst)
                 continue
+            hops = r.get_attr("RTA_MULTIPATH") or []
+            if hops:  # ECMP: the next hops are in the nexthop entries
+                gateways = tuple(sorted(str(h.get_attr("RTA_GATEWAY")) for h in hops))
+                oifs = {h["oif"] for h in hops}
+                ours.setdefault(dst, []).append(KernelRoute(
+                    dst=dst, type=r["type"], gateway=None,
+                    oif=oifs.pop() if len(oifs) == 1 else None,
+                    onlink=all(h["flags"] & RTNH_F_ONLINK for h in hops),
+                    priority=r.get_attr("RTA_PRIORITY") or 0, gateways=gateways))
+                continue
             ours.setdefault(dst, []).append(KernelRoute(
                 dst=dst, type=r["type"], gateway=r.get_attr("RTA_GATEWAY"),
                 oif=r.get_attr("RTA_OIF"), onlink=bool(r["flags"] & RTNH_F_ONLINK),
@@ -130,7 +141,12 @@ class KernelRoutes:
             return False
         if want.kind == "blackhole":
             return k.type == RTN_BLACKHOLE
-        if k.type != RTN_UNICAST or k.gateway != want.gateway or k.onlink != want.onlink:
+        if want.gateways:
+            if k.type != RTN_UNICAST or k.gateways != tuple(sorted(want.gateways)):
+                return False
+        elif k.type != RTN_UNICAST or k.gateways or k.gateway != want.gateway:
+            return False
+        if k.onlink != want.onlink:
             return False
         return want.device is None or k.oif == oif
 
@@ -140,6 +156,15 @@ class KernelRoutes:
             args["type"] = RTN_BLACKHOLE
             return args
         args["type"] = RTN_UNICAST
+        if want.gateways:  # ECMP: one nexthop entry per gateway
+            args["family"] = AF_INET
+            hop: dict[str, Any] = {}
+            if oif is not None:
+                hop["oif"] = oif
+            if want.onlink:
+                hop["flags"] = RTNH_F_ONLINK
+            args["multipath"] = [{"gateway": g, **hop} for g in want.gateways]
+            return args
         args["gateway"] = want.gateway
         if oif is not None:
             args["oif"] = oif

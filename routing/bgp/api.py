@@ -8,9 +8,12 @@ peers announce.  Neither touches the other's state; the kernel FIB belongs to th
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
+
+from routing.bgp.filters import FilterRule
 
 PeerKind = Literal["mesh", "global", "node", "route-reflector-client"]
 
@@ -29,6 +32,14 @@ class Neighbour:
     ttl_security: int | None = None
     passive: bool = False        # wait for the peer to connect (Calico's one-way node mesh)
     port: int | None = None      # the peer's BGP port when not 179 (BGPPeer peerIP "ip:port")
+    local_asn: int | None = None  # BGPPeer localASNumber: our AS on this session
+    hold_time: int | None = None  # from BGPPeer keepaliveTime (3 x keepalive); None: global
+    restart_time: int | None = None  # BGPPeer maxRestartTime; None: the global GR time
+    source_address: bool = True  # BGPPeer sourceAddress UseNodeIP (False: None, kernel picks)
+    allowed_local_as: int = 0    # BGPPeer numAllowedLocalASNumbers
+    next_hop_self: bool = False  # BGPPeer nextHopMode Self: reflected routes get our address
+    export_rules: tuple[FilterRule, ...] = ()  # the BGPFilters of BGPPeer filters, in order
+    import_rules: tuple[FilterRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,8 @@ class BGPSettings:
     hold_time: int = 90           # seconds
     graceful_restart: int = 120   # restart time advertised; 0 turns graceful restart off
     cluster_id: str | None = None  # set when this node is a route reflector
+    #: BGPConfiguration prefixAdvertisements, names resolved: (cidr, community values)
+    prefix_communities: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,13 @@ class LearnedRoute:
     next_hop: str               # "192.0.2.12"
     peer: str                   # the neighbour address it came from
     as_path: tuple[int, ...] = ()
+    #: every next hop of the equally good paths (ECMP), when there are several; sorted
+    next_hops: tuple[str, ...] = ()
+
+    @property
+    def gateways(self) -> tuple[str, ...]:
+        """The next hops to install: all equal-cost ones, else the one."""
+        return self.next_hops or (self.next_hop,)
 
 
 @dataclass(frozen=True)
@@ -105,10 +125,28 @@ class RouteTable:
     by_peer: dict[str, dict[str, LearnedRoute]] = field(default_factory=dict)
 
     def best(self) -> dict[str, LearnedRoute]:
+        """The best route per prefix (shortest AS path; the lowest peer address among equal
+        ones).  When several peers offer equally short paths with different next hops,
+        the route lists them all in ``next_hops`` (multipath, as BIRD's ``merge paths``)."""
         out: dict[str, LearnedRoute] = {}
+        hops: dict[str, set[str]] = {}
         for peer in sorted(self.by_peer):
             for prefix, route in self.by_peer[peer].items():
                 cur = out.get(prefix)
                 if cur is None or len(route.as_path) < len(cur.as_path):
                     out[prefix] = route
+                    hops[prefix] = {route.next_hop}
+                elif len(route.as_path) == len(cur.as_path):
+                    hops[prefix].add(route.next_hop)
+        for prefix, nhs in hops.items():
+            if len(nhs) > 1:
+                out[prefix] = replace(out[prefix], next_hops=tuple(sorted(nhs, key=_ip_order)))
         return out
+
+
+def _ip_order(address: str) -> tuple[int, int, str]:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return (9, 0, address)
+    return (ip.version, int(ip), address)

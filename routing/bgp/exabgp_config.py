@@ -35,14 +35,21 @@ def _quote(text: str) -> str:
 
 
 def render_neighbour(settings: BGPSettings, n: Neighbour) -> str:
+    """One ``neighbor`` block.  Per-peer settings (BGPPeer): ``local_asn`` -> ``local-as``,
+    ``hold_time`` (from keepaliveTime) -> ``hold-time``, ``restart_time`` (maxRestartTime)
+    -> the graceful-restart time, ``source_address=False`` (sourceAddress None) -> no
+    ``local-address`` (ExaBGP then lets the kernel pick the source)."""
     lines = [
         f"neighbor {n.address} {{",
         f"    description {_quote(f'{n.kind}:{n.name}' if n.name else n.kind)};",
         f"    router-id {settings.router_id};",
-        f"    local-address {settings.local_address};",
-        f"    local-as {settings.asn};",
+    ]
+    if n.source_address:
+        lines.append(f"    local-address {settings.local_address};")
+    lines += [
+        f"    local-as {n.local_asn or settings.asn};",
         f"    peer-as {n.asn};",
-        f"    hold-time {settings.hold_time};",
+        f"    hold-time {settings.hold_time if n.hold_time is None else n.hold_time};",
         "    manual-eor true;",
     ]
     if n.passive:
@@ -56,8 +63,9 @@ def render_neighbour(settings: BGPSettings, n: Neighbour) -> str:
         lines.append("    outgoing-ttl 255;")
         lines.append(f"    incoming-ttl {256 - n.ttl_security};")
     caps = ["route-refresh;"]
-    if settings.graceful_restart > 0:
-        caps.append(f"graceful-restart {settings.graceful_restart};")
+    restart = settings.graceful_restart if n.restart_time is None else n.restart_time
+    if settings.graceful_restart > 0 and restart > 0:
+        caps.append(f"graceful-restart {restart};")
     lines.append(f"    capability {{ {' '.join(caps)} }}")
     lines.append(f"    family {{ {FAMILY}; }}")
     lines.append(f"    api {{ processes [ {PROCESS_NAME} ]; neighbor-changes; "

@@ -24,6 +24,16 @@ one node), every BGPPeer.  Rules (Calico's confd BGP templates and its BGPPeer d
   its peering back: no session at all (not one without the password), its address taken all
   the same so that a lower-priority peering (the mesh) does not connect there instead; the
   result lists it in ``missing_passwords`` for the caller to report.
+* Per-BGPPeer session settings: ``localASNumber`` (our AS on the session),
+  ``keepaliveTime`` (ExaBGP has only a hold time: three keepalives, at least 3 s),
+  ``maxRestartTime`` (the graceful-restart time advertised on the session),
+  ``sourceAddress: None`` (no local address: the kernel picks the source),
+  ``numAllowedLocalASNumbers`` (learnt paths may carry our AS that many times),
+  ``nextHopMode: Self`` (routes reflected to the peer get this node as next hop) and
+  ``filters`` (the BGPFilters' rules in order; a filter that does not exist holds the
+  peering back, as a missing password does: never a session without the filter asked for).
+* Communities: ``prefixAdvertisements`` of this node's ``node.<name>`` configuration, else
+  of ``default``, community names resolved to their values.
 """
 
 from __future__ import annotations
@@ -32,10 +42,12 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from datastore.model_bgp import (
     GLOBAL_BGP_CONFIG_NAME,
     BGPConfiguration,
+    BGPFilter,
     BGPPassword,
     BGPPeer,
     effective_bgp_settings,
@@ -43,6 +55,7 @@ from datastore.model_bgp import (
 from datastore.model_network import Node
 from datastore.selector import SelectorError, parse
 from routing.bgp.api import BGPSettings, Neighbour, PeerKind
+from routing.bgp.filters import rules_of
 
 log = logging.getLogger("tortie.bgp.peers")
 
@@ -142,7 +155,8 @@ def _selects_node(peer: BGPPeer, node: Node) -> bool:
 def compute_settings(node_name: str, nodes: Iterable[Node],
                      configs: Mapping[str, BGPConfiguration] | Iterable[BGPConfiguration],
                      peers: Iterable[BGPPeer], *, secrets: SecretLookup | None = None,
-                     hold_time: int = 90) -> PeersResult:
+                     hold_time: int = 90,
+                     filters: Mapping[str, BGPFilter] | None = None) -> PeersResult:
     """This node's :class:`BGPSettings` from the cluster's resources (see module doc)."""
     by_name = {n.name: n for n in nodes}
     if not isinstance(configs, Mapping):
@@ -199,6 +213,8 @@ def compute_settings(node_name: str, nodes: Iterable[Node],
             prio = 1 if peer.is_global else 0
             kind: PeerKind = "global" if peer.is_global else "node"
             keep = bool(s.keepOriginalNextHop) or s.nextHopMode == "Keep"
+            session, usable = _session_options(peer, filters or {}, skipped)
+            ok = ok and usable
             if s.peerIP:
                 addr = peer.peer_address()
                 if addr is None or ":" in addr[0]:
@@ -208,7 +224,7 @@ def compute_settings(node_name: str, nodes: Iterable[Node],
                     continue
                 offer(prio, Neighbour(addr[0], s.asNumber, kind, peer.name, password,
                                       keep_next_hop=keep, ttl_security=s.ttlSecurity or None,
-                                      port=addr[1]), held=not ok)
+                                      port=addr[1], **session), held=not ok)
             elif s.peerSelector:
                 sel = parse(s.peerSelector)
                 for other in sorted(by_name.values(), key=lambda n: n.name):
@@ -219,7 +235,7 @@ def compute_settings(node_name: str, nodes: Iterable[Node],
                     offer(prio, Neighbour(
                         ip, asn_of(other), "route-reflector-client" if rr_client else kind,
                         other.name, password, rr_client=rr_client, keep_next_hop=keep,
-                        ttl_security=s.ttlSecurity or None), held=not ok)
+                        ttl_security=s.ttlSecurity or None, **session), held=not ok)
         except (SelectorError, ValueError) as e:
             skipped.append(f"{where}: {e}")
 
@@ -243,7 +259,81 @@ def compute_settings(node_name: str, nodes: Iterable[Node],
     return PeersResult(BGPSettings(
         router_id=my_ip, local_address=my_ip, asn=asn_of(me), neighbours=neighbours,
         listen_port=listen_port, hold_time=hold_time, graceful_restart=restart,
-        cluster_id=my_cid), skipped=skipped, missing_passwords=missing)
+        cluster_id=my_cid, prefix_communities=prefix_communities(own, default)),
+        skipped=skipped, missing_passwords=missing)
+
+
+def _session_options(peer: BGPPeer, filters: Mapping[str, BGPFilter],
+                     skipped: list[str]) -> tuple[dict[str, Any], bool]:
+    """The :class:`Neighbour` fields a BGPPeer sets for its sessions, and whether the
+    peering is usable (every filter it names exists)."""
+    s = peer.spec
+    where = f"BGPPeer {peer.name}"
+    out: dict[str, Any] = {}
+    if s.localASNumber:
+        out["local_asn"] = int(s.localASNumber)
+    if s.keepaliveTime:
+        try:
+            keepalive = duration_seconds(s.keepaliveTime)
+            out["hold_time"] = 0 if keepalive <= 0 else max(3, round(3 * keepalive))
+        except ValueError:
+            skipped.append(f"{where}: bad keepaliveTime {s.keepaliveTime!r}")
+    if s.maxRestartTime:
+        try:
+            out["restart_time"] = int(duration_seconds(s.maxRestartTime))
+        except ValueError:
+            skipped.append(f"{where}: bad maxRestartTime {s.maxRestartTime!r}")
+    if s.sourceAddress == "None":
+        out["source_address"] = False
+    if s.numAllowedLocalASNumbers:
+        out["allowed_local_as"] = int(s.numAllowedLocalASNumbers)
+    if s.nextHopMode == "Self":
+        out["next_hop_self"] = True
+    usable = True
+    named: list[BGPFilter] = []
+    for name in s.filters or []:
+        f = filters.get(name)
+        if f is None:
+            skipped.append(f"{where}: BGPFilter {name!r} does not exist; peering held back")
+            usable = False
+        else:
+            named.append(f)
+    if named:
+        out["export_rules"] = rules_of(named, "export")
+        out["import_rules"] = rules_of(named, "import")
+    return out, usable
+
+
+def prefix_communities(own: BGPConfiguration | None, default: BGPConfiguration | None
+                       ) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(cidr, community values) of the prefix advertisements that apply to this node: its
+    ``node.<name>`` configuration's when it has any, else the ``default`` one's."""
+    for config in (own, default):
+        if config is not None and config.spec.prefixAdvertisements:
+            return tuple((pa.cidr, tuple(config.community_values(pa.communities)))
+                         for pa in config.spec.prefixAdvertisements)
+    return ()
+
+
+def reachable_routes(node_name: str, nodes: Iterable[Node],
+                     peers: Iterable[BGPPeer]) -> dict[str, str]:
+    """``<peer IP>/32 -> gateway`` for the BGPPeers of this node with ``reachableBy``
+    (Calico adds that static route so the session never follows a route BGP learnt)."""
+    me = next((n for n in nodes if n.name == node_name), None)
+    if me is None:
+        return {}
+    out: dict[str, str] = {}
+    for peer in sorted(peers, key=lambda p: p.name):
+        try:
+            if not peer.spec.reachableBy or not _selects_node(peer, me):
+                continue
+            addr = peer.peer_address()
+        except (SelectorError, ValueError):
+            continue
+        if addr is None or ":" in addr[0] or ":" in peer.spec.reachableBy:
+            continue
+        out.setdefault(f"{addr[0]}/32", peer.spec.reachableBy)
+    return out
 
 
 def ip_key(address: str) -> tuple[int, ...]:

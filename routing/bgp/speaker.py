@@ -87,6 +87,7 @@ from routing.bgp.exabgp_config import (
     render_config,
     restart_needed,
 )
+from routing.bgp.filters import accepted, communities_for
 
 log = logging.getLogger("tortie.bgp")
 
@@ -136,6 +137,19 @@ def _describe_exit(rc: int) -> str:
 def _selector(addresses: Iterable[str]) -> str:
     """ExaBGP's prefix of a command for these neighbours: ``neighbor A , neighbor B``."""
     return " , ".join(f"neighbor {a}" for a in addresses)
+
+
+def route_attributes(next_hop: str, prefix: str,
+                     advertisements: Iterable[tuple[str, Iterable[str]]] = ()) -> str:
+    """ExaBGP's attributes of one of our routes: ``next-hop N [community [..]]
+    [large-community [..]]`` (the communities of the prefix advertisements that cover it)."""
+    standard, large = communities_for(prefix, [(c, tuple(v)) for c, v in advertisements])
+    attrs = f"next-hop {next_hop}"
+    if standard:
+        attrs += f" community [ {' '.join(standard)} ]"
+    if large:
+        attrs += f" large-community [ {' '.join(large)} ]"
+    return attrs
 
 
 def configured_neighbours(lines: Iterable[str]) -> set[str]:
@@ -307,6 +321,17 @@ class ExaBGPSpeaker:
             return
         self.settings = settings
         self._sync_peers(settings)
+        try:
+            await self._apply_settings(old, settings)
+        finally:
+            # filters, communities and AS-loop limits need no reload: the routes learnt
+            # are filtered again and each peer gets what it should have now
+            self._emit()
+        if self._proc is not None and not self._restarting:
+            await self._sync_announcements()
+
+    async def _apply_settings(self, old: BGPSettings, settings: BGPSettings) -> None:
+        """Restart or reload ExaBGP for ``settings`` (already recorded) as needed."""
         if restart_needed(old, settings):
             log.info("bgp identity changed, restarting exabgp",
                      extra={"fields": {"router_id": settings.router_id, "asn": settings.asn}})
@@ -346,24 +371,50 @@ class ExaBGPSpeaker:
         """Tell ExaBGP, for each peer that is up, what its adj-rib-out lacks or has too many
         (one command per route, naming every peer it is for)."""
         async with self._sync_lock:
-            want = dict(self._wanted)
             withdraw: dict[str, list[str]] = {}
             announce: dict[tuple[str, str], list[str]] = {}
+            ours = self._own_attributes()
             for addr in self._up_peers():
+                want = self.exported_to(addr, ours)
                 have = self._rib.setdefault(addr, {})
                 for prefix in set(have) - set(want):
                     withdraw.setdefault(prefix, []).append(addr)
-                for prefix, nh in want.items():
-                    if have.get(prefix) != nh:
-                        announce.setdefault((prefix, nh), []).append(addr)
+                for prefix, attrs in want.items():
+                    if have.get(prefix) != attrs:
+                        announce.setdefault((prefix, attrs), []).append(addr)
             for prefix, addrs in sorted(withdraw.items()):
                 await self._command(f"{_selector(addrs)} withdraw route {prefix}")
                 for addr in addrs:
                     self._rib[addr].pop(prefix, None)
-            for (prefix, nh), addrs in sorted(announce.items()):
-                await self._command(f"{_selector(addrs)} announce route {prefix} next-hop {nh}")
+            for (prefix, attrs), addrs in sorted(announce.items()):
+                await self._command(f"{_selector(addrs)} announce route {prefix} {attrs}")
                 for addr in addrs:
-                    self._rib[addr][prefix] = nh
+                    self._rib[addr][prefix] = attrs
+
+    def _ebgp(self, n: Neighbour) -> bool:
+        s = self.settings
+        return s is not None and n.asn != (n.local_asn or s.asn)
+
+    def _own_attributes(self) -> dict[str, str]:
+        """prefix -> ExaBGP route attributes of every route we announce (next hop, the
+        prefix advertisements' communities)."""
+        s = self.settings
+        ads = s.prefix_communities if s else ()
+        if not ads:
+            return {prefix: f"next-hop {nh}" for prefix, nh in self._wanted.items()}
+        return {prefix: route_attributes(nh, prefix, ads) for prefix, nh in self._wanted.items()}
+
+    def exported_to(self, addr: str, ours: dict[str, str] | None = None) -> dict[str, str]:
+        """Our own routes for the peer ``addr``: prefix -> ExaBGP route attributes, without
+        what its export filter rejects.  ``ours``: :meth:`_own_attributes`, if at hand."""
+        if ours is None:
+            ours = self._own_attributes()
+        p = self._peers.get(addr)
+        if p is None or not p.neighbour.export_rules:
+            return ours
+        rules, ebgp = p.neighbour.export_rules, self._ebgp(p.neighbour)
+        return {prefix: attrs for prefix, attrs in ours.items()
+                if accepted(rules, prefix, ebgp=ebgp)}
 
     async def _reload(self, want: set[str]) -> None:
         """Make ExaBGP run with the configuration file just written, whose neighbours are
@@ -775,9 +826,32 @@ class ExaBGPSpeaker:
             self.table.by_peer.pop(addr, None)
         self._emit()
 
+    def accepted_table(self) -> RouteTable:
+        """The learnt routes the import side lets through, per peer: its BGPPeer's import
+        filter rules, and the AS-loop check (a path with our AS in it more often than the
+        peer's ``numAllowedLocalASNumbers``).  ``self.table`` keeps everything the peers
+        sent, so a filter that changes takes effect without asking them again."""
+        s = self.settings
+        out = RouteTable()
+        for addr, routes in self.table.by_peer.items():
+            p = self._peers.get(addr)
+            if p is None or s is None:
+                out.by_peer[addr] = routes
+                continue
+            n = p.neighbour
+            mine = {s.asn, n.local_asn or s.asn}
+            ebgp = self._ebgp(n)
+            kept = {prefix: r for prefix, r in routes.items()
+                    if sum(1 for a in r.as_path if a in mine) <= n.allowed_local_as
+                    and (not n.import_rules
+                         or accepted(n.import_rules, prefix, remote=True, ebgp=ebgp))}
+            if kept:
+                out.by_peer[addr] = kept
+        return out
+
     def _emit(self) -> None:
         self._reflect_wanted.set()
-        best = self.table.best()
+        best = self.accepted_table().best()
         for cb in list(self._callbacks):
             try:
                 cb(dict(best))
@@ -796,7 +870,7 @@ class ExaBGPSpeaker:
         if not any(p.neighbour.rr_client for p in ibgp.values()):
             return {}
         out: dict[str, dict[str, str]] = {a: {} for a in ibgp}
-        for prefix, route in self.table.best().items():
+        for prefix, route in self.accepted_table().best().items():
             src = ibgp.get(route.peer)
             if src is None or prefix in self._wanted:
                 continue  # eBGP-learnt, or one of our own
@@ -809,8 +883,14 @@ class ExaBGPSpeaker:
             for target, tp in ibgp.items():
                 if target == route.peer:
                     continue
-                if src.neighbour.rr_client or tp.neighbour.rr_client:
-                    out[target][prefix] = attrs
+                if not (src.neighbour.rr_client or tp.neighbour.rr_client):
+                    continue
+                if tp.neighbour.export_rules and not accepted(
+                        tp.neighbour.export_rules, prefix, remote=True):
+                    continue
+                out[target][prefix] = (attrs.replace(f"next-hop {route.next_hop}",
+                                                     f"next-hop {s.local_address}", 1)
+                                       if tp.neighbour.next_hop_self else attrs)
         return out
 
     async def _reflector(self, proc: asyncio.subprocess.Process) -> None:

@@ -95,7 +95,9 @@ def test_every_rendered_option_is_valid_exabgp(scratch_dir: Path) -> None:
                         Neighbour("192.0.2.1", 65001, "global", "tor", password="s3cret",
                                   ttl_security=2, port=1790),
                         Neighbour("192.0.2.13", ASN, "route-reflector-client", "n3",
-                                  rr_client=True)))
+                                  rr_client=True),
+                        Neighbour("192.0.2.14", 65002, "global", "tor2", local_asn=65010,
+                                  hold_time=15, restart_time=45, source_address=False)))
     conf = scratch_dir / "exabgp.conf"
     conf.write_text(render_config(s, ["/bin/cat"]))
     ok = subprocess.run([exabgp, "validate", str(conf)], capture_output=True, text=True,

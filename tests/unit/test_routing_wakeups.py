@@ -70,7 +70,7 @@ def test_only_route_relevant_block_changes_wake_the_agent() -> None:
 def test_the_syncer_watches_exactly_the_prefixes_the_agent_handles() -> None:
     a = agent("n1")
     assert set(a.syncer.prefixes) == set(a._watches)
-    assert len(a.syncer.prefixes) == len(set(a.syncer.prefixes)) == 7
+    assert len(a.syncer.prefixes) == len(set(a.syncer.prefixes)) == 8
     assert block_watch_prefix() in a._watches
     assert BGP_SECRETS in a._watches
     assert resource_prefix("ippools") in a._watches

@@ -166,8 +166,7 @@ def test_bgp_configuration() -> None:
         "communities": [{"name": "c", "value": "100:1"}],
         "prefixAdvertisements": [{"cidr": "10.0.0.0/8", "communities": ["c"]}],
         "programClusterRoutes": "Enabled"})
-    assert paths(cfg) == ["spec.serviceClusterIPs", "spec.communities",
-                          "spec.prefixAdvertisements"]
+    assert paths(cfg) == ["spec.serviceClusterIPs"]  # communities are acted on
     # logSeverityScreen defaults to Info (not a warning); a per-node AS number is not read
     assert paths(res("BGPConfiguration", "node.n1", {"asNumber": 64513, "listenPort": 1790})
                  ) == ["spec.asNumber"]
@@ -186,8 +185,14 @@ def test_configurations_with_other_names_are_not_read_at_all() -> None:
 
 def test_bgp_peer() -> None:
     assert paths(res("BGPPeer", "p", {"peerIP": "192.0.2.1", "asNumber": 65000,
-                                      "keepaliveTime": "10s", "sourceAddress": "UseNodeIP",
-                                      "ttlSecurity": 1})) == ["spec.keepaliveTime"]
+                                      "keepaliveTime": "10s", "sourceAddress": "None",
+                                      "maxRestartTime": "30s", "localASNumber": 65010,
+                                      "numAllowedLocalASNumbers": 1, "filters": ["f"],
+                                      "reachableBy": "192.0.2.254",
+                                      "reversePeering": "Manual",
+                                      "ttlSecurity": 1})) == ["spec.reversePeering"]
+    assert paths(res("BGPFilter", "f", {"exportV4": [
+        {"action": "Reject", "matchOperator": "In", "cidr": "10.0.0.0/8"}]})) == []
 
 
 def test_endpoints_node_kcc_and_fully_supported_kinds() -> None:
@@ -231,19 +236,19 @@ def test_kubernetes_kinds_are_not_checked() -> None:
 def test_agent_logs_once_per_resource(caplog: pytest.LogCaptureFixture) -> None:
     seen = IgnoredFieldLog("routing", frozenset({"BGPPeer"}))
     peer = res("BGPPeer", "p", {"peerIP": "192.0.2.1", "asNumber": 65000,
-                                "keepaliveTime": "10s"})
+                                "reversePeering": "Manual"})
     with caplog.at_level(logging.WARNING, logger="tortie.unsupported"):
         seen.update("/k/p", peer)
         seen.update("/k/p", peer)  # the same again (e.g. a resync): no second line
         seen.update("/k/other", res("GlobalNetworkPolicy", "g", {"performanceHints": ["x"]}))
-        more = res("BGPPeer", "p", {"peerIP": "192.0.2.1", "asNumber": 65000,
-                                    "keepaliveTime": "10s", "filters": ["f"]})
+        more = res("BGPPeer", "p", {"asNumber": 65000, "localWorkloadSelector": "all()",
+                                    "reversePeering": "Manual"})
         seen.update("/k/p", more)  # a field more: both logged again
         seen.update("/k/p", None)
         seen.update("/k/p", peer)  # re-created: logged again
     got = [vars(r)["fields"]["field"] for r in caplog.records]
-    assert got == ["spec.keepaliveTime", "spec.keepaliveTime", "spec.filters",
-                   "spec.keepaliveTime"]
+    assert got == ["spec.reversePeering", "spec.localWorkloadSelector",
+                   "spec.reversePeering", "spec.reversePeering"]
     assert vars(caplog.records[0])["fields"]["resource"] == "BGPPeer p"
 
 
