@@ -205,6 +205,7 @@ class RoutingAgent:
         self.vxlan = VXLANDevice(netns)
         self.ipip = IPIPDevice(netns)
         self.nat = OutgoingNAT(netns)
+        self.nat6 = OutgoingNAT(netns, version=6)
         self.ipam = IPAM(ctx.store, self.node)
         self.pools: dict[str, IPPool] = {}
         self.nodes: dict[str, desired.NodeInfo] = {}
@@ -444,16 +445,20 @@ class RoutingAgent:
         self._me_synced = None if errors else me
         self._done(events, wanted, res, announced_before, complete, started, started_wall,
                    (t_computed, t_bgp, t_kernel, t_done))
-        masq, every = desired.masquerade_sets(pools)
-        keep = desired.never_masqueraded(self.node_models.values(), self.peers.values())
-        try:
-            if await self.nat.sync(masq, every, keep):
-                log.info("outgoing NAT updated", extra={"fields": {
-                    "masquerade": ",".join(masq) or "-", "pools": ",".join(every) or "-",
-                    "never_to": ",".join(keep) or "-"}})
-        except NATError as e:
-            self.m_failures.labels(what="nat").inc()
-            log.warning("cannot program outgoing NAT", extra={"fields": {"error": str(e)}})
+        for version, nat in ((4, self.nat), (6, self.nat6)):
+            masq, every = desired.masquerade_sets(pools, version)
+            keep = desired.never_masqueraded(self.node_models.values(), self.peers.values(),
+                                             version)
+            try:
+                if await nat.sync(masq, every, keep):
+                    log.info("outgoing NAT updated", extra={"fields": {
+                        "ip_version": version,
+                        "masquerade": ",".join(masq) or "-", "pools": ",".join(every) or "-",
+                        "never_to": ",".join(keep) or "-"}})
+            except NATError as e:
+                self.m_failures.labels(what="nat").inc()
+                log.warning("cannot program outgoing NAT", extra={"fields": {
+                    "ip_version": version, "error": str(e)}})
         if not self.ready.is_set():
             self.ready.set()
             log.info("routing programmed", extra={"fields": {

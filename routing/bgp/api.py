@@ -43,6 +43,7 @@ class BGPSettings:
     hold_time: int = 90           # seconds
     graceful_restart: int = 120   # restart time advertised; 0 turns graceful restart off
     cluster_id: str | None = None  # set when this node is a route reflector
+    ipv6: bool = False            # also carry IPv6 unicast (MP-BGP) on every session
 
 
 @dataclass(frozen=True)
