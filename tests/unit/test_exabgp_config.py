@@ -174,3 +174,27 @@ def test_ipv6_unicast_family_only_when_the_node_has_an_ipv6_address() -> None:
 def test_parse_update_ipv6_withdraw() -> None:
     msg = _update({"update": {"withdraw": {"ipv6 unicast": [{"nlri": "fd00:10:244::/122"}]}}})
     assert parse_update(msg)[1] == ["fd00:10:244::/122"]
+
+
+def test_bird_config_ipv6_channel() -> None:
+    text = render_bird_config("192.0.2.2", 65001, [BirdNeighbour("192.0.2.11", 64512)],
+                              ipv6=True)
+    assert "protocol direct { ipv4; ipv6; }" in text
+    assert "protocol kernel kernel6 {" in text
+    session = text[text.index("protocol bgp n_192_0_2_11"):]
+    assert "    ipv4 {" in session and "    ipv6 {" in session
+    assert "ipv6" not in render_bird_config("192.0.2.2", 65001,
+                                            [BirdNeighbour("192.0.2.11", 64512)])
+
+
+def test_parse_bird_show_route_ipv6() -> None:
+    text = (
+        "Table master6:\n"
+        "fd00:10:244::/122    unicast [n_192_0_2_11 08:30:00.000] * (100) [AS64512i]\n"
+        "\tvia 2001:db8:0:1::11 on eth0\n"
+        "\tType: BGP univ\n"
+        "\tBGP.next_hop: 2001:db8:0:1::11 fe80::1\n"
+        "fd00:10:244::40/122  unicast [n_192_0_2_12 08:30:00.000] * (100) [AS64512i]\n"
+        "\tvia 2001:db8:0:1::12 on eth0\n")
+    assert parse_show_route(text) == {"fd00:10:244::/122": "2001:db8:0:1::11",
+                                      "fd00:10:244::40/122": "2001:db8:0:1::12"}
