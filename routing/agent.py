@@ -138,6 +138,21 @@ class AdoptedRoutes:
         return frozenset(self.found)
 
 
+def _is_v6(prefix: str) -> bool:
+    return ":" in prefix
+
+
+def _family_counts(wanted: desired.Desired | None, learnt: dict[str, LearnedRoute],
+                   version: int) -> dict[str, int]:
+    """Per address family: prefixes announced, learnt, and kernel routes wanted."""
+    v6 = version == 6
+    return {
+        "announced": sum(1 for p in (wanted.announce if wanted else {}) if _is_v6(p) == v6),
+        "learnt": sum(1 for p in learnt if _is_v6(p) == v6),
+        "routes": sum(1 for p in (wanted.routes if wanted else {}) if _is_v6(p) == v6),
+    }
+
+
 def _route_dst(described: str) -> str:
     """The destination in a :meth:`routing.desired.Route.describe` text."""
     words = described.split()
@@ -826,6 +841,7 @@ class RoutingAgent:
                         for k in ("blackhole", "direct", "vxlan", "ipip")} if wanted else {}),
             "route_failures": dict(res.failed) if res else {},
             "error": self.last_error,
+            "families": {f"ipv{v}": _family_counts(wanted, self.learnt, v) for v in (4, 6)},
         }
         if self._missing:
             out["bgp_password_missing"] = [
