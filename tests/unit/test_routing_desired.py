@@ -249,3 +249,10 @@ def test_ipv6_never_masqueraded() -> None:
     peer = BGPPeer.model_validate({"metadata": {"name": "v6"},
                                    "spec": {"peerIP": "[2001:db8::1]:179", "asNumber": 65001}})
     assert desired.never_masqueraded([n], [peer], 6) == ["2001:db8::1", "2001:db8:0:1::11"]
+
+
+def test_kernel_default_metric_per_family() -> None:
+    from routing.kernel import IPV6_DEFAULT_METRIC, default_metric
+
+    assert default_metric("10.244.1.0/26") == 0
+    assert default_metric("fd00:10:244::/122") == IPV6_DEFAULT_METRIC == 1024
