@@ -60,8 +60,11 @@ def show(ctx: click.Context, show_blocks: bool) -> None:
     for p in pools:
         rows.append([f"IP Pool {p.name}", p.cidr, str(p.size), str(p.allocated), str(p.free),
                      bar(p.allocated, p.size)])
-        for b in sorted(blocks, key=lambda b: ipaddress.ip_network(b.cidr)):
-            if ipaddress.ip_network(b.cidr).subnet_of(ipaddress.ip_network(p.cidr)):
+        pool_net = ipaddress.ip_network(p.cidr)
+        for b in sorted(blocks, key=lambda b: (ipaddress.ip_network(b.cidr).version,
+                                               ipaddress.ip_network(b.cidr))):
+            net = ipaddress.ip_network(b.cidr)
+            if net.version == pool_net.version and net.subnet_of(pool_net):
                 node = b.affinity_node or "(no affinity)"
                 rows.append([f"  Block {node}", b.cidr, str(b.size), str(b.allocated_count),
                              str(b.free_count), bar(b.allocated_count, b.size)])

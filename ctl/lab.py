@@ -9,6 +9,7 @@ import click
 
 from ctl.common import CLIError
 from lab.cluster import DEFAULT_POOL_CIDR, MAX_ETCD_MEMBERS, RUNTIMES, Lab, LabError
+from lab.underlay import DEFAULT_POOL6_CIDR
 
 
 def _lab(name: str) -> Lab:
@@ -47,14 +48,21 @@ def lab() -> None:
               type=click.IntRange(1, MAX_ETCD_MEMBERS),
               help="members of the lab's etcd (3: a quorum survives one member's loss); "
                    "every client gets all their endpoints")
+@click.option("--dual-stack", is_flag=True,
+              help="IPv6 too: an IPv6 underlay (2001:db8::/32 documentation subnets), an "
+                   "IPv6 pool next to the IPv4 one, pods with an address of each")
+@click.option("--pool6", default=DEFAULT_POOL6_CIDR, show_default=True,
+              help="the IPv6 pool (with --dual-stack)")
 def up(name: str, nodes: int, pool: str, subnets: int, encap: str | None,
-       runtime: str, kubernetes: bool, etcd_members: int) -> None:
+       runtime: str, kubernetes: bool, etcd_members: int, dual_stack: bool,
+       pool6: str) -> None:
     """Bring a lab up: etcd, the underlay, N nodes each running tortie-node."""
     lab_ = _lab(name)
     click.echo(f"bringing up lab {name!r} with {nodes} node(s)", err=True)
     try:
         st = lab_.up(nodes, pool, subnets=subnets, encap=encap, runtime=runtime,
-                     kubernetes=kubernetes, etcd_members=etcd_members)
+                     kubernetes=kubernetes, etcd_members=etcd_members,
+                     dual_stack=dual_stack, pool6_cidr=pool6)
     except LabError as e:
         raise CLIError(str(e)) from None
     click.echo(f"lab {name!r} is up: etcd {','.join(st.etcd_endpoints)}, nodes "

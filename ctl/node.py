@@ -97,13 +97,24 @@ def render_status(health: dict[str, Any], now: float | None = None) -> str:
     if routing is None:
         lines.append("The routing agent is not running (no BGP).")
         return "\n".join(lines)
-    peers = [p for p in routing.get("peers") or [] if ":" not in str(p.get("address", ""))]
-    lines.append("IPv4 BGP status")
-    if peers:
-        lines.append(render_table(HEADERS, peer_rows(peers, now)))
-    else:
-        lines.append("No IPv4 peers found.")
-    lines += ["", "IPv6 BGP status", "No IPv6 peers found."]
+    every = routing.get("peers") or []
+    families = routing.get("families") or {}
+    for version in (4, 6):
+        peers = [p for p in every if (":" in str(p.get("address", ""))) == (version == 6)]
+        if version == 6:
+            lines.append("")
+        lines.append(f"IPv{version} BGP status")
+        if peers:
+            lines.append(render_table(HEADERS, peer_rows(peers, now)))
+        else:
+            lines.append(f"No IPv{version} peers found.")
+        counts = families.get(f"ipv{version}")
+        if version == 6 and counts and (counts.get("announced") or counts.get("learnt")):
+            lines.append("IPv6 routes ride the IPv4 sessions above (MP-BGP, ipv6 unicast).")
+        if counts:
+            lines.append(f"IPv{version} routes: {counts.get('announced', 0)} announced, "
+                         f"{counts.get('learnt', 0)} learnt, {counts.get('routes', 0)} "
+                         "in the kernel")
     return "\n".join(lines)
 
 

@@ -8,7 +8,9 @@ Outside router (default, AS 65001): imports every node's blocks into its kernel 
 ``route_reflector`` it uses the cluster's AS (64512 unless given), reflects between the
 nodes, and the node-to-node mesh is turned off (BGPConfiguration ``default``).  Either way
 a global BGPPeer ``lab-bird`` tells every node to peer with it.  Running it again
-reconfigures BIRD for the nodes the lab has now.
+reconfigures BIRD for the nodes the lab has now.  In a dual-stack lab BIRD also has
+``2001:db8:0:1::2/64`` and learns (and installs) the nodes' IPv6 blocks over the same
+sessions.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from lab.cluster import FABRIC_IP, Lab, LabState
 from routing.bgp.bird import BirdPeer
 
 BIRD_IP = "192.0.2.2"
+BIRD_IP6 = "2001:db8:0:1::2"
 OUTSIDE_ASN = 65001
 PEER_NAME = "lab-bird"
 
@@ -61,8 +64,10 @@ def add_bird(lab: Lab, *, route_reflector: bool = False, asn: int | None = None,
     asn = asn or (node_asn if route_reflector else OUTSIDE_ASN)
     node_addrs = sorted((n.address for n in st.nodes.values()),
                         key=lambda a: tuple(int(x) for x in a.split(".")))
+    ipv6 = bool(st.pool6_cidr)
     bird = BirdPeer(run_dir, netns=ns, router_id=BIRD_IP, asn=asn,
-                    peers=[(a, node_asn) for a in node_addrs], route_reflector=route_reflector)
+                    peers=[(a, node_asn) for a in node_addrs], route_reflector=route_reflector,
+                    ipv6=ipv6)
     old = load(lab.dir)
     if old is not None and old.pid and Path(f"/proc/{old.pid}").exists():
         if old.route_reflector != route_reflector or old.asn != asn:
@@ -81,8 +86,10 @@ def add_bird(lab: Lab, *, route_reflector: bool = False, asn: int | None = None,
             netns.ip("link", "set", "eth0", "up", ns=ns)
             # nodes on the lab's other subnets are reached through the fabric
             netns.ip("route", "add", "default", "via", FABRIC_IP, ns=ns)
+            if ipv6:
+                netns.ip("-6", "addr", "add", f"{BIRD_IP6}/64", "dev", "eth0", "nodad", ns=ns)
         pid = bird.start()
-    info = BirdInfo(ns, BIRD_IP, asn, route_reflector, pid, node_addrs)
+    info = BirdInfo(ns, BIRD_IP, asn, route_reflector, pid, node_addrs, ipv6)
     save(lab.dir, info)
     _apply(lab, st, f"apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n"
                     f"  name: {PEER_NAME}\nspec:\n  peerIP: {BIRD_IP}\n  asNumber: {asn}\n")
@@ -97,7 +104,7 @@ def bird_of(lab: Lab) -> BirdPeer:
         raise BirdLabError(f"lab {lab.name!r} has no BIRD (tortie lab peer bird)")
     bird = BirdPeer(_dir(lab), netns=info.netns, router_id=info.address, asn=info.asn,
                     peers=[(a, DEFAULT_AS_NUMBER) for a in info.peers],
-                    route_reflector=info.route_reflector)
+                    route_reflector=info.route_reflector, ipv6=info.ipv6)
     bird.pid = info.pid
     return bird
 

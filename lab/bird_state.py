@@ -21,6 +21,7 @@ class BirdInfo:
     route_reflector: bool
     pid: int
     peers: list[str]
+    ipv6: bool = False       # an IPv6 channel on every session (a dual-stack lab)
 
 
 def load(lab_dir: Path) -> BirdInfo | None:

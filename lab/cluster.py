@@ -13,6 +13,10 @@ Layout of a lab named L (everything it makes is named after L, so labs can coexi
 
 The underlay uses TEST-NET-1 (192.0.2.0/24, RFC 5737): it exists only inside the lab's
 namespaces; the fabric has no route anywhere else, so nothing can leave the machine.
+``dual_stack``: the underlay also has IPv6 (2001:db8:0:1::/64, documentation prefix; node N
+at ``2001:db8:0:1::<10+N>``, autodetected by tortie-node with ``--ip6 autodetect``), an IPv6
+pool (:data:`lab.underlay.DEFAULT_POOL6_CIDR`) sits next to the IPv4 one and pods get an
+address of each; etcd and the BGP sessions stay on IPv4 (IPv6 routes ride them, MP-BGP).
 State (PIDs, namespaces, pods) lives in ``/run/tortie-lab/L/state.json``.
 """
 
@@ -57,6 +61,7 @@ ETCD_MEMBER_PORT_STEP = 10000
 MAX_ETCD_MEMBERS = 5
 DEFAULT_POOL_CIDR = "10.244.0.0/16"
 DEFAULT_POOL = "default-ipv4-ippool"
+DEFAULT_POOL6 = "default-ipv6-ippool"
 POD_IFNAME = "eth0"
 CNI_PLUGIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 NODE_START_TIMEOUT = 30.0
@@ -83,6 +88,7 @@ class NodeState:
     log: str
     pid: int = 0
     containerd_pid: int = 0  # runtime mode: this node's private containerd
+    address6: str = ""       # dual stack: its IPv6 underlay address
 
 
 @dataclass
@@ -108,6 +114,8 @@ class LabState:
     nodes: dict[str, NodeState] = field(default_factory=dict)
     pods: dict[str, PodState] = field(default_factory=dict)
     pool_cidr: str = DEFAULT_POOL_CIDR
+    #: IPv6 too: a v6 underlay, a v6 pool (this CIDR), pods with both families ("": v4 only)
+    pool6_cidr: str = ""
     #: a real Kubernetes on the lab (lab/kubernetes.py): its processes by name
     kubernetes: bool = False
     k8s_pids: dict[str, int] = field(default_factory=dict)
@@ -202,6 +210,7 @@ class Lab:
         st.etcd_ca, st.etcd_cert, st.etcd_key = (raw.get(k, "") for k in (
             "etcd_ca", "etcd_cert", "etcd_key"))
         st.pool_cidr = raw.get("pool_cidr", DEFAULT_POOL_CIDR)
+        st.pool6_cidr = raw.get("pool6_cidr", "")
         st.kubernetes = raw.get("kubernetes", False)
         st.k8s_pids = raw.get("k8s_pids", {})
         st.nodes = {k: NodeState(**v) for k, v in raw.get("nodes", {}).items()}
@@ -217,14 +226,18 @@ class Lab:
 
     def up(self, nodes: int, pool_cidr: str = DEFAULT_POOL_CIDR, subnets: int = 1,
            encap: str | None = None, runtime: str = "cni",
-           kubernetes: bool = False, etcd_members: int = 1) -> LabState:
+           kubernetes: bool = False, etcd_members: int = 1, dual_stack: bool = False,
+           pool6_cidr: str = underlay.DEFAULT_POOL6_CIDR) -> LabState:
         """``subnets`` underlay subnets joined by the fabric, the default pool's
         encapsulation per ``encap`` (see lab/underlay.py); ``runtime="containerd"``: a
         private containerd per node makes the pods (docs/runtime.md); ``kubernetes``: a real
         Kubernetes runs the nodes (lab/kubernetes.py; implies containerd); ``etcd_members``:
-        how many members the lab's etcd has (every client gets all their endpoints)."""
+        how many members the lab's etcd has (every client gets all their endpoints);
+        ``dual_stack``: IPv6 as well (module docstring; the lab's own CNI runtime only)."""
         if kubernetes:
             runtime = "containerd"
+        if dual_stack and runtime != "cni":
+            raise LabError("--dual-stack needs the lab's own CNI runtime (--runtime cni)")
         if nodes < 1 or nodes > 200:
             raise LabError("--nodes must be 1-200")
         if not 1 <= etcd_members <= MAX_ETCD_MEMBERS:
@@ -244,13 +257,16 @@ class Lab:
         self.dir.mkdir(parents=True, exist_ok=True)
         st = LabState(self.name, _prefix(self.name) + "fabric", subnets=subnets, encap=encap,
                       runtime=runtime, pool_cidr=pool_cidr, kubernetes=kubernetes,
-                      etcd_pids=[0] * etcd_members)
+                      etcd_pids=[0] * etcd_members,
+                      pool6_cidr=pool6_cidr if dual_stack else "")
         self.save(st)
         try:
             install_cni(self.bin_dir)
             self._up_fabric(st)
             self._up_etcd(st)
             self._apply_pool(st, pool_cidr)
+            if st.pool6_cidr:
+                self._apply_pool6(st, st.pool6_cidr)
             for i in range(1, nodes + 1):
                 self._up_node(st, f"node{i}", i, underlay.subnet_of(i, nodes, subnets))
             for node in st.nodes.values():
@@ -283,6 +299,13 @@ class Lab:
             netns.ip("addr", "add", f"{underlay.gateway(k)}/{net.prefixlen}", "dev", br,
                      ns=st.fabric)
             netns.ip("link", "set", br, "up", ns=st.fabric)
+        if st.pool6_cidr:
+            for k in range(st.subnets):
+                net6 = underlay.subnet6(k)
+                self.progress(f"fabric: {underlay.bridge(k)} {underlay.gateway6(k)}/"
+                              f"{net6.prefixlen}")
+                netns.ip("-6", "addr", "add", f"{underlay.gateway6(k)}/{net6.prefixlen}",
+                         "dev", underlay.bridge(k), "nodad", ns=st.fabric)
         self.save(st)
 
     @property
@@ -447,6 +470,15 @@ class Lab:
             raise LabError(f"creating the IP pool failed: {p.stderr.strip()}")
         self.progress(f"pool: {DEFAULT_POOL} {cidr} (encapsulation: {st.encap})")
 
+    def _apply_pool6(self, st: LabState, cidr: str) -> None:
+        doc = (f"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: "
+               f"{DEFAULT_POOL6}\nspec:\n  cidr: {cidr}\n  natOutgoing: true\n"
+               "  vxlanMode: Never\n  ipipMode: Never\n")
+        p = self.tortie(st, ["apply", "-f", "-"], input=doc)
+        if p.returncode != 0:
+            raise LabError(f"creating the IPv6 pool failed: {p.stderr.strip()}")
+        self.progress(f"pool: {DEFAULT_POOL6} {cidr}")
+
     def _up_node(self, st: LabState, name: str, index: int, subnet: int = 0) -> None:
         ns = _prefix(self.name) + name
         address = underlay.node_address(index, subnet)
@@ -461,11 +493,19 @@ class Lab:
         netns.ip("route", "add", "default", "via", underlay.gateway(subnet), ns=ns)
         node = NodeState(name, ns, address, str(self.dir / name / "cni.sock"),
                          str(self.dir / f"{name}.log"))
+        if st.pool6_cidr:
+            node.address6 = underlay.node_address6(index, subnet)
+            netns.ip("-6", "addr", "add",
+                     f"{node.address6}/{underlay.subnet6(subnet).prefixlen}", "dev", "eth0",
+                     "nodad", ns=ns)
+            netns.ip("-6", "route", "add", "default", "via", underlay.gateway6(subnet), ns=ns)
         (self.dir / name).mkdir(exist_ok=True)
         st.nodes[name] = node
         self.save(st)
         self._start_daemon(st, node)
-        self.progress(f"node {name}: namespace {ns}, eth0 {address}, tortie-node pid {node.pid}")
+        self.progress(f"node {name}: namespace {ns}, eth0 {address}"
+                      f"{' ' + node.address6 if node.address6 else ''}, tortie-node pid "
+                      f"{node.pid}")
 
     def _start_daemon(self, st: LabState, node: NodeState) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TORTIE_ETCD_")}
@@ -475,7 +515,8 @@ class Lab:
                 ["ip", "netns", "exec", node.netns, sys.executable, "-m", "node.main",
                  "--node-name", node.name, "--socket", node.socket,
                  "--bgp-hold-time", str(LAB_BGP_HOLD_TIME),
-                 "--bgp-graceful-restart", str(LAB_BGP_HOLD_TIME)],
+                 "--bgp-graceful-restart", str(LAB_BGP_HOLD_TIME),
+                 *(["--ip6", "autodetect"] if st.pool6_cidr else [])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True, cwd=REPO)
         node.pid = proc.pid
@@ -633,6 +674,9 @@ class Lab:
         for plugin in plugins:
             conf = {"cniVersion": version, "name": conflist["name"], **plugin}
             if plugin["type"] == "tortie":
+                if st.pool6_cidr:
+                    conf["ipam"] = {**conf.get("ipam", {}), "assign_ipv4": "true",
+                                    "assign_ipv6": "true"}
                 conf.update(overrides or {})
                 conf["socket"] = node.socket
             if "capabilities" in conf:

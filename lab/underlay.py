@@ -12,6 +12,14 @@ router).  Node N of ``nodes`` goes to subnet ``(N - 1) * K // nodes`` (consecuti
 share a subnet: 4 nodes over 2 subnets -> node1, node2 | node3, node4) with address
 ``<subnet>.(10 + N)`` and its default route via the subnet's gateway.
 
+Dual stack (``--dual-stack``): every subnet also has an IPv6 /64 from the documentation
+prefix 2001:db8::/32 (RFC 3849), ``2001:db8:0:<k+1>::/64``, gateway ``::1`` in the fabric,
+node N at ``::<10 + N>`` (hex digits of the same number as the IPv4 host part), and the lab
+gets an IPv6 pool from the unique-local range (:data:`DEFAULT_POOL6_CIDR`, /122 blocks).
+IPv6 pod traffic between nodes is routed directly (no IPv6 tunnels), so it crosses subnets
+only where the fabric routes it: the fabric knows no pod prefix, so dual stack wants one
+subnet.
+
 Encapsulation of the lab's default pool (``--encap``): ``none`` -> no tunnel; ``vxlan`` /
 ``ipip`` -> ``vxlanMode`` / ``ipipMode`` = ``CrossSubnet`` when there is more than one
 subnet (traffic inside a subnet stays unencapsulated) and ``Always`` with one subnet (there
@@ -24,6 +32,8 @@ from __future__ import annotations
 import ipaddress
 
 SUBNETS = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+SUBNETS6 = ("2001:db8:0:1::/64", "2001:db8:0:2::/64", "2001:db8:0:3::/64")
+DEFAULT_POOL6_CIDR = "fd00:10:244::/56"
 ENCAPS = ("none", "vxlan", "ipip")
 
 
@@ -52,6 +62,20 @@ def bridge(k: int) -> str:
 
 def gateway(k: int) -> str:
     return str(subnet(k).network_address + 1)
+
+
+def subnet6(k: int) -> ipaddress.IPv6Network:
+    return ipaddress.IPv6Network(SUBNETS6[k])
+
+
+def gateway6(k: int) -> str:
+    return str(subnet6(k).network_address + 1)
+
+
+def node_address6(index: int, k: int) -> str:
+    """Node ``index``'s IPv6 address on subnet ``k``: ``::<10 + index>`` written with the
+    decimal digits of the IPv4 host part (node1: ``2001:db8:0:1::11``)."""
+    return str(subnet6(k).network_address + int(str(10 + index), 16))
 
 
 def subnet_of(index: int, nodes: int, subnets: int) -> int:

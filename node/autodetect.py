@@ -1,5 +1,8 @@
 """The node's IPv4 address (``Node.spec.bgp.ipv4Address``): Calico's ``IP`` and
-``IP_AUTODETECTION_METHOD``.
+``IP_AUTODETECTION_METHOD``; and its IPv6 address (``Node.spec.bgp.ipv6Address``):
+``IP6`` and ``IP6_AUTODETECTION_METHOD`` (``--ip6`` / ``--ip6-autodetection-method``), the
+same settings for the other family, except that ``IP6`` defaults to ``none`` as in Calico
+(no IPv6 address is detected unless asked; one set by hand stays).
 
 ``--ip`` / ``IP``:
 
@@ -25,7 +28,8 @@
   the Calico Node's ``spec.addresses`` (type ``InternalIP``), where tortie-node reads it, and
   the interface holding it gives the prefix length.
 
-Usable: a global-scope IPv4 address that is not loopback, link-local or multicast.  Tortie's
+Usable: a global-scope address of the family that is not loopback, link-local or multicast
+(IPv6: unique local addresses count as usable, as in Calico).  Tortie's
 own devices (host veths with the interface prefix, ``vxlan.tortie``, ``tunl0``) are never
 candidates except when ``interface=`` names them.
 
@@ -52,9 +56,13 @@ CAN_REACH = "can-reach"
 CIDR = "cidr"
 KUBERNETES_INTERNAL_IP = "kubernetes-internal-ip"
 METHODS = (FIRST_FOUND, INTERFACE, SKIP_INTERFACE, CAN_REACH, CIDR, KUBERNETES_INTERNAL_IP)
-#: the flag and the environment variable (named in errors)
+#: the flag and the environment variable (named in errors), per IP version
 METHOD_FIELD = "--ip-autodetection-method (IP_AUTODETECTION_METHOD)"
 IP_FIELD = "--ip (IP)"
+METHOD_FIELDS = {4: METHOD_FIELD, 6: "--ip6-autodetection-method (IP6_AUTODETECTION_METHOD)"}
+IP_FIELDS = {4: IP_FIELD, 6: "--ip6 (IP6)"}
+#: where the address goes in the Node resource (under spec.bgp)
+NODE_FIELDS = {4: "ipv4Address", 6: "ipv6Address"}
 IP_AUTODETECT = "autodetect"
 IP_NONE = "none"
 
@@ -73,17 +81,17 @@ class AutodetectError(ValueError):
 
 @dataclass(frozen=True)
 class HostAddress:
-    """One IPv4 address of an interface."""
+    """One address of an interface."""
 
     interface: str
     index: int
-    address: str              # "A.B.C.D/NN"
+    address: str              # "A.B.C.D/NN" or "X:..:Y/NN"
     default_route: bool = False  # the interface carries a default route
     scope: int = 0            # the kernel's address scope (0: global)
 
     @property
-    def ip(self) -> ipaddress.IPv4Address:
-        return ipaddress.IPv4Interface(self.address).ip
+    def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return ipaddress.ip_interface(self.address).ip
 
 
 @dataclass(frozen=True)
@@ -93,8 +101,9 @@ class Method:
     kind: str
     text: str
     patterns: tuple[re.Pattern[str], ...] = ()
-    networks: tuple[ipaddress.IPv4Network, ...] = ()
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     destination: str = ""
+    version: int = 4
 
 
 @dataclass(frozen=True)
@@ -114,72 +123,82 @@ class Choice:
     method: str               # the method's text, or "IP" for an explicit address
 
 
-def _split(value: str, what: str) -> list[str]:
+def _split(value: str, what: str, field: str = METHOD_FIELD) -> list[str]:
     parts = [p.strip() for p in value.split(",")]
     if not value.strip() or any(not p for p in parts):
-        raise AutodetectError(f"{METHOD_FIELD}: {what} needs a comma-separated list without "
+        raise AutodetectError(f"{field}: {what} needs a comma-separated list without "
                               "empty entries")
     return parts
 
 
-def parse_method(text: str | None) -> Method:
-    """Parse an autodetection method; :class:`AutodetectError` naming the setting."""
+def parse_method(text: str | None, version: int = 4) -> Method:
+    """Parse an autodetection method of IP ``version``; :class:`AutodetectError` naming the
+    setting."""
+    field = METHOD_FIELDS[version]
     text = (text or FIRST_FOUND).strip()
     kind, sep, value = text.partition("=")
     kind = kind.strip().lower()
     if kind in (FIRST_FOUND, KUBERNETES_INTERNAL_IP):
         if sep:
-            raise AutodetectError(f"{METHOD_FIELD}: {kind} takes no value, got {text!r}")
-        return Method(kind, text)
+            raise AutodetectError(f"{field}: {kind} takes no value, got {text!r}")
+        return Method(kind, text, version=version)
     if kind not in METHODS:
-        raise AutodetectError(f"{METHOD_FIELD}: unknown method {text!r}; one of first-found, "
+        raise AutodetectError(f"{field}: unknown method {text!r}; one of first-found, "
                               "interface=REGEX, skip-interface=REGEX, can-reach=DEST, "
                               "cidr=CIDR[,CIDR...], kubernetes-internal-ip")
     if not sep or not value.strip():
-        raise AutodetectError(f"{METHOD_FIELD}: {kind}= needs a value, got {text!r}")
+        raise AutodetectError(f"{field}: {kind}= needs a value, got {text!r}")
     value = value.strip()
     if kind in (INTERFACE, SKIP_INTERFACE):
         patterns = []
-        for p in _split(value, kind):
+        for p in _split(value, kind, field):
             try:
                 patterns.append(re.compile(p))
             except re.error as e:
-                raise AutodetectError(f"{METHOD_FIELD}: {kind}: {p!r} is not a valid regular "
+                raise AutodetectError(f"{field}: {kind}: {p!r} is not a valid regular "
                                       f"expression: {e}") from None
-        return Method(kind, text, patterns=tuple(patterns))
+        return Method(kind, text, patterns=tuple(patterns), version=version)
     if kind == CIDR:
         networks = []
-        for c in _split(value, kind):
+        for c in _split(value, kind, field):
             try:
-                networks.append(ipaddress.IPv4Network(c, strict=False))
+                net = ipaddress.ip_network(c, strict=False)
+                if net.version != version:
+                    raise ValueError(c)
+                networks.append(net)
             except ValueError:
-                raise AutodetectError(f"{METHOD_FIELD}: cidr: {c!r} is not an IPv4 CIDR") \
+                raise AutodetectError(f"{field}: cidr: {c!r} is not an IPv{version} CIDR") \
                     from None
-        return Method(kind, text, networks=tuple(networks))
-    # can-reach: an IPv4 address or a host name
+        return Method(kind, text, networks=tuple(networks), version=version)
+    # can-reach: an address of the family or a host name
     if any(c.isspace() for c in value) or "/" in value:
-        raise AutodetectError(f"{METHOD_FIELD}: can-reach: {value!r} is not an IP address "
+        raise AutodetectError(f"{field}: can-reach: {value!r} is not an IP address "
                               "or a host name")
-    return Method(kind, text, destination=value)
+    return Method(kind, text, destination=value, version=version)
 
 
-def parse_ip(text: str | None) -> IPSetting:
-    """Parse ``--ip``; :class:`AutodetectError` naming the setting."""
-    value = (text or IP_AUTODETECT).strip()
+def parse_ip(text: str | None, version: int = 4) -> IPSetting:
+    """Parse ``--ip`` (``--ip6`` for ``version=6``: default ``none``); :class:`AutodetectError`
+    naming the setting."""
+    field = IP_FIELDS[version]
+    value = (text or (IP_AUTODETECT if version == 4 else IP_NONE)).strip()
     if value.lower() in (IP_AUTODETECT, IP_NONE):
         return IPSetting(value.lower())
     try:
-        iface = ipaddress.IPv4Interface(value)
+        iface = ipaddress.ip_interface(value)
+        if iface.version != version:
+            raise ValueError(value)
     except ValueError:
-        raise AutodetectError(f"{IP_FIELD}: {value!r} is not 'autodetect', 'none' or an IPv4 "
-                              "address A.B.C.D/NN") from None
+        form = "A.B.C.D/NN" if version == 4 else "X:X::X/NN"
+        raise AutodetectError(f"{field}: {value!r} is not 'autodetect', 'none' or an "
+                              f"IPv{version} address {form}") from None
     if not usable(iface.ip):
-        raise AutodetectError(f"{IP_FIELD}: {value!r} is not a usable node address "
+        raise AutodetectError(f"{field}: {value!r} is not a usable node address "
                               "(loopback, link-local, multicast or unspecified)")
     return IPSetting("explicit", value if "/" in value else str(iface.ip))
 
 
-def usable(ip: ipaddress.IPv4Address) -> bool:
+def usable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return not (ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified
                 or ip.is_reserved)
 
@@ -207,7 +226,7 @@ class Own:
 
 def holder(addresses: Iterable[HostAddress], ip: str) -> HostAddress | None:
     """The interface address holding ``ip`` (lowest index first)."""
-    want = ipaddress.IPv4Address(ip)
+    want = ipaddress.ip_address(ip)
     for a in sorted(addresses, key=lambda a: a.index):
         if a.ip == want:
             return a
@@ -227,7 +246,7 @@ def choose(method: Method, addresses: Sequence[HostAddress], *, own: Own | None 
             try:
                 found = holder(addresses, ip)
             except ValueError:
-                continue  # an IPv6 InternalIP
+                continue  # not an address
             if found is not None and found.interface not in own:
                 return Choice(found.address, found.interface, method.text)
         return None
@@ -257,7 +276,7 @@ def explicit(setting: IPSetting, addresses: Sequence[HostAddress]) -> Choice:
         return Choice(setting.address, found.interface if found else "", "IP")
     if found is not None:
         return Choice(found.address, found.interface, "IP")
-    return Choice(f"{ip}/32", "", "IP")
+    return Choice(f"{ip}/{ipaddress.ip_address(ip).max_prefixlen}", "", "IP")
 
 
 def internal_ips(node_doc: dict[str, Any] | None) -> list[str]:
@@ -273,19 +292,23 @@ def internal_ips(node_doc: dict[str, Any] | None) -> list[str]:
 # --- the kernel ---------------------------------------------------------------------------------
 
 
-def host_addresses() -> list[HostAddress]:
-    """Every IPv4 address of this network namespace, with its interface."""
+def _af(version: int) -> int:
+    return socket.AF_INET6 if version == 6 else socket.AF_INET
+
+
+def host_addresses(version: int = 4) -> list[HostAddress]:
+    """Every address of IP ``version`` of this network namespace, with its interface."""
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
         names = {int(link["index"]): str(link.get_attr("IFLA_IFNAME"))
                  for link in ipr.get_links()}
         default: set[int] = set()
-        for route in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
+        for route in ipr.get_routes(family=_af(version), table=MAIN_TABLE):
             if route["dst_len"] == 0 and route.get_attr("RTA_OIF"):
                 default.add(int(route.get_attr("RTA_OIF")))
         out = []
-        for addr in ipr.get_addr(family=socket.AF_INET):
+        for addr in ipr.get_addr(family=_af(version)):
             ip = addr.get_attr("IFA_ADDRESS") or addr.get_attr("IFA_LOCAL")
             if ip is None:
                 continue
@@ -296,14 +319,14 @@ def host_addresses() -> list[HostAddress]:
     return out
 
 
-def source_address(destination: str) -> str:
+def source_address(destination: str, version: int = 4) -> str:
     """The source address the kernel picks towards ``destination`` (IP or host name): a
     connected UDP socket does the route lookup and sends nothing.  OSError if there is no
     route (or the name does not resolve)."""
-    infos = socket.getaddrinfo(destination, 9, socket.AF_INET, socket.SOCK_DGRAM)
+    infos = socket.getaddrinfo(destination, 9, _af(version), socket.SOCK_DGRAM)
     if not infos:
-        raise OSError(f"{destination} has no IPv4 address")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        raise OSError(f"{destination} has no IPv{version} address")
+    with socket.socket(_af(version), socket.SOCK_DGRAM) as s:
         s.connect(infos[0][4])
         return str(s.getsockname()[0])
 
@@ -323,11 +346,15 @@ class AddressResolver(Protocol):
 
 
 class NodeAddress:
-    """What tortie-node writes as ``spec.bgp.ipv4Address`` each time it registers."""
+    """What tortie-node writes as ``spec.bgp.ipv4Address`` (``ipv6Address`` for
+    ``version=6``) each time it registers."""
 
-    def __init__(self, ip: IPSetting, method: Method, own: Own | None = None) -> None:
+    def __init__(self, ip: IPSetting, method: Method, own: Own | None = None,
+                 version: int = 4) -> None:
         self.ip = ip
         self.method = method
+        self.version = version
+        self.field = NODE_FIELDS[version]
         self.own = own or Own()
         #: True while the method is waiting for something (kubernetes-internal-ip without
         #: the InternalIP yet): the registrar tries again sooner
@@ -341,7 +368,7 @@ class NodeAddress:
         self.pending = False
         if self.ip.mode == IP_NONE:
             return None
-        addresses = host_addresses()
+        addresses = host_addresses(self.version)
         if self.ip.mode == "explicit":
             choice = explicit(self.ip, addresses)
             if not choice.interface:
@@ -358,8 +385,8 @@ class NodeAddress:
                 return None
         if choice != self._last:
             log.info("node address chosen", extra={"fields": {
-                "address": choice.address, "interface": choice.interface or "-",
-                "method": choice.method}})
+                "field": self.field, "address": choice.address,
+                "interface": choice.interface or "-", "method": choice.method}})
             self._last = choice
         return choice.address
 
@@ -367,7 +394,7 @@ class NodeAddress:
                 node_doc: dict[str, Any] | None) -> Choice | None:
         m = self.method
         if m.kind == CAN_REACH:
-            source = source_address(m.destination)
+            source = source_address(m.destination, self.version)
             choice = choose(m, addresses, own=self.own, source=source)
             if choice is None:
                 self._problem("no interface holds the source address towards the "
@@ -391,6 +418,7 @@ class NodeAddress:
         return choice
 
     def _problem(self, message: str, fields: dict[str, str]) -> None:
+        fields = {"field": self.field, **fields}
         key = message + repr(sorted(fields.items()))
         if key != self._last_problem:  # once per distinct problem, not every resync
             log.warning(message, extra={"fields": fields})

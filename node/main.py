@@ -7,7 +7,8 @@
                 [--etcd-password P] [--etcd-timeout S] [-c CONFIG]
                 [--socket PATH] [--metrics-address HOST:PORT | --metrics-port P]
                 [--interface-prefix cali] [--ip autodetect|none|A.B.C.D/NN]
-                [--ip-autodetection-method METHOD] [--liveness-timeout S]
+                [--ip-autodetection-method METHOD] [--ip6 none|autodetect|X::Y/NN]
+                [--ip6-autodetection-method METHOD] [--liveness-timeout S]
                 [--cni-etcd-timeout S] [--cni-request-timeout S] [--log-level info]
 
 * at start resolves the node's address once and finds the underlay MTU (the MTU of the
@@ -15,6 +16,8 @@
 * registers (and keeps up to date) its calico ``Node`` resource: ``spec.bgp.ipv4Address``
   per ``--ip`` / ``IP`` and ``--ip-autodetection-method`` / ``IP_AUTODETECTION_METHOD``
   (Calico's settings, see node/autodetect.py: ``none`` keeps the address set by hand),
+  and ``spec.bgp.ipv6Address`` per ``--ip6`` / ``IP6`` (default ``none``) and
+  ``--ip6-autodetection-method`` / ``IP6_AUTODETECTION_METHOD``;
   ``spec.orchRefs`` names the k8s node.  The first registration writes the address
   resolved at start, unless the method needs the Node document (``kubernetes-internal-ip``
   before the InternalIP is known); every later one (each ``RESYNC_INTERVAL``, sooner while
@@ -134,6 +137,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="first-found (default), interface=REGEX, skip-interface=REGEX, "
                         "can-reach=DEST, cidr=CIDR[,CIDR], kubernetes-internal-ip "
                         "[env IP_AUTODETECTION_METHOD]")
+    p.add_argument("--ip6", default=os.environ.get("IP6"),
+                   help="this node's IPv6 address: none (default: keep the Node resource's, "
+                        "if any), autodetect, or X:X::X/NN [env IP6]")
+    p.add_argument("--ip6-autodetection-method",
+                   default=os.environ.get("IP6_AUTODETECTION_METHOD"),
+                   help="as --ip-autodetection-method, for --ip6 autodetect "
+                        "[env IP6_AUTODETECTION_METHOD]")
     p.add_argument("--interface-prefix", default="cali",
                    help="prefix of the host side veth names (default cali)")
     p.add_argument("--cni-etcd-timeout", type=float, default=DEFAULT_CNI_ETCD_TIMEOUT,
@@ -158,6 +168,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             args.metrics_address, args.metrics_port)
         args.ip_setting = parse_ip(args.ip)
         args.ip_method = parse_method(args.ip_autodetection_method)
+        args.ip6_setting = parse_ip(args.ip6, version=6)
+        args.ip6_method = parse_method(args.ip6_autodetection_method, version=6)
     except (ValueError, AutodetectError) as e:
         p.error(str(e))
     if not 0 < args.liveness_timeout <= 3600:
@@ -239,6 +251,10 @@ class NodeDaemon:
         self.address: AddressResolver = address if address is not None else NodeAddress(
             args.ip_setting, args.ip_method,
             Own(args.interface_prefix, (VXLAN_DEVICE, IPIP_DEVICE)))
+        self.address6 = NodeAddress(
+            getattr(args, "ip6_setting", None) or parse_ip(None, version=6),
+            getattr(args, "ip6_method", None) or parse_method(None, version=6),
+            Own(args.interface_prefix, (VXLAN_DEVICE, IPIP_DEVICE)), version=6)
         self._resync = asyncio.Event()
         ctx = NodeContext(node=self.node, store=self.store, resources=self.resources,
                           metrics=self.metrics, args=args)
@@ -486,7 +502,8 @@ class NodeDaemon:
                 self.m_etcd_up.set(1)
                 self.m_registered.set(1)
                 backoff.reset()
-                wait = PENDING_RETRY if self.address.pending else RESYNC_INTERVAL
+                wait = (PENDING_RETRY if self.address.pending or self.address6.pending
+                        else RESYNC_INTERVAL)
             except (DatastoreError, OSError) as e:
                 self.m_etcd_up.set(0)
                 log.warning("cannot register the Node resource; retrying",
@@ -510,19 +527,22 @@ class NodeDaemon:
                 current: Node = await self.resources.get(_NODE, self.node)
             except NotFound:
                 address = await self._address(resolved, None)
+                address6 = await asyncio.to_thread(self.address6.resolve, None)
                 doc: dict[str, Any] = {"metadata": {"name": self.node}, "spec": {}}
-                _update_node_doc(doc, self.node, address)
+                _update_node_doc(doc, self.node, address, address6)
                 try:
                     node: Node = await self.resources.create(_NODE, Node.from_dict(doc))
                 except ResourceExists:
                     continue
                 log.info("registered the Node resource",
-                         extra={"fields": {"node": self.node, "ipv4": address or ""}})
+                         extra={"fields": {"node": self.node, "ipv4": address or "",
+                                           "ipv6": address6 or ""}})
                 return node
             doc = current.dump()
             address = await self._address(resolved, doc)
+            address6 = await asyncio.to_thread(self.address6.resolve, doc)
             before = json.dumps(doc, sort_keys=True)
-            _update_node_doc(doc, self.node, address)
+            _update_node_doc(doc, self.node, address, address6)
             if json.dumps(doc, sort_keys=True) == before:
                 return current
             try:
@@ -530,7 +550,8 @@ class NodeDaemon:
             except (ResourceConflict, NotFound):
                 continue
             log.info("updated the Node resource",
-                     extra={"fields": {"node": self.node, "ipv4": address or ""}})
+                     extra={"fields": {"node": self.node, "ipv4": address or "",
+                                       "ipv6": address6 or ""}})
             return node
         raise DatastoreError(f"Node {self.node} is being modified concurrently")
 
@@ -540,10 +561,13 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _update_node_doc(doc: dict[str, Any], node: str, address: str | None) -> None:
+def _update_node_doc(doc: dict[str, Any], node: str, address: str | None,
+                     address6: str | None = None) -> None:
     spec = doc.setdefault("spec", {})
     if address:
         spec.setdefault("bgp", {})["ipv4Address"] = address
+    if address6:
+        spec.setdefault("bgp", {})["ipv6Address"] = address6
     refs = [r for r in spec.get("orchRefs") or [] if r.get("orchestrator") != "k8s"]
     refs.append({"nodeName": node, "orchestrator": "k8s"})
     spec["orchRefs"] = refs

@@ -153,6 +153,21 @@ class AdoptedRoutes:
         return frozenset(self.found)
 
 
+def _is_v6(prefix: str) -> bool:
+    return ":" in prefix
+
+
+def _family_counts(wanted: desired.Desired | None, learnt: dict[str, LearnedRoute],
+                   version: int) -> dict[str, int]:
+    """Per address family: prefixes announced, learnt, and kernel routes wanted."""
+    v6 = version == 6
+    return {
+        "announced": sum(1 for p in (wanted.announce if wanted else {}) if _is_v6(p) == v6),
+        "learnt": sum(1 for p in learnt if _is_v6(p) == v6),
+        "routes": sum(1 for p in (wanted.routes if wanted else {}) if _is_v6(p) == v6),
+    }
+
+
 def _route_dst(described: str) -> str:
     """The destination in a :meth:`routing.desired.Route.describe` text."""
     words = described.split()
@@ -220,6 +235,7 @@ class RoutingAgent:
         self.vxlan = VXLANDevice(netns)
         self.ipip = IPIPDevice(netns)
         self.nat = OutgoingNAT(netns)
+        self.nat6 = OutgoingNAT(netns, version=6)
         self.ipam = IPAM(ctx.store, self.node)
         self.pools: dict[str, IPPool] = {}
         self.nodes: dict[str, desired.NodeInfo] = {}
@@ -490,16 +506,20 @@ class RoutingAgent:
         self._me_synced = None if errors else me
         self._done(events, wanted, res, announced_before, complete, started, started_wall,
                    (t_computed, t_bgp, t_kernel, t_done))
-        masq, every = desired.masquerade_sets(pools)
-        keep = desired.never_masqueraded(self.node_models.values(), self.peers.values())
-        try:
-            if await self.nat.sync(masq, every, keep):
-                log.info("outgoing NAT updated", extra={"fields": {
-                    "masquerade": ",".join(masq) or "-", "pools": ",".join(every) or "-",
-                    "never_to": ",".join(keep) or "-"}})
-        except NATError as e:
-            self.m_failures.labels(what="nat").inc()
-            log.warning("cannot program outgoing NAT", extra={"fields": {"error": str(e)}})
+        for version, nat in ((4, self.nat), (6, self.nat6)):
+            masq, every = desired.masquerade_sets(pools, version)
+            keep = desired.never_masqueraded(self.node_models.values(), self.peers.values(),
+                                             version)
+            try:
+                if await nat.sync(masq, every, keep):
+                    log.info("outgoing NAT updated", extra={"fields": {
+                        "ip_version": version,
+                        "masquerade": ",".join(masq) or "-", "pools": ",".join(every) or "-",
+                        "never_to": ",".join(keep) or "-"}})
+            except NATError as e:
+                self.m_failures.labels(what="nat").inc()
+                log.warning("cannot program outgoing NAT", extra={"fields": {
+                    "ip_version": version, "error": str(e)}})
         if not self.ready.is_set():
             self.ready.set()
             log.info("routing programmed", extra={"fields": {
@@ -868,6 +888,7 @@ class RoutingAgent:
                         for k in ("blackhole", "direct", "vxlan", "ipip")} if wanted else {}),
             "route_failures": dict(res.failed) if res else {},
             "error": self.last_error,
+            "families": {f"ipv{v}": _family_counts(wanted, self.learnt, v) for v in (4, 6)},
         }
         if self._missing:
             out["bgp_password_missing"] = [

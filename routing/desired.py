@@ -3,12 +3,15 @@
 From the datastore view (IP pools, Nodes, IPAM blocks) and the routes BGP learnt, compute
 
 * the prefixes this node announces: every block affine to it (unless its pool has
-  ``disableBGPExport``) and a /32 for every address it holds in a block affine to another
-  node (a borrowed address), all with next hop = this node's address;
+  ``disableBGPExport``) and a /32 (/128) for every address it holds in a block affine to
+  another node (a borrowed address), with next hop = this node's address of the family
+  (``spec.bgp.ipv4Address`` / ``spec.bgp.ipv6Address``; IPv6 prefixes only when the node
+  has an IPv6 address);
 * the kernel routes it wants: a blackhole per owned block, and per learnt prefix a route via
   the owner -- direct, or through the VXLAN / IPIP tunnel per the pool's ``vxlanMode`` /
   ``ipipMode`` (``CrossSubnet``: only when the owner's underlay subnet, from its Node's
-  ``spec.bgp.ipv4Address`` prefix, differs from this node's);
+  ``spec.bgp.ipv4Address`` prefix, differs from this node's).  IPv6 prefixes are always
+  routed directly via the owner's IPv6 address (no IPv6 tunnels);
 * the VXLAN forwarding entries (one per remote node with a VTEP: its VTEP address and MAC,
   and the underlay address behind them).
 
@@ -48,6 +51,7 @@ class NodeInfo:
     name: str
     address: str | None = None          # underlay IPv4 (no prefix)
     network: str | None = None          # its subnet, from spec.bgp.ipv4Address
+    address6: str | None = None         # underlay IPv6 (no prefix), spec.bgp.ipv6Address
     asn: int | None = None
     vxlan_address: str | None = None    # spec.ipv4VXLANTunnelAddr
     vxlan_mac: str | None = None        # spec.vxlanTunnelMACAddr
@@ -62,8 +66,11 @@ class NodeInfo:
         if bgp is not None and bgp.ipv4Address:
             iface = ipaddress.ip_interface(bgp.ipv4Address)
             address, network = str(iface.ip), str(iface.network)
+        address6 = None
+        if bgp is not None and bgp.ipv6Address:
+            address6 = str(ipaddress.ip_interface(bgp.ipv6Address).ip)
         return cls(
-            name=node.name, address=address, network=network,
+            name=node.name, address=address, network=network, address6=address6,
             asn=int(bgp.asNumber) if bgp is not None and bgp.asNumber is not None else None,
             vxlan_address=node.spec.ipv4VXLANTunnelAddr,
             vxlan_mac=node.spec.vxlanTunnelMACAddr,
@@ -206,25 +213,30 @@ def borrowed_addresses(node: str, blocks: Iterable[Block]) -> list[str]:
 
 def announcements(me: NodeInfo, pools: Iterable[IPPool],
                   blocks: Iterable[Block]) -> dict[str, str]:
-    """prefix -> next hop: what this node announces over BGP."""
+    """prefix -> next hop: what this node announces over BGP (IPv6 prefixes with this
+    node's IPv6 address as next hop, and only when it has one; nothing without an IPv4
+    address: the BGP sessions run over IPv4)."""
     if not me.address:
         return {}
     pools = list(pools)
     blocks = list(blocks)
     out: dict[str, str] = {}
+    hops = {4: me.address, 6: me.address6}
 
     def exported(prefix: str) -> bool:
         pool = pool_of(prefix, pools)
         return not (pool is not None and pool.spec.disableBGPExport)
 
     for b in owned_blocks(me.name, blocks):
-        if b.network.version == 4 and exported(b.cidr):
-            out[str(b.network)] = me.address
+        hop = hops[b.network.version]
+        if hop and exported(b.cidr):
+            out[str(b.network)] = hop
     for ip in borrowed_addresses(me.name, blocks):
         addr = ipaddress.ip_address(ip)
         prefix = f"{addr}/{addr.max_prefixlen}"
-        if addr.version == 4 and exported(prefix):
-            out[prefix] = me.address
+        hop = hops[addr.version]
+        if hop and exported(prefix):
+            out[prefix] = hop
     return out
 
 
@@ -243,8 +255,6 @@ def compute(me: NodeInfo, nodes: Mapping[str, NodeInfo], pools: Iterable[IPPool]
     mine = owned_blocks(me.name, blocks)
     own_prefixes = set()
     for b in mine:
-        if b.network.version != 4:
-            continue
         own_prefixes.add(str(b.network))
         wanted.routes[str(b.network)] = Route(str(b.network), "blackhole")
     encaps = encaps_in_use(pools)
@@ -263,11 +273,17 @@ def compute(me: NodeInfo, nodes: Mapping[str, NodeInfo], pools: Iterable[IPPool]
             wanted.skipped.append(f"{prefix}: not a prefix")
             continue
         dst = str(net)
-        if net.version != 4:
-            continue
         if dst in own_prefixes or dst in wanted.announce:
             continue  # ours: a stale announcement of a previous owner never wins
-        if r.next_hop == me.address:
+        if r.next_hop in (me.address, me.address6):
+            continue
+        if net.version == 6:
+            hop = _ipv6_next_hop(r.next_hop)
+            if hop is None:
+                wanted.skipped.append(f"{dst}: next hop {r.next_hop} is not a global IPv6 "
+                                      "address")
+            else:
+                wanted.routes[dst] = Route(dst, "direct", hop)
             continue
         pool = pool_of(dst, pools)
         via = {nh: _route_via(wanted, me, by_address, pool, dst, nh)
@@ -306,6 +322,18 @@ def _route_via(wanted: Desired, me: NodeInfo, by_address: Mapping[str, NodeInfo]
     return Route(dst, "direct", next_hop)
 
 
+def _ipv6_next_hop(text: str) -> str | None:
+    """The usable IPv6 next hop of a learnt IPv6 route (its global address: ExaBGP reports
+    only the first of a global + link-local pair), None when there is none."""
+    try:
+        ip = ipaddress.ip_address(text.split()[0] if text else "")
+    except ValueError:
+        return None
+    if ip.version != 6 or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
+        return None
+    return str(ip)
+
+
 def vtep_mac(node: str) -> str:
     """A stable, locally administered unicast MAC for ``node``'s VTEP (same after restarts)."""
     h = hashlib.sha256(f"tortie-vxlan:{node}".encode()).digest()
@@ -313,27 +341,30 @@ def vtep_mac(node: str) -> str:
     return ":".join(f"{b:02x}" for b in (first, *h[1:6]))
 
 
-def never_masqueraded(nodes: Iterable[Node], peers: Iterable[BGPPeer]) -> list[str]:
-    """The IPv4 destinations natOutgoing never masquerades pod traffic to: every node's
-    addresses and every BGP peer's (a pod must never appear with a BGP speaker's address)."""
-    out: set[ipaddress.IPv4Address] = set()
+def never_masqueraded(nodes: Iterable[Node], peers: Iterable[BGPPeer],
+                      version: int = 4) -> list[str]:
+    """The destinations of one address family natOutgoing never masquerades pod traffic to:
+    every node's addresses and every BGP peer's (a pod must never appear with a BGP
+    speaker's address)."""
+    out: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
     for node in nodes:
         out.update(a for text in node.host_addresses()
-                   if isinstance(a := ipaddress.ip_address(text), ipaddress.IPv4Address))
+                   if (a := ipaddress.ip_address(text)).version == version)
     for peer in peers:
         address = peer.peer_address()
-        if address is not None and isinstance(ip := ipaddress.ip_address(address[0]),
-                                              ipaddress.IPv4Address):
+        if address is not None and (ip := ipaddress.ip_address(address[0])).version == version:
             out.add(ip)
     return [str(a) for a in sorted(out)]
 
 
-def masquerade_sets(pools: Iterable[IPPool]) -> tuple[list[str], list[str]]:
-    """(pools whose traffic is masqueraded, every pool): natOutgoing's two sets (IPv4)."""
+def masquerade_sets(pools: Iterable[IPPool], version: int = 4
+                    ) -> tuple[list[str], list[str]]:
+    """(pools whose traffic is masqueraded, every pool): natOutgoing's two sets, of one
+    address family."""
     nat: list[str] = []
     every: list[str] = []
     for p in pools:
-        if p.network.version != 4:
+        if p.network.version != version:
             continue
         every.append(str(p.network))
         if p.spec.natOutgoing and not p.spec.disabled:

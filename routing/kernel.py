@@ -35,6 +35,14 @@ RTN_UNICAST = 1
 RTN_BLACKHOLE = 6
 RTNH_F_ONLINK = 4
 AF_INET = 2
+AF_INET6 = 10
+#: the metric the kernel gives an IPv6 route added without one (IP6_RT_PRIO_USER); IPv4: 0
+IPV6_DEFAULT_METRIC = 1024
+
+
+def default_metric(dst: str) -> int:
+    """The metric of a route to ``dst`` the agent added (none given)."""
+    return IPV6_DEFAULT_METRIC if ":" in dst else 0
 
 
 @dataclass(frozen=True)
@@ -93,14 +101,16 @@ class KernelRoutes:
 
     @staticmethod
     def _dst(r: Any) -> str:
-        dst = r.get_attr("RTA_DST") or "0.0.0.0"
+        dst = r.get_attr("RTA_DST") or ("::" if r["family"] == AF_INET6 else "0.0.0.0")
         return f"{dst}/{r['dst_len']}"
 
     def _read(self, ipr: IPRoute) -> tuple[dict[str, list[KernelRoute]], set[str]]:
-        """(our routes by dst, dsts that have a route of another protocol)."""
+        """(our routes by dst, dsts that have a route of another protocol), IPv4 and IPv6."""
         ours: dict[str, list[KernelRoute]] = {}
         foreign: set[str] = set()
-        for r in ipr.get_routes(family=AF_INET, table=TABLE_MAIN):
+        routes = [*ipr.get_routes(family=AF_INET, table=TABLE_MAIN),
+                  *ipr.get_routes(family=AF_INET6, table=TABLE_MAIN)]
+        for r in routes:
             table = r.get_attr("RTA_TABLE") or r["table"]
             if table != TABLE_MAIN:
                 continue
@@ -137,7 +147,7 @@ class KernelRoutes:
 
     @staticmethod
     def _matches(k: KernelRoute, want: Route, oif: int | None) -> bool:
-        if k.priority != 0:
+        if k.priority != default_metric(k.dst):
             return False
         if want.kind == "blackhole":
             return k.type == RTN_BLACKHOLE
@@ -150,8 +160,13 @@ class KernelRoutes:
             return False
         return want.device is None or k.oif == oif
 
+    @staticmethod
+    def _family(dst: str) -> int:
+        return AF_INET6 if ":" in dst else AF_INET
+
     def _args(self, want: Route, oif: int | None) -> dict[str, Any]:
-        args: dict[str, Any] = {"dst": want.dst, "table": TABLE_MAIN, "proto": self.proto}
+        args: dict[str, Any] = {"dst": want.dst, "table": TABLE_MAIN, "proto": self.proto,
+                                "family": self._family(want.dst)}
         if want.kind == "blackhole":
             args["type"] = RTN_BLACKHOLE
             return args
@@ -210,7 +225,7 @@ class KernelRoutes:
                     continue
                 try:
                     for k in have:  # extra metrics / a wrong route of ours
-                        if k.priority != 0:
+                        if k.priority != default_metric(k.dst):
                             self._delete(ipr, k)
                     ipr.route("replace", **self._args(want, oif))
                 except NetlinkError as e:
@@ -290,7 +305,7 @@ class KernelRoutes:
 
     def _delete(self, ipr: IPRoute, k: KernelRoute) -> None:
         args: dict[str, Any] = {"dst": k.dst, "table": TABLE_MAIN, "proto": self.proto,
-                                "type": k.type}
+                                "type": k.type, "family": self._family(k.dst)}
         if k.priority:
             args["priority"] = k.priority
         try:

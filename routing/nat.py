@@ -19,6 +19,9 @@ cali40all-ipam-pools dst -j MASQUERADE``.) Unlike Calico by default (its
 or to a BGP peer is never masqueraded: it would reach that node with another node's address,
 the address of one of its BGP peers. Those hosts route to the pods (they learn
 their routes), so the pod's own address gets its answer.
+
+IPv6 pools get the same table in the ``ip6`` family (``table ip6 tortie-nat``, sets of
+``ipv6_addr``, ``ip6 saddr`` / ``ip6 daddr``): one :class:`OutgoingNAT` per family.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ NFT = "nft"
 FAMILY = "ip"
 TABLE = "tortie-nat"
 SET_TYPE = "type ipv4_addr; flags interval; auto-merge;"
+#: per IP version: (nft table family, set type, address keyword)
+FAMILIES = {4: (FAMILY, SET_TYPE, "ip"),
+            6: ("ip6", "type ipv6_addr; flags interval; auto-merge;", "ip6")}
 
 
 class NATError(RuntimeError):
@@ -41,26 +47,29 @@ def _elements(cidrs: Sequence[str]) -> str:
 
 
 def render(masq_pools: Sequence[str], all_pools: Sequence[str],
-           no_masq: Sequence[str] = ()) -> str:
-    """The script that replaces the table (atomically: one ``nft -f`` transaction);
-    ``no_masq``: destinations never masqueraded (node and BGP peer addresses)."""
+           no_masq: Sequence[str] = (), version: int = 4) -> str:
+    """The script that replaces the table of IP ``version`` (atomically: one ``nft -f``
+    transaction); ``no_masq``: destinations never masqueraded (node and BGP peer
+    addresses)."""
+    family, set_type, kw = FAMILIES[version]
     return (
-        f"table {FAMILY} {TABLE} {{}}\n"
-        f"delete table {FAMILY} {TABLE}\n"
-        f"table {FAMILY} {TABLE} {{\n"
-        f"  set masq-pools {{ {SET_TYPE}{_elements(masq_pools)} }}\n"
-        f"  set all-pools {{ {SET_TYPE}{_elements(all_pools)} }}\n"
-        f"  set no-masq {{ {SET_TYPE}{_elements(no_masq)} }}\n"
+        f"table {family} {TABLE} {{}}\n"
+        f"delete table {family} {TABLE}\n"
+        f"table {family} {TABLE} {{\n"
+        f"  set masq-pools {{ {set_type}{_elements(masq_pools)} }}\n"
+        f"  set all-pools {{ {set_type}{_elements(all_pools)} }}\n"
+        f"  set no-masq {{ {set_type}{_elements(no_masq)} }}\n"
         "  chain postrouting {\n"
         "    type nat hook postrouting priority srcnat; policy accept;\n"
-        "    ip saddr @masq-pools ip daddr != @all-pools ip daddr != @no-masq counter "
+        f"    {kw} saddr @masq-pools {kw} daddr != @all-pools {kw} daddr != @no-masq counter "
         "masquerade\n"
         "  }\n"
         "}\n")
 
 
-def render_delete() -> str:
-    return f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n"
+def render_delete(version: int = 4) -> str:
+    family = FAMILIES[version][0]
+    return f"table {family} {TABLE} {{}}\ndelete table {family} {TABLE}\n"
 
 
 async def _nft(script: str, netns: str | None = None) -> str:
@@ -75,10 +84,12 @@ async def _nft(script: str, netns: str | None = None) -> str:
 
 
 class OutgoingNAT:
-    """Keeps ``ip tortie-nat`` equal to the pools; rewrites it only when they change."""
+    """Keeps ``ip tortie-nat`` (``ip6 tortie-nat`` for ``version=6``) equal to the pools;
+    rewrites it only when they change."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, version: int = 4) -> None:
         self.netns = netns
+        self.version = version
         self.applied: tuple[tuple[str, ...], ...] | None = None
 
     async def sync(self, masq_pools: Sequence[str], all_pools: Sequence[str],
@@ -87,12 +98,12 @@ class OutgoingNAT:
         if want == self.applied:
             return False
         if masq_pools:
-            await _nft(render(masq_pools, all_pools, no_masq), self.netns)
+            await _nft(render(masq_pools, all_pools, no_masq, self.version), self.netns)
         else:
-            await _nft(render_delete(), self.netns)
+            await _nft(render_delete(self.version), self.netns)
         self.applied = want
         return True
 
     async def remove(self) -> None:
-        await _nft(render_delete(), self.netns)
+        await _nft(render_delete(self.version), self.netns)
         self.applied = None

@@ -56,6 +56,7 @@ class BGPSettings:
     cluster_id: str | None = None  # set when this node is a route reflector
     #: BGPConfiguration prefixAdvertisements, names resolved: (cidr, community values)
     prefix_communities: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    ipv6: bool = False            # also carry IPv6 unicast (MP-BGP) on every session
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ Outside peer (default): eBGP/iBGP sessions with the nodes, imports everything th
 announce into its kernel table (so the namespace can reach pods), exports nothing back.
 Route reflector (``route_reflector=True``, same AS as the nodes): every node is an
 ``rr client``; BIRD reflects each node's blocks to the others with the next hop unchanged.
+``ipv6=True``: every session also has an IPv6 channel (MP-BGP over the IPv4 session) and
+BIRD installs the IPv6 routes it learns as well (its namespace then needs an IPv6 address
+on the nodes' subnet: next hops are the nodes' IPv6 addresses).
 """
 
 from __future__ import annotations
@@ -43,9 +46,10 @@ def _proto_name(address: str) -> str:
 def render_bird_config(router_id: str, asn: int, neighbours: Iterable[BirdNeighbour], *,
                        route_reflector: bool = False, cluster_id: str | None = None,
                        graceful_restart: int = 120, log_file: str | None = None,
-                       local_net: str | None = None) -> str:
+                       local_net: str | None = None, ipv6: bool = False) -> str:
     """``local_net``: BIRD's own subnet; neighbours outside it are multihop sessions whose
-    next hops resolve through the kernel's routes (learnt, e.g. a default route)."""
+    next hops resolve through the kernel's routes (learnt, e.g. a default route);
+    ``ipv6``: an IPv6 unicast channel on every session, and a kernel protocol for it."""
     ipaddress.IPv4Address(router_id)
     net = ipaddress.ip_network(local_net or f"{router_id}/24", strict=False)
     lines = [
@@ -53,13 +57,20 @@ def render_bird_config(router_id: str, asn: int, neighbours: Iterable[BirdNeighb
         f"router id {router_id};",
         f'log "{log_file}" all;' if log_file else "log stderr all;",
         "protocol device { scan time 10; }",
-        "protocol direct { ipv4; }",
+        "protocol direct { ipv4; ipv6; }" if ipv6 else "protocol direct { ipv4; }",
         "protocol kernel {",
         "    learn;",
         "    ipv4 { import where net = 0.0.0.0/0;",
         "           export filter { if source = RTS_BGP then accept; reject; }; };",
         "}",
     ]
+    if ipv6:
+        lines += [
+            "protocol kernel kernel6 {",
+            "    ipv6 { import none;",
+            "           export filter { if source = RTS_BGP then accept; reject; }; };",
+            "}",
+        ]
     for n in neighbours:
         ibgp = n.asn == asn
         lines += [
@@ -90,8 +101,16 @@ def render_bird_config(router_id: str, asn: int, neighbours: Iterable[BirdNeighb
             f"        export {export};",
             *([gateway] if gateway else []),
             "    };",
-            "}",
         ]
+        if ipv6:
+            lines += [
+                "    ipv6 {",
+                "        import all;",
+                f"        export {export};",
+                *([gateway] if gateway else []),
+                "    };",
+            ]
+        lines.append("}")
     return "\n".join(lines) + "\n"
 
 
@@ -103,9 +122,10 @@ class BirdPeer:
     def __init__(self, run_dir: str | Path, *, netns: str, router_id: str, asn: int,
                  peers: Iterable[tuple[str, int] | BirdNeighbour], bird: str | None = None,
                  route_reflector: bool = False, cluster_id: str | None = None,
-                 local_net: str | None = None) -> None:
+                 local_net: str | None = None, ipv6: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.local_net = local_net
+        self.ipv6 = ipv6
         self.netns = netns
         self.router_id = router_id
         self.asn = asn
@@ -134,7 +154,7 @@ class BirdPeer:
         return render_bird_config(self.router_id, self.asn, self.neighbours,
                                   route_reflector=self.route_reflector,
                                   cluster_id=self.cluster_id, log_file=str(self.log_path),
-                                  local_net=self.local_net)
+                                  local_net=self.local_net, ipv6=self.ipv6)
 
     def start(self) -> int:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -194,9 +214,11 @@ class BirdPeer:
             out[n.address] = m.group(1) if m else "?"
         return out
 
-    def kernel_routes(self) -> dict[str, str]:
-        """The kernel routes in BIRD's namespace that BIRD installed: prefix -> gateway."""
-        p = subprocess.run(["ip", "-n", self.netns, "-4", "route", "show", "proto", "bird"],
+    def kernel_routes(self, version: int = 4) -> dict[str, str]:
+        """The kernel routes of IP ``version`` in BIRD's namespace that BIRD installed:
+        prefix -> gateway."""
+        p = subprocess.run(["ip", "-n", self.netns, f"-{version}", "route", "show", "proto",
+                            "bird"],
                            capture_output=True, text=True, check=False)
         out: dict[str, str] = {}
         for line in p.stdout.splitlines():
@@ -214,7 +236,8 @@ def parse_show_route(text: str) -> dict[str, str]:
     prefix: str | None = None
     bgp = False
     for line in text.splitlines():
-        m = re.match(r"^(\d+\.\d+\.\d+\.\d+/\d+)\s+(\S+)", line)
+        m = re.match(r"^(\d+\.\d+\.\d+\.\d+/\d+|[0-9a-fA-F:]*:[0-9a-fA-F:.]*/\d+)\s+(\S+)",
+                     line)
         if m:
             prefix, bgp = m.group(1), "[n_" in line
             continue

@@ -13,6 +13,10 @@ Choices, and why:
   routes while we restart, and ExaBGP closes a GR session without a NOTIFICATION.
 * One ``process`` (the relay, ``relay.py``) with the JSON encoder receives state changes,
   OPENs (for the peer's restart time), NOTIFICATIONs and parsed UPDATEs.
+* ``family { ipv4 unicast; }``, plus ``ipv6 unicast`` when the node has an IPv6 address
+  (``BGPSettings.ipv6``): IPv6 routes ride the IPv4 sessions as MP-BGP (RFC 4760), each
+  with the announcing node's IPv6 address as next hop.  A peer that does not offer the
+  family simply does not negotiate it.
 * ExaBGP never touches the FIB; nothing here asks it to.
 """
 
@@ -25,6 +29,12 @@ from routing.bgp.api import BGPSettings, Neighbour
 
 PROCESS_NAME = "tortie"
 FAMILY = "ipv4 unicast"
+FAMILY_V6 = "ipv6 unicast"
+
+
+def families(settings: BGPSettings) -> tuple[str, ...]:
+    """The address families every session of these settings carries."""
+    return (FAMILY, FAMILY_V6) if settings.ipv6 else (FAMILY,)
 
 
 def _quote(text: str) -> str:
@@ -67,7 +77,7 @@ def render_neighbour(settings: BGPSettings, n: Neighbour) -> str:
     if settings.graceful_restart > 0 and restart > 0:
         caps.append(f"graceful-restart {restart};")
     lines.append(f"    capability {{ {' '.join(caps)} }}")
-    lines.append(f"    family {{ {FAMILY}; }}")
+    lines.append(f"    family {{ {' '.join(f + ';' for f in families(settings))} }}")
     lines.append(f"    api {{ processes [ {PROCESS_NAME} ]; neighbor-changes; "
                  "receive { parsed; update; open; notification; } }")
     lines.append("}")

@@ -259,7 +259,8 @@ def compute_settings(node_name: str, nodes: Iterable[Node],
     return PeersResult(BGPSettings(
         router_id=my_ip, local_address=my_ip, asn=asn_of(me), neighbours=neighbours,
         listen_port=listen_port, hold_time=hold_time, graceful_restart=restart,
-        cluster_id=my_cid, prefix_communities=prefix_communities(own, default)),
+        cluster_id=my_cid, prefix_communities=prefix_communities(own, default),
+        ipv6=bool(me.ipv6_address())),
         skipped=skipped, missing_passwords=missing)
 
 

@@ -82,7 +82,10 @@ from routing.bgp.api import (
     RouteTable,
 )
 from routing.bgp.exabgp_config import (
+    FAMILY,
+    FAMILY_V6,
     exabgp_environment,
+    families,
     neighbour_addresses,
     render_config,
     restart_needed,
@@ -202,7 +205,7 @@ def parse_update(msg: dict[str, Any]) -> tuple[dict[str, LearnedRoute], list[str
     path = _as_path(attrs)
     announced: dict[str, LearnedRoute] = {}
     for family, by_hop in upd.get("announce", {}).items():
-        if family != "ipv4 unicast" or not isinstance(by_hop, dict):
+        if family not in (FAMILY, FAMILY_V6) or not isinstance(by_hop, dict):
             continue
         for next_hop, nlris in by_hop.items():
             for item in nlris:
@@ -211,7 +214,7 @@ def parse_update(msg: dict[str, Any]) -> tuple[dict[str, LearnedRoute], list[str
                     announced[prefix] = LearnedRoute(prefix, next_hop, peer, path)
     withdrawn: list[str] = []
     for family, nlris in upd.get("withdraw", {}).items():
-        if family != "ipv4 unicast":
+        if family not in (FAMILY, FAMILY_V6) or not isinstance(nlris, list):
             continue
         for item in nlris:
             prefix = item.get("nlri") if isinstance(item, dict) else item
@@ -451,11 +454,15 @@ class ExaBGPSpeaker:
         again = [a for a in self._up_peers() if a in self._eor_peers]
         if not again:
             return
-        try:
-            await self._command(f"{_selector(again)} announce eor ipv4 unicast")
-        except SpeakerError as e:
-            log.warning("end-of-rib not sent again after a reload",
-                        extra={"fields": {"peers": ",".join(again), "error": str(e)}})
+        for family in self._families():
+            try:
+                await self._command(f"{_selector(again)} announce eor {family}")
+            except SpeakerError as e:
+                log.warning("end-of-rib not sent again after a reload", extra={"fields": {
+                    "peers": ",".join(again), "family": family, "error": str(e)}})
+
+    def _families(self) -> tuple[str, ...]:
+        return families(self.settings) if self.settings is not None else (FAMILY,)
 
     def on_routes(self, callback: RoutesChanged) -> None:
         self._callbacks.append(callback)
@@ -948,13 +955,20 @@ class ExaBGPSpeaker:
     async def _eor_to(self, addr: str) -> None:
         self._eor_peers.add(addr)  # before the answer: a reload confirmed meanwhile sees it
         try:
-            await self._command(f"neighbor {addr} announce eor ipv4 unicast")
+            await self._command(f"neighbor {addr} announce eor {FAMILY}")
         except SpeakerError as e:
             self._eor_peers.discard(addr)
             p = self._peers.get(addr)
             if p is not None and p.established:  # else: sent when it is up again
                 log.warning("end-of-rib not sent",
                             extra={"fields": {"peer": addr, "error": str(e)}})
+            return
+        for family in self._families()[1:]:  # IPv6: a refusal leaves IPv4's EoR standing
+            try:
+                await self._command(f"neighbor {addr} announce eor {family}")
+            except SpeakerError as e:
+                log.warning("end-of-rib not sent", extra={"fields": {
+                    "peer": addr, "family": family, "error": str(e)}})
 
     async def _eor_after_timeout(self, proc: asyncio.subprocess.Process) -> None:
         await asyncio.sleep(self.eor_timeout)

@@ -4,10 +4,12 @@ namespace with two interfaces (ethA 192.0.2.10/24 with the default route, ethB
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 
+from lab import netns
 from tests.support.node_ns import ADDR_A, ADDR_B, NodeNs, node_ns
 from tests.support.tools import tools
 from tests.support.wait import until_sync
@@ -107,3 +109,37 @@ def test_a_bad_method_is_a_startup_error_naming_it(node: NodeNs) -> None:
         node.start("--no-routing", env={"IP_AUTODETECTION_METHOD": "interface=("})
     assert "IP_AUTODETECTION_METHOD" in str(e.value)
     assert node.node_resource() is None  # nothing half-made
+
+
+def _ipv6_address(node: NodeNs) -> str | None:
+    doc = node.node_resource()
+    return ((doc or {}).get("spec", {}).get("bgp") or {}).get("ipv6Address")
+
+
+def test_ip6_autodetect_and_none(node: NodeNs) -> None:
+    """IP6 / IP6_AUTODETECTION_METHOD write spec.bgp.ipv6Address as IP does the IPv4 one;
+    without IP6 (default none) a manual ipv6Address stays."""
+    a6, b6 = "2001:db8:a::10/64", "2001:db8:b::10/64"
+    for dev, address in (("ethA", a6), ("ethB", b6)):
+        netns.ip("-6", "addr", "replace", address, "dev", dev, "nodad", ns=node.name)
+    try:
+        node.start("--no-routing", env={"IP6": "autodetect",
+                                        "IP6_AUTODETECTION_METHOD": "interface=ethB"})
+        until_sync(lambda: _ipv6_address(node) == b6, 30, "the autodetected ipv6Address")
+        assert registered(node) == ADDR_A  # IPv4 as before
+        node.stop()
+        manual = "2001:db8:ff::5/64"
+        p = node.tortie("apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "projectcalico.org/v3", "kind": "Node",
+            "metadata": {"name": node.name},
+            "spec": {"bgp": {"ipv4Address": ADDR_A, "ipv6Address": manual}}}))
+        assert p.returncode == 0, p.stderr
+        node.start("--no-routing")  # IP6 unset: none
+        # registered again (orchRefs written back) with the manual address untouched
+        until_sync(lambda: (node.node_resource() or {}).get("spec", {}).get("orchRefs"), 30,
+                   "orchRefs written")
+        assert _ipv6_address(node) == manual
+        assert "ipv6Address" not in node.new_log()
+    finally:
+        for dev, address in (("ethA", a6), ("ethB", b6)):
+            netns.ip("-6", "addr", "del", address, "dev", dev, ns=node.name, check=False)

@@ -197,3 +197,12 @@ def test_duration_seconds(text: str, seconds: float) -> None:
 def test_duration_rejects_garbage() -> None:
     with pytest.raises(ValueError):
         duration_seconds("5 minutes")
+
+
+def test_ipv6_unicast_when_the_node_has_an_ipv6_address() -> None:
+    dual = res("Node", "n1", {"bgp": {"ipv4Address": "192.0.2.11/24",
+                                      "ipv6Address": "2001:db8:0:1::11/64"}})
+    s = compute_settings("n1", [dual, *NODES[1:]], [], []).settings
+    assert s is not None and s.ipv6 and s.router_id == "192.0.2.11"
+    s1 = compute_settings("n1", NODES, [], []).settings
+    assert s1 is not None and not s1.ipv6

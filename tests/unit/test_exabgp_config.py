@@ -9,7 +9,13 @@ import pytest
 
 from routing.bgp.api import BGPSettings, Neighbour, RouteTable
 from routing.bgp.bird import BirdNeighbour, parse_show_route, render_bird_config
-from routing.bgp.exabgp_config import exabgp_environment, render_config, restart_needed
+from routing.bgp.exabgp_config import (
+    exabgp_environment,
+    families,
+    render_config,
+    render_neighbour,
+    restart_needed,
+)
 from routing.bgp.speaker import parse_update
 
 S = BGPSettings(router_id="192.0.2.11", local_address="192.0.2.11", asn=64512,
@@ -90,7 +96,8 @@ def test_parse_update_announce_withdraw_eor() -> None:
         "withdraw": {"ipv4 unicast": [{"nlri": "10.65.9.0/26"}]}}})
     announced, withdrawn, eor = parse_update(json.loads(json.dumps(msg)))
     assert not eor and withdrawn == ["10.65.9.0/26"]
-    assert set(announced) == {"10.65.1.0/26", "10.65.1.64/26"}
+    assert set(announced) == {"10.65.1.0/26", "10.65.1.64/26", "fd00:1::/64"}
+    assert announced["fd00:1::/64"].next_hop == "fd00::1"
     r = announced["10.65.1.0/26"]
     assert (r.next_hop, r.peer, r.as_path) == ("192.0.2.12", "192.0.2.12", (65001, 65002))
     assert parse_update(_update({"eor": {"afi": "ipv4", "safi": "unicast"}}))[2]
@@ -153,3 +160,41 @@ def test_bird_config_multihop_outside_its_subnet() -> None:
     far = conf[conf.index("protocol bgp n_198"):]
     assert "direct;" in near and "gateway direct;" in near and "multihop" not in near
     assert "multihop;" in far and "gateway recursive;" in far
+
+
+def test_ipv6_unicast_family_only_when_the_node_has_an_ipv6_address() -> None:
+    n = Neighbour("192.0.2.12", 64512)
+    v4 = BGPSettings("192.0.2.11", "192.0.2.11", 64512, (n,))
+    assert "family { ipv4 unicast; }" in render_neighbour(v4, n)
+    dual = BGPSettings("192.0.2.11", "192.0.2.11", 64512, (n,), ipv6=True)
+    assert "family { ipv4 unicast; ipv6 unicast; }" in render_neighbour(dual, n)
+    assert families(dual) == ("ipv4 unicast", "ipv6 unicast")
+
+
+def test_parse_update_ipv6_withdraw() -> None:
+    msg = _update({"update": {"withdraw": {"ipv6 unicast": [{"nlri": "fd00:10:244::/122"}]}}})
+    assert parse_update(msg)[1] == ["fd00:10:244::/122"]
+
+
+def test_bird_config_ipv6_channel() -> None:
+    text = render_bird_config("192.0.2.2", 65001, [BirdNeighbour("192.0.2.11", 64512)],
+                              ipv6=True)
+    assert "protocol direct { ipv4; ipv6; }" in text
+    assert "protocol kernel kernel6 {" in text
+    session = text[text.index("protocol bgp n_192_0_2_11"):]
+    assert "    ipv4 {" in session and "    ipv6 {" in session
+    assert "ipv6" not in render_bird_config("192.0.2.2", 65001,
+                                            [BirdNeighbour("192.0.2.11", 64512)])
+
+
+def test_parse_bird_show_route_ipv6() -> None:
+    text = (
+        "Table master6:\n"
+        "fd00:10:244::/122    unicast [n_192_0_2_11 08:30:00.000] * (100) [AS64512i]\n"
+        "\tvia 2001:db8:0:1::11 on eth0\n"
+        "\tType: BGP univ\n"
+        "\tBGP.next_hop: 2001:db8:0:1::11 fe80::1\n"
+        "fd00:10:244::40/122  unicast [n_192_0_2_12 08:30:00.000] * (100) [AS64512i]\n"
+        "\tvia 2001:db8:0:1::12 on eth0\n")
+    assert parse_show_route(text) == {"fd00:10:244::/122": "2001:db8:0:1::11",
+                                      "fd00:10:244::40/122": "2001:db8:0:1::12"}

@@ -29,3 +29,15 @@ def test_encapsulation_defaults_and_modes() -> None:
 def test_rejects_what_it_cannot_build(subnets: int, encap: str | None) -> None:
     with pytest.raises(underlay.UnderlayError):
         underlay.check(subnets, encap)
+
+
+def test_ipv6_underlay_uses_documentation_prefixes() -> None:
+    import ipaddress
+
+    doc = ipaddress.ip_network("2001:db8::/32")
+    for k in range(len(underlay.SUBNETS6)):
+        assert underlay.subnet6(k).subnet_of(doc)
+        assert ipaddress.ip_address(underlay.gateway6(k)) in underlay.subnet6(k)
+    assert underlay.node_address6(1, 0) == "2001:db8:0:1::11"
+    assert underlay.node_address6(3, 1) == "2001:db8:0:2::13"
+    assert ipaddress.ip_network(underlay.DEFAULT_POOL6_CIDR).is_private  # ULA

@@ -211,3 +211,51 @@ def test_explicit_address_takes_the_prefix_of_its_interface() -> None:
     assert explicit(IPSetting("explicit", "172.16.0.5/20"), HOST).address == "172.16.0.5/20"
     lone = explicit(IPSetting("explicit", "198.51.100.7"), HOST)
     assert (lone.address, lone.interface) == ("198.51.100.7/32", "")
+
+
+# --- IPv6 (IP6 / IP6_AUTODETECTION_METHOD) -------------------------------------------------------
+
+HOST6 = [
+    HostAddress("lo", 1, "::1/128", scope=254),
+    HostAddress("mgmt0", 2, "fe80::5/64", scope=253),
+    HostAddress("mgmt0", 2, "2001:db8:1::5/64"),
+    HostAddress("data0", 3, "2001:db8:2::7/64", default_route=True),
+    HostAddress("docker0", 4, "fd00:17::1/64"),
+    HostAddress("cali1234", 6, "fd00:30::9/128"),
+]
+
+
+def pick6(method: str, source: str | None = None) -> str | None:
+    choice = choose(parse_method(method, version=6), HOST6, own=OWN, source=source)
+    return None if choice is None else f"{choice.interface} {choice.address}"
+
+
+def test_ip6_defaults_to_none_and_parses_v6_only() -> None:
+    assert parse_ip(None, version=6) == IPSetting("none")
+    assert parse_ip("autodetect", version=6) == IPSetting("autodetect")
+    assert parse_ip("2001:db8::5/64", version=6) == IPSetting("explicit", "2001:db8::5/64")
+    with pytest.raises(AutodetectError, match=r"--ip6 \(IP6\)"):
+        parse_ip("10.0.0.5/24", version=6)
+    with pytest.raises(AutodetectError, match=r"--ip \(IP\)"):
+        parse_ip("2001:db8::5/64")
+    with pytest.raises(AutodetectError, match="usable"):
+        parse_ip("fe80::1/64", version=6)
+
+
+def test_ip6_methods_pick_ipv6_addresses() -> None:
+    assert pick6("first-found") == "data0 2001:db8:2::7/64"
+    assert pick6("interface=mgmt.*") == "mgmt0 2001:db8:1::5/64"
+    assert pick6("skip-interface=data.*") == "mgmt0 2001:db8:1::5/64"
+    assert pick6("cidr=fd00:17::/48") == "docker0 fd00:17::1/64"  # not first-found's
+    assert pick6("cidr=2001:db8:1::/48") == "mgmt0 2001:db8:1::5/64"
+    assert pick6("can-reach=2001:db8:2::1", source="2001:db8:2::7") == "data0 2001:db8:2::7/64"
+    with pytest.raises(AutodetectError, match=r"IP6_AUTODETECTION_METHOD.*not an IPv6 CIDR"):
+        parse_method("cidr=10.0.0.0/8", version=6)
+
+
+def test_node_flags_ip6() -> None:
+    args = parse_args(["--node-name", "n1", "--ip6", "autodetect",
+                       "--ip6-autodetection-method", "interface=eth0"])
+    assert args.ip6_setting == IPSetting("autodetect")
+    assert args.ip6_method.kind == "interface" and args.ip6_method.version == 6
+    assert parse_args(["--node-name", "n1"]).ip6_setting == IPSetting("none")

@@ -113,3 +113,18 @@ def test_status_reads_the_address_from_the_environment() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_ipv6_routes_over_the_ipv4_sessions() -> None:
+    h = health([PeerStatus("192.0.2.12", "mesh", "Established", NOW - 60, received=4, sent=2)])
+    h["agents"]["routing"]["families"] = {
+        "ipv4": {"announced": 1, "learnt": 2, "routes": 3},
+        "ipv6": {"announced": 1, "learnt": 2, "routes": 3}}
+    text = render_status(h, now=NOW)
+    v6 = text[text.index("IPv6 BGP status"):]
+    assert "IPv6 routes ride the IPv4 sessions above" in v6
+    assert "IPv6 routes: 1 announced, 2 learnt, 3 in the kernel" in v6
+    assert "IPv4 routes: 1 announced, 2 learnt, 3 in the kernel" in text
+    # a node without IPv6 routes says nothing of MP-BGP
+    h["agents"]["routing"]["families"]["ipv6"] = {"announced": 0, "learnt": 0, "routes": 0}
+    assert "ride the IPv4 sessions" not in render_status(h, now=NOW)

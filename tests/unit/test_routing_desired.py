@@ -14,7 +14,7 @@ from routing.nat import render
 
 def pool(cidr: str = "10.244.0.0/16", **spec: Any) -> Any:
     return desired.parse_pool({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
-                          "metadata": {"name": f"p-{cidr.replace('/', '-')}"},
+                          "metadata": {"name": f"p-{cidr.replace('/', '-').replace(':', 'x')}"},
                           "spec": {"cidr": cidr, **spec}})
 
 
@@ -192,3 +192,67 @@ def test_block_view_is_what_one_node_routes_of_a_block() -> None:
     assert view(None, "n3") == view(base, "n3") == view(own, "n3") == view(vtep, "n3")
     # ... but to n2, an address it borrowed from it does
     assert view(base, "n2") != view(borrowed, "n2")
+
+
+# --- IPv6 ----------------------------------------------------------------------------------
+
+ME6 = desired.parse_node({"metadata": {"name": "n1"}, "spec": {"bgp": {
+    "ipv4Address": "192.0.2.11/24", "ipv6Address": "2001:db8:0:1::11/64"}}})
+V6POOL = "fd00:10:244::/56"
+
+
+def test_node_info_ipv6_address() -> None:
+    assert ME6.address6 == "2001:db8:0:1::11" and ME.address6 is None
+
+
+def test_ipv6_blocks_announced_with_the_ipv6_next_hop() -> None:
+    blocks = [block("10.244.1.0/26", "n1"), block("fd00:10:244::/122", "n1"),
+              block("fd00:10:244::40/122", "n2", {"fd00:10:244::45": "n1"})]
+    got = desired.announcements(ME6, [pool(), pool(V6POOL)], blocks)
+    assert got == {"10.244.1.0/26": "192.0.2.11", "fd00:10:244::/122": "2001:db8:0:1::11",
+                   "fd00:10:244::45/128": "2001:db8:0:1::11"}
+    # without an IPv6 address, nothing IPv6 is announced (there is no next hop)
+    assert desired.announcements(ME, [pool(), pool(V6POOL)], blocks) == {
+        "10.244.1.0/26": "192.0.2.11"}
+
+
+def test_ipv6_blackholes_and_direct_routes() -> None:
+    blocks = [block("fd00:10:244::/122", "n1")]
+    d = desired.compute(ME6, NODES, [pool(V6POOL, vxlanMode="Always")], blocks, learnt(
+        ("fd00:10:244::40/122", "2001:db8:0:1::12"),
+        ("fd00:10:244::/122", "2001:db8:0:1::12"),       # ours: a stale announcement
+        ("fd00:10:244::80/122", "2001:db8:0:1::11"),     # our own next hop
+        ("fd00:10:244::c0/122", "fe80::1")))             # no usable next hop
+    assert d.routes["fd00:10:244::/122"].kind == "blackhole"
+    assert d.routes["fd00:10:244::40/122"] == desired.Route(
+        "fd00:10:244::40/122", "direct", "2001:db8:0:1::12")
+    assert "fd00:10:244::80/122" not in d.routes and "fd00:10:244::c0/122" not in d.routes
+    assert any("fd00:10:244::c0/122" in s for s in d.skipped)
+
+
+def test_ipv6_masquerade_sets_and_nat_table() -> None:
+    pools = [pool(natOutgoing=True), pool(V6POOL, natOutgoing=True), pool("fd00:99::/56")]
+    masq, every = desired.masquerade_sets(pools, 6)
+    assert masq == [V6POOL] and every == ["fd00:10:244::/56", "fd00:99::/56"]
+    script = render(masq, every, ["2001:db8:0:1::11"], version=6)
+    assert "table ip6 tortie-nat {" in script and "table ip " not in script
+    assert "ip6 saddr @masq-pools ip6 daddr != @all-pools ip6 daddr != @no-masq" in script
+    assert "type ipv6_addr;" in script and "ipv4_addr" not in script
+
+
+def test_ipv6_never_masqueraded() -> None:
+    from datastore.model_bgp import BGPPeer
+    from datastore.model_network import Node
+
+    n = Node.model_validate({"metadata": {"name": "n1"}, "spec": {
+        "bgp": {"ipv4Address": "192.0.2.11/24", "ipv6Address": "2001:db8:0:1::11/64"}}})
+    peer = BGPPeer.model_validate({"metadata": {"name": "v6"},
+                                   "spec": {"peerIP": "[2001:db8::1]:179", "asNumber": 65001}})
+    assert desired.never_masqueraded([n], [peer], 6) == ["2001:db8::1", "2001:db8:0:1::11"]
+
+
+def test_kernel_default_metric_per_family() -> None:
+    from routing.kernel import IPV6_DEFAULT_METRIC, default_metric
+
+    assert default_metric("10.244.1.0/26") == 0
+    assert default_metric("fd00:10:244::/122") == IPV6_DEFAULT_METRIC == 1024
