@@ -39,9 +39,8 @@ import errno
 import hashlib
 import ipaddress
 import os
-import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -453,125 +452,6 @@ def _undo(host_name: str, netns_path: str, ifname: str) -> None:
 # --- teardown -----------------------------------------------------------------------------------
 
 
-#: The interface group a batch of host veths is moved to just before one group delete
-#: (:class:`LinkReaper`); no other link is ever put in it.
-REAP_GROUP = 0x746F7274  # "tort"
-
-
-class _Doomed:
-    def __init__(self, index: int, name: str) -> None:
-        self.index = index
-        self.name = name
-        self.wake = threading.Event()  # done, or this entry's thread must lead a batch
-        self.lead = False
-        self.done = False
-        self.gone = False  # deleted by this batch (False: it was gone already)
-        self.error: int | None = None
-
-
-class LinkReaper:
-    """Deletes host links, several at once when deletes arrive together.
-
-    Destroying a veth costs the kernel RCU grace periods under the rtnl lock (tens of ms);
-    deletes issued one by one queue behind each other and each pays them.  Here the first
-    delete runs at once; the deletes that arrive while it runs wait and then go together:
-    their links are moved to :data:`REAP_GROUP` and the whole group is deleted in one
-    RTM_DELLINK (``ip link delete group N``: one ``unregister_netdevice_many``).  Every
-    caller returns once its own link is gone.  Only links a caller asked for (by index,
-    checked by the caller to be its veth) are put in the group."""
-
-    def __init__(self, group: int = REAP_GROUP,
-                 open_rtnl: Callable[[], rtnl.Rtnl] = rtnl.Rtnl) -> None:
-        self.group = group
-        self._open = open_rtnl
-        self._lock = threading.Lock()
-        self._pending: list[_Doomed] = []
-        self._busy = False
-        #: sizes of the batches run (for tests and the bench's curiosity; capped)
-        self.batches: list[int] = []
-
-    def delete(self, index: int, name: str) -> bool:
-        """Delete link ``index`` (called ``name``); False when it was gone already.
-        RtnlError when the kernel refuses."""
-        me = _Doomed(index, name)
-        with self._lock:
-            self._pending.append(me)
-            if not self._busy:
-                self._busy = True
-                me.lead = True
-        while not me.lead:
-            me.wake.wait()
-            if me.done:
-                return self._outcome(me)
-        self._lead()
-        return self._outcome(me)
-
-    @staticmethod
-    def _outcome(me: _Doomed) -> bool:
-        if me.error is not None:
-            raise rtnl.RtnlError(me.error, f"delete {me.name}")
-        return me.gone
-
-    def _lead(self) -> None:
-        """Run one batch: every delete pending now; then hand the lead to the first that
-        arrived meanwhile (or stop)."""
-        with self._lock:
-            batch, self._pending = self._pending, []
-        try:
-            self._run(batch)
-        except Exception as e:  # nothing known: every caller of the batch gets it
-            code = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
-            for d in batch:
-                if not d.done:
-                    d.error = code
-        finally:
-            for d in batch:
-                d.done = True
-                d.wake.set()
-            with self._lock:
-                if self._pending:
-                    nxt = self._pending[0]
-                    nxt.lead = True
-                    nxt.wake.set()
-                else:
-                    self._busy = False
-            del self.batches[:-100]
-            self.batches.append(len(batch))
-
-    def _run(self, batch: list[_Doomed]) -> None:
-        with self._open() as sock:
-            if len(batch) == 1:
-                d = batch[0]
-                _, errors = sock.exchange([rtnl.del_link(d.index, d.name)])
-                self._settle(d, errors.get(0))
-                return
-            _, errors = sock.exchange([rtnl.set_group(d.index, self.group, d.name)
-                                       for d in batch])
-            grouped: list[_Doomed] = []
-            for i, d in enumerate(batch):
-                if i in errors:
-                    self._settle(d, errors[i])
-                else:
-                    grouped.append(d)
-            if not grouped:
-                return
-            _, errors = sock.exchange([rtnl.delete_group(self.group)])
-            for d in grouped:
-                self._settle(d, errors.get(0))
-
-    @staticmethod
-    def _settle(d: _Doomed, code: int | None) -> None:
-        if code is None:
-            d.gone = True
-        elif code != errno.ENODEV:
-            d.error = code
-        d.done = True
-
-
-#: the daemon's (one per process: the host namespace's links)
-REAPER = LinkReaper()
-
-
 def teardown_veth(host_name: str, peer_netns: str | None = None) -> bool:
     """Delete the host-side veth ``host_name`` (its peer goes with it); False if there is
     no veth of that name.
@@ -586,7 +466,7 @@ def teardown_veth(host_name: str, peer_netns: str | None = None) -> bool:
                 link = host.get_link(host_name)
                 if link is None or link.kind != "veth":
                     return False
-            return REAPER.delete(link.index, host_name)
+                return host.delete_link(link.index, host_name)
         except rtnl.RtnlError as e:
             raise NetlinkFailure(f"cannot delete {host_name}: "
                                  f"{os.strerror(e.errno or 0)}") from None

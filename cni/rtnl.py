@@ -42,7 +42,6 @@ IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
 IFLA_MTU = 4
 IFLA_LINKINFO = 18
-IFLA_GROUP = 27
 IFLA_NET_NS_FD = 28
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
@@ -147,14 +146,6 @@ class Rtnl:
         """Send all ``requests`` at once; the answer payload of each (empty for an ACK).
         RtnlError for the first one the kernel refused (all of them are still applied or
         refused by the kernel, each on its own: netlink has no transactions)."""
-        answers, errors = self.exchange(requests)
-        for i in sorted(errors):
-            raise RtnlError(errors[i], requests[i].what)
-        return answers
-
-    def exchange(self, requests: Sequence[Request]) -> tuple[list[bytes], dict[int, int]]:
-        """:meth:`batch` without raising: (answers, {request position: errno} of those the
-        kernel refused)."""
         seqs: dict[int, int] = {}
         out = bytearray()
         for i, r in enumerate(requests):
@@ -185,7 +176,9 @@ class Rtnl:
                     pending.discard(seq)
                 elif kind != NLMSG_DONE:
                     answers[seqs[seq]] = payload
-        return answers, errors
+        for i in sorted(errors):
+            raise RtnlError(errors[i], requests[i].what)
+        return answers
 
     # --- links ---------------------------------------------------------------------------
 
@@ -207,8 +200,9 @@ class Rtnl:
 
     def delete_link(self, index: int, what: str) -> bool:
         """Delete link ``index``; False when it is gone already."""
+        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0)
         try:
-            self.batch([del_link(index, what)])
+            self.batch([Request(RTM_DELLINK, 0, body, f"delete {what}")])
         except RtnlError as e:
             if e.errno == errno.ENODEV:
                 return False
@@ -240,26 +234,6 @@ def new_veth(host: str, peer: str, peer_netns_fd: int, mtu: int, host_mac: str,
         + attr(IFLA_LINKINFO, linkinfo)
     return Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body,
                    f"create veth {host} with peer {peer}")
-
-
-def del_link(index: int, name: str) -> Request:
-    """RTM_DELLINK of link ``index``."""
-    return Request(RTM_DELLINK, 0, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0),
-                   f"delete {name}")
-
-
-def set_group(index: int, group: int, name: str) -> Request:
-    """RTM_SETLINK: link ``index`` into interface group ``group``."""
-    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0) + attr(IFLA_GROUP, _u32(group))
-    return Request(RTM_SETLINK, 0, body, f"move {name} to group {group}")
-
-
-def delete_group(group: int) -> Request:
-    """RTM_DELLINK of every link in interface group ``group`` (``ip link delete group N``):
-    the kernel unregisters them together, one RCU grace period for the lot; ENODEV when
-    the group is empty."""
-    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_GROUP, _u32(group))
-    return Request(RTM_DELLINK, 0, body, f"delete the links of group {group}")
 
 
 def set_up(index: int, name: str) -> Request:

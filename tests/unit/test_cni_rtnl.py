@@ -1,20 +1,15 @@
-"""The rtnetlink messages cni/rtnl.py builds (their bytes, as the kernel parses them), the
-way it reads answers, and how cni.netlink.LinkReaper batches deletes; the requests against a
-real kernel are tests/integration/test_cni.py."""
+"""The rtnetlink messages cni/rtnl.py builds (their bytes, as the kernel parses them) and the
+way it reads answers; the requests against a real kernel are tests/integration/test_cni.py."""
 
 from __future__ import annotations
 
-import errno
 import socket
 import struct
-import threading
 from typing import cast
 
 import pytest
 
 from cni import rtnl
-from cni.netlink import LinkReaper
-from tests.support.wait import until_sync
 
 
 def attrs_of(body: bytes, header: int) -> dict[int, bytes]:
@@ -115,98 +110,3 @@ def test_a_batch_reports_the_first_refused_request() -> None:
     with pytest.raises(rtnl.RtnlError) as refused:
         rtnl.Rtnl(cast(socket.socket, FakeSocket({1: 17, 2: 19}))).batch(requests)
     assert refused.value.errno == 17 and "10.0.0.1/32" in str(refused.value)
-
-
-class _FakeSock:
-    """An Rtnl stand-in for LinkReaper: records what it is sent; the first exchange waits
-    for ``release``; links in ``gone`` answer ENODEV."""
-
-    def __init__(self, gone: set[int]) -> None:
-        self.sent: list[list[tuple[int, int, bytes]]] = []
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.gone = gone
-        self.lock = threading.Lock()
-
-    def __call__(self) -> _FakeSock:
-        return self
-
-    def __enter__(self) -> _FakeSock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def exchange(self, requests: list[rtnl.Request]) -> tuple[list[bytes], dict[int, int]]:
-        with self.lock:
-            first = not self.sent
-            self.sent.append([(r.kind, struct.unpack_from("=BxHiII", r.body)[2], r.body)
-                              for r in requests])
-        if first:
-            self.entered.set()
-            assert self.release.wait(5)
-        errors = {i: errno.ENODEV for i, r in enumerate(requests)
-                  if struct.unpack_from("=BxHiII", r.body)[2] in self.gone}
-        return [b""] * len(requests), errors
-
-
-def test_deletes_arriving_during_one_go_together_as_one_group_delete() -> None:
-    sock = _FakeSock(gone={3})
-    reaper = LinkReaper(group=77, open_rtnl=sock)
-    results: dict[int, bool] = {}
-
-    def delete(index: int) -> None:
-        results[index] = reaper.delete(index, f"cali{index}")
-
-    first = threading.Thread(target=delete, args=(1,))
-    first.start()
-    assert sock.entered.wait(5)
-    rest = [threading.Thread(target=delete, args=(i,)) for i in (2, 3, 4)]
-    for t in rest:
-        t.start()
-    until_sync(lambda: len(reaper._pending) == 3, 5, "three deletes queued")
-    sock.release.set()
-    for t in (first, *rest):
-        t.join(5)
-    assert results == {1: True, 2: True, 3: False, 4: True}  # 3 was gone already
-    assert reaper.batches == [1, 3]
-    alone, grouping, group_delete = sock.sent
-    assert [(k, i) for k, i, _ in alone] == [(rtnl.RTM_DELLINK, 1)]
-    assert sorted((k, i) for k, i, _ in grouping) == [
-        (rtnl.RTM_SETLINK, 2), (rtnl.RTM_SETLINK, 3), (rtnl.RTM_SETLINK, 4)]
-    ((kind, index, body),) = group_delete
-    assert (kind, index) == (rtnl.RTM_DELLINK, 0)  # by group: no link index
-    assert attrs_of(body, 16)[rtnl.IFLA_GROUP] == struct.pack("=I", 77)
-
-
-def test_a_refused_group_delete_fails_every_delete_of_the_batch() -> None:
-    class Refusing(_FakeSock):
-        def exchange(self, requests: list[rtnl.Request]
-                     ) -> tuple[list[bytes], dict[int, int]]:
-            answers, errors = super().exchange(requests)
-            if requests[0].kind == rtnl.RTM_DELLINK and len(self.sent) > 1:
-                errors[0] = errno.EPERM
-            return answers, errors
-
-    sock = Refusing(gone=set())
-    reaper = LinkReaper(group=77, open_rtnl=sock)
-    outcomes: dict[int, object] = {}
-
-    def delete(index: int) -> None:
-        try:
-            outcomes[index] = reaper.delete(index, f"cali{index}")
-        except rtnl.RtnlError as e:
-            outcomes[index] = e.errno
-
-    threads = [threading.Thread(target=delete, args=(1,))]
-    threads[0].start()
-    assert sock.entered.wait(5)
-    threads += [threading.Thread(target=delete, args=(i,)) for i in (2, 3)]
-    for t in threads[1:]:
-        t.start()
-    until_sync(lambda: len(reaper._pending) == 2, 5, "two deletes queued")
-    sock.release.set()
-    for t in threads:
-        t.join(5)
-    assert outcomes == {1: True, 2: errno.EPERM, 3: errno.EPERM}
-    assert not reaper._busy and reaper._pending == []
