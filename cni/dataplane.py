@@ -54,9 +54,10 @@ class Dataplane(Protocol):
 
     def setup_veth(self, host_name: str, netns_path: str, ifname: str,
                    ipv4: Sequence[str] = (), ipv6: Sequence[str] = (),
-                   mtu: int = DEFAULT_MTU) -> tuple[int, str]:
-        """Create and wire the pod's veth; (host ifindex, container MAC).  Leaves nothing
-        behind when it fails."""
+                   mtu: int = DEFAULT_MTU, mac: str | None = None) -> tuple[int, str]:
+        """Create and wire the pod's veth; (host ifindex, container MAC): ``mac`` when given
+        (set when the pair is created), else the kernel's.  Leaves nothing behind when it
+        fails."""
         ...
 
     def teardown_veth(self, host_name: str, peer_netns: str | None = None) -> bool:
@@ -98,8 +99,8 @@ class NetlinkDataplane:
 
     def setup_veth(self, host_name: str, netns_path: str, ifname: str,
                    ipv4: Sequence[str] = (), ipv6: Sequence[str] = (),
-                   mtu: int = DEFAULT_MTU) -> tuple[int, str]:
-        return netlink.setup_veth(host_name, netns_path, ifname, ipv4, ipv6, mtu)
+                   mtu: int = DEFAULT_MTU, mac: str | None = None) -> tuple[int, str]:
+        return netlink.setup_veth(host_name, netns_path, ifname, ipv4, ipv6, mtu, mac)
 
     def teardown_veth(self, host_name: str, peer_netns: str | None = None) -> bool:
         return netlink.teardown_veth(host_name, peer_netns)
@@ -207,7 +208,7 @@ class MemoryDataplane:
 
     def setup_veth(self, host_name: str, netns_path: str, ifname: str,
                    ipv4: Sequence[str] = (), ipv6: Sequence[str] = (),
-                   mtu: int = DEFAULT_MTU) -> tuple[int, str]:
+                   mtu: int = DEFAULT_MTU, mac: str | None = None) -> tuple[int, str]:
         self.netns_identity(netns_path)
         with self._lock:
             self.calls.append(("setup", host_name))
@@ -225,7 +226,7 @@ class MemoryDataplane:
                                      f"exists in {netns_path}")
             self._next += 1
             index = self._next
-            mac = f"0a:58:00:00:{index >> 8 & 0xff:02x}:{index & 0xff:02x}"
+            mac = mac or f"0a:58:00:00:{index >> 8 & 0xff:02x}:{index & 0xff:02x}"
             addresses = [str(ipaddress.ip_interface(a).ip) for a in [*ipv4, *ipv6]]
             self.links[(None, host_name)] = Link(host_name, None, "veth",
                                                  (netns_path, ifname), HOST_MAC, mtu)

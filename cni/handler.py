@@ -10,13 +10,16 @@ ADD
     > ``ipam.ipv4_pools`` > pools selecting the node) or the requested addresses
     (``cni.projectcalico.org/ipAddrs`` / ``CNI_ARGS IP=``) -> allocate with handle
     ``tortie.<containerID>`` (``tortie.<containerID>.<ifname>`` for an interface other than
-    eth0) -> veth (:class:`cni.dataplane.Dataplane`; its MTU: the
+    eth0) -> two branches at once: the veth (:class:`cni.dataplane.Dataplane`; its MTU: the
     config's ``mtu``, else :func:`datastore.mtu.pod_mtu` of the underlay MTU found at start,
     the encapsulations the enabled pools use and FelixConfiguration's ``vxlanMTU`` /
-    ``ipipMTU``, read again for every ADD) -> WorkloadEndpoint
-    ``<node>-k8s-<pod>-<ifname>`` -> ``on_endpoint_ready`` (the policy agent's hook) ->
-    result.  Any failure after allocation rolls everything back.  An ADD repeated for a
-    container that is fully set up returns the same result again.
+    ``ipipMTU``, read again for every ADD; the pod end's MAC a random locally administered
+    one Tortie chooses) and the WorkloadEndpoint ``<node>-k8s-<pod>-<ifname>`` (recording
+    that MAC) -> ``on_endpoint_ready`` (the policy agent's hook: its rules match interface
+    names, so they need not wait for the link) -> result once both are done.  Any failure
+    after allocation, in either branch, rolls everything back once the other branch has
+    finished (the veth thread always runs to its end; the policy wait is abandoned).  An ADD
+    repeated for a container that is fully set up returns the same result again.
 DEL
     idempotent: removes the veth, the endpoint (only if it belongs to this container: a
     newer sandbox of the same pod may own it) and the addresses of the handle.
@@ -634,7 +637,8 @@ class CNIHandler:
 
         ips: list[str] = []
         veth_made = False
-        veth_setup: asyncio.Task[tuple[int, str]] | None = None
+        veth_setup: asyncio.Future[tuple[int, str]] | None = None
+        endpoint: asyncio.Task[WorkloadEndpoint] | None = None
         wep_written = False
         try:
             with info.step("ipam"):
@@ -644,38 +648,82 @@ class CNIHandler:
                 return Result(ips=[IPConfig(_host_cidr(ip)) for ip in ips], dns=dict(conf.dns))
             v4 = [ip for ip in ips if ipaddress.ip_address(ip).version == 4]
             v6 = [ip for ip in ips if ipaddress.ip_address(ip).version == 6]
-            with info.step("veth"):
-                mtu = await self._mtu_for(conf, pod)
-                veth_made = True  # from here on a failure may have left a (partial) veth
-                # a task, so that a cancelled ADD can wait for the thread before undoing it
-                veth_setup = asyncio.ensure_future(asyncio.to_thread(
-                    self.dataplane.setup_veth, host_name, env.netns, env.ifname, v4, v6, mtu))
-                _, mac = await asyncio.shield(veth_setup)
-            with info.step("wep"):
-                new_wep = self._build_wep(env, pod, wep_ns, wep_name, host_name, mac, ips)
-                wep_written = True  # (an unknown outcome counts as written)
-                try:
-                    stored = await self.resources.create(_WEP, new_wep)
-                except ResourceExists:  # another sandbox of the pod had it: now it is ours
-                    stored, _ = await self.resources.apply(_WEP, new_wep)
-            if self.on_endpoint_ready is not None:
-                with info.step("policy"):
-                    await self.on_endpoint_ready(stored)
+            mtu = await self._mtu_for(conf, pod)
+            # Tortie chooses the pod end's MAC, so the endpoint recording it is written (and
+            # programmed by the policy agent, whose rules match interface names, not links)
+            # while the kernel makes the veth: two branches at once.
+            mac = netlink.random_mac()
+            new_wep = self._build_wep(env, pod, wep_ns, wep_name, host_name, mac, ips)
+            veth_made = True  # from here on a failure may have left a (partial) veth
+            # a future, so that a failed or cancelled ADD can wait for the thread before
+            # undoing what it made
+            veth_setup = asyncio.ensure_future(self._timed_thread(
+                info, "veth", self.dataplane.setup_veth, host_name, env.netns, env.ifname,
+                v4, v6, mtu, mac))
+            wep_written = True  # (an unknown outcome counts as written)
+            endpoint = asyncio.ensure_future(self._write_endpoint(new_wep, info))
+            await asyncio.wait({veth_setup, endpoint}, return_when=asyncio.FIRST_EXCEPTION)
+            for branch in (veth_setup, endpoint):  # the first failure, the kernel's first
+                if branch.done() and branch.exception() is not None:
+                    raise _branch_failed(branch)
+            await asyncio.wait({veth_setup, endpoint})
+            for branch in (veth_setup, endpoint):
+                if branch.exception() is not None:
+                    raise _branch_failed(branch)
             with info.step("result"):
                 result = _veth_result(host_name, env, mac, mtu, ips, conf)
             log.info("pod networked", extra=_fields(info, ip=",".join(ips), host=host_name,
                                                      endpoint=wep_name))
             return result
         except BaseException as e:
-            if veth_setup is not None:
-                if not veth_setup.done():
-                    await asyncio.wait({veth_setup})
-                if not veth_setup.cancelled():
-                    veth_setup.exception()  # retrieved: the rollback below handles it
+            if endpoint is not None and not endpoint.done():
+                endpoint.cancel()  # the policy wait; a write in flight is waited for
+            for branch in (veth_setup, endpoint):
+                if branch is None:
+                    continue
+                if not branch.done():
+                    await asyncio.wait({branch})
+                if not branch.cancelled():
+                    branch.exception()  # retrieved: the rollback below handles it
             await asyncio.shield(self._rollback(env, handle, host_name if veth_made else None,
                                                 (wep_ns, wep_name) if wep_written else None,
                                                 info, e))
             raise
+
+    @staticmethod
+    async def _timed_thread(info: RequestInfo, step: str, func: Callable[..., _T],
+                            *args: Any) -> _T:
+        """``func(*args)`` in a thread, its time counted as ``step`` (a branch of its own:
+        its step time is its own, not that of whatever runs beside it)."""
+        with info.step(step):
+            return await asyncio.to_thread(func, *args)
+
+    async def _write_endpoint(self, new_wep: WorkloadEndpoint,
+                              info: RequestInfo) -> WorkloadEndpoint:
+        """Store the endpoint, then let the policy agent program it (``on_endpoint_ready``).
+        Cancelled, it still waits for a write in flight (its outcome decides what a rollback
+        deletes); the policy wait is simply abandoned."""
+        with info.step("wep"):
+            write = asyncio.ensure_future(self._store_endpoint(new_wep))
+            try:
+                stored = await asyncio.shield(write)
+            except asyncio.CancelledError:
+                if not write.done():
+                    await asyncio.wait({write})
+                if not write.cancelled():
+                    write.exception()  # retrieved: the rollback deletes what was written
+                raise
+        if self.on_endpoint_ready is not None:
+            with info.step("policy"):
+                await self.on_endpoint_ready(stored)
+        return stored
+
+    async def _store_endpoint(self, new_wep: WorkloadEndpoint) -> WorkloadEndpoint:
+        try:
+            stored: WorkloadEndpoint = await self.resources.create(_WEP, new_wep)
+        except ResourceExists:  # another sandbox of the pod had it: now it is ours
+            stored, _ = await self.resources.apply(_WEP, new_wep)
+        return stored
 
     async def _rollback(self, env: CNIEnv, handle: str, host_name: str | None,
                         wep: tuple[str, str] | None, info: RequestInfo,
@@ -1054,6 +1102,15 @@ def _veth_result(host_name: str, env: CNIEnv, mac: str, mtu: int, ips: Sequence[
         routes=routes,
         dns=dict(conf.dns),
     ).after(conf.prev_result)
+
+
+def _branch_failed(branch: asyncio.Future[Any]) -> BaseException:
+    """The exception a failed branch of an ADD raised (a cancelled branch: CancelledError)."""
+    if branch.cancelled():
+        return asyncio.CancelledError()
+    error = branch.exception()
+    assert error is not None
+    return error
 
 
 def _fields(info: RequestInfo, **extra: Any) -> dict[str, Any]:

@@ -79,6 +79,7 @@ __all__ = [
     "link_exists",
     "netns_identity",
     "netns_link_exists",
+    "random_mac",
     "run_in_netns",
     "secondary_table",
     "setup_veth",
@@ -105,6 +106,15 @@ class NetlinkFailure(NetnsError):
     """A netlink operation failed; the message says which and why.  A
     :class:`agentkit.netns.NetnsError`, as failures to enter a namespace or write a sysctl
     are: ``except NetnsError`` takes them all."""
+
+
+def random_mac() -> str:
+    """A random locally administered unicast MAC (``x2:..``, ``x6:..``, ``xa:..``, ``xe:..``)
+    for a pod's interface: Tortie chooses it before the veth exists, so the endpoint that
+    records it can be written while the veth is being made."""
+    raw = bytearray(os.urandom(6))
+    raw[0] = (raw[0] & 0xFC) | 0x02  # unicast, locally administered
+    return ":".join(f"{b:02x}" for b in raw)
 
 
 def host_veth_name(prefix: str, namespace: str | None, pod: str | None,
@@ -322,8 +332,12 @@ def forget_pod_routing(netns_path: str, ifname: str) -> int:
 
 
 def setup_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str] = (),
-               ipv6: Sequence[str] = (), mtu: int = DEFAULT_MTU) -> tuple[int, str]:
+               ipv6: Sequence[str] = (), mtu: int = DEFAULT_MTU,
+               mac: str | None = None) -> tuple[int, str]:
     """Create and wire the pod's veth; returns (host ifindex, container MAC).
+
+    ``mac``: the pod end's MAC, set when the pair is created (the kernel picks one when
+    None).
 
     Addresses may be given with or without a prefix; they are always configured as /32
     (/128).  A stale host link of the same name (left by a pod sandbox that was never
@@ -337,7 +351,7 @@ def setup_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str]
     try:
         if is_primary(ifname) and not v6:
             made = _setup_primary_v4(host_name, netns_path, fd, ifname,
-                                     [str(a) for a in addresses], mtu)
+                                     [str(a) for a in addresses], mtu, mac)
             if made is not None:
                 return made
         with _iproute() as ipr:
@@ -348,8 +362,11 @@ def setup_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str]
                                          "exists and is not a veth")
                 ipr.link("del", index=stale)  # a veth of that name: a sandbox's that is gone
             try:
+                peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": fd, "mtu": mtu}
+                if mac is not None:
+                    peer["address"] = mac
                 ipr.link("add", ifname=host_name, kind="veth", address=HOST_MAC, mtu=mtu,
-                         peer={"ifname": ifname, "net_ns_fd": fd, "mtu": mtu})
+                         peer=peer)
             except NetlinkError as e:
                 if e.code == errno.EEXIST:
                     raise NetlinkFailure(
@@ -383,7 +400,8 @@ def setup_veth(host_name: str, netns_path: str, ifname: str, ipv4: Sequence[str]
 
 
 def _setup_primary_v4(host_name: str, netns_path: str, netns_fd: int, ifname: str,
-                      addresses: list[str], mtu: int) -> tuple[int, str] | None:
+                      addresses: list[str], mtu: int,
+                      mac: str | None = None) -> tuple[int, str] | None:
     """:func:`setup_veth` for the primary interface with IPv4 addresses only, in five
     netlink exchanges (:mod:`cni.rtnl`): the veth, its host end up; the host end's index;
     the pod end's index and MAC; the pod end up, its addresses and routes in one batch; the
@@ -391,7 +409,7 @@ def _setup_primary_v4(host_name: str, netns_path: str, netns_fd: int, ifname: st
     path replaces a stale host veth, or names the conflict)."""
     with rtnl.Rtnl() as host:
         try:
-            host.batch([rtnl.new_veth(host_name, ifname, netns_fd, mtu, HOST_MAC)])
+            host.batch([rtnl.new_veth(host_name, ifname, netns_fd, mtu, HOST_MAC, mac)])
         except rtnl.RtnlError as e:
             if e.errno == errno.EEXIST:
                 return None

@@ -210,19 +210,27 @@ class Rtnl:
         return True
 
 
-def new_veth(host: str, peer: str, peer_netns_fd: int, mtu: int, host_mac: str) -> Request:
+def _mac(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def new_veth(host: str, peer: str, peer_netns_fd: int, mtu: int, host_mac: str,
+             peer_mac: str | None = None) -> Request:
     """RTM_NEWLINK of a veth pair: ``host`` here with ``host_mac``, up; ``peer`` in the
-    namespace of ``peer_netns_fd`` (created there, never moved), down (the kernel cannot open
-    it before its pair exists: ENOTCONN; see :func:`set_up`); both with ``mtu``."""
+    namespace of ``peer_netns_fd`` (created there, never moved) with ``peer_mac`` (the
+    kernel's random one when None), down (the kernel cannot open it before its pair exists:
+    ENOTCONN; see :func:`set_up`); both with ``mtu``."""
     up = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP)
     down = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
     peer_msg = down + attr(IFLA_IFNAME, _name(peer)) + attr(IFLA_MTU, _u32(mtu)) \
         + attr(IFLA_NET_NS_FD, _u32(peer_netns_fd))
+    if peer_mac is not None:
+        peer_msg += attr(IFLA_ADDRESS, _mac(peer_mac))
     # nested without NLA_F_NESTED, as iproute2 sends them (``ip link add ... type veth``)
     linkinfo = attr(IFLA_INFO_KIND, b"veth\0") + attr(
         IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer_msg))
     body = up + attr(IFLA_IFNAME, _name(host)) + attr(IFLA_MTU, _u32(mtu)) \
-        + attr(IFLA_ADDRESS, bytes.fromhex(host_mac.replace(":", ""))) \
+        + attr(IFLA_ADDRESS, _mac(host_mac)) \
         + attr(IFLA_LINKINFO, linkinfo)
     return Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body,
                    f"create veth {host} with peer {peer}")

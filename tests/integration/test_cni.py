@@ -691,9 +691,11 @@ def test_add_two_pods_and_ping(node: NodeEnv, pods: Callable[..., PodRef], store
     routes = ip_json(node.netns, "route", "show", f"{a.ip}/32")
     assert routes == [{"dst": a.ip, "dev": host, "protocol": "static", "scope": "link",
                        "flags": []}]
-    # pod side: /32, link route to 169.254.1.1, default via it, MAC from the result
+    # pod side: /32, link route to 169.254.1.1, default via it, MAC from the result (one
+    # Tortie chose: locally administered, unicast)
     addrs = ip_json(a.netns, "addr", "show", "dev", "eth0")[0]
     assert addrs["address"] == res["interfaces"][1]["mac"]
+    assert int(addrs["address"][:2], 16) & 0x03 == 0x02
     assert [(x["local"], x["prefixlen"]) for x in addrs["addr_info"] if x["family"] == "inet"] \
         == [(a.ip, 32)]
     pod_routes = {(r["dst"], r.get("gateway"), r.get("scope")) for r in

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 
 from cni.dataplane import MemoryDataplane
 from cni.handler import STEPS, CNIHandler, RequestInfo, handle_id, workload_endpoint_name
-from cni.netlink import NetlinkFailure, host_veth_name
+from cni.netlink import NetlinkFailure, host_veth_name, random_mac
 from cni.spec import (
     ERR_INCOMPATIBLE_VERSION,
     ERR_INTERNAL,
@@ -301,8 +303,126 @@ async def test_a_failing_veth_setup_rolls_the_addresses_back(node: Node) -> None
     r = await node.run("ADD", pod)
     assert code(r) == ERR_INTERNAL and r["error"]["msg"] == "network setup failed"
     assert "no memory" in r["error"]["details"]
-    assert node.ready == []
     await node.assert_nothing_left(pod)
+
+
+class _GatedDataplane(MemoryDataplane):
+    """setup_veth waits (in its thread) until ``gate`` is set, sleeps ``delay``, then fails
+    with ``fail`` or makes the veth."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.delay = 0.0
+        self.fail: Exception | None = None
+        self.finished_at: float | None = None
+
+    def setup_veth(self, *args: Any, **kwargs: Any) -> tuple[int, str]:
+        try:
+            if not self.gate.wait(5):
+                raise NetlinkFailure("the gate was never opened (the branches ran in turn)")
+            time.sleep(self.delay)
+            if self.fail is not None:
+                raise self.fail
+            return super().setup_veth(*args, **kwargs)
+        finally:
+            self.finished_at = time.monotonic()
+
+
+def _gated_node(node: Node) -> _GatedDataplane:
+    dp = _GatedDataplane()
+    node.dp = dp
+    node.handler = CNIHandler(node.store, NODE, dataplane=dp, on_endpoint_ready=node._hook)
+    return dp
+
+
+async def test_the_endpoint_is_written_and_programmed_while_the_veth_is_made(
+        node: Node) -> None:
+    dp = _gated_node(node)
+
+    async def hook(wep: WorkloadEndpoint) -> None:
+        node.ready.append(wep.name)
+        assert dp.veth(host_veth_name("cali", "default", wep.spec.pod, wep.spec.containerID)
+                       ) is None  # not made yet: the policy step does not wait for it
+        dp.gate.set()
+
+    node.handler.on_endpoint_ready = hook
+    pod = node.pod()
+    r = await node.run("ADD", pod)
+    assert r["ok"], r
+    (wep,) = await node.weps()
+    mac = r["result"]["interfaces"][1]["mac"]
+    assert wep.spec.mac == mac
+    link = dp.links[(pod.netns, "eth0")]
+    assert link.mac == mac  # the MAC Tortie chose is the pod end's
+
+
+async def test_a_veth_failing_after_the_endpoint_was_programmed_undoes_everything(
+        node: Node) -> None:
+    """One branch (endpoint written, policy programmed) succeeded, the other (the veth)
+    failed: the endpoint, the veth and the addresses all go; the error is the veth's."""
+    dp = _gated_node(node)
+    dp.fail = NetlinkFailure("cannot create veth: no memory")
+
+    async def hook(wep: WorkloadEndpoint) -> None:
+        node.ready.append(wep.name)
+        dp.gate.set()
+
+    node.handler.on_endpoint_ready = hook
+    pod = node.pod()
+    r = await node.run("ADD", pod)
+    assert code(r) == ERR_INTERNAL and r["error"]["msg"] == "network setup failed"
+    assert "no memory" in r["error"]["details"]
+    assert node.ready == [workload_endpoint_name(NODE, "k8s", pod.name, "eth0")]
+    await node.assert_nothing_left(pod)
+    assert await node.weps() == []
+    node.handler.on_endpoint_ready = node._hook
+    dp.fail = None
+    assert (await node.run("ADD", pod))["ok"]
+
+
+async def test_a_policy_failure_while_the_veth_is_made_waits_for_it_then_undoes_it(
+        node: Node) -> None:
+    """The endpoint branch fails while the veth thread still runs: the rollback waits for
+    the thread, then removes the veth it made."""
+    dp = _gated_node(node)
+    dp.delay = 0.2
+    node.hook_error = RuntimeError("policy agent refused")
+
+    async def hook(wep: WorkloadEndpoint) -> None:
+        dp.gate.set()
+        await node._hook(wep)
+
+    node.handler.on_endpoint_ready = hook
+    pod = node.pod()
+    r = await node.run("ADD", pod)
+    assert code(r) == ERR_INTERNAL and "policy agent refused" in r["error"]["details"]
+    assert [c for c, _ in dp.calls] == ["setup", "teardown"]
+    await node.assert_nothing_left(pod)
+
+
+async def test_an_add_past_its_deadline_waits_for_the_veth_thread_before_undoing(
+        node: Node) -> None:
+    dp = _gated_node(node)
+    dp.gate.set()
+    dp.delay = 0.4
+    node.handler.request_timeout = 0.1
+    pod = node.pod()
+    r = await node.run("ADD", pod)
+    assert code(r) == ERR_TRY_AGAIN_LATER
+    await node.handler.drain(5)
+    assert dp.finished_at is not None
+    assert [c for c, _ in dp.calls] == ["setup", "teardown"]
+    await node.assert_nothing_left(pod)
+
+
+def test_random_mac_is_locally_administered_unicast() -> None:
+    macs = {random_mac() for _ in range(200)}
+    assert len(macs) == 200
+    for mac in macs:
+        first = int(mac.split(":")[0], 16)
+        assert first & 0x01 == 0 and first & 0x02 == 0x02, mac
+        assert len(bytes.fromhex(mac.replace(":", ""))) == 6
 
 
 async def test_an_existing_interface_in_the_sandbox_is_refused(node: Node) -> None:

@@ -43,6 +43,17 @@ def test_new_veth_names_both_ends_and_brings_the_host_end_up() -> None:
     pattrs = attrs_of(peer, 16)
     assert pattrs[rtnl.IFLA_IFNAME] == b"eth0\0"
     assert struct.unpack("=I", pattrs[rtnl.IFLA_NET_NS_FD]) == (7,)
+    assert rtnl.IFLA_ADDRESS not in pattrs  # the kernel picks the pod end's MAC
+
+
+def test_new_veth_sets_the_pod_ends_mac_when_given() -> None:
+    r = rtnl.new_veth("cali0123456789a", "eth0", 7, 1450, "ee:ee:ee:ee:ee:ee",
+                      "0a:1b:2c:3d:4e:5f")
+    top = attrs_of(r.body, 16)
+    assert top[rtnl.IFLA_ADDRESS] == b"\xee" * 6
+    peer = attrs_of(attrs_of(top[rtnl.IFLA_LINKINFO], 0)[rtnl.IFLA_INFO_DATA],
+                    0)[rtnl.VETH_INFO_PEER]
+    assert attrs_of(peer, 16)[rtnl.IFLA_ADDRESS] == bytes.fromhex("0a1b2c3d4e5f")
 
 
 def test_routes_and_addresses() -> None:
