@@ -662,13 +662,10 @@ class CNIHandler:
                 v4, v6, mtu, mac))
             wep_written = True  # (an unknown outcome counts as written)
             endpoint = asyncio.ensure_future(self._write_endpoint(new_wep, info))
+            # returns at the first failure, else when both are done
             await asyncio.wait({veth_setup, endpoint}, return_when=asyncio.FIRST_EXCEPTION)
             for branch in (veth_setup, endpoint):  # the first failure, the kernel's first
-                if branch.done() and branch.exception() is not None:
-                    raise _branch_failed(branch)
-            await asyncio.wait({veth_setup, endpoint})
-            for branch in (veth_setup, endpoint):
-                if branch.exception() is not None:
+                if branch.done() and (branch.cancelled() or branch.exception() is not None):
                     raise _branch_failed(branch)
             with info.step("result"):
                 result = _veth_result(host_name, env, mac, mtu, ips, conf)

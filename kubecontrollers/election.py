@@ -18,8 +18,6 @@ with ``_preload_content=False``, the JSON read and written as plain dicts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -43,6 +41,7 @@ from kubecontrollers.leader import (
     write_result,
 )
 from kubecontrollers.metrics import KubeMetrics
+from kubecontrollers.raw_api import error_message, read_answer
 
 log = logging.getLogger("tortie.kc.leader")
 
@@ -54,26 +53,6 @@ class LeaseError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
-
-
-async def _answer(resp: Any) -> tuple[int, Any]:
-    """Status and JSON body (or the body's text) of a raw response."""
-    try:
-        raw = await resp.read()
-    finally:
-        with contextlib.suppress(Exception):
-            resp.release()
-    text = raw.decode(errors="replace")
-    try:
-        return resp.status, json.loads(text)
-    except ValueError:
-        return resp.status, text[:500]
-
-
-def _message(body: Any) -> str:
-    if isinstance(body, dict):
-        return str(body.get("message") or body.get("reason") or body)[:500]
-    return str(body)[:500]
 
 
 class LeaderElection:
@@ -104,11 +83,11 @@ class LeaderElection:
         resp = await self.api.read_namespaced_lease(
             self.name, self.namespace, _preload_content=False,
             _request_timeout=self.timing.renew_deadline)
-        status, body = await _answer(resp)
+        status, body = await read_answer(resp)
         if status == 404:
             return None
         if status != 200:
-            raise LeaseError(status, _message(body))
+            raise LeaseError(status, error_message(body))
         return parse_lease(body)
 
     async def _write(self, action: Action, body: dict[str, Any]) -> tuple[WriteResult, Any]:
@@ -120,10 +99,10 @@ class LeaderElection:
             resp = await self.api.replace_namespaced_lease(
                 self.name, self.namespace, body, _preload_content=False,
                 _request_timeout=self.timing.renew_deadline)
-        status, answer = await _answer(resp)
+        status, answer = await read_answer(resp)
         result = write_result(status)
         if result is WriteResult.ERROR:
-            raise LeaseError(status, _message(answer))
+            raise LeaseError(status, error_message(answer))
         return result, answer
 
     # --- the loop -----------------------------------------------------------------------------

@@ -11,13 +11,11 @@ Posting never raises: a refusal (RBAC, an API server down) is logged with the ev
 reason and object, and counted in ``tortie_kc_events_failed_total``; the controller goes on.
 
 Transport as in :mod:`kubecontrollers.election`: kubernetes_asyncio's ``CoreV1Api`` with
-``_preload_content=False``, JSON as plain dicts.
+``_preload_content=False``, JSON as plain dicts (:mod:`kubecontrollers.raw_api`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +26,7 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from kubecontrollers.metrics import KubeMetrics
+from kubecontrollers.raw_api import error_message, read_answer
 
 log = logging.getLogger("tortie.kc.events")
 
@@ -63,20 +62,6 @@ def event_body(namespace: str, name: str, involved: dict[str, str], event_type: 
             "reportingComponent": COMPONENT, "reportingInstance": instance}
 
 
-async def _answer(resp: Any) -> tuple[int, str]:
-    try:
-        raw = await resp.read()
-    finally:
-        with contextlib.suppress(Exception):
-            resp.release()
-    text = raw.decode(errors="replace")
-    try:
-        body = json.loads(text)
-        return resp.status, str(body.get("message") or body.get("reason") or "")[:300]
-    except (ValueError, AttributeError):
-        return resp.status, text[:300]
-
-
 class EventRecorder:
     def __init__(self, api_client: client.ApiClient, *, host: str, instance: str = "",
                  metrics: KubeMetrics | None = None,
@@ -104,7 +89,7 @@ class EventRecorder:
         try:
             seen = self._posted.get(key)
             if seen is not None:
-                status, error = await _answer(await self.api.patch_namespaced_event(
+                status, body = await read_answer(await self.api.patch_namespaced_event(
                     seen.name, seen.namespace,
                     {"count": seen.count + 1, "lastTimestamp": _timestamp(when)},
                     _preload_content=False, _request_timeout=REQUEST_TIMEOUT,
@@ -114,17 +99,17 @@ class EventRecorder:
                     self._done("patched", fields, seen.count)
                     return True
                 if status != 404:
-                    return self._failed(fields, status, error)
+                    return self._failed(fields, status, error_message(body))
                 del self._posted[key]  # expired on the API server: a new one
             name = f"{involved.get('name', 'object')}.{time.time_ns():x}"
-            status, error = await _answer(await self.api.create_namespaced_event(
+            status, body = await read_answer(await self.api.create_namespaced_event(
                 namespace, event_body(namespace, name, involved, event_type, reason, message,
                                       host=self.host, instance=self.instance, when=when),
                 _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
         except Exception as e:  # a connection error, a timeout: the next change tries again
             return self._failed(fields, 0, str(e) or type(e).__name__)
         if not 200 <= status < 300:
-            return self._failed(fields, status, error)
+            return self._failed(fields, status, error_message(body))
         if len(self._posted) >= CACHE_SIZE:
             self._posted.pop(next(iter(self._posted)))
         self._posted[key] = _Posted(name, namespace, 1)

@@ -252,8 +252,7 @@ class NodeDaemon:
             args.ip_setting, args.ip_method,
             Own(args.interface_prefix, (VXLAN_DEVICE, IPIP_DEVICE)))
         self.address6 = NodeAddress(
-            getattr(args, "ip6_setting", None) or parse_ip(None, version=6),
-            getattr(args, "ip6_method", None) or parse_method(None, version=6),
+            args.ip6_setting, args.ip6_method,
             Own(args.interface_prefix, (VXLAN_DEVICE, IPIP_DEVICE)), version=6)
         self._resync = asyncio.Event()
         ctx = NodeContext(node=self.node, store=self.store, resources=self.resources,

@@ -471,14 +471,10 @@ class ProgramAssembly:
             a.changed.add("endpoints")
         pids = self._program_pids[item_id] = program.policy_ids()
         for pid in pids:
-            n = a.pid_refs.get(pid, 0)
-            a.pid_refs[pid] = n + 1
-            if not n:
+            if _incref(a.pid_refs, pid):
                 self._ref_policy(pid)
         for name in {p[4:] for p in program.profiles}:
-            n = a.profile_refs.get(name, 0)
-            a.profile_refs[name] = n + 1
-            if not n:
+            if _incref(a.profile_refs, name):
                 self._ref_profile(name)
 
     def _drop_program(self, item_id: str, program: EndpointProgram) -> None:
@@ -488,18 +484,10 @@ class ProgramAssembly:
             del names[program.name]
             a.changed.add("host_endpoints" if names is a.hosts else "endpoints")
         for pid in self._program_pids.pop(item_id, frozenset()):
-            n = a.pid_refs[pid] - 1
-            if n:
-                a.pid_refs[pid] = n
-            else:
-                del a.pid_refs[pid]
+            if _decref(a.pid_refs, pid):
                 self._unref_policy(pid)
         for name in {p[4:] for p in program.profiles}:
-            n = a.profile_refs[name] - 1
-            if n:
-                a.profile_refs[name] = n
-            else:
-                del a.profile_refs[name]
+            if _decref(a.profile_refs, name):
                 self._unref_profile(name)
 
     def _ref_policy(self, pid: str) -> None:
@@ -507,14 +495,10 @@ class ProgramAssembly:
         if pol is None:
             return
         if pol.set_ids is None:
-            pol.set_ids = frozenset().union(*(p.ipsets() for p in pol.programs.values()))
+            pol.set_ids = _set_ids(pol.programs)
         a = self._assembled
-        keys = tuple((pid, d) for d in pol.programs)
-        for key, prog in zip(keys, pol.programs.values(), strict=True):
-            a.policies[key] = prog
-        a.changed.add("policies")
-        a.policy_state[pid] = (keys, pol.set_ids)
-        self._ref_sets(pol.set_ids)
+        a.policy_state[pid] = self._ref_programs(pid, pol.programs, pol.set_ids, a.policies,
+                                                 "policies")
 
     def _unref_policy(self, pid: str) -> None:
         a = self._assembled
@@ -523,17 +507,24 @@ class ProgramAssembly:
     def _ref_profile(self, name: str) -> None:
         a = self._assembled
         programs = self._profile_programs(name)
-        keys = tuple((f"pro:{name}", d) for d in programs)
-        for key, prog in zip(keys, programs.values(), strict=True):
-            a.profiles[key] = prog
-        a.changed.add("profiles")
-        set_ids = frozenset().union(*(p.ipsets() for p in programs.values()))
-        a.profile_state[name] = (keys, set_ids)
-        self._ref_sets(set_ids)
+        a.profile_state[name] = self._ref_programs(f"pro:{name}", programs, _set_ids(programs),
+                                                   a.profiles, "profiles")
 
     def _unref_profile(self, name: str) -> None:
         a = self._assembled
         self._unref_programs(a.profile_state.pop(name, None), a.profiles, "profiles")
+
+    def _ref_programs(self, owner: str, programs: Mapping[str, PolicyProgram],
+                      set_ids: frozenset[str], into: dict[tuple[str, str], PolicyProgram],
+                      part: str) -> tuple[tuple[tuple[str, str], ...], frozenset[str]]:
+        """Put one policy's or profile's programs (by direction) in the model's ``part``
+        and count its IP sets; what :meth:`_unref_programs` takes out again."""
+        keys = tuple((owner, d) for d in programs)
+        for key, prog in zip(keys, programs.values(), strict=True):
+            into[key] = prog
+        self._assembled.changed.add(part)
+        self._ref_sets(set_ids)
+        return keys, set_ids
 
     def _unref_programs(self, state: tuple[tuple[tuple[str, str], ...], frozenset[str]] | None,
                         programs: dict[tuple[str, str], PolicyProgram], part: str) -> None:
@@ -549,22 +540,38 @@ class ProgramAssembly:
     def _ref_sets(self, set_ids: Iterable[str]) -> None:
         a = self._assembled
         for set_id in set_ids:
-            n = a.set_refs.get(set_id, 0)
-            a.set_refs[set_id] = n + 1
-            if not n:
+            if _incref(a.set_refs, set_id):
                 a.ipsets[set_id] = self._index.ipset_spec(set_id, ipset_family(set_id))
                 a.changed.add("ipsets")
 
     def _unref_sets(self, set_ids: Iterable[str]) -> None:
         a = self._assembled
         for set_id in set_ids:
-            n = a.set_refs[set_id] - 1
-            if n:
-                a.set_refs[set_id] = n
-            else:
-                del a.set_refs[set_id]
+            if _decref(a.set_refs, set_id):
                 del a.ipsets[set_id]
                 a.changed.add("ipsets")
+
+
+def _incref(refs: dict[str, int], key: str) -> bool:
+    """Count one more reference to ``key``; True when it is the first."""
+    n = refs.get(key, 0)
+    refs[key] = n + 1
+    return not n
+
+
+def _decref(refs: dict[str, int], key: str) -> bool:
+    """Count one reference to ``key`` less; True when it was the last (``key`` is gone)."""
+    n = refs[key] - 1
+    if n:
+        refs[key] = n
+        return False
+    del refs[key]
+    return True
+
+
+def _set_ids(programs: Mapping[str, PolicyProgram]) -> frozenset[str]:
+    """The IP sets the programs of one policy or profile refer to."""
+    return frozenset().union(*(p.ipsets() for p in programs.values()))
 
 
 class _Assembled:

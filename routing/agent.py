@@ -591,9 +591,7 @@ class RoutingAgent:
         self.m_learnt.set(len(self.learnt))
         self.m_sync.observe(time.monotonic() - started)
         if complete and not self._complete:
-            waiting = [f"{s.address}({s.state}{'' if s.synced else ', no End-of-RIB'})"
-                       for s in (self.speaker.status() if self.speaker is not None else ())
-                       if not (s.state == "Established" and s.synced)]
+            waiting = self._waiting_for()
             log.info("routing complete: unwanted routes are removed from now on",
                      extra={"fields": {"after_s": f"{self._age():.1f}",
                                        "by": "grace" if waiting else "bgp",
@@ -619,13 +617,17 @@ class RoutingAgent:
         and which peers the view still waits for."""
         now = frozenset(held)
         if now and now != self._held and self.speaker is not None:
-            waiting = [f"{s.address}({s.state}{'' if s.synced else ', no End-of-RIB'})"
-                       for s in self.speaker.status()
-                       if not (s.state == "Established" and s.synced)]
             log.info("unwanted routes kept until BGP is complete", extra={"fields": {
-                "routes": ",".join(sorted(now)), "waiting_for": ",".join(waiting) or "-",
+                "routes": ",".join(sorted(now)),
+                "waiting_for": ",".join(self._waiting_for()) or "-",
                 "grace_left_s": f"{self.startup_grace - self._age():.1f}"}})
         self._held = now
+
+    def _waiting_for(self) -> list[str]:
+        """The peers BGP completeness still waits for: ``address(state[, no End-of-RIB])``."""
+        return [f"{s.address}({s.state}{'' if s.synced else ', no End-of-RIB'})"
+                for s in (self.speaker.status() if self.speaker is not None else ())
+                if not (s.state == "Established" and s.synced)]
 
     def _age(self) -> float:
         return time.monotonic() - self._started_at

@@ -58,6 +58,22 @@ class KernelRoute:
     gateways: tuple[str, ...] = ()  # a multipath route's next hops (sorted); () otherwise
 
 
+def _oif_lookup(ipr: IPRoute) -> Callable[[str | None], int | None]:
+    """Device name -> its index (None: no device named, or none of that name), each name
+    looked up once per IPRoute session."""
+    devices: dict[str, int | None] = {}
+
+    def oif_of(name: str | None) -> int | None:
+        if name is None:
+            return None
+        if name not in devices:
+            found = ipr.link_lookup(ifname=name)
+            devices[name] = int(found[0]) if found else None
+        return devices[name]
+
+    return oif_of
+
+
 @dataclass
 class SyncResult:
     added: list[str] = field(default_factory=list)
@@ -172,7 +188,6 @@ class KernelRoutes:
             return args
         args["type"] = RTN_UNICAST
         if want.gateways:  # ECMP: one nexthop entry per gateway
-            args["family"] = AF_INET
             hop: dict[str, Any] = {}
             if oif is not None:
                 hop["oif"] = oif
@@ -200,16 +215,7 @@ class KernelRoutes:
         res = SyncResult()
         with IPRoute() as ipr:
             ours, foreign = self._read(ipr)
-            devices: dict[str, int | None] = {}
-
-            def oif_of(name: str | None) -> int | None:
-                if name is None:
-                    return None
-                if name not in devices:
-                    found = ipr.link_lookup(ifname=name)
-                    devices[name] = int(found[0]) if found else None
-                return devices[name]
-
+            oif_of = _oif_lookup(ipr)
             for dst, want in desired.items():
                 dst = str(ipaddress.ip_network(dst, strict=False))
                 have = ours.get(dst, [])
@@ -270,17 +276,12 @@ class KernelRoutes:
             res.kept = len(new)
             return res
         with IPRoute() as ipr:
-            devices: dict[str, int | None] = {}
+            oif_of = _oif_lookup(ipr)
             try:
                 for dst, want in changes:
-                    oif = None
-                    if want.device is not None:
-                        if want.device not in devices:
-                            found = ipr.link_lookup(ifname=want.device)
-                            devices[want.device] = int(found[0]) if found else None
-                        oif = devices[want.device]
-                        if oif is None:
-                            return None
+                    oif = oif_of(want.device)
+                    if want.device is not None and oif is None:
+                        return None
                     if dst in old:
                         ipr.route("replace", **self._args(want, oif))
                         res.replaced.append(want.describe())

@@ -22,6 +22,7 @@ The rules of the other IP version than the route's are not consulted.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,9 +38,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _within(net: Network, outer: Network) -> bool:
-    """``net`` lies within ``outer`` (equal included), same IP version."""
-    return (net.version == outer.version and net.prefixlen >= outer.prefixlen
-            and int(net.network_address) & int(outer.netmask) == int(outer.network_address))
+    """``net`` lies within ``outer`` (equal included); False across IP versions (where
+    ``subnet_of`` raises)."""
+    return net.version == outer.version and net.subnet_of(outer)
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,14 @@ class FilterRule:
     peer_type: str | None = None     # "eBGP" | "iBGP"
     origin: str = ""                 # "<filter name>.<list>[<i>]", for logs
 
+    @functools.cached_property
+    def network(self) -> Network | None:
+        """``cidr`` parsed (once: rules are matched against every route on every change)."""
+        return ipaddress.ip_network(self.cidr, strict=False) if self.cidr else None
+
     def _cidr_matches(self, net: Network) -> bool:
-        assert self.cidr is not None
-        rule_net = ipaddress.ip_network(self.cidr, strict=False)
+        rule_net = self.network
+        assert rule_net is not None
         if rule_net.version != net.version:
             return self.operator in ("NotEqual", "NotIn")
         if self.operator in ("Equal", "NotEqual"):
