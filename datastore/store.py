@@ -121,6 +121,23 @@ def _get_op(key: bytes) -> Any:
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
 
 
+#: what an etcd member says (with code UNKNOWN, or another code than UNAVAILABLE) when it
+#: cannot serve a request *now* -- a leader election in progress, a read whose ReadIndex
+#: did not come back in time: the request may be tried again, as after UNAVAILABLE
+_TRANSIENT_DETAILS = ("context deadline exceeded", "context canceled",
+                      "etcdserver: request timed out", "etcdserver: leader changed",
+                      "etcdserver: no leader", "etcdserver: too many requests")
+
+
+def transient(code: grpc.StatusCode, details: str | None) -> bool:
+    """Whether an etcd error is a passing one (see :data:`_TRANSIENT_DETAILS`): the caller
+    gets :class:`Unavailable` (CNI code 11, "try again later"), not a plain failure."""
+    text = (details or "").lower()
+    return code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED) and any(
+        d in text for d in _TRANSIENT_DETAILS)
+
+
 @dataclass
 class _Connection:
     """One gRPC channel to one endpoint, verified to answer, with its stubs."""
@@ -372,6 +389,10 @@ class Store:
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
             self._invalidate(conn)
             return Unavailable(f"etcd unavailable at {conn.endpoint} ({what}): {e.details()}")
+        if transient(code, e.details()):  # maybe a member without a leader: try another
+            self._invalidate(conn)
+            return Unavailable(f"etcd at {conn.endpoint} could not serve {what} now: "
+                               f"{code.name}: {e.details()}")
         return DatastoreError(f"etcd at {conn.endpoint}: {what} failed: {code.name}: {e.details()}")
 
     async def _call(self, what: str, fn: Callable[[_Connection], Awaitable[T]]) -> T:

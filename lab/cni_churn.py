@@ -129,7 +129,10 @@ class PodChurn:
             op.code, op.msg = -1, (out.strip() or err.strip())[-300:]
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 answer = json.loads(out)
-                op.code, op.msg = int(answer["code"]), str(answer.get("msg", ""))[:200]
+                op.code = int(answer["code"])
+                op.msg = str(answer.get("msg", ""))[:200]
+                if answer.get("details"):
+                    op.msg += f" ({str(answer['details'])[:300]})"
         with self._lock:
             self.ops.append(op)
         return op
