@@ -24,6 +24,7 @@ from cni.netlink import (
     NetlinkFailure,
     NetnsGone,
     NotANetns,
+    PendingVeth,
     is_host_veth_name,
 )
 
@@ -58,6 +59,18 @@ class Dataplane(Protocol):
         """Create and wire the pod's veth; (host ifindex, container MAC): ``mac`` when given
         (set when the pair is created), else the kernel's.  Leaves nothing behind when it
         fails."""
+        ...
+
+    def begin_veth(self, host_name: str, netns_path: str, ifname: str, mtu: int,
+                   mac: str) -> PendingVeth | None:
+        """The primary IPv4 veth without its addresses (made while IPAM chooses them); None,
+        having made nothing, when a link of one of the names exists (then
+        :meth:`setup_veth` decides).  Leaves nothing behind when it fails."""
+        ...
+
+    def finish_veth(self, pending: PendingVeth, ipv4: Sequence[str]) -> tuple[int, str]:
+        """The addresses and routes of a veth :meth:`begin_veth` made; as
+        :meth:`setup_veth` returns.  Deletes the veth when it fails."""
         ...
 
     def teardown_veth(self, host_name: str, peer_netns: str | None = None) -> bool:
@@ -101,6 +114,13 @@ class NetlinkDataplane:
                    ipv4: Sequence[str] = (), ipv6: Sequence[str] = (),
                    mtu: int = DEFAULT_MTU, mac: str | None = None) -> tuple[int, str]:
         return netlink.setup_veth(host_name, netns_path, ifname, ipv4, ipv6, mtu, mac)
+
+    def begin_veth(self, host_name: str, netns_path: str, ifname: str, mtu: int,
+                   mac: str) -> PendingVeth | None:
+        return netlink.begin_primary_veth(host_name, netns_path, ifname, mtu, mac)
+
+    def finish_veth(self, pending: PendingVeth, ipv4: Sequence[str]) -> tuple[int, str]:
+        return netlink.finish_primary_veth(pending, ipv4)
 
     def teardown_veth(self, host_name: str, peer_netns: str | None = None) -> bool:
         return netlink.teardown_veth(host_name, peer_netns)
@@ -150,6 +170,7 @@ class MemoryDataplane:
         self.links: dict[tuple[str | None, str], Link] = {}
         self.calls: list[tuple[str, str]] = []
         self.fail_setup: Exception | None = None
+        self.fail_finish: Exception | None = None  # makes the next finish_veth raise
         self._lock = threading.Lock()  # the handler calls from worker threads
         self._next = 2
 
@@ -233,6 +254,28 @@ class MemoryDataplane:
             self.links[(netns_path, ifname)] = Link(ifname, netns_path, "veth",
                                                     (None, host_name), mac, mtu, addresses)
         return index, mac
+
+    def begin_veth(self, host_name: str, netns_path: str, ifname: str, mtu: int,
+                   mac: str) -> PendingVeth | None:
+        self.netns_identity(netns_path)
+        with self._lock:
+            if (None, host_name) in self.links or (netns_path, ifname) in self.links:
+                return None  # as the kernel's EEXIST: setup_veth decides
+        index, _ = self.setup_veth(host_name, netns_path, ifname, mtu=mtu, mac=mac)
+        return PendingVeth(host_name, netns_path, ifname, index)
+
+    def finish_veth(self, pending: PendingVeth, ipv4: Sequence[str]) -> tuple[int, str]:
+        with self._lock:
+            link = self.links.get((pending.netns_path, pending.ifname))
+            failure, self.fail_finish = self.fail_finish, None
+            if failure is not None or link is None:
+                host = self.links.get((None, pending.host_name))
+                if host is not None:
+                    self._delete(host)
+                raise failure or NetlinkFailure(
+                    f"{pending.ifname} did not appear in the pod's namespace")
+            link.addresses[:] = [str(ipaddress.ip_interface(a).ip) for a in ipv4]
+            return pending.host_index, link.mac or ""
 
     def _delete(self, link: Link) -> None:
         self.links.pop((link.netns, link.name), None)

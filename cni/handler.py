@@ -83,6 +83,7 @@ from typing import Any, TypeVar
 
 from cni import netlink
 from cni.dataplane import Dataplane, NetlinkDataplane
+from cni.netlink import PendingVeth
 from cni.spec import (
     ERR_INCOMPATIBLE_VERSION,
     ERR_INTERNAL,
@@ -117,7 +118,7 @@ from datastore.model_network import IPPool, Node
 from datastore.mtu import encaps_in_use, felix_overrides, pod_mtu
 from datastore.resources import ResourceExists, Resources
 from ipam.allocator import IPAM
-from ipam.blocks import IPAMError
+from ipam.blocks import IPAddress, IPAMError
 from ipam.handles import (
     PRIMARY_IFNAME,
     is_workload_handle,
@@ -238,6 +239,15 @@ class _PodInfo:
     @property
     def service_account(self) -> str:
         return self.pod.service_account if self.pod else "default"
+
+
+@dataclass(frozen=True)
+class _Assignment:
+    """One address family of an ADD's allocation: the address asked for, or the pools."""
+
+    version: int
+    address: IPAddress | None
+    pools: tuple[IPPool, ...]
 
 
 class _DatastoreDown(CNIError):
@@ -625,41 +635,53 @@ class CNIHandler:
             if link_exists:
                 raise CNIError(ERR_INVALID_ENV, "invalid CNI_IFNAME",
                                f"{env.ifname} already exists in {quote(env.netns)}")
-        # Whatever a crashed earlier attempt for this container left is not wanted any more
-        # (requests for one container are serialised: nobody made the handle since it was read)
-        stale: list[str] = []
-        if has_handle:
-            with info.step("ipam"):
-                stale = await self.ipam.release_by_handle(handle)
-        if stale:
-            log.warning("released addresses left by an earlier ADD",
-                        extra=_fields(info, ip=",".join(stale)))
-
         ips: list[str] = []
         veth_made = False
+        early: asyncio.Future[PendingVeth | None] | None = None
         veth_setup: asyncio.Future[tuple[int, str]] | None = None
         endpoint: asyncio.Task[WorkloadEndpoint] | None = None
         wep_written = False
+        mtu, mac = 0, netlink.random_mac()  # Tortie chooses the pod end's MAC
         try:
+            plan = self._plan(env, conf, pod)
+            if not ipam_only and netlink.is_primary(env.ifname) and all(
+                    step.version == 4 for step in plan):
+                # the primary IPv4 veth needs no address to be made: the kernel makes it
+                # while IPAM chooses the address, which is added when it is known
+                mtu = await self._mtu_for(conf, pod)
+                veth_made = True  # from here on a failure may have left a (partial) veth
+                early = asyncio.ensure_future(self._timed_thread(
+                    info, "veth", self.dataplane.begin_veth, host_name, env.netns,
+                    env.ifname, mtu, mac))
+            # Whatever a crashed earlier attempt for this container left is not wanted any
+            # more (requests for one container are serialised: nobody made the handle since
+            # it was read)
+            stale: list[str] = []
+            if has_handle:
+                with info.step("ipam"):
+                    stale = await self.ipam.release_by_handle(handle)
+            if stale:
+                log.warning("released addresses left by an earlier ADD",
+                            extra=_fields(info, ip=",".join(stale)))
             with info.step("ipam"):
-                ips = await self._allocate(env, conf, pod, handle)
+                ips = await self._allocate(env, pod, plan, handle)
             info.ips = ips
             if ipam_only:
                 return Result(ips=[IPConfig(_host_cidr(ip)) for ip in ips], dns=dict(conf.dns))
             v4 = [ip for ip in ips if ipaddress.ip_address(ip).version == 4]
             v6 = [ip for ip in ips if ipaddress.ip_address(ip).version == 6]
-            mtu = await self._mtu_for(conf, pod)
-            # Tortie chooses the pod end's MAC, so the endpoint recording it is written (and
-            # programmed by the policy agent, whose rules match interface names, not links)
-            # while the kernel makes the veth: two branches at once.
-            mac = netlink.random_mac()
+            if early is None:
+                mtu = await self._mtu_for(conf, pod)
+            # The endpoint recording the pod's MAC is written (and programmed by the policy
+            # agent, whose rules match interface names, not links) while the kernel makes
+            # or addresses the veth: two branches at once.
             new_wep = self._build_wep(env, pod, wep_ns, wep_name, host_name, mac, ips)
-            veth_made = True  # from here on a failure may have left a (partial) veth
+            veth_made = True
             # a future, so that a failed or cancelled ADD can wait for the thread before
             # undoing what it made
-            veth_setup = asyncio.ensure_future(self._timed_thread(
-                info, "veth", self.dataplane.setup_veth, host_name, env.netns, env.ifname,
-                v4, v6, mtu, mac))
+            veth_setup = asyncio.ensure_future(self._veth(info, env, host_name, early, v4, v6,
+                                                          mtu, mac))
+            early = None  # the veth branch has it now
             wep_written = True  # (an unknown outcome counts as written)
             endpoint = asyncio.ensure_future(self._write_endpoint(new_wep, info))
             # returns at the first failure, else when both are done
@@ -675,7 +697,7 @@ class CNIHandler:
         except BaseException as e:
             if endpoint is not None and not endpoint.done():
                 endpoint.cancel()  # the policy wait; a write in flight is waited for
-            for branch in (veth_setup, endpoint):
+            for branch in (early, veth_setup, endpoint):
                 if branch is None:
                     continue
                 if not branch.done():
@@ -686,6 +708,21 @@ class CNIHandler:
                                                 (wep_ns, wep_name) if wep_written else None,
                                                 info, e))
             raise
+
+    async def _veth(self, info: RequestInfo, env: CNIEnv, host_name: str,
+                    early: asyncio.Future[PendingVeth | None] | None, v4: list[str],
+                    v6: list[str], mtu: int, mac: str) -> tuple[int, str]:
+        """The veth branch of an ADD: the addresses of the veth made beside IPAM
+        (``early``), or the whole veth (none made early, or an IPv6 address came)."""
+        pending = await early if early is not None else None
+        if pending is not None and not v6:
+            return await self._timed_thread(info, "veth", self.dataplane.finish_veth,
+                                            pending, v4)
+        if pending is not None:  # not as _v4_only foresaw: the general path makes it again
+            await self._timed_thread(info, "veth", self.dataplane.teardown_veth, host_name,
+                                     env.netns)
+        return await self._timed_thread(info, "veth", self.dataplane.setup_veth, host_name,
+                                        env.netns, env.ifname, v4, v6, mtu, mac)
 
     @staticmethod
     async def _timed_thread(info: RequestInfo, step: str, func: Callable[..., _T],
@@ -767,23 +804,29 @@ class CNIHandler:
         return _veth_result(host_name, env, wep.spec.mac or "", mtu, [str(i) for i in ips],
                             conf)
 
-    async def _allocate(self, env: CNIEnv, conf: NetConf, pod: _PodInfo,
-                        handle: str) -> list[str]:
-        attrs = {"node": self.node, "container": env.container_id,
-                 "namespace": pod.namespace if env.is_k8s else None, "pod": pod.name}
+    @staticmethod
+    def _requested(env: CNIEnv, pod: _PodInfo) -> list[IPAddress]:
+        """The addresses the pod asks for (annotation ``ipAddrs``, else ``IP`` in CNI_ARGS)."""
+        wanted = requested_ips(pod.pod.metadata.annotations if pod.pod else None, pod.pools)
+        if not wanted and env.args.get("IP"):
+            wanted = requested_ips({"cni.projectcalico.org/ipAddrs": _json_list(
+                env.args["IP"].split(","))}, pod.pools)
+        return list(wanted)
+
+    def _plan(self, env: CNIEnv, conf: NetConf, pod: _PodInfo) -> list[_Assignment]:
+        """What IPAM is to do, per address family: the address asked for, or the pools to
+        choose from.  Raises the CNI error of a request no pool can serve, before anything
+        is made."""
         pod_ann = pod.pod.metadata.annotations if pod.pod else None
         ns_ann = pod.ns.metadata.annotations if pod.ns else None
         ns_labels = dict(pod.ns.metadata.labels or {}) if pod.ns else None
         node_labels = dict(pod.node.metadata.labels or {}) if pod.node else {}
-        wanted = requested_ips(pod_ann, pod.pools)
-        if not wanted and env.args.get("IP"):
-            wanted = requested_ips({"cni.projectcalico.org/ipAddrs": _json_list(
-                env.args["IP"].split(","))}, pod.pools)
-        ips: list[str] = []
+        wanted = self._requested(env, pod)
+        plan: list[_Assignment] = []
         for version, enabled in ((4, conf.assign_ipv4), (6, conf.assign_ipv6)):
             specific = [a for a in wanted if a.version == version]
             if specific:
-                ips.append(await self.ipam.assign_ip(specific[0], handle, attrs))
+                plan.append(_Assignment(version, specific[0], ()))
                 continue
             if not enabled:
                 continue
@@ -799,10 +842,23 @@ class CNIHandler:
                                f"create an IPPool, or check the nodeSelector / "
                                f"namespaceSelector / disabled of the pools (ipam."
                                f"{CNI_POOL_KEYS[version]}: {configured})")
-            ips += await self.ipam.auto_assign(handle, attrs, pools, 1, reserved=pod.reserved)
-        if not ips:
+            plan.append(_Assignment(version, None, tuple(pools)))
+        if not plan:
             raise CNIError(ERR_INVALID_CONFIG, "no address family enabled",
                            "set ipam.assign_ipv4 and/or ipam.assign_ipv6 to \"true\"")
+        return plan
+
+    async def _allocate(self, env: CNIEnv, pod: _PodInfo, plan: Sequence[_Assignment],
+                        handle: str) -> list[str]:
+        attrs = {"node": self.node, "container": env.container_id,
+                 "namespace": pod.namespace if env.is_k8s else None, "pod": pod.name}
+        ips: list[str] = []
+        for step in plan:
+            if step.address is not None:
+                ips.append(await self.ipam.assign_ip(step.address, handle, attrs))
+            else:
+                ips += await self.ipam.auto_assign(handle, attrs, list(step.pools), 1,
+                                                   reserved=pod.reserved)
         return ips
 
     def _build_wep(self, env: CNIEnv, pod: _PodInfo, namespace: str, name: str,

@@ -41,12 +41,13 @@ import ipaddress
 import os
 import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agentkit import links
+from agentkit import links, rtnl
 from agentkit.netns import (
     NetnsError,
     NetnsGone,
@@ -57,7 +58,6 @@ from agentkit.netns import (
     run_in_netns,
     write_sysctl,
 )
-from cni import rtnl
 from datastore.mtu import DEFAULT_UNDERLAY_MTU
 from ipam.handles import PRIMARY_IFNAME
 
@@ -69,7 +69,10 @@ __all__ = [
     "NetnsError",
     "NetnsGone",
     "NotANetns",
+    "PendingVeth",
+    "begin_primary_veth",
     "check_veth",
+    "finish_primary_veth",
     "forget_pod_routing",
     "host_netns_identities",
     "host_veth_name",
@@ -403,10 +406,42 @@ def _setup_primary_v4(host_name: str, netns_path: str, netns_fd: int, ifname: st
                       addresses: list[str], mtu: int,
                       mac: str | None = None) -> tuple[int, str] | None:
     """:func:`setup_veth` for the primary interface with IPv4 addresses only, in five
-    netlink exchanges (:mod:`cni.rtnl`): the veth, its host end up; the host end's index;
-    the pod end's index and MAC; the pod end up, its addresses and routes in one batch; the
-    host route.  None, having made nothing, when a link of one of the names exists (the general
-    path replaces a stale host veth, or names the conflict)."""
+    netlink exchanges (:mod:`agentkit.rtnl`): :func:`begin_primary_veth`, then
+    :func:`finish_primary_veth`.  None, having made nothing, when a link of one of the names
+    exists (the general path replaces a stale host veth, or names the conflict)."""
+    pending = _begin_primary_veth(host_name, netns_path, netns_fd, ifname, mtu, mac)
+    if pending is None:
+        return None
+    return finish_primary_veth(pending, addresses)
+
+
+@dataclass(frozen=True)
+class PendingVeth:
+    """A pod's primary veth made by :func:`begin_primary_veth`, its addresses still to come
+    (:func:`finish_primary_veth`)."""
+
+    host_name: str
+    netns_path: str
+    ifname: str
+    host_index: int
+
+
+def begin_primary_veth(host_name: str, netns_path: str, ifname: str, mtu: int,
+                       mac: str | None = None) -> PendingVeth | None:
+    """The first half of a primary IPv4 veth, which needs no address: the pair (the pod end
+    made in its namespace, the host end up), the host end's index, its sysctls -- so that
+    the CNI handler can make it while IPAM chooses the address.  None, having made nothing,
+    when a link of one of the names exists (then :func:`setup_veth` decides).  On failure
+    nothing is left behind."""
+    fd = open_netns(netns_path)
+    try:
+        return _begin_primary_veth(host_name, netns_path, fd, ifname, mtu, mac)
+    finally:
+        os.close(fd)
+
+
+def _begin_primary_veth(host_name: str, netns_path: str, netns_fd: int, ifname: str,
+                        mtu: int, mac: str | None) -> PendingVeth | None:
     with rtnl.Rtnl() as host:
         try:
             host.batch([rtnl.new_veth(host_name, ifname, netns_fd, mtu, HOST_MAC, mac)])
@@ -420,19 +455,7 @@ def _setup_primary_v4(host_name: str, netns_path: str, netns_fd: int, ifname: st
             if link is None:
                 raise NetlinkFailure(f"veth {host_name} vanished right after creation")
             _host_sysctls(host_name, False)
-            with rtnl.open_in(netns_path) as pod:
-                peer = pod.get_link(ifname)
-                if peer is None:
-                    raise NetlinkFailure(f"{ifname} did not appear in the pod's namespace")
-                pod.batch([
-                    rtnl.set_up(peer.index, ifname),
-                    *(rtnl.new_addr_v4(peer.index, a) for a in addresses),
-                    rtnl.new_route_v4(GATEWAY_V4, 32, peer.index, scope=RT_SCOPE_LINK),
-                    rtnl.new_route_v4("0.0.0.0", 0, peer.index, gateway=GATEWAY_V4),
-                ])
-            host.batch([rtnl.new_route_v4(a, 32, link.index, scope=RT_SCOPE_LINK,
-                                          replace=True) for a in addresses])
-            return link.index, peer.mac
+            return PendingVeth(host_name, netns_path, ifname, link.index)
         except rtnl.RtnlError as e:
             _undo(host_name, netns_path, ifname)
             raise NetlinkFailure(f"setting up {host_name} / {ifname} in {netns_path}: "
@@ -440,6 +463,35 @@ def _setup_primary_v4(host_name: str, netns_path: str, netns_fd: int, ifname: st
         except BaseException:
             _undo(host_name, netns_path, ifname)
             raise
+
+
+def finish_primary_veth(pending: PendingVeth, addresses: Sequence[str]) -> tuple[int, str]:
+    """The rest of a veth :func:`begin_primary_veth` made: the pod end up, its IPv4
+    ``addresses`` and routes in one batch, the host route; (host ifindex, pod MAC).  On
+    failure the veth is deleted."""
+    host_name, netns_path, ifname = pending.host_name, pending.netns_path, pending.ifname
+    try:
+        with rtnl.open_in(netns_path) as pod:
+            peer = pod.get_link(ifname)
+            if peer is None:
+                raise NetlinkFailure(f"{ifname} did not appear in the pod's namespace")
+            pod.batch([
+                rtnl.set_up(peer.index, ifname),
+                *(rtnl.new_addr_v4(peer.index, a) for a in addresses),
+                rtnl.new_route_v4(GATEWAY_V4, 32, peer.index, scope=RT_SCOPE_LINK),
+                rtnl.new_route_v4("0.0.0.0", 0, peer.index, gateway=GATEWAY_V4),
+            ])
+        with rtnl.Rtnl() as host:
+            host.batch([rtnl.new_route_v4(a, 32, pending.host_index, scope=RT_SCOPE_LINK,
+                                          replace=True) for a in addresses])
+        return pending.host_index, peer.mac
+    except rtnl.RtnlError as e:
+        _undo(host_name, netns_path, ifname)
+        raise NetlinkFailure(f"setting up {host_name} / {ifname} in {netns_path}: "
+                             f"{e}") from None
+    except BaseException:
+        _undo(host_name, netns_path, ifname)
+        raise
 
 
 def _undo(host_name: str, netns_path: str, ifname: str) -> None:
@@ -460,7 +512,7 @@ def teardown_veth(host_name: str, peer_netns: str | None = None) -> bool:
     is deleted only if its peer is in that namespace (the proof that it is the pair of that
     sandbox when nothing records it); False otherwise, and when the namespace is gone.
     """
-    if peer_netns is None:  # nothing to compare: a get and a delete (cni.rtnl)
+    if peer_netns is None:  # nothing to compare: a get and a delete (agentkit.rtnl)
         try:
             with rtnl.Rtnl() as host:
                 link = host.get_link(host_name)

@@ -469,7 +469,9 @@ class PolicyAgent:
             return "full", ""
         # members only, unless a set became empty or got its first member: the chains of
         # the policies using it are then refilled too
-        sets_only = diff.members_only and "\tchain " not in script
+        sets_only = diff.members_only and not (
+            nft_render.refilled_programs(old, model, diff)
+            or nft_render.refilled_programs(old, model, diff, profiles=True))
         return ("endpoints" if structural else "sets" if sets_only else "chain"), script
 
     # --- counters -------------------------------------------------------------------------

@@ -91,6 +91,7 @@ __all__ = [
     "clear_caches",
     "comment_for",
     "policy_chain",
+    "refilled_programs",
     "render",
     "render_incremental",
     "render_table_delete",
@@ -888,6 +889,20 @@ def _remember(model: DataplaneModel, uses: Counter[str]) -> None:
     del _USES_CACHE[3:]
 
 
+def refilled_programs(old: DataplaneModel, new: DataplaneModel, diff: ModelDiff,
+                      profiles: bool = False) -> set[str]:
+    """The unchanged policies (``profiles``: profiles) whose chains :func:`render_incremental`
+    refills although they did not change: those using a set that became empty or got its
+    first member (the rules needing a member of it come or go)."""
+    flipped = {sid for sid in diff.ipsets.changed
+               if bool(old.ipsets[sid].members) != bool(new.ipsets[sid].members)}
+    if not flipped:
+        return set()
+    programs, keys = (new.profiles, diff.profiles) if profiles else (new.policies, diff.policies)
+    return {key for key, prog in programs.items() if key not in keys.added
+            and key not in keys.changed and not flipped.isdisjoint(_program_sets(prog))}
+
+
 def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = DEFAULT_TABLE
                        ) -> str | None:
     """One transaction taking a table rendered from ``old`` to what :func:`render` makes of
@@ -932,16 +947,9 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = DE
             head.append(f"flush chain {t} {name}")
         blocks.append(chain.text())
 
-    # sets that became empty or got their first member: the rules needing a member of them
-    # come or go, so the chains of the unchanged programs using them are re-rendered
-    flipped = {sid for sid in diff.ipsets.changed
-               if bool(old.ipsets[sid].members) != bool(new.ipsets[sid].members)}
     for programs, profile, keys in ((new.policies, False, diff.policies),
                                     (new.profiles, True, diff.profiles)):
-        redo = set(keys.changed)
-        if flipped:
-            redo.update(key for key, prog in programs.items() if key not in keys.added
-                        and not flipped.isdisjoint(_program_sets(prog)))
+        redo = set(keys.changed) | refilled_programs(old, new, diff, profile)
         for key in sorted(keys.added | redo):
             chain = _program_chain(programs[key], profile, new)
             define(chain.name, chain, key in redo)

@@ -1,4 +1,4 @@
-"""The routing agent's kernel routes (pyroute2), in the calling thread's network namespace
+"""The routing agent's kernel routes, in the calling thread's network namespace
 (or in ``netns`` when given: the tests use that).
 
 Every route the agent makes carries the routing-protocol number :data:`PROTO` (80, the
@@ -24,6 +24,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agentkit.netns import run_in_netns
+from agentkit.rtnl import RouteMessage, Rtnl
 from routing.desired import Route
 
 log = logging.getLogger("tortie.routing")
@@ -120,44 +121,42 @@ class KernelRoutes:
         dst = r.get_attr("RTA_DST") or ("::" if r["family"] == AF_INET6 else "0.0.0.0")
         return f"{dst}/{r['dst_len']}"
 
-    def _read(self, ipr: IPRoute) -> tuple[dict[str, list[KernelRoute]], set[str]]:
-        """(our routes by dst, dsts that have a route of another protocol), IPv4 and IPv6."""
+    @staticmethod
+    def _kernel_route(r: RouteMessage) -> KernelRoute:
+        if r.hops:  # ECMP: the next hops are in the nexthop entries
+            oifs = {index for _, index, _ in r.hops}
+            return KernelRoute(
+                dst=r.dst, type=r.type, gateway=None,
+                oif=oifs.pop() if len(oifs) == 1 else None,
+                onlink=all(flags & RTNH_F_ONLINK for flags, _, _ in r.hops),
+                priority=r.priority, gateways=tuple(sorted(str(gw) for _, _, gw in r.hops)))
+        return KernelRoute(dst=r.dst, type=r.type, gateway=r.gateway, oif=r.oif,
+                           onlink=bool(r.flags & RTNH_F_ONLINK), priority=r.priority)
+
+    def _read(self) -> dict[str, list[KernelRoute]]:
+        """Our routes by dst, IPv4 and IPv6: a dump the kernel filters by our protocol
+        number, so the /32 of every local pod is neither sent nor parsed."""
         ours: dict[str, list[KernelRoute]] = {}
-        foreign: set[str] = set()
-        routes = [*ipr.get_routes(family=AF_INET, table=TABLE_MAIN),
-                  *ipr.get_routes(family=AF_INET6, table=TABLE_MAIN)]
-        for r in routes:
-            table = r.get_attr("RTA_TABLE") or r["table"]
-            if table != TABLE_MAIN:
-                continue
-            dst = self._dst(r)
-            if r["proto"] != self.proto:
-                if r["type"] in (RTN_UNICAST, RTN_BLACKHOLE):
-                    foreign.add(dst)
-                continue
-            hops = r.get_attr("RTA_MULTIPATH") or []
-            if hops:  # ECMP: the next hops are in the nexthop entries
-                gateways = tuple(sorted(str(h.get_attr("RTA_GATEWAY")) for h in hops))
-                oifs = {h["oif"] for h in hops}
-                ours.setdefault(dst, []).append(KernelRoute(
-                    dst=dst, type=r["type"], gateway=None,
-                    oif=oifs.pop() if len(oifs) == 1 else None,
-                    onlink=all(h["flags"] & RTNH_F_ONLINK for h in hops),
-                    priority=r.get_attr("RTA_PRIORITY") or 0, gateways=gateways))
-                continue
-            ours.setdefault(dst, []).append(KernelRoute(
-                dst=dst, type=r["type"], gateway=r.get_attr("RTA_GATEWAY"),
-                oif=r.get_attr("RTA_OIF"), onlink=bool(r["flags"] & RTNH_F_ONLINK),
-                priority=r.get_attr("RTA_PRIORITY") or 0))
-        return ours, foreign
+        with Rtnl() as nl:
+            for family in (AF_INET, AF_INET6):
+                for r in nl.routes(family, TABLE_MAIN, self.proto):
+                    ours.setdefault(r.dst, []).append(self._kernel_route(r))
+        return ours
+
+    def _foreign(self) -> set[str]:
+        """Destinations with a unicast or blackhole route of another protocol (read only
+        when a desired route is not ours yet: a whole-table dump)."""
+        with Rtnl() as nl:
+            return {r.dst for family in (AF_INET, AF_INET6)
+                    for r in nl.routes(family, TABLE_MAIN)
+                    if r.protocol != self.proto and r.type in (RTN_UNICAST, RTN_BLACKHOLE)}
 
     def routes(self) -> dict[str, list[KernelRoute]]:
         """Our routes now, by destination."""
         return call_in_netns(self.netns, self._routes)
 
     def _routes(self) -> dict[str, list[KernelRoute]]:
-        with IPRoute() as ipr:
-            return self._read(ipr)[0]
+        return self._read()
 
     # --- writing --------------------------------------------------------------------------
 
@@ -213,8 +212,9 @@ class KernelRoutes:
     def _sync(self, desired: Mapping[str, Route], remove: bool,
               hold: Set[str] = frozenset()) -> SyncResult:
         res = SyncResult()
+        ours = self._read()
+        foreign: set[str] | None = None
         with IPRoute() as ipr:
-            ours, foreign = self._read(ipr)
             oif_of = _oif_lookup(ipr)
             for dst, want in desired.items():
                 dst = str(ipaddress.ip_network(dst, strict=False))
@@ -226,7 +226,9 @@ class KernelRoutes:
                 if any(self._matches(k, want, oif) for k in have) and len(have) == 1:
                     res.kept += 1
                     continue
-                if not have and dst in foreign:
+                if not have and foreign is None:
+                    foreign = self._foreign()
+                if not have and dst in (foreign or ()):
                     res.conflicts.append(dst)
                     continue
                 try:

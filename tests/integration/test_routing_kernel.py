@@ -77,6 +77,31 @@ def test_programs_only_its_own_protocol(pair: tuple[str, str]) -> None:
     assert proto_routes(a).strip() == ""
 
 
+def test_multipath_and_ipv6_routes_read_back_as_programmed(pair: tuple[str, str]) -> None:
+    """The kernel-filtered dump (agentkit.rtnl) parses ECMP next hops, IPv6 routes and
+    blackholes as they were written: a second sync finds every route right, among a
+    hundred pod-style /32s of another protocol."""
+    a, _ = pair
+    _ip(a, "addr", "add", "192.0.2.3/24", "dev", "a0")
+    _ip(a, "-6", "addr", "add", "2001:db8::1/64", "dev", "a0", "nodad")
+    batch = "".join(f"route add 10.244.9.{i}/32 dev a0 proto static\n" for i in range(100))
+    subprocess.run(["ip", "-n", a, "-batch", "-"], input=batch, text=True, check=True)
+    k = KernelRoutes(a)
+    want = {
+        "10.244.2.0/26": Route("10.244.2.0/26", "direct", "192.0.2.2",
+                               gateways=("192.0.2.2", "192.0.2.3")),
+        "fd00:10:244::40/122": Route("fd00:10:244::40/122", "direct", "2001:db8::2"),
+        "fd00:10:244::/122": Route("fd00:10:244::/122", "blackhole"),
+        "10.244.9.7/32": Route("10.244.9.7/32", "direct", "192.0.2.2"),  # foreign has it
+    }
+    res = k.sync(want)
+    assert len(res.added) == 3 and res.conflicts == ["10.244.9.7/32"], res
+    assert "nexthop via 192.0.2.3" in proto_routes(a)
+    again = k.sync(want)
+    assert not again.changed and again.kept == 3, again
+    assert set(k.routes()) == {"10.244.2.0/26", "fd00:10:244::40/122", "fd00:10:244::/122"}
+
+
 def test_replace_and_removal_held_back(pair: tuple[str, str]) -> None:
     a, _ = pair
     _ip(a, "addr", "add", "192.0.2.3/24", "dev", "a0")

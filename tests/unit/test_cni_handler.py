@@ -40,6 +40,7 @@ from datastore.model_k8s import Namespace, Pod
 from datastore.model_network import IPPool
 from datastore.resources import Resources
 from ipam.allocator import IPAM
+from ipam.blocks import IPAMError
 
 NODE = "node-1"
 POOL = "10.77.0.0/24"
@@ -212,8 +213,10 @@ async def test_requests_time_their_steps(node: Node) -> None:
     add, delete = RequestInfo(), RequestInfo()
     assert (await node.run("ADD", pod, info=add))["ok"]
     assert set(add.steps) == set(STEPS)
-    assert all(v >= 0 for v in add.steps.values())
-    assert sum(add.steps.values()) <= add.duration
+    assert all(0 <= v <= add.duration for v in add.steps.values())
+    # one after the other: parse, reads, ipam (the veth is made beside ipam, and addressed
+    # beside the endpoint's write and policy)
+    assert add.steps["parse"] + add.steps["reads"] + add.steps["ipam"] <= add.duration
     assert (await node.run("DEL", pod, info=delete))["ok"]
     assert {"parse", "reads", "veth", "wep", "ipam"} <= set(delete.steps) <= set(STEPS)
 
@@ -334,6 +337,80 @@ def _gated_node(node: Node) -> _GatedDataplane:
     node.dp = dp
     node.handler = CNIHandler(node.store, NODE, dataplane=dp, on_endpoint_ready=node._hook)
     return dp
+
+
+class _EarlyDataplane(MemoryDataplane):
+    """Records begin_veth / finish_veth; ``ipam_failure`` makes IPAM fail once the veth was
+    begun (from begin_veth's thread, as a full pool would after the veth started)."""
+
+    def begin_veth(self, host_name: str, *args: Any) -> Any:
+        self.calls.append(("begin", host_name))
+        return super().begin_veth(host_name, *args)
+
+    def finish_veth(self, pending: Any, ipv4: Any) -> tuple[int, str]:
+        self.calls.append(("finish", pending.host_name))
+        return super().finish_veth(pending, ipv4)
+
+
+def _early_node(node: Node) -> _EarlyDataplane:
+    dp = _EarlyDataplane()
+    node.dp = dp
+    node.handler = CNIHandler(node.store, NODE, dataplane=dp, on_endpoint_ready=node._hook)
+    return dp
+
+
+async def test_the_primary_ipv4_veth_is_made_beside_ipam_then_addressed(node: Node) -> None:
+    dp = _early_node(node)
+    pod = node.pod()
+    r = await node.run("ADD", pod)
+    assert r["ok"], r
+    host = r["result"]["interfaces"][0]["name"]
+    assert dp.calls == [("begin", host), ("setup", host), ("finish", host)]
+    peer = dp.links[(pod.netns, "eth0")]
+    assert peer.addresses == [pod.ip] and peer.mac == r["result"]["interfaces"][1]["mac"]
+
+
+async def test_a_failing_allocation_removes_the_veth_begun_beside_it(node: Node) -> None:
+    dp = _early_node(node)
+
+    async def exhausted(*args: Any, **kwargs: Any) -> list[str]:
+        await asyncio.sleep(0.05)  # the veth is begun meanwhile
+        raise IPAMError("pool 10.77.0.0/24 is full")
+
+    node.handler.ipam.auto_assign = exhausted  # type: ignore[method-assign]
+    pod = node.pod()
+    r = await node.run("ADD", pod)
+    assert not r["ok"] and "is full" in str(r["error"]), r
+    assert [c for c, _ in dp.calls] == ["begin", "setup", "teardown"]
+    assert len({name for _, name in dp.calls}) == 1
+    await node.assert_nothing_left(pod)
+
+
+async def test_a_failure_addressing_the_early_veth_undoes_the_add(node: Node) -> None:
+    dp = _early_node(node)
+    dp.fail_finish = NetlinkFailure("no buffer space")
+    pod = node.pod()
+    r = await node.run("ADD", pod)
+    assert code(r) == ERR_INTERNAL and "no buffer space" in r["error"]["details"], r
+    assert [c for c, _ in dp.calls][:3] == ["begin", "setup", "finish"]
+    await node.assert_nothing_left(pod)  # finish_veth deleted its veth
+
+
+async def test_a_request_no_pool_serves_is_refused_before_any_veth(node: Node) -> None:
+    dp = _early_node(node)
+    pod = node.pod()
+    r = await node.run("ADD", pod, ipam={"type": "tortie-ipam", "ipv4_pools": ["nope"]})
+    assert code(r) == ERR_UNKNOWN_POOL, r
+    assert dp.calls == []
+    await node.assert_nothing_left(pod)
+
+
+async def test_a_dual_stack_add_makes_its_veth_in_one_go(node: Node) -> None:
+    dp = _early_node(node)
+    pod = node.pod()
+    await node.run("ADD", pod, ipam={"type": "tortie-ipam", "assign_ipv6": "true"})
+    assert [c for c, _ in dp.calls if c != "teardown"] in ([], ["setup"])
+    assert "begin" not in [c for c, _ in dp.calls]
 
 
 async def test_the_endpoint_is_written_and_programmed_while_the_veth_is_made(

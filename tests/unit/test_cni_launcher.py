@@ -13,7 +13,7 @@ from cni import launcher
 
 
 def test_launcher_is_a_python_script_importing_the_client(tmp_path: Path) -> None:
-    python = os.path.realpath(sys.executable)
+    python = launcher.default_interpreter()
     [tortie, ipam] = launcher.install(tmp_path)
     text = tortie.read_text()
     assert text.startswith(f"#!{python} -IS\n")
@@ -36,3 +36,17 @@ def test_an_interpreter_path_with_white_space_gets_a_shell_launcher() -> None:
     assert text.rstrip().endswith('--ipam "$@"')
     long = "/" + "p" * 300
     assert launcher.launcher_text(long).startswith("#!/bin/sh\n")
+
+
+def test_the_distribution_interpreter_is_preferred_when_new_enough(tmp_path: Path) -> None:
+    fake = tmp_path / "python3"
+    fake.write_text("#!/bin/sh\nexit 1\n")  # runs, but is not a Python >= 3.11
+    fake.chmod(0o755)
+    assert launcher.default_interpreter(str(fake)) == os.path.realpath(sys.executable)
+    assert launcher.default_interpreter(str(tmp_path / "missing")) == os.path.realpath(
+        sys.executable)
+    assert launcher.default_interpreter(sys.executable) == os.path.realpath(sys.executable)
+    if Path(launcher.SYSTEM_PYTHON).exists() and subprocess.run(
+            [launcher.SYSTEM_PYTHON, "-c", "import sys; sys.exit(sys.version_info < (3, 11))"],
+            check=False).returncode == 0:
+        assert launcher.default_interpreter() == os.path.realpath(launcher.SYSTEM_PYTHON)

@@ -1,4 +1,4 @@
-"""The rtnetlink messages cni/rtnl.py builds (their bytes, as the kernel parses them) and the
+"""The rtnetlink messages agentkit/rtnl.py builds (their bytes, as the kernel parses them) and the
 way it reads answers; the requests against a real kernel are tests/integration/test_cni.py."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import cast
 
 import pytest
 
-from cni import rtnl
+from agentkit import rtnl
 
 
 def attrs_of(body: bytes, header: int) -> dict[int, bytes]:
@@ -110,3 +110,39 @@ def test_a_batch_reports_the_first_refused_request() -> None:
     with pytest.raises(rtnl.RtnlError) as refused:
         rtnl.Rtnl(cast(socket.socket, FakeSocket({1: 17, 2: 19}))).batch(requests)
     assert refused.value.errno == 17 and "10.0.0.1/32" in str(refused.value)
+
+
+def route_payload(family: int, dst: bytes, dst_len: int, *attrs: bytes, proto: int = 80,
+                  kind: int = 1, flags: int = 0, table: int = 254) -> bytes:
+    return struct.pack("=BBBBBBBBI", family, dst_len, 0, 0, table, proto, 0, kind,
+                       flags) + rtnl.attr(rtnl.RTA_DST, dst) + b"".join(attrs)
+
+
+def test_a_dumped_route_is_parsed_with_its_gateway_device_and_metric() -> None:
+    r = rtnl.parse_route(route_payload(
+        socket.AF_INET, bytes([10, 244, 1, 0]), 26,
+        rtnl.attr(rtnl.RTA_GATEWAY, bytes([192, 0, 2, 12])),
+        rtnl.attr(rtnl.RTA_OIF, struct.pack("=I", 3)),
+        rtnl.attr(rtnl.RTA_PRIORITY, struct.pack("=I", 7)),
+        rtnl.attr(rtnl.RTA_TABLE, struct.pack("=I", 254)), flags=4))
+    assert (r.dst, r.gateway, r.oif, r.priority, r.protocol, r.flags, r.table, r.hops) == (
+        "10.244.1.0/26", "192.0.2.12", 3, 7, 80, 4, 254, ())
+
+
+def test_a_multipath_route_lists_every_next_hop() -> None:
+    def hop(gateway: bytes, index: int, flags: int = 0) -> bytes:
+        a = rtnl.attr(rtnl.RTA_GATEWAY, gateway)
+        return struct.pack("=HBBi", 8 + len(a), flags, 0, index) + a
+    v6 = socket.inet_pton(socket.AF_INET6, "2001:db8::12")
+    r = rtnl.parse_route(route_payload(
+        socket.AF_INET6, socket.inet_pton(socket.AF_INET6, "fd00:10:244::"), 122,
+        rtnl.attr(rtnl.RTA_MULTIPATH, hop(v6, 2, 4) + hop(
+            socket.inet_pton(socket.AF_INET6, "2001:db8::13"), 2, 4))))
+    assert r.dst == "fd00:10:244::/122" and r.gateway is None
+    assert r.hops == ((4, 2, "2001:db8::12"), (4, 2, "2001:db8::13"))
+
+
+def test_a_blackhole_without_a_destination_is_the_default_route() -> None:
+    payload = struct.pack("=BBBBBBBBI", socket.AF_INET, 0, 0, 0, 254, 80, 0, 6, 0)
+    r = rtnl.parse_route(payload)
+    assert (r.dst, r.type, r.gateway, r.oif) == ("0.0.0.0/0", 6, None, None)
