@@ -147,8 +147,11 @@ def peer() -> None:
               help="BIRD's AS [default: 65001, or the nodes' AS as route reflector]")
 @click.option("--remove", is_flag=True, help="stop BIRD and delete its BGPPeer")
 @click.option("--show", is_flag=True, help="print BIRD's sessions and routes")
+@click.option("--over-ipv6", is_flag=True,
+              help="sessions over IPv6 with the nodes' IPv6 addresses, carrying the IPv6 "
+                   "routes only (a dual-stack lab; outside router)")
 def peer_bird(name: str, route_reflector: bool, asn: int | None, remove: bool,
-              show: bool) -> None:
+              show: bool, over_ipv6: bool) -> None:
     """A BIRD router (Debian bird2) on the underlay, peering with every node."""
     from lab import bird_peer
     from routing.bgp.bird import BirdError
@@ -164,7 +167,8 @@ def peer_bird(name: str, route_reflector: bool, asn: int | None, remove: bool,
             click.echo(bird.cli("show", "protocols").rstrip())
             click.echo(bird.cli("show", "route").rstrip())
             return
-        info = bird_peer.add_bird(lab_, route_reflector=route_reflector, asn=asn)
+        info = bird_peer.add_bird(lab_, route_reflector=route_reflector, asn=asn,
+                                  over_ipv6=over_ipv6)
     except (LabError, BirdError, bird_peer.BirdLabError) as e:
         raise CLIError(str(e)) from None
     role = "route reflector" if info.route_reflector else "outside router"
