@@ -36,7 +36,8 @@ def lab() -> None:
                    "are spread over them in order")
 @click.option("--encap", type=click.Choice(["none", "vxlan", "ipip"]), default=None,
               help="the pool's encapsulation: vxlan/ipip are CrossSubnet with several "
-                   "subnets, Always with one [default: none with one subnet, else vxlan]")
+                   "subnets, Always with one [default: none with one subnet, else vxlan]; "
+                   "vxlan applies to the IPv6 pool too (--dual-stack)")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="cni", show_default=True,
               help="who makes pods: cni = the lab runs the CNI chain itself; containerd = "
                    "a private containerd per node, pods are CRI pod sandboxes")
