@@ -147,7 +147,8 @@ def test_pools_and_node_tunnel_addresses(always: tuple[Lab, LabState]) -> None:
         vteps.add(vtep)
         dev = link(node.netns, DEVICE6)
         data = dev["linkinfo"]["info_data"]
-        assert (data["id"], data["port"], data["local"]) == (4096, 4789, node.address6)
+        assert (data["id"], data["port"], data["local6"]) == (4096, 4789, node.address6)
+        assert data["learning"] is False
         assert dev["address"] == mac
         assert dev["mtu"] == 1500 - 70
         addrs = json.loads(netns.ip("-6", "-j", "addr", "show", "dev", DEVICE6,
