@@ -908,8 +908,9 @@ class ExaBGPSpeaker:
                 if tp.neighbour.export_rules and not accepted(
                         tp.neighbour.export_rules, prefix, remote=True):
                     continue
+                own = (s.local_address6 or s.local_address) if ":" in prefix else s.local_address
                 out[target][prefix] = (attrs.replace(f"next-hop {route.next_hop}",
-                                                     f"next-hop {s.local_address}", 1)
+                                                     f"next-hop {own}", 1)
                                        if tp.neighbour.next_hop_self else attrs)
         return out
 
