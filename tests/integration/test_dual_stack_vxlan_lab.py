@@ -14,7 +14,9 @@ One subnet (``vxlanMode: Always``):
 * BIRD peering over IPv6 (BGPPeer ``peerIP`` = BIRD's IPv6 address) learns every IPv6 block
   over IPv6 sessions, with the nodes' IPv6 next hops, and no IPv4 route (those sessions carry
   IPv6 only); ``tortie node status`` lists the IPv6 session;
-* FelixConfiguration ``vxlanMTUV6`` sets the device's MTU.
+* FelixConfiguration ``vxlanMTUV6`` sets the device's MTU;
+* ``vxlanMode: Never`` on the IPv6 pool removes the device and releases the VTEP addresses
+  (the Node resources lose them), and the pods still reach each other, directly.
 
 Two subnets (``vxlanMode: CrossSubnet``): IPv6 traffic between nodes of one subnet goes
 directly over eth0, across subnets through ``vxlan-v6.tortie``; every pod reaches every pod.
@@ -35,6 +37,7 @@ from lab import bird_peer, netns
 from lab.cluster import Lab, LabState
 from routing.kernel import PROTO
 from tests.support.lab_cli import run_tortie
+from tests.support.lab_ipam import ipam_state
 from tests.support.tools import require_tools
 from tests.support.wait import until_sync
 
@@ -155,7 +158,10 @@ def test_pools_and_node_tunnel_addresses(always: tuple[Lab, LabState]) -> None:
                                     ns=node.netns))[0]["addr_info"]
         assert f"{vtep}/128" in {f"{a['local']}/{a['prefixlen']}" for a in addrs}
     assert len(vteps) == 3
-    # the VTEP addresses are IPAM allocations of their own handle: ipam check agrees
+    # the VTEP addresses are IPAM allocations of their own handle (Calico's name)
+    handles = ipam_state(lab)["handles"]
+    assert {n: handles[f"vxlan-v6-tunnel-addr-{n}"] for n in st.nodes} == {
+        n: [nodes[n]["spec"]["ipv6VXLANTunnelAddr"]] for n in st.nodes}
     r = lab.tortie(st, ["ipam", "check"])
     assert r.returncode == 0 and "IPAM is consistent" in r.stdout, r.stdout + r.stderr
 
@@ -242,6 +248,37 @@ def test_vxlan_mtu_v6_from_felix_configuration(always: tuple[Lab, LabState]) -> 
         assert all(link(n.netns, "vxlan.tortie")["mtu"] == 1450 for n in st.nodes.values())
     finally:
         lab.tortie(st, ["delete", "felixconfiguration", "default"])
+
+
+def test_vxlan_mode_never_removes_the_device_and_releases_the_vtep(
+        always: tuple[Lab, LabState]) -> None:
+    """Last of this lab's tests: the IPv6 pool stops encapsulating."""
+    lab, st = always
+    patch = '{"spec": {"vxlanMode": "Never"}}'
+    r = lab.tortie(st, ["patch", "ippool", "default-ipv6-ippool", "-p", patch])
+    assert r.returncode == 0, r.stderr
+    expect = {(a, b): "eth0" for a in st.nodes for b in st.nodes if a != b}
+    until_sync(lambda: converged(st, expect), 20, "IPv6 routes go direct again",
+               interval=0.2)
+
+    def gone() -> bool:
+        docs = nodes_doc(lab, st)
+        return all("ipv6VXLANTunnelAddr" not in docs[n]["spec"]
+                   and "vxlanTunnelMACAddrV6" not in docs[n]["spec"]
+                   and not netns.ip("link", "show", DEVICE6, ns=node.netns, check=False)
+                   for n, node in st.nodes.items())
+
+    until_sync(gone, 20, "vxlan-v6.tortie and the IPv6 VTEP addresses go", interval=0.2)
+    # the IPv4 VXLAN is untouched, and IPAM holds no IPv6 VTEP any more
+    assert all(link(node.netns, "vxlan.tortie") for node in st.nodes.values())
+    handles = ipam_state(lab)["handles"]
+    assert all(handles[f"vxlan-v6-tunnel-addr-{n}"] == [] for n in st.nodes)
+    assert all(handles[f"vxlan-tunnel-addr-{n}"] for n in st.nodes)
+    r = lab.tortie(st, ["ipam", "check"])
+    assert r.returncode == 0 and "IPAM is consistent" in r.stdout, r.stdout + r.stderr
+    failed = [(s, d) for s in st.pods for d in st.pods
+              if s != d and not ping(st, s, v6(st, d))]
+    assert failed == []
 
 
 @pytest.fixture(scope="module")
