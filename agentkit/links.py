@@ -5,17 +5,18 @@ from __future__ import annotations
 from pyroute2 import IPRoute
 
 AF_INET = 2
+AF_INET6 = 10
 RT_TABLE_MAIN = 254
 
 
 def underlay_mtu(address: str | None) -> tuple[int, str] | None:
-    """(MTU, name) of the interface that carries ``address`` (an IPv4 address, optionally
-    with ``/prefixlen``); without one, of the interface of the default IPv4 route; None when
-    there is neither."""
+    """(MTU, name) of the interface that carries ``address`` (an IPv4 or IPv6 address,
+    optionally with ``/prefixlen``); without one, of the interface of the default IPv4 route;
+    None when there is neither."""
     want = address.split("/", 1)[0] if address else None
     with IPRoute() as ipr:
         if want:
-            for a in ipr.get_addr(family=AF_INET):
+            for a in ipr.get_addr(family=AF_INET6 if ":" in want else AF_INET):
                 if a.get_attr("IFA_ADDRESS") == want or a.get_attr("IFA_LOCAL") == want:
                     found = _mtu_of(ipr, a["index"])
                     if found is not None:

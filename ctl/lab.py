@@ -36,7 +36,8 @@ def lab() -> None:
                    "are spread over them in order")
 @click.option("--encap", type=click.Choice(["none", "vxlan", "ipip"]), default=None,
               help="the pool's encapsulation: vxlan/ipip are CrossSubnet with several "
-                   "subnets, Always with one [default: none with one subnet, else vxlan]")
+                   "subnets, Always with one [default: none with one subnet, else vxlan]; "
+                   "vxlan applies to the IPv6 pool too (--dual-stack)")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="cni", show_default=True,
               help="who makes pods: cni = the lab runs the CNI chain itself; containerd = "
                    "a private containerd per node, pods are CRI pod sandboxes")
@@ -147,8 +148,11 @@ def peer() -> None:
               help="BIRD's AS [default: 65001, or the nodes' AS as route reflector]")
 @click.option("--remove", is_flag=True, help="stop BIRD and delete its BGPPeer")
 @click.option("--show", is_flag=True, help="print BIRD's sessions and routes")
+@click.option("--over-ipv6", is_flag=True,
+              help="sessions over IPv6 with the nodes' IPv6 addresses, carrying the IPv6 "
+                   "routes only (a dual-stack lab; outside router)")
 def peer_bird(name: str, route_reflector: bool, asn: int | None, remove: bool,
-              show: bool) -> None:
+              show: bool, over_ipv6: bool) -> None:
     """A BIRD router (Debian bird2) on the underlay, peering with every node."""
     from lab import bird_peer
     from routing.bgp.bird import BirdError
@@ -164,7 +168,8 @@ def peer_bird(name: str, route_reflector: bool, asn: int | None, remove: bool,
             click.echo(bird.cli("show", "protocols").rstrip())
             click.echo(bird.cli("show", "route").rstrip())
             return
-        info = bird_peer.add_bird(lab_, route_reflector=route_reflector, asn=asn)
+        info = bird_peer.add_bird(lab_, route_reflector=route_reflector, asn=asn,
+                                  over_ipv6=over_ipv6)
     except (LabError, BirdError, bird_peer.BirdLabError) as e:
         raise CLIError(str(e)) from None
     role = "route reflector" if info.route_reflector else "outside router"

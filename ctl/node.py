@@ -110,7 +110,8 @@ def render_status(health: dict[str, Any], now: float | None = None) -> str:
             lines.append(f"No IPv{version} peers found.")
         counts = families.get(f"ipv{version}")
         if version == 6 and counts and (counts.get("announced") or counts.get("learnt")):
-            lines.append("IPv6 routes ride the IPv4 sessions above (MP-BGP, ipv6 unicast).")
+            lines.append("IPv6 routes ride the IPv4 sessions above (MP-BGP, ipv6 unicast)"
+                         + ("; the IPv6 sessions carry IPv6 routes only." if peers else "."))
         if counts:
             lines.append(f"IPv{version} routes: {counts.get('announced', 0)} announced, "
                          f"{counts.get('learnt', 0)} learnt, {counts.get('routes', 0)} "

@@ -1,11 +1,13 @@
 """Pod and tunnel MTUs: the underlay's MTU less the overhead of the encapsulation in use.
 
 As Calico computes them: each encapsulation some enabled IP pool uses (``vxlanMode`` /
-``ipipMode`` other than ``Never``) has an MTU, FelixConfiguration's ``vxlanMTU`` /
-``ipipMTU`` when set (not 0), else the underlay MTU less its overhead (VXLAN 50, IPIP 20);
+``ipipMode`` other than ``Never``; VXLAN of an IPv6 pool is its own encapsulation, over
+the IPv6 underlay) has an MTU, FelixConfiguration's ``vxlanMTU`` / ``vxlanMTUV6`` /
+``ipipMTU`` when set (not 0), else the underlay MTU less its overhead (VXLAN 50, VXLAN over
+IPv6 70, IPIP 20);
 a pod's MTU is the smallest of them, or the underlay MTU when no pool encapsulates.  The
 CNI config's ``mtu`` (not 0) wins over all of it.  The tunnel devices (``vxlan.tortie``,
-``tunl0``) get their own encapsulation's MTU.
+``vxlan-v6.tortie``, ``tunl0``) get their own encapsulation's MTU.
 
 The underlay MTU is the MTU of the node's interface that carries its node address
 (``cni/netlink.py`` and the routing agent find it).  FelixConfiguration ``node.<node>``
@@ -22,14 +24,19 @@ from typing import Final, Literal
 from datastore.model_config import FelixConfiguration
 from datastore.model_network import IPPool
 
-Encap = Literal["vxlan", "ipip"]
+Encap = Literal["vxlan", "vxlan-v6", "ipip"]
 VXLAN: Final = "vxlan"
+#: VXLAN of IPv6 pools: over the nodes' IPv6 addresses, device ``vxlan-v6.tortie``
+VXLAN6: Final = "vxlan-v6"
 IPIP: Final = "ipip"
 #: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14)
 VXLAN_OVERHEAD: Final = 50
+#: outer IPv6 (40) + UDP (8) + VXLAN (8) + inner Ethernet (14)
+VXLAN6_OVERHEAD: Final = 70
 #: outer IPv4 header
 IPIP_OVERHEAD: Final = 20
-OVERHEAD: Final[Mapping[str, int]] = {VXLAN: VXLAN_OVERHEAD, IPIP: IPIP_OVERHEAD}
+OVERHEAD: Final[Mapping[str, int]] = {VXLAN: VXLAN_OVERHEAD, VXLAN6: VXLAN6_OVERHEAD,
+                                      IPIP: IPIP_OVERHEAD}
 #: the UDP port of Tortie's VXLAN (as Calico's ``vxlan.calico``); the policy agent lets it
 #: through host endpoints between nodes
 VXLAN_PORT: Final = 4789
@@ -46,28 +53,30 @@ class MTUOverrides:
     vxlan: int | None = None   # FelixConfiguration vxlanMTU
     ipip: int | None = None    # FelixConfiguration ipipMTU
     pod: int | None = None     # the CNI config's mtu
+    vxlan6: int | None = None  # FelixConfiguration vxlanMTUV6
 
     def for_encap(self, encap: str) -> int | None:
-        value = self.vxlan if encap == VXLAN else self.ipip if encap == IPIP else None
+        value = {VXLAN: self.vxlan, VXLAN6: self.vxlan6, IPIP: self.ipip}.get(encap)
         return value or None
 
 
 def encaps_in_use(pools: Iterable[IPPool]) -> frozenset[str]:
-    """The encapsulations some enabled pool uses."""
+    """The encapsulations some enabled pool uses (VXLAN of an IPv6 pool: :data:`VXLAN6`)."""
     used: set[str] = set()
     for p in pools:
         if p.spec.disabled:
             continue
         if (p.spec.vxlanMode or "Never") != "Never":
-            used.add(VXLAN)
+            used.add(VXLAN6 if p.network.version == 6 else VXLAN)
         if (p.spec.ipipMode or "Never") != "Never":
             used.add(IPIP)
     return frozenset(used)
 
 
 def felix_overrides(configs: Mapping[str, FelixConfiguration], node: str) -> MTUOverrides:
-    """``vxlanMTU`` and ``ipipMTU`` from the FelixConfigurations named ``node.<node>`` and
-    ``default`` (the node's wins, field by field; 0 means unset, as in Calico)."""
+    """``vxlanMTU``, ``vxlanMTUV6`` and ``ipipMTU`` from the FelixConfigurations named
+    ``node.<node>`` and ``default`` (the node's wins, field by field; 0 means unset, as in
+    Calico)."""
     chain = [c for c in (configs.get(f"node.{node}"), configs.get("default")) if c is not None]
 
     def pick(attr: str) -> int | None:
@@ -77,7 +86,8 @@ def felix_overrides(configs: Mapping[str, FelixConfiguration], node: str) -> MTU
                 return int(value)
         return None
 
-    return MTUOverrides(vxlan=pick("vxlanMTU"), ipip=pick("ipipMTU"))
+    return MTUOverrides(vxlan=pick("vxlanMTU"), ipip=pick("ipipMTU"),
+                        vxlan6=pick("vxlanMTUV6"))
 
 
 def tunnel_mtu(underlay_mtu: int, encap: str, overrides: MTUOverrides | None = None) -> int:

@@ -105,10 +105,11 @@ def _rule_entries() -> list[Unsupported]:
     return out
 
 
-#: FelixConfiguration fields the policy agent reads; every other field is in the table.
+#: FelixConfiguration fields the policy agent, the routing agent and the CNI handler read
+#: (the tunnel MTUs: datastore/mtu.py); every other field is in the table.
 FELIX_ACTED_ON: Final = frozenset({
     "defaultEndpointToHostAction", "failsafeInboundHostPorts", "failsafeOutboundHostPorts",
-    "workloadProtectedHostPorts",
+    "workloadProtectedHostPorts", "vxlanMTU", "vxlanMTUV6", "ipipMTU",
 })
 #: FelixConfiguration values that say what Tortie does anyway (calico-node's own default
 #: FelixConfiguration is ``bpfLogLevel: ""``, ``floatingIPs: Disabled``,
@@ -188,7 +189,6 @@ UNSUPPORTED: Final[tuple[Unsupported, ...]] = (
                 "host ports are the portmap CNI plugin's job"),
     Unsupported("HostEndpoint", "spec.ports[*].hostPort", _NOT_READ),
     Unsupported("HostEndpoint", "spec.ports[*].hostIP", _NOT_READ),
-    Unsupported("Node", "spec.vxlanTunnelMACAddrV6", "Tortie has no IPv6 VXLAN tunnels"),
     Unsupported("Node", "spec.interfaceName", _NOT_READ),
     Unsupported("BGPConfiguration", "spec.logSeverityScreen",
                 "the BGP speaker's log level is tortie-node's", same=("Info",)),

@@ -3,7 +3,8 @@
 A handle names what holds an allocation: one attachment of a container (the CNI handler's
 ``tortie.<containerID>`` for the pod's primary interface, ``tortie.<containerID>.<ifname>``
 for any other interface, as Calico names them) or a node's tunnel address (Calico's
-``vxlan-tunnel-addr-<node>`` / ``ipip-tunnel-addr-<node>``, allocated by the routing agent).
+``vxlan-tunnel-addr-<node>`` / ``vxlan-v6-tunnel-addr-<node>`` / ``ipip-tunnel-addr-<node>``,
+allocated by the routing agent).
 The IPAM garbage collectors read these names to tell a pod's leaked address from a node's
 tunnel address, and which attachment of which container an address belongs to.
 
@@ -24,8 +25,9 @@ WORKLOAD_HANDLE_PREFIX = "tortie."
 PRIMARY_IFNAME = "eth0"
 #: handles of the nodes' tunnel addresses (Calico's names): prefix + node name
 VXLAN_HANDLE_PREFIX = "vxlan-tunnel-addr-"
+VXLAN6_HANDLE_PREFIX = "vxlan-v6-tunnel-addr-"
 IPIP_HANDLE_PREFIX = "ipip-tunnel-addr-"
-TUNNEL_HANDLE_PREFIXES = (VXLAN_HANDLE_PREFIX, IPIP_HANDLE_PREFIX)
+TUNNEL_HANDLE_PREFIXES = (VXLAN_HANDLE_PREFIX, VXLAN6_HANDLE_PREFIX, IPIP_HANDLE_PREFIX)
 
 
 def workload_handle(container_id: str, ifname: str = PRIMARY_IFNAME) -> str:
@@ -71,6 +73,6 @@ def parse_workload_handle(handle: str,
 
 
 def tunnel_handles(node: str) -> tuple[str, ...]:
-    """The handles of ``node``'s tunnel addresses (VXLAN, IPIP)."""
+    """The handles of ``node``'s tunnel addresses (VXLAN, VXLAN over IPv6, IPIP)."""
     return tuple(prefix + node for prefix in TUNNEL_HANDLE_PREFIXES)
 

@@ -8,7 +8,7 @@ Node deleted (tortie-kube-controllers' node controller) -- gives back, in this o
    its ``ipNetworks`` the node still holds) and is then deleted (conditional on the revision
    read, re-read on conflict), so the pods of a node that is gone hold nothing;
 2. its **tunnel addresses** (handles ``vxlan-tunnel-addr-<node>``,
-   ``ipip-tunnel-addr-<node>``);
+   ``vxlan-v6-tunnel-addr-<node>``, ``ipip-tunnel-addr-<node>``);
 3. its **block affinities**: an empty block is deleted; a block still holding addresses
    (a pod whose endpoint was never written, another node's borrowed address) loses its
    affinity and stays until its last address is released, which deletes it;

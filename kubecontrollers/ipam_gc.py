@@ -25,12 +25,12 @@ Node exists), is cleaned up here as Calico's IPAM controller does, without waiti
 grace period: its pods' addresses are released as soon as those pods are gone from the API
 (with the node gone, that is certain), and once no address of the node is in use any more
 -- no pod of it exists, no allocation of an unknown kind is left -- its tunnel addresses
-(``vxlan-tunnel-addr-<node>``, ``ipip-tunnel-addr-<node>``) are released and its empty
-blocks deleted (a compare-and-swap on each block's revision, so a block that got an address
-meanwhile stays), then its IPAM host document.  Whether the Calico Node is gone is read from
-etcd itself right before, so a node that registered a moment ago is never taken for a
-removed one.  This runs whatever the grace period says (``0`` turns off only the
-grace-period GC of live nodes, as in Calico).
+(``vxlan-tunnel-addr-<node>``, ``vxlan-v6-tunnel-addr-<node>``, ``ipip-tunnel-addr-<node>``)
+are released and its empty blocks deleted (a compare-and-swap on each block's revision, so
+a block that got an address meanwhile stays), then its IPAM host document.  Whether the
+Calico Node is gone is read from etcd itself right before, so a node that registered a
+moment ago is never taken for a removed one.  This runs whatever the grace period says
+(``0`` turns off only the grace-period GC of live nodes, as in Calico).
 """
 
 from __future__ import annotations

@@ -10,11 +10,14 @@ nodes, and the node-to-node mesh is turned off (BGPConfiguration ``default``).  
 a global BGPPeer ``lab-bird`` tells every node to peer with it.  Running it again
 reconfigures BIRD for the nodes the lab has now.  In a dual-stack lab BIRD also has
 ``2001:db8:0:1::2/64`` and learns (and installs) the nodes' IPv6 blocks over the same
-sessions.
+sessions.  With ``over_ipv6`` (a dual-stack lab, outside router only) the sessions run over
+IPv6 instead: the BGPPeer's ``peerIP`` is BIRD's IPv6 address, BIRD peers with the nodes'
+IPv6 addresses, and those sessions carry the IPv6 blocks only (as Calico's IPv6 sessions).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from datastore.model_bgp import DEFAULT_AS_NUMBER
@@ -56,21 +59,24 @@ def _mesh_off(lab: Lab, st: LabState) -> None:
 
 
 def add_bird(lab: Lab, *, route_reflector: bool = False, asn: int | None = None,
-             node_asn: int = DEFAULT_AS_NUMBER) -> BirdInfo:
+             node_asn: int = DEFAULT_AS_NUMBER, over_ipv6: bool = False) -> BirdInfo:
     """Start (or reconfigure) the lab's BIRD and point the nodes at it."""
     st = lab.load()
     ns = _netns_name(lab)
     run_dir = _dir(lab)
     asn = asn or (node_asn if route_reflector else OUTSIDE_ASN)
-    node_addrs = sorted((n.address for n in st.nodes.values()),
-                        key=lambda a: tuple(int(x) for x in a.split(".")))
     ipv6 = bool(st.pool6_cidr)
+    if over_ipv6 and (not ipv6 or route_reflector):
+        raise BirdLabError("BGP over IPv6 needs a dual-stack lab (tortie lab up --dual-stack) "
+                           "and BIRD as an outside router (not --route-reflector)")
+    node_addrs = sorted((n.address6 if over_ipv6 else n.address for n in st.nodes.values()),
+                        key=lambda a: ipaddress.ip_address(a))
     bird = BirdPeer(run_dir, netns=ns, router_id=BIRD_IP, asn=asn,
                     peers=[(a, node_asn) for a in node_addrs], route_reflector=route_reflector,
-                    ipv6=ipv6)
+                    ipv6=ipv6, local6=f"{BIRD_IP6}/64" if ipv6 else None)
     old = load(lab.dir)
     if old is not None and old.pid and Path(f"/proc/{old.pid}").exists():
-        if old.route_reflector != route_reflector or old.asn != asn:
+        if (old.route_reflector, old.asn, old.over_ipv6) != (route_reflector, asn, over_ipv6):
             raise BirdLabError("BIRD already runs in another role: remove it first "
                                f"(tortie lab peer bird --remove --name {lab.name})")
         bird.pid = old.pid
@@ -89,10 +95,11 @@ def add_bird(lab: Lab, *, route_reflector: bool = False, asn: int | None = None,
             if ipv6:
                 netns.ip("-6", "addr", "add", f"{BIRD_IP6}/64", "dev", "eth0", "nodad", ns=ns)
         pid = bird.start()
-    info = BirdInfo(ns, BIRD_IP, asn, route_reflector, pid, node_addrs, ipv6)
+    info = BirdInfo(ns, BIRD_IP, asn, route_reflector, pid, node_addrs, ipv6, over_ipv6)
     save(lab.dir, info)
+    peer_ip = BIRD_IP6 if over_ipv6 else BIRD_IP
     _apply(lab, st, f"apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n"
-                    f"  name: {PEER_NAME}\nspec:\n  peerIP: {BIRD_IP}\n  asNumber: {asn}\n")
+                    f"  name: {PEER_NAME}\nspec:\n  peerIP: {peer_ip}\n  asNumber: {asn}\n")
     if route_reflector:
         _mesh_off(lab, st)
     return info
@@ -104,7 +111,8 @@ def bird_of(lab: Lab) -> BirdPeer:
         raise BirdLabError(f"lab {lab.name!r} has no BIRD (tortie lab peer bird)")
     bird = BirdPeer(_dir(lab), netns=info.netns, router_id=info.address, asn=info.asn,
                     peers=[(a, DEFAULT_AS_NUMBER) for a in info.peers],
-                    route_reflector=info.route_reflector, ipv6=info.ipv6)
+                    route_reflector=info.route_reflector, ipv6=info.ipv6,
+                    local6=f"{BIRD_IP6}/64" if info.ipv6 else None)
     bird.pid = info.pid
     return bird
 

@@ -22,6 +22,7 @@ class BirdInfo:
     pid: int
     peers: list[str]
     ipv6: bool = False       # an IPv6 channel on every session (a dual-stack lab)
+    over_ipv6: bool = False  # the sessions run over IPv6 (the nodes' IPv6 addresses)
 
 
 def load(lab_dir: Path) -> BirdInfo | None:

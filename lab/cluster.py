@@ -16,7 +16,8 @@ namespaces; the fabric has no route anywhere else, so nothing can leave the mach
 ``dual_stack``: the underlay also has IPv6 (2001:db8:0:1::/64, documentation prefix; node N
 at ``2001:db8:0:1::<10+N>``, autodetected by tortie-node with ``--ip6 autodetect``), an IPv6
 pool (:data:`lab.underlay.DEFAULT_POOL6_CIDR`) sits next to the IPv4 one and pods get an
-address of each; etcd and the BGP sessions stay on IPv4 (IPv6 routes ride them, MP-BGP).
+address of each; etcd and the node mesh stay on IPv4 (IPv6 routes ride them, MP-BGP);
+``--encap vxlan`` makes the IPv6 pool use VXLAN too (``vxlan-v6.tortie``).
 State (PIDs, namespaces, pods) lives in ``/run/tortie-lab/L/state.json``.
 """
 
@@ -472,12 +473,13 @@ class Lab:
 
     def _apply_pool6(self, st: LabState, cidr: str) -> None:
         doc = (f"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: "
-               f"{DEFAULT_POOL6}\nspec:\n  cidr: {cidr}\n  natOutgoing: true\n"
-               "  vxlanMode: Never\n  ipipMode: Never\n")
+               f"{DEFAULT_POOL6}\nspec:\n  cidr: {cidr}\n  natOutgoing: true\n")
+        modes = underlay.pool6_modes(st.encap, st.subnets)
+        doc += "".join(f"  {k}: {v}\n" for k, v in modes.items())
         p = self.tortie(st, ["apply", "-f", "-"], input=doc)
         if p.returncode != 0:
             raise LabError(f"creating the IPv6 pool failed: {p.stderr.strip()}")
-        self.progress(f"pool: {DEFAULT_POOL6} {cidr}")
+        self.progress(f"pool: {DEFAULT_POOL6} {cidr} (vxlanMode {modes['vxlanMode']})")
 
     def _up_node(self, st: LabState, name: str, index: int, subnet: int = 0) -> None:
         ns = _prefix(self.name) + name

@@ -16,9 +16,10 @@ Dual stack (``--dual-stack``): every subnet also has an IPv6 /64 from the docume
 prefix 2001:db8::/32 (RFC 3849), ``2001:db8:0:<k+1>::/64``, gateway ``::1`` in the fabric,
 node N at ``::<10 + N>`` (hex digits of the same number as the IPv4 host part), and the lab
 gets an IPv6 pool from the unique-local range (:data:`DEFAULT_POOL6_CIDR`, /122 blocks).
-IPv6 pod traffic between nodes is routed directly (no IPv6 tunnels), so it crosses subnets
-only where the fabric routes it: the fabric knows no pod prefix, so dual stack wants one
-subnet.
+The IPv6 pool follows ``--encap vxlan`` as the IPv4 pool does (:func:`pool6_modes`: its
+traffic then runs through ``vxlan-v6.tortie`` between the nodes' IPv6 addresses); with
+``none`` or ``ipip`` (no IPIP for IPv6) it is routed directly, and crosses subnets only
+where the fabric routes it: the fabric knows no pod prefix.
 
 Encapsulation of the lab's default pool (``--encap``): ``none`` -> no tunnel; ``vxlan`` /
 ``ipip`` -> ``vxlanMode`` / ``ipipMode`` = ``CrossSubnet`` when there is more than one
@@ -95,3 +96,8 @@ def pool_modes(encap: str, subnets: int) -> dict[str, str]:
     if encap == "ipip":
         return {"vxlanMode": "Never", "ipipMode": mode}
     return {"vxlanMode": "Never", "ipipMode": "Never"}
+
+
+def pool6_modes(encap: str, subnets: int) -> dict[str, str]:
+    """The IPv6 pool's ``vxlanMode`` / ``ipipMode``: VXLAN as the IPv4 pool's, never IPIP."""
+    return pool_modes(encap if encap == "vxlan" else "none", subnets)

@@ -30,8 +30,8 @@ same settings for the other family, except that ``IP6`` defaults to ``none`` as 
 
 Usable: a global-scope address of the family that is not loopback, link-local or multicast
 (IPv6: unique local addresses count as usable, as in Calico).  Tortie's
-own devices (host veths with the interface prefix, ``vxlan.tortie``, ``tunl0``) are never
-candidates except when ``interface=`` names them.
+own devices (host veths with the interface prefix, ``vxlan.tortie``, ``vxlan-v6.tortie``,
+``tunl0``) are never candidates except when ``interface=`` names them.
 
 Parsing (:func:`parse_method`, :func:`parse_ip`) and choosing (:func:`choose`) are pure;
 :func:`host_addresses` and :func:`source_address` read the kernel.

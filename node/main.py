@@ -92,7 +92,7 @@ from node.autodetect import (
 )
 from policyagent import agent as policy_agent
 from routing import agent as routing_agent
-from routing.desired import IPIP_DEVICE, VXLAN_DEVICE
+from routing.desired import IPIP_DEVICE, VXLAN_DEVICE, VXLAN_DEVICE_V6
 
 log = logging.getLogger("tortie.node")
 
@@ -106,6 +106,8 @@ SHUTDOWN_GRACE = 30.0
 RESYNC_INTERVAL = 60.0
 PENDING_RETRY = 5.0  # the node address waits for something (the Kubernetes InternalIP)
 _NODE = by_plural("nodes")
+#: the tunnel devices the routing agent makes: never a node address
+TUNNEL_DEVICES = (VXLAN_DEVICE, VXLAN_DEVICE_V6, IPIP_DEVICE)
 #: The agents tortie-node runs beside the CNI handler (see agentkit/agent.py), in start order.
 AGENT_MODULES = (policy_agent, routing_agent)
 
@@ -250,10 +252,10 @@ class NodeDaemon:
         self.metrics_port = 0
         self.address: AddressResolver = address if address is not None else NodeAddress(
             args.ip_setting, args.ip_method,
-            Own(args.interface_prefix, (VXLAN_DEVICE, IPIP_DEVICE)))
+            Own(args.interface_prefix, TUNNEL_DEVICES))
         self.address6 = NodeAddress(
             args.ip6_setting, args.ip6_method,
-            Own(args.interface_prefix, (VXLAN_DEVICE, IPIP_DEVICE)), version=6)
+            Own(args.interface_prefix, TUNNEL_DEVICES), version=6)
         self._resync = asyncio.Event()
         ctx = NodeContext(node=self.node, store=self.store, resources=self.resources,
                           metrics=self.metrics, args=args)

@@ -341,7 +341,8 @@ class TunnelTraffic:
     """Encapsulated pod traffic between nodes, which host endpoint policy never drops (as
     Felix accepts VXLAN and IPIP from and to the other Calico hosts ahead of it): VXLAN (UDP
     ``vxlan_port``) while some enabled pool uses VXLAN, IPIP (IP protocol 4) while one uses
-    IPIP, from and to ``hosts`` (every node's underlay addresses) only."""
+    IPIP, from and to ``hosts`` (every node's underlay addresses, IPv4 and IPv6: the VXLAN of
+    IPv6 pools runs between the nodes' IPv6 addresses) only."""
 
     vxlan_port: int | None = None
     ipip: bool = False

@@ -28,7 +28,7 @@ from datastore.model_config import (
 )
 from datastore.model_network import IPPool, Node
 from datastore.model_policy import GlobalNetworkPolicy, NetworkPolicy, Profile, Rule
-from datastore.mtu import IPIP, VXLAN, VXLAN_PORT, encaps_in_use
+from datastore.mtu import IPIP, VXLAN, VXLAN6, VXLAN_PORT, encaps_in_use
 from policyagent.model import (
     PROTOCOL_NUMBERS,
     Action,
@@ -299,7 +299,7 @@ class ProgramAssembly:
         """VXLAN / IPIP between the nodes, let through host endpoints (see TunnelTraffic)."""
         encaps = encaps_in_use(self._pool_models.values())
         port = None
-        if VXLAN in encaps:
+        if VXLAN in encaps or VXLAN6 in encaps:  # one port for both families
             port = VXLAN_PORT
             for cfg in (self._felix.get(f"node.{self.node_name}"), self._felix.get("default")):
                 if cfg is not None and cfg.spec.vxlanPort:

@@ -7,13 +7,16 @@ with a :class:`datastore.syncer.Syncer`, and after every change (debounced) and 
 ``RESYNC_INTERVAL``:
 
 1. makes sure this node has a VTEP address (from its IPAM block, handle
-   ``vxlan-tunnel-addr-<node>``) and MAC in its Node resource when a pool uses VXLAN;
+   ``vxlan-tunnel-addr-<node>``) and MAC in its Node resource when a pool uses VXLAN, and
+   an IPv6 one (handle ``vxlan-v6-tunnel-addr-<node>``, ``spec.ipv6VXLANTunnelAddr``,
+   ``spec.vxlanTunnelMACAddrV6``) when an IPv6 pool does and the node has an IPv6 address;
 2. computes what it wants (:mod:`routing.desired`): the prefixes to announce (owned blocks,
    borrowed /32s; next hop = this node's address) and the kernel routes;
 3. hands the BGP settings (neighbours: the node mesh and BGPPeers) and the announcements to
    the speaker (:class:`routing.bgp.speaker.ExaBGPSpeaker`); the speaker's learnt routes come
    back through ``on_routes`` and trigger step 2 again;
-4. programs ``vxlan.tortie`` (device, FDB, neighbours), ``tunl0`` (each with its MTU,
+4. programs ``vxlan.tortie`` and ``vxlan-v6.tortie`` (device, FDB, neighbours), ``tunl0``
+   (each with its MTU,
    :mod:`datastore.mtu`), the routes (protocol 80, :mod:`routing.kernel`) and
    ``ip tortie-nat`` (:mod:`routing.nat`).
 
@@ -153,6 +156,17 @@ class AdoptedRoutes:
         return frozenset(self.found)
 
 
+@dataclasses.dataclass(frozen=True)
+class TunnelAddresses:
+    """A node's tunnel addresses as its Node resource records them."""
+
+    vxlan: str | None      # spec.ipv4VXLANTunnelAddr
+    mac: str | None        # spec.vxlanTunnelMACAddr
+    vxlan6: str | None     # spec.ipv6VXLANTunnelAddr
+    mac6: str | None       # spec.vxlanTunnelMACAddrV6
+    ipip: str | None       # spec.bgp.ipv4IPIPTunnelAddr
+
+
 def _is_v6(prefix: str) -> bool:
     return ":" in prefix
 
@@ -233,6 +247,7 @@ class RoutingAgent:
         self.heartbeat = Heartbeat()
         self.kernel = KernelRoutes(netns)
         self.vxlan = VXLANDevice(netns)
+        self.vxlan6 = VXLANDevice(netns, version=6)
         self.ipip = IPIPDevice(netns)
         self.nat = OutgoingNAT(netns)
         self.nat6 = OutgoingNAT(netns, version=6)
@@ -777,20 +792,31 @@ class RoutingAgent:
 
     async def _tunnel_addresses(self, me: desired.NodeInfo,
                                 pools: list[IPPool]) -> desired.NodeInfo:
-        """This node's VXLAN (address + MAC) and IPIP tunnel addresses: allocated from its
-        IPAM block while a pool uses that encapsulation, released when none does, and
-        recorded in its Node resource (``spec.ipv4VXLANTunnelAddr`` /
-        ``spec.vxlanTunnelMACAddr``, ``spec.bgp.ipv4IPIPTunnelAddr``), as Calico does."""
-        usable = [p for p in pools if not p.spec.disabled and p.network.version == 4]
-        vxlan_pools = [p for p in usable if p.spec.vxlanMode != "Never"]
-        ipip_pools = [p for p in usable if p.spec.ipipMode != "Never"]
+        """This node's VXLAN (address + MAC, IPv4 and IPv6) and IPIP tunnel addresses:
+        allocated from its IPAM block while a pool of that family uses that encapsulation
+        (the IPv6 VTEP only while the node has an IPv6 address), released when none does,
+        and recorded in its Node resource (``spec.ipv4VXLANTunnelAddr`` /
+        ``spec.vxlanTunnelMACAddr``, ``spec.ipv6VXLANTunnelAddr`` /
+        ``spec.vxlanTunnelMACAddrV6``, ``spec.bgp.ipv4IPIPTunnelAddr``), as Calico does."""
+        usable = [p for p in pools if not p.spec.disabled]
+        vxlan_pools = [p for p in usable if p.spec.vxlanMode != "Never"
+                       and p.network.version == 4]
+        vxlan6_pools = [p for p in usable if p.spec.vxlanMode != "Never"
+                        and p.network.version == 6 and me.address6]
+        ipip_pools = [p for p in usable if p.spec.ipipMode != "Never" and p.network.version == 4]
         vxlan = await self._tunnel_address(vtep_handle(self.node), me.vxlan_address,
                                            vxlan_pools)
+        vxlan6 = await self._tunnel_address(vtep_handle(self.node, 6), me.vxlan_address6,
+                                            vxlan6_pools)
         ipip = await self._tunnel_address(ipip_handle(self.node), me.ipip_address, ipip_pools)
         mac = (me.vxlan_mac or desired.vtep_mac(self.node)) if vxlan else None
-        if (vxlan, mac, ipip) != (me.vxlan_address, me.vxlan_mac, me.ipip_address):
-            await self._record_tunnels(vxlan, mac, ipip)
-        return dataclasses.replace(me, vxlan_address=vxlan, vxlan_mac=mac, ipip_address=ipip)
+        mac6 = (me.vxlan_mac6 or desired.vtep_mac(self.node, 6)) if vxlan6 else None
+        now = TunnelAddresses(vxlan, mac, vxlan6, mac6, ipip)
+        if now != TunnelAddresses(me.vxlan_address, me.vxlan_mac, me.vxlan_address6,
+                                  me.vxlan_mac6, me.ipip_address):
+            await self._record_tunnels(now)
+        return dataclasses.replace(me, vxlan_address=vxlan, vxlan_mac=mac,
+                                   vxlan_address6=vxlan6, vxlan_mac6=mac6, ipip_address=ipip)
 
     async def _tunnel_address(self, handle: str, recorded: str | None,
                               pools: list[IPPool]) -> str | None:
@@ -812,8 +838,7 @@ class RoutingAgent:
                  extra={"fields": {"address": got[0], "handle": handle}})
         return got[0]
 
-    async def _record_tunnels(self, vxlan: str | None, mac: str | None,
-                              ipip: str | None) -> None:
+    async def _record_tunnels(self, t: TunnelAddresses) -> None:
         for _ in range(5):
             try:
                 node = await self.ctx.resources.get(_NODE, self.node)
@@ -821,14 +846,16 @@ class RoutingAgent:
                 return
             doc = node.dump()
             spec = doc.setdefault("spec", {})
-            for key, value in (("ipv4VXLANTunnelAddr", vxlan), ("vxlanTunnelMACAddr", mac)):
+            for key, value in (("ipv4VXLANTunnelAddr", t.vxlan), ("vxlanTunnelMACAddr", t.mac),
+                               ("ipv6VXLANTunnelAddr", t.vxlan6),
+                               ("vxlanTunnelMACAddrV6", t.mac6)):
                 if value:
                     spec[key] = value
                 else:
                     spec.pop(key, None)
             bgp = spec.get("bgp")
-            if ipip:
-                spec.setdefault("bgp", {})["ipv4IPIPTunnelAddr"] = ipip
+            if t.ipip:
+                spec.setdefault("bgp", {})["ipv4IPIPTunnelAddr"] = t.ipip
             elif isinstance(bgp, dict):
                 bgp.pop("ipv4IPIPTunnelAddr", None)
             try:
@@ -836,27 +863,42 @@ class RoutingAgent:
             except (ResourceConflict, NotFound):
                 continue
             log.info("recorded the tunnel addresses in the Node resource", extra={"fields": {
-                "vxlan": vxlan or "-", "mac": mac or "-", "ipip": ipip or "-"}})
+                "vxlan": t.vxlan or "-", "mac": t.mac or "-", "vxlan_v6": t.vxlan6 or "-",
+                "mac_v6": t.mac6 or "-", "ipip": t.ipip or "-"}})
             return
         raise DatastoreError(f"Node {self.node} is being modified concurrently")
 
     def mtu_overrides(self) -> MTUOverrides:
-        """The tunnel MTUs FelixConfiguration sets for this node (``vxlanMTU``, ``ipipMTU``)."""
+        """The tunnel MTUs FelixConfiguration sets for this node (``vxlanMTU``,
+        ``vxlanMTUV6``, ``ipipMTU``)."""
         return felix_overrides(self.felix, self.node)
+
+    async def _vxlan(self, device: VXLANDevice, needed: bool, cfg: VXLANConfig | None,
+                     peers: dict[str, desired.VXLANPeer]) -> None:
+        """One VXLAN device (IPv4 or IPv6): made and kept right while a pool of its family
+        uses VXLAN and this node has its addresses (``cfg``), removed when no pool does."""
+        if needed and cfg is not None:
+            changes = await asyncio.to_thread(device.ensure, cfg)
+            changes += await asyncio.to_thread(device.sync_peers, peers)
+            if changes:
+                log.info("vxlan device updated", extra={"fields": {
+                    "device": device.name, "changes": "; ".join(changes)}})
+        elif not needed and await asyncio.to_thread(device.exists):
+            await asyncio.to_thread(device.remove)
+            log.info("vxlan device removed: no pool uses VXLAN", extra={"fields": {
+                "device": device.name, "ip_version": device.version}})
 
     async def _tunnels(self, me: desired.NodeInfo, wanted: desired.Desired) -> None:
         mtus = self.mtu_overrides()
-        if wanted.vxlan_needed and me.vxlan_address and me.vxlan_mac and me.address:
+        cfg = cfg6 = None
+        if me.vxlan_address and me.vxlan_mac and me.address:
             cfg = VXLANConfig(local=me.address, address=me.vxlan_address, mac=me.vxlan_mac,
                               mtu=mtus.vxlan)
-            changes = await asyncio.to_thread(self.vxlan.ensure, cfg)
-            changes += await asyncio.to_thread(self.vxlan.sync_peers, wanted.vxlan_peers)
-            if changes:
-                log.info("vxlan device updated", extra={"fields": {
-                    "device": desired.VXLAN_DEVICE, "changes": "; ".join(changes)}})
-        elif not wanted.vxlan_needed and await asyncio.to_thread(self.vxlan.exists):
-            await asyncio.to_thread(self.vxlan.remove)
-            log.info("vxlan device removed: no pool uses VXLAN")
+        if me.vxlan_address6 and me.vxlan_mac6 and me.address6:
+            cfg6 = VXLANConfig(local=me.address6, address=me.vxlan_address6,
+                               mac=me.vxlan_mac6, mtu=mtus.vxlan6)
+        await self._vxlan(self.vxlan, wanted.vxlan_needed, cfg, wanted.vxlan_peers)
+        await self._vxlan(self.vxlan6, wanted.vxlan6_needed, cfg6, wanted.vxlan_peers6)
         if wanted.ipip_needed:
             try:
                 changes = await asyncio.to_thread(self.ipip.ensure, me.ipip_address,

@@ -10,10 +10,12 @@ From the datastore view (IP pools, Nodes, IPAM blocks) and the routes BGP learnt
 * the kernel routes it wants: a blackhole per owned block, and per learnt prefix a route via
   the owner -- direct, or through the VXLAN / IPIP tunnel per the pool's ``vxlanMode`` /
   ``ipipMode`` (``CrossSubnet``: only when the owner's underlay subnet, from its Node's
-  ``spec.bgp.ipv4Address`` prefix, differs from this node's).  IPv6 prefixes are always
-  routed directly via the owner's IPv6 address (no IPv6 tunnels);
-* the VXLAN forwarding entries (one per remote node with a VTEP: its VTEP address and MAC,
-  and the underlay address behind them).
+  ``spec.bgp.ipv4Address`` prefix, differs from this node's).  IPv6 prefixes go via the
+  owner's IPv6 address, directly or through ``vxlan-v6.tortie`` per their IPv6 pool's
+  ``vxlanMode`` (CrossSubnet: the nodes' ``spec.bgp.ipv6Address`` prefixes), as Calico's
+  ``vxlan-v6.calico``;
+* the VXLAN forwarding entries, per address family (one per remote node with a VTEP of that
+  family: its VTEP address and MAC, and the underlay address of that family behind them).
 
 Routes to pods on this node (the /32 per veth) are the CNI handler's, not in here.
 """
@@ -30,7 +32,7 @@ from typing import Any, Literal
 
 from datastore.model_bgp import BGPPeer
 from datastore.model_network import IPPool, Node
-from datastore.mtu import IPIP, VXLAN, encaps_in_use
+from datastore.mtu import IPIP, VXLAN, VXLAN6, encaps_in_use
 from ipam.blocks import Block
 from ipam.handles import tunnel_handles
 from routing.bgp.api import LearnedRoute
@@ -38,6 +40,8 @@ from routing.bgp.api import LearnedRoute
 log = logging.getLogger("tortie.routing")
 
 VXLAN_DEVICE = "vxlan.tortie"
+#: the VXLAN device of IPv6 pools (Calico: ``vxlan-v6.calico``)
+VXLAN_DEVICE_V6 = "vxlan-v6.tortie"
 IPIP_DEVICE = "tunl0"
 
 RouteKind = Literal["blackhole", "direct", "vxlan", "ipip"]
@@ -52,9 +56,12 @@ class NodeInfo:
     address: str | None = None          # underlay IPv4 (no prefix)
     network: str | None = None          # its subnet, from spec.bgp.ipv4Address
     address6: str | None = None         # underlay IPv6 (no prefix), spec.bgp.ipv6Address
+    network6: str | None = None         # its IPv6 subnet, from spec.bgp.ipv6Address
     asn: int | None = None
     vxlan_address: str | None = None    # spec.ipv4VXLANTunnelAddr
     vxlan_mac: str | None = None        # spec.vxlanTunnelMACAddr
+    vxlan_address6: str | None = None   # spec.ipv6VXLANTunnelAddr
+    vxlan_mac6: str | None = None       # spec.vxlanTunnelMACAddrV6
     ipip_address: str | None = None     # spec.bgp.ipv4IPIPTunnelAddr
     rr_cluster_id: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -66,14 +73,18 @@ class NodeInfo:
         if bgp is not None and bgp.ipv4Address:
             iface = ipaddress.ip_interface(bgp.ipv4Address)
             address, network = str(iface.ip), str(iface.network)
-        address6 = None
+        address6 = network6 = None
         if bgp is not None and bgp.ipv6Address:
-            address6 = str(ipaddress.ip_interface(bgp.ipv6Address).ip)
+            iface6 = ipaddress.ip_interface(bgp.ipv6Address)
+            address6, network6 = str(iface6.ip), str(iface6.network)
         return cls(
             name=node.name, address=address, network=network, address6=address6,
+            network6=network6,
             asn=int(bgp.asNumber) if bgp is not None and bgp.asNumber is not None else None,
             vxlan_address=node.spec.ipv4VXLANTunnelAddr,
             vxlan_mac=node.spec.vxlanTunnelMACAddr,
+            vxlan_address6=node.spec.ipv6VXLANTunnelAddr,
+            vxlan_mac6=node.spec.vxlanTunnelMACAddrV6,
             ipip_address=bgp.ipv4IPIPTunnelAddr if bgp is not None else None,
             rr_cluster_id=bgp.routeReflectorClusterID if bgp is not None else None,
             labels=dict(node.metadata.labels or {}))
@@ -118,8 +129,10 @@ class Desired:
     announce: dict[str, str] = field(default_factory=dict)   # prefix -> next hop
     routes: dict[str, Route] = field(default_factory=dict)   # dst -> route
     vxlan_peers: dict[str, VXLANPeer] = field(default_factory=dict)  # node -> entry
+    vxlan_peers6: dict[str, VXLANPeer] = field(default_factory=dict)  # IPv6: node -> entry
     skipped: list[str] = field(default_factory=list)         # why some routes are missing
     vxlan_needed: bool = False
+    vxlan6_needed: bool = False   # some IPv6 pool uses VXLAN (vxlan-v6.tortie)
     ipip_needed: bool = False
 
 
@@ -149,30 +162,39 @@ def pool_of(prefix: str, pools: Iterable[IPPool]) -> IPPool | None:
     return best
 
 
-def same_subnet(a: NodeInfo, b: NodeInfo) -> bool:
-    """Whether two nodes share an underlay subnet (CrossSubnet's test, as Calico does it:
-    each node's address lies in the other's ``ipv4Address`` prefix)."""
-    if not (a.address and a.network and b.address and b.network):
+def _underlay(n: NodeInfo, version: int) -> tuple[str | None, str | None]:
+    """(address, subnet) of a node's underlay of one address family."""
+    return (n.address6, n.network6) if version == 6 else (n.address, n.network)
+
+
+def same_subnet(a: NodeInfo, b: NodeInfo, version: int = 4) -> bool:
+    """Whether two nodes share an underlay subnet of one address family (CrossSubnet's test,
+    as Calico does it: each node's address lies in the other's ``ipv4Address`` /
+    ``ipv6Address`` prefix)."""
+    (a_ip, a_net), (b_ip, b_net) = _underlay(a, version), _underlay(b, version)
+    if not (a_ip and a_net and b_ip and b_net):
         return False
-    return (ipaddress.ip_address(b.address) in ipaddress.ip_network(a.network)
-            and ipaddress.ip_address(a.address) in ipaddress.ip_network(b.network))
+    return (ipaddress.ip_address(b_ip) in ipaddress.ip_network(a_net)
+            and ipaddress.ip_address(a_ip) in ipaddress.ip_network(b_net))
 
 
-def _mode_applies(mode: str | None, me: NodeInfo, peer: NodeInfo) -> bool:
+def _mode_applies(mode: str | None, me: NodeInfo, peer: NodeInfo, version: int) -> bool:
     if mode == "Always":
         return True
     if mode == "CrossSubnet":
-        return not same_subnet(me, peer)
+        return not same_subnet(me, peer, version)
     return False
 
 
 def encapsulation(pool: IPPool | None, me: NodeInfo, peer: NodeInfo | None) -> Encap:
-    """How to reach ``peer``'s addresses of ``pool`` from ``me``."""
+    """How to reach ``peer``'s addresses of ``pool`` from ``me`` (an IPv6 pool: VXLAN over
+    the IPv6 underlay, never IPIP)."""
     if pool is None or peer is None:
         return "none"
-    if _mode_applies(pool.spec.vxlanMode, me, peer):
+    version = pool.network.version
+    if _mode_applies(pool.spec.vxlanMode, me, peer, version):
         return "vxlan"
-    if _mode_applies(pool.spec.ipipMode, me, peer):
+    if version == 4 and _mode_applies(pool.spec.ipipMode, me, peer, version):
         return "ipip"
     return "none"
 
@@ -259,12 +281,17 @@ def compute(me: NodeInfo, nodes: Mapping[str, NodeInfo], pools: Iterable[IPPool]
         wanted.routes[str(b.network)] = Route(str(b.network), "blackhole")
     encaps = encaps_in_use(pools)
     wanted.vxlan_needed = VXLAN in encaps
+    wanted.vxlan6_needed = VXLAN6 in encaps
     wanted.ipip_needed = IPIP in encaps
-    if wanted.vxlan_needed:
-        for n in nodes.values():
-            if n.name == me.name or not (n.vxlan_address and n.vxlan_mac and n.address):
-                continue
+    for n in nodes.values():
+        if n.name == me.name:
+            continue
+        if wanted.vxlan_needed and n.vxlan_address and n.vxlan_mac and n.address:
             wanted.vxlan_peers[n.name] = VXLANPeer(n.name, n.vxlan_address, n.vxlan_mac, n.address)
+        if wanted.vxlan6_needed and n.vxlan_address6 and n.vxlan_mac6 and n.address6:
+            wanted.vxlan_peers6[n.name] = VXLANPeer(n.name, n.vxlan_address6, n.vxlan_mac6,
+                                                    n.address6)
+    by_address6 = {n.address6: n for n in nodes.values() if n.address6 and n.name != me.name}
     for prefix in sorted(learnt):
         r = learnt[prefix]
         try:
@@ -283,7 +310,8 @@ def compute(me: NodeInfo, nodes: Mapping[str, NodeInfo], pools: Iterable[IPPool]
                 wanted.skipped.append(f"{dst}: next hop {r.next_hop} is not a global IPv6 "
                                       "address")
             else:
-                wanted.routes[dst] = Route(dst, "direct", hop)
+                wanted.routes[dst] = _route_via6(wanted, me, by_address6,
+                                                 pool_of(dst, pools), dst, hop)
             continue
         pool = pool_of(dst, pools)
         via = {nh: _route_via(wanted, me, by_address, pool, dst, nh)
@@ -322,6 +350,20 @@ def _route_via(wanted: Desired, me: NodeInfo, by_address: Mapping[str, NodeInfo]
     return Route(dst, "direct", next_hop)
 
 
+def _route_via6(wanted: Desired, me: NodeInfo, by_address6: Mapping[str, NodeInfo],
+                pool: IPPool | None, dst: str, next_hop: str) -> Route:
+    """The route to an IPv6 ``dst``: via the owner's IPv6 address, or through
+    ``vxlan-v6.tortie`` to its IPv6 VTEP when the pool's ``vxlanMode`` says so."""
+    peer = by_address6.get(next_hop)
+    if encapsulation(pool, me, peer) == "vxlan":
+        assert peer is not None
+        if peer.name in wanted.vxlan_peers6:
+            return Route(dst, "vxlan", peer.vxlan_address6, VXLAN_DEVICE_V6)
+        wanted.skipped.append(f"{dst}: node {peer.name} has no IPv6 VXLAN tunnel "
+                              "address/MAC yet; routing it directly")
+    return Route(dst, "direct", next_hop)
+
+
 def _ipv6_next_hop(text: str) -> str | None:
     """The usable IPv6 next hop of a learnt IPv6 route (its global address: ExaBGP reports
     only the first of a global + link-local pair), None when there is none."""
@@ -334,9 +376,11 @@ def _ipv6_next_hop(text: str) -> str | None:
     return str(ip)
 
 
-def vtep_mac(node: str) -> str:
-    """A stable, locally administered unicast MAC for ``node``'s VTEP (same after restarts)."""
-    h = hashlib.sha256(f"tortie-vxlan:{node}".encode()).digest()
+def vtep_mac(node: str, version: int = 4) -> str:
+    """A stable, locally administered unicast MAC for ``node``'s VTEP of one address family
+    (same after restarts; the IPv6 VTEP's differs from the IPv4 one's)."""
+    seed = f"tortie-vxlan:{node}" if version == 4 else f"tortie-vxlan-v6:{node}"
+    h = hashlib.sha256(seed.encode()).digest()
     first = (h[0] & 0xFC) | 0x02  # locally administered, unicast
     return ":".join(f"{b:02x}" for b in (first, *h[1:6]))
 

@@ -9,12 +9,20 @@ as ``spec.ipv4VXLANTunnelAddr``) is the device's only address (/32) and its MAC
     fdb        <remote MAC> dst <remote underlay address> self permanent
 
 and routes remote blocks ``via <remote VTEP> dev vxlan.tortie onlink`` (routing/kernel.py).
-Everything here touches only the ``vxlan.tortie`` device.  Blocking: use worker threads.
+
+IPv6 pools get their own device, ``vxlan-v6.tortie`` (Calico's ``vxlan-v6.calico``): the
+same VNI and port, ``local`` = the node's IPv6 underlay address, the VTEP address
+``spec.ipv6VXLANTunnelAddr`` (/128, no duplicate address detection) and MAC
+``spec.vxlanTunnelMACAddrV6``, neighbour and FDB entries of IPv6 addresses.  Its MTU is
+FelixConfiguration ``vxlanMTUV6``, else the underlay's less 70 (outer IPv6 header).
+
+Everything here touches only the device it is made for.  Blocking: use worker threads.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,9 +32,9 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agentkit.links import underlay_mtu
-from datastore.mtu import DEFAULT_UNDERLAY_MTU, VXLAN, VXLAN_PORT, tunnel_mtu
-from ipam.handles import VXLAN_HANDLE_PREFIX
-from routing.desired import VXLAN_DEVICE, VXLANPeer
+from datastore.mtu import DEFAULT_UNDERLAY_MTU, VXLAN, VXLAN6, VXLAN_PORT, tunnel_mtu
+from ipam.handles import VXLAN6_HANDLE_PREFIX, VXLAN_HANDLE_PREFIX
+from routing.desired import VXLAN_DEVICE, VXLAN_DEVICE_V6, VXLANPeer
 from routing.kernel import call_in_netns
 
 log = logging.getLogger("tortie.routing")
@@ -34,9 +42,11 @@ log = logging.getLogger("tortie.routing")
 VNI = 4096
 PORT = VXLAN_PORT
 AF_INET = 2
+AF_INET6 = 10
 AF_BRIDGE = 7
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
+IFA_F_NODAD = 0x02
 
 
 @dataclass(frozen=True)
@@ -56,9 +66,18 @@ def _info(link: Any) -> tuple[str | None, Any]:
 
 
 class VXLANDevice:
-    def __init__(self, netns: str | None = None, name: str = VXLAN_DEVICE) -> None:
+    """One VXLAN device: ``version`` 4 (``vxlan.tortie``, IPv4 underlay and VTEP address) or
+    6 (``vxlan-v6.tortie``, IPv6 ones)."""
+
+    def __init__(self, netns: str | None = None, name: str | None = None,
+                 version: int = 4) -> None:
+        if version not in (4, 6):
+            raise ValueError(f"version must be 4 or 6, not {version!r}")
         self.netns = netns
-        self.name = name
+        self.version = version
+        self.name = name or (VXLAN_DEVICE_V6 if version == 6 else VXLAN_DEVICE)
+        self.family = AF_INET6 if version == 6 else AF_INET
+        self.prefixlen = 128 if version == 6 else 32
 
     def _index(self, ipr: IPRoute) -> int | None:
         found = ipr.link_lookup(ifname=self.name)
@@ -71,7 +90,9 @@ class VXLANDevice:
         """Create or fix the device; returns what it changed (empty: it was right)."""
         changes: list[str] = []
         found = underlay_mtu(cfg.local)
-        mtu = cfg.mtu or tunnel_mtu(found[0] if found else DEFAULT_UNDERLAY_MTU, VXLAN)
+        mtu = cfg.mtu or tunnel_mtu(found[0] if found else DEFAULT_UNDERLAY_MTU,
+                                    VXLAN6 if self.version == 6 else VXLAN)
+        local_attr = "IFLA_VXLAN_LOCAL6" if self.version == 6 else "IFLA_VXLAN_LOCAL"
         with IPRoute() as ipr:
             idx = self._index(ipr)
             if idx is not None:
@@ -80,14 +101,15 @@ class VXLANDevice:
                 ok = (kind == "vxlan" and data is not None
                       and data.get_attr("IFLA_VXLAN_ID") == VNI
                       and data.get_attr("IFLA_VXLAN_PORT") == PORT
-                      and data.get_attr("IFLA_VXLAN_LOCAL") == cfg.local)
+                      and _same_ip(data.get_attr(local_attr), cfg.local))
                 if not ok:
                     ipr.link("del", index=idx)
                     changes.append("deleted a device with other settings")
                     idx = None
             if idx is None:
+                local = {"vxlan_local6" if self.version == 6 else "vxlan_local": cfg.local}
                 ipr.link("add", ifname=self.name, kind="vxlan", vxlan_id=VNI, vxlan_port=PORT,
-                         vxlan_local=cfg.local, vxlan_learning=0, address=cfg.mac, mtu=mtu)
+                         vxlan_learning=0, address=cfg.mac, mtu=mtu, **local)
                 idx = self._index(ipr)
                 assert idx is not None
                 changes.append(f"created {self.name} (vni {VNI}, local {cfg.local})")
@@ -98,15 +120,19 @@ class VXLANDevice:
             if link.get_attr("IFLA_MTU") != mtu:
                 ipr.link("set", index=idx, mtu=mtu)
                 changes.append(f"mtu {mtu}")
-            have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
-                    for a in ipr.get_addr(family=AF_INET, index=idx)}
-            want = (cfg.address, 32)
+            # the kernel's own IPv6 link-local address stays
+            have = {(str(ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))), a["prefixlen"])
+                    for a in ipr.get_addr(family=self.family, index=idx)
+                    if not ipaddress.ip_address(a.get_attr("IFA_ADDRESS")).is_link_local}
+            want = (str(ipaddress.ip_address(cfg.address)), self.prefixlen)
             for addr, plen in have - {want}:
                 ipr.addr("del", index=idx, address=addr, prefixlen=plen)
                 changes.append(f"removed address {addr}/{plen}")
             if want not in have:
-                ipr.addr("add", index=idx, address=cfg.address, prefixlen=32)
-                changes.append(f"address {cfg.address}/32")
+                extra = {"flags": IFA_F_NODAD} if self.version == 6 else {}
+                ipr.addr("add", index=idx, address=cfg.address, prefixlen=self.prefixlen,
+                         **extra)
+                changes.append(f"address {cfg.address}/{self.prefixlen}")
             if not link["flags"] & 1:  # IFF_UP
                 ipr.link("set", index=idx, state="up")
                 changes.append("up")
@@ -141,18 +167,18 @@ class VXLANDevice:
                 return {}, {}
             return self._entries(ipr, idx)
 
-    @staticmethod
-    def _entries(ipr: IPRoute, idx: int) -> tuple[dict[str, str], dict[str, str]]:
+    def _entries(self, ipr: IPRoute, idx: int) -> tuple[dict[str, str], dict[str, str]]:
         neigh: dict[str, str] = {}
-        for n in ipr.get_neighbours(ifindex=idx, family=AF_INET):
+        for n in ipr.get_neighbours(ifindex=idx, family=self.family):
             if n["ifindex"] == idx and n["state"] & NUD_PERMANENT:
-                neigh[n.get_attr("NDA_DST")] = (n.get_attr("NDA_LLADDR") or "").lower()
+                neigh[_canonical(n.get_attr("NDA_DST"))] = (
+                    n.get_attr("NDA_LLADDR") or "").lower()
         fdb: dict[str, str] = {}
         for n in ipr.get_neighbours(ifindex=idx, family=AF_BRIDGE):
             dst = n.get_attr("NDA_DST")
             mac = (n.get_attr("NDA_LLADDR") or "").lower()
             if n["ifindex"] == idx and dst and mac and mac != "00:00:00:00:00:00":
-                fdb[mac] = dst
+                fdb[mac] = _canonical(dst)
         return neigh, fdb
 
     def sync_peers(self, peers: Mapping[str, VXLANPeer]) -> list[str]:
@@ -166,8 +192,8 @@ class VXLANDevice:
             if idx is None:
                 return changes
             neigh, fdb = self._entries(ipr, idx)
-            want_neigh = {p.vtep_address: p.mac.lower() for p in peers.values()}
-            want_fdb = {p.mac.lower(): p.underlay for p in peers.values()}
+            want_neigh = {_canonical(p.vtep_address): p.mac.lower() for p in peers.values()}
+            want_fdb = {p.mac.lower(): _canonical(p.underlay) for p in peers.values()}
             for mac, dst in want_fdb.items():
                 if fdb.get(mac) != dst:
                     ipr.fdb("replace", ifindex=idx, lladdr=mac, dst=dst, state=NUD_PERMANENT,
@@ -176,11 +202,12 @@ class VXLANDevice:
             for addr, mac in want_neigh.items():
                 if neigh.get(addr) != mac:
                     ipr.neigh("replace", ifindex=idx, dst=addr, lladdr=mac,
-                              state=NUD_PERMANENT)
+                              state=NUD_PERMANENT, family=self.family)
                     changes.append(f"neigh {addr} lladdr {mac}")
             for addr, mac in neigh.items():
                 if addr not in want_neigh:
-                    _ignore_gone(ipr.neigh, "del", ifindex=idx, dst=addr, lladdr=mac)
+                    _ignore_gone(ipr.neigh, "del", ifindex=idx, dst=addr, lladdr=mac,
+                                 family=self.family)
                     changes.append(f"removed neigh {addr}")
             for mac, dst in fdb.items():
                 if mac not in want_fdb:
@@ -197,6 +224,19 @@ def _ignore_gone(call: Any, *args: Any, **kwargs: Any) -> None:
             raise
 
 
-def vtep_handle(node: str) -> str:
-    """The IPAM handle of a node's VTEP address (Calico's name for it)."""
-    return VXLAN_HANDLE_PREFIX + node
+def _canonical(address: str) -> str:
+    """An IP address as :mod:`ipaddress` writes it (IPv6 in its compressed form)."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
+
+
+def _same_ip(a: str | None, b: str) -> bool:
+    return a is not None and _canonical(a) == _canonical(b)
+
+
+def vtep_handle(node: str, version: int = 4) -> str:
+    """The IPAM handle of a node's VTEP address of one address family (Calico's names:
+    ``vxlan-tunnel-addr-<node>``, ``vxlan-v6-tunnel-addr-<node>``)."""
+    return (VXLAN6_HANDLE_PREFIX if version == 6 else VXLAN_HANDLE_PREFIX) + node

@@ -41,6 +41,12 @@ class Neighbour:
     export_rules: tuple[FilterRule, ...] = ()  # the BGPFilters of BGPPeer filters, in order
     import_rules: tuple[FilterRule, ...] = ()
 
+    @property
+    def version(self) -> int:
+        """The session's IP version: 6 for a peer at an IPv6 address (a session over IPv6,
+        from this node's IPv6 address, carrying IPv6 routes only, as Calico's)."""
+        return 6 if ":" in self.address else 4
+
 
 @dataclass(frozen=True)
 class BGPSettings:
@@ -56,7 +62,9 @@ class BGPSettings:
     cluster_id: str | None = None  # set when this node is a route reflector
     #: BGPConfiguration prefixAdvertisements, names resolved: (cidr, community values)
     prefix_communities: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    ipv6: bool = False            # also carry IPv6 unicast (MP-BGP) on every session
+    ipv6: bool = False            # also carry IPv6 unicast (MP-BGP) on every IPv4 session
+    #: this node's IPv6 address (no prefix): the local end of sessions with IPv6 peers
+    local_address6: str | None = None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ Route reflector (``route_reflector=True``, same AS as the nodes): every node is 
 ``rr client``; BIRD reflects each node's blocks to the others with the next hop unchanged.
 ``ipv6=True``: every session also has an IPv6 channel (MP-BGP over the IPv4 session) and
 BIRD installs the IPv6 routes it learns as well (its namespace then needs an IPv6 address
-on the nodes' subnet: next hops are the nodes' IPv6 addresses).
+on the nodes' subnet: next hops are the nodes' IPv6 addresses).  A neighbour at an IPv6
+address gets a session over IPv6 from BIRD's own IPv6 address (``local6``) with an IPv6
+channel only, as Calico's IPv6 sessions.
 """
 
 from __future__ import annotations
@@ -46,25 +48,33 @@ def _proto_name(address: str) -> str:
 def render_bird_config(router_id: str, asn: int, neighbours: Iterable[BirdNeighbour], *,
                        route_reflector: bool = False, cluster_id: str | None = None,
                        graceful_restart: int = 120, log_file: str | None = None,
-                       local_net: str | None = None, ipv6: bool = False) -> str:
+                       local_net: str | None = None, ipv6: bool = False,
+                       local6: str | None = None) -> str:
     """``local_net``: BIRD's own subnet; neighbours outside it are multihop sessions whose
     next hops resolve through the kernel's routes (learnt, e.g. a default route);
-    ``ipv6``: an IPv6 unicast channel on every session, and a kernel protocol for it."""
+    ``ipv6``: an IPv6 unicast channel on every IPv4 session, and a kernel protocol for it;
+    ``local6``: BIRD's IPv6 address with its prefix length, the local end of the sessions
+    with IPv6 neighbours (which carry IPv6 routes only)."""
     ipaddress.IPv4Address(router_id)
+    neighbours = list(neighbours)
     net = ipaddress.ip_network(local_net or f"{router_id}/24", strict=False)
+    iface6 = ipaddress.IPv6Interface(local6) if local6 else None
+    if iface6 is None and any(":" in n.address for n in neighbours):
+        raise BirdError("IPv6 neighbours need BIRD's own IPv6 address (local6)")
+    ipv6_kernel = ipv6 or iface6 is not None
     lines = [
         "# Written by tortie (routing/bgp/bird.py).",
         f"router id {router_id};",
         f'log "{log_file}" all;' if log_file else "log stderr all;",
         "protocol device { scan time 10; }",
-        "protocol direct { ipv4; ipv6; }" if ipv6 else "protocol direct { ipv4; }",
+        "protocol direct { ipv4; ipv6; }" if ipv6_kernel else "protocol direct { ipv4; }",
         "protocol kernel {",
         "    learn;",
         "    ipv4 { import where net = 0.0.0.0/0;",
         "           export filter { if source = RTS_BGP then accept; reject; }; };",
         "}",
     ]
-    if ipv6:
+    if ipv6_kernel:
         lines += [
             "protocol kernel kernel6 {",
             "    ipv6 { import none;",
@@ -73,16 +83,19 @@ def render_bird_config(router_id: str, asn: int, neighbours: Iterable[BirdNeighb
         ]
     for n in neighbours:
         ibgp = n.asn == asn
+        over6 = ":" in n.address
+        local = str(iface6.ip) if over6 and iface6 is not None else router_id
         lines += [
             f"protocol bgp {_proto_name(n.address)} {{",
-            f"    local {router_id} as {asn};",
+            f"    local {local} as {asn};",
             f"    neighbor {n.address} as {n.asn};",
             "    connect delay time 1;",
             "    connect retry time 1;",
             "    error wait time 1, 10;",
             f"    graceful restart on; graceful restart time {graceful_restart};",
         ]
-        on_link = ipaddress.ip_address(n.address) in net
+        on_link = ipaddress.ip_address(n.address) in (
+            iface6.network if over6 and iface6 is not None else net)
         if on_link and ibgp:
             lines.append("    direct;")  # same subnet: not multihop (BIRD's iBGP default)
         elif not on_link:
@@ -95,14 +108,15 @@ def render_bird_config(router_id: str, asn: int, neighbours: Iterable[BirdNeighb
                 lines.append(f"    rr cluster id {cluster_id};")
         export = "where source = RTS_BGP" if route_reflector else "none"
         gateway = ("    gateway direct;" if on_link else "    gateway recursive;") if ibgp else ""
-        lines += [
-            "    ipv4 {",
-            "        import all;",
-            f"        export {export};",
-            *([gateway] if gateway else []),
-            "    };",
-        ]
-        if ipv6:
+        if not over6:
+            lines += [
+                "    ipv4 {",
+                "        import all;",
+                f"        export {export};",
+                *([gateway] if gateway else []),
+                "    };",
+            ]
+        if ipv6 or over6:
             lines += [
                 "    ipv6 {",
                 "        import all;",
@@ -122,10 +136,12 @@ class BirdPeer:
     def __init__(self, run_dir: str | Path, *, netns: str, router_id: str, asn: int,
                  peers: Iterable[tuple[str, int] | BirdNeighbour], bird: str | None = None,
                  route_reflector: bool = False, cluster_id: str | None = None,
-                 local_net: str | None = None, ipv6: bool = False) -> None:
+                 local_net: str | None = None, ipv6: bool = False,
+                 local6: str | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.local_net = local_net
         self.ipv6 = ipv6
+        self.local6 = local6
         self.netns = netns
         self.router_id = router_id
         self.asn = asn
@@ -154,7 +170,8 @@ class BirdPeer:
         return render_bird_config(self.router_id, self.asn, self.neighbours,
                                   route_reflector=self.route_reflector,
                                   cluster_id=self.cluster_id, log_file=str(self.log_path),
-                                  local_net=self.local_net, ipv6=self.ipv6)
+                                  local_net=self.local_net, ipv6=self.ipv6,
+                                  local6=self.local6)
 
     def start(self) -> int:
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,9 @@ Choices, and why:
   (``BGPSettings.ipv6``): IPv6 routes ride the IPv4 sessions as MP-BGP (RFC 4760), each
   with the announcing node's IPv6 address as next hop.  A peer that does not offer the
   family simply does not negotiate it.
+* A peer at an IPv6 address (a BGPPeer with an IPv6 ``peerIP``) gets a session over IPv6:
+  ``local-address`` = the node's IPv6 address, ``family { ipv6 unicast; }`` only (Calico's
+  IPv6 sessions carry IPv6 routes only), and ExaBGP listens on the IPv6 address as well.
 * ExaBGP never touches the FIB; nothing here asks it to.
 """
 
@@ -32,9 +35,23 @@ FAMILY = "ipv4 unicast"
 FAMILY_V6 = "ipv6 unicast"
 
 
-def families(settings: BGPSettings) -> tuple[str, ...]:
-    """The address families every session of these settings carries."""
+def families(settings: BGPSettings, n: Neighbour | None = None) -> tuple[str, ...]:
+    """The address families a session carries: an IPv6 session IPv6 unicast only, an IPv4
+    one IPv4 unicast, and IPv6 unicast too when the node has an IPv6 address.  Without
+    ``n``: those of the IPv4 sessions."""
+    if n is not None and n.version == 6:
+        return (FAMILY_V6,)
     return (FAMILY, FAMILY_V6) if settings.ipv6 else (FAMILY,)
+
+
+def carries(settings: BGPSettings, n: Neighbour, prefix: str) -> bool:
+    """Whether the session with ``n`` carries routes of ``prefix``'s address family."""
+    return (FAMILY_V6 if ":" in prefix else FAMILY) in families(settings, n)
+
+
+def local_address(settings: BGPSettings, n: Neighbour) -> str | None:
+    """This node's end of the session with ``n``: its IPv6 address for an IPv6 peer."""
+    return settings.local_address6 if n.version == 6 else settings.local_address
 
 
 def _quote(text: str) -> str:
@@ -54,8 +71,9 @@ def render_neighbour(settings: BGPSettings, n: Neighbour) -> str:
         f"    description {_quote(f'{n.kind}:{n.name}' if n.name else n.kind)};",
         f"    router-id {settings.router_id};",
     ]
-    if n.source_address:
-        lines.append(f"    local-address {settings.local_address};")
+    local = local_address(settings, n)
+    if n.source_address and local:
+        lines.append(f"    local-address {local};")
     lines += [
         f"    local-as {n.local_asn or settings.asn};",
         f"    peer-as {n.asn};",
@@ -77,7 +95,7 @@ def render_neighbour(settings: BGPSettings, n: Neighbour) -> str:
     if settings.graceful_restart > 0 and restart > 0:
         caps.append(f"graceful-restart {restart};")
     lines.append(f"    capability {{ {' '.join(caps)} }}")
-    lines.append(f"    family {{ {' '.join(f + ';' for f in families(settings))} }}")
+    lines.append(f"    family {{ {' '.join(f + ';' for f in families(settings, n))} }}")
     lines.append(f"    api {{ processes [ {PROCESS_NAME} ]; neighbor-changes; "
                  "receive { parsed; update; open; notification; } }")
     lines.append("}")
@@ -110,7 +128,8 @@ def neighbour_addresses(settings: BGPSettings) -> list[str]:
     seen: list[str] = []
     for n in settings.neighbours:
         if n.address not in seen and n.address not in (settings.local_address,
-                                                        settings.router_id):
+                                                        settings.router_id,
+                                                        settings.local_address6):
             seen.append(n.address)
     return seen
 
@@ -128,7 +147,7 @@ def exabgp_environment(settings: BGPSettings, base: Mapping[str, str] | None = N
     env.update({
         "exabgp_daemon_user": "root",
         "exabgp_daemon_daemonize": "false",
-        "exabgp_tcp_bind": settings.local_address,
+        "exabgp_tcp_bind": " ".join(bind_addresses(settings)),
         "exabgp_tcp_port": str(settings.listen_port),
         "exabgp_api_ack": "true",
         "exabgp_api_cli": "false",
@@ -147,5 +166,12 @@ def exabgp_environment(settings: BGPSettings, base: Mapping[str, str] | None = N
 def restart_needed(old: BGPSettings, new: BGPSettings) -> bool:
     """True when a change cannot be applied by reloading the configuration (the listening
     socket or this speaker's identity changes); neighbour changes only need a reload."""
-    return (old.local_address, old.listen_port, old.router_id, old.asn) != (
-        new.local_address, new.listen_port, new.router_id, new.asn)
+    return (bind_addresses(old), old.listen_port, old.router_id, old.asn) != (
+        bind_addresses(new), new.listen_port, new.router_id, new.asn)
+
+
+def bind_addresses(settings: BGPSettings) -> tuple[str, ...]:
+    """The addresses ExaBGP listens on: the node's IPv4 address, and its IPv6 address while
+    some session runs over IPv6 (a node without IPv6 peers never depends on it)."""
+    v6 = settings.local_address6 if any(n.version == 6 for n in settings.neighbours) else None
+    return tuple(a for a in (settings.local_address, v6) if a)

@@ -9,7 +9,12 @@ one node), every BGPPeer.  Rules (Calico's confd BGP templates and its BGPPeer d
 * Node-to-node mesh (``nodeToNodeMeshEnabled``, default on): a session with every other
   node that has an IPv4 address, with the mesh password (``nodeMeshPassword``) and
   ``nodeMeshMaxRestartTime`` as the graceful restart time.  Mesh sessions are one-way as
-  in Calico: we wait passively for nodes with a higher address to connect.
+  in Calico: we wait passively for nodes with a higher address to connect.  The mesh runs
+  over IPv4 only: the nodes' IPv6 routes ride it (MP-BGP), so no second, IPv6 mesh is made
+  (Calico's separate IPv6 mesh comes from BIRD 1's separate IPv6 daemon, bird6).
+* IPv6 peers: a BGPPeer whose ``peerIP`` is IPv6 gets a session over IPv6 from this
+  node's ``spec.bgp.ipv6Address`` (skipped, and said so, on a node without one), carrying
+  IPv6 routes only, as Calico's IPv6 sessions.
 * A BGPPeer applies to this node when it is global (neither ``node`` nor
   ``nodeSelector``), names this node (``node``), or its ``nodeSelector`` matches this
   node's labels.  Its peers: ``peerIP`` / ``asNumber``, or every *other* node its
@@ -38,6 +43,7 @@ one node), every BGPPeer.  Rules (Calico's confd BGP templates and its BGPPeer d
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -79,6 +85,11 @@ def duration_seconds(text: str) -> float:
 
 def node_ipv4(node: Node) -> str | None:
     cidr = node.ipv4_address()
+    return cidr.split("/", 1)[0] if cidr else None
+
+
+def node_ipv6(node: Node) -> str | None:
+    cidr = node.ipv6_address()
     return cidr.split("/", 1)[0] if cidr else None
 
 
@@ -167,6 +178,7 @@ def compute_settings(node_name: str, nodes: Iterable[Node],
     my_ip = node_ipv4(me)
     if my_ip is None:
         return PeersResult(None, f"Node {node_name!r} has no spec.bgp.ipv4Address")
+    my_ip6 = node_ipv6(me)
     default = configs.get(GLOBAL_BGP_CONFIG_NAME)
     cluster = effective_bgp_settings(default)
     own = configs.get(f"node.{node_name}")
@@ -196,7 +208,7 @@ def compute_settings(node_name: str, nodes: Iterable[Node],
     def offer(prio: int, n: Neighbour, held: bool = False) -> None:
         """A peering held back (its password is missing) still takes its address: a
         lower-priority peering (the mesh) never connects there without that password."""
-        if n.address == my_ip:
+        if n.address in (my_ip, my_ip6):
             return
         cur = chosen.get(n.address)
         if cur is None or prio < cur[0]:
@@ -217,8 +229,12 @@ def compute_settings(node_name: str, nodes: Iterable[Node],
             ok = ok and usable
             if s.peerIP:
                 addr = peer.peer_address()
-                if addr is None or ":" in addr[0]:
-                    continue  # IPv6 peers: not supported by this speaker
+                if addr is None:
+                    continue
+                if ":" in addr[0] and my_ip6 is None:
+                    skipped.append(f"{where}: peerIP {addr[0]} is IPv6 and Node {node_name} "
+                                   "has no spec.bgp.ipv6Address")
+                    continue
                 if not s.asNumber:
                     skipped.append(f"{where}: no asNumber")
                     continue
@@ -257,7 +273,8 @@ def compute_settings(node_name: str, nodes: Iterable[Node],
                                                         key=lambda kv: ip_key(kv[0]))
                        if not held)
     return PeersResult(BGPSettings(
-        router_id=my_ip, local_address=my_ip, asn=asn_of(me), neighbours=neighbours,
+        router_id=my_ip, local_address=my_ip, local_address6=my_ip6, asn=asn_of(me),
+        neighbours=neighbours,
         listen_port=listen_port, hold_time=hold_time, graceful_restart=restart,
         cluster_id=my_cid, prefix_communities=prefix_communities(own, default),
         ipv6=bool(me.ipv6_address())),
@@ -338,7 +355,12 @@ def reachable_routes(node_name: str, nodes: Iterable[Node],
 
 
 def ip_key(address: str) -> tuple[int, ...]:
+    """A sort key of addresses: IPv4 in numeric order, then IPv6 in numeric order."""
     try:
         return tuple(int(p) for p in address.split("."))
     except ValueError:
-        return (1 << 16,)
+        pass
+    try:
+        return (1 << 16, int(ipaddress.IPv6Address(address)))
+    except ValueError:
+        return (1 << 17,)

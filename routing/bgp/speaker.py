@@ -412,6 +412,7 @@ class ExaBGPSpeaker:
         what its export filter rejects.  ``ours``: :meth:`_own_attributes`, if at hand."""
         if ours is None:
             ours = self._own_attributes()
+        ours = {prefix: attrs for prefix, attrs in ours.items() if self._carries(addr, prefix)}
         p = self._peers.get(addr)
         if p is None or not p.neighbour.export_rules:
             return ours
@@ -454,15 +455,26 @@ class ExaBGPSpeaker:
         again = [a for a in self._up_peers() if a in self._eor_peers]
         if not again:
             return
-        for family in self._families():
+        for family in (FAMILY, FAMILY_V6):
+            peers = [a for a in again if family in self._families_of(a)]
+            if not peers:
+                continue
             try:
-                await self._command(f"{_selector(again)} announce eor {family}")
+                await self._command(f"{_selector(peers)} announce eor {family}")
             except SpeakerError as e:
                 log.warning("end-of-rib not sent again after a reload", extra={"fields": {
-                    "peers": ",".join(again), "family": family, "error": str(e)}})
+                    "peers": ",".join(peers), "family": family, "error": str(e)}})
 
-    def _families(self) -> tuple[str, ...]:
-        return families(self.settings) if self.settings is not None else (FAMILY,)
+    def _families_of(self, addr: str) -> tuple[str, ...]:
+        """The address families the session with ``addr`` carries."""
+        p = self._peers.get(addr)
+        if self.settings is None:
+            return (FAMILY_V6,) if ":" in addr else (FAMILY,)
+        return families(self.settings, p.neighbour if p is not None else None)
+
+    def _carries(self, addr: str, prefix: str) -> bool:
+        """Whether the session with ``addr`` carries ``prefix``'s address family."""
+        return (FAMILY_V6 if ":" in prefix else FAMILY) in self._families_of(addr)
 
     def on_routes(self, callback: RoutesChanged) -> None:
         self._callbacks.append(callback)
@@ -812,7 +824,8 @@ class ExaBGPSpeaker:
         originator, clusters = reflection_attributes(msg)
         for prefix, route in announced.items():
             if settings is not None and (
-                    route.next_hop in (settings.local_address, settings.router_id)
+                    route.next_hop in (settings.local_address, settings.router_id,
+                                       settings.local_address6)
                     or originator == settings.router_id
                     or (settings.cluster_id and settings.cluster_id in clusters)):
                 # our own route, or one we reflected, coming back: a loop (RFC 4456 8)
@@ -888,15 +901,16 @@ class ExaBGPSpeaker:
             if route.as_path:
                 attrs += f" as-path [ {' '.join(map(str, route.as_path))} ]"
             for target, tp in ibgp.items():
-                if target == route.peer:
+                if target == route.peer or not self._carries(target, prefix):
                     continue
                 if not (src.neighbour.rr_client or tp.neighbour.rr_client):
                     continue
                 if tp.neighbour.export_rules and not accepted(
                         tp.neighbour.export_rules, prefix, remote=True):
                     continue
+                own = (s.local_address6 or s.local_address) if ":" in prefix else s.local_address
                 out[target][prefix] = (attrs.replace(f"next-hop {route.next_hop}",
-                                                     f"next-hop {s.local_address}", 1)
+                                                     f"next-hop {own}", 1)
                                        if tp.neighbour.next_hop_self else attrs)
         return out
 
@@ -954,8 +968,9 @@ class ExaBGPSpeaker:
 
     async def _eor_to(self, addr: str) -> None:
         self._eor_peers.add(addr)  # before the answer: a reload confirmed meanwhile sees it
+        first, *more = self._families_of(addr)
         try:
-            await self._command(f"neighbor {addr} announce eor {FAMILY}")
+            await self._command(f"neighbor {addr} announce eor {first}")
         except SpeakerError as e:
             self._eor_peers.discard(addr)
             p = self._peers.get(addr)
@@ -963,7 +978,7 @@ class ExaBGPSpeaker:
                 log.warning("end-of-rib not sent",
                             extra={"fields": {"peer": addr, "error": str(e)}})
             return
-        for family in self._families()[1:]:  # IPv6: a refusal leaves IPv4's EoR standing
+        for family in more:  # IPv6 on an IPv4 session: a refusal leaves IPv4's EoR standing
             try:
                 await self._command(f"neighbor {addr} announce eor {family}")
             except SpeakerError as e:

@@ -206,3 +206,43 @@ def test_ipv6_unicast_when_the_node_has_an_ipv6_address() -> None:
     assert s is not None and s.ipv6 and s.router_id == "192.0.2.11"
     s1 = compute_settings("n1", NODES, [], []).settings
     assert s1 is not None and not s1.ipv6
+
+
+def _dual(name: str, ip: str, ip6: str) -> Any:
+    return res("Node", name, {"bgp": {"ipv4Address": f"{ip}/24", "ipv6Address": f"{ip6}/64"}})
+
+
+DUAL = [_dual("n1", "192.0.2.11", "2001:db8:0:1::11"),
+        _dual("n2", "192.0.2.12", "2001:db8:0:1::12")]
+TOR6 = res("BGPPeer", "tor6", {"peerIP": "2001:db8:0:1::2", "asNumber": 65001})
+
+
+def test_ipv6_peer_ip_gets_a_session_over_ipv6() -> None:
+    r = compute_settings("n1", DUAL, [], [TOR6])
+    assert r.settings is not None and r.skipped == []
+    s = r.settings
+    assert s.local_address6 == "2001:db8:0:1::11" and s.local_address == "192.0.2.11"
+    n = by_addr(r)["2001:db8:0:1::2"]
+    assert (n.asn, n.kind, n.name, n.version) == (65001, "global", "tor6", 6)
+    # the node mesh stays on IPv4 (the IPv6 routes ride it): no IPv6 mesh session
+    assert set(by_addr(r)) == {"192.0.2.12", "2001:db8:0:1::2"}
+    assert by_addr(r)["192.0.2.12"].version == 4
+
+
+def test_ipv6_peer_on_a_node_without_ipv6_is_skipped_and_said() -> None:
+    r = compute_settings("n1", NODES, [], [TOR6])
+    assert r.settings is not None and "2001:db8:0:1::2" not in by_addr(r)
+    assert r.skipped == ["BGPPeer tor6: peerIP 2001:db8:0:1::2 is IPv6 and Node n1 has no "
+                         "spec.bgp.ipv6Address"]
+
+
+def test_no_session_with_our_own_ipv6_address() -> None:
+    me = res("BGPPeer", "self6", {"peerIP": "2001:db8:0:1::11", "asNumber": 64512})
+    assert "2001:db8:0:1::11" not in by_addr(compute_settings("n1", DUAL, [], [me]))
+
+
+def test_ip_key_orders_ipv4_then_ipv6_numerically() -> None:
+    from routing.bgp.peers import ip_key
+    addrs = ["2001:db8::10", "192.0.2.9", "2001:db8::9", "192.0.2.10"]
+    assert sorted(addrs, key=ip_key) == ["192.0.2.9", "192.0.2.10", "2001:db8::9",
+                                         "2001:db8::10"]

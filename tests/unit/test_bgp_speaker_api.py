@@ -226,3 +226,21 @@ def test_environment_keeps_the_log_unbuffered() -> None:
     from routing.bgp.exabgp_config import exabgp_environment
     env = exabgp_environment(settings(), {})
     assert env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_an_ipv6_session_is_offered_ipv6_routes_only(tmp_path: Path) -> None:
+    """Our routes per session: an IPv4 session of a dual-stack node both families (MP-BGP),
+    a session over IPv6 the IPv6 prefixes only (no IPv4 route is sent where it cannot go)."""
+    sp = ExaBGPSpeaker(tmp_path / "run", "exabgp")
+    n4, n6 = Neighbour("192.0.2.12", 64512), Neighbour("2001:db8:0:1::2", 65001, "global")
+    settings = BGPSettings("192.0.2.11", "192.0.2.11", 64512, (n4, n6), ipv6=True,
+                           local_address6="2001:db8:0:1::11")
+    sp.settings = settings
+    sp._sync_peers(settings)
+    sp._wanted = {"10.244.0.0/26": "192.0.2.11", "fd00:10:244::/122": "2001:db8:0:1::11"}
+    assert sp.exported_to("192.0.2.12") == {
+        "10.244.0.0/26": "next-hop 192.0.2.11",
+        "fd00:10:244::/122": "next-hop 2001:db8:0:1::11"}
+    assert sp.exported_to("2001:db8:0:1::2") == {
+        "fd00:10:244::/122": "next-hop 2001:db8:0:1::11"}
+    assert sp._families_of("2001:db8:0:1::2") == ("ipv6 unicast",)

@@ -198,3 +198,40 @@ def test_parse_bird_show_route_ipv6() -> None:
         "\tvia 2001:db8:0:1::12 on eth0\n")
     assert parse_show_route(text) == {"fd00:10:244::/122": "2001:db8:0:1::11",
                                       "fd00:10:244::40/122": "2001:db8:0:1::12"}
+
+
+def test_ipv6_session_uses_the_ipv6_address_and_carries_ipv6_only() -> None:
+    from routing.bgp.exabgp_config import bind_addresses, carries, restart_needed
+    n4 = Neighbour("192.0.2.12", 64512)
+    n6 = Neighbour("2001:db8:0:1::2", 65001, "global", "tor6")
+    s = BGPSettings("192.0.2.11", "192.0.2.11", 64512, (n4, n6), ipv6=True,
+                    local_address6="2001:db8:0:1::11")
+    text = render_neighbour(s, n6)
+    assert "local-address 2001:db8:0:1::11;" in text and "router-id 192.0.2.11;" in text
+    assert "family { ipv6 unicast; }" in text
+    assert "family { ipv4 unicast; ipv6 unicast; }" in render_neighbour(s, n4)
+    assert families(s, n6) == ("ipv6 unicast",)
+    assert carries(s, n6, "fd00:10:244::/122") and not carries(s, n6, "10.244.0.0/26")
+    assert carries(s, n4, "fd00:10:244::/122") and carries(s, n4, "10.244.0.0/26")
+    # ExaBGP listens on the IPv6 address only while an IPv6 session needs it
+    assert bind_addresses(s) == ("192.0.2.11", "2001:db8:0:1::11")
+    assert exabgp_environment(s)["exabgp_tcp_bind"] == "192.0.2.11 2001:db8:0:1::11"
+    only4 = dataclasses.replace(s, neighbours=(n4,))
+    assert bind_addresses(only4) == ("192.0.2.11",)
+    assert restart_needed(only4, s) and not restart_needed(s, s)
+    assert "neighbor 2001:db8:0:1::2 {" in render_config(s, ["relay"])
+
+
+def test_bird_config_ipv6_neighbour_session_over_ipv6() -> None:
+    text = render_bird_config("192.0.2.2", 65001, [BirdNeighbour("2001:db8:0:1::11", 64512),
+                                                   BirdNeighbour("2001:db8:0:9::13", 64512)],
+                              local6="2001:db8:0:1::2/64")
+    near = text[text.index("protocol bgp n_2001_db8_0_1__11"):].split("\n}")[0]
+    assert "local 2001:db8:0:1::2 as 65001;" in near
+    assert "    ipv6 {" in near and "    ipv4 {" not in near and "multihop" not in near
+    far = text[text.index("protocol bgp n_2001_db8_0_9__13"):].split("\n}")[0]
+    assert "multihop;" in far
+    assert "protocol kernel kernel6 {" in text
+    from routing.bgp.bird import BirdError
+    with pytest.raises(BirdError, match="local6"):
+        render_bird_config("192.0.2.2", 65001, [BirdNeighbour("2001:db8:0:1::11", 64512)])

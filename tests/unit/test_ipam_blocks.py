@@ -263,7 +263,8 @@ def test_address_order_puts_v4_before_v6() -> None:
 
 
 def test_handle_prefixes() -> None:
-    assert TUNNEL_HANDLE_PREFIXES == ("vxlan-tunnel-addr-", "ipip-tunnel-addr-")
+    assert TUNNEL_HANDLE_PREFIXES == ("vxlan-tunnel-addr-", "vxlan-v6-tunnel-addr-",
+                                      "ipip-tunnel-addr-")
     assert (VXLAN_HANDLE_PREFIX + "n1").startswith(TUNNEL_HANDLE_PREFIXES)
     assert (IPIP_HANDLE_PREFIX + "n1").startswith(TUNNEL_HANDLE_PREFIXES)
     assert not (WORKLOAD_HANDLE_PREFIX + "c1").startswith(TUNNEL_HANDLE_PREFIXES)

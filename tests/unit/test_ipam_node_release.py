@@ -101,7 +101,8 @@ def test_endpoint_fields() -> None:
 
 
 def test_tunnel_handles_are_calicos_names() -> None:
-    assert tunnel_handles("node3") == ("vxlan-tunnel-addr-node3", "ipip-tunnel-addr-node3")
+    assert tunnel_handles("node3") == ("vxlan-tunnel-addr-node3", "vxlan-v6-tunnel-addr-node3",
+                                       "ipip-tunnel-addr-node3")
 
 
 def test_summary_names_what_was_released() -> None:

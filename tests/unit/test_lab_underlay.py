@@ -41,3 +41,10 @@ def test_ipv6_underlay_uses_documentation_prefixes() -> None:
     assert underlay.node_address6(1, 0) == "2001:db8:0:1::11"
     assert underlay.node_address6(3, 1) == "2001:db8:0:2::13"
     assert ipaddress.ip_network(underlay.DEFAULT_POOL6_CIDR).is_private  # ULA
+
+
+def test_ipv6_pool_follows_vxlan_never_ipip() -> None:
+    assert underlay.pool6_modes("vxlan", 1) == {"vxlanMode": "Always", "ipipMode": "Never"}
+    assert underlay.pool6_modes("vxlan", 2) == {"vxlanMode": "CrossSubnet", "ipipMode": "Never"}
+    assert underlay.pool6_modes("ipip", 2) == {"vxlanMode": "Never", "ipipMode": "Never"}
+    assert underlay.pool6_modes("none", 1) == {"vxlanMode": "Never", "ipipMode": "Never"}

@@ -85,3 +85,21 @@ def test_felix_overrides_node_over_default_field_by_field() -> None:
     assert felix_overrides(configs, node) == MTUOverrides(vxlan=1380, ipip=1440)
     zero = felix(f"node.{node}", vxlanMTU=0)  # 0: not set, the default's applies
     assert felix_overrides({"default": default, f"node.{node}": zero}, node).vxlan == 1410
+
+
+def test_ipv6_pool_vxlan_is_its_own_encapsulation_with_70_bytes_and_vxlan_mtu_v6() -> None:
+    from datastore.mtu import VXLAN6
+    v6 = IPPool.model_validate({"metadata": {"name": "p6"}, "spec": {
+        "cidr": "fd00:10:244::/56", "vxlanMode": "Always"}})
+    v4 = IPPool.model_validate({"metadata": {"name": "p4"}, "spec": {
+        "cidr": "10.244.0.0/16", "vxlanMode": "Always"}})
+    assert encaps_in_use([v6]) == {VXLAN6}
+    assert encaps_in_use([v4, v6]) == {VXLAN, VXLAN6}
+    assert tunnel_mtu(1500, VXLAN6) == 1430
+    # a pod gets the smallest MTU of what is in use
+    assert pod_mtu(1500, encaps_in_use([v4, v6])) == 1430
+    felix = {"default": FelixConfiguration.model_validate({
+        "metadata": {"name": "default"}, "spec": {"vxlanMTUV6": 1400, "vxlanMTU": 1440}})}
+    o = felix_overrides(felix, "n1")
+    assert (o.vxlan, o.vxlan6) == (1440, 1400)
+    assert tunnel_mtu(1500, VXLAN6, o) == 1400 and tunnel_mtu(1500, VXLAN, o) == 1440

@@ -323,3 +323,29 @@ def test_no_tunnel_rules_without_an_encapsulating_pool_and_a_port_from_felix() -
                "spec": {"cidr": "10.244.0.0/16", "vxlanMode": "Never"}}))
     assert before.diff(c.model()).tunnels_changed
     assert "between nodes" not in render(c.model())
+
+
+def test_vxlan_of_an_ipv6_pool_passes_host_endpoints_between_the_ipv6_addresses() -> None:
+    """An IPv6 pool alone with vxlanMode: its VXLAN (over the nodes' IPv6 addresses) gets
+    through host endpoint policy as the IPv4 pools' VXLAN does."""
+    from tests.support.policy import NODE, V3, res
+    nodes = [res({"apiVersion": V3, "kind": "Node", "metadata": {"name": name},
+                  "spec": {"bgp": {"ipv4Address": addr, "ipv6Address": addr6}}})
+             for name, addr, addr6 in ((NODE, "192.0.2.11/24", "2001:db8:0:1::11/64"),
+                                       ("node2", "192.0.2.12/24", "2001:db8:0:1::12/64"))]
+    c = Cluster().add(
+        res({"apiVersion": V3, "kind": "IPPool", "metadata": {"name": "p6"},
+             "spec": {"cidr": "fd00:10:244::/56", "vxlanMode": "Always"}}),
+        *nodes,
+        hep("eth0", iface="eth0", ips=["192.0.2.11"], labels={"role": "host"}),
+        gnp("host-deny", selector="role == 'host'", ingress=[{"action": "Deny"}],
+            egress=[{"action": "Deny"}], preDNAT=False))
+    script = render(c.model())
+    hi = chain_body(script, chain_name("hi", "eth0"))
+    want = ('ip6 saddr { 2001:db8:0:1::11/128, 2001:db8:0:1::12/128 } udp dport 4789 '
+            'counter return comment "vxlan ingress between nodes"')
+    assert want in hi
+    assert hi.index(want) < next(i for i, line in enumerate(hi) if line.startswith("jump"))
+    he = chain_body(script, chain_name("he", "eth0"))
+    assert ('ip6 daddr { 2001:db8:0:1::11/128, 2001:db8:0:1::12/128 } udp dport 4789 '
+            'counter return comment "vxlan egress between nodes"') in he

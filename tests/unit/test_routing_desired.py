@@ -256,3 +256,77 @@ def test_kernel_default_metric_per_family() -> None:
 
     assert default_metric("10.244.1.0/26") == 0
     assert default_metric("fd00:10:244::/122") == IPV6_DEFAULT_METRIC == 1024
+
+
+# --- IPv6 VXLAN (vxlan-v6.tortie) ------------------------------------------------------------
+
+
+def node6(name: str, v4: str, v6: str, **spec: Any) -> desired.NodeInfo:
+    return desired.parse_node({"metadata": {"name": name}, "spec": {
+        "bgp": {"ipv4Address": v4, "ipv6Address": v6}, **spec}})
+
+
+N2_6 = node6("n2", "192.0.2.12/24", "2001:db8:0:1::12/64",
+             ipv6VXLANTunnelAddr="fd00:10:244::40", vxlanTunnelMACAddrV6="02:00:00:00:06:02")
+N3_6 = node6("n3", "198.51.100.13/24", "2001:db8:0:2::13/64",
+             ipv6VXLANTunnelAddr="fd00:10:244::80", vxlanTunnelMACAddrV6="02:00:00:00:06:03")
+NODES6 = {n.name: n for n in (ME6, N2_6, N3_6)}
+LEARNT6 = (("fd00:10:244::40/122", "2001:db8:0:1::12"), ("fd00:10:244::80/122", "2001:db8:0:2::13"))
+
+
+def test_node_info_ipv6_vxlan_fields() -> None:
+    assert (N2_6.vxlan_address6, N2_6.vxlan_mac6) == ("fd00:10:244::40", "02:00:00:00:06:02")
+    assert N2_6.network6 == "2001:db8:0:1::/64" and ME.network6 is None
+
+
+def test_ipv6_pool_vxlan_always_routes_through_vxlan_v6() -> None:
+    d = desired.compute(ME6, NODES6, [pool(), pool(V6POOL, vxlanMode="Always")], [],
+                        learnt(*LEARNT6))
+    assert d.vxlan6_needed and not d.vxlan_needed  # the IPv4 pool does not encapsulate
+    assert d.routes["fd00:10:244::40/122"] == desired.Route(
+        "fd00:10:244::40/122", "vxlan", "fd00:10:244::40", desired.VXLAN_DEVICE_V6)
+    assert d.routes["fd00:10:244::80/122"].device == "vxlan-v6.tortie"
+    assert d.routes["fd00:10:244::80/122"].describe() == (
+        "fd00:10:244::80/122 via fd00:10:244::80 dev vxlan-v6.tortie onlink")
+    assert d.vxlan_peers6 == {
+        "n2": desired.VXLANPeer("n2", "fd00:10:244::40", "02:00:00:00:06:02", "2001:db8:0:1::12"),
+        "n3": desired.VXLANPeer("n3", "fd00:10:244::80", "02:00:00:00:06:03", "2001:db8:0:2::13")}
+    assert d.vxlan_peers == {}
+
+
+def test_ipv6_pool_vxlan_cross_subnet_uses_the_ipv6_subnets() -> None:
+    d = desired.compute(ME6, NODES6, [pool(V6POOL, vxlanMode="CrossSubnet")], [],
+                        learnt(*LEARNT6))
+    assert d.routes["fd00:10:244::40/122"] == desired.Route(
+        "fd00:10:244::40/122", "direct", "2001:db8:0:1::12")
+    assert d.routes["fd00:10:244::80/122"].kind == "vxlan"
+    # IPv4 and IPv6 subnets are judged apart: same IPv4 subnet, other IPv6 subnet
+    odd = node6("n2", "192.0.2.12/24", "2001:db8:0:9::12/64",
+                ipv6VXLANTunnelAddr="fd00:10:244::40", vxlanTunnelMACAddrV6="02:00:00:00:06:02")
+    assert desired.same_subnet(ME6, odd) and not desired.same_subnet(ME6, odd, 6)
+    d = desired.compute(ME6, {**NODES6, "n2": odd}, [pool(V6POOL, vxlanMode="CrossSubnet")], [],
+                        learnt(("fd00:10:244::40/122", "2001:db8:0:9::12")))
+    assert d.routes["fd00:10:244::40/122"].kind == "vxlan"
+
+
+def test_ipv6_vxlan_without_the_peers_vtep_routes_directly_and_says_why() -> None:
+    bare = node6("n2", "192.0.2.12/24", "2001:db8:0:1::12/64")
+    d = desired.compute(ME6, {"n1": ME6, "n2": bare}, [pool(V6POOL, vxlanMode="Always")], [],
+                        learnt(LEARNT6[0]))
+    assert d.routes["fd00:10:244::40/122"].kind == "direct"
+    assert any("no IPv6 VXLAN tunnel" in s for s in d.skipped)
+    assert d.vxlan_peers6 == {}
+
+
+def test_ipv4_pool_vxlan_does_not_make_the_ipv6_device() -> None:
+    d = desired.compute(ME6, NODES6, [pool(vxlanMode="Always"), pool(V6POOL)], [],
+                        learnt(*LEARNT6))
+    assert d.vxlan_needed and not d.vxlan6_needed
+    assert {r.kind for r in d.routes.values()} == {"direct"}
+
+
+def test_ipv6_vtep_mac_is_stable_local_unicast_and_not_the_ipv4_one() -> None:
+    mac6 = desired.vtep_mac("n1", 6)
+    assert mac6 == desired.vtep_mac("n1", 6) != desired.vtep_mac("n1")
+    first = int(mac6.split(":")[0], 16)
+    assert first & 0x02 and not first & 0x01

@@ -203,9 +203,11 @@ def test_endpoints_node_kcc_and_fully_supported_kinds() -> None:
         "ports": [{"name": "http", "protocol": "TCP", "port": 80, "hostPort": 8080},
                   {"name": "dns", "protocol": "UDP", "port": 53}]}, namespace="default")
     assert paths(wep_) == ["spec.ipNATs", "spec.ports[0].hostPort"]
+    # IPv6 VXLAN is supported: its MAC field is not flagged
     assert paths(res("Node", "n1", {"bgp": {"ipv4Address": "192.0.2.1/24"},
-                                    "vxlanTunnelMACAddrV6": "66:00:00:00:00:01"})) == [
-        "spec.vxlanTunnelMACAddrV6"]
+                                    "vxlanTunnelMACAddrV6": "66:00:00:00:00:01"})) == []
+    assert paths(res("Node", "n1", {"bgp": {"ipv4Address": "192.0.2.1/24"},
+                                    "interfaceName": "eth0"})) == ["spec.interfaceName"]
     assert paths(res("KubeControllersConfiguration", "default", {})) == []  # full defaults
     assert paths(res("KubeControllersConfiguration", "default", {
         "etcdV3CompactionPeriod": "5m", "controllers": {"node": {"hostEndpoint": {
