@@ -8,7 +8,8 @@ Layout (all values are compact JSON)::
     /tortie/secrets/v3/bgp/<secret name>               BGP passwords (see datastore.bgp_secrets)
 
 ``<plural>`` is the lower-case plural of the kind (``ippools``, ``networkpolicies``,
-``k8snetworkpolicies`` for the Kubernetes kind, ...), see ``datastore.kinds``.
+``k8snetworkpolicies`` for the Kubernetes kind, ``k8sservices`` / ``k8sendpointslices`` for the
+Services and EndpointSlices tortie-kube-controllers mirrors, ...), see ``datastore.kinds``.
 A resource's ``metadata.resourceVersion`` is the etcd mod revision of its key.
 """
 

@@ -14,7 +14,14 @@ from datastore.model_base import CALICO_API_VERSION
 from datastore.model_bgp import BGPConfiguration, BGPFilter, BGPPeer
 from datastore.model_config import FelixConfiguration, KubeControllersConfiguration
 from datastore.model_endpoints import HostEndpoint, WorkloadEndpoint
-from datastore.model_k8s import K8sNetworkPolicy, K8sNode, Namespace, Pod
+from datastore.model_k8s import (
+    K8sEndpointSlice,
+    K8sNetworkPolicy,
+    K8sNode,
+    K8sService,
+    Namespace,
+    Pod,
+)
 from datastore.model_network import IPAMConfiguration, IPPool, IPReservation, Node
 from datastore.model_policy import (
     GlobalNetworkPolicy,
@@ -87,6 +94,16 @@ KINDS: tuple[KindInfo, ...] = (
               "kubernetesnetworkpolicy")),
 )
 
+#: Kubernetes kinds only tortie-kube-controllers writes (mirrored from the Kubernetes API for
+#: service advertisement): ``tortie get`` / ``delete`` know them by these names, but no
+#: document of theirs is ever applied (``by_document`` does not take them: a Service belongs
+#: in the Kubernetes API).
+MIRRORED_ONLY: tuple[KindInfo, ...] = (
+    KindInfo("Service", "v1", K8sService, "k8sservices", ("k8sservice", "k8sservices")),
+    KindInfo("EndpointSlice", "discovery.k8s.io/v1", K8sEndpointSlice, "k8sendpointslices",
+             ("k8sendpointslice", "k8sendpointslices")),
+)
+
 #: Kinds Tortie knows by name but does not store (no model, no key): Calico's Tier and
 #: Kubernetes' ServiceAccount (a policy calculation may be given them directly).
 #: plural -> the names they go by (lower-case).
@@ -96,9 +113,9 @@ NAME_ONLY_KINDS: dict[str, tuple[str, ...]] = {
 }
 
 
-_BY_NAME: dict[str, KindInfo] = {n: k for k in KINDS for n in k.names}
+_BY_NAME: dict[str, KindInfo] = {n: k for k in (*KINDS, *MIRRORED_ONLY) for n in k.names}
 _BY_DOC: dict[tuple[str, str], KindInfo] = {(k.api_version, k.kind): k for k in KINDS}
-_BY_PLURAL: dict[str, KindInfo] = {k.plural: k for k in KINDS}
+_BY_PLURAL: dict[str, KindInfo] = {k.plural: k for k in (*KINDS, *MIRRORED_ONLY)}
 
 # Kinds users commonly put in the same files, which Tortie does not store.
 NOT_STORED_HINT = "apply it to the Kubernetes API (kubectl apply); Tortie stores only " \

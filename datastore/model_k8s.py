@@ -1,8 +1,12 @@
-"""The Kubernetes kinds the agents need: Namespace, Pod, Node, NetworkPolicy.
+"""The Kubernetes kinds the agents need: Namespace, Pod, Node, NetworkPolicy, Service,
+EndpointSlice.
 
 Namespace, Pod and Node accept anything Kubernetes accepts and keep what Tortie uses
-(labels, annotations, node, service account, named ports, addresses). NetworkPolicy is
-validated as strictly as the API server does.
+(labels, annotations, node, service account, named ports, addresses). Service and
+EndpointSlice keep only what service advertisement uses (routing/services.py): a Service's
+type, addresses and traffic policies; an EndpointSlice's Service, address type and, per
+endpoint, its node and whether it is ready. NetworkPolicy is validated as strictly as the
+API server does.
 """
 
 from __future__ import annotations
@@ -13,7 +17,14 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from datastore.model_base import Lenient, LenientResource, ObjectMeta, Resource, Strict
+from datastore.model_base import (
+    Lenient,
+    LenientMeta,
+    LenientResource,
+    ObjectMeta,
+    Resource,
+    Strict,
+)
 from datastore.selector import from_k8s_label_selector
 
 _IANA_SVC = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
@@ -100,6 +111,114 @@ class K8sNode(LenientResource):
     KIND = "Node"
     spec: K8sNodeSpec = Field(default_factory=K8sNodeSpec)
     status: K8sNodeStatus | None = None
+
+
+# --- Service and EndpointSlice (service advertisement) ----------------------------------------
+
+#: The label that ties an EndpointSlice to its Service (discovery.k8s.io/v1).
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+class BareMeta(LenientMeta):
+    """Metadata without labels and annotations (nothing reads them)."""
+
+    labels: None = Field(default=None, exclude=True)
+    annotations: None = Field(default=None, exclude=True)
+
+    @field_validator("labels", "annotations", mode="before")
+    @classmethod
+    def _drop(cls, v: Any) -> None:
+        return None
+
+
+class K8sServiceSpec(Lenient):
+    type: str = "ClusterIP"
+    clusterIP: str | None = None
+    clusterIPs: list[str] | None = None
+    externalIPs: list[str] | None = None
+    externalTrafficPolicy: str | None = None
+    internalTrafficPolicy: str | None = None
+
+
+class LoadBalancerIngress(Lenient):
+    ip: str | None = None
+
+
+class LoadBalancerStatus(Lenient):
+    ingress: list[LoadBalancerIngress] | None = None
+
+
+class K8sServiceStatus(Lenient):
+    loadBalancer: LoadBalancerStatus | None = None
+
+
+class K8sService(LenientResource):
+    KIND = "Service"
+    NAMESPACED = True
+    metadata: BareMeta
+    spec: K8sServiceSpec = Field(default_factory=K8sServiceSpec)
+    status: K8sServiceStatus | None = None
+
+    def cluster_ips(self) -> list[str]:
+        """Its cluster IPs (``clusterIPs``, else ``clusterIP``); none when headless."""
+        ips = self.spec.clusterIPs or ([self.spec.clusterIP] if self.spec.clusterIP else [])
+        return [ip for ip in ips if ip and ip != "None"]
+
+    def load_balancer_ips(self) -> list[str]:
+        """The IPs of ``status.loadBalancer.ingress`` (host names are not addresses)."""
+        lb = self.status.loadBalancer if self.status else None
+        return [i.ip for i in (lb.ingress or []) if i.ip] if lb else []
+
+
+class EndpointConditions(Lenient):
+    ready: bool | None = None
+
+
+class SliceEndpoint(Lenient):
+    nodeName: str | None = None
+    conditions: EndpointConditions | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Kubernetes: an unknown (nil) readiness is to be taken as ready."""
+        return self.conditions is None or self.conditions.ready is not False
+
+
+class SliceMeta(LenientMeta):
+    """Metadata with only the label naming the Service."""
+
+    annotations: None = Field(default=None, exclude=True)
+
+    @field_validator("labels", mode="after")
+    @classmethod
+    def _service_only(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if not v or SERVICE_NAME_LABEL not in v:
+            return None
+        return {SERVICE_NAME_LABEL: v[SERVICE_NAME_LABEL]}
+
+    @field_validator("annotations", mode="before")
+    @classmethod
+    def _drop(cls, v: Any) -> None:
+        return None
+
+
+class K8sEndpointSlice(LenientResource):
+    API_VERSION = "discovery.k8s.io/v1"
+    KIND = "EndpointSlice"
+    NAMESPACED = True
+    apiVersion: str = "discovery.k8s.io/v1"
+    metadata: SliceMeta
+    addressType: str | None = None
+    endpoints: list[SliceEndpoint] | None = None
+
+    @property
+    def service(self) -> str | None:
+        """The name of the Service this slice belongs to (None: none)."""
+        return (self.metadata.labels or {}).get(SERVICE_NAME_LABEL)
+
+    def ready_nodes(self) -> set[str]:
+        """The nodes that run a ready endpoint of this slice."""
+        return {e.nodeName for e in self.endpoints or [] if e.ready and e.nodeName}
 
 
 # --- networking.k8s.io/v1 NetworkPolicy (strict) ----------------------------------------------

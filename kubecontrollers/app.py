@@ -7,6 +7,8 @@ Kubernetes resource (reflector)  ->  controllers
     nodes                        ->  k8snodes (mirror), nodes (Calico Node merge),
                                      hostendpoints (auto host endpoints)
     networkpolicies              ->  networkpolicies (mirror)
+    services, endpointslices     ->  k8sservices, k8sendpointslices (mirror: what service
+                                     advertisement needs, kubecontrollers.services)
     secrets (one namespace)      ->  BGP passwords referenced by bgppeers / bgpconfigurations
                                      (datastore.bgp_secrets layout); a missing one: a
                                      Warning Event in that namespace (kubecontrollers.events)
@@ -24,7 +26,7 @@ from kubernetes_asyncio import client
 
 from datastore.kinds import by_plural
 from datastore.store import Store
-from kubecontrollers import namespaces, networkpolicies
+from kubecontrollers import namespaces, networkpolicies, services
 from kubecontrollers.bgpsecrets import BGPSecretController
 from kubecontrollers.config import ConfigWatcher
 from kubecontrollers.controller import Context, Controller, Options
@@ -46,6 +48,7 @@ class KubeControllers:
         self.metrics = metrics or KubeMetrics()
         core = client.CoreV1Api(api_client)
         net = client.NetworkingV1Api(api_client)
+        discovery = client.DiscoveryV1Api(api_client)
 
         def reflector(resource: str, func: Any, kind: str, api_version: str) -> Reflector:
             return Reflector(resource, func, metrics=self.metrics, page_size=page_size,
@@ -58,6 +61,11 @@ class KubeControllers:
             "networkpolicies": reflector("networkpolicies",
                                          net.list_network_policy_for_all_namespaces,
                                          "NetworkPolicy", "networking.k8s.io/v1"),
+            "services": reflector("services", core.list_service_for_all_namespaces, "Service",
+                                  "v1"),
+            "endpointslices": reflector("endpointslices",
+                                        discovery.list_endpoint_slice_for_all_namespaces,
+                                        "EndpointSlice", "discovery.k8s.io/v1"),
         }
         options = options or Options()
         # only the namespace tortie-node runs in: the RBAC grants no other Secrets
@@ -82,6 +90,8 @@ class KubeControllers:
             MirrorController(self.ctx, "k8snodes", r["nodes"], by_plural("k8snodes"), "node"),
             self.nodes,
             networkpolicies.make(self.ctx, r["networkpolicies"]),
+            services.make_services(self.ctx, r["services"]),
+            services.make_endpoint_slices(self.ctx, r["endpointslices"]),
             self.auto_heps,
             BGPSecretController(self.ctx, r["secrets"], self.bgp_peers, self.bgp_configs,
                                 options.secrets_namespace, events=self.events),

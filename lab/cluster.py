@@ -599,7 +599,7 @@ class Lab:
                 self.kube(st).stop_node_daemons()
                 self.save(st)
             self._down_containerd(st)  # first: its DELs need tortie-node and etcd
-            if st.kubernetes:
+            if st.kubernetes or st.k8s_pids:
                 self.kube(st).down(list(st.nodes))
             for node in st.nodes.values():
                 _kill(node.pid)
@@ -828,6 +828,29 @@ class Lab:
             raise LabError(str(e)) from None
         finally:
             self.save(st)
+
+    def up_kube_api(self) -> Kubernetes:
+        """A Kubernetes API for a lab whose pods are the lab's own (no kubelets): kube-apiserver
+        on the lab's etcd, a Kubernetes Node per lab node (tortie-kube-controllers removes
+        the Calico Node of a Kubernetes Node that is gone), then tortie-kube-controllers.
+        ``down`` stops them as it stops a full Kubernetes (by PID)."""
+        st = self.load()
+        k8s = self.kube(st)
+        try:
+            k8s.up_control_plane(",".join(st.etcd_endpoints), self.etcd_client_files(st),
+                                 controllers=False)
+            nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
+                     for name in st.nodes]
+            p = k8s.kubectl(["apply", "-f", "-"], input=json.dumps(
+                {"apiVersion": "v1", "kind": "List", "items": nodes}))
+            if p.returncode != 0:
+                raise KubeError(f"kubectl apply of the Nodes failed: {p.stderr.strip()}")
+            k8s.up_kube_controllers(self.etcd_env(st))
+        except KubeError as e:
+            raise LabError(str(e)) from None
+        finally:
+            self.save(st)
+        return k8s
 
     def etcd_client_files(self, st: LabState, client: str | None = None
                           ) -> dict[str, str] | None:

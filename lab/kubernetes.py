@@ -197,9 +197,11 @@ class Kubernetes:
 
     # --- control plane ------------------------------------------------------------------------
 
-    def up_control_plane(self, etcd_servers: str, etcd_tls: dict[str, str] | None) -> None:
-        """kube-apiserver, kube-controller-manager and kube-scheduler in the fabric;
-        ``etcd_servers``: the lab's etcd client URLs, comma separated."""
+    def up_control_plane(self, etcd_servers: str, etcd_tls: dict[str, str] | None, *,
+                         controllers: bool = True) -> None:
+        """kube-apiserver, kube-controller-manager and kube-scheduler in the fabric
+        (``controllers=False``: the API server alone); ``etcd_servers``: the lab's etcd
+        client URLs, comma separated."""
         self.dir.mkdir(parents=True, exist_ok=True)
         _ = self.bin  # build first when needed (says so)
         ca = self.pki.ensure_ca()
@@ -238,6 +240,8 @@ class Kubernetes:
         self._wait("kube-apiserver", "kube-apiserver", self._api_ready)
         self.progress(f"kubernetes: kube-apiserver {self.server} ready in "
                       f"{time.monotonic() - start:.1f}s (pid {self.pids['kube-apiserver']})")
+        if not controllers:
+            return
         cm = self.kubeconfig("controller-manager", "system:kube-controller-manager")
         self._spawn("kube-controller-manager", [
             str(self.bin / "kube-controller-manager"), f"--kubeconfig={cm}",

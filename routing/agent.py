@@ -2,8 +2,9 @@
 
 It mirrors IP pools, Nodes, BGPConfigurations, BGPPeers, BGPFilters, FelixConfigurations (for
 ``vxlanMTU`` / ``ipipMTU``), the BGP passwords tortie-kube-controllers copies from Secrets
-(:mod:`datastore.bgp_secrets`) and the IPAM blocks (a block's affinity is in its document)
-with a :class:`datastore.syncer.Syncer`, and after every change (debounced) and every
+(:mod:`datastore.bgp_secrets`), the Services and EndpointSlices it mirrors (service
+advertisement, :mod:`routing.services`) and the IPAM blocks (a block's affinity is in its
+document) with a :class:`datastore.syncer.Syncer`, and after every change (debounced) and every
 ``RESYNC_INTERVAL``:
 
 1. makes sure this node has a VTEP address (from its IPAM block, handle
@@ -11,7 +12,7 @@ with a :class:`datastore.syncer.Syncer`, and after every change (debounced) and 
    an IPv6 one (handle ``vxlan-v6-tunnel-addr-<node>``, ``spec.ipv6VXLANTunnelAddr``,
    ``spec.vxlanTunnelMACAddrV6``) when an IPv6 pool does and the node has an IPv6 address;
 2. computes what it wants (:mod:`routing.desired`): the prefixes to announce (owned blocks,
-   borrowed /32s; next hop = this node's address) and the kernel routes;
+   borrowed /32s, service addresses; next hop = this node's address) and the kernel routes;
 3. hands the BGP settings (neighbours: the node mesh and BGPPeers) and the announcements to
    the speaker (:class:`routing.bgp.speaker.ExaBGPSpeaker`); the speaker's learnt routes come
    back through ``on_routes`` and trigger step 2 again;
@@ -53,7 +54,7 @@ from agentkit.metrics import DEFAULT_BUCKETS
 from datastore import bgp_secrets
 from datastore.keys import BGP_SECRETS, resource_prefix
 from datastore.kinds import by_plural
-from datastore.model_bgp import BGPConfiguration, BGPFilter, BGPPeer
+from datastore.model_bgp import GLOBAL_BGP_CONFIG_NAME, BGPConfiguration, BGPFilter, BGPPeer
 from datastore.model_config import FelixConfiguration
 from datastore.model_network import IPPool, Node
 from datastore.mtu import MTUOverrides, felix_overrides
@@ -70,6 +71,14 @@ from routing.bgp.peers import MissingPassword, compute_settings, reachable_route
 from routing.ipip import IPIPDevice, IPIPUnavailable, ipip_handle
 from routing.kernel import PROTO, KernelRoutes, SyncResult
 from routing.nat import NATError, OutgoingNAT
+from routing.services import (
+    Advertisement,
+    ServiceIndex,
+    ServiceRanges,
+    advertisement,
+    parse_service,
+    parse_slice,
+)
 from routing.vxlan import VXLANConfig, VXLANDevice, vtep_handle
 
 log = logging.getLogger("tortie.routing")
@@ -263,6 +272,7 @@ class RoutingAgent:
         self.peers: dict[str, BGPPeer] = {}
         self.filters: dict[str, BGPFilter] = {}
         self.felix: dict[str, FelixConfiguration] = {}
+        self.services = ServiceIndex()  # Services and EndpointSlices (service advertisement)
         self.secrets: dict[str, dict[str, str]] = {}   # Secret name -> key -> password
         self._missing: dict[MissingPassword, str] = {}  # held-back peering -> why
         self.netns = netns
@@ -279,6 +289,8 @@ class RoutingAgent:
             resource_prefix("bgpfilters"): ("datastore", self._on_bgp_filter),
             resource_prefix("felixconfigurations"): ("datastore", self._on_felix_config),
             BGP_SECRETS: ("datastore", self._on_bgp_secret),
+            resource_prefix("k8sservices"): ("service", self._on_service),
+            resource_prefix("k8sendpointslices"): ("service", self._on_endpoint_slice),
             block_watch_prefix(): ("block", self._on_block),
         }
         self.syncer = Syncer(ctx.store, tuple(self._watches), self._on_update, self._on_synced,
@@ -351,7 +363,7 @@ class RoutingAgent:
             return
         if not relevant:
             return  # nothing this node routes or announces changed
-        if event != "block":
+        if event not in ("block", "service"):
             self._settings_stale = True  # BGP settings come from these documents
         self._mark(event)
 
@@ -405,6 +417,41 @@ class RoutingAgent:
     def _on_bgp_secret(self, key: str, value: dict[str, Any] | None) -> bool:
         _mirror(self.secrets, bgp_secrets.secret_name(key), value, bgp_secrets.parse_document)
         return True
+
+    def _on_service(self, key: str, value: dict[str, Any] | None) -> bool:
+        name = ServiceIndex.name_of(key)
+        view = parse_service(value) if value is not None else None
+        return self._services_changed([name], lambda: self.services.put_service(name, view))
+
+    def _on_endpoint_slice(self, key: str, value: dict[str, Any] | None) -> bool:
+        name = ServiceIndex.name_of(key)
+        view = parse_slice(value) if value is not None else None
+        touched = [self.services.service_of_slice(name), view.service if view else None]
+        return self._services_changed(touched, lambda: self.services.put_slice(name, view))
+
+    def _services_changed(self, names: list[str | None], update: Callable[[], None]) -> bool:
+        """Apply ``update`` to the service index; True when it changes what this node
+        announces for the Services ``names``."""
+        ranges = self._service_ranges()
+        me = self._k8s_node_name()
+        before = self.services.prefixes(me, ranges, names)
+        update()
+        return self.services.prefixes(me, ranges, names) != before
+
+    def _service_ranges(self) -> ServiceRanges:
+        return ServiceRanges.from_config(self.configs.get(GLOBAL_BGP_CONFIG_NAME))
+
+    def _k8s_node_name(self) -> str:
+        """This node's name in Kubernetes (EndpointSlices' ``nodeName``): its Node's ``k8s``
+        orchRef, else the node name (as Calico's CALICO_K8S_NODE_REF, else NODENAME)."""
+        model = self.node_models.get(self.node)
+        for ref in (model.spec.orchRefs or []) if model is not None else []:
+            if ref.orchestrator == "k8s" and ref.nodeName:
+                return ref.nodeName
+        return self.node
+
+    def _advertisement(self) -> Advertisement:
+        return advertisement(self._k8s_node_name(), self._service_ranges(), self.services)
 
     def _on_synced(self) -> None:
         self._settings_stale = True
@@ -494,7 +541,7 @@ class RoutingAgent:
         except (DatastoreError, IPAMError) as e:
             errors.append(e)
         wanted = desired.compute(me, self.nodes, pools, self._blocks(), self.learnt,
-                                 self._static_routes())
+                                 self._static_routes(), self._advertisement())
         for why in wanted.skipped:
             log.debug("route skipped", extra={"fields": {"why": why}})
         t_computed = time.monotonic()
@@ -555,7 +602,7 @@ class RoutingAgent:
         started, started_wall = time.monotonic(), time.time()
         pools = list(self.pools.values())
         wanted = desired.compute(me, self.nodes, pools, self._blocks(), self.learnt,
-                                 self._static_routes())
+                                 self._static_routes(), self._advertisement())
         complete = self._bgp_complete()
         if wanted.announce != self._announced or complete != self._complete:
             return False

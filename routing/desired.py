@@ -6,7 +6,7 @@ From the datastore view (IP pools, Nodes, IPAM blocks) and the routes BGP learnt
   ``disableBGPExport``) and a /32 (/128) for every address it holds in a block affine to
   another node (a borrowed address), with next hop = this node's address of the family
   (``spec.bgp.ipv4Address`` / ``spec.bgp.ipv6Address``; IPv6 prefixes only when the node
-  has an IPv6 address);
+  has an IPv6 address); and the service prefixes :mod:`routing.services` gives it;
 * the kernel routes it wants: a blackhole per owned block, and per learnt prefix a route via
   the owner -- direct, or through the VXLAN / IPIP tunnel per the pool's ``vxlanMode`` /
   ``ipipMode`` (``CrossSubnet``: only when the owner's underlay subnet, from its Node's
@@ -16,6 +16,10 @@ From the datastore view (IP pools, Nodes, IPAM blocks) and the routes BGP learnt
   ``vxlan-v6.calico``;
 * the VXLAN forwarding entries, per address family (one per remote node with a VTEP of that
   family: its VTEP address and MAC, and the underlay address of that family behind them).
+
+No kernel route for a learnt prefix this node announces itself, nor for one inside a
+configured service range (:class:`routing.services.Advertisement`): kube-proxy serves those
+addresses on every node.
 
 Routes to pods on this node (the /32 per veth) are the CNI handler's, not in here.
 """
@@ -36,6 +40,7 @@ from datastore.mtu import IPIP, VXLAN, VXLAN6, encaps_in_use
 from ipam.blocks import Block
 from ipam.handles import tunnel_handles
 from routing.bgp.api import LearnedRoute
+from routing.services import Advertisement
 
 log = logging.getLogger("tortie.routing")
 
@@ -233,11 +238,12 @@ def borrowed_addresses(node: str, blocks: Iterable[Block]) -> list[str]:
     return out
 
 
-def announcements(me: NodeInfo, pools: Iterable[IPPool],
-                  blocks: Iterable[Block]) -> dict[str, str]:
+def announcements(me: NodeInfo, pools: Iterable[IPPool], blocks: Iterable[Block],
+                  services: Iterable[str] = ()) -> dict[str, str]:
     """prefix -> next hop: what this node announces over BGP (IPv6 prefixes with this
     node's IPv6 address as next hop, and only when it has one; nothing without an IPv4
-    address: the BGP sessions run over IPv4)."""
+    address: the BGP sessions run over IPv4); ``services``: the service prefixes it
+    announces as well (:func:`routing.services.advertisement`)."""
     if not me.address:
         return {}
     pools = list(pools)
@@ -259,20 +265,28 @@ def announcements(me: NodeInfo, pools: Iterable[IPPool],
         hop = hops[addr.version]
         if hop and exported(prefix):
             out[prefix] = hop
+    for prefix in sorted(services):
+        net = ipaddress.ip_network(prefix, strict=False)
+        hop = hops[net.version]
+        if hop:
+            out.setdefault(str(net), hop)
     return out
 
 
 def compute(me: NodeInfo, nodes: Mapping[str, NodeInfo], pools: Iterable[IPPool],
             blocks: Iterable[Block], learnt: Mapping[str, LearnedRoute],
-            static: Mapping[str, str] | None = None) -> Desired:
+            static: Mapping[str, str] | None = None,
+            services: Advertisement | None = None) -> Desired:
     """Everything the agent wants for node ``me`` (see the module docstring).
-    ``static``: dst -> gateway routes that win over learnt ones (BGPPeer ``reachableBy``).
+    ``static``: dst -> gateway routes that win over learnt ones (BGPPeer ``reachableBy``);
+    ``services``: the service prefixes to announce and the ranges to install nothing in.
     A learnt route with several equally good next hops (``LearnedRoute.next_hops``)
     becomes one multipath route when every next hop is reached the same way (all direct,
     or all through the same tunnel); otherwise its best path alone is used."""
     pools = [p for p in pools]
     blocks = list(blocks)
-    wanted = Desired(announce=announcements(me, pools, blocks))
+    services = services or Advertisement()
+    wanted = Desired(announce=announcements(me, pools, blocks, services.prefixes))
     by_address = {n.address: n for n in nodes.values() if n.address and n.name != me.name}
     mine = owned_blocks(me.name, blocks)
     own_prefixes = set()
@@ -302,6 +316,8 @@ def compute(me: NodeInfo, nodes: Mapping[str, NodeInfo], pools: Iterable[IPPool]
         dst = str(net)
         if dst in own_prefixes or dst in wanted.announce:
             continue  # ours: a stale announcement of a previous owner never wins
+        if services.rejects(net):
+            continue  # a service address: kube-proxy serves it here
         if r.next_hop in (me.address, me.address6):
             continue
         if net.version == 6:

@@ -38,6 +38,8 @@ spec:
   asNumber: 64513
   serviceClusterIPs:
   - cidr: 10.96.0.0/12
+  ignoredInterfaces:
+  - eth9
 """
 FELIX = """apiVersion: projectcalico.org/v3
 kind: FelixConfiguration
@@ -98,7 +100,7 @@ def test_apply_warns_and_stores(etcd_endpoint: str) -> None:
         "by Tortie: this Allow rule matches no traffic",
         "warning: GlobalNetworkPolicy default.web-get: spec.ingress[1].destination.services "
         "is not enforced by Tortie: this Deny rule applies without it (to more traffic)",
-        "warning: BGPConfiguration default: spec.serviceClusterIPs is not supported by "
+        "warning: BGPConfiguration default: spec.ignoredInterfaces is not supported by "
         "Tortie: stored, but it has no effect",
     ]
     assert warning_lines(r.out) == []  # warnings go to stderr only

@@ -322,7 +322,8 @@ def test_kind_manifests_pass_server_dry_run(lab: Lab) -> None:
                                  "RoleBinding")]
         apply(lab, *rbac)
         sa = "system:serviceaccount:kube-system:tortie-kube-controllers"
-        for resource in ("namespaces", "pods", "nodes", "networkpolicies.networking.k8s.io"):
+        for resource in ("namespaces", "pods", "nodes", "services",
+                         "networkpolicies.networking.k8s.io", "endpointslices.discovery.k8s.io"):
             for verb in ("list", "watch", "get"):
                 p = kubectl(lab, "auth", "can-i", verb, resource, "--all-namespaces",
                             f"--as={sa}")

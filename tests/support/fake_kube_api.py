@@ -3,8 +3,9 @@
 It serves, over plain HTTP/1.1 on 127.0.0.1 (asyncio streams, no framework):
 
 * ``GET /api/v1/namespaces``, ``/api/v1/nodes``, ``/api/v1/pods``,
-  ``/api/v1/serviceaccounts``, ``/api/v1/secrets``,
-  ``/apis/networking.k8s.io/v1/networkpolicies`` (and the namespaced
+  ``/api/v1/serviceaccounts``, ``/api/v1/secrets``, ``/api/v1/services``,
+  ``/apis/networking.k8s.io/v1/networkpolicies``,
+  ``/apis/discovery.k8s.io/v1/endpointslices`` (and the namespaced
   ``.../namespaces/<ns>/pods`` forms): a ``<Kind>List`` with
   ``metadata.resourceVersion``; ``limit`` + ``continue`` paginate (a continue token older
   than the last compaction answers HTTP 410 ``Expired``, as the API server does);
@@ -48,6 +49,9 @@ RESOURCES: dict[str, tuple[str, str, str, bool]] = {
     "events": ("/api/v1", "Event", "v1", True),
     "networkpolicies": ("/apis/networking.k8s.io/v1", "NetworkPolicy", "networking.k8s.io/v1",
                         True),
+    "services": ("/api/v1", "Service", "v1", True),
+    "endpointslices": ("/apis/discovery.k8s.io/v1", "EndpointSlice", "discovery.k8s.io/v1",
+                       True),
 }
 
 

@@ -273,8 +273,9 @@ def test_kube_controllers_rbac_covers_what_it_watches() -> None:
     role = next(d for d in manifest if d["kind"] == "ClusterRole")
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
                for r in rule["resources"] for v in rule["verbs"]}
-    for group, resource in (("", "namespaces"), ("", "pods"), ("", "nodes"),
-                            ("networking.k8s.io", "networkpolicies")):
+    for group, resource in (("", "namespaces"), ("", "pods"), ("", "nodes"), ("", "services"),
+                            ("networking.k8s.io", "networkpolicies"),
+                            ("discovery.k8s.io", "endpointslices")):
         for verb in ("list", "watch"):
             assert (group, resource, verb) in granted
     assert not any(v in ("create", "update", "patch", "delete") for _, _, v in granted)

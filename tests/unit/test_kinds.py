@@ -55,3 +55,15 @@ def test_plurals() -> None:
         "workloadendpoints", "hostendpoints", "profiles", "networkpolicies",
         "globalnetworkpolicies", "k8snetworkpolicies", "networksets", "globalnetworksets",
         "namespaces", "pods", "felixconfigurations", "ippools", "nodes"}
+
+
+def test_mirrored_only_kinds_are_listed_but_never_applied() -> None:
+    from datastore.kinds import MIRRORED_ONLY, by_document
+
+    for info in MIRRORED_ONLY:
+        assert by_plural(info.plural) is info and info not in KINDS
+        assert all(by_cli_name(n) is info for n in info.names)
+        with pytest.raises(UnknownKind, match="not stored by Tortie"):
+            by_document(info.api_version, info.kind)
+    assert by_cli_name("k8sservices").plural == "k8sservices"
+    assert by_cli_name("k8sendpointslices").model.KIND == "EndpointSlice"

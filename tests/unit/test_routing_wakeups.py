@@ -70,7 +70,7 @@ def test_only_route_relevant_block_changes_wake_the_agent() -> None:
 def test_the_syncer_watches_exactly_the_prefixes_the_agent_handles() -> None:
     a = agent("n1")
     assert set(a.syncer.prefixes) == set(a._watches)
-    assert len(a.syncer.prefixes) == len(set(a.syncer.prefixes)) == 8
+    assert len(a.syncer.prefixes) == len(set(a.syncer.prefixes)) == 10
     assert block_watch_prefix() in a._watches
     assert BGP_SECRETS in a._watches
     assert resource_prefix("ippools") in a._watches
@@ -95,6 +95,58 @@ def test_a_block_change_does_not_mark_the_bgp_settings_stale() -> None:
     assert woke(a, "10.244.1.0/26", Block.new("10.244.1.0/26", "host:n1").to_dict())
     assert not a._settings_stale
     assert set(a._events) == {"block"}
+
+
+def _doc_woke(a: RoutingAgent, key: str, doc: dict[str, Any] | None) -> bool:
+    a._dirty.clear()
+    a._on_update(key, doc)
+    return a._dirty.is_set()
+
+
+LB_SERVICE = {"metadata": {"name": "lb", "namespace": "shop"},
+              "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10",
+                       "externalTrafficPolicy": "Local"},
+              "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}]}}}
+
+
+def _slice(node: str) -> dict[str, Any]:
+    return {"metadata": {"name": "lb-1", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "lb"}},
+            "addressType": "IPv4", "endpoints": [{"addresses": ["10.244.0.9"],
+                                                  "nodeName": node}]}
+
+
+def test_service_changes_wake_only_the_nodes_whose_announcements_change() -> None:
+    svc_key = resource_key("k8sservices", "lb", "shop")
+    slice_key = resource_key("k8sendpointslices", "lb-1", "shop")
+    n1, n2 = agent("n1"), agent("k8s-name-n2")
+    # n2's Node resource names its Kubernetes node: EndpointSlices use that name
+    n2._on_update(resource_key("nodes", "k8s-name-n2"), {
+        "metadata": {"name": "k8s-name-n2"},
+        "spec": {"orchRefs": [{"orchestrator": "k8s", "nodeName": "n2"}]}})
+    assert n2._k8s_node_name() == "n2" and n1._k8s_node_name() == "n1"
+    # no service ranges configured: Services and slices are kept, but wake nobody
+    for a in (n1, n2):
+        assert not _doc_woke(a, svc_key, LB_SERVICE)
+        assert not _doc_woke(a, slice_key, _slice("n2"))
+    config = {"metadata": {"name": "default"},
+              "spec": {"serviceLoadBalancerIPs": [{"cidr": "198.51.100.0/24"}]}}
+    for a in (n1, n2):
+        assert _doc_woke(a, resource_key("bgpconfigurations", "default"), config)
+        a._settings_stale = False
+    assert n2._advertisement().prefixes == {"198.51.100.7/32"}
+    assert n1._advertisement().prefixes == set()
+    # the endpoint moves to n1: both wake; to nowhere: n1 wakes
+    assert _doc_woke(n1, slice_key, _slice("n1")) and _doc_woke(n2, slice_key, _slice("n1"))
+    assert not n1._settings_stale and set(n1._events) == {"service", "datastore"}
+    assert _doc_woke(n1, slice_key, None) and not _doc_woke(n2, slice_key, None)
+    # a Service change that moves nothing this node announces wakes nobody
+    assert not _doc_woke(n1, svc_key, {**LB_SERVICE, "metadata": {
+        **LB_SERVICE["metadata"], "labels": {"new": "label"}}})
+    # a bad document is counted and changes nothing
+    assert not _doc_woke(n1, svc_key, {"metadata": {"name": "lb", "namespace": "shop"},
+                                       "spec": {"clusterIPs": "not-a-list"}})
+    assert value(n1.m_failures, what="document") == 1
 
 
 def test_a_bad_document_is_counted_and_leaves_the_cache_as_it_was() -> None:

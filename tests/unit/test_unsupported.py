@@ -165,12 +165,18 @@ def test_bgp_configuration() -> None:
         "serviceClusterIPs": [{"cidr": "10.96.0.0/12"}],
         "communities": [{"name": "c", "value": "100:1"}],
         "prefixAdvertisements": [{"cidr": "10.0.0.0/8", "communities": ["c"]}],
+        "serviceExternalIPs": [{"cidr": "203.0.113.0/24"}],
+        "serviceLoadBalancerIPs": [{"cidr": "198.51.100.0/24"}],
+        "serviceLoadBalancerAggregation": "Disabled", "ignoredInterfaces": ["eth9"],
         "programClusterRoutes": "Enabled"})
-    assert paths(cfg) == ["spec.serviceClusterIPs"]  # communities are acted on
+    # communities and service addresses are acted on (Disabled aggregation is what Tortie does)
+    assert paths(cfg) == ["spec.ignoredInterfaces"]
+    assert paths(res("BGPConfiguration", "default", {
+        "serviceLoadBalancerAggregation": "Enabled"})) == ["spec.serviceLoadBalancerAggregation"]
     # logSeverityScreen defaults to Info (not a warning); a per-node AS number is not read
     assert paths(res("BGPConfiguration", "node.n1", {"asNumber": 64513, "listenPort": 1790})
                  ) == ["spec.asNumber"]
-    assert warnings(cfg)[0] == ("warning: BGPConfiguration default: spec.serviceClusterIPs is "
+    assert warnings(cfg)[0] == ("warning: BGPConfiguration default: spec.ignoredInterfaces is "
                                 "not supported by Tortie: stored, but it has no effect")
 
 
