@@ -20,7 +20,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from agentkit.netns import run_in_netns
@@ -136,6 +136,17 @@ class Link:
     kind: str | None  # IFLA_INFO_KIND ("veth"), None for a link without one
 
 
+def _messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(type, sequence number, payload) of each netlink message in one ``recv``."""
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(data):
+        size, kind, _, seq, _ = _NLMSGHDR.unpack_from(data, offset)
+        if size < _NLMSGHDR.size:
+            return
+        yield kind, seq, data[offset + _NLMSGHDR.size:offset + size]
+        offset += _align(size)
+
+
 def _address(family: int, raw: bytes | None) -> str | None:
     return socket.inet_ntop(family, raw) if raw else None
 
@@ -218,14 +229,7 @@ class Rtnl:
         errors: dict[int, int] = {}
         pending = set(seqs)
         while pending:
-            data = self.sock.recv(RECV_SIZE)
-            offset = 0
-            while offset + _NLMSGHDR.size <= len(data):
-                size, kind, _, seq, _ = _NLMSGHDR.unpack_from(data, offset)
-                if size < _NLMSGHDR.size:
-                    break
-                payload = data[offset + _NLMSGHDR.size:offset + size]
-                offset += _align(size)
+            for kind, seq, payload in _messages(self.sock.recv(RECV_SIZE)):
                 if seq not in seqs:
                     continue
                 if kind == NLMSG_ERROR:
@@ -247,14 +251,7 @@ class Rtnl:
                                         NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body, (0, 0))
         out: list[bytes] = []
         while True:
-            data = self.sock.recv(RECV_SIZE)
-            offset = 0
-            while offset + _NLMSGHDR.size <= len(data):
-                size, msg, _, got, _ = _NLMSGHDR.unpack_from(data, offset)
-                if size < _NLMSGHDR.size:
-                    break
-                payload = data[offset + _NLMSGHDR.size:offset + size]
-                offset += _align(size)
+            for msg, got, payload in _messages(self.sock.recv(RECV_SIZE)):
                 if got != seq:
                     continue
                 if msg == NLMSG_DONE:

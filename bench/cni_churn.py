@@ -63,6 +63,20 @@ def runtime(churn: PodChurn, pods: list[Pod], errors: list[BaseException]) -> No
 REF_DIR = Path("/usr/lib/cni")
 
 
+def timed(threads: list[threading.Thread]) -> tuple[float, CpuAccount]:
+    """Run ``threads`` to their end: the wall-clock seconds and where the CPU time went."""
+    cpu = CpuAccount()
+    cpu.start()
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - start
+    cpu.stop()
+    return wall, cpu
+
+
 def reference_runtime(node_netns: str, pods: list[str], conf: str, work: Path,
                       latencies: dict[str, list[float]], errors: list[BaseException]) -> None:
     """One runtime of the reference churn: ADD its pods, then DEL them (bridge + host-local
@@ -102,15 +116,7 @@ def reference_churn(node_netns: str, runtimes: int, per: int, prefix: str) -> li
         threads = [threading.Thread(target=reference_runtime,
                                     args=(node_netns, group, conf, work, latencies, errors))
                    for group in names]
-        cpu = CpuAccount()
-        cpu.start()
-        start = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.monotonic() - start
-        cpu.stop()
+        wall, cpu = timed(threads)
     finally:
         for group in names:
             for pod in group:
@@ -155,15 +161,7 @@ def main() -> int:
         threads = [threading.Thread(target=runtime, args=(churn, pods, errors))
                    for pods in per_runtime]
         log(f"{args.runtimes} runtimes x {args.pods} pods: ADD then DEL")
-        cpu = CpuAccount()
-        cpu.start()
-        start = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.monotonic() - start
-        cpu.stop()
+        wall, cpu = timed(threads)
         churn.retry_dels(time.monotonic() + 30)
         check = churn.ipam_check()
         for pods in per_runtime:

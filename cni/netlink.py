@@ -450,19 +450,12 @@ def _begin_primary_veth(host_name: str, netns_path: str, netns_fd: int, ifname: 
                 return None
             raise NetlinkFailure(f"cannot create veth {host_name} with peer {ifname} in "
                                  f"{netns_path}: {os.strerror(e.errno or 0)}") from None
-        try:
+        with _undone_on_failure(host_name, netns_path, ifname):
             link = host.get_link(host_name)
             if link is None:
                 raise NetlinkFailure(f"veth {host_name} vanished right after creation")
             _host_sysctls(host_name, False)
             return PendingVeth(host_name, netns_path, ifname, link.index)
-        except rtnl.RtnlError as e:
-            _undo(host_name, netns_path, ifname)
-            raise NetlinkFailure(f"setting up {host_name} / {ifname} in {netns_path}: "
-                                 f"{e}") from None
-        except BaseException:
-            _undo(host_name, netns_path, ifname)
-            raise
 
 
 def finish_primary_veth(pending: PendingVeth, addresses: Sequence[str]) -> tuple[int, str]:
@@ -470,7 +463,7 @@ def finish_primary_veth(pending: PendingVeth, addresses: Sequence[str]) -> tuple
     ``addresses`` and routes in one batch, the host route; (host ifindex, pod MAC).  On
     failure the veth is deleted."""
     host_name, netns_path, ifname = pending.host_name, pending.netns_path, pending.ifname
-    try:
+    with _undone_on_failure(host_name, netns_path, ifname):
         with rtnl.open_in(netns_path) as pod:
             peer = pod.get_link(ifname)
             if peer is None:
@@ -485,6 +478,14 @@ def finish_primary_veth(pending: PendingVeth, addresses: Sequence[str]) -> tuple
             host.batch([rtnl.new_route_v4(a, 32, pending.host_index, scope=RT_SCOPE_LINK,
                                           replace=True) for a in addresses])
         return pending.host_index, peer.mac
+
+
+@contextlib.contextmanager
+def _undone_on_failure(host_name: str, netns_path: str, ifname: str) -> Iterator[None]:
+    """Delete the veth (:func:`_undo`) when the block fails; the kernel's refusals become
+    :class:`NetlinkFailure`."""
+    try:
+        yield
     except rtnl.RtnlError as e:
         _undo(host_name, netns_path, ifname)
         raise NetlinkFailure(f"setting up {host_name} / {ifname} in {netns_path}: "
