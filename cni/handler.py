@@ -117,7 +117,7 @@ from datastore.model_k8s import Namespace, Pod
 from datastore.model_network import IPPool, Node
 from datastore.mtu import encaps_in_use, felix_overrides, pod_mtu
 from datastore.resources import ResourceExists, Resources
-from ipam.allocator import IPAM
+from ipam.allocator import IPAM, reserved_of
 from ipam.blocks import IPAddress, IPAMError
 from ipam.handles import (
     PRIMARY_IFNAME,
@@ -172,6 +172,8 @@ _WEP = by_plural("workloadendpoints")
 _POD = by_plural("pods")
 _NAMESPACE = by_plural("namespaces")
 _NODE = by_plural("nodes")
+_POOLS = by_plural("ippools")
+_RESERVATIONS = by_plural("ipreservations")
 _FELIX = by_plural("felixconfigurations")
 _NAME_CLEAN = re.compile(r"[^a-z0-9.-]")
 
@@ -562,12 +564,14 @@ class CNIHandler:
             return None
         return cfg
 
-    async def _pod_info(self, env: CNIEnv, wep_ref: tuple[str, str] | None = None
-                        ) -> tuple[_PodInfo, WorkloadEndpoint | None]:
-        """Pod, Namespace, this Node, the FelixConfigurations (and the endpoint ``wep_ref``
-        when given) read from etcd in one transaction, at one revision; the pools and the
-        IPReservations beside it.  Every ADD reads them afresh (linearizable reads, no
-        cache): an annotation changed just before is always seen."""
+    async def _pod_info(self, env: CNIEnv, wep_ref: tuple[str, str] | None = None,
+                        handle: str | None = None
+                        ) -> tuple[_PodInfo, WorkloadEndpoint | None, bool]:
+        """Pod, Namespace, this Node, the FelixConfigurations, the pools and the
+        IPReservations (and the endpoint ``wep_ref``, whether IPAM has ``handle``, when
+        given) read from etcd in one transaction, at one revision.  Every ADD reads them
+        afresh (linearizable reads, no cache): an annotation changed just before is always
+        seen."""
         namespace = env.pod_namespace or "default"
         names = ("default", f"node.{self.node}")
         refs: list[tuple[Any, str, str | None]] = [
@@ -577,8 +581,9 @@ class CNIHandler:
             refs.append((_POD, str(env.pod_name), namespace))
         if wep_ref is not None:
             refs.append((_WEP, wep_ref[1], wep_ref[0]))
-        kvs, pools, reserved = await asyncio.gather(
-            self.resources.get_many(refs), self.ipam.pools(), self.ipam.reserved_networks())
+        handle_key = [self.ipam.handle_read_key(handle)] if handle is not None else []
+        kvs, lists, raw = await self.resources.read(refs, (_POOLS, _RESERVATIONS), handle_key)
+        pools, reserved = lists[_POOLS.plural], reserved_of(lists[_RESERVATIONS.plural])
         found = dict(zip(((r[0].plural, r[1]) for r in refs), kvs, strict=True))
 
         def model(kind: Any, name: str) -> Any:
@@ -590,7 +595,7 @@ class CNIHandler:
                         model(_POD, str(env.pod_name)) if env.is_k8s else None,
                         model(_NAMESPACE, namespace), model(_NODE, self.node), pools,
                         configs, reserved)
-        return info, model(_WEP, wep_ref[1]) if wep_ref is not None else None
+        return info, model(_WEP, wep_ref[1]) if wep_ref is not None else None, bool(raw)
 
     # --- ADD --------------------------------------------------------------------------------
 
@@ -606,7 +611,7 @@ class CNIHandler:
         if ipam_only:
             with info.step("reads"):
                 await self._sandbox(env)
-                pod, _ = await self._pod_info(env)
+                pod, _, _ = await self._pod_info(env)
                 held = await self.ipam.ips_by_handle(handle)
             if held:  # ADD again: the same addresses
                 info.ips = held
@@ -614,17 +619,16 @@ class CNIHandler:
         else:
             with info.step("reads"):
                 # all at once; an invalid CNI_NETNS is reported before anything else fails
-                sandbox, link, read, handle_read = await asyncio.gather(
+                sandbox, link, read = await asyncio.gather(
                     self._sandbox(env),
                     asyncio.to_thread(self.dataplane.netns_link_exists, env.netns, env.ifname),
-                    self._pod_info(env, (wep_ns, wep_name)),
-                    self.ipam.has_handle(handle), return_exceptions=True)
-                for outcome in (sandbox, link, read, handle_read):
+                    self._pod_info(env, (wep_ns, wep_name), handle), return_exceptions=True)
+                for outcome in (sandbox, link, read):
                     if isinstance(outcome, BaseException):
                         raise outcome
                 assert not isinstance(read, BaseException)
-                pod, wep = read
-                link_exists, has_handle = link is True, handle_read is True
+                pod, wep, has_handle = read
+                link_exists = link is True
             if wep is not None and wep.spec.containerID == env.container_id:
                 again = await self._repeat_add(env, conf, host_name, wep, pod)
                 if again is not None:
@@ -923,15 +927,21 @@ class CNIHandler:
         else:
             wep_ns, wep_name = self._wep_ref(env)
             with info.step("reads"):
+                # the endpoint and the IPAM handle in one read
+                handle_key = self.ipam.handle_read_key(handle)
                 checked, read = await asyncio.gather(
-                    self._sandbox(env, may_be_gone=True), self._get_wep(wep_ns, wep_name),
+                    self._sandbox(env, may_be_gone=True),
+                    self.resources.read([(_WEP, wep_name, wep_ns)], raw_keys=[handle_key]),
                     return_exceptions=True)
                 for outcome in (checked, read):  # an invalid CNI_NETNS first
                     if isinstance(outcome, BaseException):
                         raise outcome
                 assert not isinstance(checked, BaseException)
                 assert not isinstance(read, BaseException)
-                netns, wep = checked, read
+                (wep_kv,), _, raw = read
+                netns = checked
+                wep = Resources.parse(_WEP, wep_kv) if wep_kv is not None else None
+                handle_kv = raw.get(handle_key)
             ours = wep is None or wep.spec.containerID in (None, "", env.container_id)
             recorded = self._recorded_host_name(wep) if wep is not None and ours else None
             if not ours:
@@ -965,7 +975,7 @@ class CNIHandler:
 
             async def release() -> list[str]:
                 with info.step("ipam"):
-                    return await self.ipam.release_by_handle(handle)
+                    return await self.ipam.release_by_handle(handle, handle_kv)
 
             # The kernel takes a while to destroy a veth: do the datastore work meanwhile
             # (so the steps of a DEL overlap: veth, wep and ipam run at once).

@@ -189,8 +189,10 @@ class KVStore(Protocol):
         """The key's value and revisions; :class:`NotFound` if absent."""
         ...
 
-    async def get_many(self, keys: Sequence[str]) -> dict[str, KV]:
-        """Those of ``keys`` that exist, all read at one revision."""
+    async def get_many(self, keys: Sequence[str], prefixes: Sequence[str] = ()
+                       ) -> dict[str, KV]:
+        """Those of ``keys`` that exist and every key under ``prefixes``, all read at one
+        revision (prefixes unpaged: for small ones, such as a kind's few resources)."""
         ...
 
     async def list(self, prefix: str) -> tuple[list[KV], int]:

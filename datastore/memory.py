@@ -142,9 +142,15 @@ class MemoryStore:
             raise NotFound(key)
         return self._kv(key, entry)
 
-    async def get_many(self, keys: Sequence[str]) -> dict[str, KV]:
+    async def get_many(self, keys: Sequence[str], prefixes: Sequence[str] = ()
+                       ) -> dict[str, KV]:
+        for prefix in prefixes:
+            check_prefix(prefix)
         await self._enter(f"get {len(keys)} keys")
-        return {k: self._kv(k, self._data[k]) for k in keys if k in self._data}
+        found = {k: self._kv(k, self._data[k]) for k in keys if k in self._data}
+        for prefix in prefixes:
+            found.update((k, self._kv(k, self._data[k])) for k in self._under(prefix))
+        return found
 
     async def list(self, prefix: str) -> tuple[list[KV], int]:
         check_prefix(prefix)

@@ -431,6 +431,27 @@ class Resources:
         found = await self.store.get_many([self.key(*ref) for ref in refs])
         return [found.get(self.key(*ref)) for ref in refs]
 
+    async def read(self, refs: Sequence[tuple[KindInfo, str, str | None]],
+                   kinds: Sequence[KindInfo] = (), raw_keys: Sequence[str] = ()
+                   ) -> tuple[list[KV | None], dict[str, list[Any]], dict[str, KV]]:
+        """One transaction, one revision: the documents of ``refs`` (as :meth:`get_many`),
+        every resource of each of ``kinds`` (cluster-wide, as :meth:`list` makes them: parsed,
+        implicit defaults added; by plural) and those of ``raw_keys`` that exist (another
+        package's keys, which that package names and interprets)."""
+        ref_keys = [self.key(*ref) for ref in refs]
+        prefixes = [keys.resource_prefix(info.plural, None) for info in kinds]
+        found = await self.store.get_many([*ref_keys, *raw_keys], prefixes)
+        lists: dict[str, list[Any]] = {}
+        for info, prefix in zip(kinds, prefixes, strict=True):
+            items = [self._from_kv(info, kv) for k, kv in sorted(found.items())
+                     if k.startswith(prefix)]
+            present = {i.name for i in items}
+            items += [info.model.from_dict(copy.deepcopy(doc))
+                      for name, doc in info.implicit_defaults.items() if name not in present]
+            lists[info.plural] = sorted(items, key=lambda r: (r.namespace or "", r.name))
+        return ([found.get(k) for k in ref_keys], lists,
+                {k: found[k] for k in raw_keys if k in found})
+
     @classmethod
     def parse(cls, info: KindInfo, kv: KV) -> Any:
         """The model of a stored document (ResourceInvalid / ValueError when it is not

@@ -560,16 +560,22 @@ class Store:
         resp = await self._txn(f"compare-and-swap {key}", [compare], [op], [])
         return bool(resp.succeeded)
 
-    async def get_many(self, keys: Sequence[str]) -> dict[str, KV]:
-        """Those of ``keys`` that exist, all read at one revision (in transactions of
-        :data:`TXN_MAX_OPS` reads)."""
+    async def get_many(self, keys: Sequence[str], prefixes: Sequence[str] = ()
+                       ) -> dict[str, KV]:
+        """Those of ``keys`` that exist and every key under ``prefixes``, all read at one
+        revision (in transactions of :data:`TXN_MAX_OPS` reads; a prefix is one read,
+        unpaged)."""
+        ranges = [(k.encode(), b"") for k in keys]
+        for prefix in prefixes:
+            start = check_prefix(prefix)
+            ranges.append((start, prefix_range_end(start)))
         found: dict[str, KV] = {}
         revision = 0
-        for start in range(0, len(keys), TXN_MAX_OPS):
-            part = keys[start:start + TXN_MAX_OPS]
-            ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode(),
+        for start in range(0, len(ranges), TXN_MAX_OPS):
+            part = ranges[start:start + TXN_MAX_OPS]
+            ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k, range_end=end,
                                                                 revision=revision))
-                   for k in part]
+                   for k, end in part]
             resp = await self._txn(f"get {len(part)} keys", [], ops, [])
             revision = revision or resp.header.revision
             for r in resp.responses:

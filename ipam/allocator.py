@@ -219,6 +219,19 @@ def _first_free_block(pool: IPPool, blocks: Iterable[Block],
             return None
 
 
+class _Unread:
+    """Not read yet (see :meth:`IPAM.release_by_handle`)."""
+
+
+UNREAD = _Unread()
+
+
+def reserved_of(reservations: Iterable[Any]) -> list[IPNetwork]:
+    """The reserved networks of IPReservation resources."""
+    return [ipaddress.ip_network(c, strict=False)
+            for r in reservations for c in r.spec.reservedCIDRs or []]
+
+
 class IPAM:
     """Block IPAM for one node (``node``), over a connected :class:`~datastore.backend.KVStore`."""
 
@@ -229,6 +242,23 @@ class IPAM:
         self.affinity = affinity_for(node)
         self._resources = Resources(store)
         self._affine: dict[str, Block] = {}  # cidr -> this node's block (cache)
+        # cidr -> lock serialising this process's one-transaction writes of the block
+        self._block_locks: dict[str, asyncio.Lock] = {}
+        self._locks_loop: asyncio.AbstractEventLoop | None = None
+
+    def _block_lock(self, cidr: str) -> asyncio.Lock:
+        """The lock of block ``cidr`` in this process.  Concurrent ADDs and DELs of one node
+        write the same few blocks: each by compare-and-swap from the cached block, so without
+        the lock all but one of them would find the block changed and take the slow path
+        (re-read, retry: several round trips).  Under it each finds the revision its
+        predecessor just wrote, and the block costs one transaction per request."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._locks_loop:  # locks belong to one loop (a CLI runs several)
+            self._block_locks, self._locks_loop = {}, loop
+        lock = self._block_locks.get(cidr)
+        if lock is None:
+            lock = self._block_locks[cidr] = asyncio.Lock()
+        return lock
 
     # --- datastore reads ------------------------------------------------------------------
 
@@ -244,11 +274,13 @@ class IPAM:
         return items
 
     async def reserved_networks(self) -> list[IPNetwork]:
-        nets: list[IPNetwork] = []
-        for r in await self._resources.list(by_plural("ipreservations")):
-            for c in r.spec.reservedCIDRs or []:
-                nets.append(ipaddress.ip_network(c, strict=False))
-        return nets
+        return reserved_of(await self._resources.list(by_plural("ipreservations")))
+
+    @staticmethod
+    def handle_read_key(handle: str) -> str:
+        """The handle's key, for a caller that reads it in its own transaction: its presence
+        is :meth:`has_handle`; its document can be given to :meth:`release_by_handle`."""
+        return keys.handle_key(handle)
 
     async def list_blocks(self) -> list[Block]:
         """Every block document (with its ``revision``), in address order."""
@@ -338,17 +370,20 @@ class IPAM:
         if self._usable(block, affine_only):
             # The common case in one transaction: a new handle document and the block, both
             # written only if the handle does not exist and the block is unchanged.
-            new = block.copy()
-            ips = new.assign(count, attrs, reserved_here)
-            if not ips:
-                return []
-            revision = await self.store.commit([
-                Write(keys.handle_key(handle), self._handle_doc(handle, {cidr: len(ips)}), 0),
-                Write(key, new.to_dict(), block.revision)])
-            if revision is not None:
-                new.revision = revision
-                self._remember(new)
-                return ips
+            async with self._block_lock(cidr):
+                block = self._affine.get(cidr, block)  # as the last writer here left it
+                new = block.copy()
+                ips = new.assign(count, attrs, reserved_here)
+                if not ips:
+                    return []
+                revision = await self.store.commit([
+                    Write(keys.handle_key(handle), self._handle_doc(handle, {cidr: len(ips)}),
+                          0),
+                    Write(key, new.to_dict(), block.revision)])
+                if revision is not None:
+                    new.revision = revision
+                    self._remember(new)
+                    return ips
             # the handle exists (it holds addresses elsewhere) or the block changed: the
             # general path below (handle first, as in Calico; the block by CAS, re-read)
         await self._adjust_handle(handle, cidr, count)
@@ -646,15 +681,23 @@ class IPAM:
             return  # it is in use again (the next re-read caches it again)
         log.info("node %s released empty block %s", self.node, block.cidr)
 
-    async def release_by_handle(self, handle: str) -> list[str]:
-        """Free every address of ``handle``; returns them (empty if there were none)."""
+    async def release_by_handle(self, handle: str, read: KV | _Unread | None = UNREAD
+                                ) -> list[str]:
+        """Free every address of ``handle``; returns them (empty if there were none).
+        ``read``: the handle's document as the caller just read it (:meth:`handle_read_key`,
+        None: it did not exist), which saves the first read."""
         key = keys.handle_key(handle)
         released: list[str] = []
         for attempt in range(MAX_ATTEMPTS):
-            try:
-                kv = await self.store.get(key)
-            except NotFound:
-                return released
+            if not isinstance(read, _Unread):
+                kv, read = read, UNREAD
+                if kv is None:
+                    return released
+            else:
+                try:
+                    kv = await self.store.get(key)
+                except NotFound:
+                    return released
             if not released:
                 fast = await self._release_handle_at_once(handle, kv)
                 if fast is not None:
@@ -677,20 +720,23 @@ class IPAM:
         handle document go together, if neither changed.  None when that does not apply or
         the transaction found a change (nothing was written): the general path follows."""
         cidrs = list(kv.value.get("blocks") or {})
-        cached = self._affine.get(cidrs[0]) if len(cidrs) == 1 else None
-        if cached is None:
+        if len(cidrs) != 1 or cidrs[0] not in self._affine:
             return None
-        new = cached.copy()
-        released = new.release_handle(handle)
-        if not released:
-            return None
-        revision = await self.store.commit([
-            Write(keys.block_key(cached.cidr), new.to_dict(), cached.revision),
-            Write(keys.handle_key(handle), None, kv.mod_revision)])
-        if revision is None:
-            return None
-        new.revision = revision
-        self._remember(new)
+        async with self._block_lock(cidrs[0]):
+            cached = self._affine.get(cidrs[0])
+            if cached is None:
+                return None
+            new = cached.copy()
+            released = new.release_handle(handle)
+            if not released:
+                return None
+            revision = await self.store.commit([
+                Write(keys.block_key(cached.cidr), new.to_dict(), cached.revision),
+                Write(keys.handle_key(handle), None, kv.mod_revision)])
+            if revision is None:
+                return None
+            new.revision = revision
+            self._remember(new)
         if new.is_empty and new.affinity in (None, self.affinity):
             await self._delete_empty(new)
         return released

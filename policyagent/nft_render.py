@@ -914,11 +914,9 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = DE
     changed endpoint's or policy's chain is flushed and refilled (its counters restart), as is
     the chain of a policy using a set that became empty or got its first member.
 
-    Set members and map elements are added with set / map blocks and removed by flushing and
-    refilling the set or map, not with ``add element`` / ``delete element``: for those nft 1.0
-    first fetches the elements of every set in the table, ~0.1 s with 1000 sets. Only when
-    the refills would re-send more than :data:`REFILL_LIMIT` members are set members removed
-    with ``delete element`` (that one fetch is then the cheaper)."""
+    Set members and map elements are added with set / map blocks (no ``add element``) and
+    removed with ``delete element`` when that is the cheaper (:func:`_deletes_pay`), else by
+    flushing and refilling the set or map."""
     diff = old.diff(new)
     if (diff.host_endpoints or diff.failsafe_changed or diff.protected_changed
             or diff.tunnels_changed):
@@ -939,7 +937,7 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = DE
     tail: list[str] = []    # map elements and deletions, after the definitions
     for sid in sorted(diff.ipsets.added):
         blocks.append(_set_text(new.ipsets[sid]))
-    _set_changes(diff, old, new, t, head, blocks)
+    deleting = _set_changes(diff, old, new, t, head, blocks)
 
     def define(name: str, chain: _Chain, replace: bool) -> None:
         if replace:
@@ -980,15 +978,19 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = DE
         elif chain_id in fresh_shared:
             define(chain_id, chain, False)
     maps = ("wl_to", "wl_from")
-    gone = any(old.endpoints[name].interface is not None and (
-        name not in new.endpoints or new.endpoints[name].interface != old.endpoints[name].interface)
-        for name in diff.endpoints.removed | diff.endpoints.changed)
-    if gone:  # flush and refill: deleting elements would make nft fetch every set first
+    gone = sorted({old.endpoints[name].interface for name in
+                   diff.endpoints.removed | diff.endpoints.changed
+                   if old.endpoints[name].interface is not None and (
+                       name not in new.endpoints
+                       or new.endpoints[name].interface != old.endpoints[name].interface)})
+    if gone and not _deletes_pay(old, 2 * len(new.endpoints), deleting):
         tail.extend(f"flush map {t} {m}" for m in maps)
         refill = {m: {ep.interface: f"goto {chain_name(k, ep.name)}"
                       for ep in new.endpoints.values() if ep.interface is not None}
                   for m, k in zip(maps, ("wi", "we"), strict=True)}
-    else:
+    else:  # the gone interfaces' elements deleted (before the new ones are added)
+        items = ", ".join(f'"{i}"' for i in gone)
+        tail.extend(f"delete element {t} {m} {{ {items} }}" for m in maps if gone)
         refill = {m: {} for m in maps}
         for name in touched:
             ep, before = new.endpoints[name], old.endpoints.get(name)
@@ -1021,20 +1023,38 @@ def _join(head: list[str], blocks: list[str], tail: list[str], t: str) -> str:
     return "".join(line + "\n" for line in out)
 
 
-#: Past this many members to re-send, sets that lose members get ``delete element`` instead
-#: of ``flush`` + refill: one fetch of every set's elements (~0.1 s with ~1000 sets) is then
-#: cheaper than re-sending them (a pod leaving ~55 large sets: ~215 kB, 0.3-0.7 s).
-REFILL_LIMIT = 2000
+#: What one element re-sent by a flush + refill costs, in elements of interval sets fetched
+#: (see :func:`_deletes_pay`).  Measured with nft 1.0.6 through libnftables (docs/policy.md):
+#: a refill ~4 us per element, the fetch ~1.3 us per interval element.
+DELETE_RATIO = 3
+#: Tests force one way (``True``: always delete elements, ``False``: always refill).
+FORCE_DELETES: bool | None = None
+
+
+def _interval_elements(model: DataplaneModel) -> int:
+    """Elements of the model's sets with intervals (CIDRs), roughly what nft fetches."""
+    return sum(len(s.members) for s in model.ipsets.values()
+               if s.kind == "net" and s.members and not _hosts_only(s.members))
+
+
+def _deletes_pay(old: DataplaneModel, resend: int, already: bool = False) -> bool:
+    """Whether to remove elements with ``delete element`` rather than flush and re-send
+    ``resend`` elements.  Any ``delete element`` in a transaction makes nft 1.0 first fetch
+    the elements of every *interval* set of the table (its other sets it does not fetch):
+    ~0.26 s for 1000 sets of 200 CIDRs, nothing without such sets.  ``already``: the
+    transaction pays that fetch anyway."""
+    if FORCE_DELETES is not None:
+        return FORCE_DELETES
+    return already or resend * DELETE_RATIO >= _interval_elements(old)
 
 
 def _set_changes(diff: ModelDiff, old: DataplaneModel, new: DataplaneModel, t: str,
-                 head: list[str], blocks: list[str]) -> None:
+                 head: list[str], blocks: list[str]) -> bool:
     """Member changes of existing sets, as set blocks that add elements, after a ``flush set``
-    for sets that lose members (or whose new members overlap).
+    or ``delete element`` (:func:`_deletes_pay`) for sets that lose members (or whose new
+    members overlap).  True when it deletes elements.
 
-    Not ``add element`` / ``delete element``: for those nft 1.0 first fetches the elements of
-    every set of the table (~0.1 s with 1000 sets), while a set block needs no such cache --
-    except when the refills would re-send more than :data:`REFILL_LIMIT` members."""
+    Not ``add element``: a set block adds them without nft fetching anything first."""
     plan: list[tuple[str, bool]] = []  # (set id, refill)
     for sid in sorted(diff.ipset_members):
         delta = diff.ipset_members[sid]
@@ -1046,6 +1066,8 @@ def _set_changes(diff: ModelDiff, old: DataplaneModel, new: DataplaneModel, t: s
             refill = len(_drop_subsumed(spec.members)) != len(spec.members)
         plan.append((sid, refill))
     resend = sum(len(new.ipsets[sid].members) for sid, refill in plan if refill)
+    deletes = resend > 0 and _deletes_pay(old, resend)
+    deleted = False
     for sid, refill in plan:
         delta, spec = diff.ipset_members[sid], new.ipsets[sid]
         members: Iterable[str] = delta.added
@@ -1055,14 +1077,16 @@ def _set_changes(diff: ModelDiff, old: DataplaneModel, new: DataplaneModel, t: s
             before = old.ipsets[sid].members
             exact = spec.kind != "net" or (_hosts_only(spec.members, before, delta.added)
                                            and _hosts_only(before))
-            if resend > REFILL_LIMIT and exact:
+            if deletes and exact:
                 items = ", ".join(sorted(_set_member(spec, m) for m in delta.removed))
                 head.append(f"delete element {t} {sid} {{ {items} }}")
+                deleted = True
             else:
                 head.append(f"flush set {t} {sid}")
                 members = spec.members
         if members:
             blocks.append(_set_block(spec, members))
+    return deleted
 
 
 _HOSTS_ONLY: dict[int, tuple[frozenset[str], bool]] = {}  # by id(), the set kept alive

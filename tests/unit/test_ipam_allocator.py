@@ -92,6 +92,24 @@ async def test_allocate_and_release(store: KVStore) -> None:
     assert (await ipam.check({})).clean
 
 
+async def test_release_by_handle_with_the_callers_read(store: KVStore) -> None:
+    """The handle document read by the caller (in its own transaction) saves the first read;
+    None says there is no handle: nothing to free, nothing read; a stale read is retried."""
+    pool = await add_pool(store, "p", "10.10.0.0/24")
+    ipam = IPAM(store, "node-1")
+    await assign_n(ipam, [pool], 2)
+    key = IPAM.handle_read_key("h0")
+    assert key == keys.handle_key("h0")
+    assert await ipam.release_by_handle("h0", None) == []  # the caller saw no handle
+    assert await ipam.handles_on_node("node-1") == {"h0": ["10.10.0.0"], "h1": ["10.10.0.1"]}
+    kv = await store.get(key)
+    assert await ipam.release_by_handle("h0", kv) == ["10.10.0.0"]
+    stale = await store.get(IPAM.handle_read_key("h1"))
+    await store.put(IPAM.handle_read_key("h1"), stale.value)  # another revision now
+    assert await ipam.release_by_handle("h1", stale) == ["10.10.0.1"]
+    assert (await ipam.check({})).clean
+
+
 async def test_num_addresses_and_all_or_nothing(store: KVStore) -> None:
     pool = await add_pool(store, "p", "10.10.0.0/29", blockSize=29)
     ipam = IPAM(store, "n1")

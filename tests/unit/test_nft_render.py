@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from policyagent.model import (
@@ -252,9 +253,16 @@ def test_incremental_set_members_and_chain_refill() -> None:
     old, new = pods("a", "x"), pods("x", "a")
     assert old.diff(new).members_only
     (sid,) = [s for s, d in old.diff(new).ipset_members.items() if d.added]
+    # no set with intervals in the table: the member leaves with delete element
     assert render_incremental(old, new) == (
-        f"flush set inet tortie {sid}\ntable inet tortie {{\n\tset {sid} {{\n"
+        f"delete element inet tortie {sid} {{ 10.65.0.1 }}\n"
+        f"table inet tortie {{\n\tset {sid} {{\n"
         f"\t\ttype ipv4_addr;\n\t\telements = {{ 10.65.0.3 }}\n\t}}\n}}\n")
+    # with many CIDRs in interval sets (which nft would fetch first), flush and refill
+    nets = IPSetSpec("s4_nets", 4, frozenset(f"10.{i}.0.0/16" for i in range(100)), kind="net")
+    old_n, new_n = (dataclasses.replace(m, ipsets=FrozenMap({**m.ipsets, nets.id: nets}))
+                    for m in (old, new))
+    assert render_incremental(old_n, new_n).startswith(f"flush set inet tortie {sid}\n")
     # overlapping members: refill the set in the same transaction
     def with_set(*members: str) -> DataplaneModel:
         return DataplaneModel(ipsets=FrozenMap({sid: IPSetSpec(sid, 4, frozenset(members))}))
@@ -349,3 +357,25 @@ def test_vxlan_of_an_ipv6_pool_passes_host_endpoints_between_the_ipv6_addresses(
     he = chain_body(script, chain_name("he", "eth0"))
     assert ('ip6 daddr { 2001:db8:0:1::11/128, 2001:db8:0:1::12/128 } udp dport 4789 '
             'counter return comment "vxlan egress between nodes"') in he
+
+
+def test_a_gone_pod_leaves_the_maps_by_delete_element_unless_interval_sets_are_large() -> None:
+    cluster = two_pods()
+    old = cluster.model()
+    cluster.delete("WorkloadEndpoint", "default/a")
+    new = cluster.model()
+    (gone,) = [ep for name, ep in old.endpoints.items() if name not in new.endpoints]
+    assert gone.interface
+    script = render_incremental(old, new)
+    assert script is not None and "flush map" not in script
+    for m in ("wl_to", "wl_from"):
+        assert f'delete element inet tortie {m} {{ "{gone.interface}" }}\n' in script
+    # the element deletes come before the chains they point to are deleted
+    assert script.index("delete element") < script.index("delete chain")
+    # 100 CIDRs in interval sets against two map elements re-sent: flush and refill
+    nets = IPSetSpec("s4_nets", 4, frozenset(f"10.{i}.0.0/16" for i in range(100)), kind="net")
+    old_n, new_n = (dataclasses.replace(m, ipsets=FrozenMap({**m.ipsets, nets.id: nets}))
+                    for m in (old, new))
+    script = render_incremental(old_n, new_n)
+    assert script is not None and "delete element" not in script
+    assert "flush map inet tortie wl_to" in script

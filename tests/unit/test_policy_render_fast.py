@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from policyagent import nft_render
 from policyagent.model import FrozenMap, KeyDiff
 from policyagent.nft_render import _drop_subsumed, render, render_incremental
 from tests.support.policy import Cluster, gnp, hep, kind_of, random_resources, wep
@@ -51,7 +52,8 @@ def test_frozen_map_views_and_key_diffs() -> None:
     assert not KeyDiff.of(a, FrozenMap({"x": 1, "y": 2}))
 
 
-def test_incremental_scripts_use_blocks_not_element_commands() -> None:
+def test_incremental_scripts_use_blocks_not_element_commands(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     c = Cluster().add(wep("a", "10.65.0.1", {"app": "a"}), wep("b", "10.65.0.2", {"app": "b"}),
                       gnp("g", selector="app == 'b'", ingress=[
                           {"action": "Allow", "source": {"selector": "app == 'a'"}}]))
@@ -62,8 +64,13 @@ def test_incremental_scripts_use_blocks_not_element_commands() -> None:
     assert script is not None
     assert "add element" not in script and "flush" not in script
     assert '"calic" : goto wi_' in script and "{ 10.65.0.3 }" in script
-    # a member leaves: the set is flushed and refilled in the same transaction
+    # a member leaves: with no interval set for nft to fetch first, by delete element
     m3 = c.add(wep("c", "10.65.0.3", {"app": "x"})).model()
+    script = render_incremental(m2, m3)
+    assert script is not None and script.startswith("delete element inet tortie s4_")
+    assert "{ 10.65.0.3 }" in script and "flush" not in script
+    # forced to refill: the set is flushed and refilled in the same transaction
+    monkeypatch.setattr(nft_render, "FORCE_DELETES", False)
     script = render_incremental(m2, m3)
     assert script is not None and "flush set inet tortie s4_" in script
     assert "{ 10.65.0.1 }" in script and "10.65.0.3" not in script.split("flush set")[1]

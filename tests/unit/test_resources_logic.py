@@ -94,3 +94,20 @@ async def test_get_many_reads_several_kinds_at_once(store: KVStore) -> None:
     parsed = Resources.parse(GNP, kvs[0])
     assert parsed.name == "a" and parsed.spec.order == 1
     assert parsed.metadata.resourceVersion == str(kvs[0].mod_revision)
+
+
+async def test_read_gets_lists_and_raw_keys_in_one_go(store: KVStore) -> None:
+    """read: named documents, whole kinds parsed as list makes them (implicit defaults
+    added), and raw keys of another package (those that exist)."""
+    res = Resources(store)
+    await res.create(GNP, gnp("a", 1))
+    await res.create(GNP, gnp("b", 2))
+    await store.put("/calico/ipam/v2/handle/h1", {"handle": "h1"})
+    felix = by_cli_name("felixconfiguration")
+    (kv, missing), lists, raw = await res.read(
+        [(GNP, "a", None), (GNP, "zz", None)], (GNP, felix),
+        ["/calico/ipam/v2/handle/h1", "/calico/ipam/v2/handle/h2"])
+    assert kv is not None and Resources.parse(GNP, kv).spec.order == 1 and missing is None
+    assert [p.name for p in lists[GNP.plural]] == ["a", "b"]
+    assert [f.name for f in lists[felix.plural]] == [f.name for f in await res.list(felix)]
+    assert list(raw) == ["/calico/ipam/v2/handle/h1"]
