@@ -963,7 +963,8 @@ class CNIHandler:
                     await asyncio.to_thread(self.dataplane.teardown_veth, self._host_name(env),
                                             netns)
                 # else nothing proves a link is this container's (GC removes strays)
-                if netns is not None:  # a secondary interface's source rules in the pod
+                if netns is not None and not netlink.is_primary(env.ifname):
+                    # a secondary interface's source rules in the pod
                     await asyncio.to_thread(self.dataplane.forget_pod_routing, netns,
                                             env.ifname)
 

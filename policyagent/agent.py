@@ -9,9 +9,10 @@
   (:data:`PREFIXES`); each value is parsed with its kind's model. A resource that does not
   parse (or that the calculator refuses) is logged, counted in
   ``tortie_policy_skipped_resources_total`` and skipped: the last good version stays in force.
-* The program loop coalesces: it wakes on a change, lets every event already queued in the
-  loop run, computes the model and programs the kernel with the smallest transaction
-  (:func:`nft_render.render_incremental`), counted by what changed: IP set members only
+* The program loop coalesces: it wakes on a change -- one nobody waits for (a watch event)
+  first waits :data:`UNWAITED_DELAY` for more, or until a CNI ADD waits --, lets every event
+  already queued in the loop run, computes the model and programs the kernel with the
+  smallest transaction (:func:`nft_render.render_incremental`), counted by what changed: IP set members only
   (``sets``), policy / profile rules (``chain``), endpoints, sets or policies coming or going
   (``endpoints``), else the whole table (``full``). The first programming after the first
   full sync, and the one after any error, is always ``full``. A full programming replaces
@@ -71,6 +72,11 @@ IGNORED_FIELDS_KINDS = frozenset({
     "GlobalNetworkPolicy", "NetworkPolicy", "Profile", "WorkloadEndpoint", "HostEndpoint",
     "NetworkSet", "GlobalNetworkSet", "FelixConfiguration"})
 READY_TIMEOUT = 30.0        # endpoint_ready: longest wait for sync + programming
+#: how long a change nobody waits for (a watch event: a pod gone, a policy or label changed)
+#: waits for more before it is programmed; a CNI ADD waiting ends the wait at once.  Under
+#: pod churn this turns one nft transaction per DEL into one per few (each transaction makes
+#: the kernel validate the table's whole jump graph).
+UNWAITED_DELAY = 0.02
 COUNTERS_MIN_INTERVAL = 5.0  # per-rule counters are read from nft at most this often
 INTERFACES_POLL = 2.0  # host interfaces/addresses (host endpoint resolution) re-read this often
 _WEP_PLURAL = "workloadendpoints"
@@ -138,6 +144,8 @@ class PolicyAgent:
                                      node_ports=node_ports(ctx.args))
         self._syncer: Syncer | None = None
         self._wake = asyncio.Event()
+        self._waited = asyncio.Event()  # a CNI ADD waits for the next programming
+        self.unwaited_delay = UNWAITED_DELAY
         self._synced = False
         self._waiters: list[asyncio.Future[None]] = []
         self._applied: DataplaneModel | None = None  # what the kernel has (None: unknown)
@@ -353,6 +361,7 @@ class PolicyAgent:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         self._wake.set()
+        self._waited.set()
         try:
             await asyncio.wait_for(asyncio.shield(fut), READY_TIMEOUT)
         except TimeoutError:
@@ -376,6 +385,12 @@ class PolicyAgent:
             self._wake.clear()
             if not self._synced:
                 continue  # never program a partial view; waiters wait for the sync
+            if not self._waiters and self.unwaited_delay > 0 and self._applied is not None:
+                # nobody waits: let more changes come (coalesce), unless an ADD starts waiting
+                self._waited.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.unwaited_delay):
+                        await self._waited.wait()
             await asyncio.sleep(0)  # let events already queued in the loop land (coalesce)
             self._wake.clear()
             waiters, self._waiters = self._waiters, []
