@@ -244,7 +244,7 @@ class Lab:
             raise LabError(f"--etcd-members must be 1-{MAX_ETCD_MEMBERS}, got {etcd_members}")
         if runtime not in RUNTIMES:
             raise LabError(f"runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
-        _check_pools([pool_cidr, *([pool6_cidr] if dual_stack else [])], kubernetes=kubernetes)
+        _check_pools(pool_cidr, pool6_cidr if dual_stack else "", kubernetes=kubernetes)
         if runtime == "containerd" and containerd.missing_binaries():
             raise LabError(f"the containerd runtime needs "
                            f"{', '.join(containerd.missing_binaries())}")
@@ -898,9 +898,10 @@ class Lab:
         return netns.exec_in(target, argv, env=env).returncode
 
 
-def _check_pools(pools: list[str], *, kubernetes: bool) -> None:
-    """``--pool`` an IPv4 CIDR, ``--pool6`` (if given) an IPv6 one; with Kubernetes neither
-    overlapping a Service range (LabError naming the option)."""
+def _check_pools(pool_cidr: str, pool6_cidr: str, *, kubernetes: bool) -> None:
+    """``--pool`` an IPv4 CIDR, ``--pool6`` (a dual-stack lab; "": none) an IPv6 one; with
+    Kubernetes neither overlapping a Service range (LabError naming the option)."""
+    pools = [pool_cidr, *([pool6_cidr] if pool6_cidr else [])]
     for cidr, option, version in zip(pools, ("--pool", "--pool6"), (4, 6), strict=False):
         try:
             ok = ipaddress.ip_network(cidr, strict=False).version == version
@@ -910,7 +911,7 @@ def _check_pools(pools: list[str], *, kubernetes: bool) -> None:
             raise LabError(f"{option} {cidr!r}: not an IPv{version} CIDR")
     if kubernetes:
         try:
-            check_pools(pools, service_cidrs(len(pools) > 1))
+            check_pools(pools, service_cidrs(bool(pool6_cidr)))
         except KubeError as e:
             raise LabError(str(e)) from None
 

@@ -114,10 +114,10 @@ def service_cidrs(dual_stack: bool) -> tuple[str, ...]:
     return (SERVICE_CIDR, SERVICE_CIDR6) if dual_stack else (SERVICE_CIDR,)
 
 
-def check_pools(pool_cidrs: Sequence[str], service_cidrs: Sequence[str]) -> None:
+def check_pools(pool_cidrs: Sequence[str], service_ranges: Sequence[str]) -> None:
     """KubeError when a pod pool overlaps a Service range (both hand out addresses)."""
     for pool in pool_cidrs:
-        for svc in service_cidrs:
+        for svc in service_ranges:
             a, b = ipaddress.ip_network(pool, strict=False), ipaddress.ip_network(svc)
             if a.version == b.version and a.overlaps(b):
                 raise KubeError(f"pool {pool} overlaps the Service range {svc} of the lab's "
