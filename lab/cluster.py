@@ -44,7 +44,7 @@ from datastore.etcd_config import EtcdConfig
 from lab import containerd, cri, netns, underlay
 from lab.bird_state import stop_bird
 from lab.etcd import EtcdProcess, TlsFiles, tls_files
-from lab.kubernetes import KubeError, Kubernetes, NodeInfo
+from lab.kubernetes import KubeError, Kubernetes, NodeInfo, check_pools, service_cidrs
 from lab.pki import Pki
 from lab.procs import alive as _alive
 from lab.procs import signal_and_wait
@@ -234,17 +234,17 @@ class Lab:
         private containerd per node makes the pods (docs/runtime.md); ``kubernetes``: a real
         Kubernetes runs the nodes (lab/kubernetes.py; implies containerd); ``etcd_members``:
         how many members the lab's etcd has (every client gets all their endpoints);
-        ``dual_stack``: IPv6 as well (module docstring; the lab's own CNI runtime only)."""
+        ``dual_stack``: IPv6 as well (module docstring), whoever makes the pods; with
+        ``kubernetes`` a dual-stack Kubernetes too (docs/kubernetes.md)."""
         if kubernetes:
             runtime = "containerd"
-        if dual_stack and runtime != "cni":
-            raise LabError("--dual-stack needs the lab's own CNI runtime (--runtime cni)")
         if nodes < 1 or nodes > 200:
             raise LabError("--nodes must be 1-200")
         if not 1 <= etcd_members <= MAX_ETCD_MEMBERS:
             raise LabError(f"--etcd-members must be 1-{MAX_ETCD_MEMBERS}, got {etcd_members}")
         if runtime not in RUNTIMES:
             raise LabError(f"runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+        _check_pools(pool_cidr, pool6_cidr if dual_stack else "", kubernetes=kubernetes)
         if runtime == "containerd" and containerd.missing_binaries():
             raise LabError(f"the containerd runtime needs "
                            f"{', '.join(containerd.missing_binaries())}")
@@ -677,8 +677,7 @@ class Lab:
             conf = {"cniVersion": version, "name": conflist["name"], **plugin}
             if plugin["type"] == "tortie":
                 if st.pool6_cidr:
-                    conf["ipam"] = {**conf.get("ipam", {}), "assign_ipv4": "true",
-                                    "assign_ipv6": "true"}
+                    conf["ipam"] = {**conf.get("ipam", {}), **underlay.DUAL_STACK_IPAM}
                 conf.update(overrides or {})
                 conf["socket"] = node.socket
             if "capabilities" in conf:
@@ -742,7 +741,9 @@ class Lab:
         base = json.loads(CONFLIST.read_text())
         base["plugins"] = [p for p in base["plugins"] if self._find_plugin(p["type"])]
         version = self._common_version(base["cniVersion"], [p["type"] for p in base["plugins"]])
-        conflist = containerd.node_conflist(base, socket=node.socket, version=version)
+        conflist = containerd.node_conflist(
+            base, socket=node.socket, version=version,
+            ipam=underlay.DUAL_STACK_IPAM if st.pool6_cidr else None)
         ctd = containerd.Containerd(self._containerd_dir(node), conflist=conflist,
                                     plugin_dirs=[self.bin_dir, *map(Path, CNI_PLUGIN_DIRS)],
                                     netns=node.netns)
@@ -802,7 +803,7 @@ class Lab:
 
     def kube(self, st: LabState) -> Kubernetes:
         return Kubernetes(self.name, self.dir, st.fabric, FABRIC_IP, st.k8s_pids,
-                          progress=self.progress)
+                          progress=self.progress, dual_stack=bool(st.pool6_cidr))
 
     def _up_kubernetes(self, st: LabState) -> None:
         """API server, controller-manager, scheduler, tortie-kube-controllers in the fabric;
@@ -819,8 +820,9 @@ class Lab:
                           f"on every node")
             for node in st.nodes.values():
                 k8s.up_node(NodeInfo(node.name, node.netns, node.address,
-                                     containerd.socket_of(self._containerd_dir(node))),
-                            st.pool_cidr)
+                                     containerd.socket_of(self._containerd_dir(node)),
+                                     node.address6),
+                            [st.pool_cidr, *([st.pool6_cidr] if st.pool6_cidr else [])])
             k8s.up_kube_controllers(self.etcd_env(st))
             k8s.wait_nodes_ready(list(st.nodes))
             self.progress(f"kubernetes: nodes {', '.join(st.nodes)} Ready")
@@ -894,6 +896,24 @@ class Lab:
         else:
             target = st.fabric
         return netns.exec_in(target, argv, env=env).returncode
+
+
+def _check_pools(pool_cidr: str, pool6_cidr: str, *, kubernetes: bool) -> None:
+    """``--pool`` an IPv4 CIDR, ``--pool6`` (a dual-stack lab; "": none) an IPv6 one; with
+    Kubernetes neither overlapping a Service range (LabError naming the option)."""
+    pools = [pool_cidr, *([pool6_cidr] if pool6_cidr else [])]
+    for cidr, option, version in zip(pools, ("--pool", "--pool6"), (4, 6), strict=False):
+        try:
+            ok = ipaddress.ip_network(cidr, strict=False).version == version
+        except ValueError:
+            ok = False
+        if not ok:
+            raise LabError(f"{option} {cidr!r}: not an IPv{version} CIDR")
+    if kubernetes:
+        try:
+            check_pools(pools, service_cidrs(bool(pool6_cidr)))
+        except KubeError as e:
+            raise LabError(str(e)) from None
 
 
 def _split_ref(ref: str) -> tuple[str, str]:

@@ -179,14 +179,18 @@ def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(x) for x in version.split("."))
 
 
-def node_conflist(conflist: Mapping[str, Any], *, socket: str, version: str) -> dict[str, Any]:
+def node_conflist(conflist: Mapping[str, Any], *, socket: str, version: str,
+                  ipam: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The conflist for one node's containerd: its tortie-node's socket, and a cniVersion
-    every plugin in the chain and containerd itself speak."""
+    every plugin in the chain and containerd itself speak; ``ipam``: settings over the
+    tortie plugin's ipam section (a dual-stack lab: both families)."""
     out: dict[str, Any] = json.loads(json.dumps(conflist))
     out["cniVersion"] = min(version, CNI_VERSION_MAX, key=_version_key)
     for plugin in out["plugins"]:
         if plugin.get("type") == "tortie":
             plugin["socket"] = socket
+            if ipam:
+                plugin["ipam"] = {**plugin.get("ipam", {}), **ipam}
     return out
 
 

@@ -12,6 +12,8 @@ run next to Tortie in the lab's namespaces.
 * images: the pause, agnhost and busybox images the e2e suites use, built here
   (lab/images.py) and imported into every node's containerd under their upstream names, so
   kubelet never pulls.
+* a dual-stack lab (``--dual-stack``): an IPv6 Service range next to the IPv4 one
+  (:data:`SERVICE_CIDR6`), kubelets with both node addresses, kube-proxy for both families.
 
 Files live under ``<lab dir>/k8s`` (certificates in ``<lab dir>/pki``, kubeconfigs, logs,
 each kubelet's root directory); ``down`` stops every process by PID, kills what is left in
@@ -21,6 +23,7 @@ the nodes' cgroups, unmounts what kubelet mounted and removes the cgroups.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -40,6 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "scripts" / "kubernetes.sh"
 API_PORT = 6443
 SERVICE_CIDR = "10.96.0.0/16"
+#: A dual-stack lab's IPv6 Service range (unique-local, a /112 as kind's), after the IPv4 one:
+#: Services are IPv4 first, ``ipFamilyPolicy: PreferDualStack`` / ``RequireDualStack`` get both.
+SERVICE_CIDR6 = "fd00:10:96::/112"
 KUBERNETES_SERVICE_IP = "10.96.0.1"
 CLUSTER_DOMAIN = "cluster.local"
 ETCD_PREFIX = "/registry"
@@ -95,13 +101,36 @@ class NodeInfo:
     netns: str
     address: str
     containerd_socket: str
+    address6: str = ""  # a dual-stack lab: its IPv6 underlay address
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Its IPv4 address, then (dual stack) its IPv6 one: kubelet's ``--node-ip``."""
+        return (self.address, self.address6) if self.address6 else (self.address,)
+
+
+def service_cidrs(dual_stack: bool) -> tuple[str, ...]:
+    """``--service-cluster-ip-range``: IPv4, and IPv6 too in a dual-stack lab."""
+    return (SERVICE_CIDR, SERVICE_CIDR6) if dual_stack else (SERVICE_CIDR,)
+
+
+def check_pools(pool_cidrs: Sequence[str], service_ranges: Sequence[str]) -> None:
+    """KubeError when a pod pool overlaps a Service range (both hand out addresses)."""
+    for pool in pool_cidrs:
+        for svc in service_ranges:
+            a, b = ipaddress.ip_network(pool, strict=False), ipaddress.ip_network(svc)
+            if a.version == b.version and a.overlaps(b):
+                raise KubeError(f"pool {pool} overlaps the Service range {svc} of the lab's "
+                                f"Kubernetes: choose another --pool/--pool6")
 
 
 class Kubernetes:
-    """The Kubernetes part of one lab (``lab_dir``), its processes in ``pids``."""
+    """The Kubernetes part of one lab (``lab_dir``), its processes in ``pids``;
+    ``dual_stack``: Services, nodes and kube-proxy of both families (IPv4 first)."""
 
     def __init__(self, lab_name: str, lab_dir: Path, fabric: str, fabric_ip: str,
-                 pids: dict[str, int], progress: Progress | None = None) -> None:
+                 pids: dict[str, int], progress: Progress | None = None,
+                 dual_stack: bool = False) -> None:
         self.lab_name = lab_name
         self.dir = lab_dir / "k8s"
         self.pki = Pki(lab_dir / "pki")
@@ -109,7 +138,12 @@ class Kubernetes:
         self.fabric_ip = fabric_ip
         self.pids = pids
         self.progress = progress or (lambda msg: None)
+        self.dual_stack = dual_stack
         self._bin: Path | None = None
+
+    @property
+    def service_cidrs(self) -> tuple[str, ...]:
+        return service_cidrs(self.dual_stack)
 
     # --- paths --------------------------------------------------------------------------------
 
@@ -225,7 +259,7 @@ class Kubernetes:
             f"--kubelet-client-certificate={kubelet_client.cert}",
             f"--kubelet-client-key={kubelet_client.key}",
             "--kubelet-preferred-address-types=InternalIP",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--service-cluster-ip-range={','.join(self.service_cidrs)}",
             f"--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}",
             f"--service-account-key-file={sa.cert}",
             f"--service-account-signing-key-file={sa.key}",
@@ -249,7 +283,7 @@ class Kubernetes:
             "--bind-address=127.0.0.1", "--leader-elect=false",
             f"--service-account-private-key-file={sa.key}", f"--root-ca-file={ca.cert}",
             "--use-service-account-credentials=true", "--allocate-node-cidrs=false",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--service-cluster-ip-range={','.join(self.service_cidrs)}",
             f"--cluster-signing-cert-file={ca.cert}", f"--cluster-signing-key-file={ca.key}",
             "--profiling=false", "--v=1"], ns=self.fabric)
         sched = self.kubeconfig("scheduler", "system:kube-scheduler")
@@ -306,15 +340,16 @@ class Kubernetes:
 
     # --- nodes --------------------------------------------------------------------------------
 
-    def up_node(self, node: NodeInfo, pool_cidr: str) -> None:
-        """kubelet and kube-proxy on ``node`` (its containerd is up already)."""
+    def up_node(self, node: NodeInfo, pool_cidrs: Sequence[str]) -> None:
+        """kubelet and kube-proxy on ``node`` (its containerd is up already); ``pool_cidrs``:
+        the lab's pod pools (kube-proxy's ``clusterCIDR``, one per family)."""
         d = self.node_dir(node.name)
         d.mkdir(parents=True, exist_ok=True)
         self._save_host_state()
         self._make_cgroup_root(node.name)
         ca = self.pki.ca
         serving = self.pki.issue(f"k8s-kubelet-serving-{node.name}", node.name, server=True,
-                                 client=False, ips=(node.address,), dns=(node.name,))
+                                 client=False, ips=node.addresses, dns=(node.name,))
         kubeconfig = self.kubeconfig(f"kubelet-{node.name}", f"system:node:{node.name}",
                                      ("system:nodes",))
         config = {
@@ -342,7 +377,7 @@ class Kubernetes:
         self._spawn(f"{node.name}/kubelet", [
             str(self.bin / "kubelet"), f"--config={d / 'kubelet.yaml'}",
             f"--kubeconfig={kubeconfig}", f"--root-dir={d / 'kubelet'}",
-            f"--hostname-override={node.name}", f"--node-ip={node.address}", "--v=1"],
+            f"--hostname-override={node.name}", f"--node-ip={','.join(node.addresses)}", "--v=1"],
             ns=node.netns, enter_mounts=True)
         proxy_kubeconfig = self.kubeconfig("kube-proxy", "system:kube-proxy")
         proxy = {
@@ -350,7 +385,7 @@ class Kubernetes:
             "kind": "KubeProxyConfiguration",
             "clientConnection": {"kubeconfig": str(proxy_kubeconfig)},
             "hostnameOverride": node.name, "mode": "nftables",
-            "clusterCIDR": pool_cidr,
+            "clusterCIDR": ",".join(pool_cidrs),
             # pods are behind cali* interfaces: traffic from them is local, not masqueraded
             "detectLocalMode": "InterfaceNamePrefix",
             "detectLocal": {"interfaceNamePrefix": "cali"},

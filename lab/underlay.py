@@ -35,6 +35,9 @@ import ipaddress
 SUBNETS = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 SUBNETS6 = ("2001:db8:0:1::/64", "2001:db8:0:2::/64", "2001:db8:0:3::/64")
 DEFAULT_POOL6_CIDR = "fd00:10:244::/56"
+#: The tortie plugin's ipam settings in a dual-stack lab, whoever runs the CNI chain (the
+#: lab itself or a node's containerd): an address of each family for every pod.
+DUAL_STACK_IPAM = {"assign_ipv4": "true", "assign_ipv6": "true"}
 ENCAPS = ("none", "vxlan", "ipip")
 
 

@@ -4,6 +4,7 @@ and containerd runs Tortie from the node's conflist with kubelet's CNI_ARGS."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import signal
@@ -209,6 +210,25 @@ def test_containerd_killed_with_a_sandbox_then_down_leaves_nothing() -> None:
     assert not netns.netns_exists(pod.netns)
     assert not list(containerd.CNI_CACHE.glob(f"results/*{pod.container_id}*"))
     assert not list(containerd.CGROUP_ROOT.glob(f"*/k8s.io/{pod.container_id}"))
+    assert not lab.dir.exists()
+
+
+def test_dual_stack_sandboxes_get_both_families_and_ping_over_ipv6() -> None:
+    """``--runtime containerd --dual-stack``: the node's conflist asks for both families, so
+    containerd's sandboxes get an IPv4 and an IPv6 address (its CRI status: primary and
+    additional IP) and reach each other over IPv6."""
+    lab = Lab(f"k{uuid.uuid4().hex[:8]}")
+    try:
+        st = lab.up(1, runtime="containerd", dual_stack=True)
+        a, b = lab.pod_add("node1", "shop/a"), lab.pod_add("node1", "shop/b")
+        for pod in (a, b):
+            assert [ipaddress.ip_address(ip).version for ip in pod.ips] == [4, 6], pod.ips
+            assert ipaddress.ip_address(pod.ips[0]) in ipaddress.ip_network(st.pool_cidr)
+            assert ipaddress.ip_address(pod.ips[1]) in ipaddress.ip_network(st.pool6_cidr)
+        p = netns.exec_in(a.netns, ["ping", "-6", "-c", "1", "-W", "2", b.ips[1]], capture=True)
+        assert p.returncode == 0, p.stdout + p.stderr
+    finally:
+        lab.down()
     assert not lab.dir.exists()
 
 
