@@ -12,13 +12,13 @@
 * The program loop coalesces: it wakes on a change -- one nobody waits for (a watch event)
   first waits :data:`UNWAITED_DELAY` for more, or until a CNI ADD waits --, lets every event
   already queued in the loop run, computes the model and programs the kernel with the
-  smallest transaction (:func:`nft_render.render_incremental`), counted by what changed: IP set members only
-  (``sets``), policy / profile rules (``chain``), endpoints, sets or policies coming or going
-  (``endpoints``), else the whole table (``full``). The first programming after the first
-  full sync, and the one after any error, is always ``full``. A full programming replaces
-  the table in one ``nft -f`` transaction (never a delete on its own): the table of a
-  previous run stays in force until then, and nothing is removed at stop, so a restart opens
-  no window without policy.
+  smallest transaction (:func:`nft_render.render_incremental`), counted by what changed: IP
+  set members only (``sets``), policy / profile rules (``chain``), endpoints, sets or
+  policies coming or going (``endpoints``), else the whole table (``full``). The first
+  programming after the first full sync, and the one after any error, is always ``full``. A
+  full programming replaces the table in one ``nft -f`` transaction (never a delete on its
+  own): the table of a previous run stays in force until then, and nothing is removed at
+  stop, so a restart opens no window without policy.
 * :meth:`PolicyAgent.endpoint_ready` is the CNI handler's hook: the endpoint it just wrote is
   fed to the calculator at once (not waiting for the watch), and the call returns once a
   programming that includes it has reached the kernel -- the pod's first packet meets its
