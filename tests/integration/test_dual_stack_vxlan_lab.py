@@ -14,7 +14,8 @@ One subnet (``vxlanMode: Always``):
 * BIRD peering over IPv6 (BGPPeer ``peerIP`` = BIRD's IPv6 address) learns every IPv6 block
   over IPv6 sessions, with the nodes' IPv6 next hops, and no IPv4 route (those sessions carry
   IPv6 only); ``tortie node status`` lists the IPv6 session;
-* FelixConfiguration ``vxlanMTUV6`` sets the device's MTU;
+* FelixConfiguration ``vxlanMTUV6`` sets the device's MTU, ``vxlanPort`` / ``vxlanVNI``
+  the port and VNI of both VXLAN devices;
 * ``vxlanMode: Never`` on the IPv6 pool removes the device and releases the VTEP addresses
   (the Node resources lose them), and the pods still reach each other, directly.
 
@@ -216,6 +217,41 @@ def test_vxlan_mtu_v6_from_felix_configuration(always: tuple[Lab, LabState]) -> 
         assert all(link(n.netns, "vxlan.tortie")["mtu"] == 1450 for n in st.nodes.values())
     finally:
         lab.tortie(st, ["delete", "felixconfiguration", "default"])
+
+
+def test_vxlan_port_and_vni_apply_to_both_devices(always: tuple[Lab, LabState]) -> None:
+    """FelixConfiguration ``vxlanPort`` / ``vxlanVNI`` (Calico has no IPv6 ones) remake
+    ``vxlan-v6.tortie`` as they do ``vxlan.tortie``; the pods still reach each other."""
+    lab, st = always
+    doc = ("apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n"
+           "  name: default\nspec:\n  vxlanPort: 4790\n  vxlanVNI: 4097\n")
+
+    def settings(want: tuple[int, int]) -> bool:
+        for node in st.nodes.values():
+            for device in (DEVICE6, "vxlan.tortie"):
+                out = netns.ip("-d", "-j", "link", "show", device, ns=node.netns, check=False)
+                if not out:  # being made anew
+                    return False
+                data = json.loads(out)[0]["linkinfo"]["info_data"]
+                if (data["id"], data["port"]) != want:
+                    return False
+        return True
+
+    r = lab.tortie(st, ["apply", "-f", "-"], input=doc)
+    assert r.returncode == 0, r.stderr
+    try:
+        until_sync(lambda: settings((4097, 4790)), 20,
+                   "both VXLAN devices take vxlanPort / vxlanVNI", interval=0.2)
+        expect = {(a, b): DEVICE6 for a in st.nodes for b in st.nodes if a != b}
+        until_sync(lambda: converged(st, expect), 20,
+                   "IPv6 routes through the new vxlan-v6.tortie", interval=0.2)
+        for node in st.nodes.values():
+            assert link(node.netns, DEVICE6)["linkinfo"]["info_data"]["local6"] == \
+                node.address6
+        every_pod_pings_every_pod(st, lambda src, dst: DEVICE6)
+    finally:
+        lab.tortie(st, ["delete", "felixconfiguration", "default"])
+    until_sync(lambda: settings((4096, 4789)), 20, "back to 4096 / 4789", interval=0.2)
 
 
 def test_vxlan_mode_never_removes_the_device_and_releases_the_vtep(
