@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, StrictInt, StrictStr
@@ -165,7 +165,7 @@ ServiceLoopPrevention = Annotated[StrictStr, _enum("Drop", "Reject", "Disabled",
 WorkloadSourceSpoofing = Annotated[StrictStr, _enum("Disabled", "Any", ci=True)]
 AssignIPs = Annotated[StrictStr, _enum("AllServices", "RequestedServicesOnly")]
 KCCLogLevel = Annotated[StrictStr, _enum(*KCC_LOG_LEVELS)]
-VXLANVNI = Annotated[StrictInt, Field(ge=0, le=16777215)]
+VXLANVNI = Annotated[StrictInt, Field(ge=1, le=16777215)]  # 24 bits; 0 is no VNI
 RouteProtocol = Annotated[StrictInt, Field(ge=0, le=255)]
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 RulePriority = Annotated[StrictInt, Field(ge=1, le=32765)]
@@ -491,6 +491,18 @@ class FelixConfiguration(Resource):
     def node_name(self) -> str | None:
         """The node a ``node.<nodename>`` configuration applies to (None for global ones)."""
         return self.name.removeprefix("node.") if self.name.startswith("node.") else None
+
+
+def felix_setting(configs: Mapping[str, FelixConfiguration], node: str, field: str) -> Any:
+    """One FelixConfigurationSpec field as it applies to ``node``: the value in
+    ``node.<node>`` when set there (not None, 0 or empty), else the one in ``default``, else
+    None -- the per-node configuration overrides the cluster's field by field, as in Calico."""
+    for name in (f"node.{node}", "default"):
+        cfg = configs.get(name)
+        value = getattr(cfg.spec, field) if cfg is not None else None
+        if value:
+            return value
+    return None
 
 
 # --- KubeControllersConfiguration -------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from datastore.model_config import FelixConfiguration
+from datastore.model_config import FelixConfiguration, felix_setting
 from datastore.model_network import IPPool
 
 Encap = Literal["vxlan", "vxlan-v6", "ipip"]
@@ -37,9 +37,6 @@ VXLAN6_OVERHEAD: Final = 70
 IPIP_OVERHEAD: Final = 20
 OVERHEAD: Final[Mapping[str, int]] = {VXLAN: VXLAN_OVERHEAD, VXLAN6: VXLAN6_OVERHEAD,
                                       IPIP: IPIP_OVERHEAD}
-#: the UDP port of Tortie's VXLAN (as Calico's ``vxlan.calico``); the policy agent lets it
-#: through host endpoints between nodes
-VXLAN_PORT: Final = 4789
 #: the underlay MTU assumed when no interface can be found
 DEFAULT_UNDERLAY_MTU: Final = 1500
 #: the smallest MTU an IPv4 link may have (RFC 791)
@@ -77,14 +74,10 @@ def felix_overrides(configs: Mapping[str, FelixConfiguration], node: str) -> MTU
     """``vxlanMTU``, ``vxlanMTUV6`` and ``ipipMTU`` from the FelixConfigurations named
     ``node.<node>`` and ``default`` (the node's wins, field by field; 0 means unset, as in
     Calico)."""
-    chain = [c for c in (configs.get(f"node.{node}"), configs.get("default")) if c is not None]
 
     def pick(attr: str) -> int | None:
-        for cfg in chain:
-            value = getattr(cfg.spec, attr)
-            if value:
-                return int(value)
-        return None
+        value = felix_setting(configs, node, attr)
+        return int(value) if value else None
 
     return MTUOverrides(vxlan=pick("vxlanMTU"), ipip=pick("ipipMTU"),
                         vxlan6=pick("vxlanMTUV6"))

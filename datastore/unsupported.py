@@ -106,10 +106,11 @@ def _rule_entries() -> list[Unsupported]:
 
 
 #: FelixConfiguration fields the policy agent, the routing agent and the CNI handler read
-#: (the tunnel MTUs: datastore/mtu.py); every other field is in the table.
+#: (the tunnel MTUs: datastore/mtu.py; the VXLAN port and VNI: datastore/vxlan_settings.py);
+#: every other field is in the table.
 FELIX_ACTED_ON: Final = frozenset({
     "defaultEndpointToHostAction", "failsafeInboundHostPorts", "failsafeOutboundHostPorts",
-    "workloadProtectedHostPorts", "vxlanMTU", "vxlanMTUV6", "ipipMTU",
+    "workloadProtectedHostPorts", "vxlanMTU", "vxlanMTUV6", "ipipMTU", "vxlanPort", "vxlanVNI",
 })
 #: FelixConfiguration values that say what Tortie does anyway (calico-node's own default
 #: FelixConfiguration is ``bpfLogLevel: ""``, ``floatingIPs: Disabled``,

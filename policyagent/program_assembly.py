@@ -28,7 +28,8 @@ from datastore.model_config import (
 )
 from datastore.model_network import IPPool, Node
 from datastore.model_policy import GlobalNetworkPolicy, NetworkPolicy, Profile, Rule
-from datastore.mtu import IPIP, VXLAN, VXLAN6, VXLAN_PORT, encaps_in_use
+from datastore.mtu import IPIP, VXLAN, VXLAN6, encaps_in_use
+from datastore.vxlan_settings import vxlan_settings
 from policyagent.model import (
     PROTOCOL_NUMBERS,
     Action,
@@ -300,11 +301,7 @@ class ProgramAssembly:
         encaps = encaps_in_use(self._pool_models.values())
         port = None
         if VXLAN in encaps or VXLAN6 in encaps:  # one port for both families
-            port = VXLAN_PORT
-            for cfg in (self._felix.get(f"node.{self.node_name}"), self._felix.get("default")):
-                if cfg is not None and cfg.spec.vxlanPort:
-                    port = int(cfg.spec.vxlanPort)
-                    break
+            port = vxlan_settings(self._felix, self.node_name).port
         hosts = tuple(sorted({a for addrs in self._underlay.values() for a in addrs}))
         self.tunnels = TunnelTraffic(vxlan_port=port, ipip=IPIP in encaps, hosts=hosts)
 

@@ -1,7 +1,8 @@
 """The routing agent: datastore + BGP -> kernel routes, tunnels, outgoing NAT.
 
 It mirrors IP pools, Nodes, BGPConfigurations, BGPPeers, BGPFilters, FelixConfigurations (for
-``vxlanMTU`` / ``ipipMTU``), the BGP passwords tortie-kube-controllers copies from Secrets
+``vxlanMTU`` / ``vxlanMTUV6`` / ``ipipMTU``, ``vxlanPort`` / ``vxlanVNI``), the BGP
+passwords tortie-kube-controllers copies from Secrets
 (:mod:`datastore.bgp_secrets`), the Services and EndpointSlices it mirrors (service
 advertisement, :mod:`routing.services`) and the IPAM blocks (a block's affinity is in its
 document) with a :class:`datastore.syncer.Syncer`, and after every change (debounced) and every
@@ -16,9 +17,9 @@ document) with a :class:`datastore.syncer.Syncer`, and after every change (debou
 3. hands the BGP settings (neighbours: the node mesh and BGPPeers) and the announcements to
    the speaker (:class:`routing.bgp.speaker.ExaBGPSpeaker`); the speaker's learnt routes come
    back through ``on_routes`` and trigger step 2 again;
-4. programs ``vxlan.tortie`` and ``vxlan-v6.tortie`` (device, FDB, neighbours), ``tunl0``
-   (each with its MTU,
-   :mod:`datastore.mtu`), the routes (protocol 80, :mod:`routing.kernel`) and
+4. programs ``vxlan.tortie`` and ``vxlan-v6.tortie`` (device with its port and VNI,
+   :mod:`datastore.vxlan_settings`, made anew when they change; FDB, neighbours), ``tunl0``
+   (each with its MTU, :mod:`datastore.mtu`), the routes (protocol 80, :mod:`routing.kernel`) and
    ``ip tortie-nat`` (:mod:`routing.nat`).
 
 Restarts: ``close()`` leaves every route in place and stops the speaker gracefully (peers keep
@@ -62,6 +63,7 @@ from datastore.resources import ResourceConflict
 from datastore.store import DatastoreError, NotFound
 from datastore.syncer import Syncer, cancel_and_wait
 from datastore.unsupported import IgnoredFieldLog
+from datastore.vxlan_settings import VXLANSettings, vxlan_settings
 from ipam.allocator import IPAM
 from ipam.blocks import Block, IPAMError
 from ipam.watch import block_watch_prefix, parse_watched_block
@@ -920,6 +922,11 @@ class RoutingAgent:
         ``vxlanMTUV6``, ``ipipMTU``)."""
         return felix_overrides(self.felix, self.node)
 
+    def vxlan_settings(self) -> VXLANSettings:
+        """The VXLAN port and VNI FelixConfiguration sets for this node (``vxlanPort``,
+        ``vxlanVNI``; both devices use them)."""
+        return vxlan_settings(self.felix, self.node)
+
     async def _vxlan(self, device: VXLANDevice, needed: bool, cfg: VXLANConfig | None,
                      peers: dict[str, desired.VXLANPeer]) -> None:
         """One VXLAN device (IPv4 or IPv6): made and kept right while a pool of its family
@@ -936,14 +943,14 @@ class RoutingAgent:
                 "device": device.name, "ip_version": device.version}})
 
     async def _tunnels(self, me: desired.NodeInfo, wanted: desired.Desired) -> None:
-        mtus = self.mtu_overrides()
+        mtus, vx = self.mtu_overrides(), self.vxlan_settings()
         cfg = cfg6 = None
         if me.vxlan_address and me.vxlan_mac and me.address:
             cfg = VXLANConfig(local=me.address, address=me.vxlan_address, mac=me.vxlan_mac,
-                              mtu=mtus.vxlan)
+                              mtu=mtus.vxlan, vni=vx.vni, port=vx.port)
         if me.vxlan_address6 and me.vxlan_mac6 and me.address6:
             cfg6 = VXLANConfig(local=me.address6, address=me.vxlan_address6,
-                               mac=me.vxlan_mac6, mtu=mtus.vxlan6)
+                               mac=me.vxlan_mac6, mtu=mtus.vxlan6, vni=vx.vni, port=vx.port)
         await self._vxlan(self.vxlan, wanted.vxlan_needed, cfg, wanted.vxlan_peers)
         await self._vxlan(self.vxlan6, wanted.vxlan6_needed, cfg6, wanted.vxlan_peers6)
         if wanted.ipip_needed:

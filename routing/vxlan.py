@@ -1,14 +1,22 @@
 """The VXLAN tunnel device ``vxlan.tortie`` and its static forwarding state (pyroute2).
 
-As Calico's ``vxlan.calico``: VNI 4096, UDP 4789, ``local`` = the node's underlay address,
-no learning; the node's VTEP address (allocated from its IPAM block, recorded in the Node
-as ``spec.ipv4VXLANTunnelAddr``) is the device's only address (/32) and its MAC
+As Calico's ``vxlan.calico``: VNI 4096 and UDP port 4789 unless FelixConfiguration
+``vxlanVNI`` / ``vxlanPort`` say otherwise (datastore/vxlan_settings.py), ``local`` = the
+node's underlay address, no learning; the node's VTEP address (allocated from its IPAM
+block, recorded in the Node as ``spec.ipv4VXLANTunnelAddr``) is the device's only address
+(/32) and its MAC
 (``spec.vxlanTunnelMACAddr``) is stable per node.  For each remote node the agent keeps
 
     neighbour  <remote VTEP address> lladdr <remote MAC>  nud permanent
     fdb        <remote MAC> dst <remote underlay address> self permanent
 
 and routes remote blocks ``via <remote VTEP> dev vxlan.tortie onlink`` (routing/kernel.py).
+
+The kernel cannot change a VXLAN device's VNI or port in place (``ip link set ... type vxlan
+dstport`` is refused): a device whose VNI, port or ``local`` differ from the configured ones
+is deleted and made anew, which takes its neighbour and FDB entries and the routes through
+it along; :meth:`VXLANDevice.sync_peers` and the routing agent's route sync (the same
+reconcile) put them back.
 
 IPv6 pools get their own device, ``vxlan-v6.tortie`` (Calico's ``vxlan-v6.calico``): the
 same VNI and port, ``local`` = the node's IPv6 underlay address, the VTEP address
@@ -32,15 +40,14 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agentkit.links import underlay_mtu
-from datastore.mtu import DEFAULT_UNDERLAY_MTU, VXLAN, VXLAN6, VXLAN_PORT, tunnel_mtu
+from datastore.mtu import DEFAULT_UNDERLAY_MTU, VXLAN, VXLAN6, tunnel_mtu
+from datastore.vxlan_settings import VXLAN_PORT, VXLAN_VNI
 from ipam.handles import VXLAN6_HANDLE_PREFIX, VXLAN_HANDLE_PREFIX
 from routing.desired import VXLAN_DEVICE, VXLAN_DEVICE_V6, VXLANPeer
 from routing.kernel import call_in_netns
 
 log = logging.getLogger("tortie.routing")
 
-VNI = 4096
-PORT = VXLAN_PORT
 AF_INET = 2
 AF_INET6 = 10
 AF_BRIDGE = 7
@@ -56,6 +63,8 @@ class VXLANConfig:
     mac: str
     #: None: the MTU of the interface carrying ``local`` less VXLAN's overhead
     mtu: int | None = None
+    vni: int = VXLAN_VNI
+    port: int = VXLAN_PORT  # UDP, the destination port and the one the device listens on
 
 
 def _info(link: Any) -> tuple[str | None, Any]:
@@ -99,20 +108,26 @@ class VXLANDevice:
                 link = ipr.get_links(idx)[0]
                 kind, data = _info(link)
                 ok = (kind == "vxlan" and data is not None
-                      and data.get_attr("IFLA_VXLAN_ID") == VNI
-                      and data.get_attr("IFLA_VXLAN_PORT") == PORT
+                      and data.get_attr("IFLA_VXLAN_ID") == cfg.vni
+                      and data.get_attr("IFLA_VXLAN_PORT") == cfg.port
                       and _same_ip(data.get_attr(local_attr), cfg.local))
                 if not ok:
                     ipr.link("del", index=idx)
-                    changes.append("deleted a device with other settings")
+                    was = (f"vni {data.get_attr('IFLA_VXLAN_ID')}, "
+                           f"port {data.get_attr('IFLA_VXLAN_PORT')}, "
+                           f"local {data.get_attr(local_attr)}"
+                           if kind == "vxlan" and data is not None else f"kind {kind}")
+                    changes.append(f"deleted the device with other settings ({was})")
                     idx = None
             if idx is None:
                 local = {"vxlan_local6" if self.version == 6 else "vxlan_local": cfg.local}
-                ipr.link("add", ifname=self.name, kind="vxlan", vxlan_id=VNI, vxlan_port=PORT,
-                         vxlan_learning=0, address=cfg.mac, mtu=mtu, **local)
+                ipr.link("add", ifname=self.name, kind="vxlan", vxlan_id=cfg.vni,
+                         vxlan_port=cfg.port, vxlan_learning=0, address=cfg.mac, mtu=mtu,
+                         **local)
                 idx = self._index(ipr)
                 assert idx is not None
-                changes.append(f"created {self.name} (vni {VNI}, local {cfg.local})")
+                changes.append(f"created {self.name} (vni {cfg.vni}, port {cfg.port}, "
+                               f"local {cfg.local})")
             link = ipr.get_links(idx)[0]
             if (link.get_attr("IFLA_ADDRESS") or "").lower() != cfg.mac.lower():
                 ipr.link("set", index=idx, address=cfg.mac)

@@ -87,6 +87,34 @@ def test_one_bad_document_writes_nothing(etcd_endpoint: str) -> None:
     assert tortie(etcd_endpoint, "get", "ippools", "-o", "name").out == ""
 
 
+FELIX = """apiVersion: projectcalico.org/v3
+kind: FelixConfiguration
+metadata:
+  name: {name}
+spec:
+  {field}: {value}
+"""
+
+
+@pytest.mark.parametrize(("field", "value", "why"), [
+    ("vxlanPort", 65536, "less than or equal to 65535"),
+    ("vxlanPort", 0, "greater than or equal to 1"),
+    ("vxlanVNI", 0, "greater than or equal to 1"),
+    ("vxlanVNI", 16777216, "less than or equal to 16777215"),
+])
+def test_vxlan_port_and_vni_out_of_range_name_the_field(etcd_endpoint: str, field: str,
+                                                        value: int, why: str) -> None:
+    r = tortie(etcd_endpoint, "apply", "-f", "-",
+               stdin=FELIX.format(name="node.n1", field=field, value=value))
+    assert r.code == 1
+    assert f"FelixConfiguration(node.n1) is invalid: spec.{field}: " in r.err, r.err
+    assert why in r.err, r.err
+    assert tortie(etcd_endpoint, "get", "felixconfigurations", "-o", "name").out == ""
+    r = tortie(etcd_endpoint, "apply", "-f", "-",
+               stdin=FELIX.format(name="node.n1", field=field, value=4790))
+    assert r.code == 0, r.text
+
+
 def test_overlapping_pools_are_refused(etcd_endpoint: str) -> None:
     assert tortie(etcd_endpoint, "create", "-f", "-",
                   stdin=POOL.format(name="a", cidr="10.1.0.0/16")).code == 0

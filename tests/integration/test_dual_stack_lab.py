@@ -15,44 +15,28 @@ real BIRD outside the cluster.
 from __future__ import annotations
 
 import ipaddress
-import json
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from lab import bird_peer, netns, underlay
 from lab.cluster import LAB_BGP_HOLD_TIME, Lab, LabState
-from routing.kernel import PROTO
+from tests.support.dual_stack_lab import (
+    block6,
+    dual_stack_lab,
+    node_docs,
+    ping,
+    routes6,
+    v4,
+    v6,
+)
 from tests.support.lab_cli import run_tortie
-from tests.support.tools import require_tools
 from tests.support.wait import until_sync
 
 pytestmark = pytest.mark.integration
-
-BLOCK6 = 122
-CONVERGE = 40.0
-
-
-def v4(st: LabState, pod: str) -> str:
-    return next(ip for ip in st.pods[pod].ips if ":" not in ip)
-
-
-def v6(st: LabState, pod: str) -> str:
-    return next(ip for ip in st.pods[pod].ips if ":" in ip)
-
-
-def block6(ip: str) -> str:
-    return str(ipaddress.ip_network(f"{ip}/{BLOCK6}", strict=False))
-
-
-def routes6(ns: str) -> dict[str, dict[str, Any]]:
-    out = netns.ip("-6", "-j", "route", "show", "proto", str(PROTO), ns=ns)
-    return {r["dst"]: r for r in json.loads(out or "[]")}
 
 
 def converged(st: LabState) -> bool:
@@ -67,24 +51,9 @@ def converged(st: LabState) -> bool:
 
 @pytest.fixture(scope="module")
 def dual() -> Iterator[tuple[Lab, LabState]]:
-    require_tools("bird", "ping")
-    lab = Lab(f"d{uuid.uuid4().hex[:7]}")
-    try:
-        lab.up(3, dual_stack=True)
-        for i in range(1, 4):
-            lab.pod_add(f"node{i}", f"default/p{i}")
-        st = lab.load()
-        until_sync(lambda: converged(st), CONVERGE, "IPv6 routes to every pod block",
-                   interval=0.2)
-        yield lab, st
-    finally:
-        lab.down()
-        assert netns.list_netns(f"tl-{lab.name}-") == []
-
-
-def ping(st: LabState, src: str, dst_ip: str) -> bool:
-    argv = ["ping", "-6" if ":" in dst_ip else "-4", "-c", "1", "-W", "2", dst_ip]
-    return netns.exec_in(st.pods[src].netns, argv, capture=True, timeout=30).returncode == 0
+    with dual_stack_lab("d", converged, "IPv6 routes to every pod block",
+                        tools=("bird", "ping")) as lab_st:
+        yield lab_st
 
 
 SERVER = """
@@ -109,11 +78,7 @@ def test_pods_have_both_families_and_nodes_their_ipv6_address(
     for ref in st.pods:
         assert ipaddress.ip_address(v6(st, ref)) in ipaddress.ip_network(st.pool6_cidr)
         assert ipaddress.ip_address(v4(st, ref)) in ipaddress.ip_network(st.pool_cidr)
-    r = lab.tortie(st, ["get", "nodes", "-o", "json"])
-    assert r.returncode == 0, r.stderr
-    docs = json.loads(r.stdout)
-    items = docs["items"] if isinstance(docs, dict) and "items" in docs else docs
-    got = {d["metadata"]["name"]: d["spec"]["bgp"].get("ipv6Address") for d in items}
+    got = {name: d["spec"]["bgp"].get("ipv6Address") for name, d in node_docs(lab, st).items()}
     assert got == {n.name: f"{n.address6}/64" for n in st.nodes.values()}
 
 

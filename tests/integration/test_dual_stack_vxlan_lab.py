@@ -14,7 +14,8 @@ One subnet (``vxlanMode: Always``):
 * BIRD peering over IPv6 (BGPPeer ``peerIP`` = BIRD's IPv6 address) learns every IPv6 block
   over IPv6 sessions, with the nodes' IPv6 next hops, and no IPv4 route (those sessions carry
   IPv6 only); ``tortie node status`` lists the IPv6 session;
-* FelixConfiguration ``vxlanMTUV6`` sets the device's MTU;
+* FelixConfiguration ``vxlanMTUV6`` sets the device's MTU, ``vxlanPort`` / ``vxlanVNI``
+  the port and VNI of both VXLAN devices;
 * ``vxlanMode: Never`` on the IPv6 pool removes the device and releases the VTEP addresses
   (the Node resources lose them), and the pods still reach each other, directly.
 
@@ -27,50 +28,29 @@ from __future__ import annotations
 import ipaddress
 import json
 import sys
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from lab import bird_peer, netns
 from lab.cluster import Lab, LabState
-from routing.kernel import PROTO
+from tests.support.dual_stack_lab import (
+    block6,
+    dual_stack_lab,
+    node_docs,
+    ping,
+    routes6,
+    v4,
+    v6,
+)
 from tests.support.lab_cli import run_tortie
 from tests.support.lab_ipam import ipam_state
-from tests.support.tools import require_tools
 from tests.support.wait import until_sync
 
 pytestmark = pytest.mark.integration
 
 DEVICE6 = "vxlan-v6.tortie"
-BLOCK6 = 122
-CONVERGE = 40.0
-
-
-def v4(st: LabState, pod: str) -> str:
-    return next(ip for ip in st.pods[pod].ips if ":" not in ip)
-
-
-def v6(st: LabState, pod: str) -> str:
-    return next(ip for ip in st.pods[pod].ips if ":" in ip)
-
-
-def block6(ip: str) -> str:
-    return str(ipaddress.ip_network(f"{ip}/{BLOCK6}", strict=False))
-
-
-def routes6(ns: str) -> dict[str, dict[str, Any]]:
-    out = netns.ip("-6", "-j", "route", "show", "proto", str(PROTO), ns=ns)
-    return {r["dst"]: r for r in json.loads(out or "[]")}
-
-
-def nodes_doc(lab: Lab, st: LabState) -> dict[str, dict[str, Any]]:
-    r = lab.tortie(st, ["get", "nodes", "-o", "json"])
-    assert r.returncode == 0, r.stderr
-    docs = json.loads(r.stdout)
-    items = docs["items"] if isinstance(docs, dict) and "items" in docs else docs
-    return {d["metadata"]["name"]: d for d in items}
 
 
 def link(ns: str, device: str) -> dict[str, Any]:
@@ -87,6 +67,12 @@ def route_device(ns: str, dst: str) -> str:
     return str(got[0].get("dev", ""))
 
 
+def subnet6(st: LabState) -> dict[str, ipaddress.IPv6Network]:
+    """Each node's IPv6 underlay subnet."""
+    return {n: ipaddress.IPv6Interface(f"{node.address6}/64").network
+            for n, node in st.nodes.items()}
+
+
 def converged(st: LabState, expect: dict[tuple[str, str], str]) -> bool:
     """Every node routes every other node's IPv6 pod block out of the expected device
     (``expect``: (node, owner) -> device)."""
@@ -99,37 +85,29 @@ def converged(st: LabState, expect: dict[tuple[str, str], str]) -> bool:
     return True
 
 
-def ping(st: LabState, src: str, dst_ip: str) -> bool:
-    argv = ["ping", "-6" if ":" in dst_ip else "-4", "-c", "1", "-W", "2", dst_ip]
-    return netns.exec_in(st.pods[src].netns, argv, capture=True, timeout=30).returncode == 0
-
-
-def _lab_up(subnets: int) -> tuple[Lab, LabState]:
-    lab = Lab(f"x{uuid.uuid4().hex[:7]}")
-    lab.up(3, subnets=subnets, encap="vxlan", dual_stack=True)
-    for i in range(1, 4):
-        lab.pod_add(f"node{i}", f"default/p{i}")
-    return lab, lab.load()
-
-
-def _down(lab: Lab) -> None:
-    lab.down()
-    assert netns.list_netns(f"tl-{lab.name}-") == []
+def every_pod_pings_every_pod(st: LabState, device: Callable[[str, str], str]) -> None:
+    """Each pod pings each other pod (all on other nodes) over IPv6 and IPv4, the source
+    node's kernel sending the IPv6 ping out of ``device(source node, destination node)``."""
+    failed = []
+    for s, src in st.pods.items():
+        for d, dst in st.pods.items():
+            if s == d:
+                continue
+            assert dst.node != src.node  # one pod per node: every pair crosses nodes
+            want = device(src.node, dst.node)
+            assert route_device(st.nodes[src.node].netns, v6(st, d)) == want, (s, d)
+            failed += [(s, d, ip) for ip in (v6(st, d), v4(st, d)) if not ping(st, s, ip)]
+    assert failed == []
 
 
 @pytest.fixture(scope="module")
 def always() -> Iterator[tuple[Lab, LabState]]:
-    require_tools("bird", "ping")
-    lab = Lab("unset")
-    try:
-        lab, st = _lab_up(1)
-        expect = {(a, b): DEVICE6 for a in st.nodes for b in st.nodes if a != b}
-        until_sync(lambda: converged(st, expect), CONVERGE,
-                   "IPv6 routes to every pod block through vxlan-v6.tortie", interval=0.2)
-        yield lab, st
-    finally:
-        if lab.name != "unset":
-            _down(lab)
+    def ready(st: LabState) -> bool:
+        return converged(st, {(a, b): DEVICE6 for a in st.nodes for b in st.nodes if a != b})
+
+    with dual_stack_lab("x", ready, "IPv6 routes to every pod block through vxlan-v6.tortie",
+                        encap="vxlan", tools=("bird", "ping")) as lab_st:
+        yield lab_st
 
 
 def test_pools_and_node_tunnel_addresses(always: tuple[Lab, LabState]) -> None:
@@ -140,7 +118,7 @@ def test_pools_and_node_tunnel_addresses(always: tuple[Lab, LabState]) -> None:
     pools = {d["spec"]["cidr"]: d["spec"] for d in (docs.get("items", docs)
                                                      if isinstance(docs, dict) else docs)}
     assert pools[st.pool6_cidr]["vxlanMode"] == "Always"
-    nodes = nodes_doc(lab, st)
+    nodes = node_docs(lab, st)
     vteps = set()
     for name, node in st.nodes.items():
         spec = nodes[name]["spec"]
@@ -168,7 +146,7 @@ def test_pools_and_node_tunnel_addresses(always: tuple[Lab, LabState]) -> None:
 
 def test_remote_blocks_route_through_vxlan_v6(always: tuple[Lab, LabState]) -> None:
     lab, st = always
-    nodes = nodes_doc(lab, st)
+    nodes = node_docs(lab, st)
     owner = {block6(v6(st, ref)): p.node for ref, p in st.pods.items()}
     for name, node in st.nodes.items():
         have = routes6(node.netns)
@@ -193,16 +171,7 @@ def test_remote_blocks_route_through_vxlan_v6(always: tuple[Lab, LabState]) -> N
 def test_every_pod_pings_every_pod_over_vxlan_v6(always: tuple[Lab, LabState]) -> None:
     _, st = always
     before = {n: tx_packets(node.netns, DEVICE6) for n, node in st.nodes.items()}
-    failed = []
-    for s, src in st.pods.items():
-        for d, dst in st.pods.items():
-            if s == d:
-                continue
-            assert dst.node != src.node  # one pod per node: every pair crosses nodes
-            # the source node's kernel sends the remote pod out of vxlan-v6.tortie
-            assert route_device(st.nodes[src.node].netns, v6(st, d)) == DEVICE6
-            failed += [(s, d, ip) for ip in (v6(st, d), v4(st, d)) if not ping(st, s, ip)]
-    assert failed == []
+    every_pod_pings_every_pod(st, lambda src, dst: DEVICE6)
     after = {n: tx_packets(node.netns, DEVICE6) for n, node in st.nodes.items()}
     # each node sent two echo requests and two replies of IPv6 through the device
     assert all(after[n] - before[n] >= 4 for n in st.nodes), (before, after)
@@ -250,6 +219,41 @@ def test_vxlan_mtu_v6_from_felix_configuration(always: tuple[Lab, LabState]) -> 
         lab.tortie(st, ["delete", "felixconfiguration", "default"])
 
 
+def test_vxlan_port_and_vni_apply_to_both_devices(always: tuple[Lab, LabState]) -> None:
+    """FelixConfiguration ``vxlanPort`` / ``vxlanVNI`` (Calico has no IPv6 ones) remake
+    ``vxlan-v6.tortie`` as they do ``vxlan.tortie``; the pods still reach each other."""
+    lab, st = always
+    doc = ("apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n"
+           "  name: default\nspec:\n  vxlanPort: 4790\n  vxlanVNI: 4097\n")
+
+    def settings(want: tuple[int, int]) -> bool:
+        for node in st.nodes.values():
+            for device in (DEVICE6, "vxlan.tortie"):
+                out = netns.ip("-d", "-j", "link", "show", device, ns=node.netns, check=False)
+                if not out:  # being made anew
+                    return False
+                data = json.loads(out)[0]["linkinfo"]["info_data"]
+                if (data["id"], data["port"]) != want:
+                    return False
+        return True
+
+    r = lab.tortie(st, ["apply", "-f", "-"], input=doc)
+    assert r.returncode == 0, r.stderr
+    try:
+        until_sync(lambda: settings((4097, 4790)), 20,
+                   "both VXLAN devices take vxlanPort / vxlanVNI", interval=0.2)
+        expect = {(a, b): DEVICE6 for a in st.nodes for b in st.nodes if a != b}
+        until_sync(lambda: converged(st, expect), 20,
+                   "IPv6 routes through the new vxlan-v6.tortie", interval=0.2)
+        for node in st.nodes.values():
+            assert link(node.netns, DEVICE6)["linkinfo"]["info_data"]["local6"] == \
+                node.address6
+        every_pod_pings_every_pod(st, lambda src, dst: DEVICE6)
+    finally:
+        lab.tortie(st, ["delete", "felixconfiguration", "default"])
+    until_sync(lambda: settings((4096, 4789)), 20, "back to 4096 / 4789", interval=0.2)
+
+
 def test_vxlan_mode_never_removes_the_device_and_releases_the_vtep(
         always: tuple[Lab, LabState]) -> None:
     """Last of this lab's tests: the IPv6 pool stops encapsulating."""
@@ -262,7 +266,7 @@ def test_vxlan_mode_never_removes_the_device_and_releases_the_vtep(
                interval=0.2)
 
     def gone() -> bool:
-        docs = nodes_doc(lab, st)
+        docs = node_docs(lab, st)
         return all("ipv6VXLANTunnelAddr" not in docs[n]["spec"]
                    and "vxlanTunnelMACAddrV6" not in docs[n]["spec"]
                    and not netns.ip("link", "show", DEVICE6, ns=node.netns, check=False)
@@ -283,20 +287,14 @@ def test_vxlan_mode_never_removes_the_device_and_releases_the_vtep(
 
 @pytest.fixture(scope="module")
 def cross() -> Iterator[tuple[Lab, LabState]]:
-    require_tools("ping")
-    lab = Lab("unset")
-    try:
-        lab, st = _lab_up(2)
-        subnet = {n: ipaddress.ip_interface(f"{node.address6}/64").network
-                  for n, node in st.nodes.items()}
-        expect = {(a, b): "eth0" if subnet[a] == subnet[b] else DEVICE6
-                  for a in st.nodes for b in st.nodes if a != b}
-        until_sync(lambda: converged(st, expect), CONVERGE,
-                   "IPv6 routes: direct within a subnet, vxlan-v6.tortie across", interval=0.2)
-        yield lab, st
-    finally:
-        if lab.name != "unset":
-            _down(lab)
+    def ready(st: LabState) -> bool:
+        subnet = subnet6(st)
+        return converged(st, {(a, b): "eth0" if subnet[a] == subnet[b] else DEVICE6
+                              for a in st.nodes for b in st.nodes if a != b})
+
+    with dual_stack_lab("x", ready, "IPv6 routes: direct within a subnet, vxlan-v6.tortie "
+                        "across", subnets=2, encap="vxlan") as lab_st:
+        yield lab_st
 
 
 def test_cross_subnet_encapsulates_only_across_subnets(cross: tuple[Lab, LabState]) -> None:
@@ -304,16 +302,7 @@ def test_cross_subnet_encapsulates_only_across_subnets(cross: tuple[Lab, LabStat
     r = lab.tortie(st, ["get", "ippool", "default-ipv6-ippool", "-o", "json"])
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["spec"]["vxlanMode"] == "CrossSubnet"
-    subnet = {n: ipaddress.ip_interface(f"{node.address6}/64").network
-              for n, node in st.nodes.items()}
+    subnet = subnet6(st)
     assert len(set(subnet.values())) == 2
-    failed = []
-    for s, src in st.pods.items():
-        for d, dst in st.pods.items():
-            if s == d:
-                continue
-            assert dst.node != src.node
-            want = "eth0" if subnet[src.node] == subnet[dst.node] else DEVICE6
-            assert route_device(st.nodes[src.node].netns, v6(st, d)) == want, (s, d)
-            failed += [(s, d, ip) for ip in (v6(st, d), v4(st, d)) if not ping(st, s, ip)]
-    assert failed == []
+    every_pod_pings_every_pod(
+        st, lambda src, dst: "eth0" if subnet[src] == subnet[dst] else DEVICE6)

@@ -5,6 +5,7 @@ carries packets, the NAT table on its own."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 import uuid
@@ -198,6 +199,75 @@ def test_vxlan_tunnel_carries_packets(pair: tuple[str, str]) -> None:
     assert dev.sync_peers({})
     assert dev.entries() == ({}, {})
     assert dev.remove() and not dev.exists()
+
+
+def _tunnel_ping(a: str, b: str, port: int) -> str:
+    """Ping b's VTEP from a's over the tunnel, capturing on b's underlay; the capture."""
+    # -T vxlan: tcpdump decodes VXLAN by itself on port 4789 only
+    cap = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-n", "-i", "b0", "-c", "1",
+                            "-T", "vxlan", "-l", f"udp dst port {port}"],
+                           stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(0.5)
+        p = netns.exec_in(a, ["ping", "-c", "2", "-W", "2", "-I", "10.244.1.0", "10.244.2.0"],
+                          capture=True, timeout=15)
+        assert p.returncode == 0, p.stdout + p.stderr
+        out, _ = cap.communicate(timeout=10)
+    finally:
+        if cap.poll() is None:
+            cap.kill()
+            cap.wait()
+    return out
+
+
+def test_vxlan_port_and_vni_change_remakes_the_device(pair: tuple[str, str]) -> None:
+    """A VXLAN device's port and VNI cannot change in place: ensure() with other ones deletes
+    the device and makes it anew (one device, no stale one); its entries and the routes
+    through it went with the old device and sync_peers / the route sync put them back."""
+    a, b = pair
+    nodes = {a: ("192.0.2.1", "10.244.1.0", vtep_mac("a"), "10.244.1.0/26"),
+             b: ("192.0.2.2", "10.244.2.0", vtep_mac("b"), "10.244.2.0/26")}
+
+    def program(port: int, vni: int) -> dict[str, list[str]]:
+        changes = {}
+        for ns, (local, vtep, mac, _) in nodes.items():
+            other = b if ns == a else a
+            olocal, ovtep, omac, oblock = nodes[other]
+            dev = VXLANDevice(ns)
+            changes[ns] = dev.ensure(VXLANConfig(local=local, address=vtep, mac=mac,
+                                                 port=port, vni=vni))
+            changes[ns] += dev.sync_peers({other: VXLANPeer(other, ovtep, omac, olocal)})
+            KernelRoutes(ns).sync({oblock: Route(oblock, "vxlan", ovtep, VXLAN_DEVICE)})
+        return changes
+
+    program(4790, 4097)
+    details = _ip(a, "-d", "link", "show", VXLAN_DEVICE)
+    assert "vxlan id 4097" in details and "dstport 4790" in details
+    assert "VXLAN" in _tunnel_ping(a, b, 4790)
+    # the same settings again: nothing to do
+    assert VXLANDevice(a).ensure(VXLANConfig(local="192.0.2.1", address="10.244.1.0",
+                                             mac=vtep_mac("a"), port=4790, vni=4097)) == []
+
+    changes = program(4791, 4098)
+    for ns in (a, b):
+        assert any("deleted the device" in c and "port 4790" in c and "vni 4097" in c
+                   for c in changes[ns]), changes[ns]
+        assert any("created" in c and "port 4791" in c for c in changes[ns]), changes[ns]
+        # the kernel dropped the old device's entries: sync_peers put them back
+        assert any(c.startswith("fdb ") for c in changes[ns]), changes[ns]
+        assert any(c.startswith("neigh ") for c in changes[ns]), changes[ns]
+        devices = [link["ifname"] for link in json.loads(
+            _ip(ns, "-d", "-j", "link", "show", "type", "vxlan"))]
+        assert devices == [VXLAN_DEVICE]
+        details = _ip(ns, "-d", "link", "show", VXLAN_DEVICE)
+        assert "vxlan id 4098" in details and "dstport 4791" in details
+        assert "nolearning" in details
+    assert VXLANDevice(a).entries() == ({"10.244.2.0": vtep_mac("b")},
+                                        {vtep_mac("b"): "192.0.2.2"})
+    assert f"10.244.2.0/26 via 10.244.2.0 dev {VXLAN_DEVICE} onlink" in proto_routes(a)
+    out = _tunnel_ping(a, b, 4791)
+    assert "VXLAN" in out and "vni 4098" in out, out
 
 
 def test_ipip_where_the_kernel_allows(pair: tuple[str, str]) -> None:

@@ -155,8 +155,8 @@ def test_felix_configuration() -> None:
         "defaultEndpointToHostAction": "Accept", "workloadProtectedHostPorts": []})) == []
     assert sorted(paths(res("FelixConfiguration", "node.n1", {
         "wireguardEnabled": True, "logSeverityScreen": "Debug", "ipipEnabled": False,
-        "vxlanVNI": 4096}))) == [
-        "spec.ipipEnabled", "spec.logSeverityScreen", "spec.vxlanVNI", "spec.wireguardEnabled"]
+        "vxlanVNI": 4097, "vxlanPort": 8472}))) == [
+        "spec.ipipEnabled", "spec.logSeverityScreen", "spec.wireguardEnabled"]
 
 
 def test_bgp_configuration() -> None:
