@@ -97,7 +97,9 @@ def status(name: str) -> None:
         for key, pid in sorted(st.k8s_pids.items()):
             click.echo(f"      {key:28} pid {pid}")
     for n in st.nodes.values():
-        click.echo(f"node  {n.name:10} {n.address:15} netns {n.netns} tortie-node pid {n.pid}")
+        v6 = f" {n.address6}" if n.address6 else ""  # a dual-stack lab: its IPv6 address
+        click.echo(f"node  {n.name:10} {n.address:15}{v6} netns {n.netns} tortie-node pid "
+                   f"{n.pid}")
     for ref, p in st.pods.items():
         click.echo(f"pod   {ref:24} on {p.node:8} {','.join(p.ips)}")
 

@@ -80,6 +80,11 @@ def test_pods_have_both_families_and_nodes_their_ipv6_address(
         assert ipaddress.ip_address(v4(st, ref)) in ipaddress.ip_network(st.pool_cidr)
     got = {name: d["spec"]["bgp"].get("ipv6Address") for name, d in node_docs(lab, st).items()}
     assert got == {n.name: f"{n.address6}/64" for n in st.nodes.values()}
+    # `tortie lab status` names both addresses of every node
+    r = run_tortie("lab", "status", "--name", lab.name)
+    assert r.returncode == 0, r.stderr
+    for n in st.nodes.values():
+        assert f" {n.address} " in r.stdout and f" {n.address6} netns {n.netns} " in r.stdout
 
 
 def test_every_pod_reaches_every_pod_over_ipv4_and_ipv6(dual: tuple[Lab, LabState]) -> None:
