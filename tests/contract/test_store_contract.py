@@ -213,6 +213,19 @@ async def test_get_many_reads_the_existing_keys(kv: KVStore) -> None:
     assert sorted(await kv.get_many(many)) == many[::50]
 
 
+async def test_get_many_reads_prefixes_with_the_keys(kv: KVStore) -> None:
+    """Every key under the prefixes too, in the same read; a key both named and under a
+    prefix once; a key that only shares the prefix's text but not as a prefix is not read."""
+    a = await kv.put(P + "a", {"v": 1})
+    under = [await kv.put(P + f"pre/{i}", {"i": i}) for i in range(3)]
+    await kv.put(P + "prefix-not", {"v": 2})
+    found = await kv.get_many([P + "a", P + "missing", P + "pre/1"], [P + "pre/"])
+    assert found == {P + "a": a, **{item.key: item for item in under}}
+    assert await kv.get_many([], [P + "none/"]) == {}
+    with pytest.raises(ValueError):
+        await kv.get_many([], [""])
+
+
 # --- optimistic concurrency --------------------------------------------------------------------
 
 async def test_two_concurrent_updates_same_revision_one_wins(kv: KVStore) -> None:

@@ -43,19 +43,6 @@ async def test_list_pages_are_read_at_one_revision(
     assert revision == expected[-1].mod_revision
 
 
-async def test_get_many_reads_keys_and_prefixes_in_one_transaction(store: Store) -> None:
-    """Keys and every key under the prefixes, at one revision; a missing key is left out, a
-    key under a prefix that is also named is there once; neighbours of a prefix are not."""
-    a = await store.put(P + "gm/a", {"v": 1})
-    under = [await store.put(P + f"gm/pre/{i}", {"i": i}) for i in range(3)]
-    await store.put(P + "gm/prefix-not", {"v": 2})  # shares the text, not the prefix
-    found = await store.get_many([P + "gm/a", P + "gm/missing", P + "gm/pre/1"],
-                                 [P + "gm/pre/"])
-    assert found == {P + "gm/a": a, **{kv.key: kv for kv in under}}
-    with pytest.raises(ValueError):
-        await store.get_many([], [""])
-
-
 async def test_values_must_be_dicts_and_bad_json_is_reported(
     store: Store, etcd_server: EtcdProcess
 ) -> None:
