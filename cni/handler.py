@@ -117,7 +117,7 @@ from datastore.model_k8s import Namespace, Pod
 from datastore.model_network import IPPool, Node
 from datastore.mtu import encaps_in_use, felix_overrides, pod_mtu
 from datastore.resources import ResourceExists, Resources
-from ipam.allocator import IPAM, reserved_of
+from ipam.allocator import IPAM, UNREAD, Unread, reserved_of
 from ipam.blocks import IPAddress, IPAMError
 from ipam.handles import (
     PRIMARY_IFNAME,
@@ -566,12 +566,12 @@ class CNIHandler:
 
     async def _pod_info(self, env: CNIEnv, wep_ref: tuple[str, str] | None = None,
                         handle: str | None = None
-                        ) -> tuple[_PodInfo, WorkloadEndpoint | None, bool]:
+                        ) -> tuple[_PodInfo, WorkloadEndpoint | None, KV | None]:
         """Pod, Namespace, this Node, the FelixConfigurations, the pools and the
-        IPReservations (and the endpoint ``wep_ref``, whether IPAM has ``handle``, when
-        given) read from etcd in one transaction, at one revision.  Every ADD reads them
-        afresh (linearizable reads, no cache): an annotation changed just before is always
-        seen."""
+        IPReservations (and the endpoint ``wep_ref``, IPAM's document of ``handle`` if it
+        exists, when given) read from etcd in one transaction, at one revision.  Every ADD
+        reads them afresh (linearizable reads, no cache): an annotation changed just before
+        is always seen."""
         namespace = env.pod_namespace or "default"
         names = ("default", f"node.{self.node}")
         refs: list[tuple[Any, str, str | None]] = [
@@ -581,8 +581,9 @@ class CNIHandler:
             refs.append((_POD, str(env.pod_name), namespace))
         if wep_ref is not None:
             refs.append((_WEP, wep_ref[1], wep_ref[0]))
-        handle_key = [self.ipam.handle_read_key(handle)] if handle is not None else []
-        kvs, lists, raw = await self.resources.read(refs, (_POOLS, _RESERVATIONS), handle_key)
+        handle_key = self.ipam.handle_read_key(handle) if handle is not None else None
+        kvs, lists, raw = await self.resources.read(refs, (_POOLS, _RESERVATIONS),
+                                                    [handle_key] if handle_key else [])
         pools, reserved = lists[_POOLS.plural], reserved_of(lists[_RESERVATIONS.plural])
         found = dict(zip(((r[0].plural, r[1]) for r in refs), kvs, strict=True))
 
@@ -595,7 +596,8 @@ class CNIHandler:
                         model(_POD, str(env.pod_name)) if env.is_k8s else None,
                         model(_NAMESPACE, namespace), model(_NODE, self.node), pools,
                         configs, reserved)
-        return info, model(_WEP, wep_ref[1]) if wep_ref is not None else None, bool(raw)
+        wep = model(_WEP, wep_ref[1]) if wep_ref is not None else None
+        return info, wep, raw.get(handle_key) if handle_key else None
 
     # --- ADD --------------------------------------------------------------------------------
 
@@ -607,7 +609,7 @@ class CNIHandler:
         host_name = self._host_name(env)
         wep_ns, wep_name = self._wep_ref(env)
 
-        has_handle = True  # unless read below: release whatever the handle holds
+        held_handle: KV | Unread | None = UNREAD  # unless read below: release what it holds
         if ipam_only:
             with info.step("reads"):
                 await self._sandbox(env)
@@ -627,7 +629,7 @@ class CNIHandler:
                     if isinstance(outcome, BaseException):
                         raise outcome
                 assert not isinstance(read, BaseException)
-                pod, wep, has_handle = read
+                pod, wep, held_handle = read
                 link_exists = link is True
             if wep is not None and wep.spec.containerID == env.container_id:
                 again = await self._repeat_add(env, conf, host_name, wep, pod)
@@ -661,9 +663,9 @@ class CNIHandler:
             # more (requests for one container are serialised: nobody made the handle since
             # it was read)
             stale: list[str] = []
-            if has_handle:
+            if held_handle is not None:
                 with info.step("ipam"):
-                    stale = await self.ipam.release_by_handle(handle)
+                    stale = await self.ipam.release_by_handle(handle, held_handle)
             if stale:
                 log.warning("released addresses left by an earlier ADD",
                             extra=_fields(info, ip=",".join(stale)))

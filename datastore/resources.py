@@ -428,27 +428,22 @@ class Resources:
         """The stored documents of several resources (kind, name, namespace), read at one
         revision in one transaction; None for one that does not exist.  Turn one into its
         model with :meth:`parse` (which applies no implicit default)."""
-        found = await self.store.get_many([self.key(*ref) for ref in refs])
-        return [found.get(self.key(*ref)) for ref in refs]
+        docs, _, _ = await self.read(refs)
+        return docs
 
     async def read(self, refs: Sequence[tuple[KindInfo, str, str | None]],
                    kinds: Sequence[KindInfo] = (), raw_keys: Sequence[str] = ()
                    ) -> tuple[list[KV | None], dict[str, list[Any]], dict[str, KV]]:
         """One transaction, one revision: the documents of ``refs`` (as :meth:`get_many`),
-        every resource of each of ``kinds`` (cluster-wide, as :meth:`list` makes them: parsed,
-        implicit defaults added; by plural) and those of ``raw_keys`` that exist (another
-        package's keys, which that package names and interprets)."""
+        every resource of each of ``kinds`` (cluster-wide, as :meth:`list` makes them; by
+        plural) and those of ``raw_keys`` that exist (another package's keys, which that
+        package names and interprets)."""
         ref_keys = [self.key(*ref) for ref in refs]
         prefixes = [keys.resource_prefix(info.plural, None) for info in kinds]
         found = await self.store.get_many([*ref_keys, *raw_keys], prefixes)
-        lists: dict[str, list[Any]] = {}
-        for info, prefix in zip(kinds, prefixes, strict=True):
-            items = [self._from_kv(info, kv) for k, kv in sorted(found.items())
-                     if k.startswith(prefix)]
-            present = {i.name for i in items}
-            items += [info.model.from_dict(copy.deepcopy(doc))
-                      for name, doc in info.implicit_defaults.items() if name not in present]
-            lists[info.plural] = sorted(items, key=lambda r: (r.namespace or "", r.name))
+        lists = {info.plural: self._listed(info, [kv for k, kv in found.items()
+                                                  if k.startswith(prefix)])
+                 for info, prefix in zip(kinds, prefixes, strict=True)}
         return ([found.get(k) for k in ref_keys], lists,
                 {k: found[k] for k in raw_keys if k in found})
 
@@ -462,7 +457,13 @@ class Resources:
         """All resources of a kind; namespaced kinds: one namespace, or all when None."""
         ns = namespace if info.namespaced else None
         kvs, _ = await self.store.list(keys.resource_prefix(info.plural, ns))
-        items = [self._from_kv(info, kv) for kv in kvs]
+        return self._listed(info, kvs)
+
+    @classmethod
+    def _listed(cls, info: KindInfo, kvs: Sequence[KV]) -> list[Any]:
+        """The resources of ``kvs`` (all of one kind), with the kind's implicit defaults
+        that are not among them, sorted by namespace and name."""
+        items = [cls._from_kv(info, kv) for kv in kvs]
         present = {i.name for i in items}
         for name, doc in info.implicit_defaults.items():
             if name not in present:

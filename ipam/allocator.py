@@ -219,11 +219,11 @@ def _first_free_block(pool: IPPool, blocks: Iterable[Block],
             return None
 
 
-class _Unread:
+class Unread:
     """Not read yet (see :meth:`IPAM.release_by_handle`)."""
 
 
-UNREAD = _Unread()
+UNREAD = Unread()
 
 
 def reserved_of(reservations: Iterable[Any]) -> list[IPNetwork]:
@@ -278,8 +278,9 @@ class IPAM:
 
     @staticmethod
     def handle_read_key(handle: str) -> str:
-        """The handle's key, for a caller that reads it in its own transaction: its presence
-        is :meth:`has_handle`; its document can be given to :meth:`release_by_handle`."""
+        """The handle's key, for a caller that reads it in its own transaction: the handle
+        exists (holds, or may hold, addresses) when the key does; its document can be given
+        to :meth:`release_by_handle`."""
         return keys.handle_key(handle)
 
     async def list_blocks(self) -> list[Block]:
@@ -320,14 +321,6 @@ class IPAM:
     def _handle_doc(handle: str, blocks: Mapping[str, int]) -> dict[str, Any]:
         """The handle document: how many addresses the handle holds in each block."""
         return {"handle": handle, "blocks": dict(blocks)}
-
-    async def has_handle(self, handle: str) -> bool:
-        """Whether ``handle``'s document exists (it holds, or may hold, addresses)."""
-        try:
-            await self.store.get(keys.handle_key(handle))
-        except NotFound:
-            return False
-        return True
 
     async def _adjust_handle(self, handle: str, cidr: str, delta: int) -> None:
         """Add ``delta`` to the handle's address count in block ``cidr`` (CAS, retried);
@@ -681,7 +674,7 @@ class IPAM:
             return  # it is in use again (the next re-read caches it again)
         log.info("node %s released empty block %s", self.node, block.cidr)
 
-    async def release_by_handle(self, handle: str, read: KV | _Unread | None = UNREAD
+    async def release_by_handle(self, handle: str, read: KV | Unread | None = UNREAD
                                 ) -> list[str]:
         """Free every address of ``handle``; returns them (empty if there were none).
         ``read``: the handle's document as the caller just read it (:meth:`handle_read_key`,
@@ -689,7 +682,7 @@ class IPAM:
         key = keys.handle_key(handle)
         released: list[str] = []
         for attempt in range(MAX_ATTEMPTS):
-            if not isinstance(read, _Unread):
+            if not isinstance(read, Unread):
                 kv, read = read, UNREAD
                 if kv is None:
                     return released

@@ -988,9 +988,10 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = DE
         refill = {m: {ep.interface: f"goto {chain_name(k, ep.name)}"
                       for ep in new.endpoints.values() if ep.interface is not None}
                   for m, k in zip(maps, ("wi", "we"), strict=True)}
-    else:  # the gone interfaces' elements deleted (before the new ones are added)
-        items = ", ".join(f'"{i}"' for i in gone)
-        tail.extend(f"delete element {t} {m} {{ {items} }}" for m in maps if gone)
+    else:
+        if gone:  # their elements go before the new ones are added (a name may come back)
+            items = ", ".join(f'"{i}"' for i in gone)
+            tail.extend(f"delete element {t} {m} {{ {items} }}" for m in maps)
         refill = {m: {} for m in maps}
         for name in touched:
             ep, before = new.endpoints[name], old.endpoints.get(name)

@@ -180,19 +180,7 @@ def test_vxlan_tunnel_carries_packets(pair: tuple[str, str]) -> None:
     assert "mtu 1450" in details
     assert f"10.244.2.0/26 via 10.244.2.0 dev {VXLAN_DEVICE} onlink" in proto_routes(a)
     # capture on the underlay while pinging through the tunnel
-    cap = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-n", "-i", "b0", "-c", "1",
-                            "-l", "udp port 4789"], stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL, text=True)
-    try:
-        time.sleep(0.5)
-        p = netns.exec_in(a, ["ping", "-c", "2", "-W", "2", "-I", "10.244.1.0", "10.244.2.0"],
-                          capture=True, timeout=15)
-        assert p.returncode == 0, p.stdout + p.stderr
-        out, _ = cap.communicate(timeout=10)
-    finally:
-        if cap.poll() is None:
-            cap.kill()
-            cap.wait()
+    out = _tunnel_ping(a, b, 4789)
     assert "VXLAN" in out or "4789" in out
     # peers removed: entries go, the device stays; remove() deletes it
     dev = VXLANDevice(a)
