@@ -4,12 +4,19 @@ Work inside another network namespace runs on a fresh thread that enters it (``s
 then exits, so no thread is ever left in the wrong namespace (``pyroute2``'s own ``netns=``
 forks, which a process using gRPC must not do).  ``/proc/sys/net`` is per network namespace
 of the calling thread, so sysctls of a namespace are read and written from such a thread.
+
+The one exception is :func:`socket_in`: a socket belongs to the namespace it was created in
+for its whole life, so creating one needs the namespace for a moment only.  The calling
+thread enters, creates it and goes back (two ``setns``, ~30 us here, against ~230 us for a
+thread of its own); a thread that cannot go back ends the process rather than go on in the
+wrong namespace.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import stat
 import threading
 from collections.abc import Callable
@@ -18,7 +25,7 @@ from typing import Any, TypeVar
 from pyroute2.netns import setns as _pyroute2_setns
 
 __all__ = ["CLONE_NEWNET", "NetnsError", "NetnsGone", "NotANetns", "netns_identity",
-           "open_netns", "read_sysctl", "run_in_netns", "setns", "write_sysctl"]
+           "open_netns", "read_sysctl", "run_in_netns", "setns", "socket_in", "write_sysctl"]
 
 T = TypeVar("T")
 
@@ -118,6 +125,42 @@ def run_in_netns(path: str, fn: Callable[[], T]) -> T:
         raise box["error"]
     result: T = box["result"]
     return result
+
+
+#: the exit status of a process whose thread could not return to its own namespace
+LOST_NAMESPACE_EXIT = 70
+
+
+def socket_in(path: str, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket of the network namespace at ``path``, created by the calling thread, which
+    enters the namespace and returns to its own (see the module docstring).
+    :class:`NetnsGone` / :class:`NotANetns` / :class:`NetnsError` as :func:`open_netns`."""
+    target = open_netns(path)
+    try:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            try:
+                _pyroute2_setns(target)
+            except OSError as e:
+                raise NetnsError(f"cannot enter network namespace {path}: "
+                                 f"{os.strerror(e.errno or 0)}") from None
+            try:
+                return socket.socket(family, kind, proto)
+            finally:
+                _return_home(home, path)
+        finally:
+            os.close(home)
+    finally:
+        os.close(target)
+
+
+def _return_home(home: int, path: str) -> None:
+    try:
+        _pyroute2_setns(home)
+    except BaseException as e:  # the thread would go on acting in the pod's namespace
+        os.write(2, f"fatal: a thread cannot return from network namespace {path} to its "
+                    f"own ({e}); exiting\n".encode(errors="replace"))
+        os._exit(LOST_NAMESPACE_EXIT)
 
 
 def write_sysctl(path: str, value: str) -> None:

@@ -10,20 +10,24 @@ request in tens of microseconds.  Setting up one pod took about ten pyroute2 req
 primary interface, IPv4 only) and pyroute2 for the rest.
 
 A netlink socket belongs to the network namespace of the thread that created it, for its
-whole life: :func:`open_in` creates one from a thread inside a pod's namespace, and every
-request on it then acts in that namespace, from whatever thread sends it.
+whole life: :func:`open_in` creates one while the calling thread is inside a pod's namespace,
+and every request on it then acts in that namespace, from whatever thread sends it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import select
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 
-from agentkit.netns import run_in_netns
+from agentkit.netns import socket_in
 
 NETLINK_ROUTE = 0
 RTM_NEWLINK = 16
@@ -67,6 +71,10 @@ RTPROT_STATIC = 4
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
+RTMGRP_LINK = 0x1
+#: how long :func:`delete_link_unlisted` waits for the kernel's notice before it waits for
+#: the delete call itself instead
+UNLIST_NOTICE_WAIT = 5.0
 
 _NLMSGHDR = struct.Struct("=IHHII")      # len, type, flags, seq, pid
 _IFINFOMSG = struct.Struct("=BxHiII")    # family, type, index, flags, change
@@ -265,17 +273,20 @@ class Rtnl:
 
     # --- routes --------------------------------------------------------------------------
 
-    def routes(self, family: int, table: int = RT_TABLE_MAIN, protocol: int = 0
-               ) -> list[RouteMessage]:
+    def routes(self, family: int, table: int = RT_TABLE_MAIN, protocol: int = 0,
+               dst_lens: Container[int] | None = None) -> list[RouteMessage]:
         """The routes of ``family`` in ``table`` (of routing protocol ``protocol``; 0: of
-        any), filtered by the kernel: only those cross the socket and get parsed."""
+        any), filtered by the kernel: only those cross the socket and get parsed.  With
+        ``dst_lens`` only routes of those prefix lengths are parsed (the kernel cannot
+        filter by length; the header's length is read first)."""
         if not self._strict:
             self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
             self._strict = True
         body = _RTMSG.pack(family, 0, 0, 0, table if table < 256 else 0, protocol, 0, 0, 0)
         if table >= 256:
             body += attr(RTA_TABLE, _u32(table))
-        routes = [parse_route(p) for p in self.dump(RTM_GETROUTE, body)]
+        routes = [parse_route(p) for p in self.dump(RTM_GETROUTE, body)
+                  if dst_lens is None or p[1] in dst_lens]  # rtm_dst_len
         # the kernel filters what the request names; say so again for one that does not
         return [r for r in routes if r.table == table
                 and (not protocol or r.protocol == protocol)]
@@ -308,6 +319,61 @@ class Rtnl:
                 return False
             raise
         return True
+
+
+def delete_link_unlisted(index: int, what: str) -> bool:
+    """Delete link ``index`` (of the calling thread's namespace); return as soon as the
+    kernel has unlisted it, not when the delete call returns.  False when it is gone already.
+
+    The kernel answers ``RTM_DELLINK`` only after its ``rcu_barrier`` and the wait for the
+    device's last references (17-38 ms for a veth here), but it unlists the device (and its
+    veth peer) first: from its ``RTM_DELLINK`` notice on (0.4 ms after the request), the name
+    is free in both namespaces, routes through it and its addresses are gone, and a new link
+    may take its name.  So the request is sent from a thread of its own, and this returns on
+    the notice; the thread waits out the kernel's answer by itself.  When the notice cannot
+    be read (the monitor socket overflowed) or does not come, this waits for the answer.
+    """
+    monitor = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    wake_r, wake_w = os.pipe()
+    outcome: list[bool | BaseException] = []
+
+    def delete() -> None:
+        try:
+            with Rtnl() as sock:
+                outcome.append(sock.delete_link(index, what))
+        except BaseException as e:  # handed to the caller below
+            outcome.append(e)
+        finally:
+            with contextlib.suppress(BrokenPipeError):  # the caller had the notice
+                os.write(wake_w, b"x")
+            os.close(wake_w)
+
+    try:
+        monitor.bind((0, RTMGRP_LINK))  # subscribed before the request: no notice is missed
+        threading.Thread(target=delete, name=f"delete-{what}", daemon=True).start()
+        deadline = time.monotonic() + UNLIST_NOTICE_WAIT
+        while not outcome:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select([monitor, wake_r], [], [], left)
+            if monitor not in ready:
+                continue
+            try:
+                data = monitor.recv(RECV_SIZE)
+            except OSError:  # ENOBUFS: notices were lost; the answer decides
+                break
+            for kind, _, payload in _messages(data):
+                if kind == RTM_DELLINK and _IFINFOMSG.unpack_from(payload)[2] == index:
+                    return True
+        os.read(wake_r, 1)  # the answer (blocks until the thread has it)
+    finally:
+        monitor.close()
+        os.close(wake_r)
+    (result,) = outcome
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def _mac(mac: str) -> bytes:
@@ -367,7 +433,7 @@ def new_route_v4(dst: str, dst_len: int, index: int, *, gateway: str | None = No
 
 
 def open_in(netns_path: str) -> Rtnl:
-    """An rtnetlink socket of the namespace at ``netns_path`` (created from a thread inside
-    it; see the module docstring)."""
-    return Rtnl(run_in_netns(netns_path, lambda: socket.socket(
-        socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)))
+    """An rtnetlink socket of the namespace at ``netns_path`` (created by the calling thread
+    while it is in that namespace for a moment, :func:`agentkit.netns.socket_in`; see the
+    module docstring)."""
+    return Rtnl(socket_in(netns_path, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE))

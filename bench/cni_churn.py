@@ -14,8 +14,14 @@ the two pods/s figures come from one run on one machine (``--no-reference`` skip
 Prints pods/s (pods ADDed and DELeted over the wall-clock time of the whole churn), ADD and
 DEL latency (median / p99), failures by CNI code, duplicates (an address answered while
 another pod of the churn holds it), ``tortie ipam check``, and where the CPU time of the
-timed part went (per process group, per pod: ``bench/cputime.py``).  Exit status 0 when there are
-no failures and no duplicates, the check is clean, and pods/s reaches ``--target``.
+timed part went (per process group, per pod, user and kernel time: ``bench/cputime.py``).
+
+Then the floor of the plugin's executions (``--no-floor`` skips it): the same threads start
+the CNI executable's interpreter (``python3 -I -S``) twice per pod with nothing to do, so the
+CPU per pod of two interpreter starts under the same load is measured, not assumed.
+
+Exit status 0 when there are no failures and no duplicates, the check is clean, and pods/s
+reaches ``--target``.
 """
 
 from __future__ import annotations
@@ -32,12 +38,15 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agentkit.netns import setns
+from agentkit.netns import run_in_netns, setns
+from agentkit.node_metrics import DEFAULT_METRICS_PORT
 from bench.cputime import CpuAccount
+from cni.launcher import default_interpreter
 from lab import netns
 from lab.cluster import Lab
 from lab.cni_churn import Op, Pod, PodChurn, join_node, log
@@ -134,6 +143,47 @@ def reference_churn(node_netns: str, runtimes: int, per: int, prefix: str) -> li
     return lines + cpu.report(total)
 
 
+def floor_runtime(node_netns: str, starts: int, errors: list[BaseException]) -> None:
+    """One runtime of the floor: ``starts`` bare starts of the client's interpreter."""
+    try:
+        join_node_netns(node_netns)
+        argv = [default_interpreter(), "-I", "-S", "-c", "pass"]
+        for _ in range(starts):
+            subprocess.run(argv, env={}, input="", text=True, capture_output=True, check=True)
+    except BaseException as e:  # reported by the main thread
+        errors.append(e)
+
+
+def exec_floor(node_netns: str, runtimes: int, per: int) -> list[str]:
+    """Two bare interpreter starts per pod (ADD and DEL), same threads: the lines to print."""
+    errors: list[BaseException] = []
+    threads = [threading.Thread(target=floor_runtime, args=(node_netns, 2 * per, errors))
+               for _ in range(runtimes)]
+    wall, cpu = timed(threads)
+    if errors:
+        return [f"floor run failed: {errors[0]!r}"]
+    total = runtimes * per
+    return ["\nFloor of the plugin's executions: two bare starts of its interpreter per pod "
+            f"({default_interpreter()} -I -S -c pass), same threads",
+            f"  wall {wall:.1f} s, {total / wall:.1f} pods/s if a pod cost nothing else",
+            *cpu.report(total)]
+
+
+def programmings(node_netns: str) -> dict[str, float]:
+    """tortie-node's count of nftables programmings so far, by kind (its metrics endpoint,
+    read from inside the node's namespace)."""
+    def scrape() -> str:
+        url = f"http://127.0.0.1:{DEFAULT_METRICS_PORT}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return str(r.read().decode())
+    out: dict[str, float] = {}
+    for line in run_in_netns(netns.netns_path(node_netns), scrape).splitlines():
+        if line.startswith("tortie_policy_programs_total{"):
+            kind = line.split('kind="', 1)[1].split('"', 1)[0]
+            out[kind] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def join_node_netns(name: str) -> None:
     setns(netns.netns_path(name))
 
@@ -145,6 +195,8 @@ def main() -> int:
     ap.add_argument("--target", type=float, default=50.0, help="pods/s to reach")
     ap.add_argument("--no-reference", action="store_true",
                     help="skip the churn of the reference chain (bridge + host-local)")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="skip the floor (bare interpreter starts, two per pod)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("cni_churn.py needs root (namespaces, the lab)", file=sys.stderr)
@@ -161,7 +213,12 @@ def main() -> int:
         threads = [threading.Thread(target=runtime, args=(churn, pods, errors))
                    for pods in per_runtime]
         log(f"{args.runtimes} runtimes x {args.pods} pods: ADD then DEL")
+        node_netns = churn.node("node1").netns
+        before = programmings(node_netns)
         wall, cpu = timed(threads)
+        after = programmings(node_netns)
+        programmed = {k: int(v - before.get(k, 0)) for k, v in after.items()
+                      if v - before.get(k, 0) > 0}
         churn.retry_dels(time.monotonic() + 30)
         check = churn.ipam_check()
         for pods in per_runtime:
@@ -172,6 +229,9 @@ def main() -> int:
             log("the same churn with the reference chain")
             reference = reference_churn(churn.node("node1").netns, args.runtimes, args.pods,
                                         f"tl-{name}")
+        if not args.no_floor:
+            log("the floor: bare interpreter starts")
+            reference += exec_floor(churn.node("node1").netns, args.runtimes, args.pods)
     finally:
         lab.down()
     if errors:
@@ -192,6 +252,8 @@ def main() -> int:
     print(f"  failures by code: {dict(codes) or 'none'}")
     print(f"  duplicates: {len(churn.duplicates)}")
     print(f"  ipam check: {'clean' if check['clean'] else check['output']}")
+    print(f"  nftables programmings by tortie-node: {sum(programmed.values())} "
+          f"({', '.join(f'{k} {v}' for k, v in sorted(programmed.items()))})")
     if churn.unfinished:
         print(f"  DELs never acknowledged: {len(churn.unfinished)}")
     print("\n".join(cpu.report(total)))

@@ -107,7 +107,7 @@ from cni.spec import (
     version_at_least,
     version_info,
 )
-from datastore.backend import KV, DatastoreError, KVStore, NotFound, Unavailable
+from datastore.backend import KV, DatastoreError, KVStore, NotFound, Unavailable, Write
 from datastore.kinds import by_plural
 from datastore.labels import validate_dns1123_subdomain
 from datastore.model_base import ResourceInvalid
@@ -117,7 +117,7 @@ from datastore.model_k8s import Namespace, Pod
 from datastore.model_network import IPPool, Node
 from datastore.mtu import encaps_in_use, felix_overrides, pod_mtu
 from datastore.resources import ResourceExists, Resources
-from ipam.allocator import IPAM, UNREAD, Unread, reserved_of
+from ipam.allocator import IPAM, UNREAD, Also, Unread, reserved_of
 from ipam.blocks import IPAddress, IPAMError
 from ipam.handles import (
     PRIMARY_IFNAME,
@@ -138,6 +138,7 @@ __all__ = [
     "HANDLE_PREFIX",
     "STEPS",
     "CNIHandler",
+    "EndpointComing",
     "EndpointReady",
     "RequestInfo",
     "handle_id",
@@ -158,8 +159,9 @@ DEFAULT_REQUEST_TIMEOUT = 1.8
 #: The steps :attr:`RequestInfo.steps` times (an ADD has them all, a DEL some):
 #: ``parse`` the request; ``reads`` the sandbox check, endpoint, Pod, Namespace, Node,
 #: pools and FelixConfigurations; ``ipam`` release of stale addresses and allocation (DEL:
-#: release); ``veth`` the interfaces in the kernel; ``wep`` the WorkloadEndpoint write (DEL:
-#: its delete); ``policy`` the policy agent's hook; ``result`` building the answer.
+#: release, with the endpoint's delete in the same transaction); ``veth`` the interfaces in
+#: the kernel; ``wep`` the WorkloadEndpoint write (DEL: its delete, when it could not go with
+#: the release); ``policy`` the policy agent's hook; ``result`` building the answer.
 STEPS = ("parse", "reads", "ipam", "veth", "wep", "policy", "result")
 #: Commands under the request deadline (GC may legitimately take long; VERSION is local).
 _DEADLINE_COMMANDS = frozenset({"ADD", "DEL", "CHECK", "STATUS"})
@@ -167,6 +169,10 @@ _DEADLINE_COMMANDS = frozenset({"ADD", "DEL", "CHECK", "STATUS"})
 #: The policy agent's hook: called with the stored endpoint before ADD returns; raising
 #: fails (and rolls back) the ADD.
 EndpointReady = Callable[[WorkloadEndpoint], Awaitable[None]]
+#: The policy agent's other hook: an ADD announces, when it starts, that an endpoint is on
+#: its way to ``on_endpoint_ready``; the call it returns ends the announcement (made just
+#: before ``on_endpoint_ready``, or when the ADD fails).
+EndpointComing = Callable[[], Callable[[], None]]
 
 _WEP = by_plural("workloadendpoints")
 _POD = by_plural("pods")
@@ -281,6 +287,7 @@ class CNIHandler:
     def __init__(self, store: KVStore, node: str, *, interface_prefix: str = "cali",
                  underlay_mtu: int | None = None,
                  on_endpoint_ready: EndpointReady | None = None,
+                 on_endpoint_coming: EndpointComing | None = None,
                  request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
                  dataplane: Dataplane | None = None) -> None:
         self.store = store
@@ -292,6 +299,7 @@ class CNIHandler:
         self.resources = Resources(store)
         self.ipam = IPAM(store, node)
         self.on_endpoint_ready = on_endpoint_ready
+        self.on_endpoint_coming = on_endpoint_coming
         #: the MTU of the node's underlay interface (:meth:`detect_underlay`)
         self.underlay_mtu = underlay_mtu
         self._locks = _KeyedLocks()
@@ -469,14 +477,26 @@ class CNIHandler:
     async def _sandbox(self, env: CNIEnv, *, may_be_gone: bool = False) -> str | None:
         """``CNI_NETNS`` checked to be a pod's network namespace: code 4 when it is not one,
         or is the host's; when it does not exist, None if ``may_be_gone`` (DEL) else 4."""
+        netns, _ = await self._sandbox_then(env, may_be_gone, None)
+        return netns
+
+    async def _sandbox_then(self, env: CNIEnv, may_be_gone: bool,
+                            then: Callable[[], _T] | None) -> tuple[str | None, _T | None]:
+        """:meth:`_sandbox`, and ``then()`` (None without one) in the same thread right after
+        the namespace's check (one thread hop for both)."""
         if not env.netns:
-            return None
+            return None, None
         where = quote(env.netns)
+
+        def check() -> tuple[tuple[int, int], _T | None]:
+            identity = self.dataplane.netns_identity(env.netns)
+            return identity, then() if then is not None else None
+
         try:
-            identity = await asyncio.to_thread(self.dataplane.netns_identity, env.netns)
+            identity, after = await asyncio.to_thread(check)
         except netlink.NetnsGone:
             if may_be_gone:
-                return None
+                return None, None
             raise CNIError(ERR_INVALID_ENV, "invalid CNI_NETNS",
                            f"network namespace {where} does not exist") from None
         except netlink.NotANetns:
@@ -488,7 +508,7 @@ class CNIHandler:
         if identity in self._host_netns:
             raise CNIError(ERR_INVALID_ENV, "invalid CNI_NETNS",
                            f"{where} is the host's network namespace, not a pod's")
-        return env.netns
+        return env.netns, after
 
     def _recorded_host_name(self, wep: WorkloadEndpoint) -> str | None:
         """The host veth an endpoint records, if it is a name Tortie gives (an endpoint can
@@ -603,6 +623,17 @@ class CNIHandler:
 
     async def _add(self, env: CNIEnv, conf: NetConf, ipam_only: bool,
                    info: RequestInfo) -> Result:
+        # announced from the start, so that concurrent ADDs' endpoints share programmings
+        arrived = (self.on_endpoint_coming() if self.on_endpoint_coming is not None
+                   and self.on_endpoint_ready is not None and not ipam_only else None)
+        try:
+            return await self._add_pod(env, conf, ipam_only, info, arrived)
+        finally:
+            if arrived is not None:
+                arrived()  # (a no-op once the endpoint went to on_endpoint_ready)
+
+    async def _add_pod(self, env: CNIEnv, conf: NetConf, ipam_only: bool, info: RequestInfo,
+                       arrived: Callable[[], None] | None) -> Result:
         if not ipam_only:
             self._check_names(env)
         handle = handle_id(env.container_id, env.ifname)
@@ -621,16 +652,17 @@ class CNIHandler:
         else:
             with info.step("reads"):
                 # all at once; an invalid CNI_NETNS is reported before anything else fails
-                sandbox, link, read = await asyncio.gather(
-                    self._sandbox(env),
-                    asyncio.to_thread(self.dataplane.netns_link_exists, env.netns, env.ifname),
+                sandbox, read = await asyncio.gather(
+                    self._sandbox_then(env, False, lambda: self.dataplane.netns_link_exists(
+                        env.netns, env.ifname)),
                     self._pod_info(env, (wep_ns, wep_name), handle), return_exceptions=True)
-                for outcome in (sandbox, link, read):
+                for outcome in (sandbox, read):
                     if isinstance(outcome, BaseException):
                         raise outcome
+                assert not isinstance(sandbox, BaseException)
                 assert not isinstance(read, BaseException)
                 pod, wep, held_handle = read
-                link_exists = link is True
+                link_exists = sandbox[1] is True
             if wep is not None and wep.spec.containerID == env.container_id:
                 again = await self._repeat_add(env, conf, host_name, wep, pod)
                 if again is not None:
@@ -669,8 +701,20 @@ class CNIHandler:
             if stale:
                 log.warning("released addresses left by an earlier ADD",
                             extra=_fields(info, ip=",".join(stale)))
+            # a pod of one address family: its endpoint is created in the allocation's
+            # transaction when IPAM's common case applies (else written below, as always)
+            also: Also | None = None
+            new_wep: WorkloadEndpoint | None = None
+            if not ipam_only and len(plan) == 1 and plan[0].address is None:
+                def endpoint_writes(chosen: list[str]) -> list[Write]:
+                    nonlocal new_wep, wep_written
+                    new_wep = self._build_wep(env, pod, wep_ns, wep_name, host_name, mac,
+                                              chosen)
+                    wep_written = True  # (an unknown outcome counts as written)
+                    return [self.resources.creation(_WEP, new_wep)]
+                also = Also(endpoint_writes)
             with info.step("ipam"):
-                ips = await self._allocate(env, pod, plan, handle)
+                ips = await self._allocate(env, pod, plan, handle, also)
             info.ips = ips
             if ipam_only:
                 return Result(ips=[IPConfig(_host_cidr(ip)) for ip in ips], dns=dict(conf.dns))
@@ -681,15 +725,19 @@ class CNIHandler:
             # The endpoint recording the pod's MAC is written (and programmed by the policy
             # agent, whose rules match interface names, not links) while the kernel makes
             # or addresses the veth: two branches at once.
-            new_wep = self._build_wep(env, pod, wep_ns, wep_name, host_name, mac, ips)
             veth_made = True
             # a future, so that a failed or cancelled ADD can wait for the thread before
             # undoing what it made
             veth_setup = asyncio.ensure_future(self._veth(info, env, host_name, early, v4, v6,
                                                           mtu, mac))
             early = None  # the veth branch has it now
-            wep_written = True  # (an unknown outcome counts as written)
-            endpoint = asyncio.ensure_future(self._write_endpoint(new_wep, info))
+            if also is not None and also.revision is not None and new_wep is not None:
+                endpoint = asyncio.ensure_future(self._endpoint_ready(
+                    Resources.created(new_wep, also.revision), info, arrived))
+            else:
+                new_wep = self._build_wep(env, pod, wep_ns, wep_name, host_name, mac, ips)
+                wep_written = True  # (an unknown outcome counts as written)
+                endpoint = asyncio.ensure_future(self._write_endpoint(new_wep, info, arrived))
             # returns at the first failure, else when both are done
             await asyncio.wait({veth_setup, endpoint}, return_when=asyncio.FIRST_EXCEPTION)
             for branch in (veth_setup, endpoint):  # the first failure, the kernel's first
@@ -738,9 +786,10 @@ class CNIHandler:
         with info.step(step):
             return await asyncio.to_thread(func, *args)
 
-    async def _write_endpoint(self, new_wep: WorkloadEndpoint,
-                              info: RequestInfo) -> WorkloadEndpoint:
-        """Store the endpoint, then let the policy agent program it (``on_endpoint_ready``).
+    async def _write_endpoint(self, new_wep: WorkloadEndpoint, info: RequestInfo,
+                              arrived: Callable[[], None] | None = None) -> WorkloadEndpoint:
+        """Store the endpoint, then let the policy agent program it (``on_endpoint_ready``;
+        ``arrived`` ends the ADD's ``on_endpoint_coming`` announcement just before).
         Cancelled, it still waits for a write in flight (its outcome decides what a rollback
         deletes); the policy wait is simply abandoned."""
         with info.step("wep"):
@@ -753,7 +802,15 @@ class CNIHandler:
                 if not write.cancelled():
                     write.exception()  # retrieved: the rollback deletes what was written
                 raise
+        return await self._endpoint_ready(stored, info, arrived)
+
+    async def _endpoint_ready(self, stored: WorkloadEndpoint, info: RequestInfo,
+                              arrived: Callable[[], None] | None) -> WorkloadEndpoint:
+        """The stored endpoint to the policy agent (``on_endpoint_ready``), ``arrived``
+        ending the ADD's announcement just before."""
         if self.on_endpoint_ready is not None:
+            if arrived is not None:
+                arrived()
             with info.step("policy"):
                 await self.on_endpoint_ready(stored)
         return stored
@@ -855,7 +912,7 @@ class CNIHandler:
         return plan
 
     async def _allocate(self, env: CNIEnv, pod: _PodInfo, plan: Sequence[_Assignment],
-                        handle: str) -> list[str]:
+                        handle: str, also: Also | None = None) -> list[str]:
         attrs = {"node": self.node, "container": env.container_id,
                  "namespace": pod.namespace if env.is_k8s else None, "pod": pod.name}
         ips: list[str] = []
@@ -864,7 +921,7 @@ class CNIHandler:
                 ips.append(await self.ipam.assign_ip(step.address, handle, attrs))
             else:
                 ips += await self.ipam.auto_assign(handle, attrs, list(step.pools), 1,
-                                                   reserved=pod.reserved)
+                                                   reserved=pod.reserved, also=also)
         return ips
 
     def _build_wep(self, env: CNIEnv, pod: _PodInfo, namespace: str, name: str,
@@ -970,24 +1027,26 @@ class CNIHandler:
                     await asyncio.to_thread(self.dataplane.forget_pod_routing, netns,
                                             env.ifname)
 
-            async def remove_wep() -> None:
-                if wep is not None and ours:
-                    with info.step("wep"), contextlib.suppress(NotFound):
-                        await self.resources.delete(_WEP, wep_name, wep_ns,
-                                                    wep.metadata.resourceVersion)
+            version = wep.metadata.resourceVersion if wep is not None and ours else None
 
             async def release() -> list[str]:
+                # the endpoint's delete goes in the release's transaction when it can
+                also = [] if wep is None or not version else [
+                    Write(self.resources.key(_WEP, wep_name, wep_ns), None, int(version))]
                 with info.step("ipam"):
-                    return await self.ipam.release_by_handle(handle, handle_kv)
+                    freed, written = await self.ipam.release_by_handle_with(
+                        handle, handle_kv, also)
+                if wep is not None and ours and not written:
+                    with info.step("wep"), contextlib.suppress(NotFound):
+                        await self.resources.delete(_WEP, wep_name, wep_ns, version)
+                return freed
 
-            # The kernel takes a while to destroy a veth: do the datastore work meanwhile
-            # (so the steps of a DEL overlap: veth, wep and ipam run at once).
-            outcomes = await asyncio.gather(remove_veth(), remove_wep(), release(),
-                                            return_exceptions=True)
+            # the veth and the datastore work at once
+            outcomes = await asyncio.gather(remove_veth(), release(), return_exceptions=True)
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
-            released = outcomes[2]
+            released = outcomes[1]
         info.ips = list(released)
         log.info("pod network removed", extra=_fields(info, ip=",".join(released)))
 

@@ -519,7 +519,7 @@ def teardown_veth(host_name: str, peer_netns: str | None = None) -> bool:
                 link = host.get_link(host_name)
                 if link is None or link.kind != "veth":
                     return False
-                return host.delete_link(link.index, host_name)
+            return rtnl.delete_link_unlisted(link.index, host_name)
         except rtnl.RtnlError as e:
             raise NetlinkFailure(f"cannot delete {host_name}: "
                                  f"{os.strerror(e.errno or 0)}") from None
@@ -544,11 +544,10 @@ def teardown_veth(host_name: str, peer_netns: str | None = None) -> bool:
             if fd is not None and not _peer_in_netns(ipr, link, fd):
                 return False
             try:
-                ipr.link("del", index=idx)
-            except NetlinkError as e:
-                if e.code == errno.ENODEV:
-                    return False
-                raise NetlinkFailure(f"cannot delete {host_name}: {_why(e)}") from None
+                return rtnl.delete_link_unlisted(idx, host_name)
+            except rtnl.RtnlError as e:
+                raise NetlinkFailure(f"cannot delete {host_name}: "
+                                     f"{os.strerror(e.errno or 0)}") from None
     finally:
         if fd is not None:
             os.close(fd)

@@ -172,6 +172,24 @@ class Resources:
                                  key) from None
         return self._from_kv(info, kv)
 
+    def creation(self, info: KindInfo, obj: Any) -> Write:
+        """The write that creates ``obj`` (stamped as :meth:`create` stamps it; only if its
+        key does not exist), for a caller's own transaction with other keys;
+        :meth:`created` is the stored resource once the transaction committed.  For kinds
+        :meth:`create` checks nothing else for (ValueError for an IPPool)."""
+        if isinstance(obj, IPPool):
+            raise ValueError("an IPPool is created with create (it is checked against the "
+                             "others)")
+        self._stamp(obj, None)
+        return Write(self._key_of(info, obj), self._to_value(obj), 0)
+
+    @staticmethod
+    def created(obj: Any, revision: int) -> Any:
+        """``obj`` as stored by the transaction at ``revision`` that :meth:`creation`'s
+        write went in."""
+        obj.metadata.resourceVersion = str(revision)
+        return obj
+
     async def replace(self, info: KindInfo, obj: Any) -> Any:
         """Replace an existing resource; conditional when the document has a resourceVersion."""
         key = self._key_of(info, obj)

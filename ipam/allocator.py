@@ -226,6 +226,17 @@ class Unread:
 UNREAD = Unread()
 
 
+@dataclass
+class Also:
+    """The caller's own writes to go in an allocation's transaction (see
+    :meth:`IPAM.auto_assign`): ``make`` gives them for the addresses chosen; ``revision``
+    is the transaction's once they were written (None: they were not, the caller writes
+    them itself)."""
+
+    make: Callable[[list[str]], Sequence[Write]]
+    revision: int | None = None
+
+
 def reserved_of(reservations: Iterable[Any]) -> list[IPNetwork]:
     """The reserved networks of IPReservation resources."""
     return [ipaddress.ip_network(c, strict=False)
@@ -245,6 +256,11 @@ class IPAM:
         # cidr -> lock serialising this process's one-transaction writes of the block
         self._block_locks: dict[str, asyncio.Lock] = {}
         self._locks_loop: asyncio.AbstractEventLoop | None = None
+
+    def _slow_path_lock(self) -> asyncio.Lock:
+        """The lock of :meth:`auto_assign`'s slow path (read every block, claim one) in
+        this process: see :meth:`_block_lock` for why locks are per loop."""
+        return self._block_lock("")
 
     def _block_lock(self, cidr: str) -> asyncio.Lock:
         """The lock of block ``cidr`` in this process.  Concurrent ADDs and DELs of one node
@@ -355,7 +371,7 @@ class IPAM:
 
     async def _assign_in_block(self, block: Block, handle: str, attrs: Mapping[str, Any],
                                count: int, reserved: Sequence[IPNetwork],
-                               affine_only: bool) -> list[str]:
+                               affine_only: bool, also: Also | None = None) -> list[str]:
         """Allocate up to ``count`` addresses in one block (CAS, re-read on conflict)."""
         cidr = block.cidr
         key = keys.block_key(cidr)
@@ -369,10 +385,16 @@ class IPAM:
                 ips = new.assign(count, attrs, reserved_here)
                 if not ips:
                     return []
-                revision = await self.store.commit([
+                writes = [
                     Write(keys.handle_key(handle), self._handle_doc(handle, {cidr: len(ips)}),
                           0),
-                    Write(key, new.to_dict(), block.revision)])
+                    Write(key, new.to_dict(), block.revision)]
+                extra = also.make(ips) if also is not None and len(ips) == count else ()
+                revision = await self.store.commit([*writes, *extra])
+                if revision is None and extra:  # perhaps for the caller's keys: without them
+                    revision = await self.store.commit(writes)
+                elif revision is not None and also is not None and extra:
+                    also.revision = revision
                 if revision is not None:
                     new.revision = revision
                     self._remember(new)
@@ -421,8 +443,10 @@ class IPAM:
 
     async def _from_affine(self, handle: str, attrs: Mapping[str, Any],
                            pool_nets: Sequence[IPNetwork], need: int,
-                           reserved: Sequence[IPNetwork]) -> list[str]:
-        """Allocate from the (cached) blocks affine to this node that have room."""
+                           reserved: Sequence[IPNetwork], also: Also | None = None
+                           ) -> list[str]:
+        """Allocate from the (cached) blocks affine to this node that have room (``also``
+        with the addresses when one block gives them all at once)."""
         got: list[str] = []
         for block in sorted(self._affine.values(), key=_sort_key):
             if len(got) == need:
@@ -432,7 +456,8 @@ class IPAM:
             if block.available(reserved_in(block.network, reserved) if reserved else ()) == 0:
                 continue
             got += await self._assign_in_block(block, handle, attrs, need - len(got),
-                                               reserved, affine_only=True)
+                                               reserved, affine_only=True,
+                                               also=also if not got else None)
         return got
 
     def _claim_candidate(self, claim: str | None, blocks: Mapping[str, Block],
@@ -509,12 +534,16 @@ class IPAM:
 
     async def auto_assign(self, handle: str, attrs: Mapping[str, Any], pools: Sequence[IPPool],
                           num: int = 1,
-                          reserved: Sequence[IPNetwork] | None = None) -> list[str]:
+                          reserved: Sequence[IPNetwork] | None = None,
+                          also: Also | None = None) -> list[str]:
         """Allocate ``num`` addresses for ``handle`` from ``pools`` (in order of preference):
         from this node's blocks, else by claiming a new block, else (unless strictAffinity)
         by borrowing from any block of the pools.  All or nothing: :class:`IPAMExhausted`
         when there is not enough room.  ``reserved``: the IPReservations' networks when the
-        caller has just read them (:meth:`reserved_networks`), else they are read here."""
+        caller has just read them (:meth:`reserved_networks`), else they are read here.
+        ``also``: the caller's writes (e.g. creating the pod's endpoint), put in the
+        allocation's one transaction when the common case applies (``also.revision`` says
+        whether they were)."""
         if num < 1:
             raise ValueError(f"num must be at least 1, got {num}")
         attrs = self._attrs(handle, attrs)
@@ -529,35 +558,45 @@ class IPAM:
         try:
             for _ in range(MAX_ROUNDS):
                 got += await self._from_affine(handle, attrs, pool_nets, num - len(got),
-                                               reserved)
+                                               reserved, also if not got else None)
                 if len(got) == num:
                     return got
-                # Slow path: read the host document, then the blocks (in this order: see
-                # the module docstring), and decide.
-                host = await self._get_host()
-                blocks = await self._load_blocks()
-                if any(b.available(reserved_in(b.network, reserved) if reserved else ()) > 0
-                       for b in self._affine.values() if _in_pools(b.network, pool_nets)):
-                    continue  # another process of this node made room or claimed a block
-                cfg = await self.config()
-                claim = host.value.get("claim") if host else None
-                cidr, why = self._claim_candidate(claim if isinstance(claim, str) else None,
-                                                  blocks, usable, cfg, reserved)
-                if cidr is not None:
-                    await self._claim(cidr, host, cfg)
-                    continue
-                if not cfg.strict_affinity:
-                    borrowed = await self._borrow(handle, attrs, blocks, pool_nets,
-                                                  num - len(got), reserved)
-                    got += borrowed
+                # Slow path, one request of this process at a time (concurrent ADDs that
+                # found the node's blocks full wait here for the first one's claim, then
+                # take from its block, instead of all reading every block):
+                async with self._slow_path_lock():
+                    got += await self._from_affine(handle, attrs, pool_nets, num - len(got),
+                                                   reserved, also if not got else None)
                     if len(got) == num:
                         return got
-                    if borrowed:
+                    # read the host document, then the blocks (in this order: see the
+                    # module docstring), and decide
+                    host = await self._get_host()
+                    blocks = await self._load_blocks()
+                    if any(b.available(reserved_in(b.network, reserved) if reserved else ())
+                           > 0 for b in self._affine.values()
+                           if _in_pools(b.network, pool_nets)):
+                        continue  # another process of this node made room or claimed
+                    cfg = await self.config()
+                    claim = host.value.get("claim") if host else None
+                    cidr, why = self._claim_candidate(claim if isinstance(claim, str) else None,
+                                                      blocks, usable, cfg, reserved)
+                    if cidr is not None:
+                        await self._claim(cidr, host, cfg)
                         continue
-                elif why:
-                    why += "; strictAffinity forbids borrowing from other blocks"
-                raise IPAMExhausted(
-                    f"no free IP address in IP pool(s) {names} for node {self.node}: {why}")
+                    if not cfg.strict_affinity:
+                        borrowed = await self._borrow(handle, attrs, blocks, pool_nets,
+                                                      num - len(got), reserved)
+                        got += borrowed
+                        if len(got) == num:
+                            return got
+                        if borrowed:
+                            continue
+                    elif why:
+                        why += "; strictAffinity forbids borrowing from other blocks"
+                    raise IPAMExhausted(
+                        f"no free IP address in IP pool(s) {names} for node {self.node}: "
+                        f"{why}")
             raise IPAMContention(f"could not allocate for {handle}: too much contention")
         except BaseException:
             if got:
@@ -679,39 +718,54 @@ class IPAM:
         """Free every address of ``handle``; returns them (empty if there were none).
         ``read``: the handle's document as the caller just read it (:meth:`handle_read_key`,
         None: it did not exist), which saves the first read."""
+        released, _ = await self.release_by_handle_with(handle, read, ())
+        return released
+
+    async def release_by_handle_with(self, handle: str, read: KV | Unread | None,
+                                     also: Sequence[Write]) -> tuple[list[str], bool]:
+        """:meth:`release_by_handle`, and ``also`` (the caller's writes of its own keys, e.g.
+        deleting the pod's endpoint) in the release's one transaction when the common case
+        applies: (addresses freed, True).  False: ``also`` was not written (the release took
+        the general way, or one of those keys had changed), the caller writes it itself."""
         key = keys.handle_key(handle)
         released: list[str] = []
         for attempt in range(MAX_ATTEMPTS):
             if not isinstance(read, Unread):
                 kv, read = read, UNREAD
                 if kv is None:
-                    return released
+                    return released, False
             else:
                 try:
                     kv = await self.store.get(key)
                 except NotFound:
-                    return released
+                    return released, False
             if not released:
-                fast = await self._release_handle_at_once(handle, kv)
+                fast = await self._release_handle_at_once(handle, kv, also)
                 if fast is not None:
-                    return fast
+                    return fast, bool(also)
+                if also:  # the one transaction failed: perhaps for ``also``; once without
+                    fast = await self._release_handle_at_once(handle, kv, ())
+                    if fast is not None:
+                        return fast, False
             for cidr in sorted(kv.value.get("blocks") or {}):
                 released += await self._release_in_block(
                     cidr, lambda b: b.release_handle(handle), count_handles=False) or []
             try:
                 await self.store.delete(key, kv.mod_revision)
-                return released
+                return released, False
             except NotFound:
-                return released
+                return released, False
             except Conflict:  # the handle got an address meanwhile: release that too
                 await _backoff(attempt)
         raise IPAMContention(f"handle {handle} is being modified concurrently; retry")
 
-    async def _release_handle_at_once(self, handle: str, kv: KV) -> list[str] | None:
+    async def _release_handle_at_once(self, handle: str, kv: KV, also: Sequence[Write]
+                                      ) -> list[str] | None:
         """The common case of :meth:`release_by_handle` in one transaction: the handle holds
-        addresses in one block of this node's (cached): that block without them and the
-        handle document go together, if neither changed.  None when that does not apply or
-        the transaction found a change (nothing was written): the general path follows."""
+        addresses in one block of this node's (cached): that block without them, the
+        handle document and ``also`` go together, if none changed.  None when that does not
+        apply or the transaction found a change (nothing was written): the general path
+        follows."""
         cidrs = list(kv.value.get("blocks") or {})
         if len(cidrs) != 1 or cidrs[0] not in self._affine:
             return None
@@ -725,7 +779,7 @@ class IPAM:
                 return None
             revision = await self.store.commit([
                 Write(keys.block_key(cached.cidr), new.to_dict(), cached.revision),
-                Write(keys.handle_key(handle), None, kv.mod_revision)])
+                Write(keys.handle_key(handle), None, kv.mod_revision), *also])
             if revision is None:
                 return None
             new.revision = revision

@@ -23,7 +23,7 @@ any more are dropped (indexes renumbered), so documents stay small.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -289,6 +289,14 @@ class Block:
         for o, idx in enumerate(self.allocations):
             if idx is not None:
                 yield self.ip_at(o), self.attributes[idx]
+
+    def allocated_where(self, keep: Callable[[dict[str, str]], bool]) -> list[str]:
+        """The allocated addresses whose attributes ``keep`` accepts, in address order (the
+        attributes are tested once each, and only the addresses kept are formatted)."""
+        idxs = {i for i, a in enumerate(self.attributes) if keep(a)}
+        if not idxs:
+            return []
+        return [self.ip_at(o) for o, idx in enumerate(self.allocations) if idx in idxs]
 
     def ips_for_handle(self, handle: str) -> list[str]:
         idxs = {i for i, a in enumerate(self.attributes) if a.get("handle") == handle}

@@ -265,6 +265,7 @@ class NodeDaemon:
             ready_hook = getattr(agent, "endpoint_ready", None)
             if ready_hook is not None:
                 self.handler.on_endpoint_ready = ready_hook
+                self.handler.on_endpoint_coming = getattr(agent, "endpoint_coming", None)
         self.health = Monitor(self.agents, self.store.revision,
                               liveness_timeout=args.liveness_timeout)
 

@@ -22,7 +22,10 @@
 * :meth:`PolicyAgent.endpoint_ready` is the CNI handler's hook: the endpoint it just wrote is
   fed to the calculator at once (not waiting for the watch), and the call returns once a
   programming that includes it has reached the kernel -- the pod's first packet meets its
-  policy. Concurrent ADDs share one programming.
+  policy. Concurrent ADDs share one programming: an ADD announces its endpoint when it
+  starts (:meth:`PolicyAgent.endpoint_coming`), and a programming some ADD waits
+  for first waits up to :data:`COMING_WAIT` for the announced endpoints still on their way
+  (so under churn one nft transaction serves several pods; a lone ADD never waits).
 * nft runs in the agent's own network namespace (tortie-node's).
 """
 
@@ -77,6 +80,8 @@ READY_TIMEOUT = 30.0        # endpoint_ready: longest wait for sync + programmin
 #: pod churn this turns one nft transaction per DEL into one per few (each transaction makes
 #: the kernel validate the table's whole jump graph).
 UNWAITED_DELAY = 0.02
+#: the longest a programming an ADD waits for holds on for other ADDs' endpoints on their way
+COMING_WAIT = 0.01
 COUNTERS_MIN_INTERVAL = 5.0  # per-rule counters are read from nft at most this often
 INTERFACES_POLL = 2.0  # host interfaces/addresses (host endpoint resolution) re-read this often
 _WEP_PLURAL = "workloadendpoints"
@@ -145,6 +150,8 @@ class PolicyAgent:
         self._syncer: Syncer | None = None
         self._wake = asyncio.Event()
         self._waited = asyncio.Event()  # a CNI ADD waits for the next programming
+        self._coming = 0  # ADDs that announced an endpoint not yet handed to endpoint_ready
+        self._came = asyncio.Event()  # one of them arrived (or gave up)
         self.unwaited_delay = UNWAITED_DELAY
         self._synced = False
         self._waiters: list[asyncio.Future[None]] = []
@@ -260,6 +267,9 @@ class PolicyAgent:
 
     def _on_update(self, key: str, value: dict[str, Any] | None) -> None:
         injected = self._injected.pop(key, None)
+        if (injected is not None and value is not None and self._syncer is not None
+                and injected.metadata.resourceVersion == str(self._syncer.revision)):
+            return  # the CNI ADD's own write (its revision), programmed by endpoint_ready
         try:
             plural, _, _ = parse_resource_key(key)
         except ValueError:
@@ -339,7 +349,23 @@ class PolicyAgent:
             self._need_full = True  # the base chains change
             self._wake.set()
 
-    # --- the CNI hook ---------------------------------------------------------------------
+    # --- the CNI hooks --------------------------------------------------------------------
+
+    def endpoint_coming(self) -> Callable[[], None]:
+        """A CNI ADD will soon hand an endpoint to :meth:`endpoint_ready`; the call returned
+        ends the announcement (the ADD calls it once: just before :meth:`endpoint_ready`,
+        or when it fails).  A programming an ADD waits for holds on for announced endpoints,
+        at most :data:`COMING_WAIT`, so that one programming serves them all."""
+        self._coming += 1
+        ended = False
+
+        def end() -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                self._coming -= 1
+                self._came.set()
+        return end
 
     async def endpoint_ready(self, wep: WorkloadEndpoint) -> None:
         """Program ``wep`` (just written by a CNI ADD) and return once the kernel has it."""
@@ -391,6 +417,8 @@ class PolicyAgent:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.unwaited_delay):
                         await self._waited.wait()
+            elif self._waiters and self._coming:
+                await self._gather_coming()
             await asyncio.sleep(0)  # let events already queued in the loop land (coalesce)
             self._wake.clear()
             waiters, self._waiters = self._waiters, []
@@ -417,6 +445,19 @@ class PolicyAgent:
                     fut.set_result(None)
             if not self.ready.is_set():
                 self.ready.set()
+
+    async def _gather_coming(self) -> None:
+        """Wait (at most :data:`COMING_WAIT`) for the endpoints ADDs announced to arrive."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + COMING_WAIT
+        while self._coming:
+            self._came.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._came.wait()
 
     async def _program_once(self) -> None:
         start = time.monotonic()
@@ -479,7 +520,7 @@ class PolicyAgent:
                           or diff.ipsets.added or diff.ipsets.removed
                           or diff.policies.added or diff.policies.removed
                           or diff.profiles.added or diff.profiles.removed)
-        script = nft_render.render_incremental(old, model, self.table)
+        script = nft_render.render_incremental(old, model, self.table, diff)
         if script is None:
             return "full", ""
         # members only, unless a set became empty or got its first member: the chains of

@@ -95,6 +95,8 @@ def resolve(model: DataplaneModel, interfaces: Mapping[str, Iterable[str]] | Non
     (same name, so the renderer shares its chains). Endpoints that govern nothing are left
     out. Policies, profiles and IP sets are kept as they are (rendering an unused policy
     chain is harmless)."""
+    if not model.host_endpoints:
+        return model  # nothing to resolve (the common case: no host endpoints at all)
     heps = {h.name: h for h in model.host_endpoints.values()}
     chosen = resolve_interfaces(heps.values(), interfaces, workload_prefix=workload_prefix,
                                 exclude=exclude)
@@ -108,15 +110,17 @@ def resolve(model: DataplaneModel, interfaces: Mapping[str, Iterable[str]] | Non
     return dataclasses.replace(model, host_endpoints=FrozenMap(resolved))
 
 
-def read_interfaces(netns: str | None = None, timeout: float = 10.0) -> dict[str, list[str]]:
+def read_interfaces(netns: str | None = None, timeout: float = 10.0, *,
+                    workload_prefix: str = WORKLOAD_PREFIX) -> dict[str, list[str]]:
     """The interfaces of this (or ``netns``'s) network namespace with their addresses, as
-    ``{"eth0": ["192.0.2.11/24", "fe80::1/64"]}`` (``ip -j addr show``)."""
+    ``{"eth0": ["192.0.2.11/24", "fe80::1/64"]}`` (``ip -j addr show``), but for workload
+    interfaces (never host endpoints): pods coming and going do not change the result."""
     cmd = ["ip", *(["-n", netns] if netns else []), "-j", "addr", "show"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True).stdout
     result: dict[str, list[str]] = {}
     for link in json.loads(out or "[]"):
         name = link.get("ifname")
-        if not name:
+        if not name or name.startswith(workload_prefix):
             continue
         result[name] = [f"{a['local']}/{a.get('prefixlen', 32)}"
                         for a in link.get("addr_info", []) if a.get("local")]

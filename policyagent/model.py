@@ -75,6 +75,8 @@ workload to one of these ports of a host -- the local host itself, any address o
 from __future__ import annotations
 
 import hashlib
+import itertools
+import operator
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass, field, fields
 from typing import Any, Generic, Literal, TypeVar
@@ -370,8 +372,12 @@ class KeyDiff(Generic[K]):
         old_d = old._data if isinstance(old, FrozenMap) else old
         new_d = new._data if isinstance(new, FrozenMap) else new
         old_keys, new_keys = old_d.keys(), new_d.keys()
-        changed = frozenset(k for k in old_keys & new_keys
-                            if old_d[k] is not new_d[k] and old_d[k] != new_d[k])
+        # the keys whose values are not the same object, found in C (map, compress): a
+        # model's unchanged parts are the same objects, so few are compared with ==
+        both = list(old_keys & new_keys)
+        other = list(itertools.compress(both, map(operator.is_not, map(old_d.__getitem__, both),
+                                                  map(new_d.__getitem__, both))))
+        changed = frozenset(k for k in other if old_d[k] != new_d[k])
         return KeyDiff(frozenset(new_keys - old_keys), frozenset(old_keys - new_keys), changed)
 
 

@@ -57,6 +57,7 @@ import gc
 import hashlib
 import ipaddress
 import itertools
+import operator
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -903,8 +904,12 @@ def refilled_programs(old: DataplaneModel, new: DataplaneModel, diff: ModelDiff,
             and key not in keys.changed and not flipped.isdisjoint(_program_sets(prog))}
 
 
-def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = DEFAULT_TABLE
-                       ) -> str | None:
+_INTERFACE = operator.attrgetter("interface")
+_is_not_none = functools.partial(operator.is_not, None)
+
+
+def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = DEFAULT_TABLE,
+                       diff: ModelDiff | None = None) -> str | None:
     """One transaction taking a table rendered from ``old`` to what :func:`render` makes of
     ``new``, touching only what changed (a new pod: its two chains, perhaps a tier chain,
     two map elements and its addresses in the sets it joins).
@@ -916,12 +921,15 @@ def render_incremental(old: DataplaneModel, new: DataplaneModel, table: str = DE
 
     Set members and map elements are added with set / map blocks (no ``add element``) and
     removed with ``delete element`` when that is the cheaper (:func:`_deletes_pay`), else by
-    flushing and refilling the set or map."""
-    diff = old.diff(new)
+    flushing and refilling the set or map.  ``diff``: ``old.diff(new)`` when the caller has
+    it already."""
+    if diff is None:
+        diff = old.diff(new)
     if (diff.host_endpoints or diff.failsafe_changed or diff.protected_changed
             or diff.tunnels_changed):
         return None
-    ifaces = [ep.interface for ep in new.endpoints.values() if ep.interface is not None]
+    # (in C: map / filter over every endpoint of the node, on every programming)
+    ifaces = list(filter(_is_not_none, map(_INTERFACE, new.endpoints.values())))
     if len(set(ifaces)) != len(ifaces):
         return None  # two endpoints claim one interface (stale data): the full render decides
     for sid in diff.ipsets.changed:

@@ -216,9 +216,9 @@ def block_view(b: Block | None, node: str) -> tuple[Any, ...] | None:
         return None
     mine = b.affinity_node == node
     tunnels = tunnel_handles(node)
-    special = frozenset(
-        ip for ip, attrs in b.allocated()
-        if (not mine and attrs.get("node") == node) or attrs.get("handle") in tunnels)
+    special = frozenset(b.allocated_where(
+        lambda attrs: (not mine and attrs.get("node") == node)
+        or attrs.get("handle") in tunnels))
     if not mine and not special:
         return None
     return (b.cidr, mine, special)

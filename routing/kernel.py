@@ -143,12 +143,13 @@ class KernelRoutes:
                     ours.setdefault(r.dst, []).append(self._kernel_route(r))
         return ours
 
-    def _foreign(self) -> set[str]:
-        """Destinations with a unicast or blackhole route of another protocol (read only
-        when a desired route is not ours yet: a whole-table dump)."""
+    def _foreign(self, lengths: Set[int]) -> set[str]:
+        """Destinations of prefix length in ``lengths`` with a unicast or blackhole route of
+        another protocol (read only when a desired route is not ours yet: a whole-table
+        dump, of which only routes of those lengths are parsed -- not every pod's /32)."""
         with Rtnl() as nl:
             return {r.dst for family in (AF_INET, AF_INET6)
-                    for r in nl.routes(family, TABLE_MAIN)
+                    for r in nl.routes(family, TABLE_MAIN, dst_lens=lengths)
                     if r.protocol != self.proto and r.type in (RTN_UNICAST, RTN_BLACKHOLE)}
 
     def routes(self) -> dict[str, list[KernelRoute]]:
@@ -227,7 +228,8 @@ class KernelRoutes:
                     res.kept += 1
                     continue
                 if not have and foreign is None:
-                    foreign = self._foreign()
+                    foreign = self._foreign({ipaddress.ip_network(d, strict=False).prefixlen
+                                             for d in desired})
                 if not have and dst in (foreign or ()):
                     res.conflicts.append(dst)
                     continue

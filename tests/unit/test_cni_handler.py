@@ -212,13 +212,35 @@ async def test_requests_time_their_steps(node: Node) -> None:
     pod = node.pod()
     add, delete = RequestInfo(), RequestInfo()
     assert (await node.run("ADD", pod, info=add))["ok"]
-    assert set(add.steps) == set(STEPS)
+    # the endpoint is created in IPAM's transaction (no step of its own)
+    assert set(add.steps) == set(STEPS) - {"wep"}
     assert all(0 <= v <= add.duration for v in add.steps.values())
     # one after the other: parse, reads, ipam (the veth is made beside ipam, and addressed
     # beside the endpoint's write and policy)
     assert add.steps["parse"] + add.steps["reads"] + add.steps["ipam"] <= add.duration
     assert (await node.run("DEL", pod, info=delete))["ok"]
-    assert {"parse", "reads", "veth", "wep", "ipam"} <= set(delete.steps) <= set(STEPS)
+    # the endpoint's delete is in IPAM's transaction (no step of its own)
+    assert {"parse", "reads", "veth", "ipam"} <= set(delete.steps) <= set(STEPS)
+
+
+async def test_the_endpoint_goes_in_ipams_transactions(node: Node) -> None:
+    """ADD: the handle, the block with the pod's address and the endpoint go in one
+    transaction; DEL: the endpoint, the block without the address and the handle.  One
+    store revision each (another pod keeps the block, so it is neither made nor deleted)."""
+    keep, pod = node.pod(), node.pod()
+    assert (await node.run("ADD", keep))["ok"]
+    before = await node.store.revision()
+    assert (await node.run("ADD", pod))["ok"]
+    assert await node.store.revision() == before + 1
+    [wep] = [w for w in await node.weps() if w.spec.containerID == pod.cid]
+    assert wep.metadata.resourceVersion == str(before + 1)
+    assert wep.spec.ipNetworks == [f"{pod.ip}/32"] and node.ready[-1] == wep.name
+    before = await node.store.revision()
+    assert (await node.run("DEL", pod))["ok"]
+    assert await node.store.revision() == before + 1
+    weps = await node.resources.list(by_plural("workloadendpoints"))
+    assert [w.spec.containerID for w in weps] == [keep.cid]
+    assert await IPAM(node.store, NODE).ips_by_handle(handle_id(pod.cid)) == []
 
 
 async def test_add_releases_what_an_earlier_attempt_left(node: Node) -> None:
