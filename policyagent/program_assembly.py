@@ -595,7 +595,9 @@ class _Assembled:
         """The immutable map of one part, sorted by key; the last one when it is unchanged."""
         last = self._frozen.get(part)
         if last is None or (part in self.changed and last != data):
-            last = self._frozen[part] = FrozenMap(sorted(data.items()))
+            order = sorted(data)  # keys, not (key, value) pairs: string compares only
+            last = self._frozen[part] = FrozenMap(zip(order, map(data.__getitem__, order),
+                                                      strict=True))
         self.changed.discard(part)
         return last
 
