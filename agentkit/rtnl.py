@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from agentkit.netns import socket_in
 
@@ -333,47 +334,61 @@ def delete_link_unlisted(index: int, what: str) -> bool:
     the notice; the thread waits out the kernel's answer by itself.  When the notice cannot
     be read (the monitor socket overflowed) or does not come, this waits for the answer.
     """
-    monitor = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-    wake_r, wake_w = os.pipe()
     outcome: list[bool | BaseException] = []
-
-    def delete() -> None:
-        try:
-            with Rtnl() as sock:
-                outcome.append(sock.delete_link(index, what))
-        except BaseException as e:  # handed to the caller below
-            outcome.append(e)
-        finally:
-            with contextlib.suppress(BrokenPipeError):  # the caller had the notice
-                os.write(wake_w, b"x")
-            os.close(wake_w)
-
-    try:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as monitor:
         monitor.bind((0, RTMGRP_LINK))  # subscribed before the request: no notice is missed
-        threading.Thread(target=delete, name=f"delete-{what}", daemon=True).start()
-        deadline = time.monotonic() + UNLIST_NOTICE_WAIT
-        while not outcome:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            ready, _, _ = select.select([monitor, wake_r], [], [], left)
-            if monitor not in ready:
-                continue
+        wake_r, wake_w = os.pipe()
+
+        def delete() -> None:
             try:
-                data = monitor.recv(RECV_SIZE)
-            except OSError:  # ENOBUFS: notices were lost; the answer decides
-                break
-            for kind, _, payload in _messages(data):
-                if kind == RTM_DELLINK and _IFINFOMSG.unpack_from(payload)[2] == index:
-                    return True
-        os.read(wake_r, 1)  # the answer (blocks until the thread has it)
-    finally:
-        monitor.close()
-        os.close(wake_r)
+                with Rtnl() as sock:
+                    outcome.append(sock.delete_link(index, what))
+            except BaseException as e:  # handed to the caller below
+                outcome.append(e)
+            finally:
+                with contextlib.suppress(BrokenPipeError):  # the caller had the notice
+                    os.write(wake_w, b"x")
+                os.close(wake_w)
+
+        try:
+            try:
+                threading.Thread(target=delete, name=f"delete-{what}", daemon=True).start()
+            except BaseException:
+                os.close(wake_w)
+                raise
+            if _unlisted(monitor, wake_r, index, outcome):
+                return True
+            os.read(wake_r, 1)  # the answer (blocks until the thread has it)
+        finally:
+            os.close(wake_r)
     (result,) = outcome
     if isinstance(result, BaseException):
         raise result
     return result
+
+
+def _unlisted(monitor: socket.socket, wake: int, index: int, outcome: list[Any]) -> bool:
+    """Whether ``monitor`` brings the ``RTM_DELLINK`` notice of link ``index`` before the
+    delete's answer (``outcome``, announced on ``wake``) or :data:`UNLIST_NOTICE_WAIT`."""
+    poller = select.poll()  # (not select: a daemon's descriptors may go past 1024)
+    poller.register(monitor, select.POLLIN)
+    poller.register(wake, select.POLLIN)
+    deadline = time.monotonic() + UNLIST_NOTICE_WAIT
+    while not outcome:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        ready = {fd for fd, _ in poller.poll(left * 1000)}
+        if monitor.fileno() not in ready:
+            continue
+        try:
+            data = monitor.recv(RECV_SIZE)
+        except OSError:  # ENOBUFS: notices were lost; the answer decides
+            return False
+        for kind, _, payload in _messages(data):
+            if kind == RTM_DELLINK and _IFINFOMSG.unpack_from(payload)[2] == index:
+                return True
+    return False
 
 
 def _mac(mac: str) -> bytes:
