@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import http.client
 import ipaddress
 import json
 import logging
@@ -63,8 +62,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agentkit.node_metrics import DEFAULT_METRICS_PORT
 from agentkit.procs import stop_pid
+from bench.node_health import node_healthz
 from datastore.store import Store
 from ipam.allocator import IPAM
 from ipam.blocks import Block
@@ -187,23 +186,9 @@ async def run_size(n: int, announces: int, timeout: float) -> dict[str, float]:
 
 # --- lab mode: a real Tortie lab, block claim in etcd -> route in every other kernel --------
 
-HEALTH_PORT = DEFAULT_METRICS_PORT  # tortie-node's /healthz (the lab runs its default)
 BENCH_POOL = "bench-claims"
 BENCH_POOL_CIDR = "10.250.0.0/16"
 BENCH_BLOCK_SIZE = 26  # Calico's default; each claim takes a whole block, so each is new
-
-
-def _healthz(ns: str) -> dict[str, Any]:
-    """A node's /healthz, fetched from inside its namespace."""
-    def get() -> dict[str, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", HEALTH_PORT, timeout=5)
-        try:
-            conn.request("GET", "/healthz")
-            body: dict[str, Any] = json.loads(conn.getresponse().read())
-            return body
-        finally:
-            conn.close()
-    return call_in_netns(ns, get)
 
 
 def _mesh_state(health: dict[str, Any], n: int) -> tuple[int, float]:
@@ -502,7 +487,7 @@ def run_lab(n: int, claims: int, timeout: float) -> dict[str, Any]:
 
 def _safe_healthz(ns: str) -> dict[str, Any]:
     try:
-        return _healthz(ns)
+        return node_healthz(ns)
     except (OSError, ValueError):
         return {}
 

@@ -38,14 +38,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agentkit.netns import run_in_netns, setns
-from agentkit.node_metrics import DEFAULT_METRICS_PORT
+from agentkit.netns import setns
 from bench.cputime import CpuAccount
+from bench.node_health import node_healthz
 from cni.launcher import default_interpreter
 from lab import netns
 from lab.cluster import Lab
@@ -169,19 +168,9 @@ def exec_floor(node_netns: str, runtimes: int, per: int) -> list[str]:
             *cpu.report(total)]
 
 
-def programmings(node_netns: str) -> dict[str, float]:
-    """tortie-node's count of nftables programmings so far, by kind (its metrics endpoint,
-    read from inside the node's namespace)."""
-    def scrape() -> str:
-        url = f"http://127.0.0.1:{DEFAULT_METRICS_PORT}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return str(r.read().decode())
-    out: dict[str, float] = {}
-    for line in run_in_netns(netns.netns_path(node_netns), scrape).splitlines():
-        if line.startswith("tortie_policy_programs_total{"):
-            kind = line.split('kind="', 1)[1].split('"', 1)[0]
-            out[kind] = float(line.rsplit(" ", 1)[1])
-    return out
+def programmings(node_netns: str) -> int:
+    """tortie-node's count of nftables programmings so far (its /healthz)."""
+    return int(node_healthz(node_netns)["agents"]["policy"]["programs"])
 
 
 def join_node_netns(name: str) -> None:
@@ -216,9 +205,7 @@ def main() -> int:
         node_netns = churn.node("node1").netns
         before = programmings(node_netns)
         wall, cpu = timed(threads)
-        after = programmings(node_netns)
-        programmed = {k: int(v - before.get(k, 0)) for k, v in after.items()
-                      if v - before.get(k, 0) > 0}
+        programmed = programmings(node_netns) - before
         churn.retry_dels(time.monotonic() + 30)
         check = churn.ipam_check()
         for pods in per_runtime:
@@ -252,8 +239,7 @@ def main() -> int:
     print(f"  failures by code: {dict(codes) or 'none'}")
     print(f"  duplicates: {len(churn.duplicates)}")
     print(f"  ipam check: {'clean' if check['clean'] else check['output']}")
-    print(f"  nftables programmings by tortie-node: {sum(programmed.values())} "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(programmed.items()))})")
+    print(f"  nftables programmings by tortie-node: {programmed}")
     if churn.unfinished:
         print(f"  DELs never acknowledged: {len(churn.unfinished)}")
     print("\n".join(cpu.report(total)))

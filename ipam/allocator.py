@@ -393,7 +393,7 @@ class IPAM:
                 revision = await self.store.commit([*writes, *extra])
                 if revision is None and extra:  # perhaps for the caller's keys: without them
                     revision = await self.store.commit(writes)
-                elif revision is not None and also is not None and extra:
+                elif extra and also is not None:
                     also.revision = revision
                 if revision is not None:
                     new.revision = revision
@@ -556,52 +556,55 @@ class IPAM:
             reserved = await self.reserved_networks()
         got: list[str] = []
         try:
+            # the node's blocks first, without waiting for anyone
+            got += await self._from_affine(handle, attrs, pool_nets, num, reserved, also)
+            if len(got) == num:
+                return got
             for _ in range(MAX_ROUNDS):
-                got += await self._from_affine(handle, attrs, pool_nets, num - len(got),
-                                               reserved, also if not got else None)
-                if len(got) == num:
-                    return got
                 # Slow path, one request of this process at a time (concurrent ADDs that
                 # found the node's blocks full wait here for the first one's claim, then
-                # take from its block, instead of all reading every block):
+                # take from its block, instead of all reading every block)
                 async with self._slow_path_lock():
                     got += await self._from_affine(handle, attrs, pool_nets, num - len(got),
                                                    reserved, also if not got else None)
-                    if len(got) == num:
-                        return got
-                    # read the host document, then the blocks (in this order: see the
-                    # module docstring), and decide
-                    host = await self._get_host()
-                    blocks = await self._load_blocks()
-                    if any(b.available(reserved_in(b.network, reserved) if reserved else ())
-                           > 0 for b in self._affine.values()
-                           if _in_pools(b.network, pool_nets)):
-                        continue  # another process of this node made room or claimed
-                    cfg = await self.config()
-                    claim = host.value.get("claim") if host else None
-                    cidr, why = self._claim_candidate(claim if isinstance(claim, str) else None,
-                                                      blocks, usable, cfg, reserved)
-                    if cidr is not None:
-                        await self._claim(cidr, host, cfg)
-                        continue
-                    if not cfg.strict_affinity:
-                        borrowed = await self._borrow(handle, attrs, blocks, pool_nets,
-                                                      num - len(got), reserved)
-                        got += borrowed
-                        if len(got) == num:
-                            return got
-                        if borrowed:
-                            continue
-                    elif why:
-                        why += "; strictAffinity forbids borrowing from other blocks"
-                    raise IPAMExhausted(
-                        f"no free IP address in IP pool(s) {names} for node {self.node}: "
-                        f"{why}")
+                    if len(got) < num:
+                        got += await self._make_room(handle, attrs, pool_nets, usable, names,
+                                                     num - len(got), reserved)
+                if len(got) == num:
+                    return got
             raise IPAMContention(f"could not allocate for {handle}: too much contention")
         except BaseException:
             if got:
                 await asyncio.shield(self._release_quietly(got))
             raise
+
+    async def _make_room(self, handle: str, attrs: Mapping[str, Any],
+                         pool_nets: Sequence[IPNetwork], usable: Sequence[IPPool], names: str,
+                         need: int, reserved: Sequence[IPNetwork]) -> list[str]:
+        """One round of :meth:`auto_assign`'s slow path: read the host document, then the
+        blocks (in this order: see the module docstring), and claim a block or borrow.  The
+        addresses borrowed; none when the node's blocks have room again or a block was
+        claimed (the caller tries them again); :class:`IPAMExhausted` when neither."""
+        host = await self._get_host()
+        blocks = await self._load_blocks()
+        if any(b.available(reserved_in(b.network, reserved) if reserved else ()) > 0
+               for b in self._affine.values() if _in_pools(b.network, pool_nets)):
+            return []  # another process of this node made room or claimed a block
+        cfg = await self.config()
+        claim = host.value.get("claim") if host else None
+        cidr, why = self._claim_candidate(claim if isinstance(claim, str) else None,
+                                          blocks, usable, cfg, reserved)
+        if cidr is not None:
+            await self._claim(cidr, host, cfg)
+            return []
+        if not cfg.strict_affinity:
+            borrowed = await self._borrow(handle, attrs, blocks, pool_nets, need, reserved)
+            if borrowed:
+                return borrowed
+        elif why:
+            why += "; strictAffinity forbids borrowing from other blocks"
+        raise IPAMExhausted(
+            f"no free IP address in IP pool(s) {names} for node {self.node}: {why}")
 
     async def _release_quietly(self, ips: list[str]) -> None:
         try:
